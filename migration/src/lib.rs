@@ -1,0 +1,17 @@
+//! Schema migrations for tenantmq (sea-orm-migration).
+//!
+//! Migrations are plain SQL: the schema leans on PostgreSQL features (identity columns, LIST partitioning,
+//! triggers) that read more clearly as SQL than as a query builder.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261126_000001_event_log;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_event_log::Migration)]
+    }
+}

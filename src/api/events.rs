@@ -1,0 +1,74 @@
+//! `/tenants/{id}/events`: a tenant's history from the log, for auditors. Readable after deletion.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{Object, OpenApi, param::Path, param::Query, payload::Json};
+use uuid::Uuid;
+
+use crate::store::events::RecordedEvent;
+
+use super::{ApiTags, AppState, pagination, problem::ApiError};
+
+/// One event of a tenant's stream.
+#[derive(Debug, Object)]
+pub struct Event {
+    /// Global position in the log.
+    pub position: i64,
+    /// Position within the tenant's stream, from 1.
+    pub version: i32,
+    /// Stable, versioned type name, e.g. `TenantCreated.v1`.
+    #[oai(rename = "type")]
+    pub event_type: String,
+    pub data: serde_json::Value,
+    /// Actor, request id and correlation id of the command that caused it.
+    pub metadata: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl From<RecordedEvent> for Event {
+    fn from(e: RecordedEvent) -> Self {
+        Self {
+            position: e.position,
+            version: e.version,
+            event_type: e.event_type,
+            data: e.data,
+            metadata: e.metadata,
+            recorded_at: e.recorded_at,
+        }
+    }
+}
+
+/// A page of events, oldest first.
+#[derive(Debug, Object)]
+pub struct EventPage {
+    pub data: Vec<Event>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+pub struct EventsApi;
+
+#[OpenApi(tag = "ApiTags::Events")]
+impl EventsApi {
+    /// A tenant's event history, oldest first
+    #[oai(path = "/tenants/:id/events", method = "get", operation_id = "listTenantEvents")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+        /// From a previous page's `next_cursor`.
+        cursor: Query<Option<String>>,
+        /// Page size, 1 to 1000 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<EventPage>, ApiError> {
+        let scope = format!("events:{}", id.0);
+        let limit = pagination::limit(limit.0)?;
+        let after = pagination::decode(cursor.0.as_deref(), &scope)?;
+        let rows = state.events.read_stream(id.0, after.try_into().unwrap_or(i32::MAX), limit + 1).await?;
+        if rows.is_empty() && after == 0 {
+            return Err(ApiError::not_found(format!("no tenant {}", id.0)));
+        }
+        let (data, next_cursor) = pagination::page(rows, limit, &scope, |e| i64::from(e.version), Event::from);
+        Ok(Json(EventPage { data, next_cursor }))
+    }
+}

@@ -1,0 +1,66 @@
+//! The HTTP API (§6): one `#[OpenApi]` struct per resource, sharing one error type ([`problem::ApiError`]).
+//! Handlers get their dependencies from [`AppState`] (request data), so the OpenAPI document can be produced
+//! without any connection.
+
+mod events;
+mod health;
+pub mod json_body;
+pub mod pagination;
+pub mod problem;
+pub mod request_context;
+mod tenants;
+
+use poem::{Endpoint, EndpointExt, Route};
+use poem_openapi::{OpenApiService, Tags};
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    commands::TenantCommands,
+    projectors::Projections,
+    store::{events::EventStore, tenants::TenantReadModel},
+};
+
+pub use events::EventsApi;
+pub use health::HealthApi;
+pub use tenants::TenantsApi;
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// Tenant commands and the tenants read model
+    Tenants,
+    /// Tenants' event histories
+    Events,
+    /// Liveness and readiness
+    Health,
+}
+
+/// What the handlers use.
+#[derive(Clone)]
+pub struct AppState {
+    pub commands: TenantCommands,
+    pub tenants: TenantReadModel,
+    pub events: EventStore,
+    pub db: DatabaseConnection,
+    pub projections: Projections,
+}
+
+pub type Apis = (TenantsApi, EventsApi, HealthApi);
+
+/// The OpenAPI service; its `spec()` is the committed `docs/openapi.json`.
+pub fn service() -> OpenApiService<Apis, ()> {
+    OpenApiService::new((TenantsApi, EventsApi, HealthApi), "tenantmq", env!("CARGO_PKG_VERSION"))
+        .description("Event-sourced multi-tenant messaging on RabbitMQ and PostgreSQL.")
+}
+
+/// The whole HTTP surface: the API, Swagger UI at `/docs`, the document at `/openapi.json`.
+pub fn routes(state: AppState, max_payload_bytes: usize) -> impl Endpoint {
+    let api = service();
+    Route::new()
+        .nest("/docs", api.swagger_ui())
+        .at("/openapi.json", api.spec_endpoint())
+        .nest("/", api)
+        .catch_all_error(problem::into_problem)
+        .around(request_context::middleware)
+        .data(state)
+        .data(json_body::BodyLimit(max_payload_bytes))
+}

@@ -1,0 +1,99 @@
+//! Opaque keyset cursors and page limits shared by every paged endpoint.
+//!
+//! A cursor is `base64url("v1|<scope>|<position>")`: the scope ties it to one listing (and one tenant), so a
+//! cursor from another listing or tenant is rejected instead of silently paging the wrong data.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+
+use super::problem::ApiError;
+
+pub const DEFAULT_LIMIT: i64 = 50;
+pub const MAX_LIMIT: i64 = 1000;
+
+/// Checks `limit` (default 50, 1..=1000).
+pub fn limit(raw: Option<i64>) -> Result<u64, ApiError> {
+    let limit = raw.unwrap_or(DEFAULT_LIMIT);
+    if (1..=MAX_LIMIT).contains(&limit) {
+        Ok(limit.unsigned_abs())
+    } else {
+        Err(ApiError::bad_request(Some("limit"), format!("limit must be between 1 and {MAX_LIMIT}, got {limit}")))
+    }
+}
+
+pub fn encode(scope: &str, position: i64) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1|{scope}|{position}"))
+}
+
+/// The position a cursor points after, or 0 without a cursor.
+pub fn decode(raw: Option<&str>, scope: &str) -> Result<i64, ApiError> {
+    let Some(raw) = raw else { return Ok(0) };
+    let invalid = || ApiError::bad_request(Some("cursor"), "the cursor is malformed or belongs to another listing");
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
+    let rest = text.strip_prefix("v1|").ok_or_else(invalid)?;
+    let (cursor_scope, position) = rest.rsplit_once('|').ok_or_else(invalid)?;
+    if cursor_scope != scope {
+        return Err(invalid());
+    }
+    position.parse::<i64>().ok().filter(|p| *p >= 0).ok_or_else(invalid)
+}
+
+/// Builds the page from `limit + 1` fetched rows: the extra row only says whether there is a next page.
+pub fn page<T, V>(
+    mut rows: Vec<T>,
+    limit: u64,
+    scope: &str,
+    position: impl Fn(&T) -> i64,
+    view: impl Fn(T) -> V,
+) -> (Vec<V>, Option<String>) {
+    let has_more = rows.len() as u64 > limit;
+    rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let next_cursor = if has_more { rows.last().map(|last| encode(scope, position(last))) } else { None };
+    (rows.into_iter().map(view).collect(), next_cursor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_round_trip_within_their_scope_only() {
+        let cursor = encode("events:a", 42);
+        assert_eq!(decode(Some(&cursor), "events:a").ok(), Some(42));
+        assert!(decode(Some(&cursor), "events:b").is_err());
+        assert!(decode(Some(&cursor), "tenants").is_err());
+        assert_eq!(decode(None, "tenants").ok(), Some(0));
+    }
+
+    #[test]
+    fn garbage_cursors_are_rejected() {
+        let forged = [
+            URL_SAFE_NO_PAD.encode("v1|tenants|-5"),
+            URL_SAFE_NO_PAD.encode("v1|tenants|abc"),
+            URL_SAFE_NO_PAD.encode("v2|tenants|5"),
+            URL_SAFE_NO_PAD.encode([0xff, 0xfe]),
+        ];
+        for bad in ["", "!!!", "djF8dGVuYW50c3w", "%%", "a"].iter().map(|s| s.to_string()).chain(forged) {
+            assert!(decode(Some(&bad), "tenants").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        assert_eq!(limit(None).ok(), Some(50));
+        assert_eq!(limit(Some(1000)).ok(), Some(1000));
+        for bad in [0, -1, 1001, i64::MIN] {
+            assert!(limit(Some(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_page_has_a_cursor_only_when_more_rows_exist() {
+        let (data, next) = page(vec![1_i64, 2, 3], 2, "s", |r| *r, |r| r);
+        assert_eq!(data, vec![1, 2]);
+        assert_eq!(next.and_then(|c| decode(Some(&c), "s").ok()), Some(2));
+        let (data, next) = page(vec![1_i64, 2], 2, "s", |r| *r, |r| r);
+        assert_eq!(data, vec![1, 2]);
+        assert!(next.is_none());
+    }
+}

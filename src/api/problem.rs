@@ -1,0 +1,201 @@
+//! Every error the API answers with is an RFC 9457 problem document (`application/problem+json`). Errors are
+//! mapped here, once; internal details are logged, never sent.
+
+use poem::{IntoResponse, Response, http::StatusCode};
+use poem_openapi::{
+    ApiResponse, Object,
+    error::{ParseParamError, ParsePathError},
+    payload::Json,
+};
+
+use crate::{commands::CommandError, domain::tenant::TenantError, store::StoreError};
+
+/// The name of every path parameter in this API.
+const PATH_PARAMETER: &str = "id";
+
+/// A problem document (RFC 9457).
+#[derive(Debug, Clone, PartialEq, Eq, Object)]
+pub struct Problem {
+    /// Identifies the kind of problem; stable, for clients to match on.
+    #[oai(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind of problem.
+    pub title: String,
+    /// The HTTP status code.
+    pub status: u16,
+    /// What went wrong with this request.
+    pub detail: String,
+    /// The request field (body property or parameter) the problem is about.
+    #[oai(skip_serializing_if_is_none)]
+    pub field: Option<String>,
+}
+
+/// The error responses of every operation.
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The request is malformed: see `field` and `detail`.
+    #[oai(status = 400, content_type = "application/problem+json")]
+    BadRequest(Json<Problem>),
+    /// The tenant does not exist or has been deleted.
+    #[oai(status = 404, content_type = "application/problem+json")]
+    NotFound(Json<Problem>),
+    /// The command conflicts with the tenant's current state or with a concurrent command.
+    #[oai(status = 409, content_type = "application/problem+json")]
+    Conflict(Json<Problem>),
+    /// The request body is larger than `max_payload_bytes`.
+    #[oai(status = 413, content_type = "application/problem+json")]
+    PayloadTooLarge(Json<Problem>),
+    /// A dependency (PostgreSQL, RabbitMQ) is unavailable or lagging; retry later.
+    #[oai(status = 503, content_type = "application/problem+json")]
+    Unavailable(Json<Problem>),
+    /// An unexpected error; details are in the service's log under the request id.
+    #[oai(status = 500, content_type = "application/problem+json")]
+    Internal(Json<Problem>),
+}
+
+fn problem(status: StatusCode, kind: &str, detail: impl Into<String>, field: Option<&str>) -> Json<Problem> {
+    Json(Problem {
+        kind: format!("urn:tenantmq:problem:{kind}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail: detail.into(),
+        field: field.map(str::to_owned),
+    })
+}
+
+impl ApiError {
+    pub fn bad_request(field: Option<&str>, detail: impl Into<String>) -> Self {
+        Self::BadRequest(problem(StatusCode::BAD_REQUEST, "invalid-request", detail, field))
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::NotFound(problem(StatusCode::NOT_FOUND, "not-found", detail, None))
+    }
+
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::Conflict(problem(StatusCode::CONFLICT, "conflict", detail, None))
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::PayloadTooLarge(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("the request body exceeds the limit of {limit} bytes"),
+            None,
+        ))
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::Unavailable(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail, None))
+    }
+
+    pub fn internal() -> Self {
+        Self::Internal(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an unexpected error occurred; it has been logged with the request id",
+            None,
+        ))
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        let unreachable = matches!(
+            &error,
+            StoreError::Database(sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_))
+                | StoreError::Sqlx(
+                    sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolTimedOut | sea_orm::sqlx::Error::PoolClosed
+                )
+        );
+        if unreachable {
+            tracing::warn!(%error, "database unavailable");
+            Self::unavailable("the database is unavailable; retry later")
+        } else {
+            tracing::error!(%error, "store error");
+            Self::internal()
+        }
+    }
+}
+
+impl From<TenantError> for ApiError {
+    fn from(error: TenantError) -> Self {
+        match error {
+            TenantError::InvalidName { .. } | TenantError::WorkersOutOfRange { .. } => {
+                Self::bad_request(error.field(), error.to_string())
+            }
+            TenantError::AlreadyExists => Self::conflict(error.to_string()),
+            TenantError::NotFound | TenantError::Deleted => Self::not_found(error.to_string()),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::Rejected(e) => e.into(),
+            e @ CommandError::Conflict { .. } => Self::conflict(e.to_string()),
+            e @ CommandError::ProjectionLagging { .. } => Self::unavailable(e.to_string()),
+            CommandError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// A request body that could not be read or parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("{detail}")]
+pub struct BodyError {
+    pub status: StatusCode,
+    pub field: Option<String>,
+    pub detail: String,
+}
+
+impl poem::error::ResponseError for BodyError {
+    fn status(&self) -> StatusCode {
+        self.status
+    }
+}
+
+/// Turns any error that reaches the top of the router into a problem document: parameter and body parse errors
+/// name their field, poem's own errors (404 route, 405, 415) keep their status, and 5xx never leak details.
+pub async fn into_problem(error: poem::Error) -> Response {
+    if error.is_from_response() {
+        return error.into_response();
+    }
+    let response = if let Some(e) = error.downcast_ref::<ParseParamError>() {
+        ApiError::bad_request(Some(e.name), format!("invalid `{}`: {}", e.name, e.reason))
+    } else if let Some(e) = error.downcast_ref::<ParsePathError>() {
+        // poem-openapi reports path parameters by position (`param0`); the API's only path parameter is the
+        // tenant `id`.
+        ApiError::bad_request(
+            Some(PATH_PARAMETER),
+            format!("invalid `{PATH_PARAMETER}`: must be a UUID ({})", e.reason),
+        )
+    } else if let Some(e) = error.downcast_ref::<BodyError>() {
+        match e.status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::PayloadTooLarge(problem(e.status, "payload-too-large", e.detail.clone(), None))
+            }
+            _ => ApiError::bad_request(e.field.as_deref(), e.detail.clone()),
+        }
+    } else {
+        let status = error.status();
+        if status.is_server_error() {
+            tracing::error!(%error, "unhandled error");
+            ApiError::internal()
+        } else {
+            let kind = status.canonical_reason().unwrap_or("error").to_lowercase().replace(' ', "-");
+            return problem_response(problem(status, &kind, error.to_string(), None), status);
+        }
+    };
+    response.into_response()
+}
+
+fn problem_response(body: Json<Problem>, status: StatusCode) -> Response {
+    let mut response = body.into_response();
+    response.set_status(status);
+    response
+        .headers_mut()
+        .insert(poem::http::header::CONTENT_TYPE, poem::http::HeaderValue::from_static("application/problem+json"));
+    response
+}

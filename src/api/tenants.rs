@@ -1,0 +1,170 @@
+//! `/tenants`: the tenant commands (create, set concurrency, delete) and the tenants read model.
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
+use uuid::Uuid;
+
+use crate::{
+    domain::tenant::{TenantCommand, TenantId},
+    store::tenants::TenantRow,
+};
+
+use super::{ApiTags, AppState, json_body::JsonBody, pagination, problem::ApiError, request_context::RequestContext};
+
+/// Create a tenant.
+#[derive(Debug, serde::Deserialize, Object)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    /// 1 to 200 characters, not blank.
+    #[oai(validator(min_length = 1, max_length = 200))]
+    pub name: String,
+    /// Worker pool size, 1 to `max_workers`; the configured `workers` when absent.
+    #[oai(validator(minimum(value = "1")))]
+    pub workers: Option<i64>,
+    /// The tenant's id; generated (UUIDv7) when absent. Creating an existing id is a conflict.
+    pub id: Option<Uuid>,
+}
+
+/// Change a tenant's worker pool size.
+#[derive(Debug, serde::Deserialize, Object)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields)]
+pub struct SetConcurrencyRequest {
+    /// 1 to `max_workers`.
+    #[oai(validator(minimum(value = "1")))]
+    pub workers: i64,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, Object)]
+pub struct Tenant {
+    pub id: Uuid,
+    pub name: String,
+    /// Desired worker pool size.
+    pub workers: i32,
+    /// `active` (deleted tenants are not shown).
+    pub status: String,
+    /// Version of the tenant's event stream (number of events).
+    pub version: i32,
+    /// The queue its messages arrive on.
+    pub queue: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<TenantRow> for Tenant {
+    fn from(row: TenantRow) -> Self {
+        Self {
+            queue: TenantId::from_uuid(row.id).queue_name(),
+            id: row.id,
+            name: row.name,
+            workers: row.workers,
+            status: row.status,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+/// A page of tenants in creation order.
+#[derive(Debug, Object)]
+pub struct TenantPage {
+    pub data: Vec<Tenant>,
+    /// Pass as `cursor` for the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum CreateTenantResponse {
+    /// Created.
+    #[oai(status = 201)]
+    Created(Json<Tenant>, #[oai(header = "Location")] String),
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum DeleteTenantResponse {
+    /// Deleted: its consumer stops and its partition is dropped; its events stay in the log.
+    #[oai(status = 204)]
+    Deleted,
+}
+
+const LIST_SCOPE: &str = "tenants";
+
+pub struct TenantsApi;
+
+#[OpenApi(tag = "ApiTags::Tenants")]
+impl TenantsApi {
+    /// Create a tenant (CreateTenant)
+    #[oai(path = "/tenants", method = "post", operation_id = "createTenant")]
+    async fn create(
+        &self,
+        state: Data<&AppState>,
+        context: Data<&RequestContext>,
+        body: JsonBody<CreateTenantRequest>,
+    ) -> Result<CreateTenantResponse, ApiError> {
+        let JsonBody(request) = body;
+        let id = request.id.map_or_else(TenantId::generate, TenantId::from_uuid);
+        let command = TenantCommand::Create { name: request.name, workers: request.workers };
+        state.commands.handle(id, command, &context.event_metadata()).await?;
+        let tenant = read_back(&state, id).await?;
+        Ok(CreateTenantResponse::Created(Json(tenant), format!("/tenants/{id}")))
+    }
+
+    /// List live tenants, oldest first
+    #[oai(path = "/tenants", method = "get", operation_id = "listTenants")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        /// From a previous page's `next_cursor`.
+        cursor: Query<Option<String>>,
+        /// Page size, 1 to 1000 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<TenantPage>, ApiError> {
+        let limit = pagination::limit(limit.0)?;
+        let after = pagination::decode(cursor.0.as_deref(), LIST_SCOPE)?;
+        let rows = state.tenants.list_active(after, limit + 1).await?;
+        let (data, next_cursor) = pagination::page(rows, limit, LIST_SCOPE, |r| r.created_position, Tenant::from);
+        Ok(Json(TenantPage { data, next_cursor }))
+    }
+
+    /// Get a tenant
+    #[oai(path = "/tenants/:id", method = "get", operation_id = "getTenant")]
+    async fn get(&self, state: Data<&AppState>, id: Path<Uuid>) -> Result<Json<Tenant>, ApiError> {
+        Ok(Json(read_back(&state, TenantId::from_uuid(id.0)).await?))
+    }
+
+    /// Delete a tenant (DeleteTenant)
+    #[oai(path = "/tenants/:id", method = "delete", operation_id = "deleteTenant")]
+    async fn delete(
+        &self,
+        state: Data<&AppState>,
+        context: Data<&RequestContext>,
+        id: Path<Uuid>,
+    ) -> Result<DeleteTenantResponse, ApiError> {
+        let id = TenantId::from_uuid(id.0);
+        state.commands.handle(id, TenantCommand::Delete, &context.event_metadata()).await?;
+        Ok(DeleteTenantResponse::Deleted)
+    }
+
+    /// Set a tenant's worker pool size (SetConcurrency)
+    #[oai(path = "/tenants/:id/config/concurrency", method = "put", operation_id = "setConcurrency")]
+    async fn set_concurrency(
+        &self,
+        state: Data<&AppState>,
+        context: Data<&RequestContext>,
+        id: Path<Uuid>,
+        body: JsonBody<SetConcurrencyRequest>,
+    ) -> Result<Json<Tenant>, ApiError> {
+        let id = TenantId::from_uuid(id.0);
+        let command = TenantCommand::SetConcurrency { workers: body.0.workers };
+        state.commands.handle(id, command, &context.event_metadata()).await?;
+        Ok(Json(read_back(&state, id).await?))
+    }
+}
+
+async fn read_back(state: &AppState, id: TenantId) -> Result<Tenant, ApiError> {
+    state.tenants.get_active(id).await?.map(Tenant::from).ok_or_else(|| ApiError::not_found(format!("no tenant {id}")))
+}

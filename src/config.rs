@@ -1,0 +1,255 @@
+//! Layered configuration (§3): built-in defaults < `config/default.yaml` < `--config FILE` < `TENANTMQ_…`
+//! environment variables (`__` separates nesting levels).
+
+use std::{fmt, num::NonZeroU16, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Yaml},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::tenant::{Policy, Workers};
+
+/// The file read on every start when it exists, relative to the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "config/default.yaml";
+const ENV_PREFIX: &str = "TENANTMQ_";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub rabbitmq: RabbitMqConfig,
+    /// Workers a tenant gets when CreateTenant does not say.
+    pub workers: NonZeroU16,
+    /// Upper bound for any tenant's workers.
+    pub max_workers: NonZeroU16,
+    /// Attempts after the first before a message is dead-lettered.
+    pub max_retries: u32,
+    /// Largest accepted request body, in bytes.
+    pub max_payload_bytes: usize,
+    /// How long a graceful shutdown may take before what is left is abandoned (and redelivered later).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    pub projectors: ProjectorConfig,
+    pub partitions: PartitionConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerConfig {
+    pub host: String,
+    /// 0 picks a free port (tests use it).
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
+    pub url: String,
+    /// Create the database named in `url` when it does not exist.
+    pub create_if_missing: bool,
+    /// Apply pending migrations when `serve` starts.
+    pub migrate_on_start: bool,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RabbitMqConfig {
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProjectorConfig {
+    /// Projectors are woken by NOTIFY on append; this poll is the safety net for a lost notification.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Events applied per projector transaction.
+    pub batch_size: u32,
+    /// How long a command waits for the tenants projection to reach its event (read-your-writes).
+    #[serde(with = "humantime_serde")]
+    pub command_wait: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTenantDelete {
+    /// Drop the tenant's partition and its rows.
+    Drop,
+    /// Detach the partition and keep it as a standalone table (`messages_<id>`) for archiving.
+    Detach,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PartitionConfig {
+    pub on_tenant_delete: OnTenantDelete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter directive; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            database: DatabaseConfig::default(),
+            rabbitmq: RabbitMqConfig::default(),
+            workers: const { NonZeroU16::new(3).unwrap() },
+            max_workers: const { NonZeroU16::new(64).unwrap() },
+            max_retries: 5,
+            max_payload_bytes: 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(30),
+            projectors: ProjectorConfig::default(),
+            partitions: PartitionConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { host: "0.0.0.0".into(), port: 8080 }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/tenantmq".into(),
+            create_if_missing: true,
+            migrate_on_start: true,
+            max_connections: 20,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Default for RabbitMqConfig {
+    fn default() -> Self {
+        Self { url: "amqp://guest:guest@127.0.0.1:5672/%2f".into() }
+    }
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self { poll_interval: Duration::from_secs(1), batch_size: 500, command_wait: Duration::from_secs(10) }
+    }
+}
+
+impl Default for PartitionConfig {
+    fn default() -> Self {
+        Self { on_tenant_delete: OnTenantDelete::Drop }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// A configuration problem, reported as one line that names the key.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration: `{}`: {}", self.key, self.message)
+    }
+}
+
+impl ConfigError {
+    fn new(key: &str, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(error: figment::Error) -> Self {
+        let key = if error.path.is_empty() { "<root>".to_owned() } else { error.path.join(".") };
+        let mut message = error.kind.to_string();
+        if let Some(source) = error.metadata.as_ref() {
+            message.push_str(&format!(" (from {}", source.name));
+            if let Some(src) = &source.source {
+                message.push_str(&format!(" {src}"));
+            }
+            message.push(')');
+        }
+        Self { key, message }
+    }
+}
+
+impl Config {
+    /// Loads the layers in order; `file` is the `--config` argument, which must exist when given.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default())).merge(Yaml::file(DEFAULT_CONFIG_FILE));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::new("--config", format!("no such file: {}", file.display())));
+            }
+            figment = figment.merge(Yaml::file_exact(file));
+        }
+        Self::from_figment(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let config: Config = figment.extract()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers > self.max_workers {
+            return Err(ConfigError::new(
+                "workers",
+                format!("must be between 1 and max_workers ({}), got {}", self.max_workers, self.workers),
+            ));
+        }
+        if self.max_payload_bytes == 0 {
+            return Err(ConfigError::new("max_payload_bytes", "must be at least 1"));
+        }
+        if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
+            return Err(ConfigError::new("database.url", "must be a postgres:// URL"));
+        }
+        if !(self.rabbitmq.url.starts_with("amqp://") || self.rabbitmq.url.starts_with("amqps://")) {
+            return Err(ConfigError::new("rabbitmq.url", "must be an amqp:// or amqps:// URL"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
+        }
+        if self.projectors.batch_size == 0 {
+            return Err(ConfigError::new("projectors.batch_size", "must be at least 1"));
+        }
+        if self.projectors.poll_interval.is_zero() {
+            return Err(ConfigError::new("projectors.poll_interval", "must be greater than zero"));
+        }
+        Ok(())
+    }
+
+    /// The validated default and maximum pool sizes, as the domain sees them.
+    pub fn tenant_policy(&self) -> Policy {
+        Policy { default_workers: Workers::new(self.workers), max_workers: Workers::new(self.max_workers) }
+    }
+}

@@ -1,0 +1,3 @@
+//! The pure domain: value types, commands, events and the rules between them. No I/O here.
+
+pub mod tenant;

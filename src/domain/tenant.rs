@@ -1,0 +1,391 @@
+//! The tenant aggregate: `decide(state, command) -> events` and `evolve(state, event) -> state`.
+
+use std::{fmt, num::NonZeroU16, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A tenant's id: a UUID, also the event stream id and the partition key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantId(Uuid);
+
+impl TenantId {
+    /// A fresh, time-ordered id for a tenant created without one.
+    pub fn generate() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+
+    pub const fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+
+    /// `tenant_{id}_queue`, the queue its messages arrive on.
+    pub fn queue_name(&self) -> String {
+        format!("tenant_{}_queue", self.0)
+    }
+
+    /// The name of its `messages` partition. Built from the parsed UUID only (hex digits), never from raw input,
+    /// so it is always a safe SQL identifier.
+    pub fn partition_name(&self) -> String {
+        format!("messages_{}", self.0.simple())
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Only the canonical hyphenated form is accepted: ids appear in queue names and URLs, and one spelling per
+/// tenant keeps them comparable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("must be a UUID in the hyphenated form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx")]
+pub struct InvalidTenantId;
+
+impl FromStr for TenantId {
+    type Err = InvalidTenantId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != 36 {
+            return Err(InvalidTenantId);
+        }
+        Uuid::try_parse(s).map(Self).map_err(|_| InvalidTenantId)
+    }
+}
+
+/// A tenant's display name: 1 to 200 characters, not blank, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TenantName(String);
+
+impl TenantName {
+    pub const MAX_CHARS: usize = 200;
+
+    pub fn parse(raw: String) -> Result<Self, TenantError> {
+        let chars = raw.chars().count();
+        let reason = if chars == 0 || raw.trim().is_empty() {
+            "must not be empty or blank"
+        } else if chars > Self::MAX_CHARS {
+            "must be at most 200 characters"
+        } else if raw.chars().any(char::is_control) {
+            "must not contain control characters"
+        } else {
+            return Ok(Self(raw));
+        };
+        Err(TenantError::InvalidName { reason })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TenantName {
+    type Error = TenantError;
+
+    fn try_from(raw: String) -> Result<Self, Self::Error> {
+        Self::parse(raw)
+    }
+}
+
+impl From<TenantName> for String {
+    fn from(name: TenantName) -> Self {
+        name.0
+    }
+}
+
+/// The size of a tenant's worker pool: never zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Workers(NonZeroU16);
+
+impl Workers {
+    pub const fn new(n: NonZeroU16) -> Self {
+        Self(n)
+    }
+
+    pub const fn get(self) -> u16 {
+        self.0.get()
+    }
+
+    /// Checks raw input against 1..=max.
+    pub fn parse(raw: i64, max: Workers) -> Result<Self, TenantError> {
+        u16::try_from(raw)
+            .ok()
+            .and_then(NonZeroU16::new)
+            .map(Self)
+            .filter(|w| *w <= max)
+            .ok_or(TenantError::WorkersOutOfRange { got: raw, max: max.get() })
+    }
+}
+
+/// Limits that come from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub default_workers: Workers,
+    pub max_workers: Workers,
+}
+
+/// What a caller asks for. Inputs are raw; `decide` validates them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TenantCommand {
+    Create { name: String, workers: Option<i64> },
+    SetConcurrency { workers: i64 },
+    Delete,
+}
+
+/// What happened: the facts stored in the log. The serde tags are the stable, versioned type names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "data")]
+pub enum TenantEvent {
+    #[serde(rename = "TenantCreated.v1")]
+    Created { name: TenantName, workers: Workers },
+    #[serde(rename = "ConcurrencySet.v1")]
+    ConcurrencySet { workers: Workers, previous: Workers },
+    #[serde(rename = "TenantDeleted.v1")]
+    Deleted {},
+}
+
+impl TenantEvent {
+    pub const fn event_type(&self) -> &'static str {
+        match self {
+            Self::Created { .. } => "TenantCreated.v1",
+            Self::ConcurrencySet { .. } => "ConcurrencySet.v1",
+            Self::Deleted {} => "TenantDeleted.v1",
+        }
+    }
+}
+
+/// The facts a live or deleted tenant carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantFacts {
+    pub name: TenantName,
+    pub workers: Workers,
+}
+
+/// The aggregate's state, folded from its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Tenant {
+    #[default]
+    Absent,
+    Active(TenantFacts),
+    Deleted(TenantFacts),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TenantError {
+    #[error("name {reason}")]
+    InvalidName { reason: &'static str },
+    #[error("workers must be between 1 and {max}, got {got}")]
+    WorkersOutOfRange { got: i64, max: u16 },
+    #[error("a tenant with this id already exists")]
+    AlreadyExists,
+    #[error("no such tenant")]
+    NotFound,
+    #[error("the tenant has been deleted")]
+    Deleted,
+}
+
+impl TenantError {
+    /// The request field the error is about, if any.
+    pub const fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidName { .. } => Some("name"),
+            Self::WorkersOutOfRange { .. } => Some("workers"),
+            Self::AlreadyExists | Self::NotFound | Self::Deleted => None,
+        }
+    }
+}
+
+/// Validates `command` against `state` and returns the events it causes (none when nothing changes).
+pub fn decide(state: &Tenant, command: TenantCommand, policy: &Policy) -> Result<Vec<TenantEvent>, TenantError> {
+    match (state, command) {
+        (Tenant::Absent, TenantCommand::Create { name, workers }) => {
+            let name = TenantName::parse(name)?;
+            let workers = match workers {
+                Some(raw) => Workers::parse(raw, policy.max_workers)?,
+                None => policy.default_workers,
+            };
+            Ok(vec![TenantEvent::Created { name, workers }])
+        }
+        (Tenant::Active(_) | Tenant::Deleted(_), TenantCommand::Create { .. }) => Err(TenantError::AlreadyExists),
+        (Tenant::Absent, _) => Err(TenantError::NotFound),
+        (Tenant::Deleted(_), _) => Err(TenantError::Deleted),
+        (Tenant::Active(facts), TenantCommand::SetConcurrency { workers }) => {
+            let workers = Workers::parse(workers, policy.max_workers)?;
+            if workers == facts.workers {
+                return Ok(vec![]);
+            }
+            Ok(vec![TenantEvent::ConcurrencySet { workers, previous: facts.workers }])
+        }
+        (Tenant::Active(_), TenantCommand::Delete) => Ok(vec![TenantEvent::Deleted {}]),
+    }
+}
+
+/// Applies one event. Events are facts already checked by `decide`, so one that does not fit the state
+/// (which only a hand-edited log could hold) leaves the state as it is.
+pub fn evolve(state: Tenant, event: &TenantEvent) -> Tenant {
+    match (state, event) {
+        (Tenant::Absent, TenantEvent::Created { name, workers }) => {
+            Tenant::Active(TenantFacts { name: name.clone(), workers: *workers })
+        }
+        (Tenant::Active(facts), TenantEvent::ConcurrencySet { workers, .. }) => {
+            Tenant::Active(TenantFacts { workers: *workers, ..facts })
+        }
+        (Tenant::Active(facts), TenantEvent::Deleted {}) => Tenant::Deleted(facts),
+        (state, _) => state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn workers(n: u16) -> Workers {
+        Workers::new(NonZeroU16::new(n).expect("test value is nonzero"))
+    }
+
+    fn policy() -> Policy {
+        Policy { default_workers: workers(3), max_workers: workers(10) }
+    }
+
+    fn create(name: &str, workers: Option<i64>) -> TenantCommand {
+        TenantCommand::Create { name: name.into(), workers }
+    }
+
+    fn active(n: u16) -> Tenant {
+        Tenant::Active(TenantFacts { name: TenantName::parse("acme".into()).expect("valid"), workers: workers(n) })
+    }
+
+    fn fold(events: &[TenantEvent]) -> Tenant {
+        events.iter().fold(Tenant::Absent, evolve)
+    }
+
+    #[test]
+    fn create_uses_default_workers() {
+        let events = decide(&Tenant::Absent, create("acme", None), &policy()).expect("valid command");
+        assert_eq!(events, vec![TenantEvent::Created { name: TenantName("acme".into()), workers: workers(3) }]);
+        assert_eq!(fold(&events), active(3));
+    }
+
+    #[test]
+    fn create_with_explicit_workers() {
+        let events = decide(&Tenant::Absent, create("acme", Some(10)), &policy()).expect("valid command");
+        assert_eq!(fold(&events), active(10));
+    }
+
+    #[test]
+    fn name_must_be_1_to_200_chars_not_blank_without_control_chars() {
+        for bad in ["", "   ", "a\u{0}b", "line\nbreak"] {
+            let err = decide(&Tenant::Absent, create(bad, None), &policy()).expect_err(bad);
+            assert!(matches!(err, TenantError::InvalidName { .. }), "{bad:?}: {err:?}");
+            assert_eq!(err.field(), Some("name"));
+        }
+        let max = "é".repeat(200);
+        assert!(decide(&Tenant::Absent, create(&max, None), &policy()).is_ok(), "200 chars (not bytes) is fine");
+        let too_long = "x".repeat(201);
+        assert!(matches!(
+            decide(&Tenant::Absent, create(&too_long, None), &policy()),
+            Err(TenantError::InvalidName { .. })
+        ));
+    }
+
+    #[test]
+    fn workers_must_be_within_1_and_max() {
+        for bad in [0, -1, 11, i64::from(u16::MAX) + 1, i64::MIN, i64::MAX] {
+            let err = decide(&Tenant::Absent, create("acme", Some(bad)), &policy()).expect_err("out of range");
+            assert_eq!(err, TenantError::WorkersOutOfRange { got: bad, max: 10 });
+            assert_eq!(err.field(), Some("workers"));
+            let err = decide(&active(3), TenantCommand::SetConcurrency { workers: bad }, &policy())
+                .expect_err("out of range");
+            assert_eq!(err, TenantError::WorkersOutOfRange { got: bad, max: 10 });
+        }
+    }
+
+    #[test]
+    fn create_on_existing_or_deleted_id_is_a_conflict() {
+        assert_eq!(decide(&active(3), create("x", None), &policy()), Err(TenantError::AlreadyExists));
+        let deleted = evolve(active(3), &TenantEvent::Deleted {});
+        assert_eq!(decide(&deleted, create("x", None), &policy()), Err(TenantError::AlreadyExists));
+    }
+
+    #[test]
+    fn commands_on_absent_tenant_are_not_found() {
+        for command in [TenantCommand::SetConcurrency { workers: 2 }, TenantCommand::Delete] {
+            assert_eq!(decide(&Tenant::Absent, command, &policy()), Err(TenantError::NotFound));
+        }
+    }
+
+    #[test]
+    fn no_command_on_a_deleted_tenant() {
+        let deleted = evolve(active(3), &TenantEvent::Deleted {});
+        for command in [TenantCommand::SetConcurrency { workers: 2 }, TenantCommand::Delete] {
+            assert_eq!(decide(&deleted, command, &policy()), Err(TenantError::Deleted));
+        }
+    }
+
+    #[test]
+    fn set_concurrency_records_previous_and_is_a_no_op_when_unchanged() {
+        let events = decide(&active(3), TenantCommand::SetConcurrency { workers: 5 }, &policy()).expect("valid");
+        assert_eq!(events, vec![TenantEvent::ConcurrencySet { workers: workers(5), previous: workers(3) }]);
+        assert_eq!(evolve(active(3), &events[0]), active(5));
+        let none = decide(&active(3), TenantCommand::SetConcurrency { workers: 3 }, &policy()).expect("valid");
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn delete_then_state_is_deleted() {
+        let events = decide(&active(3), TenantCommand::Delete, &policy()).expect("valid");
+        assert!(matches!(fold_from(active(3), &events), Tenant::Deleted(_)));
+    }
+
+    fn fold_from(state: Tenant, events: &[TenantEvent]) -> Tenant {
+        events.iter().fold(state, evolve)
+    }
+
+    #[test]
+    fn events_round_trip_through_their_stored_form() {
+        let events = [
+            TenantEvent::Created { name: TenantName("acme".into()), workers: workers(2) },
+            TenantEvent::ConcurrencySet { workers: workers(4), previous: workers(2) },
+            TenantEvent::Deleted {},
+        ];
+        for event in events {
+            let stored = serde_json::to_value(&event).expect("serializable");
+            assert_eq!(stored["event_type"], event.event_type());
+            let back: TenantEvent = serde_json::from_value(stored).expect("decodable");
+            assert_eq!(back, event);
+        }
+    }
+
+    #[test]
+    fn stored_events_with_invalid_facts_are_rejected() {
+        let zero = serde_json::json!({"event_type": "TenantCreated.v1", "data": {"name": "a", "workers": 0}});
+        assert!(serde_json::from_value::<TenantEvent>(zero).is_err());
+        let blank = serde_json::json!({"event_type": "TenantCreated.v1", "data": {"name": " ", "workers": 1}});
+        assert!(serde_json::from_value::<TenantEvent>(blank).is_err());
+    }
+
+    #[test]
+    fn tenant_ids_parse_strictly_and_name_resources_safely() {
+        let id: TenantId = "0192f7c4-8f2a-7cc3-9d6e-5b0c2d9a1e47".parse().expect("canonical form");
+        assert_eq!(id.queue_name(), "tenant_0192f7c4-8f2a-7cc3-9d6e-5b0c2d9a1e47_queue");
+        assert_eq!(id.partition_name(), "messages_0192f7c48f2a7cc39d6e5b0c2d9a1e47");
+        for bad in [
+            "",
+            "not-a-uuid",
+            "0192f7c48f2a7cc39d6e5b0c2d9a1e47",
+            "{0192f7c4-8f2a-7cc3-9d6e-5b0c2d9a1e47}",
+            "0192f7c4-8f2a-7cc3-9d6e-5b0c2d9a1e4g",
+            "0192f7c4-8f2a-7cc3-9d6e-5b0c2d9a1e47'; drop table x; --",
+        ] {
+            assert_eq!(bad.parse::<TenantId>(), Err(InvalidTenantId), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The `tenantmq` binary: parses the command line and hands over to the library.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tenantmq::{
+    Application,
+    config::Config,
+    projectors::{self, PartitionsProjector},
+    store::database::{self, MigrationDirection},
+    telemetry,
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "tenantmq", version, about = "Event-sourced multi-tenant messaging on RabbitMQ and PostgreSQL")]
+struct Cli {
+    /// A YAML file layered over config/default.yaml (environment variables TENANTMQ_… still win).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service.
+    Serve,
+    /// Apply, roll back or list schema migrations.
+    Migrate {
+        #[arg(value_enum, default_value = "up")]
+        action: MigrateAction,
+    },
+    /// Print the OpenAPI document.
+    Openapi,
+    /// Print the effective configuration (all layers merged) as JSON.
+    Config,
+    /// Rebuild the read models from the event log.
+    Replay,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MigrateAction {
+    Up,
+    /// Roll back the newest migration.
+    Down,
+    Status,
+}
+
+/// Exit code for configuration errors, as for usage errors.
+const CONFIG_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Openapi = cli.command {
+        println!("{}", tenantmq::api::service().spec());
+        return ExitCode::SUCCESS;
+    }
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tenantmq: {error}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    if let Command::Config = cli.command {
+        return match serde_json::to_string_pretty(&config) {
+            Ok(json) => {
+                println!("{json}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("tenantmq: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tenantmq: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("tenantmq: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => serve(config).await,
+        Command::Migrate { action } => migrate(config, action).await,
+        Command::Replay => {
+            let db = database::connect(&config.database).await.context("connecting to the database")?;
+            let partitions = PartitionsProjector { on_delete: config.partitions.on_tenant_delete };
+            for (projector, position) in projectors::replay_all(&db, partitions, config.projectors.batch_size).await? {
+                println!("{projector}: rebuilt up to position {position}");
+            }
+            Ok(())
+        }
+        Command::Openapi | Command::Config => Ok(()),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    let shutdown = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested");
+        shutdown.cancel();
+    });
+    app.run_until_stopped().await.context("serving HTTP")
+}
+
+async fn migrate(config: Config, action: MigrateAction) -> anyhow::Result<()> {
+    if config.database.create_if_missing {
+        database::create_database_if_missing(&config.database.url).await?;
+    }
+    let db = database::connect(&config.database).await.context("connecting to the database")?;
+    match action {
+        MigrateAction::Up => database::migrate(&db, &config.database.url, MigrationDirection::Up).await?,
+        MigrateAction::Down => database::migrate(&db, &config.database.url, MigrationDirection::Down).await?,
+        MigrateAction::Status => {}
+    }
+    for (name, applied) in database::migration_status(&db).await? {
+        println!("{} {name}", if applied { "applied" } else { "pending" });
+    }
+    Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the service");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

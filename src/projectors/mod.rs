@@ -1,0 +1,289 @@
+//! Projectors turn the event log into read models. Each runs in its own task: it locks its checkpoint row,
+//! applies the next batch of events and saves the checkpoint in the same transaction, so every event is
+//! applied exactly once per read model, however many instances run it.
+
+mod partitions;
+mod tenants;
+
+use std::{future::Future, time::Duration};
+
+use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
+use tokio::{sync::watch, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{
+    StoreError, checkpoints,
+    events::{EventStore, NOTIFY_CHANNEL, RecordedEvent, read_all_after},
+};
+
+pub use partitions::PartitionsProjector;
+pub use tenants::TenantsProjector;
+
+/// A read model derived from the log.
+pub trait Projector: Send + Sync + 'static {
+    /// The checkpoint row's name; stable across releases.
+    const NAME: &'static str;
+
+    /// Applies one event inside the projector's transaction.
+    fn apply(
+        &self,
+        txn: &DatabaseTransaction,
+        event: &RecordedEvent,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Empties the read model before a replay.
+    fn reset(&self, txn: &DatabaseTransaction) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// How far a projector has come, as seen by this instance.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Its checkpoint: every event up to here is in its read model.
+    pub position: i64,
+    /// It has reached the head of the log at least once since start (readiness).
+    pub caught_up: bool,
+}
+
+/// Applies the events after the checkpoint, up to `batch_size` of them, in one transaction.
+/// Returns the new checkpoint and how many events were applied.
+async fn step<P: Projector>(
+    db: &DatabaseConnection,
+    projector: &P,
+    batch_size: u32,
+) -> Result<(i64, usize), StoreError> {
+    let txn = db.begin().await?;
+    let from = checkpoints::lock(&txn, P::NAME).await?;
+    let (to, applied) = apply_batch(&txn, projector, from, batch_size).await?;
+    if applied > 0 {
+        checkpoints::save(&txn, P::NAME, to).await?;
+    }
+    txn.commit().await?;
+    Ok((to, applied))
+}
+
+async fn apply_batch<P: Projector>(
+    txn: &DatabaseTransaction,
+    projector: &P,
+    from: i64,
+    batch_size: u32,
+) -> Result<(i64, usize), StoreError> {
+    let events = read_all_after(txn, from, batch_size).await?;
+    let mut position = from;
+    for event in &events {
+        projector.apply(txn, event).await?;
+        position = event.position;
+    }
+    Ok((position, events.len()))
+}
+
+/// Rebuilds the projector's read model from the start of the log in one transaction, holding its checkpoint
+/// lock throughout so that running instances wait rather than interleave.
+pub async fn replay<P: Projector>(db: &DatabaseConnection, projector: &P, batch_size: u32) -> Result<i64, StoreError> {
+    let txn = db.begin().await?;
+    checkpoints::lock(&txn, P::NAME).await?;
+    projector.reset(&txn).await?;
+    let mut position = 0;
+    loop {
+        let (to, applied) = apply_batch(&txn, projector, position, batch_size).await?;
+        position = to;
+        if applied < batch_size as usize {
+            break;
+        }
+    }
+    checkpoints::save(&txn, P::NAME, position).await?;
+    txn.commit().await?;
+    Ok(position)
+}
+
+/// Settings shared by the runners.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerSettings {
+    pub batch_size: u32,
+    pub poll_interval: Duration,
+}
+
+/// Runs a projector until `cancel` fires: catches up, then waits for the log's head to move (local append or
+/// NOTIFY) or for the poll interval, whichever comes first. Errors are logged and retried with backoff.
+pub async fn run<P: Projector>(
+    projector: P,
+    db: DatabaseConnection,
+    store: EventStore,
+    progress: watch::Sender<Progress>,
+    settings: RunnerSettings,
+    cancel: CancellationToken,
+) {
+    let mut head = store.subscribe_head();
+    let mut backoff = Backoff::new();
+    while !cancel.is_cancelled() {
+        head.mark_unchanged();
+        match step(&db, &projector, settings.batch_size).await {
+            Ok((position, applied)) => {
+                backoff.reset();
+                let caught_up = applied < settings.batch_size as usize;
+                progress.send_if_modified(|p| {
+                    let before = *p;
+                    p.position = position;
+                    p.caught_up |= caught_up;
+                    *p != before
+                });
+                if !caught_up {
+                    continue;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = head.changed() => {}
+                    _ = tokio::time::sleep(settings.poll_interval) => {}
+                }
+            }
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(projector = P::NAME, %error, ?delay, "projector step failed; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Listens for NOTIFY on append so that projectors on every instance wake at once; the poll in [`run`]
+/// covers notifications lost while reconnecting.
+pub async fn listen_for_appends(db: DatabaseConnection, store: EventStore, cancel: CancellationToken) {
+    let mut backoff = Backoff::new();
+    while !cancel.is_cancelled() {
+        let mut listener =
+            match sea_orm::sqlx::postgres::PgListener::connect_with(db.get_postgres_connection_pool()).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, ?delay, "cannot open the NOTIFY listener; retrying");
+                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => continue }
+                }
+            };
+        if let Err(error) = listener.listen(NOTIFY_CHANNEL).await {
+            tracing::warn!(%error, "LISTEN failed; retrying");
+            continue;
+        }
+        backoff.reset();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                received = listener.recv() => match received {
+                    Ok(notification) => {
+                        if let Ok(position) = notification.payload().parse::<i64>() {
+                            store.observe_head(position);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "NOTIFY listener lost its connection; reconnecting");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 100 ms to 10 s.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+
+    pub(crate) fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        delay
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
+/// The projectors of this service and where each one's progress is published.
+#[derive(Clone)]
+pub struct Projections {
+    pub tenants: watch::Receiver<Progress>,
+    pub partitions: watch::Receiver<Progress>,
+}
+
+impl Projections {
+    fn each(&self) -> [&watch::Receiver<Progress>; 2] {
+        [&self.tenants, &self.partitions]
+    }
+
+    /// Every projector has reached the head of the log at least once.
+    pub fn all_caught_up(&self) -> bool {
+        self.each().iter().all(|p| p.borrow().caught_up)
+    }
+
+    /// Waits until every projector has applied the log up to `position`; false if a projector stopped.
+    pub async fn wait_for(&self, position: i64) -> bool {
+        for progress in self.each() {
+            if progress.clone().wait_for(|p| p.position >= position).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Spawns the NOTIFY listener and every projector into `tasks`.
+pub fn spawn_all(
+    tasks: &mut JoinSet<&'static str>,
+    db: &DatabaseConnection,
+    store: &EventStore,
+    tenants: TenantsProjector,
+    partitions: PartitionsProjector,
+    settings: RunnerSettings,
+    cancel: &CancellationToken,
+) -> Projections {
+    let (db_, store_, cancel_) = (db.clone(), store.clone(), cancel.clone());
+    tasks.spawn(async move {
+        listen_for_appends(db_, store_, cancel_).await;
+        "event log listener"
+    });
+    Projections {
+        tenants: spawn(tasks, tenants, db, store, settings, cancel),
+        partitions: spawn(tasks, partitions, db, store, settings, cancel),
+    }
+}
+
+fn spawn<P: Projector>(
+    tasks: &mut JoinSet<&'static str>,
+    projector: P,
+    db: &DatabaseConnection,
+    store: &EventStore,
+    settings: RunnerSettings,
+    cancel: &CancellationToken,
+) -> watch::Receiver<Progress> {
+    let (progress, receiver) = watch::channel(Progress::default());
+    let (db, store, cancel) = (db.clone(), store.clone(), cancel.clone());
+    tasks.spawn(async move {
+        run(projector, db, store, progress, settings, cancel).await;
+        P::NAME
+    });
+    receiver
+}
+
+/// Rebuilds every read model from the log (`tenantmq replay`). Returns each projector's final position.
+pub async fn replay_all(
+    db: &DatabaseConnection,
+    partitions: PartitionsProjector,
+    batch_size: u32,
+) -> Result<Vec<(&'static str, i64)>, StoreError> {
+    Ok(vec![
+        (TenantsProjector::NAME, replay(db, &TenantsProjector, batch_size).await?),
+        (PartitionsProjector::NAME, replay(db, &partitions, batch_size).await?),
+    ])
+}

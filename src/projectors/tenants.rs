@@ -1,0 +1,68 @@
+//! The `tenants` read model.
+
+use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, sea_query::Expr};
+
+use crate::{
+    domain::tenant::TenantEvent,
+    store::{
+        StoreError,
+        events::RecordedEvent,
+        tenants::{Tenants, entity},
+    },
+};
+
+use super::Projector;
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TenantsProjector;
+
+impl Projector for TenantsProjector {
+    const NAME: &'static str = "tenants";
+
+    async fn apply(&self, txn: &DatabaseTransaction, event: &RecordedEvent) -> Result<(), StoreError> {
+        let id = event.stream_id;
+        let at = event.recorded_at;
+        match event.decode::<TenantEvent>()? {
+            TenantEvent::Created { name, workers } => {
+                Tenants::insert(entity::ActiveModel {
+                    id: Set(id),
+                    name: Set(name.into()),
+                    workers: Set(i32::from(workers.get())),
+                    status: Set(entity::STATUS_ACTIVE.into()),
+                    version: Set(event.version),
+                    created_position: Set(event.position),
+                    created_at: Set(at),
+                    updated_at: Set(at),
+                    deleted_at: Set(None),
+                })
+                .exec(txn)
+                .await?;
+            }
+            TenantEvent::ConcurrencySet { workers, .. } => {
+                Tenants::update_many()
+                    .col_expr(entity::Column::Workers, Expr::value(i32::from(workers.get())))
+                    .col_expr(entity::Column::Version, Expr::value(event.version))
+                    .col_expr(entity::Column::UpdatedAt, Expr::value(at))
+                    .filter(entity::Column::Id.eq(id))
+                    .exec(txn)
+                    .await?;
+            }
+            TenantEvent::Deleted {} => {
+                Tenants::update_many()
+                    .col_expr(entity::Column::Status, Expr::value(entity::STATUS_DELETED))
+                    .col_expr(entity::Column::Version, Expr::value(event.version))
+                    .col_expr(entity::Column::UpdatedAt, Expr::value(at))
+                    .col_expr(entity::Column::DeletedAt, Expr::value(Some(at)))
+                    .filter(entity::Column::Id.eq(id))
+                    .exec(txn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&self, txn: &DatabaseTransaction) -> Result<(), StoreError> {
+        Tenants::delete_many().exec(txn).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,39 @@
+//! `projector_checkpoints`: how far each projector has applied the log.
+
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
+
+use super::{
+    StoreError,
+    events::{scalar, stmt},
+};
+
+/// Locks the projector's checkpoint row for the rest of `txn` and returns its position. Creating the row on
+/// first use and locking it make concurrent runners of one projector (on several instances) take turns, so
+/// no event is applied twice.
+pub async fn lock(txn: &DatabaseTransaction, projector: &str) -> Result<i64, StoreError> {
+    txn.execute_raw(stmt(
+        "INSERT INTO projector_checkpoints (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+        [projector.into()],
+    ))
+    .await?;
+    scalar(
+        txn,
+        stmt("SELECT position AS value FROM projector_checkpoints WHERE name = $1 FOR UPDATE", [projector.into()]),
+    )
+    .await
+}
+
+pub async fn save(txn: &DatabaseTransaction, projector: &str, position: i64) -> Result<(), StoreError> {
+    txn.execute_raw(stmt(
+        "UPDATE projector_checkpoints SET position = $2, updated_at = now() WHERE name = $1",
+        [projector.into(), position.into()],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// Every projector's position, by name.
+pub async fn all<C: ConnectionTrait>(conn: &C) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows = conn.query_all_raw(stmt("SELECT name, position FROM projector_checkpoints ORDER BY name", [])).await?;
+    rows.iter().map(|row| Ok((row.try_get::<String>("", "name")?, row.try_get::<i64>("", "position")?))).collect()
+}

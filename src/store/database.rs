@@ -1,0 +1,91 @@
+//! Connecting to PostgreSQL: create the database when missing, migrate, and open the pool.
+
+use std::{str::FromStr, time::Duration};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection,
+    sqlx::{
+        self, Connection, PgConnection,
+        postgres::{PgConnectOptions, PgDatabaseError},
+    },
+};
+use sea_orm_migration::MigrationStatus;
+
+use crate::config::DatabaseConfig;
+
+use super::StoreError;
+
+/// Serializes schema changes across instances that start together.
+const MIGRATION_LOCK: i64 = 0x7465_6e61_6e74_6d71; // "tenantmq"
+
+/// Creates the database named in `url` if it does not exist, using the server's `postgres` database.
+pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
+    let options = PgConnectOptions::from_str(url)?;
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut admin = PgConnection::connect_with(&options.database("postgres")).await?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(&name)
+        .fetch_optional(&mut admin)
+        .await?;
+    if exists.is_none() {
+        // The name is quoted as an identifier (embedded quotes doubled), so it cannot break out.
+        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another instance created it between our check and our create.
+            Err(sqlx::Error::Database(e)) if is_duplicate_database(e.try_downcast_ref()) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    admin.close().await?;
+    Ok(())
+}
+
+fn is_duplicate_database(error: Option<&PgDatabaseError>) -> bool {
+    error.is_some_and(|e| e.code() == "42P04")
+}
+
+pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, StoreError> {
+    let mut options = ConnectOptions::new(config.url.clone());
+    options
+        .max_connections(config.max_connections)
+        .min_connections(1)
+        .connect_timeout(config.connect_timeout)
+        .acquire_timeout(config.connect_timeout)
+        .idle_timeout(Duration::from_secs(300))
+        .sqlx_logging(false);
+    Ok(Database::connect(options).await?)
+}
+
+/// Which way `migrate` moves the schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MigrationDirection {
+    Up,
+    /// Rolls back the newest applied migration.
+    Down,
+}
+
+/// Runs migrations under a session advisory lock so that instances starting together do not race.
+pub async fn migrate(db: &DatabaseConnection, url: &str, direction: MigrationDirection) -> Result<(), StoreError> {
+    let mut lock = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
+    sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
+    let result = match direction {
+        MigrationDirection::Up => Migrator::up(db, None).await,
+        MigrationDirection::Down => Migrator::down(db, Some(1)).await,
+    };
+    sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
+    lock.close().await?;
+    Ok(result?)
+}
+
+/// Each known migration with whether it has been applied.
+pub async fn migration_status(db: &DatabaseConnection) -> Result<Vec<(String, bool)>, StoreError> {
+    Ok(Migrator::get_migration_with_status(db)
+        .await?
+        .iter()
+        .map(|m| (m.name().to_owned(), m.status() == MigrationStatus::Applied))
+        .collect())
+}

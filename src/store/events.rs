@@ -1,0 +1,203 @@
+//! The append-only event log.
+//!
+//! Appends are serialized by a transaction-scoped advisory lock: a transaction takes its position only after
+//! it holds the lock and releases the lock only after its commit is visible, so positions become visible in
+//! order and a reader of `position > checkpoint` never skips an event that commits late. Tenant commands are
+//! rare and small, so one append at a time costs nothing that matters (see docs/architecture.md).
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement, TransactionTrait, Value};
+use serde::{Serialize, de::DeserializeOwned};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use super::StoreError;
+
+/// The channel NOTIFY announces new positions on, so projectors on every instance wake at once.
+pub const NOTIFY_CHANNEL: &str = "tenantmq_events";
+const APPEND_LOCK: i64 = 0x6576_656e_7473; // "events"
+
+/// Who caused an event and in answer to what: stored with every event for auditors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct EventMetadata {
+    pub actor: String,
+    pub request_id: String,
+    pub correlation_id: String,
+}
+
+/// An event as stored in the log.
+#[derive(Debug, Clone, PartialEq, FromQueryResult)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub stream_id: Uuid,
+    pub version: i32,
+    pub event_type: String,
+    pub data: serde_json::Value,
+    pub metadata: serde_json::Value,
+    pub recorded_at: DateTime<Utc>,
+}
+
+impl RecordedEvent {
+    /// Decodes into a domain event whose serde form is `{"event_type": …, "data": …}`.
+    pub fn decode<E: DeserializeOwned>(&self) -> Result<E, StoreError> {
+        let tagged = serde_json::json!({ "event_type": self.event_type, "data": self.data });
+        serde_json::from_value(tagged).map_err(|source| StoreError::UndecodableEvent {
+            position: self.position,
+            event_type: self.event_type.clone(),
+            source,
+        })
+    }
+}
+
+/// An event ready to append: its stable type name and its data.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub data: serde_json::Value,
+}
+
+impl NewEvent {
+    /// Encodes a domain event whose serde form is `{"event_type": …, "data": …}`.
+    pub fn encode<E: Serialize>(event: &E) -> Result<Self, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct Tagged {
+            event_type: String,
+            #[serde(default)]
+            data: serde_json::Value,
+        }
+        let tagged: Tagged =
+            serde_json::to_value(event).and_then(serde_json::from_value).map_err(StoreError::Encode)?;
+        Ok(Self { event_type: tagged.event_type, data: tagged.data })
+    }
+}
+
+/// Where an append landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub last_position: i64,
+    pub last_version: i32,
+}
+
+const COLUMNS: &str = "position, stream_id, version, event_type, data, metadata, recorded_at";
+
+#[derive(Clone)]
+pub struct EventStore {
+    db: DatabaseConnection,
+    /// The highest position known to exist; appends here and NOTIFY from other instances raise it.
+    head: watch::Sender<i64>,
+}
+
+impl EventStore {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db, head: watch::Sender::new(0) }
+    }
+
+    /// Follows the head of the log (raised by local appends and by [`EventStore::observe_head`]).
+    pub fn subscribe_head(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    /// Records that the log reaches at least `position` (from NOTIFY or a poll).
+    pub fn observe_head(&self, position: i64) {
+        self.head.send_if_modified(|head| {
+            let raised = position > *head;
+            *head = (*head).max(position);
+            raised
+        });
+    }
+
+    /// Appends `events` to `stream_id`, which must be at `expected_version` (0 for a new stream).
+    pub async fn append(
+        &self,
+        stream_id: Uuid,
+        expected_version: i32,
+        events: &[NewEvent],
+        metadata: &EventMetadata,
+    ) -> Result<Appended, StoreError> {
+        let metadata = serde_json::to_value(metadata).map_err(StoreError::Encode)?;
+        let txn = self.db.begin().await?;
+        txn.execute_raw(stmt("SELECT pg_advisory_xact_lock($1)", [APPEND_LOCK.into()])).await?;
+        let actual: i32 = scalar(
+            &txn,
+            stmt("SELECT COALESCE(MAX(version), 0) AS value FROM events WHERE stream_id = $1", [stream_id.into()]),
+        )
+        .await?;
+        if actual != expected_version {
+            return Err(StoreError::VersionConflict { expected: expected_version, actual });
+        }
+        let mut appended = Appended { last_position: 0, last_version: actual };
+        for event in events {
+            appended.last_version += 1;
+            appended.last_position = scalar(
+                &txn,
+                stmt(
+                    "INSERT INTO events (stream_id, version, event_type, data, metadata) \
+                     VALUES ($1, $2, $3, $4, $5) RETURNING position AS value",
+                    [
+                        stream_id.into(),
+                        appended.last_version.into(),
+                        event.event_type.clone().into(),
+                        event.data.clone().into(),
+                        metadata.clone().into(),
+                    ],
+                ),
+            )
+            .await?;
+        }
+        txn.execute_raw(stmt(
+            "SELECT pg_notify($1, $2)",
+            [NOTIFY_CHANNEL.into(), appended.last_position.to_string().into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        self.observe_head(appended.last_position);
+        Ok(appended)
+    }
+
+    /// One stream's events with version > `after_version`, oldest first.
+    pub async fn read_stream(
+        &self,
+        stream_id: Uuid,
+        after_version: i32,
+        limit: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql =
+            format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(RecordedEvent::find_by_statement(stmt(&sql, [stream_id.into(), after_version.into(), limit.into()]))
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The highest position in the log (0 when empty).
+    pub async fn head_position(&self) -> Result<i64, StoreError> {
+        let head: i64 = scalar(&self.db, stmt("SELECT COALESCE(MAX(position), 0) AS value FROM events", [])).await?;
+        self.observe_head(head);
+        Ok(head)
+    }
+}
+
+/// Events after `position` across all streams, in position order; `conn` may be a projector's transaction.
+pub async fn read_all_after<C: ConnectionTrait>(
+    conn: &C,
+    position: i64,
+    limit: u32,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+    Ok(RecordedEvent::find_by_statement(stmt(&sql, [position.into(), i64::from(limit).into()])).all(conn).await?)
+}
+
+pub(crate) fn stmt<const N: usize>(sql: &str, values: [Value; N]) -> Statement {
+    Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+}
+
+/// Runs a query that returns one row with one column named `value`.
+pub(crate) async fn scalar<C: ConnectionTrait, T: sea_orm::TryGetable>(
+    conn: &C,
+    statement: Statement,
+) -> Result<T, StoreError> {
+    let row = conn.query_one_raw(statement).await?.ok_or_else(|| {
+        StoreError::Database(sea_orm::DbErr::RecordNotFound("a query that returns one row returned none".into()))
+    })?;
+    Ok(row.try_get::<T>("", "value")?)
+}

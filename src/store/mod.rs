@@ -1,0 +1,26 @@
+//! Persistence at the edge: the database connection, the event log and the read models.
+
+pub mod checkpoints;
+pub mod database;
+pub mod events;
+pub mod partitions;
+pub mod tenants;
+
+use sea_orm::DbErr;
+
+/// Everything that can go wrong talking to the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another writer appended to the stream first (optimistic concurrency).
+    #[error("the stream is at version {actual}, not the expected {expected}")]
+    VersionConflict { expected: i32, actual: i32 },
+    /// An event in the log could not be decoded into the domain's events.
+    #[error("event at position {position} ({event_type}) cannot be decoded: {source}")]
+    UndecodableEvent { position: i64, event_type: String, source: serde_json::Error },
+    #[error("an event cannot be encoded: {0}")]
+    Encode(serde_json::Error),
+    #[error("database error: {0}")]
+    Database(#[from] DbErr),
+    #[error("database error: {0}")]
+    Sqlx(#[from] sea_orm::sqlx::Error),
+}

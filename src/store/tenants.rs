@@ -1,0 +1,75 @@
+//! The `tenants` read model: the entity, and the queries the API reads it with.
+
+use crate::domain::tenant::TenantId;
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+
+use super::StoreError;
+
+pub mod entity {
+    use sea_orm::entity::prelude::*;
+
+    pub const STATUS_ACTIVE: &str = "active";
+    pub const STATUS_DELETED: &str = "deleted";
+
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "tenants")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub id: Uuid,
+        pub name: String,
+        pub workers: i32,
+        pub status: String,
+        pub version: i32,
+        /// Position of its TenantCreated event: a stable, gap-free order for paging.
+        pub created_position: i64,
+        pub created_at: DateTimeUtc,
+        pub updated_at: DateTimeUtc,
+        pub deleted_at: Option<DateTimeUtc>,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+pub use entity::{Entity as Tenants, Model as TenantRow};
+
+#[derive(Clone)]
+pub struct TenantReadModel {
+    db: DatabaseConnection,
+}
+
+impl TenantReadModel {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// A live (not deleted) tenant.
+    pub async fn get_active(&self, id: TenantId) -> Result<Option<TenantRow>, StoreError> {
+        Ok(Tenants::find_by_id(id.as_uuid())
+            .filter(entity::Column::Status.eq(entity::STATUS_ACTIVE))
+            .one(&self.db)
+            .await?)
+    }
+
+    /// Live tenants created after `after_position`, in creation order.
+    pub async fn list_active(&self, after_position: i64, limit: u64) -> Result<Vec<TenantRow>, StoreError> {
+        Ok(Tenants::find()
+            .filter(entity::Column::Status.eq(entity::STATUS_ACTIVE))
+            .filter(entity::Column::CreatedPosition.gt(after_position))
+            .order_by_asc(entity::Column::CreatedPosition)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Every row, deleted ones included, ordered by id (for comparing states, e.g. after a replay).
+    pub async fn all(&self) -> Result<Vec<TenantRow>, StoreError> {
+        all_rows(&self.db).await
+    }
+}
+
+pub async fn all_rows<C: ConnectionTrait>(conn: &C) -> Result<Vec<TenantRow>, StoreError> {
+    Ok(Tenants::find().order_by_asc(entity::Column::Id).all(conn).await?)
+}

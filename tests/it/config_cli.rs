@@ -1,0 +1,81 @@
+//! Configuration layering and errors, through the real binary as an operator runs it.
+
+use std::{path::PathBuf, process::Output};
+
+use serde_json::Value;
+
+const SEED: &str = "rabbitmq:\n  url: amqp://user:pass@localhost:5672/\ndatabase:\n  url: postgres://user:pass@localhost:5432/app\nworkers: 3  # default workers for a new tenant\n";
+
+fn temp_file(contents: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("tenantmq-config-{}.yaml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, contents).expect("temp config written");
+    path
+}
+
+fn tenantmq(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tenantmq"));
+    command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTMQ_")) {
+        command.env_remove(key);
+    }
+    command.envs(env.iter().copied()).output().expect("tenantmq runs")
+}
+
+fn effective_config(args: &[&str], env: &[(&str, &str)]) -> Value {
+    let output = tenantmq(args, env);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("config JSON")
+}
+
+#[test]
+fn the_seed_yaml_loads_unchanged() {
+    let seed = temp_file(SEED);
+    let config = effective_config(&["--config", seed.to_str().expect("utf-8 path"), "config"], &[]);
+    assert_eq!(config["rabbitmq"]["url"], "amqp://user:pass@localhost:5672/");
+    assert_eq!(config["database"]["url"], "postgres://user:pass@localhost:5432/app");
+    assert_eq!(config["workers"], 3);
+    assert_eq!(config["server"]["port"], 8080, "defaults fill what the file leaves out");
+}
+
+#[test]
+fn environment_beats_the_file_which_beats_the_defaults() {
+    let file = temp_file("workers: 5\nserver:\n  port: 7000\n  host: 127.0.0.1\nshutdown_timeout: 45s\n");
+    let config = effective_config(
+        &["--config", file.to_str().expect("utf-8 path"), "config"],
+        &[("TENANTMQ_SERVER__PORT", "9000"), ("TENANTMQ_DATABASE__URL", "postgres://x@db:5432/y")],
+    );
+    assert_eq!(config["server"]["port"], 9000);
+    assert_eq!(config["server"]["host"], "127.0.0.1");
+    assert_eq!(config["workers"], 5);
+    assert_eq!(config["shutdown_timeout"], "45s");
+    assert_eq!(config["database"]["url"], "postgres://x@db:5432/y");
+    assert_eq!(config["max_workers"], 64);
+}
+
+#[test]
+fn bad_configuration_exits_2_with_one_line_naming_the_key() {
+    let bad_file = temp_file("workers: [1, 2\n");
+    let bad_file = bad_file.to_str().expect("utf-8 path").to_owned();
+    let zero = temp_file("workers: 0\n");
+    let zero = zero.to_str().expect("utf-8 path").to_owned();
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["serve"], vec![("TENANTMQ_SERVER__PORT", "abc")], "server.port"),
+        (vec!["serve"], vec![("TENANTMQ_SERVER__PORT", "70000")], "server.port"),
+        (vec!["serve"], vec![("TENANTMQ_WORKERS", "100")], "workers"),
+        (vec!["serve"], vec![("TENANTMQ_MAX_WORKERS", "-1")], "max_workers"),
+        (vec!["serve"], vec![("TENANTMQ_SHUTDOWN_TIMEOUT", "soon")], "shutdown_timeout"),
+        (vec!["serve"], vec![("TENANTMQ_DATABASE__URL", "mysql://x")], "database.url"),
+        (vec!["serve"], vec![("TENANTMQ_PARTITIONS__ON_TENANT_DELETE", "shred")], "partitions.on_tenant_delete"),
+        (vec!["--config", &zero, "serve"], vec![], "workers"),
+        (vec!["--config", "/no/such/file.yaml", "serve"], vec![], "--config"),
+        (vec!["--config", &bad_file, "serve"], vec![], ""),
+    ];
+    for (args, env, key) in cases {
+        let output = tenantmq(&args, &env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(&format!("`{key}")), "names `{key}`: {stderr}");
+    }
+}

@@ -1,0 +1,138 @@
+//! Spawns the real application, as `main` does, on a free port and a database of its own.
+
+use std::{future::Future, time::Duration};
+
+use reqwest::{Response, StatusCode};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use serde_json::{Value, json};
+use tenantmq::{Application, config::Config};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::services;
+
+pub struct TestApp {
+    pub base_url: String,
+    pub client: reqwest::Client,
+    pub db: DatabaseConnection,
+    pub config: Config,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+/// A configuration for a test: its own database, a free port, fast polling.
+pub fn test_config() -> Config {
+    let services = services::get();
+    let mut config = Config::default();
+    config.server.host = "127.0.0.1".into();
+    config.server.port = 0;
+    config.database.url = format!("{}/tenantmq_it_{}", services.postgres_server, Uuid::new_v4().simple());
+    config.database.max_connections = 10;
+    config.rabbitmq.url = services.amqp_url.clone();
+    config.projectors.poll_interval = Duration::from_millis(200);
+    config.shutdown_timeout = Duration::from_secs(10);
+    config
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(test_config()).await
+    }
+
+    pub async fn spawn_with(config: Config) -> Self {
+        let app = Application::build(config.clone()).await.expect("the application starts");
+        let base_url = format!("http://{}", app.address());
+        let db = app.db().clone();
+        let shutdown = app.shutdown_token();
+        let server = tokio::spawn(app.run_until_stopped());
+        Self { base_url, client: reqwest::Client::new(), db, config, shutdown, server }
+    }
+
+    /// Stops the service gracefully, waits for it and drops the test's database.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.server.await.expect("server task").expect("server stopped cleanly");
+        drop_database(&self.config.database.url).await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        self.client.get(self.url(path)).send().await.expect("request sent")
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn put_json(&self, path: &str, body: &Value) -> Response {
+        self.client.put(self.url(path)).json(body).send().await.expect("request sent")
+    }
+
+    pub async fn delete(&self, path: &str) -> Response {
+        self.client.delete(self.url(path)).send().await.expect("request sent")
+    }
+
+    /// Creates a tenant and returns its JSON.
+    pub async fn create_tenant(&self, name: &str) -> Value {
+        let response = self.post_json("/tenants", &json!({ "name": name })).await;
+        assert_eq!(response.status(), StatusCode::CREATED, "creating tenant {name}");
+        response.json().await.expect("tenant JSON")
+    }
+
+    /// A count from SQL (`SELECT count(*) …`) or any single bigint.
+    pub async fn scalar_i64(&self, sql: &str) -> i64 {
+        scalar_i64(&self.db, sql).await
+    }
+}
+
+pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
+    let row =
+        db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)).await.expect("query runs").expect("one row");
+    row.try_get_by_index::<i64>(0).expect("a bigint")
+}
+
+/// Asserts a problem+json response with `status` and (when given) the `field` it names.
+pub async fn assert_problem(response: Response, status: StatusCode, field: Option<&str>) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    let body: Value = response.json().await.expect("problem JSON");
+    assert_eq!(body["status"], status.as_u16());
+    assert!(body["type"].as_str().is_some_and(|t| t.starts_with("urn:tenantmq:problem:")), "{body}");
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()), "{body}");
+    if let Some(field) = field {
+        assert_eq!(body["field"], field, "{body}");
+    }
+    body
+}
+
+/// Polls `check` until it returns `Some`, failing after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Drops a test database (the CI script sweeps any a failed test left behind).
+pub async fn drop_database(url: &str) {
+    let (server, name) = url.rsplit_once('/').expect("a database URL");
+    let admin = sea_orm::Database::connect(format!("{server}/postgres")).await.expect("admin connection");
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .await
+        .expect("test database dropped");
+    admin.close().await.expect("admin connection closed");
+}

@@ -1,0 +1,9 @@
+//! Integration tests: one binary, real PostgreSQL (and RabbitMQ), a database per test.
+
+mod config_cli;
+mod event_store;
+mod helpers;
+mod openapi;
+mod projectors;
+mod services;
+mod tenants_api;

@@ -1,0 +1,106 @@
+//! Projector runners: exactly-once application across instances, and replay.
+
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
+use serde_json::json;
+use tenantmq::{
+    projectors::{self, PartitionsProjector, Progress, Projector, RunnerSettings},
+    store::{
+        StoreError,
+        events::{EventStore, RecordedEvent},
+        tenants::TenantReadModel,
+    },
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TestApp, eventually, scalar_i64};
+
+/// Records every event it applies in `applied`, with no uniqueness constraint, so a double apply shows.
+struct RecordingProjector;
+
+impl Projector for RecordingProjector {
+    const NAME: &'static str = "test_recording";
+
+    async fn apply(&self, txn: &DatabaseTransaction, event: &RecordedEvent) -> Result<(), StoreError> {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO applied (position) VALUES ($1)",
+            [event.position.into()],
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, txn: &DatabaseTransaction) -> Result<(), StoreError> {
+        txn.execute_unprepared("DELETE FROM applied").await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn two_runners_of_one_projector_apply_each_event_once() {
+    let app = TestApp::spawn().await;
+    app.db.execute_unprepared("CREATE TABLE applied (position BIGINT NOT NULL)").await.expect("table");
+    let store = EventStore::new(app.db.clone());
+    let cancel = CancellationToken::new();
+    let settings = RunnerSettings { batch_size: 3, poll_interval: Duration::from_millis(20) };
+    let runners: Vec<_> = (0..2)
+        .map(|_| {
+            let (db, store, cancel) = (app.db.clone(), store.clone(), cancel.clone());
+            tokio::spawn(projectors::run(
+                RecordingProjector,
+                db,
+                store,
+                watch::Sender::new(Progress::default()),
+                settings,
+                cancel,
+            ))
+        })
+        .collect();
+
+    for i in 0..30 {
+        app.create_tenant(&format!("t{i}")).await;
+    }
+    let head = store.head_position().await.expect("head");
+    let checkpoint = format!("SELECT position FROM projector_checkpoints WHERE name = '{}'", RecordingProjector::NAME);
+    eventually(Duration::from_secs(20), "the recording projector to reach the head", || async {
+        (scalar_i64(&app.db, &format!("SELECT COALESCE(({checkpoint}), 0)")).await == head).then_some(())
+    })
+    .await;
+    cancel.cancel();
+    for runner in runners {
+        runner.await.expect("runner");
+    }
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM applied").await, head, "every event applied");
+    assert_eq!(app.scalar_i64("SELECT count(DISTINCT position) FROM applied").await, head, "none applied twice");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn replay_rebuilds_the_same_read_models() {
+    let app = TestApp::spawn().await;
+    let a = app.create_tenant("a").await["id"].as_str().expect("id").to_owned();
+    let b = app.create_tenant("b").await["id"].as_str().expect("id").to_owned();
+    app.create_tenant("c").await;
+    app.put_json(&format!("/tenants/{a}/config/concurrency"), &json!({ "workers": 7 })).await;
+    app.delete(&format!("/tenants/{b}")).await;
+    let read_model = TenantReadModel::new(app.db.clone());
+    let before = read_model.all().await.expect("rows");
+    let partitions = "SELECT count(*) FROM pg_inherits WHERE inhparent = 'messages'::regclass";
+    let partitions_before = app.scalar_i64(partitions).await;
+    assert_eq!(before.len(), 3);
+    assert_eq!(partitions_before, 2);
+
+    app.db.execute_unprepared("UPDATE tenants SET name = 'corrupted', workers = 1").await.expect("corrupt");
+    let positions =
+        projectors::replay_all(&app.db, PartitionsProjector { on_delete: app.config.partitions.on_tenant_delete }, 2)
+            .await
+            .expect("replay");
+    let head = EventStore::new(app.db.clone()).head_position().await.expect("head");
+    assert!(positions.iter().all(|(_, position)| *position == head), "{positions:?}");
+    assert_eq!(read_model.all().await.expect("rows"), before, "rebuilt state equals the original");
+    assert_eq!(app.scalar_i64(partitions).await, partitions_before);
+    app.stop().await;
+}
