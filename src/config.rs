@@ -32,7 +32,10 @@ pub struct Config {
     /// How long a graceful shutdown may take before what is left is abandoned (and redelivered later).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Largest accepted body of a batch publish, in bytes.
+    pub max_batch_bytes: usize,
     pub projectors: ProjectorConfig,
+    pub consumer: ConsumerConfig,
     pub partitions: PartitionConfig,
     pub log: LogConfig,
 }
@@ -58,10 +61,39 @@ pub struct DatabaseConfig {
     pub connect_timeout: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Classic,
+    Quorum,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct RabbitMqConfig {
     pub url: String,
+    /// Type of the tenant queues (`classic` or `quorum`). Fixed when a queue is first declared.
+    pub queue_type: QueueType,
+    /// Confirm channels kept for publishing.
+    pub publisher_channels: u16,
+    /// How long a publish waits for the broker's confirm before answering 503.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConsumerConfig {
+    /// Most messages a worker writes in one transaction.
+    pub batch_size: u16,
+    /// How long a worker waits to fill a batch once it has its first message.
+    #[serde(with = "humantime_serde")]
+    pub batch_wait: Duration,
+    /// The reconciler compares desired and running consumers at least this often.
+    #[serde(with = "humantime_serde")]
+    pub resync_interval: Duration,
+    /// Names this instance in consumer tags; defaults to `<hostname>-<pid>`.
+    pub instance_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,7 +150,9 @@ impl Default for Config {
             max_retries: 5,
             max_payload_bytes: 1024 * 1024,
             shutdown_timeout: Duration::from_secs(30),
+            max_batch_bytes: 16 * 1024 * 1024,
             projectors: ProjectorConfig::default(),
+            consumer: ConsumerConfig::default(),
             partitions: PartitionConfig::default(),
             log: LogConfig::default(),
         }
@@ -145,7 +179,37 @@ impl Default for DatabaseConfig {
 
 impl Default for RabbitMqConfig {
     fn default() -> Self {
-        Self { url: "amqp://guest:guest@127.0.0.1:5672/%2f".into() }
+        Self {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue_type: QueueType::Classic,
+            publisher_channels: 4,
+            publish_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 100,
+            batch_wait: Duration::from_millis(5),
+            resync_interval: Duration::from_secs(5),
+            instance_id: None,
+        }
+    }
+}
+
+impl ConsumerConfig {
+    pub fn instance_id(&self) -> String {
+        self.instance_id.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "tenantmq".into());
+            format!("{host}-{}", std::process::id())
+        })
     }
 }
 
@@ -235,6 +299,18 @@ impl Config {
         }
         if !(self.rabbitmq.url.starts_with("amqp://") || self.rabbitmq.url.starts_with("amqps://")) {
             return Err(ConfigError::new("rabbitmq.url", "must be an amqp:// or amqps:// URL"));
+        }
+        if self.max_batch_bytes < self.max_payload_bytes {
+            return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
+        }
+        if self.rabbitmq.publisher_channels == 0 {
+            return Err(ConfigError::new("rabbitmq.publisher_channels", "must be at least 1"));
+        }
+        if self.consumer.batch_size == 0 {
+            return Err(ConfigError::new("consumer.batch_size", "must be at least 1"));
+        }
+        if self.consumer.resync_interval.is_zero() {
+            return Err(ConfigError::new("consumer.resync_interval", "must be greater than zero"));
         }
         if self.database.max_connections == 0 {
             return Err(ConfigError::new("database.max_connections", "must be at least 1"));

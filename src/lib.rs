@@ -1,24 +1,26 @@
 //! tenantmq: event-sourced multi-tenant messaging on RabbitMQ and PostgreSQL.
 //!
 //! Follow a command through the modules: [`api`] receives it, [`commands`] runs the pure [`domain`] rules and
-//! appends events to the log in [`store`], [`projectors`] derive the read models from the log.
+//! appends events to the log in [`store`], [`projectors`] derive the read models from the log, and the
+//! [`runtime`]'s reconciler starts, resizes or stops the tenant's consumer, whose workers write the rows.
 
 pub mod api;
 pub mod commands;
 pub mod config;
 pub mod domain;
 pub mod projectors;
+pub mod runtime;
 pub mod store;
 pub mod telemetry;
 
-use std::{io, net::SocketAddr};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
 use poem::{
     Server,
     listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
 };
 use sea_orm::DatabaseConnection;
-use tokio::task::JoinSet;
+use tokio::{sync::OnceCell, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -26,6 +28,7 @@ use crate::{
     commands::TenantCommands,
     config::Config,
     projectors::{PartitionsProjector, RunnerSettings, TenantsProjector},
+    runtime::Runtime,
     store::{
         StoreError,
         database::{self, MigrationDirection},
@@ -42,17 +45,20 @@ pub enum StartupError {
     Bind { address: String, source: io::Error },
 }
 
-/// The running service: HTTP server, projectors and (later) the runtime, stopped by one token.
+/// The running service: HTTP server, projectors and runtime, stopped by one token.
 pub struct Application {
     acceptor: TcpAcceptor,
     address: SocketAddr,
     config: Config,
     state: AppState,
-    tasks: JoinSet<&'static str>,
+    /// The reconciler and the consumers: stopped first, while the broker connection is still up to ack.
+    consumer_tasks: JoinSet<&'static str>,
+    stop_consumers: CancellationToken,
+    /// Projectors, the NOTIFY listener and the broker connection: stopped last.
+    background_tasks: JoinSet<&'static str>,
+    background: CancellationToken,
     /// Cancelled by the caller to stop the service (SIGTERM in `main`, the end of a test).
     shutdown: CancellationToken,
-    /// Cancelled after the HTTP server has drained, to stop the background loops.
-    background: CancellationToken,
 }
 
 impl Application {
@@ -63,9 +69,9 @@ impl Application {
         store.head_position().await?;
 
         let background = CancellationToken::new();
-        let mut tasks = JoinSet::new();
+        let mut background_tasks = JoinSet::new();
         let projections = projectors::spawn_all(
-            &mut tasks,
+            &mut background_tasks,
             &db,
             &store,
             TenantsProjector,
@@ -79,7 +85,24 @@ impl Application {
             projections.clone(),
             config.projectors.command_wait,
         );
-        let state = AppState { commands, tenants: TenantReadModel::new(db.clone()), events: store, db, projections };
+        let stop_consumers = CancellationToken::new();
+        let mut consumer_tasks = JoinSet::new();
+        let runtime = Runtime::spawn(
+            &config,
+            &db,
+            &projections,
+            (&mut background_tasks, &background),
+            (&mut consumer_tasks, &stop_consumers),
+        );
+        let state = AppState {
+            commands,
+            tenants: TenantReadModel::new(db.clone()),
+            events: store,
+            db,
+            projections,
+            runtime,
+            limits: api::json_body::BodyLimits { single: config.max_payload_bytes, batch: config.max_batch_bytes },
+        };
 
         let address = format!("{}:{}", config.server.host, config.server.port);
         let acceptor = TcpListener::bind(address.clone())
@@ -91,7 +114,17 @@ impl Application {
             .first()
             .and_then(|a| a.as_socket_addr().copied())
             .ok_or_else(|| StartupError::Bind { address, source: io::Error::other("no local address") })?;
-        Ok(Self { acceptor, address, config, state, tasks, shutdown: CancellationToken::new(), background })
+        Ok(Self {
+            acceptor,
+            address,
+            config,
+            state,
+            consumer_tasks,
+            stop_consumers,
+            background_tasks,
+            background,
+            shutdown: CancellationToken::new(),
+        })
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -112,34 +145,64 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Serves until the shutdown token is cancelled, then stops taking requests, lets in-flight requests
-    /// finish, stops the background loops, and returns within `shutdown_timeout`.
+    /// Serves until the shutdown token is cancelled, then, within `shutdown_timeout` in all: stops taking
+    /// requests and lets in-flight ones finish; stops the consumers, whose workers finish and ack what they
+    /// hold (what they cannot finish stays unacked and is redelivered); closes the broker connection; stops
+    /// the projectors; closes the pool.
     pub async fn run_until_stopped(self) -> io::Result<()> {
-        let Self { acceptor, address, config, state, mut tasks, shutdown, background } = self;
+        let Self {
+            acceptor,
+            address,
+            config,
+            state,
+            mut consumer_tasks,
+            stop_consumers,
+            mut background_tasks,
+            background,
+            shutdown,
+        } = self;
         tracing::info!(%address, "serving");
-        let routes = api::routes(state.clone(), config.max_payload_bytes);
-        let served = Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(routes, shutdown.cancelled_owned(), Some(config.shutdown_timeout))
-            .await;
-        background.cancel();
-        let drained = tokio::time::timeout(config.shutdown_timeout, async {
-            while let Some(ended) = tasks.join_next().await {
-                match ended {
-                    Ok(name) => tracing::info!(task = name, "stopped"),
-                    Err(error) => tracing::error!(%error, "a background task failed"),
-                }
+        let routes = api::routes(state.clone());
+        let requested = Arc::new(OnceCell::new());
+        let signal = {
+            let requested = requested.clone();
+            async move {
+                shutdown.cancelled().await;
+                let _ = requested.set(Instant::now());
             }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(timeout = ?config.shutdown_timeout, "background tasks did not stop in time; abandoning them");
-            tasks.abort_all();
-        }
+        };
+        let served = Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(routes, signal, Some(config.shutdown_timeout))
+            .await;
+        let deadline = requested.get().copied().unwrap_or_else(Instant::now) + config.shutdown_timeout;
+
+        stop_consumers.cancel();
+        join_until(&mut consumer_tasks, deadline).await;
+        state.runtime.broker.close().await;
+        background.cancel();
+        join_until(&mut background_tasks, deadline.max(Instant::now() + Duration::from_secs(1))).await;
         if let Err(error) = state.db.close_by_ref().await {
             tracing::warn!(%error, "closing the database pool");
         }
         tracing::info!("stopped");
         served
+    }
+}
+
+/// Joins every task, reporting how each ended; aborts what is still running at `deadline`.
+async fn join_until(tasks: &mut JoinSet<&'static str>, deadline: Instant) {
+    let joined = tokio::time::timeout_at(deadline, async {
+        while let Some(ended) = tasks.join_next().await {
+            match ended {
+                Ok(name) => tracing::info!(task = name, "stopped"),
+                Err(error) => tracing::error!(%error, "a task failed"),
+            }
+        }
+    })
+    .await;
+    if joined.is_err() {
+        tracing::warn!(left = tasks.len(), "tasks did not stop before the shutdown deadline; abandoning them");
+        tasks.abort_all();
     }
 }
 

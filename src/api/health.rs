@@ -15,6 +15,8 @@ pub struct Liveness {
 pub struct Readiness {
     /// PostgreSQL answers.
     pub database: bool,
+    /// The RabbitMQ connection is up.
+    pub broker: bool,
     /// Every projector has caught up with the event log since start.
     pub projectors: bool,
 }
@@ -39,12 +41,15 @@ impl HealthApi {
         Json(Liveness { status: "ok".into() })
     }
 
-    /// Readiness: PostgreSQL reachable and projectors caught up
+    /// Readiness: PostgreSQL and RabbitMQ reachable, projectors caught up
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&AppState>) -> ReadinessResponse {
-        let readiness =
-            Readiness { database: state.db.ping().await.is_ok(), projectors: state.projections.all_caught_up() };
-        if readiness.database && readiness.projectors {
+        let readiness = Readiness {
+            database: state.db.ping().await.is_ok(),
+            broker: state.runtime.broker.is_connected(),
+            projectors: state.projections.all_caught_up(),
+        };
+        if readiness.database && readiness.broker && readiness.projectors {
             ReadinessResponse::Ready(Json(readiness))
         } else {
             ReadinessResponse::NotReady(Json(readiness))

@@ -12,13 +12,18 @@ use serde::de::DeserializeOwned;
 
 use super::problem::BodyError;
 
-/// The largest body accepted (`max_payload_bytes`), put into request data by the router.
+/// The largest bodies accepted (`max_payload_bytes`, and `max_batch_bytes` for batches), put into request data
+/// by the router.
 #[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
+pub struct BodyLimits {
+    pub single: usize,
+    pub batch: usize,
+}
 
-pub struct JsonBody<T>(pub T);
+/// A JSON body; `BATCH` bodies get the batch size limit.
+pub struct JsonBody<T, const BATCH: bool = false>(pub T);
 
-impl<T: Type> Payload for JsonBody<T> {
+impl<T: Type, const BATCH: bool> Payload for JsonBody<T, BATCH> {
     const CONTENT_TYPE: &'static str = "application/json";
 
     fn check_content_type(content_type: &str) -> bool {
@@ -36,11 +41,11 @@ impl<T: Type> Payload for JsonBody<T> {
     }
 }
 
-impl<T: DeserializeOwned + Send> ParsePayload for JsonBody<T> {
+impl<T: DeserializeOwned + Send, const BATCH: bool> ParsePayload for JsonBody<T, BATCH> {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        let limit = request.data::<BodyLimit>().map_or(usize::MAX, |l| l.0);
+        let limit = request.data::<BodyLimits>().map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single });
         let too_large = || BodyError {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             field: None,
@@ -96,7 +101,7 @@ fn named_field(message: &str, prefix: &str) -> Option<String> {
     rest.split('`').next().map(str::to_owned)
 }
 
-impl_apirequest_for_payload!(JsonBody<T>, T: Type + DeserializeOwned + Send);
+impl_apirequest_for_payload!(JsonBody<T, BATCH>, T: Type + DeserializeOwned + Send, const BATCH: bool);
 
 #[cfg(test)]
 mod tests {

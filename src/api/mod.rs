@@ -5,6 +5,7 @@
 mod events;
 mod health;
 pub mod json_body;
+mod messages;
 pub mod pagination;
 pub mod problem;
 pub mod request_context;
@@ -17,11 +18,13 @@ use sea_orm::DatabaseConnection;
 use crate::{
     commands::TenantCommands,
     projectors::Projections,
+    runtime::Runtime,
     store::{events::EventStore, tenants::TenantReadModel},
 };
 
 pub use events::EventsApi;
 pub use health::HealthApi;
+pub use messages::MessagesApi;
 pub use tenants::TenantsApi;
 
 #[derive(Tags)]
@@ -30,6 +33,8 @@ pub enum ApiTags {
     Tenants,
     /// Tenants' event histories
     Events,
+    /// Publishing and reading messages
+    Messages,
     /// Liveness and readiness
     Health,
 }
@@ -42,19 +47,22 @@ pub struct AppState {
     pub events: EventStore,
     pub db: DatabaseConnection,
     pub projections: Projections,
+    pub runtime: Runtime,
+    pub limits: json_body::BodyLimits,
 }
 
-pub type Apis = (TenantsApi, EventsApi, HealthApi);
+pub type Apis = (TenantsApi, EventsApi, MessagesApi, HealthApi);
 
 /// The OpenAPI service; its `spec()` is the committed `docs/openapi.json`.
 pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((TenantsApi, EventsApi, HealthApi), "tenantmq", env!("CARGO_PKG_VERSION"))
+    OpenApiService::new((TenantsApi, EventsApi, MessagesApi, HealthApi), "tenantmq", env!("CARGO_PKG_VERSION"))
         .description("Event-sourced multi-tenant messaging on RabbitMQ and PostgreSQL.")
 }
 
 /// The whole HTTP surface: the API, Swagger UI at `/docs`, the document at `/openapi.json`.
-pub fn routes(state: AppState, max_payload_bytes: usize) -> impl Endpoint {
+pub fn routes(state: AppState) -> impl Endpoint {
     let api = service();
+    let limits = state.limits;
     Route::new()
         .nest("/docs", api.swagger_ui())
         .at("/openapi.json", api.spec_endpoint())
@@ -62,5 +70,5 @@ pub fn routes(state: AppState, max_payload_bytes: usize) -> impl Endpoint {
         .catch_all_error(problem::into_problem)
         .around(request_context::middleware)
         .data(state)
-        .data(json_body::BodyLimit(max_payload_bytes))
+        .data(limits)
 }

@@ -85,6 +85,15 @@ impl ApiError {
         ))
     }
 
+    pub fn payload_too_large_field(field: String, limit: usize) -> Self {
+        Self::PayloadTooLarge(problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("`{field}` exceeds the limit of {limit} bytes"),
+            Some(&field),
+        ))
+    }
+
     pub fn unavailable(detail: impl Into<String>) -> Self {
         Self::Unavailable(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail, None))
     }

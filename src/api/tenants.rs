@@ -69,6 +69,33 @@ impl From<TenantRow> for Tenant {
     }
 }
 
+/// What is running for a tenant on this instance.
+#[derive(Debug, Clone, Object)]
+pub struct TenantRuntimeView {
+    /// `starting`, `running`, `stopping`, or `stopped` (no consumer on this instance right now).
+    pub consumer_state: String,
+    /// Workers in the pool now (follows `workers` after a change).
+    pub running_workers: u16,
+    /// Workers handling a batch right now.
+    pub busy_workers: u16,
+    /// This instance's consumer tag (instance, tenant, generation).
+    pub consumer_tag: Option<String>,
+    /// Messages ready in the tenant's queue (null when the broker cannot be asked).
+    pub queue_depth: Option<u32>,
+    /// Consumers on the tenant's queue, across all instances.
+    pub queue_consumers: Option<u32>,
+    /// Messages in the tenant's dead-letter queue.
+    pub dlq_depth: Option<u32>,
+}
+
+/// A tenant with its runtime.
+#[derive(Debug, Clone, Object)]
+pub struct TenantDetails {
+    #[oai(flatten)]
+    pub tenant: Tenant,
+    pub runtime: TenantRuntimeView,
+}
+
 /// A page of tenants in creation order.
 #[derive(Debug, Object)]
 pub struct TenantPage {
@@ -130,10 +157,23 @@ impl TenantsApi {
         Ok(Json(TenantPage { data, next_cursor }))
     }
 
-    /// Get a tenant
+    /// Get a tenant with its desired and running workers, consumer state and queue depths
     #[oai(path = "/tenants/:id", method = "get", operation_id = "getTenant")]
-    async fn get(&self, state: Data<&AppState>, id: Path<Uuid>) -> Result<Json<Tenant>, ApiError> {
-        Ok(Json(read_back(&state, TenantId::from_uuid(id.0)).await?))
+    async fn get(&self, state: Data<&AppState>, id: Path<Uuid>) -> Result<Json<TenantDetails>, ApiError> {
+        let id = TenantId::from_uuid(id.0);
+        let tenant = read_back(&state, id).await?;
+        let running = state.runtime.manager.get(id);
+        let counts = state.runtime.publisher.inspect(id).await.unwrap_or_default();
+        let runtime = TenantRuntimeView {
+            consumer_state: running.as_ref().map_or("stopped", |r| r.state().as_str()).to_owned(),
+            running_workers: running.as_ref().map_or(0, |r| r.running()),
+            busy_workers: running.as_ref().map_or(0, |r| r.busy()),
+            consumer_tag: running.as_ref().map(|r| r.consumer_tag()).filter(|t| !t.is_empty()),
+            queue_depth: counts.ready,
+            queue_consumers: counts.consumers,
+            dlq_depth: counts.dead_letters,
+        };
+        Ok(Json(TenantDetails { tenant, runtime }))
     }
 
     /// Delete a tenant (DeleteTenant)

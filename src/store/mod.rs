@@ -3,6 +3,7 @@
 pub mod checkpoints;
 pub mod database;
 pub mod events;
+pub mod messages;
 pub mod partitions;
 pub mod tenants;
 

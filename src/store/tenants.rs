@@ -64,6 +64,31 @@ impl TenantReadModel {
             .await?)
     }
 
+    /// The desired runtime: every live tenant with its pool size.
+    pub async fn desired_runtime(&self) -> Result<Vec<(TenantId, i32)>, StoreError> {
+        let rows: Vec<(uuid::Uuid, i32)> = Tenants::find()
+            .select_only()
+            .column(entity::Column::Id)
+            .column(entity::Column::Workers)
+            .filter(entity::Column::Status.eq(entity::STATUS_ACTIVE))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows.into_iter().map(|(id, workers)| (TenantId::from_uuid(id), workers)).collect())
+    }
+
+    /// Ids of deleted tenants (whose queues must not exist).
+    pub async fn deleted_ids(&self) -> Result<Vec<TenantId>, StoreError> {
+        let ids: Vec<uuid::Uuid> = Tenants::find()
+            .select_only()
+            .column(entity::Column::Id)
+            .filter(entity::Column::Status.eq(entity::STATUS_DELETED))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(ids.into_iter().map(TenantId::from_uuid).collect())
+    }
+
     /// Every row, deleted ones included, ordered by id (for comparing states, e.g. after a replay).
     pub async fn all(&self) -> Result<Vec<TenantRow>, StoreError> {
         all_rows(&self.db).await

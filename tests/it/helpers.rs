@@ -60,20 +60,21 @@ impl TestApp {
         format!("{}{path}", self.base_url)
     }
 
-    pub async fn get(&self, path: &str) -> Response {
-        self.client.get(self.url(path)).send().await.expect("request sent")
+    // The request is built before the future, so these futures borrow nothing and can be joined freely.
+    pub fn get(&self, path: &str) -> impl Future<Output = Response> + use<> {
+        send(self.client.get(self.url(path)))
     }
 
-    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
-        self.client.post(self.url(path)).json(body).send().await.expect("request sent")
+    pub fn post_json(&self, path: &str, body: &Value) -> impl Future<Output = Response> + use<> {
+        send(self.client.post(self.url(path)).json(body))
     }
 
-    pub async fn put_json(&self, path: &str, body: &Value) -> Response {
-        self.client.put(self.url(path)).json(body).send().await.expect("request sent")
+    pub fn put_json(&self, path: &str, body: &Value) -> impl Future<Output = Response> + use<> {
+        send(self.client.put(self.url(path)).json(body))
     }
 
-    pub async fn delete(&self, path: &str) -> Response {
-        self.client.delete(self.url(path)).send().await.expect("request sent")
+    pub fn delete(&self, path: &str) -> impl Future<Output = Response> + use<> {
+        send(self.client.delete(self.url(path)))
     }
 
     /// Creates a tenant and returns its JSON.
@@ -87,6 +88,10 @@ impl TestApp {
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         scalar_i64(&self.db, sql).await
     }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Response {
+    request.send().await.expect("request sent")
 }
 
 pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
@@ -135,4 +140,44 @@ pub async fn drop_database(url: &str) {
         .await
         .expect("test database dropped");
     admin.close().await.expect("admin connection closed");
+}
+
+/// A broker connection of the test's own, to ask RabbitMQ directly and to publish as any AMQP producer would.
+pub async fn amqp() -> lapin::Connection {
+    lapin::Connection::connect(&services::get().amqp_url, lapin::ConnectionProperties::default())
+        .await
+        .expect("test AMQP connection")
+}
+
+/// `(ready messages, consumers)` of a queue as the broker reports them, or `None` if it does not exist.
+/// Uses a fresh channel: a passive declare of a missing queue closes its channel.
+pub async fn queue_state(connection: &lapin::Connection, queue: impl AsRef<str>) -> Option<(u32, u32)> {
+    let channel = connection.create_channel().await.expect("channel");
+    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+    let state = channel
+        .queue_declare(queue.as_ref().into(), passive, lapin::types::FieldTable::default())
+        .await
+        .ok()
+        .map(|q| (q.message_count(), q.consumer_count()));
+    if channel.status().connected() {
+        let _ = channel.close(200, "done".into()).await;
+    }
+    state
+}
+
+impl TestApp {
+    /// Rows in the tenant's partition.
+    pub async fn message_count(&self, tenant: &str) -> i64 {
+        self.scalar_i64(&format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}'")).await
+    }
+
+    /// Waits until the tenant's partition holds `expected` rows, and checks it stays there.
+    pub async fn await_messages(&self, tenant: &str, expected: i64) {
+        eventually(Duration::from_secs(60), &format!("{expected} rows for tenant {tenant}"), || async {
+            let count = self.message_count(tenant).await;
+            assert!(count <= expected, "more rows than messages: {count} > {expected}");
+            (count == expected).then_some(())
+        })
+        .await;
+    }
 }

@@ -5,5 +5,6 @@ mod event_store;
 mod helpers;
 mod openapi;
 mod projectors;
+mod runtime;
 mod services;
 mod tenants_api;

@@ -1,0 +1,177 @@
+//! Publishing to a tenant's queue with publisher confirms.
+
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::Path,
+    payload::Json,
+    registry::{MetaSchemaRef, Registry},
+    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+use crate::{
+    domain::tenant::TenantId,
+    runtime::publisher::{OutgoingMessage, PublishError},
+};
+
+use super::{ApiTags, AppState, json_body::JsonBody, problem::ApiError};
+
+/// Most messages in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+/// Any JSON value, kept exactly as the client sent it (large numbers keep their precision).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct JsonPayload(pub Box<RawValue>);
+
+impl Type for JsonPayload {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        <serde_json::Value as Type>::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        <serde_json::Value as Type>::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        <serde_json::Value as Type>::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ParseFromJSON for JsonPayload {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        let value = value.unwrap_or_default();
+        RawValue::from_string(value.to_string()).map(Self).map_err(|e| ParseError::custom(e.to_string()))
+    }
+}
+
+impl ToJSON for JsonPayload {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(self.0.get()).ok()
+    }
+}
+
+/// One message to publish.
+#[derive(Debug, serde::Deserialize, Object)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The message: any JSON value, stored as sent.
+    pub payload: JsonPayload,
+    /// Idempotency key: publishing the same id again never makes a second row. A new UUIDv7 when absent.
+    pub id: Option<Uuid>,
+}
+
+/// Up to 1000 messages to publish together.
+#[derive(Debug, serde::Deserialize, Object)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields)]
+pub struct PublishBatchRequest {
+    #[oai(validator(min_items = 1, max_items = 1000))]
+    pub messages: Vec<PublishRequest>,
+}
+
+#[derive(Debug, Object)]
+pub struct Published {
+    /// The message id (the AMQP `message_id`, and the row's id).
+    pub id: Uuid,
+}
+
+#[derive(Debug, Object)]
+pub struct PublishedBatch {
+    /// The message ids, in request order.
+    pub ids: Vec<Uuid>,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum PublishResponse {
+    /// The broker has confirmed the message; a worker will persist it.
+    #[oai(status = 202)]
+    Accepted(Json<Published>),
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum PublishBatchResponse {
+    /// The broker has confirmed every message.
+    #[oai(status = 202)]
+    Accepted(Json<PublishedBatch>),
+}
+
+impl From<PublishError> for ApiError {
+    fn from(error: PublishError) -> Self {
+        tracing::warn!(%error, "publish failed");
+        Self::unavailable(format!("the message broker did not accept the message: {error}; retry"))
+    }
+}
+
+pub struct MessagesApi;
+
+#[OpenApi(tag = "ApiTags::Messages")]
+impl MessagesApi {
+    /// Publish a message to the tenant's queue
+    #[oai(path = "/tenants/:id/messages", method = "post", operation_id = "publishMessage")]
+    async fn publish(
+        &self,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+        body: JsonBody<PublishRequest>,
+    ) -> Result<PublishResponse, ApiError> {
+        let tenant = live_tenant(&state, id.0).await?;
+        let message = outgoing(body.0);
+        let id = message.id;
+        state.runtime.publisher.publish(tenant, &[message]).await?;
+        Ok(PublishResponse::Accepted(Json(Published { id })))
+    }
+
+    /// Publish up to 1000 messages to the tenant's queue
+    #[oai(path = "/tenants/:id/messages/batch", method = "post", operation_id = "publishMessages")]
+    async fn publish_batch(
+        &self,
+        state: Data<&AppState>,
+        id: Path<Uuid>,
+        body: JsonBody<PublishBatchRequest, true>,
+    ) -> Result<PublishBatchResponse, ApiError> {
+        let requests = body.0.messages;
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            return Err(ApiError::bad_request(
+                Some("messages"),
+                format!("a batch holds 1 to {MAX_BATCH} messages, got {}", requests.len()),
+            ));
+        }
+        if let Some(index) = requests.iter().position(|r| r.payload.0.get().len() > state.limits.single) {
+            return Err(ApiError::payload_too_large_field(format!("messages[{index}].payload"), state.limits.single));
+        }
+        let tenant = live_tenant(&state, id.0).await?;
+        let messages: Vec<OutgoingMessage> = requests.into_iter().map(outgoing).collect();
+        state.runtime.publisher.publish(tenant, &messages).await?;
+        Ok(PublishBatchResponse::Accepted(Json(PublishedBatch { ids: messages.iter().map(|m| m.id).collect() })))
+    }
+}
+
+fn outgoing(request: PublishRequest) -> OutgoingMessage {
+    let body = request.payload.0.get().as_bytes().to_vec();
+    OutgoingMessage { id: request.id.unwrap_or_else(Uuid::now_v7), body }
+}
+
+/// The tenant, if it exists and is not deleted (a deleted tenant's queue must not come back).
+async fn live_tenant(state: &AppState, id: Uuid) -> Result<TenantId, ApiError> {
+    let tenant = TenantId::from_uuid(id);
+    match state.tenants.get_active(tenant).await? {
+        Some(_) => Ok(tenant),
+        None => Err(ApiError::not_found(format!("no tenant {tenant}"))),
+    }
+}

@@ -1,0 +1,78 @@
+//! The runtime: the broker connection, one consumer with a worker pool per live tenant (kept in step with
+//! the tenants projection by the reconciler), and the publisher.
+
+pub mod broker;
+pub mod consumer;
+pub mod manager;
+pub mod publisher;
+pub mod reconciler;
+
+use std::sync::Arc;
+
+use sea_orm::DatabaseConnection;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config::Config, projectors::Projections, store::tenants::TenantReadModel};
+
+pub use broker::Broker;
+pub use manager::TenantManager;
+pub use publisher::Publisher;
+
+/// Handles to the running runtime, for the API and for shutdown.
+#[derive(Clone)]
+pub struct Runtime {
+    pub broker: Broker,
+    pub manager: TenantManager,
+    pub publisher: Arc<Publisher>,
+}
+
+impl Runtime {
+    /// Spawns the broker supervisor into `background` (it must outlive the consumers) and the reconciler into
+    /// `consumers` (stopped first on shutdown, through `stop_consumers`).
+    pub fn spawn(
+        config: &Config,
+        db: &DatabaseConnection,
+        projections: &Projections,
+        background: (&mut JoinSet<&'static str>, &CancellationToken),
+        consumers: (&mut JoinSet<&'static str>, &CancellationToken),
+    ) -> Self {
+        let broker = Broker::new(config.rabbitmq.url.clone());
+        let (tasks, cancel) = background;
+        let (supervisor, cancel) = (broker.clone(), cancel.clone());
+        tasks.spawn(async move {
+            supervisor.supervise(cancel).await;
+            "broker connection"
+        });
+
+        let manager = TenantManager::default();
+        let reconciler = reconciler::Reconciler {
+            manager: manager.clone(),
+            broker: broker.clone(),
+            tenants: TenantReadModel::new(db.clone()),
+            pool: db.get_postgres_connection_pool().clone(),
+            settings: Arc::new(consumer::ConsumerSettings {
+                queue_type: config.rabbitmq.queue_type,
+                batch_size: config.consumer.batch_size,
+                batch_wait: config.consumer.batch_wait,
+                instance_id: config.consumer.instance_id(),
+            }),
+            projection: projections.tenants.clone(),
+            resync_interval: config.consumer.resync_interval,
+        };
+        let (tasks, stop_consumers) = consumers;
+        let stop_consumers = stop_consumers.clone();
+        tasks.spawn(async move {
+            reconciler.run(stop_consumers).await;
+            "reconciler"
+        });
+
+        let publisher = Arc::new(Publisher::new(
+            broker.clone(),
+            config.rabbitmq.publisher_channels,
+            config.rabbitmq.publish_timeout,
+            config.rabbitmq.queue_type,
+        ));
+        Self { broker, manager, publisher }
+    }
+}

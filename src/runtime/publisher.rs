@@ -1,0 +1,143 @@
+//! Publishing with publisher confirms over a small pool of confirm channels.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
+
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::{config::QueueType, domain::tenant::TenantId};
+
+use super::broker::{self, Broker, BrokerError, TenantQueues};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("the broker did not confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("the broker refused the message")]
+    Nacked,
+    #[error("the message could not be routed to the tenant's queue")]
+    Unroutable,
+}
+
+impl From<lapin::Error> for PublishError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(error.into())
+    }
+}
+
+/// A message on its way to a tenant queue: its id (the AMQP `message_id`) and its JSON body.
+pub struct OutgoingMessage {
+    pub id: Uuid,
+    pub body: Vec<u8>,
+}
+
+pub struct Publisher {
+    broker: Broker,
+    /// Each slot holds a confirm channel and the connection generation it was opened on.
+    slots: Vec<Mutex<Option<(u64, Channel)>>>,
+    next: AtomicUsize,
+    timeout: Duration,
+    queue_type: QueueType,
+}
+
+impl Publisher {
+    pub fn new(broker: Broker, channels: u16, timeout: Duration, queue_type: QueueType) -> Self {
+        let slots = (0..channels.max(1)).map(|_| Mutex::new(None)).collect();
+        Self { broker, slots, next: AtomicUsize::new(0), timeout, queue_type }
+    }
+
+    /// A confirm channel from the pool, reopened when its connection or the channel itself has gone.
+    async fn channel(&self) -> Result<Channel, BrokerError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let mut slot = self.slots[index].lock().await;
+        let connected = self.broker.current().ok_or(BrokerError::Unavailable)?;
+        if let Some((generation, channel)) = slot.as_ref()
+            && *generation == connected.generation
+            && channel.status().connected()
+        {
+            return Ok(channel.clone());
+        }
+        let channel = connected.connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        *slot = Some((connected.generation, channel.clone()));
+        Ok(channel)
+    }
+
+    /// Publishes persistent messages to the tenant's queue and returns once the broker has confirmed all of
+    /// them. A message the broker returns as unroutable (the queue is not declared yet) is published again
+    /// after declaring the tenant's queues.
+    pub async fn publish(&self, tenant: TenantId, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
+        tokio::time::timeout(self.timeout, self.publish_confirmed(tenant, messages))
+            .await
+            .map_err(|_| PublishError::Timeout(self.timeout))?
+    }
+
+    async fn publish_confirmed(&self, tenant: TenantId, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
+        let queue = TenantQueues::of(tenant).queue;
+        let returned = send(&channel, &queue, messages.iter()).await?;
+        if returned.is_empty() {
+            return Ok(());
+        }
+        broker::declare(&channel, tenant, self.queue_type).await?;
+        let again = send(&channel, &queue, returned.iter().map(|&i| &messages[i])).await?;
+        if again.is_empty() { Ok(()) } else { Err(PublishError::Unroutable) }
+    }
+
+    /// Ready and consumer counts of the tenant's queue and of its dead-letter queue.
+    pub async fn inspect(&self, tenant: TenantId) -> Result<QueueCounts, BrokerError> {
+        let channel = self.channel().await?;
+        let queues = TenantQueues::of(tenant);
+        let main = broker::inspect(&channel, &queues.queue).await?;
+        let dead = broker::inspect(&channel, &queues.dead_letters).await?;
+        Ok(QueueCounts {
+            ready: main.map(|(messages, _)| messages),
+            consumers: main.map(|(_, consumers)| consumers),
+            dead_letters: dead.map(|(messages, _)| messages),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueCounts {
+    pub ready: Option<u32>,
+    pub consumers: Option<u32>,
+    pub dead_letters: Option<u32>,
+}
+
+/// Publishes all, then awaits all confirms (pipelined). Returns the indices the broker returned as unroutable.
+async fn send<'a>(
+    channel: &Channel,
+    queue: &str,
+    messages: impl Iterator<Item = &'a OutgoingMessage>,
+) -> Result<Vec<usize>, PublishError> {
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let timestamp = chrono::Utc::now().timestamp().try_into().unwrap_or_default();
+    let mut confirms = Vec::new();
+    for message in messages {
+        let properties = BasicProperties::default()
+            .with_message_id(message.id.to_string().into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_timestamp(timestamp);
+        confirms.push(channel.basic_publish("".into(), queue.into(), options, &message.body, properties).await?);
+    }
+    let mut returned = Vec::new();
+    for (index, confirm) in confirms.into_iter().enumerate() {
+        match confirm.await? {
+            Confirmation::Ack(None) => {}
+            Confirmation::Ack(Some(_)) => returned.push(index),
+            Confirmation::Nack(_) | Confirmation::NotRequested => return Err(PublishError::Nacked),
+        }
+    }
+    Ok(returned)
+}

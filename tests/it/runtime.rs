@@ -1,0 +1,297 @@
+//! The runtime against the real broker and database: consumers per tenant, publishing, exactly-once rows,
+//! live resizing. Assertions ask RabbitMQ and PostgreSQL, not internal flags.
+
+use std::{collections::HashMap, time::Duration};
+
+use futures_util::future::join_all;
+use lapin::{BasicProperties, options::BasicPublishOptions};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, amqp, eventually, queue_state, test_config};
+
+fn queue(tenant: &str) -> String {
+    format!("tenant_{tenant}_queue")
+}
+
+fn dlq(tenant: &str) -> String {
+    format!("tenant_{tenant}_dlq")
+}
+
+#[tokio::test]
+async fn a_tenant_gets_a_queue_with_one_consumer_and_deletion_removes_queue_and_partition() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant("consumed").await["id"].as_str().expect("id").to_owned();
+
+    eventually(Duration::from_secs(20), "one consumer on the tenant's queue", || async {
+        (queue_state(&broker, &queue(&tenant)).await == Some((0, 1))).then_some(())
+    })
+    .await;
+    assert!(queue_state(&broker, &dlq(&tenant)).await.is_some(), "the dead-letter queue is declared too");
+    let details: Value = app.get(&format!("/tenants/{tenant}")).await.json().await.expect("json");
+    assert_eq!(details["runtime"]["consumer_state"], "running");
+    assert_eq!(details["runtime"]["running_workers"], 3);
+    assert_eq!(details["runtime"]["queue_consumers"], 1);
+
+    assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
+    eventually(Duration::from_secs(20), "the tenant's queues to be deleted", || async {
+        (queue_state(&broker, &queue(&tenant)).await.is_none() && queue_state(&broker, &dlq(&tenant)).await.is_none())
+            .then_some(())
+    })
+    .await;
+    let partition = format!("messages_{}", tenant.replace('-', ""));
+    assert_eq!(app.scalar_i64(&format!("SELECT count(*) FROM pg_class WHERE relname = '{partition}'")).await, 0);
+    assert_eq!(app.get(&format!("/tenants/{tenant}")).await.status(), StatusCode::NOT_FOUND);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn published_messages_become_exactly_one_row_each_with_the_same_payload() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("publisher").await["id"].as_str().expect("id").to_owned();
+    let mut sent: HashMap<String, Value> = HashMap::new();
+    for batch in 0..10 {
+        let messages: Vec<Value> = (0..100)
+            .map(|i| json!({ "payload": { "batch": batch, "i": i, "nested": [i, "x", null, { "f": 1.5 }] } }))
+            .collect();
+        let response =
+            app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages })).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let ids: Value = response.json().await.expect("json");
+        for (id, message) in ids["ids"].as_array().expect("ids").iter().zip(messages) {
+            sent.insert(id.as_str().expect("id").to_owned(), message["payload"].clone());
+        }
+    }
+    assert_eq!(sent.len(), 1000, "1000 distinct ids");
+    app.await_messages(&tenant, 1000).await;
+
+    let rows = sea_orm::ConnectionTrait::query_all_raw(
+        &app.db,
+        sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!("SELECT id::text, payload::text FROM messages WHERE tenant_id = '{tenant}'"),
+        ),
+    )
+    .await
+    .expect("rows");
+    for row in rows {
+        let id: String = row.try_get_by_index(0).expect("id");
+        let payload: Value = serde_json::from_str(&row.try_get_by_index::<String>(1).expect("payload")).expect("json");
+        assert_eq!(sent.get(&id), Some(&payload), "row {id} has the published payload");
+    }
+
+    // The client's id is an idempotency key.
+    let id = Uuid::new_v4();
+    for _ in 0..2 {
+        let response =
+            app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "id": id, "payload": "once" })).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert_eq!(response.json::<Value>().await.expect("json")["id"], id.to_string());
+    }
+    app.await_messages(&tenant, 1001).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn any_amqp_producer_can_publish_to_the_tenant_queue() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant("direct").await["id"].as_str().expect("id").to_owned();
+    eventually(Duration::from_secs(20), "the consumer", || async {
+        queue_state(&broker, &queue(&tenant)).await.filter(|(_, consumers)| *consumers == 1)
+    })
+    .await;
+    let channel = broker.create_channel().await.expect("channel");
+    let with_id = Uuid::new_v4();
+    let properties = BasicProperties::default().with_message_id(with_id.to_string().into());
+    for (body, properties) in [
+        (br#"{"from": "amqp", "with_id": true}"#.as_slice(), properties),
+        (br#"{"from": "amqp", "with_id": false}"#.as_slice(), BasicProperties::default()),
+        (br#"[1, 2, 3]"#.as_slice(), BasicProperties::default().with_message_id("not-a-uuid".into())),
+    ] {
+        channel
+            .basic_publish("".into(), queue(&tenant).as_str().into(), BasicPublishOptions::default(), body, properties)
+            .await
+            .expect("publish")
+            .await
+            .expect("sent");
+    }
+    app.await_messages(&tenant, 3).await;
+    let kept = app
+        .scalar_i64(&format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}' AND id = '{with_id}'"))
+        .await;
+    assert_eq!(kept, 1, "the AMQP message_id is the row id");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_that_is_not_json_is_dead_lettered_not_persisted_and_not_requeued() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant("garbage").await["id"].as_str().expect("id").to_owned();
+    eventually(Duration::from_secs(20), "the consumer", || async {
+        queue_state(&broker, &queue(&tenant)).await.filter(|(_, consumers)| *consumers == 1)
+    })
+    .await;
+    let channel = broker.create_channel().await.expect("channel");
+    for body in [b"not json".as_slice(), b"{\"truncated\": ".as_slice(), &[0xff, 0xfe][..]] {
+        channel
+            .basic_publish(
+                "".into(),
+                queue(&tenant).as_str().into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("sent");
+    }
+    channel
+        .basic_publish(
+            "".into(),
+            queue(&tenant).as_str().into(),
+            BasicPublishOptions::default(),
+            b"{\"ok\": true}",
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("sent");
+    app.await_messages(&tenant, 1).await;
+    eventually(Duration::from_secs(20), "three dead letters", || async {
+        (queue_state(&broker, &dlq(&tenant)).await.map(|(ready, _)| ready) == Some(3)).then_some(())
+    })
+    .await;
+    assert_eq!(queue_state(&broker, &queue(&tenant)).await.map(|(ready, _)| ready), Some(0), "nothing requeued");
+    assert_eq!(app.message_count(&tenant).await, 1);
+    app.stop().await;
+}
+
+/// 5,000 messages flow while the pool goes 1 → 8 → 2. Each insert is slowed down (a statement trigger on the
+/// partition) so that the pool size shows in how many workers are busy at once.
+#[tokio::test]
+async fn resizing_the_pool_live_changes_running_and_busy_workers_and_loses_nothing() {
+    const MESSAGES: i64 = 5000;
+    let mut config = test_config();
+    config.consumer.batch_size = 10;
+    let app = TestApp::spawn_with(config).await;
+    let response = app.post_json("/tenants", &json!({ "name": "elastic", "workers": 1 })).await;
+    let tenant = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let partition = format!("messages_{}", tenant.replace('-', ""));
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &app.db,
+        &format!(
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_sleep(0.02); RETURN NULL; END $$; \
+             CREATE TRIGGER slow AFTER INSERT ON {partition} FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();"
+        ),
+    )
+    .await
+    .expect("slow trigger");
+
+    let publishes = (0..MESSAGES / 1000).map(|_| {
+        let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "i": i } })).collect();
+        app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages }))
+    });
+    for response in join_all(publishes).await {
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    let runtime = |details: Value| details["runtime"].clone();
+    let details = || async { runtime(app.get(&format!("/tenants/{tenant}")).await.json().await.expect("json")) };
+    assert_eq!(details().await["running_workers"], 1);
+
+    let resize =
+        |workers: i64| app.put_json(&format!("/tenants/{tenant}/config/concurrency"), &json!({ "workers": workers }));
+    assert_eq!(resize(8).await.status(), StatusCode::OK);
+    let max_busy = eventually(Duration::from_secs(30), "8 running workers, at least 5 busy at once", || async {
+        let now = details().await;
+        let (running, busy) = (now["running_workers"].as_i64(), now["busy_workers"].as_i64().unwrap_or(0));
+        (running == Some(8) && busy >= 5).then_some(busy)
+    })
+    .await;
+    assert!(max_busy <= 8);
+    assert!(app.message_count(&tenant).await < MESSAGES, "still flowing when shrinking");
+
+    assert_eq!(resize(2).await.status(), StatusCode::OK);
+    eventually(Duration::from_secs(30), "2 running workers", || async {
+        (details().await["running_workers"] == 2).then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        let busy = details().await["busy_workers"].as_i64().expect("busy");
+        assert!(busy <= 2, "at most 2 busy after shrinking, saw {busy}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    app.await_messages(&tenant, MESSAGES).await;
+    let distinct =
+        app.scalar_i64(&format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'")).await;
+    assert_eq!(distinct, MESSAGES);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn fifty_tenants_created_concurrently_each_get_a_consumer_and_lose_it_on_delete() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let created = join_all((0..50).map(|i| app.post_json("/tenants", &json!({ "name": format!("bulk-{i}") })))).await;
+    let mut tenants = Vec::new();
+    for response in created {
+        assert_eq!(response.status(), StatusCode::CREATED);
+        tenants.push(response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned());
+    }
+    eventually(Duration::from_secs(60), "50 queues with one consumer each", || async {
+        let states = join_all(tenants.iter().map(|t| queue_state(&broker, queue(t)))).await;
+        states.iter().all(|s| matches!(s, Some((_, 1)))).then_some(())
+    })
+    .await;
+
+    for response in join_all(tenants.iter().map(|t| app.delete(&format!("/tenants/{t}")))).await {
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    }
+    eventually(Duration::from_secs(60), "no queue left", || async {
+        let states = join_all(tenants.iter().map(|t| queue_state(&broker, queue(t)))).await;
+        states.iter().all(Option::is_none).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn publishing_to_an_unknown_or_deleted_tenant_is_404_and_oversized_is_413() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant("short-lived").await["id"].as_str().expect("id").to_owned();
+    let unknown = Uuid::new_v4();
+    let response = app.post_json(&format!("/tenants/{unknown}/messages"), &json!({ "payload": 1 })).await;
+    crate::helpers::assert_problem(response, StatusCode::NOT_FOUND, None).await;
+
+    let huge = "x".repeat(app.config.max_payload_bytes);
+    let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": huge })).await;
+    crate::helpers::assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, None).await;
+    let response = app
+        .post_json(
+            &format!("/tenants/{tenant}/messages/batch"),
+            &json!({ "messages": [{ "payload": 1 }, { "payload": huge }] }),
+        )
+        .await;
+    crate::helpers::assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, Some("messages[1].payload")).await;
+    let too_many: Vec<Value> = (0..1001).map(|i| json!({ "payload": i })).collect();
+    let response = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": too_many })).await;
+    crate::helpers::assert_problem(response, StatusCode::BAD_REQUEST, Some("messages")).await;
+    let response = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": [] })).await;
+    crate::helpers::assert_problem(response, StatusCode::BAD_REQUEST, Some("messages")).await;
+    let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "id": "nope", "payload": 1 })).await;
+    crate::helpers::assert_problem(response, StatusCode::BAD_REQUEST, Some("id")).await;
+    let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "body": 1 })).await;
+    crate::helpers::assert_problem(response, StatusCode::BAD_REQUEST, Some("body")).await;
+
+    assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
+    let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 })).await;
+    crate::helpers::assert_problem(response, StatusCode::NOT_FOUND, None).await;
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM messages").await, 0);
+    app.stop().await;
+}
