@@ -9,7 +9,10 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::domain::tenant::{Policy, Workers};
+use crate::{
+    auth::{AuthConfig, Authenticator},
+    domain::tenant::{Policy, Workers},
+};
 
 /// The file read on every start when it exists, relative to the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "config/default.yaml";
@@ -21,6 +24,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
     pub rabbitmq: RabbitMqConfig,
+    pub auth: AuthConfig,
     /// Workers a tenant gets when CreateTenant does not say.
     pub workers: NonZeroU16,
     /// Upper bound for any tenant's workers.
@@ -145,6 +149,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             database: DatabaseConfig::default(),
             rabbitmq: RabbitMqConfig::default(),
+            auth: AuthConfig::default(),
             workers: const { NonZeroU16::new(3).unwrap() },
             max_workers: const { NonZeroU16::new(64).unwrap() },
             max_retries: 5,
@@ -245,7 +250,7 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    fn new(key: &str, message: impl Into<String>) -> Self {
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
         Self { key: key.into(), message: message.into() }
     }
 }
@@ -318,10 +323,20 @@ impl Config {
         if self.projectors.batch_size == 0 {
             return Err(ConfigError::new("projectors.batch_size", "must be at least 1"));
         }
+        Authenticator::from_config(&self.auth)?;
         if self.projectors.poll_interval.is_zero() {
             return Err(ConfigError::new("projectors.poll_interval", "must be greater than zero"));
         }
         Ok(())
+    }
+
+    /// The configuration as JSON with secrets redacted (`tenantmq config`).
+    pub fn to_redacted_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(self).unwrap_or_default();
+        if let Some(secret) = json.pointer_mut("/auth/jwt_secret").filter(|s| !s.is_null()) {
+            *secret = "<redacted>".into();
+        }
+        json
     }
 
     /// The validated default and maximum pool sizes, as the domain sees them.

@@ -5,6 +5,7 @@
 //! [`runtime`]'s reconciler starts, resizes or stops the tenant's consumer, whose workers write the rows.
 
 pub mod api;
+pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod domain;
@@ -41,6 +42,8 @@ use crate::{
 pub enum StartupError {
     #[error("cannot prepare the database: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(config::ConfigError),
     #[error("cannot listen on {address}: {source}")]
     Bind { address: String, source: io::Error },
 }
@@ -64,6 +67,12 @@ pub struct Application {
 impl Application {
     /// Prepares the database, starts the projectors and binds the HTTP listener (port 0 picks a free port).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
+        if config.auth.enabled && config.auth.jwt_secret.as_deref() == Some(auth::DEVELOPMENT_SECRET) {
+            tracing::warn!("auth.jwt_secret is the development secret from config/default.yaml: set your own");
+        }
+        if !config.auth.enabled {
+            tracing::warn!("authentication is off (auth.enabled: false): every request acts as admin");
+        }
         let db = prepare_database(&config).await?;
         let store = EventStore::new(db.clone());
         store.head_position().await?;
@@ -101,6 +110,7 @@ impl Application {
             db,
             projections,
             runtime,
+            authenticator: Arc::new(auth::Authenticator::from_config(&config.auth).map_err(StartupError::Config)?),
             limits: api::json_body::BodyLimits { single: config.max_payload_bytes, batch: config.max_batch_bytes },
         };
 

@@ -6,7 +6,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tenantmq::{
     Application,
+    auth::{self, Role},
     config::Config,
+    domain::tenant::TenantId,
     projectors::{self, PartitionsProjector},
     store::database::{self, MigrationDirection},
     telemetry,
@@ -33,8 +35,23 @@ enum Command {
     },
     /// Print the OpenAPI document.
     Openapi,
-    /// Print the effective configuration (all layers merged) as JSON.
+    /// Print the effective configuration (all layers merged) as JSON, secrets redacted.
     Config,
+    /// Mint a JWT with the configured HS256 secret (for development and operations).
+    Token {
+        /// An admin token (every endpoint).
+        #[arg(long, conflicts_with = "tenant", required_unless_present = "tenant")]
+        admin: bool,
+        /// A token for this tenant only.
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: Option<uuid::Uuid>,
+        /// The token's subject (recorded as the actor of the commands it issues).
+        #[arg(long, default_value = "tenantmq-cli")]
+        sub: String,
+        /// How long the token is valid, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
     /// Rebuild the read models from the event log.
     Replay,
 }
@@ -64,7 +81,7 @@ fn main() -> ExitCode {
         }
     };
     if let Command::Config = cli.command {
-        return match serde_json::to_string_pretty(&config) {
+        return match serde_json::to_string_pretty(&config.to_redacted_json()) {
             Ok(json) => {
                 println!("{json}");
                 ExitCode::SUCCESS
@@ -72,6 +89,19 @@ fn main() -> ExitCode {
             Err(error) => {
                 eprintln!("tenantmq: {error}");
                 ExitCode::FAILURE
+            }
+        };
+    }
+    if let Command::Token { admin: _, tenant, sub, ttl } = &cli.command {
+        let role = tenant.map_or(Role::Admin, |t| Role::Tenant(TenantId::from_uuid(t)));
+        return match auth::mint(&config.auth, sub, role, *ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("tenantmq: {error}");
+                ExitCode::from(CONFIG_ERROR)
             }
         };
     }
@@ -105,7 +135,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Openapi | Command::Config => Ok(()),
+        Command::Openapi | Command::Config | Command::Token { .. } => Ok(()),
     }
 }
 

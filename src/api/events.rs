@@ -5,7 +5,7 @@ use poem::web::Data;
 use poem_openapi::{Object, OpenApi, param::Path, param::Query, payload::Json};
 use uuid::Uuid;
 
-use crate::store::events::RecordedEvent;
+use crate::{auth::Principal, domain::tenant::TenantId, store::events::RecordedEvent};
 
 use super::{ApiTags, AppState, pagination, problem::ApiError};
 
@@ -55,12 +55,14 @@ impl EventsApi {
     async fn list(
         &self,
         state: Data<&AppState>,
+        principal: Principal,
         id: Path<Uuid>,
         /// From a previous page's `next_cursor`.
         cursor: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50).
         limit: Query<Option<i64>>,
     ) -> Result<Json<EventPage>, ApiError> {
+        principal.require_tenant(TenantId::from_uuid(id.0))?;
         let scope = format!("events:{}", id.0);
         let limit = pagination::limit(limit.0)?;
         let after = pagination::decode(cursor.0.as_deref(), &scope)?;

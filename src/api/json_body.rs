@@ -143,3 +143,33 @@ mod tests {
         assert!(parse::<serde_json::Value>(deep.as_bytes()).is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct CreateLike {
+        name: String,
+        workers: Option<i64>,
+        id: Option<uuid::Uuid>,
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(error) = parse::<CreateLike>(&bytes) {
+                prop_assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            }
+        }
+
+        #[test]
+        fn parsing_json_shaped_text_never_panics(text in r#"\{("(name|workers|id|x)": ?(-?[0-9]{1,25}|"[^"]{0,20}"|null|true|\[\]|\{\}),? ?){0,4}\}?"#) {
+            let _ = parse::<CreateLike>(text.as_bytes());
+        }
+    }
+}

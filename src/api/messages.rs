@@ -3,7 +3,7 @@
 use poem::web::Data;
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
-    param::Path,
+    param::{Path, Query},
     payload::Json,
     registry::{MetaSchemaRef, Registry},
     types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
@@ -12,11 +12,13 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::{
+    auth::{Principal, Role},
     domain::tenant::TenantId,
     runtime::publisher::{OutgoingMessage, PublishError},
+    store::messages::{self, MessageKey, MessageRow},
 };
 
-use super::{ApiTags, AppState, json_body::JsonBody, problem::ApiError};
+use super::{ApiTags, AppState, json_body::JsonBody, pagination, problem::ApiError};
 
 /// Most messages in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -118,6 +120,39 @@ impl From<PublishError> for ApiError {
     }
 }
 
+/// A stored message.
+#[derive(Debug, Object)]
+pub struct Message {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    /// The payload as stored (PostgreSQL `jsonb`: key order and spacing normalized, numbers exact).
+    pub payload: JsonPayload,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A page of messages, oldest first.
+#[derive(Debug, Object)]
+pub struct MessagePage {
+    pub data: Vec<Message>,
+    /// Pass as `cursor` for the next page; `null` on the last page (nothing more right now).
+    pub next_cursor: Option<String>,
+    /// Where this page ended (the request's own cursor when the page is empty): poll with it to receive
+    /// messages that land later (tailing), without repeating any row of this page.
+    pub tail_cursor: String,
+}
+
+impl TryFrom<MessageRow> for Message {
+    type Error = ApiError;
+
+    fn try_from(row: MessageRow) -> Result<Self, Self::Error> {
+        let payload = RawValue::from_string(row.payload).map_err(|error| {
+            tracing::error!(%error, id = %row.id, "a stored payload is not JSON");
+            ApiError::internal()
+        })?;
+        Ok(Self { id: row.id, tenant_id: row.tenant_id, payload: JsonPayload(payload), created_at: row.created_at })
+    }
+}
+
 pub struct MessagesApi;
 
 #[OpenApi(tag = "ApiTags::Messages")]
@@ -127,14 +162,49 @@ impl MessagesApi {
     async fn publish(
         &self,
         state: Data<&AppState>,
+        principal: Principal,
         id: Path<Uuid>,
         body: JsonBody<PublishRequest>,
     ) -> Result<PublishResponse, ApiError> {
-        let tenant = live_tenant(&state, id.0).await?;
+        let tenant = live_tenant(&state, &principal, id.0).await?;
         let message = outgoing(body.0);
         let id = message.id;
         state.runtime.publisher.publish(tenant, &[message]).await?;
         Ok(PublishResponse::Accepted(Json(Published { id })))
+    }
+
+    /// Read a tenant's messages, oldest first, with a gap-free cursor
+    ///
+    /// A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page to
+    /// the end, then keep polling with the last cursor you received to get new messages as they land: no
+    /// message is skipped or repeated, even while workers commit out of order.
+    #[oai(path = "/messages", method = "get", operation_id = "listMessages")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        principal: Principal,
+        /// The tenant (required for admin tokens).
+        tenant_id: Query<Option<Uuid>>,
+        /// From a previous page's `next_cursor`.
+        cursor: Query<Option<String>>,
+        /// Page size, 1 to 1000 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<MessagePage>, ApiError> {
+        let tenant = match (&principal.role, tenant_id.0) {
+            (_, Some(id)) => id,
+            (Role::Tenant(own), None) => own.as_uuid(),
+            (Role::Admin, None) => return Err(ApiError::bad_request(Some("tenant_id"), "`tenant_id` is required")),
+        };
+        let tenant = live_tenant(&state, &principal, tenant).await?;
+        let limit = pagination::limit(limit.0)?;
+        let scope = format!("messages:{tenant}");
+        let after =
+            pagination::decode_key(cursor.0.as_deref(), &scope, MessageKey::parse)?.unwrap_or(MessageKey::START);
+        let rows = messages::page(&state.db, tenant, after, limit + 1).await?;
+        let (rows, next_cursor) = pagination::page(rows, limit, &scope, MessageKey::of, |row| row);
+        let tail_cursor = pagination::encode(&scope, rows.last().map_or(after, MessageKey::of));
+        let data = rows.into_iter().map(Message::try_from).collect::<Result<_, _>>()?;
+        Ok(Json(MessagePage { data, next_cursor, tail_cursor }))
     }
 
     /// Publish up to 1000 messages to the tenant's queue
@@ -142,9 +212,11 @@ impl MessagesApi {
     async fn publish_batch(
         &self,
         state: Data<&AppState>,
+        principal: Principal,
         id: Path<Uuid>,
         body: JsonBody<PublishBatchRequest, true>,
     ) -> Result<PublishBatchResponse, ApiError> {
+        principal.require_tenant(TenantId::from_uuid(id.0))?;
         let requests = body.0.messages;
         if requests.is_empty() || requests.len() > MAX_BATCH {
             return Err(ApiError::bad_request(
@@ -155,7 +227,7 @@ impl MessagesApi {
         if let Some(index) = requests.iter().position(|r| r.payload.0.get().len() > state.limits.single) {
             return Err(ApiError::payload_too_large_field(format!("messages[{index}].payload"), state.limits.single));
         }
-        let tenant = live_tenant(&state, id.0).await?;
+        let tenant = live_tenant(&state, &principal, id.0).await?;
         let messages: Vec<OutgoingMessage> = requests.into_iter().map(outgoing).collect();
         state.runtime.publisher.publish(tenant, &messages).await?;
         Ok(PublishBatchResponse::Accepted(Json(PublishedBatch { ids: messages.iter().map(|m| m.id).collect() })))
@@ -167,9 +239,11 @@ fn outgoing(request: PublishRequest) -> OutgoingMessage {
     OutgoingMessage { id: request.id.unwrap_or_else(Uuid::now_v7), body }
 }
 
-/// The tenant, if it exists and is not deleted (a deleted tenant's queue must not come back).
-async fn live_tenant(state: &AppState, id: Uuid) -> Result<TenantId, ApiError> {
+/// The tenant, if the caller may use it and it exists and is not deleted (a deleted tenant's queue must not
+/// come back). Authorization comes first, so another tenant's token learns nothing about existence.
+async fn live_tenant(state: &AppState, principal: &Principal, id: Uuid) -> Result<TenantId, ApiError> {
     let tenant = TenantId::from_uuid(id);
+    principal.require_tenant(tenant)?;
     match state.tenants.get_active(tenant).await? {
         Some(_) => Ok(tenant),
         None => Err(ApiError::not_found(format!("no tenant {tenant}"))),

@@ -11,11 +11,14 @@ pub mod problem;
 pub mod request_context;
 mod tenants;
 
+use std::sync::Arc;
+
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::{OpenApiService, Tags};
 use sea_orm::DatabaseConnection;
 
 use crate::{
+    auth::Authenticator,
     commands::TenantCommands,
     projectors::Projections,
     runtime::Runtime,
@@ -49,6 +52,7 @@ pub struct AppState {
     pub projections: Projections,
     pub runtime: Runtime,
     pub limits: json_body::BodyLimits,
+    pub authenticator: Arc<Authenticator>,
 }
 
 pub type Apis = (TenantsApi, EventsApi, MessagesApi, HealthApi);

@@ -1,7 +1,8 @@
 //! Opaque keyset cursors and page limits shared by every paged endpoint.
 //!
-//! A cursor is `base64url("v1|<scope>|<position>")`: the scope ties it to one listing (and one tenant), so a
-//! cursor from another listing or tenant is rejected instead of silently paging the wrong data.
+//! A cursor is `base64url("v1|<scope>|<key>")`: the scope ties it to one listing (and one tenant), so a cursor
+//! from another listing or tenant is rejected instead of silently paging the wrong data. The key is the
+//! listing's sort key of the last row returned.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
@@ -20,35 +21,47 @@ pub fn limit(raw: Option<i64>) -> Result<u64, ApiError> {
     }
 }
 
-pub fn encode(scope: &str, position: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("v1|{scope}|{position}"))
+pub fn encode(scope: &str, key: impl std::fmt::Display) -> String {
+    URL_SAFE_NO_PAD.encode(format!("v1|{scope}|{key}"))
+}
+
+fn invalid() -> ApiError {
+    ApiError::bad_request(Some("cursor"), "the cursor is malformed or belongs to another listing")
+}
+
+/// The key a cursor points after (`None` without a cursor), parsed by `parse`.
+pub fn decode_key<K>(
+    raw: Option<&str>,
+    scope: &str,
+    parse: impl FnOnce(&str) -> Option<K>,
+) -> Result<Option<K>, ApiError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
+    let rest = text.strip_prefix("v1|").ok_or_else(invalid)?;
+    let (cursor_scope, key) = rest.rsplit_once('|').ok_or_else(invalid)?;
+    if cursor_scope != scope {
+        return Err(invalid());
+    }
+    parse(key).map(Some).ok_or_else(invalid)
 }
 
 /// The position a cursor points after, or 0 without a cursor.
 pub fn decode(raw: Option<&str>, scope: &str) -> Result<i64, ApiError> {
-    let Some(raw) = raw else { return Ok(0) };
-    let invalid = || ApiError::bad_request(Some("cursor"), "the cursor is malformed or belongs to another listing");
-    let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| invalid())?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
-    let rest = text.strip_prefix("v1|").ok_or_else(invalid)?;
-    let (cursor_scope, position) = rest.rsplit_once('|').ok_or_else(invalid)?;
-    if cursor_scope != scope {
-        return Err(invalid());
-    }
-    position.parse::<i64>().ok().filter(|p| *p >= 0).ok_or_else(invalid)
+    Ok(decode_key(raw, scope, |key| key.parse::<i64>().ok().filter(|p| *p >= 0))?.unwrap_or(0))
 }
 
 /// Builds the page from `limit + 1` fetched rows: the extra row only says whether there is a next page.
-pub fn page<T, V>(
+pub fn page<T, V, K: std::fmt::Display>(
     mut rows: Vec<T>,
     limit: u64,
     scope: &str,
-    position: impl Fn(&T) -> i64,
+    key: impl Fn(&T) -> K,
     view: impl Fn(T) -> V,
 ) -> (Vec<V>, Option<String>) {
     let has_more = rows.len() as u64 > limit;
     rows.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let next_cursor = if has_more { rows.last().map(|last| encode(scope, position(last))) } else { None };
+    let next_cursor = if has_more { rows.last().map(|last| encode(scope, key(last))) } else { None };
     (rows.into_iter().map(view).collect(), next_cursor)
 }
 
@@ -95,5 +108,29 @@ mod tests {
         let (data, next) = page(vec![1_i64, 2], 2, "s", |r| *r, |r| r);
         assert_eq!(data, vec![1, 2]);
         assert!(next.is_none());
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_cursors_never_panics(raw in ".{0,200}", scope in "[a-z:0-9-]{0,40}") {
+            let _ = decode(Some(&raw), &scope);
+        }
+
+        #[test]
+        fn decoding_arbitrary_base64_payloads_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(Some(&URL_SAFE_NO_PAD.encode(bytes)), "tenants");
+        }
+
+        #[test]
+        fn every_position_round_trips(position in 0_i64.., scope in "[a-z:0-9-]{1,40}") {
+            prop_assert_eq!(decode(Some(&encode(&scope, position)), &scope).ok(), Some(position));
+        }
     }
 }

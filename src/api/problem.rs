@@ -8,7 +8,7 @@ use poem_openapi::{
     payload::Json,
 };
 
-use crate::{commands::CommandError, domain::tenant::TenantError, store::StoreError};
+use crate::{auth::AuthError, commands::CommandError, domain::tenant::TenantError, store::StoreError};
 
 /// The name of every path parameter in this API.
 const PATH_PARAMETER: &str = "id";
@@ -36,6 +36,12 @@ pub enum ApiError {
     /// The request is malformed: see `field` and `detail`.
     #[oai(status = 400, content_type = "application/problem+json")]
     BadRequest(Json<Problem>),
+    /// The bearer token is missing, malformed, badly signed or expired.
+    #[oai(status = 401, content_type = "application/problem+json")]
+    Unauthorized(Json<Problem>),
+    /// The token is valid but not allowed to do this (another tenant's, or not an admin's).
+    #[oai(status = 403, content_type = "application/problem+json")]
+    Forbidden(Json<Problem>),
     /// The tenant does not exist or has been deleted.
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
@@ -108,6 +114,17 @@ impl ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Forbidden(_) => {
+                Self::Forbidden(problem(StatusCode::FORBIDDEN, "forbidden", error.to_string(), None))
+            }
+            _ => Self::Unauthorized(problem(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string(), None)),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         let unreachable = matches!(
@@ -171,7 +188,9 @@ pub async fn into_problem(error: poem::Error) -> Response {
     if error.is_from_response() {
         return error.into_response();
     }
-    let response = if let Some(e) = error.downcast_ref::<ParseParamError>() {
+    let response = if let Some(e) = error.downcast_ref::<AuthError>() {
+        ApiError::from(e.clone())
+    } else if let Some(e) = error.downcast_ref::<ParseParamError>() {
         ApiError::bad_request(Some(e.name), format!("invalid `{}`: {}", e.name, e.reason))
     } else if let Some(e) = error.downcast_ref::<ParsePathError>() {
         // poem-openapi reports path parameters by position (`param0`); the API's only path parameter is the
@@ -197,7 +216,13 @@ pub async fn into_problem(error: poem::Error) -> Response {
             return problem_response(problem(status, &kind, error.to_string(), None), status);
         }
     };
-    response.into_response()
+    let mut response = response.into_response();
+    if response.status() == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(poem::http::header::WWW_AUTHENTICATE, poem::http::HeaderValue::from_static("Bearer"));
+    }
+    response
 }
 
 fn problem_response(body: Json<Problem>, status: StatusCode) -> Response {

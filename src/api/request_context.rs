@@ -1,9 +1,9 @@
 //! Per-request context: the request id (taken from `X-Request-Id` when sane, otherwise generated), the
-//! correlation id and the actor, recorded in event metadata and echoed in the response.
+//! correlation id, recorded in event metadata (with the actor) and echoed in the response.
 
 use poem::{Endpoint, IntoResponse, Request, Response, http::HeaderValue};
 
-use crate::store::events::EventMetadata;
+use crate::{auth::Principal, store::events::EventMetadata};
 
 const REQUEST_ID: &str = "x-request-id";
 const CORRELATION_ID: &str = "x-correlation-id";
@@ -12,14 +12,13 @@ const CORRELATION_ID: &str = "x-correlation-id";
 pub struct RequestContext {
     pub request_id: String,
     pub correlation_id: String,
-    /// Who is acting: the token's subject once authentication is on, `anonymous` otherwise.
-    pub actor: String,
 }
 
 impl RequestContext {
-    pub fn event_metadata(&self) -> EventMetadata {
+    /// Metadata for the events a command by `principal` appends.
+    pub fn event_metadata(&self, principal: &Principal) -> EventMetadata {
         EventMetadata {
-            actor: self.actor.clone(),
+            actor: principal.subject.clone(),
             request_id: self.request_id.clone(),
             correlation_id: self.correlation_id.clone(),
         }
@@ -38,7 +37,7 @@ pub async fn middleware<E: Endpoint>(next: E, mut request: Request) -> poem::Res
     let request_id = sane_header(&request, REQUEST_ID).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let correlation_id = sane_header(&request, CORRELATION_ID).unwrap_or_else(|| request_id.clone());
     let header = HeaderValue::from_str(&request_id).ok();
-    request.extensions_mut().insert(RequestContext { request_id, correlation_id, actor: "anonymous".into() });
+    request.extensions_mut().insert(RequestContext { request_id, correlation_id });
     let mut response = next.call(request).await?.into_response();
     if let Some(value) = header {
         response.headers_mut().insert(REQUEST_ID, value);

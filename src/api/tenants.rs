@@ -6,6 +6,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payl
 use uuid::Uuid;
 
 use crate::{
+    auth::Principal,
     domain::tenant::{TenantCommand, TenantId},
     store::tenants::TenantRow,
 };
@@ -124,32 +125,36 @@ pub struct TenantsApi;
 
 #[OpenApi(tag = "ApiTags::Tenants")]
 impl TenantsApi {
-    /// Create a tenant (CreateTenant)
+    /// Create a tenant (CreateTenant; admin)
     #[oai(path = "/tenants", method = "post", operation_id = "createTenant")]
     async fn create(
         &self,
         state: Data<&AppState>,
         context: Data<&RequestContext>,
+        principal: Principal,
         body: JsonBody<CreateTenantRequest>,
     ) -> Result<CreateTenantResponse, ApiError> {
+        principal.require_admin()?;
         let JsonBody(request) = body;
         let id = request.id.map_or_else(TenantId::generate, TenantId::from_uuid);
         let command = TenantCommand::Create { name: request.name, workers: request.workers };
-        state.commands.handle(id, command, &context.event_metadata()).await?;
+        state.commands.handle(id, command, &context.event_metadata(&principal)).await?;
         let tenant = read_back(&state, id).await?;
         Ok(CreateTenantResponse::Created(Json(tenant), format!("/tenants/{id}")))
     }
 
-    /// List live tenants, oldest first
+    /// List live tenants, oldest first (admin)
     #[oai(path = "/tenants", method = "get", operation_id = "listTenants")]
     async fn list(
         &self,
         state: Data<&AppState>,
+        principal: Principal,
         /// From a previous page's `next_cursor`.
         cursor: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50).
         limit: Query<Option<i64>>,
     ) -> Result<Json<TenantPage>, ApiError> {
+        principal.require_admin()?;
         let limit = pagination::limit(limit.0)?;
         let after = pagination::decode(cursor.0.as_deref(), LIST_SCOPE)?;
         let rows = state.tenants.list_active(after, limit + 1).await?;
@@ -159,8 +164,14 @@ impl TenantsApi {
 
     /// Get a tenant with its desired and running workers, consumer state and queue depths
     #[oai(path = "/tenants/:id", method = "get", operation_id = "getTenant")]
-    async fn get(&self, state: Data<&AppState>, id: Path<Uuid>) -> Result<Json<TenantDetails>, ApiError> {
+    async fn get(
+        &self,
+        state: Data<&AppState>,
+        principal: Principal,
+        id: Path<Uuid>,
+    ) -> Result<Json<TenantDetails>, ApiError> {
         let id = TenantId::from_uuid(id.0);
+        principal.require_tenant(id)?;
         let tenant = read_back(&state, id).await?;
         let running = state.runtime.manager.get(id);
         let counts = state.runtime.publisher.inspect(id).await.unwrap_or_default();
@@ -176,31 +187,35 @@ impl TenantsApi {
         Ok(Json(TenantDetails { tenant, runtime }))
     }
 
-    /// Delete a tenant (DeleteTenant)
+    /// Delete a tenant (DeleteTenant; admin)
     #[oai(path = "/tenants/:id", method = "delete", operation_id = "deleteTenant")]
     async fn delete(
         &self,
         state: Data<&AppState>,
         context: Data<&RequestContext>,
+        principal: Principal,
         id: Path<Uuid>,
     ) -> Result<DeleteTenantResponse, ApiError> {
+        principal.require_admin()?;
         let id = TenantId::from_uuid(id.0);
-        state.commands.handle(id, TenantCommand::Delete, &context.event_metadata()).await?;
+        state.commands.handle(id, TenantCommand::Delete, &context.event_metadata(&principal)).await?;
         Ok(DeleteTenantResponse::Deleted)
     }
 
-    /// Set a tenant's worker pool size (SetConcurrency)
+    /// Set a tenant's worker pool size (SetConcurrency; admin)
     #[oai(path = "/tenants/:id/config/concurrency", method = "put", operation_id = "setConcurrency")]
     async fn set_concurrency(
         &self,
         state: Data<&AppState>,
         context: Data<&RequestContext>,
+        principal: Principal,
         id: Path<Uuid>,
         body: JsonBody<SetConcurrencyRequest>,
     ) -> Result<Json<Tenant>, ApiError> {
+        principal.require_admin()?;
         let id = TenantId::from_uuid(id.0);
         let command = TenantCommand::SetConcurrency { workers: body.0.workers };
-        state.commands.handle(id, command, &context.event_metadata()).await?;
+        state.commands.handle(id, command, &context.event_metadata(&principal)).await?;
         Ok(Json(read_back(&state, id).await?))
     }
 }

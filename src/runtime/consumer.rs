@@ -22,7 +22,7 @@ use lapin::{
     types::FieldTable,
 };
 use tokio::{
-    sync::{Mutex, mpsc},
+    sync::{Mutex, mpsc, watch},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ use uuid::Uuid;
 
 use crate::{
     config::QueueType,
-    domain::tenant::TenantId,
+    domain::tenant::{TenantId, Workers},
     projectors::Backoff,
     store::messages::{self, MessageWriter, NewMessage},
 };
@@ -281,22 +281,44 @@ async fn worker(index: u16, context: Arc<WorkerContext>, receiver: Arc<Mutex<mps
         if index >= desired.borrow_and_update().get() {
             break;
         }
-        let batch = tokio::select! {
-            batch = take_batch(&receiver, context.batch_size, context.batch_wait) => batch,
-            _ = desired.changed() => continue,
-        };
-        let Some(batch) = batch else { break };
-        let _busy = context.runtime.busy_guard();
-        process(batch, &context).await;
+        match next_batch(&receiver, &mut desired, context.batch_size, context.batch_wait).await {
+            Next::Batch(batch) => {
+                let _busy = context.runtime.busy_guard();
+                process(batch, &context).await;
+            }
+            Next::Resized => {}
+            Next::Closed => break,
+        }
     }
     index
 }
 
-/// Takes up to `max` deliveries: waits for the first, then for more until `wait` has passed. Cancel-safe:
-/// cancellation can only happen before the first delivery is taken.
-async fn take_batch(receiver: &Mutex<mpsc::Receiver<Delivery>>, max: usize, wait: Duration) -> Option<Vec<Delivery>> {
-    let mut receiver = receiver.lock().await;
-    let first = receiver.recv().await?;
+enum Next {
+    Batch(Vec<Delivery>),
+    /// The pool size changed while waiting for work: check whether to retire.
+    Resized,
+    /// The consumer stopped and the channel is drained.
+    Closed,
+}
+
+/// Takes up to `max` deliveries: waits for the first, then for more until `wait` has passed. A resize can
+/// interrupt only the wait for the lock or for the first delivery, never a batch being gathered, so no
+/// delivery is ever dropped unsettled.
+async fn next_batch(
+    receiver: &Mutex<mpsc::Receiver<Delivery>>,
+    desired: &mut watch::Receiver<Workers>,
+    max: usize,
+    wait: Duration,
+) -> Next {
+    let mut receiver = tokio::select! {
+        receiver = receiver.lock() => receiver,
+        _ = desired.changed() => return Next::Resized,
+    };
+    let first = tokio::select! {
+        first = receiver.recv() => first,
+        _ = desired.changed() => return Next::Resized,
+    };
+    let Some(first) = first else { return Next::Closed };
     let mut batch = Vec::with_capacity(max);
     batch.push(first);
     let deadline = tokio::time::Instant::now() + wait;
@@ -310,7 +332,7 @@ async fn take_batch(receiver: &Mutex<mpsc::Receiver<Delivery>>, max: usize, wait
             },
         }
     }
-    Some(batch)
+    Next::Batch(batch)
 }
 
 /// Persists a batch and settles every delivery in it: ack after commit, reject (to the dead-letter queue)

@@ -5,7 +5,11 @@ use std::{future::Future, time::Duration};
 use reqwest::{Response, StatusCode};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde_json::{Value, json};
-use tenantmq::{Application, config::Config};
+use tenantmq::{
+    Application,
+    auth::{self, Role},
+    config::Config,
+};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -14,6 +18,7 @@ use crate::services;
 
 pub struct TestApp {
     pub base_url: String,
+    /// Sends an admin token with every request.
     pub client: reqwest::Client,
     pub db: DatabaseConnection,
     pub config: Config,
@@ -32,6 +37,7 @@ pub fn test_config() -> Config {
     config.rabbitmq.url = services.amqp_url.clone();
     config.projectors.poll_interval = Duration::from_millis(200);
     config.shutdown_timeout = Duration::from_secs(10);
+    config.auth.jwt_secret = Some(format!("test-secret-{}", Uuid::new_v4()));
     config
 }
 
@@ -41,12 +47,28 @@ impl TestApp {
     }
 
     pub async fn spawn_with(config: Config) -> Self {
+        // Logs show with `RUST_LOG=…` (and `--nocapture`).
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
         let app = Application::build(config.clone()).await.expect("the application starts");
         let base_url = format!("http://{}", app.address());
         let db = app.db().clone();
         let shutdown = app.shutdown_token();
         let server = tokio::spawn(app.run_until_stopped());
-        Self { base_url, client: reqwest::Client::new(), db, config, shutdown, server }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if config.auth.enabled {
+            let admin = format!("Bearer {}", mint(&config, Role::Admin));
+            headers.insert(reqwest::header::AUTHORIZATION, admin.parse().expect("header value"));
+        }
+        let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
+        Self { base_url, client, db, config, shutdown, server }
+    }
+
+    /// A token of this service for `role`, valid for an hour.
+    pub fn token(&self, role: Role) -> String {
+        mint(&self.config, role)
     }
 
     /// Stops the service gracefully, waits for it and drops the test's database.
@@ -88,6 +110,10 @@ impl TestApp {
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         scalar_i64(&self.db, sql).await
     }
+}
+
+fn mint(config: &Config, role: Role) -> String {
+    auth::mint(&config.auth, "tests", role, Duration::from_secs(3600)).expect("token minted")
 }
 
 async fn send(request: reqwest::RequestBuilder) -> Response {

@@ -5,6 +5,8 @@ mod event_store;
 mod helpers;
 mod openapi;
 mod projectors;
+mod read_side;
 mod runtime;
+mod security;
 mod services;
 mod tenants_api;

@@ -208,7 +208,7 @@ async fn resizing_the_pool_live_changes_running_and_busy_workers_and_loses_nothi
     let resize =
         |workers: i64| app.put_json(&format!("/tenants/{tenant}/config/concurrency"), &json!({ "workers": workers }));
     assert_eq!(resize(8).await.status(), StatusCode::OK);
-    let max_busy = eventually(Duration::from_secs(30), "8 running workers, at least 5 busy at once", || async {
+    let max_busy = eventually(Duration::from_secs(60), "8 running workers, at least 5 busy at once", || async {
         let now = details().await;
         let (running, busy) = (now["running_workers"].as_i64(), now["busy_workers"].as_i64().unwrap_or(0));
         (running == Some(8) && busy >= 5).then_some(busy)
@@ -218,7 +218,7 @@ async fn resizing_the_pool_live_changes_running_and_busy_workers_and_loses_nothi
     assert!(app.message_count(&tenant).await < MESSAGES, "still flowing when shrinking");
 
     assert_eq!(resize(2).await.status(), StatusCode::OK);
-    eventually(Duration::from_secs(30), "2 running workers", || async {
+    eventually(Duration::from_secs(60), "2 running workers", || async {
         (details().await["running_workers"] == 2).then_some(())
     })
     .await;

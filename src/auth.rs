@@ -1,0 +1,351 @@
+//! JWT bearer authentication (§7): HS256 with `auth.jwt_secret` by default, RS256/ES256 with a public key by
+//! configuration. Claims: `sub`, `exp`, `role` (`admin` | `tenant`) and, for tenant tokens, `tenant_id`.
+//! An admin may do everything; a tenant token only its own tenant's reads, publishes, events and DLQ.
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use poem::{Request, RequestBody, http::StatusCode};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions, SecurityScheme, auth::Bearer, registry::Registry,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{api::AppState, config::ConfigError, domain::tenant::TenantId};
+
+/// The secret `config/default.yaml` ships for development; the service warns when it runs with it.
+pub const DEVELOPMENT_SECRET: &str = "tenantmq-development-secret-change-me";
+
+/// Secrets shorter than this are refused: HS256 wants at least 256 bits.
+const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Turning authentication off makes every request an admin; only by explicit configuration.
+    pub enabled: bool,
+    pub algorithm: JwtAlgorithm,
+    /// The HS256 secret (at least 32 bytes).
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256/ES256.
+    pub public_key_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_seconds: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            algorithm: JwtAlgorithm::HS256,
+            jwt_secret: None,
+            public_key_file: None,
+            leeway_seconds: 30,
+        }
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("enabled", &self.enabled)
+            .field("algorithm", &self.algorithm)
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key_file", &self.public_key_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleClaim {
+    Admin,
+    Tenant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default)]
+    pub iat: u64,
+    pub role: RoleClaim,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<Uuid>,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Tenant(TenantId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub subject: String,
+    pub role: Role,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("a bearer token is required (Authorization: Bearer <JWT>)")]
+    Missing,
+    #[error("the bearer token has expired")]
+    Expired,
+    #[error("the bearer token is not valid: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
+}
+
+impl poem::error::ResponseError for AuthError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+impl Principal {
+    pub fn require_admin(&self) -> Result<(), AuthError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Tenant(_) => Err(AuthError::Forbidden("this operation needs an admin token")),
+        }
+    }
+
+    /// Admins may act on any tenant; a tenant token only on its own.
+    pub fn require_tenant(&self, tenant: TenantId) -> Result<(), AuthError> {
+        match self.role {
+            Role::Admin => Ok(()),
+            Role::Tenant(own) if own == tenant => Ok(()),
+            Role::Tenant(_) => Err(AuthError::Forbidden("this token belongs to another tenant")),
+        }
+    }
+}
+
+/// Verifies tokens with the configured key.
+pub struct Authenticator {
+    /// `None` when authentication is off.
+    key: Option<(DecodingKey, Validation)>,
+}
+
+impl Authenticator {
+    pub fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
+        if !config.enabled {
+            return Ok(Self { key: None });
+        }
+        let key = match config.algorithm {
+            JwtAlgorithm::HS256 => DecodingKey::from_secret(secret(config)?),
+            JwtAlgorithm::RS256 => DecodingKey::from_rsa_pem(&public_key(config)?)
+                .map_err(|e| ConfigError::new("auth.public_key_file", format!("not an RSA public key: {e}")))?,
+            JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&public_key(config)?)
+                .map_err(|e| ConfigError::new("auth.public_key_file", format!("not an EC public key: {e}")))?,
+        };
+        let mut validation = Validation::new(algorithm(config.algorithm));
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = config.leeway_seconds;
+        Ok(Self { key: Some((key, validation)) })
+    }
+
+    /// The caller named by the `Authorization` header (an admin when authentication is off).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
+        let Some((key, validation)) = &self.key else {
+            return Ok(Principal { subject: "anonymous".into(), role: Role::Admin });
+        };
+        let header = authorization.ok_or(AuthError::Missing)?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| AuthError::Invalid("expected `Bearer <JWT>`".into()))?;
+        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
+                    AuthError::Invalid("missing or malformed claims".into())
+                }
+                _ => AuthError::Invalid("malformed token".into()),
+            })?
+            .claims;
+        let role = match (claims.role, claims.tenant_id) {
+            (RoleClaim::Admin, _) => Role::Admin,
+            (RoleClaim::Tenant, Some(tenant)) => Role::Tenant(TenantId::from_uuid(tenant)),
+            (RoleClaim::Tenant, None) => return Err(AuthError::Invalid("a tenant token needs `tenant_id`".into())),
+        };
+        Ok(Principal { subject: claims.sub, role })
+    }
+}
+
+fn algorithm(algorithm: JwtAlgorithm) -> Algorithm {
+    match algorithm {
+        JwtAlgorithm::HS256 => Algorithm::HS256,
+        JwtAlgorithm::RS256 => Algorithm::RS256,
+        JwtAlgorithm::ES256 => Algorithm::ES256,
+    }
+}
+
+fn secret(config: &AuthConfig) -> Result<&[u8], ConfigError> {
+    let secret = config.jwt_secret.as_deref().ok_or_else(|| {
+        ConfigError::new("auth.jwt_secret", "must be set while auth.enabled is true (or set auth.enabled: false)")
+    })?;
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::new("auth.jwt_secret", format!("must be at least {MIN_SECRET_BYTES} bytes")));
+    }
+    Ok(secret.as_bytes())
+}
+
+fn public_key(config: &AuthConfig) -> Result<Vec<u8>, ConfigError> {
+    let path = config
+        .public_key_file
+        .as_ref()
+        .ok_or_else(|| ConfigError::new("auth.public_key_file", "must be set for RS256 and ES256"))?;
+    std::fs::read(path).map_err(|e| ConfigError::new("auth.public_key_file", format!("{}: {e}", path.display())))
+}
+
+/// Mints an HS256 token with the configured secret (`tenantmq token`, tests, development).
+pub fn mint(config: &AuthConfig, subject: &str, role: Role, ttl: Duration) -> Result<String, ConfigError> {
+    if config.algorithm != JwtAlgorithm::HS256 {
+        return Err(ConfigError::new(
+            "auth.algorithm",
+            "tokens can only be minted for HS256; sign RS256/ES256 tokens with your private key",
+        ));
+    }
+    let now = jsonwebtoken::get_current_timestamp();
+    let (role, tenant_id) = match role {
+        Role::Admin => (RoleClaim::Admin, None),
+        Role::Tenant(tenant) => (RoleClaim::Tenant, Some(tenant.as_uuid())),
+    };
+    let claims = Claims { sub: subject.to_owned(), iat: now, exp: now + ttl.as_secs(), role, tenant_id };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret(config)?))
+        .map_err(|e| ConfigError::new("auth.jwt_secret", e.to_string()))
+}
+
+/// Declares the bearer scheme in the OpenAPI document (so Swagger UI can authorize).
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", rename = "BearerAuth")]
+#[allow(dead_code)]
+struct BearerAuth(Bearer);
+
+/// The authenticated caller, as a handler parameter. Documented as the bearer scheme; verified by the
+/// service's [`Authenticator`], which also lets every request through as admin when authentication is off.
+impl<'a> ApiExtractor<'a> for Principal {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        <BearerAuth as ApiExtractor>::register(registry);
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        <BearerAuth as ApiExtractor>::security_schemes()
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        _body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let state =
+            request.data::<AppState>().ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
+        let authorization = request.header(poem::http::header::AUTHORIZATION);
+        Ok(state.authenticator.authenticate(authorization)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    fn config() -> AuthConfig {
+        AuthConfig { jwt_secret: Some(SECRET.into()), ..AuthConfig::default() }
+    }
+
+    fn bearer(token: &str) -> String {
+        format!("Bearer {token}")
+    }
+
+    #[test]
+    fn minted_tokens_authenticate_with_their_role() {
+        let auth = Authenticator::from_config(&config()).expect("valid config");
+        let tenant = TenantId::generate();
+        let admin = mint(&config(), "ops", Role::Admin, Duration::from_secs(60)).expect("minted");
+        assert_eq!(
+            auth.authenticate(Some(&bearer(&admin))),
+            Ok(Principal { subject: "ops".into(), role: Role::Admin })
+        );
+        let own = mint(&config(), "app", Role::Tenant(tenant), Duration::from_secs(60)).expect("minted");
+        let principal = auth.authenticate(Some(&bearer(&own))).expect("valid");
+        assert_eq!(principal.role, Role::Tenant(tenant));
+        assert!(principal.require_tenant(tenant).is_ok());
+        assert!(principal.require_tenant(TenantId::generate()).is_err());
+        assert!(principal.require_admin().is_err());
+    }
+
+    #[test]
+    fn bad_tokens_are_rejected_with_a_reason() {
+        let auth = Authenticator::from_config(&config()).expect("valid config");
+        assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
+        let other = AuthConfig { jwt_secret: Some("another-secret-another-secret-xx".into()), ..AuthConfig::default() };
+        let forged = mint(&other, "x", Role::Admin, Duration::from_secs(60)).expect("minted");
+        assert!(matches!(auth.authenticate(Some(&bearer(&forged))), Err(AuthError::Invalid(_))));
+        let now = jsonwebtoken::get_current_timestamp();
+        let expired =
+            Claims { sub: "x".into(), iat: now - 600, exp: now - 300, role: RoleClaim::Admin, tenant_id: None };
+        let expired = jsonwebtoken::encode(&Header::default(), &expired, &EncodingKey::from_secret(SECRET.as_bytes()))
+            .expect("encoded");
+        assert_eq!(auth.authenticate(Some(&bearer(&expired))), Err(AuthError::Expired));
+        for garbage in ["Bearer", "Basic abc", "Bearer not.a.jwt", "token"] {
+            assert!(matches!(auth.authenticate(Some(garbage)), Err(AuthError::Invalid(_))), "{garbage}");
+        }
+        let no_tenant = Claims { sub: "x".into(), iat: now, exp: now + 60, role: RoleClaim::Tenant, tenant_id: None };
+        let no_tenant =
+            jsonwebtoken::encode(&Header::default(), &no_tenant, &EncodingKey::from_secret(SECRET.as_bytes()))
+                .expect("encoded");
+        assert!(matches!(auth.authenticate(Some(&bearer(&no_tenant))), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn an_alg_none_or_other_algorithm_token_is_rejected() {
+        let auth = Authenticator::from_config(&config()).expect("valid config");
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims { sub: "x".into(), iat: now, exp: now + 60, role: RoleClaim::Admin, tenant_id: None };
+        let hs512 =
+            jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+                .expect("encoded");
+        assert!(auth.authenticate(Some(&bearer(&hs512))).is_err());
+        let unsigned = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims).expect("json"))
+        });
+        assert!(auth.authenticate(Some(&bearer(&unsigned))).is_err());
+    }
+
+    #[test]
+    fn configuration_errors_name_the_key() {
+        let missing = AuthConfig::default();
+        assert_eq!(Authenticator::from_config(&missing).err().map(|e| e.key), Some("auth.jwt_secret".into()));
+        let short = AuthConfig { jwt_secret: Some("short".into()), ..AuthConfig::default() };
+        assert_eq!(Authenticator::from_config(&short).err().map(|e| e.key), Some("auth.jwt_secret".into()));
+        let rsa = AuthConfig { algorithm: JwtAlgorithm::RS256, ..AuthConfig::default() };
+        assert_eq!(Authenticator::from_config(&rsa).err().map(|e| e.key), Some("auth.public_key_file".into()));
+        let off = AuthConfig { enabled: false, ..AuthConfig::default() };
+        let principal = Authenticator::from_config(&off).expect("valid").authenticate(None).expect("admin");
+        assert_eq!(principal.role, Role::Admin);
+    }
+}
