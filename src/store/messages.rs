@@ -116,7 +116,7 @@ pub async fn page<C: ConnectionTrait>(
         "SELECT id, tenant_id, payload::text AS payload, created_at, txid::text AS txid FROM messages \
          WHERE tenant_id = $1 AND (txid, id) > ($2::text::xid8, $3) \
            AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY txid, id LIMIT $4",
+         ORDER BY messages.txid, messages.id LIMIT $4",
         [tenant.as_uuid().into(), after.txid.to_string().into(), after.id.into(), limit.into()],
     );
     Ok(MessageRow::find_by_statement(statement).all(conn).await?)
