@@ -106,6 +106,11 @@ impl TestApp {
         response.json().await.expect("tenant JSON")
     }
 
+    /// Creates a tenant and returns its id.
+    pub async fn create_tenant_id(&self, name: &str) -> String {
+        self.create_tenant(name).await["id"].as_str().expect("id").to_owned()
+    }
+
     /// A count from SQL (`SELECT count(*) …`) or any single bigint.
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         scalar_i64(&self.db, sql).await

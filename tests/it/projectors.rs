@@ -81,8 +81,8 @@ async fn two_runners_of_one_projector_apply_each_event_once() {
 #[tokio::test]
 async fn replay_rebuilds_the_same_read_models() {
     let app = TestApp::spawn().await;
-    let a = app.create_tenant("a").await["id"].as_str().expect("id").to_owned();
-    let b = app.create_tenant("b").await["id"].as_str().expect("id").to_owned();
+    let a = app.create_tenant_id("a").await;
+    let b = app.create_tenant_id("b").await;
     app.create_tenant("c").await;
     app.put_json(&format!("/tenants/{a}/config/concurrency"), &json!({ "workers": 7 })).await;
     app.delete(&format!("/tenants/{b}")).await;

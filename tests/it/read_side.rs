@@ -56,7 +56,7 @@ async fn ids_in_db_order(app: &TestApp, tenant: &str) -> Vec<String> {
 #[tokio::test]
 async fn pages_of_100_over_2500_messages_return_each_once_in_order() {
     let app = TestApp::spawn().await;
-    let tenant = app.create_tenant("paged").await["id"].as_str().expect("id").to_owned();
+    let tenant = app.create_tenant_id("paged").await;
     publish(&app, &tenant, 2500, "paged").await;
     app.await_messages(&tenant, 2500).await;
 
@@ -88,7 +88,7 @@ async fn pages_of_100_over_2500_messages_return_each_once_in_order() {
     }
     let response = app.get(&format!("/messages?tenant_id={tenant}&cursor=garbage")).await;
     assert_problem(response, StatusCode::BAD_REQUEST, Some("cursor")).await;
-    let other = app.create_tenant("other").await["id"].as_str().expect("id").to_owned();
+    let other = app.create_tenant_id("other").await;
     let response = app.get(&format!("/messages?tenant_id={other}&cursor={tail}")).await;
     assert_problem(response, StatusCode::BAD_REQUEST, Some("cursor")).await;
     let response = app.get("/messages").await;
@@ -144,8 +144,8 @@ async fn a_reader_tailing_under_load_sees_every_row_exactly_once() {
 #[tokio::test]
 async fn a_tenant_token_reads_only_its_own_messages() {
     let app = TestApp::spawn().await;
-    let a = app.create_tenant("a").await["id"].as_str().expect("id").to_owned();
-    let b = app.create_tenant("b").await["id"].as_str().expect("id").to_owned();
+    let a = app.create_tenant_id("a").await;
+    let b = app.create_tenant_id("b").await;
     publish(&app, &a, 20, "a").await;
     publish(&app, &b, 30, "b").await;
     app.await_messages(&a, 20).await;

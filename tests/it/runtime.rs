@@ -19,11 +19,29 @@ fn dlq(tenant: &str) -> String {
     format!("tenant_{tenant}_dlq")
 }
 
+/// Waits until the tenant's queue has this instance's consumer.
+async fn await_consumer(broker: &lapin::Connection, tenant: &str) {
+    eventually(Duration::from_secs(20), "the consumer", || async {
+        queue_state(broker, queue(tenant)).await.filter(|(_, consumers)| *consumers == 1)
+    })
+    .await;
+}
+
+/// Publishes as a plain AMQP producer would, straight to the tenant's queue.
+async fn publish_raw(channel: &lapin::Channel, tenant: &str, body: &[u8], properties: BasicProperties) {
+    channel
+        .basic_publish("".into(), queue(tenant).as_str().into(), BasicPublishOptions::default(), body, properties)
+        .await
+        .expect("publish")
+        .await
+        .expect("sent");
+}
+
 #[tokio::test]
 async fn a_tenant_gets_a_queue_with_one_consumer_and_deletion_removes_queue_and_partition() {
     let app = TestApp::spawn().await;
     let broker = amqp().await;
-    let tenant = app.create_tenant("consumed").await["id"].as_str().expect("id").to_owned();
+    let tenant = app.create_tenant_id("consumed").await;
 
     eventually(Duration::from_secs(20), "one consumer on the tenant's queue", || async {
         (queue_state(&broker, &queue(&tenant)).await == Some((0, 1))).then_some(())
@@ -50,7 +68,7 @@ async fn a_tenant_gets_a_queue_with_one_consumer_and_deletion_removes_queue_and_
 #[tokio::test]
 async fn published_messages_become_exactly_one_row_each_with_the_same_payload() {
     let app = TestApp::spawn().await;
-    let tenant = app.create_tenant("publisher").await["id"].as_str().expect("id").to_owned();
+    let tenant = app.create_tenant_id("publisher").await;
     let mut sent: HashMap<String, Value> = HashMap::new();
     for batch in 0..10 {
         let messages: Vec<Value> = (0..100)
@@ -98,11 +116,8 @@ async fn published_messages_become_exactly_one_row_each_with_the_same_payload() 
 async fn any_amqp_producer_can_publish_to_the_tenant_queue() {
     let app = TestApp::spawn().await;
     let broker = amqp().await;
-    let tenant = app.create_tenant("direct").await["id"].as_str().expect("id").to_owned();
-    eventually(Duration::from_secs(20), "the consumer", || async {
-        queue_state(&broker, &queue(&tenant)).await.filter(|(_, consumers)| *consumers == 1)
-    })
-    .await;
+    let tenant = app.create_tenant_id("direct").await;
+    await_consumer(&broker, &tenant).await;
     let channel = broker.create_channel().await.expect("channel");
     let with_id = Uuid::new_v4();
     let properties = BasicProperties::default().with_message_id(with_id.to_string().into());
@@ -111,12 +126,7 @@ async fn any_amqp_producer_can_publish_to_the_tenant_queue() {
         (br#"{"from": "amqp", "with_id": false}"#.as_slice(), BasicProperties::default()),
         (br#"[1, 2, 3]"#.as_slice(), BasicProperties::default().with_message_id("not-a-uuid".into())),
     ] {
-        channel
-            .basic_publish("".into(), queue(&tenant).as_str().into(), BasicPublishOptions::default(), body, properties)
-            .await
-            .expect("publish")
-            .await
-            .expect("sent");
+        publish_raw(&channel, &tenant, body, properties).await;
     }
     app.await_messages(&tenant, 3).await;
     let kept = app
@@ -130,38 +140,12 @@ async fn any_amqp_producer_can_publish_to_the_tenant_queue() {
 async fn a_body_that_is_not_json_is_dead_lettered_not_persisted_and_not_requeued() {
     let app = TestApp::spawn().await;
     let broker = amqp().await;
-    let tenant = app.create_tenant("garbage").await["id"].as_str().expect("id").to_owned();
-    eventually(Duration::from_secs(20), "the consumer", || async {
-        queue_state(&broker, &queue(&tenant)).await.filter(|(_, consumers)| *consumers == 1)
-    })
-    .await;
+    let tenant = app.create_tenant_id("garbage").await;
+    await_consumer(&broker, &tenant).await;
     let channel = broker.create_channel().await.expect("channel");
-    for body in [b"not json".as_slice(), b"{\"truncated\": ".as_slice(), &[0xff, 0xfe][..]] {
-        channel
-            .basic_publish(
-                "".into(),
-                queue(&tenant).as_str().into(),
-                BasicPublishOptions::default(),
-                body,
-                BasicProperties::default(),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("sent");
+    for body in [b"not json".as_slice(), b"{\"truncated\": ".as_slice(), &[0xff, 0xfe][..], b"{\"ok\": true}"] {
+        publish_raw(&channel, &tenant, body, BasicProperties::default()).await;
     }
-    channel
-        .basic_publish(
-            "".into(),
-            queue(&tenant).as_str().into(),
-            BasicPublishOptions::default(),
-            b"{\"ok\": true}",
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish")
-        .await
-        .expect("sent");
     app.await_messages(&tenant, 1).await;
     eventually(Duration::from_secs(20), "three dead letters", || async {
         (queue_state(&broker, &dlq(&tenant)).await.map(|(ready, _)| ready) == Some(3)).then_some(())
@@ -264,7 +248,7 @@ async fn fifty_tenants_created_concurrently_each_get_a_consumer_and_lose_it_on_d
 #[tokio::test]
 async fn publishing_to_an_unknown_or_deleted_tenant_is_404_and_oversized_is_413() {
     let app = TestApp::spawn().await;
-    let tenant = app.create_tenant("short-lived").await["id"].as_str().expect("id").to_owned();
+    let tenant = app.create_tenant_id("short-lived").await;
     let unknown = Uuid::new_v4();
     let response = app.post_json(&format!("/tenants/{unknown}/messages"), &json!({ "payload": 1 })).await;
     crate::helpers::assert_problem(response, StatusCode::NOT_FOUND, None).await;

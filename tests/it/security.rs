@@ -32,9 +32,9 @@ fn token_with(secret: &str, claims: &Claims) -> String {
 #[tokio::test]
 async fn every_endpoint_checks_the_token_and_its_tenant() {
     let app = TestApp::spawn().await;
-    let a = app.create_tenant("a").await["id"].as_str().expect("id").to_owned();
-    let b = app.create_tenant("b").await["id"].as_str().expect("id").to_owned();
-    let doomed = app.create_tenant("doomed").await["id"].as_str().expect("id").to_owned();
+    let a = app.create_tenant_id("a").await;
+    let b = app.create_tenant_id("b").await;
+    let doomed = app.create_tenant_id("doomed").await;
     let secret = app.config.auth.jwt_secret.clone().expect("secret");
     let now = jsonwebtoken::get_current_timestamp();
     let admin_claims = Claims { sub: "x".into(), iat: now, exp: now + 600, role: RoleClaim::Admin, tenant_id: None };
@@ -109,8 +109,8 @@ async fn with_auth_off_every_request_is_an_admin() {
 #[tokio::test]
 async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
     let app = TestApp::spawn().await;
-    let existing = app.create_tenant("existing").await["id"].as_str().expect("id").to_owned();
-    let other = app.create_tenant("other").await["id"].as_str().expect("id").to_owned();
+    let existing = app.create_tenant_id("existing").await;
+    let other = app.create_tenant_id("other").await;
     let events_before = app.scalar_i64("SELECT count(*) FROM events").await;
     let unknown = Uuid::new_v4();
     let concurrency = format!("/tenants/{existing}/config/concurrency");

@@ -94,7 +94,7 @@ async fn detach_on_delete_keeps_the_partition_as_a_standalone_table() {
 #[tokio::test]
 async fn concurrent_set_concurrency_one_winner_per_version_and_no_gaps() {
     let app = TestApp::spawn().await;
-    let id = app.create_tenant("contended").await["id"].as_str().expect("id").to_owned();
+    let id = app.create_tenant_id("contended").await;
     let path = format!("/tenants/{id}/config/concurrency");
 
     // Every request asks for a different value (never the initial 3), so none is a no-op.
@@ -134,7 +134,7 @@ async fn tenants_are_listed_in_creation_order_with_cursor_pages() {
     let app = TestApp::spawn().await;
     let mut created = Vec::new();
     for i in 0..5 {
-        created.push(app.create_tenant(&format!("t{i}")).await["id"].as_str().expect("id").to_owned());
+        created.push(app.create_tenant_id(&format!("t{i}")).await);
     }
     let deleted = created.remove(2);
     assert_eq!(app.delete(&format!("/tenants/{deleted}")).await.status(), StatusCode::NO_CONTENT);
