@@ -349,3 +349,53 @@ mod tests {
         assert_eq!(principal.role, Role::Admin);
     }
 }
+
+#[cfg(test)]
+mod public_key_tests {
+    use super::*;
+
+    const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+
+    fn token(algorithm: Algorithm, private_pem: &str, claims: &Claims) -> String {
+        let pem = std::fs::read(format!("{KEYS}/{private_pem}")).expect("test key");
+        let key = match algorithm {
+            Algorithm::RS256 => EncodingKey::from_rsa_pem(&pem),
+            _ => EncodingKey::from_ec_pem(&pem),
+        }
+        .expect("private key");
+        jsonwebtoken::encode(&Header::new(algorithm), claims, &key).expect("signed")
+    }
+
+    #[test]
+    fn rs256_and_es256_tokens_verify_with_the_configured_public_key() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let tenant = TenantId::generate();
+        let claims = Claims {
+            sub: "svc".into(),
+            iat: now,
+            exp: now + 60,
+            role: RoleClaim::Tenant,
+            tenant_id: Some(tenant.as_uuid()),
+        };
+        for (algorithm, ours, private, public) in [
+            (Algorithm::RS256, JwtAlgorithm::RS256, "rs256-private.pem", "rs256-public.pem"),
+            (Algorithm::ES256, JwtAlgorithm::ES256, "es256-private.pem", "es256-public.pem"),
+        ] {
+            let config = AuthConfig {
+                algorithm: ours,
+                public_key_file: Some(format!("{KEYS}/{public}").into()),
+                ..AuthConfig::default()
+            };
+            let auth = Authenticator::from_config(&config).expect("public key loads");
+            let principal =
+                auth.authenticate(Some(&format!("Bearer {}", token(algorithm, private, &claims)))).expect("valid");
+            assert_eq!(principal.role, Role::Tenant(tenant));
+            // An HS256 token made with the public key as secret (the classic confusion attack) is refused.
+            let public_pem = std::fs::read(format!("{KEYS}/{public}")).expect("public key");
+            let confused =
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&public_pem))
+                    .expect("signed");
+            assert!(auth.authenticate(Some(&format!("Bearer {confused}"))).is_err());
+        }
+    }
+}

@@ -302,3 +302,34 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
     .await;
     app.stop().await;
 }
+
+/// The CLI mints tokens with the configured secret that the service accepts, in the role asked for.
+#[tokio::test]
+async fn tokens_minted_by_the_cli_work_against_the_service() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant_id("cli").await;
+    let secret = app.config.auth.jwt_secret.clone().expect("secret");
+    let mint = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tenantmq"))
+            .arg("token")
+            .args(args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("TENANTMQ_AUTH__JWT_SECRET", &secret)
+            .output()
+            .expect("tenantmq token runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8").trim().to_owned()
+    };
+    let admin = mint(&["--admin", "--sub", "ops"]);
+    let own = mint(&["--tenant", &tenant, "--ttl", "10m"]);
+    let plain = reqwest::Client::new();
+    let status = |path: String, token: String| {
+        let request = plain.get(app.url(&path)).bearer_auth(token);
+        async move { request.send().await.expect("sent").status() }
+    };
+    assert_eq!(status("/tenants".into(), admin.clone()).await, StatusCode::OK);
+    assert_eq!(status(format!("/messages?tenant_id={tenant}"), own.clone()).await, StatusCode::OK);
+    assert_eq!(status("/messages".into(), own.clone()).await, StatusCode::OK, "a tenant token reads its own tenant");
+    assert_eq!(status("/tenants".into(), own).await, StatusCode::FORBIDDEN);
+    app.stop().await;
+}
