@@ -79,3 +79,20 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
         assert!(stderr.contains(&format!("`{key}")), "names `{key}`: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_goes_down_and_up() {
+    let url = crate::helpers::test_config().database.url;
+    let run = |action: &str| {
+        let output = tenantmq(&["migrate", action], &[("TENANTMQ_DATABASE__URL", url.as_str())]);
+        assert!(output.status.success(), "migrate {action}: {}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let up = run("up");
+    assert!(up.lines().all(|l| l.starts_with("applied ")) && up.lines().count() >= 2, "{up}");
+    let down = run("down");
+    assert_eq!(down.lines().filter(|l| l.starts_with("pending ")).count(), 1, "one step rolled back: {down}");
+    assert_eq!(run("status"), down);
+    assert_eq!(run("up"), up);
+    crate::helpers::drop_database(&url).await;
+}
