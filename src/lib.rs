@@ -9,6 +9,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod projectors;
 pub mod runtime;
 pub mod store;
@@ -44,6 +45,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Config(config::ConfigError),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(String),
     #[error("cannot listen on {address}: {source}")]
     Bind { address: String, source: io::Error },
 }
@@ -76,6 +79,7 @@ impl Application {
         let db = prepare_database(&config).await?;
         let store = EventStore::new(db.clone());
         store.head_position().await?;
+        let metrics = metrics::Metrics::new().map_err(|e| StartupError::Metrics(e.to_string()))?;
 
         let background = CancellationToken::new();
         let mut background_tasks = JoinSet::new();
@@ -100,6 +104,7 @@ impl Application {
             &config,
             &db,
             &projections,
+            &metrics,
             (&mut background_tasks, &background),
             (&mut consumer_tasks, &stop_consumers),
         );
@@ -110,6 +115,7 @@ impl Application {
             db,
             projections,
             runtime,
+            metrics,
             authenticator: Arc::new(auth::Authenticator::from_config(&config.auth).map_err(StartupError::Config)?),
             limits: api::json_body::BodyLimits { single: config.max_payload_bytes, batch: config.max_batch_bytes },
         };

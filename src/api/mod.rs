@@ -13,13 +13,14 @@ mod tenants;
 
 use std::sync::Arc;
 
-use poem::{Endpoint, EndpointExt, Route};
+use poem::{Endpoint, EndpointExt, Route, handler, web::Data};
 use poem_openapi::{OpenApiService, Tags};
 use sea_orm::DatabaseConnection;
 
 use crate::{
     auth::Authenticator,
     commands::TenantCommands,
+    metrics::Metrics,
     projectors::Projections,
     runtime::Runtime,
     store::{events::EventStore, tenants::TenantReadModel},
@@ -53,6 +54,7 @@ pub struct AppState {
     pub runtime: Runtime,
     pub limits: json_body::BodyLimits,
     pub authenticator: Arc<Authenticator>,
+    pub metrics: Metrics,
 }
 
 pub type Apis = (TenantsApi, EventsApi, MessagesApi, HealthApi);
@@ -70,9 +72,16 @@ pub fn routes(state: AppState) -> impl Endpoint {
     Route::new()
         .nest("/docs", api.swagger_ui())
         .at("/openapi.json", api.spec_endpoint())
+        .at("/metrics", poem::get(metrics))
         .nest("/", api)
         .catch_all_error(problem::into_problem)
         .around(request_context::middleware)
         .data(state)
         .data(limits)
+}
+
+/// Prometheus text exposition (public, like the probes).
+#[handler]
+fn metrics(state: Data<&AppState>) -> poem::Response {
+    poem::Response::builder().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }

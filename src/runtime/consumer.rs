@@ -31,6 +31,7 @@ use uuid::Uuid;
 use crate::{
     config::QueueType,
     domain::tenant::{TenantId, Workers},
+    metrics::Metrics,
     projectors::Backoff,
     store::messages::{self, MessageWriter, NewMessage},
 };
@@ -40,13 +41,14 @@ use super::{
     manager::{ConsumerState, Control, TenantRuntime},
 };
 
-/// Settings every consumer shares.
-#[derive(Debug, Clone)]
+/// Settings (and the metrics) every consumer shares.
+#[derive(Clone)]
 pub struct ConsumerSettings {
     pub queue_type: QueueType,
     pub batch_size: u16,
     pub batch_wait: Duration,
     pub instance_id: String,
+    pub metrics: Metrics,
 }
 
 /// How a consumer ended when nothing went wrong.
@@ -194,6 +196,7 @@ async fn handover(
 struct WorkerContext {
     runtime: Arc<TenantRuntime>,
     writer: MessageWriter,
+    metrics: Metrics,
     batch_size: usize,
     batch_wait: Duration,
     shutdown: CancellationToken,
@@ -219,6 +222,7 @@ impl WorkerPool {
         let context = Arc::new(WorkerContext {
             runtime,
             writer,
+            metrics: settings.metrics.clone(),
             batch_size: settings.batch_size.into(),
             batch_wait: settings.batch_wait,
             shutdown,
@@ -349,7 +353,7 @@ async fn process(batch: Vec<Delivery>, context: &WorkerContext) {
             }
             Err(reason) => {
                 tracing::warn!(%tenant, reason, "rejecting a message that is not JSON");
-                settle(&delivery, Outcome::Reject).await;
+                settle(&delivery, Outcome::Reject, context).await;
             }
         }
     }
@@ -359,7 +363,7 @@ async fn process(batch: Vec<Delivery>, context: &WorkerContext) {
     match context.writer.insert(&rows).await {
         Ok(_) => {
             for delivery in &accepted {
-                settle(delivery, Outcome::Ack).await;
+                settle(delivery, Outcome::Ack, context).await;
             }
         }
         Err(error) if messages::is_permanent(&error) && rows.len() > 1 => {
@@ -420,10 +424,16 @@ async fn settle_after_pause(delivery: &Delivery, outcome: Outcome, context: &Wor
             _ = tokio::time::sleep(pause) => {}
         }
     }
-    settle(delivery, outcome).await;
+    settle(delivery, outcome, context).await;
 }
 
-async fn settle(delivery: &Delivery, outcome: Outcome) {
+/// Acks, rejects or requeues, and counts what was persisted or dead-lettered.
+async fn settle(delivery: &Delivery, outcome: Outcome, context: &WorkerContext) {
+    match outcome {
+        Outcome::Ack => context.metrics.persisted(context.runtime.tenant, 1),
+        Outcome::Reject => context.metrics.dead_lettered(context.runtime.tenant),
+        Outcome::Requeue => {}
+    }
     let settled = match outcome {
         Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Reject => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,

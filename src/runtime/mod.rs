@@ -13,7 +13,7 @@ use sea_orm::DatabaseConnection;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, projectors::Projections, store::tenants::TenantReadModel};
+use crate::{config::Config, metrics::Metrics, projectors::Projections, store::tenants::TenantReadModel};
 
 pub use broker::Broker;
 pub use manager::TenantManager;
@@ -34,6 +34,7 @@ impl Runtime {
         config: &Config,
         db: &DatabaseConnection,
         projections: &Projections,
+        metrics: &Metrics,
         background: (&mut JoinSet<&'static str>, &CancellationToken),
         consumers: (&mut JoinSet<&'static str>, &CancellationToken),
     ) -> Self {
@@ -56,9 +57,11 @@ impl Runtime {
                 batch_size: config.consumer.batch_size,
                 batch_wait: config.consumer.batch_wait,
                 instance_id: config.consumer.instance_id(),
+                metrics: metrics.clone(),
             }),
             projection: projections.tenants.clone(),
             resync_interval: config.consumer.resync_interval,
+            metrics: metrics.clone(),
         };
         let (tasks, stop_consumers) = consumers;
         let stop_consumers = stop_consumers.clone();

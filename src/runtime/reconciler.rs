@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::tenant::{TenantId, Workers},
+    metrics::{Metrics, ReconcilerAction},
     projectors::{Backoff, Progress},
     store::{messages::MessageWriter, tenants::TenantReadModel},
 };
@@ -36,6 +37,7 @@ pub struct Reconciler {
     pub settings: Arc<ConsumerSettings>,
     pub projection: watch::Receiver<Progress>,
     pub resync_interval: Duration,
+    pub metrics: Metrics,
 }
 
 /// A tenant whose consumer failed, and when to try again.
@@ -108,6 +110,7 @@ impl Reconciler {
                     tracing::info!(%tenant, from = running.desired().get(), to = workers.get(), "resizing");
                     running.set_desired(workers);
                     running.send(Control::Resize(workers));
+                    self.metrics.reconciler_action(ReconcilerAction::Resize);
                 }
                 Some(_) => {}
                 None if connected && retries.get(&tenant).is_none_or(|r| r.at <= now) => {
@@ -122,6 +125,7 @@ impl Reconciler {
                 tracing::info!(tenant = %running.tenant, "stopping: the tenant was deleted");
                 running.set_state(ConsumerState::Stopping);
                 running.send(Control::Delete);
+                self.metrics.reconciler_action(ReconcilerAction::Stop);
             }
         }
     }
@@ -136,6 +140,7 @@ impl Reconciler {
         shutdown: &CancellationToken,
     ) {
         tracing::info!(%tenant, workers = workers.get(), generation, "starting consumer");
+        self.metrics.reconciler_action(ReconcilerAction::Start);
         let (control, commands) = mpsc::unbounded_channel();
         let runtime = Arc::new(TenantRuntime::new(tenant, workers, control));
         self.manager.insert(runtime.clone());
@@ -171,6 +176,7 @@ impl Reconciler {
                 let delay = retry.backoff.next_delay();
                 retry.at = Instant::now() + delay;
                 tracing::warn!(%tenant, %error, ?delay, "consumer failed; restarting after a pause");
+                self.metrics.reconciler_action(ReconcilerAction::Restart);
             }
         }
     }

@@ -153,6 +153,12 @@ async fn a_body_that_is_not_json_is_dead_lettered_not_persisted_and_not_requeued
     .await;
     assert_eq!(queue_state(&broker, &queue(&tenant)).await.map(|(ready, _)| ready), Some(0), "nothing requeued");
     assert_eq!(app.message_count(&tenant).await, 1);
+
+    let metrics = app.get("/metrics").await.text().await.expect("metrics text");
+    let series = |name: &str| format!("{name}{{tenant_id=\"{tenant}\"}}");
+    assert!(metrics.contains(&format!("{} 1\n", series("tenantmq_messages_persisted_total"))), "{metrics}");
+    assert!(metrics.contains(&format!("{} 3\n", series("tenantmq_messages_dead_lettered_total"))), "{metrics}");
+    assert!(metrics.contains("tenantmq_reconciler_actions_total{action=\"start\"} 1\n"), "{metrics}");
     app.stop().await;
 }
 
