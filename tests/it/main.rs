@@ -9,4 +9,5 @@ mod read_side;
 mod runtime;
 mod security;
 mod services;
+mod shutdown;
 mod tenants_api;

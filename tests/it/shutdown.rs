@@ -1,0 +1,128 @@
+//! SIGTERM on the real binary while messages flow: it exits 0 within the timeout, and after a restart every
+//! message is a row, exactly once.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tenantmq::{
+    auth::{self, Role},
+    config::Config,
+};
+
+use crate::helpers::{drop_database, eventually, scalar_i64, test_config};
+
+struct Instance {
+    child: Child,
+    base_url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+async fn start(config: &Config) -> Instance {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantmq"));
+    command.arg("serve").current_dir(env!("CARGO_MANIFEST_DIR")).stdout(Stdio::null()).stderr(Stdio::null());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTMQ_")) {
+        command.env_remove(key);
+    }
+    command
+        .env("TENANTMQ_SERVER__HOST", "127.0.0.1")
+        .env("TENANTMQ_SERVER__PORT", port.to_string())
+        .env("TENANTMQ_DATABASE__URL", &config.database.url)
+        .env("TENANTMQ_RABBITMQ__URL", &config.rabbitmq.url)
+        .env("TENANTMQ_AUTH__JWT_SECRET", config.auth.jwt_secret.as_deref().expect("secret"))
+        .env("TENANTMQ_CONSUMER__BATCH_SIZE", "10")
+        .env("TENANTMQ_SHUTDOWN_TIMEOUT", "20s");
+    let child = command.spawn().expect("tenantmq serve starts");
+    let base_url = format!("http://127.0.0.1:{port}");
+    let probe = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "the binary to be ready", || {
+        let request = probe.get(format!("{base_url}/readyz"));
+        async move { request.send().await.ok().filter(|r| r.status() == StatusCode::OK).map(|_| ()) }
+    })
+    .await;
+    Instance { child, base_url }
+}
+
+/// Sends SIGTERM and waits for the exit status.
+async fn terminate(mut instance: Instance) -> std::process::ExitStatus {
+    let pid = instance.child.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    assert!(killed.success());
+    eventually(Duration::from_secs(30), "the binary to exit", || {
+        let status = instance.child.try_wait().expect("wait");
+        async move { status }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn sigterm_while_messages_flow_exits_cleanly_and_loses_nothing() {
+    const MESSAGES: i64 = 5000;
+    let config = test_config();
+    let admin = auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(600)).expect("token");
+    let client = reqwest::Client::new();
+    let first = start(&config).await;
+    let created: Value = client
+        .post(format!("{}/tenants", first.base_url))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "shutdown", "workers": 3 }))
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("json");
+    let tenant = created["id"].as_str().expect("id").to_owned();
+    let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
+    let partition = format!("messages_{}", tenant.replace('-', ""));
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &db,
+        &format!(
+            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN PERFORM pg_sleep(0.01); RETURN NULL; END $$; \
+             CREATE TRIGGER slow AFTER INSERT ON {partition} FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();"
+        ),
+    )
+    .await
+    .expect("slow trigger");
+    for _ in 0..MESSAGES / 1000 {
+        let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "i": i } })).collect();
+        let response = client
+            .post(format!("{}/tenants/{tenant}/messages/batch", first.base_url))
+            .bearer_auth(&admin)
+            .json(&json!({ "messages": messages }))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    let count = format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}'");
+    eventually(Duration::from_secs(30), "the first rows", || async {
+        (scalar_i64(&db, &count).await > 100).then_some(())
+    })
+    .await;
+
+    let status = terminate(first).await;
+    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    assert!(scalar_i64(&db, &count).await < MESSAGES, "stopped while messages were still flowing");
+
+    let second = start(&config).await;
+    eventually(Duration::from_secs(60), "every message as a row", || async {
+        let rows = scalar_i64(&db, &count).await;
+        assert!(rows <= MESSAGES, "duplicates: {rows}");
+        (rows == MESSAGES).then_some(())
+    })
+    .await;
+    let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
+    assert_eq!(scalar_i64(&db, &distinct).await, MESSAGES);
+    assert_eq!(terminate(second).await.code(), Some(0));
+    db.close().await.expect("closed");
+    drop_database(&config.database.url).await;
+}
