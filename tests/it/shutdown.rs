@@ -1,5 +1,5 @@
-//! SIGTERM on the real binary while messages flow: it exits 0 within the timeout, and after a restart every
-//! message is a row, exactly once.
+//! SIGTERM and kill -9 on the real binary while messages flow: SIGTERM exits 0 within the timeout; either
+//! way, after a restart every message is a row, exactly once.
 
 use std::{
     process::{Child, Command, Stdio},
@@ -50,10 +50,10 @@ async fn start(config: &Config) -> Instance {
     Instance { child, base_url }
 }
 
-/// Sends SIGTERM and waits for the exit status.
-async fn terminate(mut instance: Instance) -> std::process::ExitStatus {
+/// Sends `signal` (`-TERM`, `-KILL`) and waits for the exit status.
+async fn signal(mut instance: Instance, signal: &str) -> std::process::ExitStatus {
     let pid = instance.child.id().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+    let killed = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
     assert!(killed.success());
     eventually(Duration::from_secs(30), "the binary to exit", || {
         let status = instance.child.try_wait().expect("wait");
@@ -64,6 +64,15 @@ async fn terminate(mut instance: Instance) -> std::process::ExitStatus {
 
 #[tokio::test]
 async fn sigterm_while_messages_flow_exits_cleanly_and_loses_nothing() {
+    stop_mid_flow_then_restart("-TERM").await;
+}
+
+#[tokio::test]
+async fn kill_9_while_messages_flow_loses_nothing_after_a_restart() {
+    stop_mid_flow_then_restart("-KILL").await;
+}
+
+async fn stop_mid_flow_then_restart(how: &str) {
     const MESSAGES: i64 = 5000;
     let config = test_config();
     let admin = auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(600)).expect("token");
@@ -109,8 +118,10 @@ async fn sigterm_while_messages_flow_exits_cleanly_and_loses_nothing() {
     })
     .await;
 
-    let status = terminate(first).await;
-    assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    let status = signal(first, how).await;
+    if how == "-TERM" {
+        assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    }
     assert!(scalar_i64(&db, &count).await < MESSAGES, "stopped while messages were still flowing");
 
     let second = start(&config).await;
@@ -122,7 +133,7 @@ async fn sigterm_while_messages_flow_exits_cleanly_and_loses_nothing() {
     .await;
     let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
     assert_eq!(scalar_i64(&db, &distinct).await, MESSAGES);
-    assert_eq!(terminate(second).await.code(), Some(0));
+    assert_eq!(signal(second, "-TERM").await.code(), Some(0));
     db.close().await.expect("closed");
     drop_database(&config.database.url).await;
 }
