@@ -212,3 +212,16 @@ impl TestApp {
         .await;
     }
 }
+
+/// Makes every insert statement into the tenant's partition take at least `seconds` longer (a statement
+/// trigger), so that a test can watch messages while they are still flowing.
+pub async fn slow_down_inserts(db: &DatabaseConnection, tenant: &str, seconds: f64) {
+    let partition = format!("messages_{}", tenant.replace('-', ""));
+    db.execute_unprepared(&format!(
+        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
+         CREATE TRIGGER slow AFTER INSERT ON {partition} FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();"
+    ))
+    .await
+    .expect("slow insert trigger");
+}

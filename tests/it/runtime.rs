@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, amqp, eventually, queue_state, test_config};
+use crate::helpers::{TestApp, amqp, eventually, queue_state, slow_down_inserts, test_config};
 
 fn queue(tenant: &str) -> String {
     format!("tenant_{tenant}_queue")
@@ -172,17 +172,7 @@ async fn resizing_the_pool_live_changes_running_and_busy_workers_and_loses_nothi
     let app = TestApp::spawn_with(config).await;
     let response = app.post_json("/tenants", &json!({ "name": "elastic", "workers": 1 })).await;
     let tenant = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
-    let partition = format!("messages_{}", tenant.replace('-', ""));
-    sea_orm::ConnectionTrait::execute_unprepared(
-        &app.db,
-        &format!(
-            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN PERFORM pg_sleep(0.02); RETURN NULL; END $$; \
-             CREATE TRIGGER slow AFTER INSERT ON {partition} FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();"
-        ),
-    )
-    .await
-    .expect("slow trigger");
+    slow_down_inserts(&app.db, &tenant, 0.02).await;
 
     let publishes = (0..MESSAGES / 1000).map(|_| {
         let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "i": i } })).collect();

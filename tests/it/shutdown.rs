@@ -13,7 +13,7 @@ use tenantmq::{
     config::Config,
 };
 
-use crate::helpers::{drop_database, eventually, scalar_i64, test_config};
+use crate::helpers::{drop_database, eventually, scalar_i64, slow_down_inserts, test_config};
 
 struct Instance {
     child: Child,
@@ -90,17 +90,7 @@ async fn stop_mid_flow_then_restart(how: &str) {
         .expect("json");
     let tenant = created["id"].as_str().expect("id").to_owned();
     let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
-    let partition = format!("messages_{}", tenant.replace('-', ""));
-    sea_orm::ConnectionTrait::execute_unprepared(
-        &db,
-        &format!(
-            "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN PERFORM pg_sleep(0.01); RETURN NULL; END $$; \
-             CREATE TRIGGER slow AFTER INSERT ON {partition} FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();"
-        ),
-    )
-    .await
-    .expect("slow trigger");
+    slow_down_inserts(&db, &tenant, 0.01).await;
     for _ in 0..MESSAGES / 1000 {
         let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "i": i } })).collect();
         let response = client
