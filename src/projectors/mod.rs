@@ -11,9 +11,12 @@ use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{
-    StoreError, checkpoints,
-    events::{EventStore, NOTIFY_CHANNEL, RecordedEvent, read_all_after},
+use crate::{
+    backoff::Backoff,
+    store::{
+        StoreError, checkpoints,
+        events::{EventStore, NOTIFY_CHANNEL, RecordedEvent, read_all_after},
+    },
 };
 
 pub use partitions::PartitionsProjector;
@@ -182,31 +185,6 @@ pub async fn listen_for_appends(db: DatabaseConnection, store: EventStore, cance
                 }
             }
         }
-    }
-}
-
-/// Exponential backoff from 100 ms to 10 s.
-#[derive(Debug)]
-pub(crate) struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
-
-    pub(crate) fn new() -> Self {
-        Self { next: Self::FIRST }
-    }
-
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        delay
-    }
-
-    pub(crate) fn reset(&mut self) {
-        self.next = Self::FIRST;
     }
 }
 

@@ -12,7 +12,7 @@ use lapin::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::QueueType, domain::tenant::TenantId, projectors::Backoff};
+use crate::{backoff::Backoff, config::QueueType, domain::tenant::TenantId};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {

@@ -32,7 +32,6 @@ use crate::{
     config::QueueType,
     domain::tenant::{TenantId, Workers},
     metrics::Metrics,
-    projectors::Backoff,
     store::messages::{self, MessageWriter, NewMessage},
 };
 
@@ -408,6 +407,9 @@ fn decode(delivery: &Delivery) -> Result<NewMessage, &'static str> {
     Ok(NewMessage { id, payload: text.to_owned() })
 }
 
+/// How long a worker waits before requeueing what failed for a passing reason (database down).
+const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Ack,
@@ -418,10 +420,9 @@ enum Outcome {
 async fn settle_after_pause(delivery: &Delivery, outcome: Outcome, context: &WorkerContext) {
     if outcome == Outcome::Requeue {
         // Do not spin on a database that is down: pause before the message comes back.
-        let pause = Backoff::new().next_delay() * 10;
         tokio::select! {
             _ = context.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(pause) => {}
+            _ = tokio::time::sleep(REQUEUE_PAUSE) => {}
         }
     }
     settle(delivery, outcome, context).await;

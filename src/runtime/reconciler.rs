@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     domain::tenant::{TenantId, Workers},
     metrics::{Metrics, ReconcilerAction},
-    projectors::{Backoff, Progress},
     store::{messages::MessageWriter, tenants::TenantReadModel},
+    {backoff::Backoff, projectors::Progress},
 };
 
 use super::{

@@ -1,7 +1,7 @@
 //! The `tenants` read model: the entity, and the queries the API reads it with.
 
 use crate::domain::tenant::TenantId;
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::StoreError;
 
@@ -91,10 +91,6 @@ impl TenantReadModel {
 
     /// Every row, deleted ones included, ordered by id (for comparing states, e.g. after a replay).
     pub async fn all(&self) -> Result<Vec<TenantRow>, StoreError> {
-        all_rows(&self.db).await
+        Ok(Tenants::find().order_by_asc(entity::Column::Id).all(&self.db).await?)
     }
-}
-
-pub async fn all_rows<C: ConnectionTrait>(conn: &C) -> Result<Vec<TenantRow>, StoreError> {
-    Ok(Tenants::find().order_by_asc(entity::Column::Id).all(conn).await?)
 }
