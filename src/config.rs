@@ -63,6 +63,10 @@ pub struct DatabaseConfig {
     pub max_connections: u32,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Cancels any statement of the service that runs longer (PostgreSQL `statement_timeout`), e.g. an insert
+    /// stuck behind a lock: the message is then retried. Off by default, so long migrations are not cut.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +102,12 @@ pub struct ConsumerConfig {
     pub resync_interval: Duration,
     /// Names this instance in consumer tags; defaults to `<hostname>-<pid>`.
     pub instance_id: Option<String>,
+    /// Delay before the first retry of a message that failed for a passing reason; doubles per attempt.
+    #[serde(with = "humantime_serde")]
+    pub retry_delay: Duration,
+    /// Longest delay between two retries.
+    #[serde(with = "humantime_serde")]
+    pub retry_max_delay: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,6 +188,7 @@ impl Default for DatabaseConfig {
             migrate_on_start: true,
             max_connections: 20,
             connect_timeout: Duration::from_secs(5),
+            statement_timeout: None,
         }
     }
 }
@@ -200,6 +211,8 @@ impl Default for ConsumerConfig {
             batch_wait: Duration::from_millis(5),
             resync_interval: Duration::from_secs(5),
             instance_id: None,
+            retry_delay: Duration::from_secs(1),
+            retry_max_delay: Duration::from_secs(60),
         }
     }
 }
@@ -313,6 +326,12 @@ impl Config {
         }
         if self.consumer.batch_size == 0 {
             return Err(ConfigError::new("consumer.batch_size", "must be at least 1"));
+        }
+        if self.consumer.retry_delay.is_zero() || self.consumer.retry_max_delay < self.consumer.retry_delay {
+            return Err(ConfigError::new(
+                "consumer.retry_delay",
+                "must be greater than zero and at most retry_max_delay",
+            ));
         }
         if self.consumer.resync_interval.is_zero() {
             return Err(ConfigError::new("consumer.resync_interval", "must be greater than zero"));

@@ -241,7 +241,7 @@ fn outgoing(request: PublishRequest) -> OutgoingMessage {
 
 /// The tenant, if the caller may use it and it exists and is not deleted (a deleted tenant's queue must not
 /// come back). Authorization comes first, so another tenant's token learns nothing about existence.
-async fn live_tenant(state: &AppState, principal: &Principal, id: Uuid) -> Result<TenantId, ApiError> {
+pub(super) async fn live_tenant(state: &AppState, principal: &Principal, id: Uuid) -> Result<TenantId, ApiError> {
     let tenant = TenantId::from_uuid(id);
     principal.require_tenant(tenant)?;
     match state.tenants.get_active(tenant).await? {

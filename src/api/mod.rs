@@ -2,6 +2,7 @@
 //! Handlers get their dependencies from [`AppState`] (request data), so the OpenAPI document can be produced
 //! without any connection.
 
+mod dlq;
 mod events;
 mod health;
 pub mod json_body;
@@ -26,6 +27,7 @@ use crate::{
     store::{events::EventStore, tenants::TenantReadModel},
 };
 
+pub use dlq::DeadLettersApi;
 pub use events::EventsApi;
 pub use health::HealthApi;
 pub use messages::MessagesApi;
@@ -39,6 +41,8 @@ pub enum ApiTags {
     Events,
     /// Publishing and reading messages
     Messages,
+    /// Messages that failed for good: inspect, replay, purge
+    DeadLetters,
     /// Liveness and readiness
     Health,
 }
@@ -57,12 +61,16 @@ pub struct AppState {
     pub metrics: Metrics,
 }
 
-pub type Apis = (TenantsApi, EventsApi, MessagesApi, HealthApi);
+pub type Apis = (TenantsApi, EventsApi, MessagesApi, DeadLettersApi, HealthApi);
 
 /// The OpenAPI service; its `spec()` is the committed `docs/openapi.json`.
 pub fn service() -> OpenApiService<Apis, ()> {
-    OpenApiService::new((TenantsApi, EventsApi, MessagesApi, HealthApi), "tenantmq", env!("CARGO_PKG_VERSION"))
-        .description("Event-sourced multi-tenant messaging on RabbitMQ and PostgreSQL.")
+    OpenApiService::new(
+        (TenantsApi, EventsApi, MessagesApi, DeadLettersApi, HealthApi),
+        "tenantmq",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description("Event-sourced multi-tenant messaging on RabbitMQ and PostgreSQL.")
 }
 
 /// The whole HTTP surface: the API, Swagger UI at `/docs`, the document at `/openapi.json`.

@@ -85,6 +85,8 @@ pub struct TenantRuntimeView {
     pub queue_depth: Option<u32>,
     /// Consumers on the tenant's queue, across all instances.
     pub queue_consumers: Option<u32>,
+    /// Messages waiting in the tenant's retry queue for their next attempt.
+    pub retry_depth: Option<u32>,
     /// Messages in the tenant's dead-letter queue.
     pub dlq_depth: Option<u32>,
 }
@@ -182,6 +184,7 @@ impl TenantsApi {
             consumer_tag: running.as_ref().map(|r| r.consumer_tag()).filter(|t| !t.is_empty()),
             queue_depth: counts.ready,
             queue_consumers: counts.consumers,
+            retry_depth: counts.retrying,
             dlq_depth: counts.dead_letters,
         };
         Ok(Json(TenantDetails { tenant, runtime }))

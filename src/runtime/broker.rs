@@ -115,25 +115,39 @@ impl Broker {
 
 /// The queues of one tenant. Every declaration goes through [`declare`], so arguments never mismatch.
 pub struct TenantQueues {
+    /// Where producers publish and the tenant's consumers consume.
     pub queue: String,
+    /// Holds messages waiting for a retry: each expires after its own delay (per-message TTL) and
+    /// dead-letters back into `queue`.
+    pub retry: String,
+    /// Messages that failed for good, with the reason in their headers; read by the DLQ API.
     pub dead_letters: String,
 }
 
 impl TenantQueues {
     pub fn of(tenant: TenantId) -> Self {
-        Self { queue: tenant.queue_name(), dead_letters: format!("tenant_{tenant}_dlq") }
+        Self {
+            queue: tenant.queue_name(),
+            retry: format!("tenant_{tenant}_retry"),
+            dead_letters: format!("tenant_{tenant}_dlq"),
+        }
     }
 }
 
-/// Declares the tenant's queue and its dead-letter queue (durable). Rejected messages dead-letter into the DLQ
-/// through the default exchange.
+/// Declares the tenant's queues (durable). Messages the broker dead-letters from the main queue (a reject
+/// by another client, a delivery limit) go to the DLQ; expired retries go back to the main queue. The retry
+/// queue has no queue-wide TTL, so changing the retry delays never changes a declaration.
 pub async fn declare(channel: &Channel, tenant: TenantId, queue_type: QueueType) -> Result<(), BrokerError> {
     let queues = TenantQueues::of(tenant);
     let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-    channel.queue_declare(queues.dead_letters.as_str().into(), durable, queue_arguments(queue_type, None)).await?;
-    channel
-        .queue_declare(queues.queue.as_str().into(), durable, queue_arguments(queue_type, Some(&queues.dead_letters)))
-        .await?;
+    for (queue, dead_letter_to) in [
+        (&queues.dead_letters, None),
+        (&queues.retry, Some(&queues.queue)),
+        (&queues.queue, Some(&queues.dead_letters)),
+    ] {
+        let arguments = queue_arguments(queue_type, dead_letter_to.map(String::as_str));
+        channel.queue_declare(queue.as_str().into(), durable, arguments).await?;
+    }
     Ok(())
 }
 
@@ -144,9 +158,9 @@ fn queue_arguments(queue_type: QueueType, dead_letter_to: Option<&str>) -> Field
         QueueType::Quorum => "quorum",
     };
     arguments.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
-    if let Some(dlq) = dead_letter_to {
+    if let Some(target) = dead_letter_to {
         arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
-        arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(dlq.into()));
+        arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(target.into()));
     }
     arguments
 }
@@ -154,7 +168,7 @@ fn queue_arguments(queue_type: QueueType, dead_letter_to: Option<&str>) -> Field
 /// Deletes the tenant's queues (deleting a missing queue is not an error in RabbitMQ).
 pub async fn delete(channel: &Channel, tenant: TenantId) -> Result<(), BrokerError> {
     let queues = TenantQueues::of(tenant);
-    for queue in [queues.queue, queues.dead_letters] {
+    for queue in [queues.queue, queues.retry, queues.dead_letters] {
         channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await?;
     }
     Ok(())
@@ -170,7 +184,7 @@ pub async fn inspect(channel: &Channel, queue: &str) -> Result<Option<(u32, u32)
     }
 }
 
-fn is_not_found(error: &lapin::Error) -> bool {
+pub(super) fn is_not_found(error: &lapin::Error) -> bool {
     matches!(
         error.kind(),
         lapin::ErrorKind::ProtocolError(e)

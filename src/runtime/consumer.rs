@@ -17,7 +17,8 @@ use lapin::{
     Channel, Consumer,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+        ConfirmSelectOptions,
     },
     types::FieldTable,
 };
@@ -29,14 +30,16 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::{
+    backoff::Backoff,
     config::QueueType,
-    domain::tenant::{TenantId, Workers},
+    domain::tenant::Workers,
     metrics::Metrics,
-    store::messages::{self, MessageWriter, NewMessage},
+    store::messages::{self, MessageWriter, NewMessage, WriteFailure},
 };
 
 use super::{
     broker::{self, Broker, BrokerError, TenantQueues},
+    failure::{self, Disposition, Failure, FailureRecord, RetryPolicy},
     manager::{ConsumerState, Control, TenantRuntime},
 };
 
@@ -47,6 +50,7 @@ pub struct ConsumerSettings {
     pub batch_size: u16,
     pub batch_wait: Duration,
     pub instance_id: String,
+    pub retry: RetryPolicy,
     pub metrics: Metrics,
 }
 
@@ -88,6 +92,7 @@ pub async fn run(
 ) -> Result<ConsumerEnd, ConsumerError> {
     let tenant = runtime.tenant;
     let channel = broker.channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
     broker::declare(&channel, tenant, settings.queue_type).await?;
     let mut subscription = 0;
     let mut consumer = subscribe(&channel, &runtime, &settings, generation, subscription).await?;
@@ -97,7 +102,7 @@ pub async fn run(
     // consumers (old and new, during a resize) feed it.
     let capacity = 2 * prefetch(u16::MAX, settings.batch_size) as usize;
     let (deliveries, receiver) = mpsc::channel(capacity);
-    let mut pool = WorkerPool::new(receiver, runtime.clone(), writer, &settings, shutdown.clone());
+    let mut pool = WorkerPool::new(receiver, runtime.clone(), writer, channel.clone(), &settings, shutdown.clone());
     pool.fill();
 
     let ended = loop {
@@ -195,6 +200,10 @@ async fn handover(
 struct WorkerContext {
     runtime: Arc<TenantRuntime>,
     writer: MessageWriter,
+    /// The consumer's channel, in confirm mode: failed messages are republished on it.
+    channel: Channel,
+    queues: TenantQueues,
+    retry: RetryPolicy,
     metrics: Metrics,
     batch_size: usize,
     batch_wait: Duration,
@@ -215,12 +224,16 @@ impl WorkerPool {
         receiver: mpsc::Receiver<Delivery>,
         runtime: Arc<TenantRuntime>,
         writer: MessageWriter,
+        channel: Channel,
         settings: &ConsumerSettings,
         shutdown: CancellationToken,
     ) -> Self {
         let context = Arc::new(WorkerContext {
+            queues: TenantQueues::of(runtime.tenant),
             runtime,
             writer,
+            channel,
+            retry: settings.retry,
             metrics: settings.metrics.clone(),
             batch_size: settings.batch_size.into(),
             batch_wait: settings.batch_wait,
@@ -280,14 +293,29 @@ impl WorkerPool {
 
 async fn worker(index: u16, context: Arc<WorkerContext>, receiver: Arc<Mutex<mpsc::Receiver<Delivery>>>) -> u16 {
     let mut desired = context.runtime.watch_desired();
+    let mut unavailable = Backoff::new();
     loop {
         if index >= desired.borrow_and_update().get() {
             break;
         }
         match next_batch(&receiver, &mut desired, context.batch_size, context.batch_wait).await {
             Next::Batch(batch) => {
-                let _busy = context.runtime.busy_guard();
-                process(batch, &context).await;
+                let held_back = {
+                    let _busy = context.runtime.busy_guard();
+                    process(batch, &context).await
+                };
+                if held_back.is_empty() {
+                    unavailable.reset();
+                    continue;
+                }
+                // Do not spin on a database that is down: pause, longer each time, before they come back.
+                tokio::select! {
+                    _ = context.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(unavailable.next_delay()) => {}
+                }
+                for delivery in &held_back {
+                    settle(delivery, Outcome::Requeue, &context).await;
+                }
             }
             Next::Resized => {}
             Next::Closed => break,
@@ -338,60 +366,98 @@ async fn next_batch(
     Next::Batch(batch)
 }
 
-/// Persists a batch and settles every delivery in it: ack after commit, reject (to the dead-letter queue)
-/// what can never be stored, nack with requeue after a pause what failed for a passing reason.
-async fn process(batch: Vec<Delivery>, context: &WorkerContext) {
-    let tenant = context.runtime.tenant;
+/// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
+/// queue or the DLQ (see [`failure`](super::failure)). Returns what must go back to the queue because the
+/// database is unavailable (the caller pauses first, so a database that is down is not hammered).
+async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery> {
     let mut rows = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
+    let mut failed = Vec::new();
     for delivery in batch {
         match decode(&delivery) {
             Ok(row) => {
                 rows.push(row);
                 accepted.push(delivery);
             }
-            Err(reason) => {
-                tracing::warn!(%tenant, reason, "rejecting a message that is not JSON");
-                settle(&delivery, Outcome::Reject, context).await;
-            }
+            Err(reason) => failed.push((delivery, Uuid::now_v7(), Failure::Permanent(reason.to_owned()))),
         }
     }
-    if rows.is_empty() {
-        return;
+    let mut held_back = Vec::new();
+    if !rows.is_empty() {
+        match context.writer.insert(&rows).await {
+            Ok(_) => {
+                for delivery in &accepted {
+                    settle(delivery, Outcome::Persisted, context).await;
+                }
+            }
+            Err(error) => match messages::classify(&error) {
+                WriteFailure::Unavailable => {
+                    tracing::warn!(tenant = %context.runtime.tenant, %error, "the database is unavailable");
+                    held_back = accepted;
+                }
+                WriteFailure::Permanent if rows.len() > 1 => {
+                    // One bad row fails the whole statement: find it by writing one at a time.
+                    for (row, delivery) in rows.into_iter().zip(accepted) {
+                        match context.writer.insert(std::slice::from_ref(&row)).await {
+                            Ok(_) => settle(&delivery, Outcome::Persisted, context).await,
+                            Err(error) => match messages::classify(&error) {
+                                WriteFailure::Unavailable => held_back.push(delivery),
+                                kind => failed.push((delivery, row.id, write_failure(kind, &error))),
+                            },
+                        }
+                    }
+                }
+                kind => {
+                    let failure = write_failure(kind, &error);
+                    failed.extend(rows.into_iter().zip(accepted).map(|(row, d)| (d, row.id, failure.clone())));
+                }
+            },
+        }
     }
-    match context.writer.insert(&rows).await {
-        Ok(_) => {
-            for delivery in &accepted {
-                settle(delivery, Outcome::Ack, context).await;
-            }
-        }
-        Err(error) if messages::is_permanent(&error) && rows.len() > 1 => {
-            // One bad row fails the whole statement: find it by writing one at a time.
-            for (row, delivery) in rows.iter().zip(&accepted) {
-                let outcome = match context.writer.insert(std::slice::from_ref(row)).await {
-                    Ok(_) => Outcome::Ack,
-                    Err(error) => failure_outcome(tenant, &error),
-                };
-                settle_after_pause(delivery, outcome, context).await;
-            }
-        }
-        Err(error) => {
-            let outcome = failure_outcome(tenant, &error);
-            for delivery in &accepted {
-                settle_after_pause(delivery, outcome, context).await;
-            }
+    for (delivery, id, failure) in failed {
+        if let Err(delivery) = retry_or_dead_letter(delivery, id, &failure, context).await {
+            held_back.push(*delivery);
         }
     }
+    held_back
 }
 
-fn failure_outcome(tenant: TenantId, error: &sea_orm::sqlx::Error) -> Outcome {
-    if messages::is_permanent(error) {
-        tracing::warn!(%tenant, %error, "rejecting a message the database refuses");
-        Outcome::Reject
-    } else {
-        tracing::warn!(%tenant, %error, "cannot persist; the message will be redelivered");
-        Outcome::Requeue
+fn write_failure(kind: WriteFailure, error: &sea_orm::sqlx::Error) -> Failure {
+    let reason = format!("the database refused the message: {error}");
+    if kind == WriteFailure::Permanent { Failure::Permanent(reason) } else { Failure::Transient(reason) }
+}
+
+/// Moves a failed message to the retry queue or the DLQ, by the retry policy and the attempts it carries.
+/// Gives the delivery back when the copy could not be published (it must then be requeued).
+async fn retry_or_dead_letter(
+    delivery: Delivery,
+    id: Uuid,
+    failure: &Failure,
+    context: &WorkerContext,
+) -> Result<(), Box<Delivery>> {
+    let tenant = context.runtime.tenant;
+    let previous = FailureRecord::read(delivery.properties.headers().as_ref());
+    let record = FailureRecord::after(previous, failure.reason(), chrono::Utc::now());
+    let disposition = context.retry.decide(failure, &record);
+    let queue = match disposition {
+        Disposition::Retry { .. } => &context.queues.retry,
+        Disposition::DeadLetter => &context.queues.dead_letters,
+    };
+    if let Err(error) = failure::republish(&context.channel, queue, &delivery, id, &record, disposition).await {
+        tracing::warn!(%tenant, %error, "cannot move a failed message; it goes back to the queue");
+        return Err(Box::new(delivery));
     }
+    match disposition {
+        Disposition::Retry { after } => {
+            tracing::info!(%tenant, %id, attempts = record.attempts, ?after, reason = record.reason, "retrying later");
+        }
+        Disposition::DeadLetter => {
+            tracing::warn!(%tenant, %id, attempts = record.attempts, reason = record.reason, "dead-lettered");
+            context.metrics.dead_lettered(tenant);
+        }
+    }
+    settle(&delivery, Outcome::Moved, context).await;
+    Ok(())
 }
 
 /// The id is the AMQP `message_id` when it is a UUID, otherwise a new UUIDv7; the body must be JSON.
@@ -407,37 +473,24 @@ fn decode(delivery: &Delivery) -> Result<NewMessage, &'static str> {
     Ok(NewMessage { id, payload: text.to_owned() })
 }
 
-/// How long a worker waits before requeueing what failed for a passing reason (database down).
-const REQUEUE_PAUSE: Duration = Duration::from_secs(1);
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    Ack,
-    Reject,
+    /// Its row is committed.
+    Persisted,
+    /// A copy is in the retry queue or the DLQ.
+    Moved,
+    /// Back to the queue, to be delivered again.
     Requeue,
 }
 
-async fn settle_after_pause(delivery: &Delivery, outcome: Outcome, context: &WorkerContext) {
-    if outcome == Outcome::Requeue {
-        // Do not spin on a database that is down: pause before the message comes back.
-        tokio::select! {
-            _ = context.shutdown.cancelled() => {}
-            _ = tokio::time::sleep(REQUEUE_PAUSE) => {}
-        }
-    }
-    settle(delivery, outcome, context).await;
-}
-
-/// Acks, rejects or requeues, and counts what was persisted or dead-lettered.
+/// Acks or requeues, and counts what was persisted.
 async fn settle(delivery: &Delivery, outcome: Outcome, context: &WorkerContext) {
-    match outcome {
-        Outcome::Ack => context.metrics.persisted(context.runtime.tenant, 1),
-        Outcome::Reject => context.metrics.dead_lettered(context.runtime.tenant),
-        Outcome::Requeue => {}
-    }
     let settled = match outcome {
-        Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-        Outcome::Reject => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
+        Outcome::Persisted => {
+            context.metrics.persisted(context.runtime.tenant, 1);
+            delivery.acker.ack(BasicAckOptions::default()).await
+        }
+        Outcome::Moved => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await,
     };
     if let Err(error) = settled {

@@ -3,6 +3,8 @@
 
 pub mod broker;
 pub mod consumer;
+pub mod dead_letters;
+pub mod failure;
 pub mod manager;
 pub mod publisher;
 pub mod reconciler;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{config::Config, metrics::Metrics, projectors::Projections, store::tenants::TenantReadModel};
 
 pub use broker::Broker;
+pub use dead_letters::DeadLetters;
 pub use manager::TenantManager;
 pub use publisher::Publisher;
 
@@ -25,6 +28,7 @@ pub struct Runtime {
     pub broker: Broker,
     pub manager: TenantManager,
     pub publisher: Arc<Publisher>,
+    pub dead_letters: DeadLetters,
 }
 
 impl Runtime {
@@ -57,6 +61,11 @@ impl Runtime {
                 batch_size: config.consumer.batch_size,
                 batch_wait: config.consumer.batch_wait,
                 instance_id: config.consumer.instance_id(),
+                retry: failure::RetryPolicy {
+                    max_retries: config.max_retries,
+                    delay: config.consumer.retry_delay,
+                    max_delay: config.consumer.retry_max_delay,
+                },
                 metrics: metrics.clone(),
             }),
             projection: projections.tenants.clone(),
@@ -76,6 +85,6 @@ impl Runtime {
             config.rabbitmq.publish_timeout,
             config.rabbitmq.queue_type,
         ));
-        Self { broker, manager, publisher }
+        Self { dead_letters: DeadLetters::new(broker.clone()), broker, manager, publisher }
     }
 }

@@ -93,15 +93,17 @@ impl Publisher {
         if again.is_empty() { Ok(()) } else { Err(PublishError::Unroutable) }
     }
 
-    /// Ready and consumer counts of the tenant's queue and of its dead-letter queue.
+    /// Ready and consumer counts of the tenant's queue, and the depths of its retry and dead-letter queues.
     pub async fn inspect(&self, tenant: TenantId) -> Result<QueueCounts, BrokerError> {
         let channel = self.channel().await?;
         let queues = TenantQueues::of(tenant);
         let main = broker::inspect(&channel, &queues.queue).await?;
+        let retrying = broker::inspect(&channel, &queues.retry).await?;
         let dead = broker::inspect(&channel, &queues.dead_letters).await?;
         Ok(QueueCounts {
             ready: main.map(|(messages, _)| messages),
             consumers: main.map(|(_, consumers)| consumers),
+            retrying: retrying.map(|(messages, _)| messages),
             dead_letters: dead.map(|(messages, _)| messages),
         })
     }
@@ -111,6 +113,7 @@ impl Publisher {
 pub struct QueueCounts {
     pub ready: Option<u32>,
     pub consumers: Option<u32>,
+    pub retrying: Option<u32>,
     pub dead_letters: Option<u32>,
 }
 

@@ -57,6 +57,10 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Stor
         .acquire_timeout(config.connect_timeout)
         .idle_timeout(Duration::from_secs(300))
         .sqlx_logging(false);
+    if let Some(timeout) = config.statement_timeout {
+        let millis = timeout.as_millis().max(1).to_string();
+        options.map_sqlx_postgres_opts(move |opts| opts.options([("statement_timeout", millis.as_str())]));
+    }
     Ok(Database::connect(options).await?)
 }
 

@@ -53,14 +53,38 @@ impl MessageWriter {
     }
 }
 
-/// Whether retrying cannot help: the data itself is refused (class 22, e.g. a `\u0000` jsonb rejects), a
-/// constraint fails (class 23), or the partition is gone (42P01, the tenant was deleted).
-pub fn is_permanent(error: &sqlx::Error) -> bool {
+/// What a failed write says about the messages in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The database cannot be reached or is shutting down: nothing is wrong with the messages; hold them
+    /// back until it is back, without counting an attempt.
+    Unavailable,
+    /// This write failed, another may not (a lock or statement timeout, a missing grant, a deadlock).
+    Transient,
+    /// Retrying cannot help: the data itself is refused (class 22, e.g. a `\u0000` jsonb rejects), a
+    /// constraint fails (class 23), or the partition is gone (42P01, the tenant was deleted).
+    Permanent,
+}
+
+pub fn classify(error: &sqlx::Error) -> WriteFailure {
     match error {
-        sqlx::Error::Database(e) => e
-            .try_downcast_ref::<PgDatabaseError>()
-            .is_some_and(|pg| pg.code().starts_with("22") || pg.code().starts_with("23") || pg.code() == "42P01"),
-        _ => false,
+        sqlx::Error::Database(e) => match e.try_downcast_ref::<PgDatabaseError>().map(PgDatabaseError::code) {
+            Some(code) if code.starts_with("22") || code.starts_with("23") || code == "42P01" => {
+                WriteFailure::Permanent
+            }
+            // Connection exceptions, shutdowns and resource exhaustion are about the server, not the data.
+            Some(code) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
+                WriteFailure::Unavailable
+            }
+            _ => WriteFailure::Transient,
+        },
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => WriteFailure::Unavailable,
+        _ => WriteFailure::Transient,
     }
 }
 

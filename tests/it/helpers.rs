@@ -2,6 +2,7 @@
 
 use std::{future::Future, time::Duration};
 
+use lapin::{BasicProperties, options::BasicPublishOptions};
 use reqwest::{Response, StatusCode};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde_json::{Value, json};
@@ -224,4 +225,34 @@ pub async fn slow_down_inserts(db: &DatabaseConnection, tenant: &str, seconds: f
     ))
     .await
     .expect("slow insert trigger");
+}
+
+pub fn queue(tenant: &str) -> String {
+    format!("tenant_{tenant}_queue")
+}
+
+pub fn dlq(tenant: &str) -> String {
+    format!("tenant_{tenant}_dlq")
+}
+
+pub fn retry_queue(tenant: &str) -> String {
+    format!("tenant_{tenant}_retry")
+}
+
+/// Waits until the tenant's queue has this instance's consumer.
+pub async fn await_consumer(broker: &lapin::Connection, tenant: &str) {
+    eventually(Duration::from_secs(20), "the consumer", || async {
+        queue_state(broker, queue(tenant)).await.filter(|(_, consumers)| *consumers == 1)
+    })
+    .await;
+}
+
+/// Publishes as a plain AMQP producer would, straight to the tenant's queue.
+pub async fn publish_raw(channel: &lapin::Channel, tenant: &str, body: &[u8], properties: BasicProperties) {
+    channel
+        .basic_publish("".into(), queue(tenant).as_str().into(), BasicPublishOptions::default(), body, properties)
+        .await
+        .expect("publish")
+        .await
+        .expect("sent");
 }

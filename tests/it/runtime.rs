@@ -4,38 +4,15 @@
 use std::{collections::HashMap, time::Duration};
 
 use futures_util::future::join_all;
-use lapin::{BasicProperties, options::BasicPublishOptions};
+use lapin::BasicProperties;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, amqp, eventually, queue_state, slow_down_inserts, test_config};
-
-fn queue(tenant: &str) -> String {
-    format!("tenant_{tenant}_queue")
-}
-
-fn dlq(tenant: &str) -> String {
-    format!("tenant_{tenant}_dlq")
-}
-
-/// Waits until the tenant's queue has this instance's consumer.
-async fn await_consumer(broker: &lapin::Connection, tenant: &str) {
-    eventually(Duration::from_secs(20), "the consumer", || async {
-        queue_state(broker, queue(tenant)).await.filter(|(_, consumers)| *consumers == 1)
-    })
-    .await;
-}
-
-/// Publishes as a plain AMQP producer would, straight to the tenant's queue.
-async fn publish_raw(channel: &lapin::Channel, tenant: &str, body: &[u8], properties: BasicProperties) {
-    channel
-        .basic_publish("".into(), queue(tenant).as_str().into(), BasicPublishOptions::default(), body, properties)
-        .await
-        .expect("publish")
-        .await
-        .expect("sent");
-}
+use crate::helpers::{
+    TestApp, amqp, await_consumer, dlq, eventually, publish_raw, queue, queue_state, retry_queue, slow_down_inserts,
+    test_config,
+};
 
 #[tokio::test]
 async fn a_tenant_gets_a_queue_with_one_consumer_and_deletion_removes_queue_and_partition() {
@@ -48,6 +25,7 @@ async fn a_tenant_gets_a_queue_with_one_consumer_and_deletion_removes_queue_and_
     })
     .await;
     assert!(queue_state(&broker, &dlq(&tenant)).await.is_some(), "the dead-letter queue is declared too");
+    assert!(queue_state(&broker, &retry_queue(&tenant)).await.is_some(), "the retry queue is declared too");
     let details: Value = app.get(&format!("/tenants/{tenant}")).await.json().await.expect("json");
     assert_eq!(details["runtime"]["consumer_state"], "running");
     assert_eq!(details["runtime"]["running_workers"], 3);
@@ -55,8 +33,8 @@ async fn a_tenant_gets_a_queue_with_one_consumer_and_deletion_removes_queue_and_
 
     assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
     eventually(Duration::from_secs(20), "the tenant's queues to be deleted", || async {
-        (queue_state(&broker, &queue(&tenant)).await.is_none() && queue_state(&broker, &dlq(&tenant)).await.is_none())
-            .then_some(())
+        let gone = [queue(&tenant), retry_queue(&tenant), dlq(&tenant)];
+        join_all(gone.iter().map(|q| queue_state(&broker, q))).await.iter().all(Option::is_none).then_some(())
     })
     .await;
     let partition = format!("messages_{}", tenant.replace('-', ""));

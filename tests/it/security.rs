@@ -21,8 +21,35 @@ fn endpoints(a: &str, doomed: &str) -> Vec<(Method, String, Option<Value>, bool)
         (Method::POST, format!("/tenants/{a}/messages"), Some(json!({ "payload": 1 })), true),
         (Method::POST, format!("/tenants/{a}/messages/batch"), Some(json!({ "messages": [{ "payload": 1 }] })), true),
         (Method::GET, format!("/messages?tenant_id={a}"), None, true),
+        (Method::GET, format!("/tenants/{a}/dlq"), None, true),
+        (Method::POST, format!("/tenants/{a}/dlq/replay"), Some(json!({})), true),
+        (Method::DELETE, format!("/tenants/{a}/dlq"), None, true),
         (Method::DELETE, format!("/tenants/{doomed}"), None, false),
     ]
+}
+
+#[test]
+fn the_endpoint_table_covers_every_protected_operation_of_the_openapi_document() {
+    let (a, doomed) = (Uuid::nil().to_string(), Uuid::max().to_string());
+    let mut listed: Vec<String> = endpoints(&a, &doomed)
+        .into_iter()
+        .map(|(method, path, _, _)| {
+            let template = path.replace(&a, "{id}").replace(&doomed, "{id}");
+            format!("{method} {}", template.split('?').next().unwrap_or_default())
+        })
+        .collect();
+    let document: Value = serde_json::from_str(&tenantmq::api::service().spec()).expect("document");
+    let mut protected = Vec::new();
+    for (path, operations) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().expect("operations") {
+            if operation.get("security").is_some() {
+                protected.push(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    listed.sort();
+    protected.sort();
+    assert_eq!(listed, protected);
 }
 
 fn token_with(secret: &str, claims: &Claims) -> String {

@@ -1,0 +1,181 @@
+//! `/tenants/{id}/dlq`: a tenant's dead letters — what failed for good, and why — to inspect, replay or
+//! purge. See [`crate::runtime::dead_letters`] for how a queue is peeked without losing messages.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::{
+    ApiResponse, Object, OpenApi,
+    param::{Path, Query},
+    payload::Json,
+};
+use uuid::Uuid;
+
+use crate::{
+    auth::Principal,
+    runtime::{broker::BrokerError, dead_letters::DeadLetter},
+};
+
+use super::{ApiTags, AppState, json_body::JsonBody, messages::live_tenant, pagination, problem::ApiError};
+
+/// How deep a peek may reach: each page reads every message before it, so deeper pages get slower. Replay
+/// or purge to get further.
+pub const MAX_PEEK_DEPTH: u64 = 10_000;
+
+/// Most ids one replay may select.
+pub const MAX_REPLAY_IDS: usize = 1000;
+
+/// A message that failed for good.
+#[derive(Debug, Object)]
+pub struct DeadLetterMessage {
+    /// The AMQP `message_id` (a UUID for everything this service dead-lettered); select it for a replay.
+    pub id: Option<String>,
+    /// Why it failed last, e.g. `body is not JSON`.
+    pub reason: Option<String>,
+    /// How many times it failed.
+    pub attempts: Option<u32>,
+    pub first_failed_at: Option<DateTime<Utc>>,
+    pub dead_lettered_at: Option<DateTime<Utc>>,
+    /// The body, when it is JSON.
+    pub payload: Option<serde_json::Value>,
+    /// The body as text (invalid UTF-8 replaced), when it is not JSON.
+    pub body: Option<String>,
+}
+
+impl From<DeadLetter> for DeadLetterMessage {
+    fn from(letter: DeadLetter) -> Self {
+        let payload = serde_json::from_slice(&letter.body).ok();
+        let body = payload.is_none().then(|| String::from_utf8_lossy(&letter.body).into_owned());
+        Self {
+            id: letter.message_id,
+            reason: letter.reason,
+            attempts: letter.attempts,
+            first_failed_at: letter.first_failed_at,
+            dead_lettered_at: letter.dead_lettered_at,
+            payload,
+            body,
+        }
+    }
+}
+
+/// A page of dead letters, oldest first.
+#[derive(Debug, Object)]
+pub struct DeadLetterPage {
+    pub data: Vec<DeadLetterMessage>,
+    /// Pass as `cursor` for the next page; `null` on the last page. The DLQ is a queue, not a table: a
+    /// replay or purge between two pages shifts what the cursor points at.
+    pub next_cursor: Option<String>,
+}
+
+/// What to replay.
+#[derive(Debug, serde::Deserialize, Object)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// The ids to move back to the tenant's queue (at most 1000); leave out to replay every dead letter.
+    pub ids: Option<Vec<Uuid>>,
+}
+
+#[derive(Debug, Object)]
+pub struct ReplayResult {
+    /// How many messages went back to the tenant's queue (with their failure history cleared).
+    pub replayed: u32,
+    /// Selected ids that were not in the DLQ.
+    pub not_found: Vec<Uuid>,
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum ReplayResponse {
+    /// Back in the tenant's queue (confirmed by the broker); workers will persist them.
+    #[oai(status = 202)]
+    Accepted(Json<ReplayResult>),
+}
+
+#[derive(Debug, ApiResponse)]
+pub enum PurgeResponse {
+    /// The DLQ is empty.
+    #[oai(status = 204)]
+    Purged,
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> Self {
+        tracing::warn!(%error, "dead-letter operation failed");
+        Self::unavailable("the message broker is unavailable; retry")
+    }
+}
+
+pub struct DeadLettersApi;
+
+#[OpenApi(tag = "ApiTags::DeadLetters")]
+impl DeadLettersApi {
+    /// Peek at a tenant's dead letters, oldest first, without removing them
+    #[oai(path = "/tenants/:id/dlq", method = "get", operation_id = "listDeadLetters")]
+    async fn list(
+        &self,
+        state: Data<&AppState>,
+        principal: Principal,
+        id: Path<Uuid>,
+        /// From a previous page's `next_cursor`.
+        cursor: Query<Option<String>>,
+        /// Page size, 1 to 1000 (default 50).
+        limit: Query<Option<i64>>,
+    ) -> Result<Json<DeadLetterPage>, ApiError> {
+        let tenant = live_tenant(&state, &principal, id.0).await?;
+        let limit = pagination::limit(limit.0)?;
+        let scope = format!("dlq:{tenant}");
+        let skip = pagination::decode_key(cursor.0.as_deref(), &scope, |key| key.parse::<u64>().ok())?.unwrap_or(0);
+        if skip + limit > MAX_PEEK_DEPTH {
+            return Err(ApiError::bad_request(
+                Some("cursor"),
+                format!("a peek reaches at most {MAX_PEEK_DEPTH} messages deep; replay or purge to see further"),
+            ));
+        }
+        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        let page = state.runtime.dead_letters.peek(tenant, to_usize(skip), to_usize(limit)).await?;
+        let next_cursor = page.more.then(|| pagination::encode(&scope, skip + limit));
+        Ok(Json(DeadLetterPage { data: page.messages.into_iter().map(Into::into).collect(), next_cursor }))
+    }
+
+    /// Move dead letters back to the tenant's queue: the selected ids, or all of them
+    #[oai(path = "/tenants/:id/dlq/replay", method = "post", operation_id = "replayDeadLetters")]
+    async fn replay(
+        &self,
+        state: Data<&AppState>,
+        principal: Principal,
+        id: Path<Uuid>,
+        body: JsonBody<ReplayRequest>,
+    ) -> Result<ReplayResponse, ApiError> {
+        let tenant = live_tenant(&state, &principal, id.0).await?;
+        let selection = match body.0.ids {
+            Some(ids) if ids.len() > MAX_REPLAY_IDS => {
+                return Err(ApiError::bad_request(
+                    Some("ids"),
+                    format!("select at most {MAX_REPLAY_IDS} ids per replay, got {}", ids.len()),
+                ));
+            }
+            Some(ids) if ids.is_empty() => {
+                return Err(ApiError::bad_request(Some("ids"), "select at least one id, or leave `ids` out for all"));
+            }
+            Some(ids) => Some(ids.into_iter().collect::<HashSet<_>>()),
+            None => None,
+        };
+        let replayed = state.runtime.dead_letters.replay(tenant, selection).await?;
+        Ok(ReplayResponse::Accepted(Json(ReplayResult { replayed: replayed.replayed, not_found: replayed.not_found })))
+    }
+
+    /// Drop every dead letter of the tenant
+    #[oai(path = "/tenants/:id/dlq", method = "delete", operation_id = "purgeDeadLetters")]
+    async fn purge(
+        &self,
+        state: Data<&AppState>,
+        principal: Principal,
+        id: Path<Uuid>,
+    ) -> Result<PurgeResponse, ApiError> {
+        let tenant = live_tenant(&state, &principal, id.0).await?;
+        let purged = state.runtime.dead_letters.purge(tenant).await?;
+        tracing::info!(%tenant, purged, actor = %principal.subject, "purged the dead-letter queue");
+        Ok(PurgeResponse::Purged)
+    }
+}

@@ -1,0 +1,205 @@
+//! Reading, replaying and purging a tenant's dead-letter queue.
+//!
+//! AMQP 0-9-1 has no peek, so a peek takes messages with `basic.get` without acking them and then closes its
+//! channel: the broker puts them back where they were. A replay publishes a copy of each selected message to
+//! the main queue (confirmed) before acking it in the DLQ; unselected messages go back when the channel closes.
+//! Operations are serialized per instance, so two concurrent peeks do not hide messages from each other.
+
+use std::{collections::HashSet, sync::Arc};
+
+use chrono::{DateTime, Utc};
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueuePurgeOptions},
+    types::AMQPValue,
+};
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use crate::domain::tenant::TenantId;
+
+use super::{
+    broker::{self, Broker, BrokerError, TenantQueues},
+    failure::{self, ATTEMPTS_HEADER, DEAD_LETTERED_AT_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER},
+};
+
+/// One message in a DLQ.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub message_id: Option<String>,
+    pub reason: Option<String>,
+    pub attempts: Option<u32>,
+    pub first_failed_at: Option<DateTime<Utc>>,
+    pub dead_lettered_at: Option<DateTime<Utc>>,
+    pub body: Vec<u8>,
+}
+
+impl From<&Delivery> for DeadLetter {
+    fn from(delivery: &Delivery) -> Self {
+        let headers = delivery.properties.headers().as_ref().map(|h| h.inner());
+        let header = |name: &str| headers.and_then(|h| h.get(name));
+        let time = |name: &str| {
+            header(name)
+                .and_then(failure::text)
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.with_timezone(&Utc))
+        };
+        let attempts = header(ATTEMPTS_HEADER).and_then(|v| match *v {
+            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
+            AMQPValue::LongUInt(n) => Some(n),
+            _ => None,
+        });
+        Self {
+            message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
+            reason: header(REASON_HEADER).and_then(failure::text),
+            attempts,
+            first_failed_at: time(FIRST_FAILED_AT_HEADER),
+            dead_lettered_at: time(DEAD_LETTERED_AT_HEADER),
+            body: delivery.data.clone(),
+        }
+    }
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// Messages moved back to the main queue.
+    pub replayed: u32,
+    /// Selected ids that were not in the DLQ.
+    pub not_found: Vec<Uuid>,
+}
+
+/// A page of a DLQ.
+#[derive(Debug, Clone)]
+pub struct DeadLetterPage {
+    pub messages: Vec<DeadLetter>,
+    /// Whether more messages follow this page.
+    pub more: bool,
+}
+
+#[derive(Clone)]
+pub struct DeadLetters {
+    broker: Broker,
+    serialized: Arc<Mutex<()>>,
+}
+
+impl DeadLetters {
+    pub fn new(broker: Broker) -> Self {
+        Self { broker, serialized: Arc::default() }
+    }
+
+    /// Up to `limit` messages after the first `skip`, oldest first, leaving them all in the queue.
+    pub async fn peek(&self, tenant: TenantId, skip: usize, limit: usize) -> Result<DeadLetterPage, BrokerError> {
+        let _serialized = self.serialized.lock().await;
+        let channel = self.broker.channel().await?;
+        let queue = TenantQueues::of(tenant).dead_letters;
+        let mut messages = Vec::with_capacity(limit);
+        let mut more = false;
+        let mut taken = 0;
+        while let Some(message) = get(&channel, &queue).await? {
+            taken += 1;
+            if taken <= skip {
+                continue;
+            }
+            if messages.len() == limit {
+                more = true;
+                break;
+            }
+            messages.push(DeadLetter::from(&message));
+        }
+        // Closing the channel returns every unacked message to its place in the queue.
+        close(&channel).await;
+        Ok(DeadLetterPage { messages, more })
+    }
+
+    /// Moves the selected messages (all when `selection` is `None`) back to the tenant's main queue, with
+    /// their failure history cleared so they get a fresh set of retries. Only the messages in the DLQ when
+    /// the replay starts are considered, so one that fails again during the replay is not replayed twice.
+    pub async fn replay(&self, tenant: TenantId, selection: Option<HashSet<Uuid>>) -> Result<Replayed, BrokerError> {
+        let _serialized = self.serialized.lock().await;
+        let channel = self.broker.channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let queues = TenantQueues::of(tenant);
+        let Some((depth, _)) = broker::inspect(&channel, &queues.dead_letters).await? else {
+            close(&channel).await;
+            return Ok(Replayed { replayed: 0, not_found: selection.into_iter().flatten().collect() });
+        };
+        let mut remaining = selection;
+        let mut replayed = 0;
+        for _ in 0..depth {
+            if remaining.as_ref().is_some_and(HashSet::is_empty) {
+                break;
+            }
+            let Some(delivery) = get(&channel, &queues.dead_letters).await? else { break };
+            let id = delivery.properties.message_id().as_ref().and_then(|id| Uuid::try_parse(id.as_str()).ok());
+            let selected = match (&mut remaining, id) {
+                (None, _) => true,
+                (Some(remaining), Some(id)) => remaining.remove(&id),
+                (Some(_), None) => false,
+            };
+            if !selected {
+                continue;
+            }
+            let id = id.unwrap_or_else(Uuid::now_v7);
+            let mut properties = failure::copy_properties(&delivery.properties, id);
+            if let Some(headers) = properties.headers().clone() {
+                let mut cleared = lapin::types::FieldTable::default();
+                for (name, value) in headers.inner() {
+                    if ![ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER, DEAD_LETTERED_AT_HEADER]
+                        .contains(&name.as_str())
+                    {
+                        cleared.insert(name.clone(), value.clone());
+                    }
+                }
+                properties = properties.with_headers(cleared);
+            }
+            match failure::publish_copy(&channel, &queues.queue, &delivery.data, properties).await {
+                Ok(()) => {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                    replayed += 1;
+                }
+                Err(error) => {
+                    // Stop: the message stays in the DLQ (unacked, returned on close).
+                    tracing::warn!(%tenant, %error, "replay stopped: cannot publish to the main queue");
+                    close(&channel).await;
+                    return Err(BrokerError::Unavailable);
+                }
+            }
+        }
+        close(&channel).await;
+        Ok(Replayed { replayed, not_found: remaining.into_iter().flatten().collect() })
+    }
+
+    /// Drops every message in the DLQ; returns how many there were.
+    pub async fn purge(&self, tenant: TenantId) -> Result<u32, BrokerError> {
+        let _serialized = self.serialized.lock().await;
+        let channel = self.broker.channel().await?;
+        let queue = TenantQueues::of(tenant).dead_letters;
+        let purged = match channel.queue_purge(queue.as_str().into(), QueuePurgeOptions::default()).await {
+            Ok(count) => count,
+            Err(error) if broker::is_not_found(&error) => 0,
+            Err(error) => return Err(error.into()),
+        };
+        close(&channel).await;
+        Ok(purged)
+    }
+}
+
+/// The next message, unacked; `None` when the queue is empty or does not exist.
+async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, BrokerError> {
+    match channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await {
+        Ok(message) => Ok(message.map(|m| m.delivery)),
+        Err(error) if broker::is_not_found(&error) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
+}
+
+async fn close(channel: &Channel) {
+    if channel.status().connected()
+        && let Err(error) = channel.close(200, "done".into()).await
+    {
+        tracing::debug!(%error, "closing a dead-letter channel");
+    }
+}

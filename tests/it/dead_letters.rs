@@ -1,0 +1,187 @@
+//! Retries and dead letters against the real broker and database: permanent failures go to the DLQ at once
+//! with their reason, transient ones (an insert stuck behind a lock past the statement timeout) are retried
+//! with a delay, and the DLQ API peeks, replays and purges.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+use reqwest::StatusCode;
+use sea_orm::sqlx::{Connection, Executor, PgConnection};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::helpers::{
+    TestApp, amqp, assert_problem, await_consumer, dlq, eventually, publish_raw, queue_state, retry_queue, test_config,
+};
+
+async fn dlq_depth(broker: &lapin::Connection, tenant: &str) -> Option<u32> {
+    queue_state(broker, dlq(tenant)).await.map(|(ready, _)| ready)
+}
+
+async fn await_dlq_depth(broker: &lapin::Connection, tenant: &str, expected: u32) {
+    eventually(Duration::from_secs(30), &format!("{expected} dead letters"), || async {
+        (dlq_depth(broker, tenant).await == Some(expected)).then_some(())
+    })
+    .await;
+}
+
+async fn peek(app: &TestApp, path: &str) -> Value {
+    let response = app.get(path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.expect("page JSON")
+}
+
+/// Holds a SHARE lock on the tenant's partition from a connection of the test's own: reads go on, inserts
+/// wait for it (and hit the service's statement timeout) until the lock is released.
+async fn lock_partition(app: &TestApp, tenant: &str) -> PgConnection {
+    let mut connection = PgConnection::connect(&app.config.database.url).await.expect("lock connection");
+    connection.execute("BEGIN").await.expect("begin");
+    let partition = format!("messages_{}", tenant.replace('-', ""));
+    let lock = format!("LOCK TABLE {partition} IN SHARE MODE");
+    connection.execute(sea_orm::sqlx::AssertSqlSafe(lock)).await.expect("lock");
+    connection
+}
+
+async fn release(mut lock: PgConnection) {
+    lock.execute("COMMIT").await.expect("commit releases the lock");
+    lock.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn messages_that_are_not_json_are_dead_lettered_with_a_reason_and_the_dlq_api_peeks_replays_and_purges() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("dead-letters").await;
+    await_consumer(&broker, &tenant).await;
+    let channel = broker.create_channel().await.expect("channel");
+    let named = Uuid::now_v7();
+    publish_raw(&channel, &tenant, b"not json", BasicProperties::default().with_message_id(named.to_string().into()))
+        .await;
+    publish_raw(&channel, &tenant, &[0xff, 0xfe], BasicProperties::default()).await;
+    publish_raw(&channel, &tenant, b"{\"truncated\": ", BasicProperties::default().with_message_id("x-1".into())).await;
+    publish_raw(&channel, &tenant, b"{\"ok\": true}", BasicProperties::default()).await;
+    app.await_messages(&tenant, 1).await;
+    await_dlq_depth(&broker, &tenant, 3).await;
+
+    let path = format!("/tenants/{tenant}/dlq");
+    let page = peek(&app, &path).await;
+    let letters = page["data"].as_array().expect("data");
+    assert_eq!(letters.len(), 3, "{page}");
+    assert_eq!(page["next_cursor"], Value::Null);
+    let reasons: Vec<_> = letters.iter().map(|l| l["reason"].as_str().expect("a reason")).collect();
+    assert_eq!(reasons, ["body is not JSON", "body is not UTF-8", "body is not JSON"]);
+    assert_eq!(letters[0]["id"], named.to_string(), "the producer's id is kept");
+    assert_eq!(letters[0]["body"], "not json");
+    for letter in letters {
+        assert_eq!(letter["attempts"], 1, "{letter}");
+        assert!(letter["first_failed_at"].is_string() && letter["dead_lettered_at"].is_string(), "{letter}");
+        let id = letter["id"].as_str().expect("every dead letter has an id");
+        assert!(Uuid::try_parse(id).is_ok(), "a UUID id is given to messages without one: {id}");
+    }
+
+    // Peeking loses nothing, and pages.
+    assert_eq!(dlq_depth(&broker, &tenant).await, Some(3));
+    let first = peek(&app, &format!("{path}?limit=2")).await;
+    assert_eq!(first["data"].as_array().map(Vec::len), Some(2));
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let second = peek(&app, &format!("{path}?limit=2&cursor={cursor}")).await;
+    assert_eq!(second["data"].as_array().map(Vec::len), Some(1));
+    assert_eq!(second["data"][0]["id"], letters[2]["id"]);
+    assert_eq!(second["next_cursor"], Value::Null);
+    assert_eq!(dlq_depth(&broker, &tenant).await, Some(3));
+
+    // A replay of one selected message sends it through the consumer again: still not JSON, so it is back
+    // in the DLQ, with its history started anew.
+    let unknown = Uuid::now_v7();
+    let replay = app.post_json(&format!("{path}/replay"), &json!({ "ids": [named, unknown] })).await;
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    let replayed: Value = replay.json().await.expect("json");
+    assert_eq!(replayed, json!({ "replayed": 1, "not_found": [unknown] }));
+    eventually(Duration::from_secs(30), "the replayed message back at the end of the DLQ", || async {
+        let page = peek(&app, &path).await;
+        (page["data"].as_array().map(Vec::len) == Some(3) && page["data"][2]["id"] == named.to_string()).then_some(page)
+    })
+    .await;
+
+    assert_problem(
+        app.post_json(&format!("{path}/replay"), &json!({ "ids": [] })).await,
+        StatusCode::BAD_REQUEST,
+        Some("ids"),
+    )
+    .await;
+    assert_problem(app.get(&format!("{path}?cursor=bogus")).await, StatusCode::BAD_REQUEST, Some("cursor")).await;
+
+    assert_eq!(app.delete(&path).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(dlq_depth(&broker, &tenant).await, Some(0));
+    assert_eq!(peek(&app, &path).await["data"], json!([]));
+    assert_eq!(app.message_count(&tenant).await, 1);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_transient_failure_is_retried_with_a_delay_and_succeeds_once_the_fault_is_lifted() {
+    let mut config = test_config();
+    config.database.statement_timeout = Some(Duration::from_millis(500));
+    config.consumer.retry_delay = Duration::from_millis(500);
+    config.max_retries = 100;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("transient").await;
+    await_consumer(&broker, &tenant).await;
+
+    let lock = lock_partition(&app, &tenant).await;
+    let published = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": { "n": 1 } })).await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(30), "the message waiting in the retry queue", || async {
+        (queue_state(&broker, retry_queue(&tenant)).await.map(|(ready, _)| ready) == Some(1)).then_some(())
+    })
+    .await;
+    assert_eq!(app.message_count(&tenant).await, 0);
+
+    release(lock).await;
+    app.await_messages(&tenant, 1).await;
+    assert_eq!(dlq_depth(&broker, &tenant).await, Some(0), "nothing was dead-lettered");
+    let details: Value = app.get(&format!("/tenants/{tenant}")).await.json().await.expect("json");
+    assert_eq!(details["runtime"]["retry_depth"], 0);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_fault_that_outlasts_the_retries_dead_letters_and_a_replay_persists_each_message_once() {
+    let mut config = test_config();
+    config.database.statement_timeout = Some(Duration::from_millis(300));
+    config.consumer.retry_delay = Duration::from_millis(200);
+    config.max_retries = 2;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("outlasting").await;
+    await_consumer(&broker, &tenant).await;
+
+    let lock = lock_partition(&app, &tenant).await;
+    let batch = json!({ "messages": [{ "payload": { "n": 1 } }, { "payload": { "n": 2 } }] });
+    let published = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &batch).await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    let ids: Value = published.json().await.expect("json");
+    await_dlq_depth(&broker, &tenant, 2).await;
+    let page = peek(&app, &format!("/tenants/{tenant}/dlq")).await;
+    for letter in page["data"].as_array().expect("data") {
+        assert_eq!(letter["attempts"], 3, "the first try and two retries: {letter}");
+        let reason = letter["reason"].as_str().expect("reason");
+        assert!(reason.contains("statement timeout"), "{reason}");
+        assert!(letter["payload"]["n"].is_number(), "{letter}");
+        assert!(ids["ids"].as_array().expect("ids").contains(&letter["id"]), "{letter}");
+    }
+    assert_eq!(app.message_count(&tenant).await, 0);
+
+    release(lock).await;
+    let replay = app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({})).await;
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    assert_eq!(replay.json::<Value>().await.expect("json"), json!({ "replayed": 2, "not_found": [] }));
+    app.await_messages(&tenant, 2).await;
+    assert_eq!(dlq_depth(&broker, &tenant).await, Some(0));
+    // Replaying again (an empty DLQ) changes nothing.
+    let again = app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({})).await;
+    assert_eq!(again.json::<Value>().await.expect("json"), json!({ "replayed": 0, "not_found": [] }));
+    app.await_messages(&tenant, 2).await;
+    app.stop().await;
+}
