@@ -54,6 +54,14 @@ enum Command {
     },
     /// Rebuild the read models from the event log.
     Replay,
+    /// Publish a body as it is straight to a tenant's queue over AMQP, as any producer may (no JSON check:
+    /// a body that is not JSON shows the dead-letter queue at work). Prints the message id.
+    Publish {
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: uuid::Uuid,
+        /// The message body, sent byte for byte.
+        body: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -133,6 +141,14 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             for (projector, position) in projectors::replay_all(&db, partitions, config.projectors.batch_size).await? {
                 println!("{projector}: rebuilt up to position {position}");
             }
+            Ok(())
+        }
+        Command::Publish { tenant, body } => {
+            let tenant = TenantId::from_uuid(tenant);
+            let id = tenantmq::runtime::publisher::publish_raw(&config.rabbitmq.url, tenant, body.as_bytes())
+                .await
+                .with_context(|| format!("publishing to {}", tenant.queue_name()))?;
+            println!("{id}");
             Ok(())
         }
         Command::Openapi | Command::Config | Command::Token { .. } => Ok(()),

@@ -166,6 +166,7 @@ impl MessagesApi {
         id: Path<Uuid>,
         body: JsonBody<PublishRequest>,
     ) -> Result<PublishResponse, ApiError> {
+        storable(&body.0.payload, "payload")?;
         let tenant = live_tenant(&state, &principal, id.0).await?;
         let message = outgoing(body.0);
         let id = message.id;
@@ -227,10 +228,37 @@ impl MessagesApi {
         if let Some(index) = requests.iter().position(|r| r.payload.0.get().len() > state.limits.single) {
             return Err(ApiError::payload_too_large_field(format!("messages[{index}].payload"), state.limits.single));
         }
+        for (index, request) in requests.iter().enumerate() {
+            storable(&request.payload, &format!("messages[{index}].payload"))?;
+        }
         let tenant = live_tenant(&state, &principal, id.0).await?;
         let messages: Vec<OutgoingMessage> = requests.into_iter().map(outgoing).collect();
         state.runtime.publisher.publish(tenant, &messages).await?;
         Ok(PublishBatchResponse::Accepted(Json(PublishedBatch { ids: messages.iter().map(|m| m.id).collect() })))
+    }
+}
+
+/// PostgreSQL's `jsonb` cannot hold a NUL character (`\u0000`) in a string or key: refuse such a payload
+/// here, instead of accepting a message that could only be dead-lettered.
+fn storable(payload: &JsonPayload, field: &str) -> Result<(), ApiError> {
+    fn has_nul(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().any(has_nul),
+            serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+            _ => false,
+        }
+    }
+    let raw = payload.0.get();
+    // Only a payload with the escape can hold a NUL (JSON text cannot carry a raw one).
+    if !raw.to_ascii_lowercase().contains("\\u0000") {
+        return Ok(());
+    }
+    match serde_json::from_str::<serde_json::Value>(raw) {
+        Ok(value) if has_nul(&value) => {
+            Err(ApiError::bad_request(Some(field), "strings in a payload cannot contain the NUL character (\\u0000)"))
+        }
+        _ => Ok(()),
     }
 }
 

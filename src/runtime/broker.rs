@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use lapin::{
-    Channel, Connection, ConnectionProperties, Event,
-    options::{QueueDeclareOptions, QueueDeleteOptions},
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event,
+    options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
 use tokio::sync::watch;
@@ -20,6 +20,8 @@ pub enum BrokerError {
     Unavailable,
     #[error("broker error: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("the broker refused the message or could not route it to its queue")]
+    Refused,
 }
 
 /// A live connection and its sequence number (each reconnect gets a new one).
@@ -172,6 +174,22 @@ pub async fn delete(channel: &Channel, tenant: TenantId) -> Result<(), BrokerErr
         channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await?;
     }
     Ok(())
+}
+
+/// Publishes to `queue` through the default exchange with `mandatory`, on a confirm channel, and waits for
+/// the confirm: `Ok` means the queue has the message.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    queue: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BrokerError> {
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let confirm = channel.basic_publish("".into(), queue.into(), options, body, properties).await?;
+    match confirm.await? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested => Err(BrokerError::Refused),
+    }
 }
 
 /// Message and consumer counts of a queue, without creating it (`None` when it does not exist).

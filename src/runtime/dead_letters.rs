@@ -155,7 +155,7 @@ impl DeadLetters {
                 }
                 properties = properties.with_headers(cleared);
             }
-            match failure::publish_copy(&channel, &queues.queue, &delivery.data, properties).await {
+            match broker::publish_confirmed(&channel, &queues.queue, &delivery.data, properties).await {
                 Ok(()) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     replayed += 1;

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::{
-    BasicProperties, Channel, Confirmation,
+    BasicProperties, Channel,
     message::Delivery,
-    options::BasicPublishOptions,
     types::{AMQPValue, FieldTable, ShortString},
 };
 use uuid::Uuid;
+
+use super::broker::{self, BrokerError};
 
 /// How many times the message has failed so far.
 pub const ATTEMPTS_HEADER: &str = "x-tenantmq-attempts";
@@ -137,15 +138,6 @@ impl RetryPolicy {
     }
 }
 
-/// Why a copy could not be handed to the broker; the original must then stay unacked.
-#[derive(Debug, thiserror::Error)]
-pub enum RepublishError {
-    #[error(transparent)]
-    Amqp(#[from] lapin::Error),
-    #[error("the broker refused or could not route the copy")]
-    NotAccepted,
-}
-
 /// A copy of `delivery` for `queue`, carrying `record` (and, when dead-lettered, the time). The copy gets
 /// `id` as its message id when the original had no UUID one, so a retried message keeps a stable id (and
 /// exactly-once rows), and every dead letter can be selected by id for a replay.
@@ -156,7 +148,7 @@ pub async fn republish(
     id: Uuid,
     record: &FailureRecord,
     disposition: Disposition,
-) -> Result<(), RepublishError> {
+) -> Result<(), BrokerError> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     record.write(&mut headers);
     let mut properties = copy_properties(&delivery.properties, id).with_headers(headers);
@@ -171,24 +163,7 @@ pub async fn republish(
             properties = properties.with_headers(headers);
         }
     }
-    publish_copy(channel, queue, &delivery.data, properties).await
-}
-
-/// Publishes with `mandatory` on a confirm channel and waits for the confirm.
-pub async fn publish_copy(
-    channel: &Channel,
-    queue: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<(), RepublishError> {
-    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-    let confirm = channel.basic_publish("".into(), queue.into(), options, body, properties).await?;
-    match confirm.await? {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested => {
-            Err(RepublishError::NotAccepted)
-        }
-    }
+    broker::publish_confirmed(channel, queue, &delivery.data, properties).await
 }
 
 /// The original's properties without its expiration and user id (a copy is a new publish by this service),

@@ -6,7 +6,7 @@ use std::{
 };
 
 use lapin::{
-    BasicProperties, Channel, Confirmation,
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use tokio::sync::Mutex;
@@ -107,6 +107,20 @@ impl Publisher {
             dead_letters: dead.map(|(messages, _)| messages),
         })
     }
+}
+
+/// Publishes `body` as it is to the tenant's queue on a connection of its own, as any AMQP producer may: no
+/// JSON check, so a body that is not JSON shows the dead-letter path (`tenantmq publish`). Returns the
+/// message id.
+pub async fn publish_raw(url: &str, tenant: TenantId, body: &[u8]) -> Result<Uuid, BrokerError> {
+    let connection = Connection::connect(url, ConnectionProperties::default()).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    let id = Uuid::now_v7();
+    let properties = BasicProperties::default().with_message_id(id.to_string().into()).with_delivery_mode(2);
+    let published = broker::publish_confirmed(&channel, &TenantQueues::of(tenant).queue, body, properties).await;
+    let _ = connection.close(200, "published".into()).await;
+    published.map(|()| id)
 }
 
 #[derive(Debug, Clone, Copy, Default)]

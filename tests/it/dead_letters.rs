@@ -185,3 +185,24 @@ async fn a_fault_that_outlasts_the_retries_dead_letters_and_a_replay_persists_ea
     app.await_messages(&tenant, 2).await;
     app.stop().await;
 }
+
+/// `scripts/test-dlq.sh`, the walk-through for users, runs against a live service and succeeds.
+#[tokio::test]
+async fn the_dlq_walkthrough_script_succeeds_against_a_running_service() {
+    let app = TestApp::spawn().await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-dlq.sh");
+    let output = tokio::process::Command::new("bash")
+        .arg(script)
+        .env("TENANTMQ_URL", &app.base_url)
+        .env("TENANTMQ_TOKEN", app.token(tenantmq::auth::Role::Admin))
+        .env("TENANTMQ_BIN", env!("CARGO_BIN_EXE_tenantmq"))
+        .env("TENANTMQ_RABBITMQ__URL", &app.config.rabbitmq.url)
+        .output()
+        .await
+        .expect("the script runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("reason: body is not JSON, attempts: 1"), "{stdout}");
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM messages").await, 0, "the demo tenant was deleted");
+    app.stop().await;
+}

@@ -289,6 +289,28 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
             StatusCode::BAD_REQUEST,
             Some("cursor"),
         ),
+        // Payloads PostgreSQL's jsonb cannot store (a NUL in a string or key).
+        (c.post(app.url(&publish)).json(&json!({ "payload": "a\u{0}b" })), StatusCode::BAD_REQUEST, Some("payload")),
+        (
+            c.post(app.url(&batch)).json(&json!({ "messages": [{ "payload": 1 }, { "payload": { "k\u{0}": 1 } }] })),
+            StatusCode::BAD_REQUEST,
+            Some("messages[1].payload"),
+        ),
+        // Dead letters.
+        (c.get(app.url(&format!("/tenants/{existing}/dlq?limit=1001"))), StatusCode::BAD_REQUEST, Some("limit")),
+        (c.get(app.url(&format!("/tenants/{existing}/dlq?cursor=nope"))), StatusCode::BAD_REQUEST, Some("cursor")),
+        (c.get(app.url(&format!("/tenants/{unknown}/dlq"))), StatusCode::NOT_FOUND, None),
+        (c.delete(app.url(&format!("/tenants/{unknown}/dlq"))), StatusCode::NOT_FOUND, None),
+        (
+            c.post(app.url(&format!("/tenants/{existing}/dlq/replay"))).json(&json!({ "ids": ["nope"] })),
+            StatusCode::BAD_REQUEST,
+            Some("ids[0]"),
+        ),
+        (
+            c.post(app.url(&format!("/tenants/{existing}/dlq/replay"))).json(&json!({ "all": true })),
+            StatusCode::BAD_REQUEST,
+            Some("all"),
+        ),
         // Routing.
         (c.get(app.url("/no-such-route")), StatusCode::NOT_FOUND, None),
         (c.patch(app.url("/tenants")), StatusCode::METHOD_NOT_ALLOWED, None),
