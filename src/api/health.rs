@@ -5,6 +5,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, AppState};
 
+/// How long readiness waits for the database to answer.
+const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 #[derive(Debug, Object)]
 pub struct Liveness {
     pub status: String,
@@ -45,7 +48,8 @@ impl HealthApi {
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&AppState>) -> ReadinessResponse {
         let readiness = Readiness {
-            database: state.db.ping().await.is_ok(),
+            // A database that is down can make a ping wait for the pool's acquire timeout: answer sooner.
+            database: tokio::time::timeout(PING_TIMEOUT, state.db.ping()).await.is_ok_and(|pinged| pinged.is_ok()),
             broker: state.runtime.broker.is_connected(),
             projectors: state.projections.all_caught_up(),
         };

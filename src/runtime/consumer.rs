@@ -71,6 +71,8 @@ pub enum ConsumerError {
     Broker(#[from] BrokerError),
     #[error("the broker cancelled the consumer (queue deleted?)")]
     CancelledByBroker,
+    #[error("the broker connection was lost")]
+    ConnectionLost,
 }
 
 impl From<lapin::Error> for ConsumerError {
@@ -91,6 +93,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<ConsumerEnd, ConsumerError> {
     let tenant = runtime.tenant;
+    // The connection can die without every consumer stream hearing of it: follow the supervisor's view too.
+    let mut connection = broker.subscribe();
+    let connected_on = connection.borrow_and_update().as_ref().map(|c| c.generation);
     let channel = broker.channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
     broker::declare(&channel, tenant, settings.queue_type).await?;
@@ -133,6 +138,11 @@ pub async fn run(
                 None => break Err(ConsumerError::CancelledByBroker),
             },
             Some(exited) = pool.tasks.join_next_with_id() => pool.exited(exited),
+            changed = connection.changed() => {
+                if changed.is_err() || connection.borrow_and_update().as_ref().map(|c| c.generation) != connected_on {
+                    break Err(ConsumerError::ConnectionLost);
+                }
+            }
         }
     };
 
@@ -141,7 +151,17 @@ pub async fn run(
         let _ = handover(&channel, &mut consumer, &deliveries).await;
     }
     drop(deliveries);
-    pool.drain().await;
+    if channel.status().connected() {
+        pool.drain().await;
+    } else {
+        // Settling on a dead channel can wait forever, and is pointless: the broker requeues whatever was
+        // unacked. Give the workers a moment to finish their inserts (idempotent), then stop them.
+        if tokio::time::timeout(DRAIN_AFTER_CONNECTION_LOSS, pool.drain()).await.is_err() {
+            tracing::warn!(%tenant, "workers did not finish after the connection was lost; stopping them");
+            pool.tasks.abort_all();
+            pool.drain().await;
+        }
+    }
     if matches!(ended, Ok(ConsumerEnd::Deleted)) {
         broker::delete(&channel, tenant).await?;
     }
@@ -150,6 +170,9 @@ pub async fn run(
     }
     ended
 }
+
+/// How long workers may take to finish once the channel is gone.
+const DRAIN_AFTER_CONNECTION_LOSS: Duration = Duration::from_secs(5);
 
 fn prefetch(workers: u16, batch_size: u16) -> u16 {
     workers.saturating_mul(batch_size).max(1)

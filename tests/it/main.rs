@@ -3,12 +3,16 @@
 mod config_cli;
 mod dead_letters;
 mod event_store;
+mod faults;
 mod helpers;
 mod openapi;
+mod processes;
 mod projectors;
+mod proxy;
 mod read_side;
 mod runtime;
 mod security;
 mod services;
+mod several_instances;
 mod shutdown;
 mod tenants_api;

@@ -253,3 +253,35 @@ async fn publishing_to_an_unknown_or_deleted_tenant_is_404_and_oversized_is_413(
     assert_eq!(app.scalar_i64("SELECT count(*) FROM messages").await, 0);
     app.stop().await;
 }
+
+/// `rabbitmq.queue_type: quorum`: the tenant's queues are quorum queues, and messages, retries and dead
+/// letters work on them as on classic ones.
+#[tokio::test]
+async fn with_quorum_queues_messages_become_rows_and_failures_reach_the_dlq() {
+    let mut config = test_config();
+    config.rabbitmq.queue_type = tenantmq::config::QueueType::Quorum;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("quorum").await;
+    await_consumer(&broker, &tenant).await;
+
+    // Declaring the queue as classic now fails: the broker holds it as a quorum queue.
+    let channel = broker.create_channel().await.expect("channel");
+    let mut classic = lapin::types::FieldTable::default();
+    classic.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("classic".into()));
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    let redeclared = channel.queue_declare(queue(&tenant).as_str().into(), durable, classic).await;
+    assert!(redeclared.is_err(), "the tenant queue is not a classic queue");
+
+    let messages: Vec<Value> = (0..200).map(|i| json!({ "payload": { "i": i } })).collect();
+    let published = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages })).await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    let producer = broker.create_channel().await.expect("channel");
+    publish_raw(&producer, &tenant, b"not json", BasicProperties::default()).await;
+    app.await_messages(&tenant, 200).await;
+    eventually(Duration::from_secs(30), "the dead letter", || async {
+        (queue_state(&broker, dlq(&tenant)).await.map(|(ready, _)| ready) == Some(1)).then_some(())
+    })
+    .await;
+    app.stop().await;
+}

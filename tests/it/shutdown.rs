@@ -1,66 +1,16 @@
 //! SIGTERM and kill -9 on the real binary while messages flow: SIGTERM exits 0 within the timeout; either
 //! way, after a restart every message is a row, exactly once.
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tenantmq::{
-    auth::{self, Role},
-    config::Config,
+use tenantmq::auth::{self, Role};
+
+use crate::{
+    helpers::{drop_database, eventually, scalar_i64, slow_down_inserts, test_config},
+    processes::{signal, start},
 };
-
-use crate::helpers::{drop_database, eventually, scalar_i64, slow_down_inserts, test_config};
-
-struct Instance {
-    child: Child,
-    base_url: String,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-async fn start(config: &Config) -> Instance {
-    let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantmq"));
-    command.arg("serve").current_dir(env!("CARGO_MANIFEST_DIR")).stdout(Stdio::null()).stderr(Stdio::null());
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTMQ_")) {
-        command.env_remove(key);
-    }
-    command
-        .env("TENANTMQ_SERVER__HOST", "127.0.0.1")
-        .env("TENANTMQ_SERVER__PORT", port.to_string())
-        .env("TENANTMQ_DATABASE__URL", &config.database.url)
-        .env("TENANTMQ_RABBITMQ__URL", &config.rabbitmq.url)
-        .env("TENANTMQ_AUTH__JWT_SECRET", config.auth.jwt_secret.as_deref().expect("secret"))
-        .env("TENANTMQ_CONSUMER__BATCH_SIZE", "10")
-        .env("TENANTMQ_SHUTDOWN_TIMEOUT", "20s");
-    let child = command.spawn().expect("tenantmq serve starts");
-    let base_url = format!("http://127.0.0.1:{port}");
-    let probe = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "the binary to be ready", || {
-        let request = probe.get(format!("{base_url}/readyz"));
-        async move { request.send().await.ok().filter(|r| r.status() == StatusCode::OK).map(|_| ()) }
-    })
-    .await;
-    Instance { child, base_url }
-}
-
-/// Sends `signal` (`-TERM`, `-KILL`) and waits for the exit status.
-async fn signal(mut instance: Instance, signal: &str) -> std::process::ExitStatus {
-    let pid = instance.child.id().to_string();
-    let killed = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
-    assert!(killed.success());
-    eventually(Duration::from_secs(30), "the binary to exit", || {
-        let status = instance.child.try_wait().expect("wait");
-        async move { status }
-    })
-    .await
-}
 
 #[tokio::test]
 async fn sigterm_while_messages_flow_exits_cleanly_and_loses_nothing() {

@@ -1,0 +1,150 @@
+//! Real faults, each ending with the exact row count: the broker's connections cut under load, the broker
+//! down (publishing answers 503, readiness too), the database down under load. Each test breaks only its own
+//! connections, through a proxy of its own (see `proxy.rs`).
+
+use std::time::Duration;
+
+use lapin::{BasicProperties, options::ConfirmSelectOptions};
+use reqwest::StatusCode;
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::{
+    helpers::{TestApp, amqp, await_consumer, eventually, publish_raw, queue, queue_state, scalar_i64, test_config},
+    proxy::Proxy,
+};
+
+/// Publishes `count` JSON messages with UUID ids straight to the tenant's queue, on the test's own
+/// connection (not through the proxy), with confirms.
+async fn publish_directly(broker: &lapin::Connection, tenant: &str, count: usize) {
+    let channel = broker.create_channel().await.expect("channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    for i in 0..count {
+        let properties = BasicProperties::default().with_message_id(Uuid::now_v7().to_string().into());
+        publish_raw(&channel, tenant, json!({ "i": i }).to_string().as_bytes(), properties).await;
+    }
+}
+
+async fn readiness(app: &TestApp) -> StatusCode {
+    app.get("/readyz").await.status()
+}
+
+#[tokio::test]
+async fn broker_connections_cut_under_load_come_back_by_themselves_and_every_message_is_a_row_once() {
+    const MESSAGES: usize = 3000;
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
+    config.rabbitmq.url = through_proxy;
+    config.consumer.batch_size = 20;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("cut").await;
+    await_consumer(&broker, &tenant).await;
+
+    let publishing = tokio::spawn({
+        let tenant = tenant.clone();
+        async move { publish_directly(&amqp().await, &tenant, MESSAGES).await }
+    });
+    for round in 1..=3 {
+        eventually(Duration::from_secs(60), "rows to flow", || async {
+            (app.message_count(&tenant).await >= i64::try_from(round * MESSAGES / 5).unwrap_or(0)).then_some(())
+        })
+        .await;
+        proxy.cut();
+    }
+    publishing.await.expect("publisher");
+    app.await_messages(&tenant, i64::try_from(MESSAGES).expect("count")).await;
+    let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
+    assert_eq!(app.scalar_i64(&distinct).await, i64::try_from(MESSAGES).expect("count"));
+    await_consumer(&broker, &tenant).await;
+    assert_eq!(readiness(&app).await, StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn while_the_broker_is_down_publishing_answers_503_readiness_fails_and_both_recover() {
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
+    config.rabbitmq.url = through_proxy;
+    config.rabbitmq.publish_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("down").await;
+    await_consumer(&broker, &tenant).await;
+    let publish = format!("/tenants/{tenant}/messages");
+
+    proxy.take_down();
+    eventually(Duration::from_secs(20), "readiness to fail", || async {
+        (readiness(&app).await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let refused = app.post_json(&publish, &json!({ "payload": { "lost": false } })).await;
+    let problem = crate::helpers::assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("broker")), "{problem}");
+    eventually(Duration::from_secs(20), "the consumer to be gone", || async {
+        queue_state(&broker, queue(&tenant)).await.filter(|(_, consumers)| *consumers == 0)
+    })
+    .await;
+
+    proxy.restore();
+    eventually(Duration::from_secs(60), "readiness to recover", || async {
+        (readiness(&app).await == StatusCode::OK).then_some(())
+    })
+    .await;
+    await_consumer(&broker, &tenant).await;
+    let accepted = app.post_json(&publish, &json!({ "payload": { "after": true } })).await;
+    assert_eq!(accepted.status(), StatusCode::ACCEPTED);
+    app.await_messages(&tenant, 1).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_database_down_under_load_holds_messages_back_and_every_message_is_a_row_once_it_returns() {
+    const MESSAGES: usize = 3000;
+    let mut config = test_config();
+    let direct_url = config.database.url.clone();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.database.url).await;
+    config.database.url = through_proxy;
+    config.consumer.batch_size = 20;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("db-down").await;
+    await_consumer(&broker, &tenant).await;
+    let direct = sea_orm::Database::connect(&direct_url).await.expect("direct connection");
+    let count = format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}'");
+
+    let publishing = tokio::spawn({
+        let tenant = tenant.clone();
+        async move { publish_directly(&amqp().await, &tenant, MESSAGES).await }
+    });
+    eventually(Duration::from_secs(60), "rows to flow", || async {
+        (scalar_i64(&direct, &count).await >= i64::try_from(MESSAGES / 5).unwrap_or(0)).then_some(())
+    })
+    .await;
+    proxy.take_down();
+    eventually(Duration::from_secs(20), "readiness to fail", || async {
+        (readiness(&app).await == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+    })
+    .await;
+    let stalled = scalar_i64(&direct, &count).await;
+    publishing.await.expect("publisher");
+    tokio::time::sleep(Duration::from_secs(2)).await; // the outage lasts a while: workers back off meanwhile
+    assert_eq!(scalar_i64(&direct, &count).await, stalled, "nothing is written while the database is unreachable");
+
+    proxy.restore();
+    eventually(Duration::from_secs(90), "every message as a row", || async {
+        let rows = scalar_i64(&direct, &count).await;
+        assert!(rows <= i64::try_from(MESSAGES).expect("count"), "duplicates: {rows}");
+        (rows == i64::try_from(MESSAGES).expect("count")).then_some(())
+    })
+    .await;
+    let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
+    assert_eq!(scalar_i64(&direct, &distinct).await, i64::try_from(MESSAGES).expect("count"));
+    eventually(Duration::from_secs(30), "readiness to recover", || async {
+        (readiness(&app).await == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(queue_state(&broker, crate::helpers::dlq(&tenant)).await.map(|(ready, _)| ready), Some(0));
+    direct.close().await.expect("closed");
+    app.stop().await;
+}

@@ -1,0 +1,63 @@
+//! The real `tenantmq` binary as child processes, for tests of signals, crashes and several instances.
+
+use std::{
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use reqwest::StatusCode;
+use tenantmq::config::Config;
+
+use crate::helpers::eventually;
+
+/// A `tenantmq serve` child process.
+pub struct Instance {
+    pub child: Child,
+    pub base_url: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub async fn start(config: &Config) -> Instance {
+    let port = free_port();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantmq"));
+    command.arg("serve").current_dir(env!("CARGO_MANIFEST_DIR")).stdout(Stdio::null()).stderr(Stdio::null());
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTMQ_")) {
+        command.env_remove(key);
+    }
+    command
+        .env("TENANTMQ_SERVER__HOST", "127.0.0.1")
+        .env("TENANTMQ_SERVER__PORT", port.to_string())
+        .env("TENANTMQ_DATABASE__URL", &config.database.url)
+        .env("TENANTMQ_RABBITMQ__URL", &config.rabbitmq.url)
+        .env(
+            "TENANTMQ_RABBITMQ__QUEUE_TYPE",
+            serde_json::to_value(config.rabbitmq.queue_type).expect("queue type").as_str().expect("a name"),
+        )
+        .env("TENANTMQ_AUTH__JWT_SECRET", config.auth.jwt_secret.as_deref().expect("secret"))
+        .env("TENANTMQ_CONSUMER__BATCH_SIZE", "10")
+        .env("TENANTMQ_SHUTDOWN_TIMEOUT", "20s");
+    let child = command.spawn().expect("tenantmq serve starts");
+    let base_url = format!("http://127.0.0.1:{port}");
+    let probe = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "the binary to be ready", || {
+        let request = probe.get(format!("{base_url}/readyz"));
+        async move { request.send().await.ok().filter(|r| r.status() == StatusCode::OK).map(|_| ()) }
+    })
+    .await;
+    Instance { child, base_url }
+}
+
+/// Sends `signal` (`-TERM`, `-KILL`) and waits for the exit status.
+pub async fn signal(mut instance: Instance, signal: &str) -> std::process::ExitStatus {
+    let pid = instance.child.id().to_string();
+    let killed = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
+    assert!(killed.success());
+    eventually(Duration::from_secs(30), "the binary to exit", || {
+        let status = instance.child.try_wait().expect("wait");
+        async move { status }
+    })
+    .await
+}

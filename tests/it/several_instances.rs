@@ -1,0 +1,95 @@
+//! Three instances of the real binary against one PostgreSQL and one RabbitMQ: each runs a consumer for
+//! every tenant (competing consumers on the tenant's queue), projections are applied once, and killing one
+//! instance mid-stream loses nothing.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tenantmq::auth::{self, Role};
+
+use crate::{
+    helpers::{amqp, drop_database, eventually, queue, queue_state, scalar_i64, slow_down_inserts, test_config},
+    processes::{signal, start},
+};
+
+#[tokio::test]
+async fn three_instances_share_each_tenant_and_one_killed_mid_stream_loses_nothing() {
+    const MESSAGES: i64 = 10_000;
+    let config = test_config();
+    let admin = auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(600)).expect("token");
+    let client = reqwest::Client::new();
+    let mut instances = vec![start(&config).await, start(&config).await, start(&config).await];
+
+    let created = client
+        .post(format!("{}/tenants", instances[0].base_url))
+        .bearer_auth(&admin)
+        .json(&json!({ "name": "shared", "workers": 2 }))
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let tenant = created.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let broker = amqp().await;
+    eventually(Duration::from_secs(60), "a consumer from each of the three instances", || async {
+        queue_state(&broker, queue(&tenant)).await.filter(|(_, consumers)| *consumers == 3)
+    })
+    .await;
+    for instance in &instances {
+        let details: Value = client
+            .get(format!("{}/tenants/{tenant}", instance.base_url))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("sent")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(details["runtime"]["running_workers"], 2, "concurrency is per instance: {details}");
+    }
+
+    let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
+    slow_down_inserts(&db, &tenant, 0.05).await;
+    for batch in 0..MESSAGES / 1000 {
+        let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "batch": batch, "i": i } })).collect();
+        let instance = &instances[usize::try_from(batch).expect("index") % instances.len()];
+        let response = client
+            .post(format!("{}/tenants/{tenant}/messages/batch", instance.base_url))
+            .bearer_auth(&admin)
+            .json(&json!({ "messages": messages }))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    let count = format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}'");
+    eventually(Duration::from_secs(60), "the first rows", || async {
+        (scalar_i64(&db, &count).await > 1000).then_some(())
+    })
+    .await;
+    signal(instances.remove(1), "-KILL").await;
+    assert!(scalar_i64(&db, &count).await < MESSAGES, "killed while messages were still flowing");
+
+    eventually(Duration::from_secs(120), "every message as a row", || async {
+        let rows = scalar_i64(&db, &count).await;
+        assert!(rows <= MESSAGES, "duplicates: {rows}");
+        (rows == MESSAGES).then_some(())
+    })
+    .await;
+    let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
+    assert_eq!(scalar_i64(&db, &distinct).await, MESSAGES);
+    eventually(Duration::from_secs(30), "the two surviving consumers", || async {
+        queue_state(&broker, queue(&tenant)).await.filter(|(ready, consumers)| (*ready, *consumers) == (0, 2))
+    })
+    .await;
+    // Projections were applied once, though three instances ran the projectors.
+    assert_eq!(scalar_i64(&db, "SELECT count(*) FROM tenants").await, 1);
+    assert_eq!(scalar_i64(&db, "SELECT count(*) FROM events").await, 1);
+    assert_eq!(scalar_i64(&db, "SELECT count(*) FROM projector_checkpoints WHERE position <> 1").await, 0);
+
+    for instance in instances {
+        assert_eq!(signal(instance, "-TERM").await.code(), Some(0));
+    }
+    db.close().await.expect("closed");
+    drop_database(&config.database.url).await;
+}
