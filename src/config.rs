@@ -42,6 +42,8 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     pub partitions: PartitionConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -143,6 +145,23 @@ pub struct LogConfig {
     pub level: String,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// How often the depth of every tenant's queues is read from the broker (a passive declare per queue).
+    #[serde(with = "humantime_serde")]
+    pub queue_poll_interval: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// OTLP/HTTP endpoint traces are exported to (e.g. `http://otel-collector:4318`); none: no export.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of exported spans.
+    pub service_name: String,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -160,6 +179,8 @@ impl Default for Config {
             consumer: ConsumerConfig::default(),
             partitions: PartitionConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -233,6 +254,18 @@ impl Default for PartitionConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { queue_poll_interval: Duration::from_secs(15) }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "tenantmq".into() }
     }
 }
 
@@ -326,6 +359,14 @@ impl Config {
         Authenticator::from_config(&self.auth)?;
         if self.projectors.poll_interval.is_zero() {
             return Err(ConfigError::new("projectors.poll_interval", "must be greater than zero"));
+        }
+        if self.metrics.queue_poll_interval.is_zero() {
+            return Err(ConfigError::new("metrics.queue_poll_interval", "must be greater than zero"));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(ConfigError::new("telemetry.otlp_endpoint", "must be an http:// or https:// URL"));
         }
         Ok(())
     }

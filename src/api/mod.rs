@@ -4,6 +4,7 @@
 
 mod events;
 mod health;
+pub mod instrumentation;
 pub mod json_body;
 mod messages;
 pub mod pagination;
@@ -74,6 +75,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/openapi.json", api.spec_endpoint())
         .at("/metrics", poem::get(metrics))
         .nest("/", api)
+        .around(instrumentation::middleware)
         .catch_all_error(problem::into_problem)
         .around(request_context::middleware)
         .data(state)

@@ -200,6 +200,14 @@ impl Projections {
         [&self.tenants, &self.partitions]
     }
 
+    /// Each projector's name and position.
+    pub fn positions(&self) -> [(&'static str, i64); 2] {
+        [
+            (TenantsProjector::NAME, self.tenants.borrow().position),
+            (PartitionsProjector::NAME, self.partitions.borrow().position),
+        ]
+    }
+
     /// Every projector has reached the head of the log at least once.
     pub fn all_caught_up(&self) -> bool {
         self.each().iter().all(|p| p.borrow().caught_up)

@@ -31,23 +31,21 @@ use uuid::Uuid;
 use crate::{
     config::QueueType,
     domain::tenant::{TenantId, Workers},
-    metrics::Metrics,
     store::messages::{self, MessageWriter, NewMessage},
 };
 
 use super::{
     broker::{self, Broker, BrokerError, TenantQueues},
-    manager::{ConsumerState, Control, TenantRuntime},
+    manager::{ConsumerState, Control, FailureReason, TenantRuntime},
 };
 
-/// Settings (and the metrics) every consumer shares.
+/// Settings every consumer shares.
 #[derive(Clone)]
 pub struct ConsumerSettings {
     pub queue_type: QueueType,
     pub batch_size: u16,
     pub batch_wait: Duration,
     pub instance_id: String,
-    pub metrics: Metrics,
 }
 
 /// How a consumer ended when nothing went wrong.
@@ -106,7 +104,7 @@ pub async fn run(
             command = control.recv() => match command {
                 Some(Control::Resize(_)) => {
                     pool.fill();
-                    if let Err(error) = handover(&channel, &mut consumer, &deliveries).await {
+                    if let Err(error) = handover(&channel, &mut consumer, &deliveries, &runtime).await {
                         break Err(error);
                     }
                     subscription += 1;
@@ -120,6 +118,7 @@ pub async fn run(
             },
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
+                    runtime.delivery_received();
                     if deliveries.send(delivery).await.is_err() {
                         break Err(ConsumerError::CancelledByBroker);
                     }
@@ -133,7 +132,7 @@ pub async fn run(
 
     runtime.set_state(ConsumerState::Stopping);
     if channel.status().connected() {
-        let _ = handover(&channel, &mut consumer, &deliveries).await;
+        let _ = handover(&channel, &mut consumer, &deliveries, &runtime).await;
     }
     drop(deliveries);
     pool.drain().await;
@@ -173,12 +172,14 @@ async fn handover(
     channel: &Channel,
     consumer: &mut Consumer,
     deliveries: &mpsc::Sender<Delivery>,
+    runtime: &TenantRuntime,
 ) -> Result<(), ConsumerError> {
     channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
     // After cancel-ok the stream yields what it buffered, then ends. Anything not drained in time stays
     // unacked and returns to the queue when the channel closes.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(delivery)) = consumer.next().await {
+            runtime.delivery_received();
             if deliveries.send(delivery).await.is_err() {
                 break;
             }
@@ -195,7 +196,6 @@ async fn handover(
 struct WorkerContext {
     runtime: Arc<TenantRuntime>,
     writer: MessageWriter,
-    metrics: Metrics,
     batch_size: usize,
     batch_wait: Duration,
     shutdown: CancellationToken,
@@ -221,7 +221,6 @@ impl WorkerPool {
         let context = Arc::new(WorkerContext {
             runtime,
             writer,
-            metrics: settings.metrics.clone(),
             batch_size: settings.batch_size.into(),
             batch_wait: settings.batch_wait,
             shutdown,
@@ -430,16 +429,21 @@ async fn settle_after_pause(delivery: &Delivery, outcome: Outcome, context: &Wor
 
 /// Acks, rejects or requeues, and counts what was persisted or dead-lettered.
 async fn settle(delivery: &Delivery, outcome: Outcome, context: &WorkerContext) {
+    let stats = context.runtime.stats();
     match outcome {
-        Outcome::Ack => context.metrics.persisted(context.runtime.tenant, 1),
-        Outcome::Reject => context.metrics.dead_lettered(context.runtime.tenant),
-        Outcome::Requeue => {}
+        Outcome::Ack => stats.persisted(1),
+        Outcome::Reject => {
+            stats.failed(FailureReason::Permanent);
+            stats.dead_lettered();
+        }
+        Outcome::Requeue => stats.failed(FailureReason::Transient),
     }
     let settled = match outcome {
         Outcome::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Reject => delivery.acker.reject(BasicRejectOptions { requeue: false }).await,
         Outcome::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await,
     };
+    context.runtime.delivery_settled();
     if let Err(error) = settled {
         // The channel is gone: the broker redelivers, and the insert is idempotent.
         tracing::debug!(%error, ?outcome, "could not settle a delivery");

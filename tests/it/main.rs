@@ -3,6 +3,7 @@
 mod config_cli;
 mod event_store;
 mod helpers;
+mod metrics;
 mod openapi;
 mod projectors;
 mod read_side;
