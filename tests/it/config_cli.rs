@@ -96,3 +96,21 @@ async fn migrate_creates_the_database_and_goes_down_and_up() {
     assert_eq!(run("up"), up);
     crate::helpers::drop_database(&url).await;
 }
+
+#[tokio::test]
+async fn healthcheck_exits_0_while_the_service_is_ready_and_1_when_nothing_answers() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let port = app.base_url.rsplit_once(':').expect("host:port").1.to_owned();
+    let probe = |port: String| {
+        tokio::task::spawn_blocking(move || {
+            tenantmq(&["healthcheck", "--path", "/healthz"], &[("TENANTMQ_SERVER__PORT", port.as_str())])
+        })
+    };
+    let output = probe(port).await.expect("probe ran");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    app.stop().await;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
+    let output = probe(closed.to_string()).await.expect("probe ran");
+    assert_eq!(output.status.code(), Some(1), "nothing listens on {closed}");
+}

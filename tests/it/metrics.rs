@@ -246,3 +246,61 @@ async fn a_deleted_tenants_series_disappear_and_the_others_stay() {
     assert_eq!(scrape.tenant("tenantmq_consumer_up", &kept), Some(1.0));
     app.stop().await;
 }
+
+const MONITORING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/monitoring");
+
+/// Every `tenantmq_…` name in a file.
+fn metric_names_in(path: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let mut names: Vec<String> = text
+        .match_indices("tenantmq_")
+        .map(|(start, _)| {
+            let rest = &text[start..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            rest[..end].to_owned()
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn the_dashboard_is_json_whose_panels_all_have_queries() {
+    let path = format!("{MONITORING}/grafana/dashboards/tenantmq.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard")).expect("JSON");
+    assert_eq!(dashboard["uid"], "tenantmq");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let queries: Vec<&Value> = panels.iter().filter(|p| p["type"] != "row").collect();
+    assert!(queries.len() >= 10, "queue depth, workers, throughput, latency, errors");
+    for panel in queries {
+        let targets = panel["targets"].as_array().unwrap_or_else(|| panic!("{} has targets", panel["title"]));
+        assert!(!targets.is_empty() && targets.iter().all(|t| t["expr"].as_str().is_some_and(|e| !e.is_empty())));
+    }
+}
+
+/// The service is driven until every kind of series exists (a tenant, a message, a dead letter, a scrape of
+/// the queue depths), then each name the dashboard and the alert rules query must be in its exposition.
+#[tokio::test]
+async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
+    let used: Vec<(String, String)> = ["grafana/dashboards/tenantmq.json", "prometheus/alerts.yml"]
+        .iter()
+        .flat_map(|file| metric_names_in(&format!("{MONITORING}/{file}")).into_iter().map(|n| (file.to_string(), n)))
+        .collect();
+    assert!(used.len() >= 15, "the files query the metrics: {used:?}");
+
+    let app = TestApp::spawn_with(fast_polling()).await;
+    let tenant = app.create_tenant_id("observed").await;
+    let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 })).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    app.await_messages(&tenant, 1).await;
+    let scrape = eventually(Duration::from_secs(20), "the queue depths to be polled", || async {
+        let scrape = Scrape::of(&app).await;
+        scrape.value("tenantmq_queue_messages_ready", &[("tenant_id", &tenant), ("queue", "main")]).map(|_| scrape)
+    })
+    .await;
+    let missing: Vec<&(String, String)> =
+        used.iter().filter(|(_, name)| !scrape.0.iter().any(|sample| &sample.name == name)).collect();
+    assert!(missing.is_empty(), "used but not exported: {missing:?}");
+    app.stop().await;
+}
