@@ -43,7 +43,6 @@ pub struct Config {
     pub partitions: PartitionConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
-    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,15 +152,6 @@ pub struct MetricsConfig {
     pub queue_poll_interval: Duration,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TelemetryConfig {
-    /// OTLP/HTTP endpoint traces are exported to (e.g. `http://otel-collector:4318`); none: no export.
-    pub otlp_endpoint: Option<String>,
-    /// The `service.name` resource attribute of exported spans.
-    pub service_name: String,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -180,7 +170,6 @@ impl Default for Config {
             partitions: PartitionConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
-            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -260,12 +249,6 @@ impl Default for LogConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self { queue_poll_interval: Duration::from_secs(15) }
-    }
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        Self { otlp_endpoint: None, service_name: "tenantmq".into() }
     }
 }
 
@@ -362,11 +345,6 @@ impl Config {
         }
         if self.metrics.queue_poll_interval.is_zero() {
             return Err(ConfigError::new("metrics.queue_poll_interval", "must be greater than zero"));
-        }
-        if let Some(endpoint) = &self.telemetry.otlp_endpoint
-            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
-        {
-            return Err(ConfigError::new("telemetry.otlp_endpoint", "must be an http:// or https:// URL"));
         }
         Ok(())
     }

@@ -1,13 +1,15 @@
 //! Measures every HTTP request: `tenantmq_http_requests_total{method,route,status}` and
-//! `tenantmq_http_request_duration_seconds{method,route}`. `route` is the matched route template (e.g.
-//! `/tenants/{id}/messages`), never the raw path, so the label stays bounded; a path that matches no route
-//! is `unmatched`. Methods outside the standard set are `other` for the same reason.
+//! `tenantmq_http_request_duration_seconds{method,route}`, and runs it in an `http.request` span (method,
+//! route, status, request id), so every log line of the request carries them. `route` is the matched route
+//! template (e.g. `/tenants/{id}/messages`), never the raw path, so the label stays bounded; a path that
+//! matches no route is `unmatched`. Methods outside the standard set are `other` for the same reason.
 
 use std::{collections::HashMap, sync::OnceLock, time::Instant};
 
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response, error::NotFoundError, http::Method};
+use tracing::{Instrument, field::Empty};
 
-use super::{AppState, problem};
+use super::{AppState, problem, request_context::RequestContext};
 
 /// The `route` of requests whose path matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -19,7 +21,9 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
     let started = Instant::now();
     let method = method_label(request.method());
     let metrics = request.data::<AppState>().map(|state| state.metrics.clone());
-    let (response, route) = match next.call(request).await {
+    let request_id = request.extensions().get::<RequestContext>().map(|c| c.request_id.clone()).unwrap_or_default();
+    let span = tracing::info_span!("http.request", method, route = Empty, status = Empty, %request_id);
+    let (response, route) = match next.call(request).instrument(span.clone()).await {
         Ok(output) => {
             let response = output.into_response();
             let route = response.data::<PathPattern>().map(route_template);
@@ -31,8 +35,9 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
             (problem::into_problem(error).await, route)
         }
     };
+    let route = route.as_deref().unwrap_or(UNMATCHED_ROUTE);
+    span.record("route", route).record("status", response.status().as_u16());
     if let Some(metrics) = metrics {
-        let route = route.as_deref().unwrap_or(UNMATCHED_ROUTE);
         metrics.http_request(method, route, response.status().as_u16(), started.elapsed());
     }
     Ok(response)

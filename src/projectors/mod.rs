@@ -49,6 +49,7 @@ pub struct Progress {
 
 /// Applies the events after the checkpoint, up to `batch_size` of them, in one transaction.
 /// Returns the new checkpoint and how many events were applied.
+#[tracing::instrument(name = "projector.step", level = "debug", skip_all, fields(projector = P::NAME))]
 async fn step<P: Projector>(
     db: &DatabaseConnection,
     projector: &P,

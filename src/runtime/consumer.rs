@@ -339,6 +339,7 @@ async fn next_batch(
 
 /// Persists a batch and settles every delivery in it: ack after commit, reject (to the dead-letter queue)
 /// what can never be stored, nack with requeue after a pause what failed for a passing reason.
+#[tracing::instrument(name = "handle", skip_all, fields(tenant = %context.runtime.tenant, messages = batch.len()))]
 async fn process(batch: Vec<Delivery>, context: &WorkerContext) {
     let tenant = context.runtime.tenant;
     let mut rows = Vec::with_capacity(batch.len());
