@@ -50,6 +50,7 @@ impl TenantCommands {
 
     /// Handles `command` for tenant `id`. Returns once every read model reflects the outcome (the tenants row,
     /// and the partition its messages go to).
+    #[tracing::instrument(name = "command", skip_all, fields(tenant = %id, command = command.name(), request_id = %metadata.request_id))]
     pub async fn handle(
         &self,
         id: TenantId,

@@ -42,6 +42,7 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     pub partitions: PartitionConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,6 +154,14 @@ pub struct LogConfig {
     pub level: String,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MetricsConfig {
+    /// How often the depth of every tenant's queues is read from the broker (a passive declare per queue).
+    #[serde(with = "humantime_serde")]
+    pub queue_poll_interval: Duration,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -170,6 +179,7 @@ impl Default for Config {
             consumer: ConsumerConfig::default(),
             partitions: PartitionConfig::default(),
             log: LogConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -246,6 +256,12 @@ impl Default for PartitionConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { queue_poll_interval: Duration::from_secs(15) }
     }
 }
 
@@ -345,6 +361,9 @@ impl Config {
         Authenticator::from_config(&self.auth)?;
         if self.projectors.poll_interval.is_zero() {
             return Err(ConfigError::new("projectors.poll_interval", "must be greater than zero"));
+        }
+        if self.metrics.queue_poll_interval.is_zero() {
+            return Err(ConfigError::new("metrics.queue_poll_interval", "must be greater than zero"));
         }
         Ok(())
     }

@@ -93,6 +93,7 @@ impl Application {
             RunnerSettings { batch_size: config.projectors.batch_size, poll_interval: config.projectors.poll_interval },
             &background,
         );
+        metrics.observe_projectors(&projections, store.subscribe_head());
         let commands = TenantCommands::new(
             store.clone(),
             config.tenant_policy(),

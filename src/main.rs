@@ -62,6 +62,12 @@ enum Command {
         /// The message body, sent byte for byte.
         body: String,
     },
+    /// Exit 0 if the service on this host answers 200 on a probe (the container healthcheck: no curl needed).
+    Healthcheck {
+        /// The path to ask, on `server.port`.
+        #[arg(long, default_value = "/readyz")]
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -113,6 +119,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Healthcheck { path } = &cli.command {
+        return match probe(&config, path) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("tenantmq: {path}: {error}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     telemetry::init(&config.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -151,7 +166,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             println!("{id}");
             Ok(())
         }
-        Command::Openapi | Command::Config | Command::Token { .. } => Ok(()),
+        Command::Openapi | Command::Config | Command::Token { .. } | Command::Healthcheck { .. } => Ok(()),
     }
 }
 
@@ -180,6 +195,34 @@ async fn migrate(config: Config, action: MigrateAction) -> anyhow::Result<()> {
         println!("{} {name}", if applied { "applied" } else { "pending" });
     }
     Ok(())
+}
+
+/// Sends `GET path` to the configured port (on loopback when the service listens on every address) and
+/// expects status 200 within a few seconds. Plain HTTP/1.0 over a socket: the probe needs no HTTP client.
+fn probe(config: &Config, path: &str) -> Result<(), String> {
+    use std::{
+        io::{Read, Write},
+        net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+        time::Duration,
+    };
+    const TIMEOUT: Duration = Duration::from_secs(3);
+    let host = match config.server.host.parse::<IpAddr>() {
+        Ok(ip) if !ip.is_unspecified() => ip,
+        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let address = SocketAddr::new(host, config.server.port);
+    let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(|e| format!("{address}: {e}"))?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    stream.take(1024).read_to_end(&mut answer).map_err(|e| e.to_string())?;
+    let answer = String::from_utf8_lossy(&answer);
+    let status_line = answer.lines().next().unwrap_or_default();
+    match status_line.split_whitespace().nth(1) {
+        Some("200") => Ok(()),
+        _ => Err(format!("answered {status_line:?}")),
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM.

@@ -1,14 +1,35 @@
-//! Prometheus metrics through OpenTelemetry (opentelemetry-prometheus exporter), one registry per
-//! application, served at `/metrics`.
+//! Metrics (§9): OpenTelemetry instruments exported in the Prometheus text format by opentelemetry-prometheus,
+//! into a registry of this application's own (tests run many applications in one process).
+//!
+//! Per-tenant series are *observable* instruments whose callbacks read the [`TenantManager`] at scrape time.
+//! The OpenTelemetry SDK keeps every attribute set a synchronous instrument was ever given, so a deleted
+//! tenant's series would stay forever; an observable instrument reports only what its callback observed in
+//! the current collection, so a tenant the manager forgot disappears from `/metrics`. Histograms carry no
+//! tenant label for the same reason. Every name is documented in `docs/prometheus-metrics-guide.md`.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use opentelemetry::{
     KeyValue,
-    metrics::{Counter, MeterProvider},
+    metrics::{Counter, Histogram, Meter, MeterProvider},
 };
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
+use tokio::sync::watch;
 
-use crate::domain::tenant::TenantId;
+use crate::{
+    projectors::Projections,
+    runtime::{
+        Broker, TenantManager,
+        manager::{FailureReason, QueueKind, TenantStatsSnapshot},
+    },
+};
 
 /// What the reconciler did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +42,8 @@ pub enum ReconcilerAction {
 }
 
 impl ReconcilerAction {
+    const ALL: [Self; 4] = [Self::Start, Self::Resize, Self::Stop, Self::Restart];
+
     const fn as_str(self) -> &'static str {
         match self {
             Self::Start => "start",
@@ -31,14 +54,50 @@ impl ReconcilerAction {
     }
 }
 
+/// What went wrong in the reconciler (`tenantmq_reconciler_errors_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconcilerError {
+    /// The desired runtime could not be read from the tenants read model.
+    DesiredState,
+    /// A tenant's consumer ended with an error (it is restarted after a pause).
+    ConsumerFailed,
+    /// Queues of deleted tenants could not be swept.
+    QueueSweep,
+}
+
+impl ReconcilerError {
+    const ALL: [Self; 3] = [Self::DesiredState, Self::ConsumerFailed, Self::QueueSweep];
+
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::DesiredState => "desired_state",
+            Self::ConsumerFailed => "consumer_failed",
+            Self::QueueSweep => "queue_sweep",
+        }
+    }
+}
+
+/// Histogram buckets for one batch write, in seconds: 1 ms to 10 s.
+const PERSIST_SECONDS_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0];
+/// Messages per batch write: up to the largest `consumer.batch_size` worth having.
+const BATCH_SIZE_BUCKETS: [f64; 11] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 5000.0];
+/// HTTP request latency, in seconds: 1 ms to 30 s (a batch publish waits for the broker's confirms).
+const HTTP_SECONDS_BUCKETS: [f64; 15] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0];
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: prometheus::Registry,
-    // Kept so the exporter keeps collecting for as long as the metrics live.
+    // Kept so the exporter keeps collecting (and the callbacks stay registered) while the metrics live.
     _provider: SdkMeterProvider,
+    meter: Meter,
     reconciler_actions: Counter<u64>,
-    messages_persisted: Counter<u64>,
-    messages_dead_lettered: Counter<u64>,
+    reconciler_errors: Counter<u64>,
+    persist_duration: Histogram<f64>,
+    persist_batch_size: Histogram<u64>,
+    http_requests: Counter<u64>,
+    http_request_duration: Histogram<f64>,
 }
 
 impl Metrics {
@@ -52,34 +111,205 @@ impl Metrics {
             .map_err(|e| prometheus::Error::Msg(e.to_string()))?;
         let provider = SdkMeterProvider::builder().with_reader(exporter).build();
         let meter = provider.meter("tenantmq");
-        Ok(Self {
+        let metrics = Self {
             registry,
             reconciler_actions: meter
                 .u64_counter("tenantmq.reconciler.actions")
                 .with_description("Actions the reconciler took, by action")
                 .build(),
-            messages_persisted: meter
-                .u64_counter("tenantmq.messages.persisted")
-                .with_description("Messages committed to their tenant's partition")
+            reconciler_errors: meter
+                .u64_counter("tenantmq.reconciler.errors")
+                .with_description("Errors the reconciler met, by kind")
                 .build(),
-            messages_dead_lettered: meter
-                .u64_counter("tenantmq.messages.dead_lettered")
-                .with_description("Messages rejected to their tenant's dead-letter queue")
+            persist_duration: meter
+                .f64_histogram("tenantmq.persist.duration")
+                .with_unit("s")
+                .with_description("Time to write one batch of messages into a partition (one insert and commit)")
+                .with_boundaries(PERSIST_SECONDS_BUCKETS.to_vec())
                 .build(),
+            persist_batch_size: meter
+                .u64_histogram("tenantmq.persist.batch_size")
+                .with_description("Messages per batch write")
+                .with_boundaries(BATCH_SIZE_BUCKETS.to_vec())
+                .build(),
+            http_requests: meter
+                .u64_counter("tenantmq.http.requests")
+                .with_description("HTTP requests answered, by method, route template and status")
+                .build(),
+            http_request_duration: meter
+                .f64_histogram("tenantmq.http.request.duration")
+                .with_unit("s")
+                .with_description("HTTP request latency, by method and route template")
+                .with_boundaries(HTTP_SECONDS_BUCKETS.to_vec())
+                .build(),
+            meter,
             _provider: provider,
-        })
+        };
+        // Counters exist at 0 from the start, so `rate()` and alerts see their first increment.
+        for action in ReconcilerAction::ALL {
+            metrics.reconciler_actions.add(0, &[KeyValue::new("action", action.as_str())]);
+        }
+        for kind in ReconcilerError::ALL {
+            metrics.reconciler_errors.add(0, &[KeyValue::new("kind", kind.as_str())]);
+        }
+        Ok(metrics)
     }
 
     pub fn reconciler_action(&self, action: ReconcilerAction) {
         self.reconciler_actions.add(1, &[KeyValue::new("action", action.as_str())]);
     }
 
-    pub fn persisted(&self, tenant: TenantId, count: u64) {
-        self.messages_persisted.add(count, &[KeyValue::new("tenant_id", tenant.to_string())]);
+    pub fn reconciler_error(&self, kind: ReconcilerError) {
+        self.reconciler_errors.add(1, &[KeyValue::new("kind", kind.as_str())]);
     }
 
-    pub fn dead_lettered(&self, tenant: TenantId) {
-        self.messages_dead_lettered.add(1, &[KeyValue::new("tenant_id", tenant.to_string())]);
+    /// One batch written into a partition.
+    pub fn batch_persisted(&self, messages: usize, took: Duration) {
+        self.persist_duration.record(took.as_secs_f64(), &[]);
+        self.persist_batch_size.record(u64::try_from(messages).unwrap_or(u64::MAX), &[]);
+    }
+
+    /// One HTTP request answered. `route` must be a route template (bounded), never a raw path.
+    pub fn http_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        let (method, route) = (KeyValue::new("method", method.to_owned()), KeyValue::new("route", route.to_owned()));
+        self.http_request_duration.record(took.as_secs_f64(), &[method.clone(), route.clone()]);
+        self.http_requests.add(1, &[method, route, KeyValue::new("status", i64::from(status))]);
+    }
+
+    /// Registers the per-tenant series, read from the manager at every scrape.
+    pub fn observe_tenants(&self, manager: &TenantManager) {
+        type Read = fn(&TenantStatsSnapshot) -> u64;
+        let counters: [(&'static str, &'static str, Read); 4] = [
+            (
+                "tenantmq.messages.consumed",
+                "Deliveries received from the tenant's queue (redeliveries count again)",
+                |s| s.consumed,
+            ),
+            ("tenantmq.messages.persisted", "Messages acked after their row was committed", |s| s.persisted),
+            ("tenantmq.messages.retried", "Messages scheduled for another attempt", |s| s.retried),
+            ("tenantmq.messages.dead_lettered", "Messages sent to the tenant's dead-letter queue", |s| s.dead_lettered),
+        ];
+        for (name, description, read) in counters {
+            let manager = manager.clone();
+            self.meter
+                .u64_observable_counter(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    for stats in manager.snapshot() {
+                        observer.observe(read(&stats), &[tenant_label(&stats)]);
+                    }
+                })
+                .build();
+        }
+        let failures = manager.clone();
+        self.meter
+            .u64_observable_counter("tenantmq.messages.failed")
+            .with_description(
+                "Processing attempts that failed, by reason (transient: retried; permanent: dead-lettered)",
+            )
+            .with_callback(move |observer| {
+                for stats in failures.snapshot() {
+                    for reason in FailureReason::ALL {
+                        let count = match reason {
+                            FailureReason::Transient => stats.failed_transient,
+                            FailureReason::Permanent => stats.failed_permanent,
+                        };
+                        observer.observe(count, &[tenant_label(&stats), KeyValue::new("reason", reason.as_str())]);
+                    }
+                }
+            })
+            .build();
+
+        let gauges: [(&'static str, &'static str, Read); 5] = [
+            ("tenantmq.workers.desired", "Worker pool size the tenant is configured with", |s| {
+                s.workers_desired.into()
+            }),
+            ("tenantmq.workers.running", "Workers in the tenant's pool on this instance", |s| s.workers_running.into()),
+            ("tenantmq.workers.busy", "Workers writing a batch right now on this instance", |s| s.workers_busy.into()),
+            ("tenantmq.consumer.up", "1 while the tenant's consumer consumes on this instance, else 0", |s| {
+                s.consumer_up.into()
+            }),
+            (
+                "tenantmq.queue.messages_unacked",
+                "Deliveries this instance holds unsettled (sum over instances for the queue's total)",
+                |s| s.unacked.into(),
+            ),
+        ];
+        for (name, description, read) in gauges {
+            let manager = manager.clone();
+            self.meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    for stats in manager.snapshot() {
+                        observer.observe(read(&stats), &[tenant_label(&stats)]);
+                    }
+                })
+                .build();
+        }
+        let queues = manager.clone();
+        self.meter
+            .u64_observable_gauge("tenantmq.queue.messages_ready")
+            .with_description("Messages ready in the tenant's queues, by queue (polled from the broker)")
+            .with_callback(move |observer| {
+                for stats in queues.snapshot() {
+                    for (queue, ready) in QueueKind::ALL.iter().zip(stats.queue_ready) {
+                        if let Some(ready) = ready {
+                            observer.observe(ready, &[tenant_label(&stats), KeyValue::new("queue", queue.as_str())]);
+                        }
+                    }
+                }
+            })
+            .build();
+    }
+
+    /// Registers the broker connection's state.
+    pub fn observe_broker(&self, broker: &Broker) {
+        let connection = broker.clone();
+        self.meter
+            .u64_observable_gauge("tenantmq.broker.connected")
+            .with_description("1 while the RabbitMQ connection is up, else 0")
+            .with_callback(move |observer| observer.observe(connection.is_connected().into(), &[]))
+            .build();
+        // Each connection gets the next generation number, so reconnects are the highest generation seen
+        // minus the first connection; remembered while disconnected.
+        let connections = broker.subscribe();
+        let highest_generation = Arc::new(AtomicU64::new(0));
+        self.meter
+            .u64_observable_counter("tenantmq.broker.reconnects")
+            .with_description("Times the RabbitMQ connection was re-established")
+            .with_callback(move |observer| {
+                if let Some(connected) = connections.borrow().as_ref() {
+                    highest_generation.fetch_max(connected.generation, Ordering::Relaxed);
+                }
+                observer.observe(highest_generation.load(Ordering::Relaxed).saturating_sub(1), &[]);
+            })
+            .build();
+    }
+
+    /// Registers each projector's position and its distance from the head of the log.
+    pub fn observe_projectors(&self, projections: &Projections, head: watch::Receiver<i64>) {
+        let positions = projections.clone();
+        self.meter
+            .i64_observable_gauge("tenantmq.projector.position")
+            .with_description("Position in the event log up to which the projector has applied events")
+            .with_callback(move |observer| {
+                for (projector, position) in positions.positions() {
+                    observer.observe(position, &[KeyValue::new("projector", projector)]);
+                }
+            })
+            .build();
+        let lags = projections.clone();
+        self.meter
+            .i64_observable_gauge("tenantmq.projector.lag_events")
+            .with_description("Events in the log the projector has not applied yet (head minus position)")
+            .with_callback(move |observer| {
+                let head = *head.borrow();
+                for (projector, position) in lags.positions() {
+                    observer.observe((head - position).max(0), &[KeyValue::new("projector", projector)]);
+                }
+            })
+            .build();
     }
 
     /// The Prometheus text exposition of every metric.
@@ -90,4 +320,8 @@ impl Metrics {
         }
         String::from_utf8(buffer).unwrap_or_default()
     }
+}
+
+fn tenant_label(stats: &TenantStatsSnapshot) -> KeyValue {
+    KeyValue::new("tenant_id", stats.tenant.to_string())
 }

@@ -5,6 +5,7 @@
 mod dlq;
 mod events;
 mod health;
+pub mod instrumentation;
 pub mod json_body;
 mod messages;
 pub mod pagination;
@@ -82,6 +83,7 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .at("/openapi.json", api.spec_endpoint())
         .at("/metrics", poem::get(metrics))
         .nest("/", api)
+        .around(instrumentation::middleware)
         .catch_all_error(problem::into_problem)
         .around(request_context::middleware)
         .data(state)

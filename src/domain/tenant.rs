@@ -140,6 +140,17 @@ pub enum TenantCommand {
     Delete,
 }
 
+impl TenantCommand {
+    /// The command's name, for spans and logs.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Create { .. } => "CreateTenant",
+            Self::SetConcurrency { .. } => "SetConcurrency",
+            Self::Delete => "DeleteTenant",
+        }
+    }
+}
+
 /// What happened: the facts stored in the log. The serde tags are the stable, versioned type names.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event_type", content = "data")]

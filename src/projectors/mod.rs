@@ -49,6 +49,7 @@ pub struct Progress {
 
 /// Applies the events after the checkpoint, up to `batch_size` of them, in one transaction.
 /// Returns the new checkpoint and how many events were applied.
+#[tracing::instrument(name = "projector.step", level = "debug", skip_all, fields(projector = P::NAME))]
 async fn step<P: Projector>(
     db: &DatabaseConnection,
     projector: &P,
@@ -198,6 +199,14 @@ pub struct Projections {
 impl Projections {
     fn each(&self) -> [&watch::Receiver<Progress>; 2] {
         [&self.tenants, &self.partitions]
+    }
+
+    /// Each projector's name and position.
+    pub fn positions(&self) -> [(&'static str, i64); 2] {
+        [
+            (TenantsProjector::NAME, self.tenants.borrow().position),
+            (PartitionsProjector::NAME, self.partitions.borrow().position),
+        ]
     }
 
     /// Every projector has reached the head of the log at least once.

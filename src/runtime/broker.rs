@@ -88,6 +88,10 @@ impl Broker {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     event = events.next() => match event {
+                        // A soft error closes one channel only (e.g. a passive declare of a missing queue).
+                        Some(Event::Error(error)) if is_channel_error(&error) => {
+                            tracing::debug!(%error, "a channel was closed by the broker");
+                        }
                         Some(Event::Error(error)) => {
                             tracing::warn!(%error, "RabbitMQ connection failed; reconnecting");
                             break;
@@ -200,6 +204,11 @@ pub async fn inspect(channel: &Channel, queue: &str) -> Result<Option<(u32, u32)
         Err(error) if is_not_found(&error) => Ok(None),
         Err(error) => Err(error.into()),
     }
+}
+
+/// A soft AMQP error: the broker closed a channel, the connection stays up.
+fn is_channel_error(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))
 }
 
 pub(super) fn is_not_found(error: &lapin::Error) -> bool {

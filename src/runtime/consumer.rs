@@ -33,17 +33,16 @@ use crate::{
     backoff::Backoff,
     config::QueueType,
     domain::tenant::Workers,
-    metrics::Metrics,
     store::messages::{self, MessageWriter, NewMessage, WriteFailure},
 };
 
 use super::{
     broker::{self, Broker, BrokerError, TenantQueues},
     failure::{self, Disposition, Failure, FailureRecord, RetryPolicy},
-    manager::{ConsumerState, Control, TenantRuntime},
+    manager::{ConsumerState, Control, FailureReason, TenantRuntime},
 };
 
-/// Settings (and the metrics) every consumer shares.
+/// Settings every consumer shares.
 #[derive(Clone)]
 pub struct ConsumerSettings {
     pub queue_type: QueueType,
@@ -51,7 +50,6 @@ pub struct ConsumerSettings {
     pub batch_wait: Duration,
     pub instance_id: String,
     pub retry: RetryPolicy,
-    pub metrics: Metrics,
 }
 
 /// How a consumer ended when nothing went wrong.
@@ -116,7 +114,7 @@ pub async fn run(
             command = control.recv() => match command {
                 Some(Control::Resize(_)) => {
                     pool.fill();
-                    if let Err(error) = handover(&channel, &mut consumer, &deliveries).await {
+                    if let Err(error) = handover(&channel, &mut consumer, &deliveries, &runtime).await {
                         break Err(error);
                     }
                     subscription += 1;
@@ -130,6 +128,7 @@ pub async fn run(
             },
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
+                    runtime.delivery_received();
                     if deliveries.send(delivery).await.is_err() {
                         break Err(ConsumerError::CancelledByBroker);
                     }
@@ -148,7 +147,7 @@ pub async fn run(
 
     runtime.set_state(ConsumerState::Stopping);
     if channel.status().connected() {
-        let _ = handover(&channel, &mut consumer, &deliveries).await;
+        let _ = handover(&channel, &mut consumer, &deliveries, &runtime).await;
     }
     drop(deliveries);
     if channel.status().connected() {
@@ -201,12 +200,14 @@ async fn handover(
     channel: &Channel,
     consumer: &mut Consumer,
     deliveries: &mpsc::Sender<Delivery>,
+    runtime: &TenantRuntime,
 ) -> Result<(), ConsumerError> {
     channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
     // After cancel-ok the stream yields what it buffered, then ends. Anything not drained in time stays
     // unacked and returns to the queue when the channel closes.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(delivery)) = consumer.next().await {
+            runtime.delivery_received();
             if deliveries.send(delivery).await.is_err() {
                 break;
             }
@@ -227,7 +228,6 @@ struct WorkerContext {
     channel: Channel,
     queues: TenantQueues,
     retry: RetryPolicy,
-    metrics: Metrics,
     batch_size: usize,
     batch_wait: Duration,
     shutdown: CancellationToken,
@@ -257,7 +257,6 @@ impl WorkerPool {
             writer,
             channel,
             retry: settings.retry,
-            metrics: settings.metrics.clone(),
             batch_size: settings.batch_size.into(),
             batch_wait: settings.batch_wait,
             shutdown,
@@ -392,6 +391,7 @@ async fn next_batch(
 /// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
 /// queue or the DLQ (see [`failure`](super::failure)). Returns what must go back to the queue because the
 /// database is unavailable (the caller pauses first, so a database that is down is not hammered).
+#[tracing::instrument(name = "handle", skip_all, fields(tenant = %context.runtime.tenant, messages = batch.len()))]
 async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery> {
     let mut rows = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
@@ -437,7 +437,15 @@ async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery>
             },
         }
     }
+    let stats = context.runtime.stats();
+    for _ in &held_back {
+        stats.failed(FailureReason::Transient);
+    }
     for (delivery, id, failure) in failed {
+        stats.failed(match failure {
+            Failure::Transient(_) => FailureReason::Transient,
+            Failure::Permanent(_) => FailureReason::Permanent,
+        });
         if let Err(delivery) = retry_or_dead_letter(delivery, id, &failure, context).await {
             held_back.push(*delivery);
         }
@@ -472,11 +480,12 @@ async fn retry_or_dead_letter(
     }
     match disposition {
         Disposition::Retry { after } => {
+            context.runtime.stats().retried();
             tracing::info!(%tenant, %id, attempts = record.attempts, ?after, reason = record.reason, "retrying later");
         }
         Disposition::DeadLetter => {
             tracing::warn!(%tenant, %id, attempts = record.attempts, reason = record.reason, "dead-lettered");
-            context.metrics.dead_lettered(tenant);
+            context.runtime.stats().dead_lettered();
         }
     }
     settle(&delivery, Outcome::Moved, context).await;
@@ -510,12 +519,13 @@ enum Outcome {
 async fn settle(delivery: &Delivery, outcome: Outcome, context: &WorkerContext) {
     let settled = match outcome {
         Outcome::Persisted => {
-            context.metrics.persisted(context.runtime.tenant, 1);
+            context.runtime.stats().persisted(1);
             delivery.acker.ack(BasicAckOptions::default()).await
         }
         Outcome::Moved => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await,
     };
+    context.runtime.delivery_settled();
     if let Err(error) = settled {
         // The channel is gone: the broker redelivers, and the insert is idempotent.
         tracing::debug!(%error, ?outcome, "could not settle a delivery");

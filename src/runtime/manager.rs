@@ -5,7 +5,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex, RwLock,
-        atomic::{AtomicU16, Ordering},
+        atomic::{AtomicI64, AtomicU16, AtomicU32, AtomicU64, Ordering},
     },
 };
 
@@ -39,9 +39,157 @@ pub enum Control {
     Delete,
 }
 
+/// Why processing a message failed (`tenantmq_messages_failed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// It may succeed later (database down): the message is retried.
+    Transient,
+    /// It can never succeed (not JSON, refused by the database): the message is dead-lettered.
+    Permanent,
+}
+
+impl FailureReason {
+    pub const ALL: [Self; 2] = [Self::Transient, Self::Permanent];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+        }
+    }
+}
+
+/// A tenant's queues, as `tenantmq_queue_messages_ready{queue}` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    Main,
+    Retry,
+    DeadLetter,
+}
+
+impl QueueKind {
+    pub const ALL: [Self; 3] = [Self::Main, Self::Retry, Self::DeadLetter];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Main => "main",
+            Self::Retry => "retry",
+            Self::DeadLetter => "dlq",
+        }
+    }
+
+    /// The broker's name for this queue of `tenant`.
+    pub fn queue_name(self, tenant: TenantId) -> String {
+        match self {
+            Self::Main => tenant.queue_name(),
+            Self::Retry => format!("tenant_{tenant}_retry"),
+            Self::DeadLetter => format!("tenant_{tenant}_dlq"),
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// A tenant's message counters and last known queue depths, for `/metrics`. Kept by the [`TenantManager`]
+/// from the tenant's first consumer start until the tenant is gone from this instance, so that the counters
+/// survive consumer restarts (a Prometheus counter must not reset while its process lives) and the series
+/// disappear with the tenant.
+#[derive(Debug)]
+pub struct TenantStats {
+    consumed: AtomicU64,
+    persisted: AtomicU64,
+    failed: [AtomicU64; 2],
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    /// Desired workers as last set, reported also while no consumer runs.
+    desired: AtomicU16,
+    /// Ready messages per [`QueueKind`] from the last poll; -1 when unknown (the queue does not exist, or
+    /// the broker could not be asked).
+    queue_ready: [AtomicI64; 3],
+}
+
+/// A point-in-time copy of one tenant's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantStatsSnapshot {
+    pub tenant: TenantId,
+    pub consumed: u64,
+    pub persisted: u64,
+    pub failed_transient: u64,
+    pub failed_permanent: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub workers_desired: u16,
+    pub workers_running: u16,
+    pub workers_busy: u16,
+    /// Whether this instance's consumer of the tenant is consuming.
+    pub consumer_up: bool,
+    /// Deliveries this instance holds and has not settled yet.
+    pub unacked: u32,
+    /// Ready messages per [`QueueKind::ALL`], `None` when unknown.
+    pub queue_ready: [Option<u64>; 3],
+}
+
+impl TenantStats {
+    fn new(desired: Workers) -> Self {
+        Self {
+            consumed: AtomicU64::new(0),
+            persisted: AtomicU64::new(0),
+            failed: [AtomicU64::new(0), AtomicU64::new(0)],
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            desired: AtomicU16::new(desired.get()),
+            queue_ready: [AtomicI64::new(-1), AtomicI64::new(-1), AtomicI64::new(-1)],
+        }
+    }
+
+    /// Deliveries received from the broker (each redelivery counts again).
+    pub fn consumed(&self, count: u64) {
+        self.consumed.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Deliveries acked after their row was committed.
+    pub fn persisted(&self, count: u64) {
+        self.persisted.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// A processing attempt that failed (whatever happens to the message next).
+    pub fn failed(&self, reason: FailureReason) {
+        let index = match reason {
+            FailureReason::Transient => 0,
+            FailureReason::Permanent => 1,
+        };
+        self.failed[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message scheduled for another attempt.
+    pub fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A message sent to the tenant's dead-letter queue.
+    pub fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records a polled queue depth (`None`: unknown).
+    pub fn set_queue_ready(&self, queue: QueueKind, ready: Option<u32>) {
+        self.queue_ready[queue.index()].store(ready.map_or(-1, i64::from), Ordering::Relaxed);
+    }
+
+    fn set_desired(&self, workers: Workers) {
+        self.desired.store(workers.get(), Ordering::Relaxed);
+    }
+}
+
 /// One running tenant: shared by its consumer task (which updates it) and the API (which reads it).
 pub struct TenantRuntime {
     pub tenant: TenantId,
+    stats: Arc<TenantStats>,
+    /// Deliveries received and not yet settled by this consumer (per consumer: a restart starts at 0, as
+    /// the broker requeues what the old channel held).
+    unacked: AtomicU32,
     /// The pool size the workers follow; a watch so that idle workers notice a shrink at once.
     desired: watch::Sender<Workers>,
     running: AtomicU16,
@@ -52,9 +200,17 @@ pub struct TenantRuntime {
 }
 
 impl TenantRuntime {
-    pub fn new(tenant: TenantId, workers: Workers, control: mpsc::UnboundedSender<Control>) -> Self {
+    pub fn new(
+        tenant: TenantId,
+        workers: Workers,
+        control: mpsc::UnboundedSender<Control>,
+        stats: Arc<TenantStats>,
+    ) -> Self {
+        stats.set_desired(workers);
         Self {
             tenant,
+            stats,
+            unacked: AtomicU32::new(0),
             desired: watch::Sender::new(workers),
             running: AtomicU16::new(0),
             busy: AtomicU16::new(0),
@@ -73,7 +229,28 @@ impl TenantRuntime {
     }
 
     pub(super) fn set_desired(&self, workers: Workers) {
+        self.stats.set_desired(workers);
         self.desired.send_replace(workers);
+    }
+
+    /// The tenant's counters (they outlive this consumer).
+    pub fn stats(&self) -> &TenantStats {
+        &self.stats
+    }
+
+    /// A delivery arrived from the broker: consumed, and held until [`TenantRuntime::delivery_settled`].
+    pub fn delivery_received(&self) {
+        self.stats.consumed(1);
+        self.unacked.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A delivery was acked, rejected or nacked (or the attempt failed because the channel is gone).
+    pub fn delivery_settled(&self) {
+        let _ = self.unacked.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    pub fn unacked(&self) -> u32 {
+        self.unacked.load(Ordering::Relaxed)
     }
 
     pub fn running(&self) -> u16 {
@@ -124,13 +301,69 @@ impl Drop for BusyGuard<'_> {
     }
 }
 
-/// The registry of running tenants.
+/// The registry of running tenants, and of the stats of every tenant this instance has consumed for.
 #[derive(Clone, Default)]
 pub struct TenantManager {
     tenants: Arc<RwLock<HashMap<TenantId, Arc<TenantRuntime>>>>,
+    stats: Arc<RwLock<HashMap<TenantId, Arc<TenantStats>>>>,
 }
 
 impl TenantManager {
+    /// The tenant's stats, created on first use.
+    pub(super) fn stats_of(&self, tenant: TenantId, workers: Workers) -> Arc<TenantStats> {
+        if let Some(stats) = self.stats.read().unwrap_or_else(|e| e.into_inner()).get(&tenant) {
+            return stats.clone();
+        }
+        let mut stats = self.stats.write().unwrap_or_else(|e| e.into_inner());
+        stats.entry(tenant).or_insert_with(|| Arc::new(TenantStats::new(workers))).clone()
+    }
+
+    /// Tenants with stats: the ones `/metrics` reports.
+    pub fn tenants_with_stats(&self) -> Vec<(TenantId, Arc<TenantStats>)> {
+        let stats = self.stats.read().unwrap_or_else(|e| e.into_inner());
+        stats.iter().map(|(tenant, stats)| (*tenant, stats.clone())).collect()
+    }
+
+    /// Drops the stats of tenants that are not `wanted` and have no consumer here any more, so that their
+    /// series leave `/metrics`.
+    pub(super) fn forget_stats_unless(&self, wanted: impl Fn(&TenantId) -> bool) {
+        let running = self.read();
+        self.stats
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|tenant, _| wanted(tenant) || running.contains_key(tenant));
+    }
+
+    /// Every tenant's numbers, for one scrape.
+    pub fn snapshot(&self) -> Vec<TenantStatsSnapshot> {
+        let running = self.read();
+        let stats = self.stats.read().unwrap_or_else(|e| e.into_inner());
+        stats
+            .iter()
+            .map(|(&tenant, stats)| {
+                let runtime = running.get(&tenant);
+                let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+                TenantStatsSnapshot {
+                    tenant,
+                    consumed: load(&stats.consumed),
+                    persisted: load(&stats.persisted),
+                    failed_transient: load(&stats.failed[0]),
+                    failed_permanent: load(&stats.failed[1]),
+                    retried: load(&stats.retried),
+                    dead_lettered: load(&stats.dead_lettered),
+                    workers_desired: stats.desired.load(Ordering::Relaxed),
+                    workers_running: runtime.map_or(0, |r| r.running()),
+                    workers_busy: runtime.map_or(0, |r| r.busy()),
+                    consumer_up: runtime.is_some_and(|r| r.state() == ConsumerState::Running),
+                    unacked: runtime.map_or(0, |r| r.unacked()),
+                    queue_ready: std::array::from_fn(|i| {
+                        u64::try_from(stats.queue_ready[i].load(Ordering::Relaxed)).ok()
+                    }),
+                }
+            })
+            .collect()
+    }
+
     pub fn get(&self, tenant: TenantId) -> Option<Arc<TenantRuntime>> {
         self.read().get(&tenant).cloned()
     }

@@ -7,6 +7,7 @@ pub mod dead_letters;
 pub mod failure;
 pub mod manager;
 pub mod publisher;
+pub mod queue_depth;
 pub mod reconciler;
 
 use std::sync::Arc;
@@ -32,8 +33,8 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Spawns the broker supervisor into `background` (it must outlive the consumers) and the reconciler into
-    /// `consumers` (stopped first on shutdown, through `stop_consumers`).
+    /// Spawns the broker supervisor and the queue depth poller into `background` (they must outlive the
+    /// consumers) and the reconciler into `consumers` (stopped first on shutdown, through `stop_consumers`).
     pub fn spawn(
         config: &Config,
         db: &DatabaseConnection,
@@ -43,14 +44,22 @@ impl Runtime {
         consumers: (&mut JoinSet<&'static str>, &CancellationToken),
     ) -> Self {
         let broker = Broker::new(config.rabbitmq.url.clone());
+        let manager = TenantManager::default();
+        metrics.observe_broker(&broker);
+        metrics.observe_tenants(&manager);
         let (tasks, cancel) = background;
-        let (supervisor, cancel) = (broker.clone(), cancel.clone());
+        let (supervisor, stop) = (broker.clone(), cancel.clone());
         tasks.spawn(async move {
-            supervisor.supervise(cancel).await;
+            supervisor.supervise(stop).await;
             "broker connection"
         });
+        let (poller, connection, stop) = (manager.clone(), broker.clone(), cancel.clone());
+        let interval = config.metrics.queue_poll_interval;
+        tasks.spawn(async move {
+            queue_depth::poll(poller, connection, interval, stop).await;
+            "queue depth poller"
+        });
 
-        let manager = TenantManager::default();
         let reconciler = reconciler::Reconciler {
             manager: manager.clone(),
             broker: broker.clone(),
@@ -66,7 +75,6 @@ impl Runtime {
                     delay: config.consumer.retry_delay,
                     max_delay: config.consumer.retry_max_delay,
                 },
-                metrics: metrics.clone(),
             }),
             projection: projections.tenants.clone(),
             resync_interval: config.consumer.resync_interval,

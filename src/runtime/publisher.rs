@@ -75,6 +75,7 @@ impl Publisher {
     /// Publishes persistent messages to the tenant's queue and returns once the broker has confirmed all of
     /// them. A message the broker returns as unroutable (the queue is not declared yet) is published again
     /// after declaring the tenant's queues.
+    #[tracing::instrument(name = "publish", skip_all, fields(%tenant, messages = messages.len()))]
     pub async fn publish(&self, tenant: TenantId, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
         tokio::time::timeout(self.timeout, self.publish_confirmed(tenant, messages))
             .await

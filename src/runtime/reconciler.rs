@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     domain::tenant::{TenantId, Workers},
-    metrics::{Metrics, ReconcilerAction},
+    metrics::{Metrics, ReconcilerAction, ReconcilerError},
     store::{messages::MessageWriter, tenants::TenantReadModel},
     {backoff::Backoff, projectors::Progress},
 };
@@ -93,6 +93,7 @@ impl Reconciler {
             Ok(desired) => desired,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the desired runtime; retrying at the next resync");
+                self.metrics.reconciler_error(ReconcilerError::DesiredState);
                 return;
             }
         };
@@ -128,6 +129,7 @@ impl Reconciler {
                 self.metrics.reconciler_action(ReconcilerAction::Stop);
             }
         }
+        self.manager.forget_stats_unless(|tenant| wanted.contains_key(tenant));
     }
 
     fn start(
@@ -142,9 +144,10 @@ impl Reconciler {
         tracing::info!(%tenant, workers = workers.get(), generation, "starting consumer");
         self.metrics.reconciler_action(ReconcilerAction::Start);
         let (control, commands) = mpsc::unbounded_channel();
-        let runtime = Arc::new(TenantRuntime::new(tenant, workers, control));
+        let stats = self.manager.stats_of(tenant, workers);
+        let runtime = Arc::new(TenantRuntime::new(tenant, workers, control, stats));
         self.manager.insert(runtime.clone());
-        let writer = MessageWriter::new(self.pool.clone(), tenant);
+        let writer = MessageWriter::new(self.pool.clone(), tenant, self.metrics.clone());
         let (broker, settings, shutdown) = (self.broker.clone(), self.settings.clone(), shutdown.clone());
         let handle = consumers.spawn(async move {
             let ended = consumer::run(runtime, commands, broker, writer, settings, generation, shutdown).await;
@@ -177,6 +180,7 @@ impl Reconciler {
                 retry.at = Instant::now() + delay;
                 tracing::warn!(%tenant, %error, ?delay, "consumer failed; restarting after a pause");
                 self.metrics.reconciler_action(ReconcilerAction::Restart);
+                self.metrics.reconciler_error(ReconcilerError::ConsumerFailed);
             }
         }
     }
@@ -188,6 +192,7 @@ impl Reconciler {
             Ok(deleted) => deleted,
             Err(error) => {
                 tracing::warn!(%error, "cannot list deleted tenants");
+                self.metrics.reconciler_error(ReconcilerError::QueueSweep);
                 return false;
             }
         };
@@ -201,6 +206,7 @@ impl Reconciler {
         for tenant in deleted {
             if let Err(error) = broker::delete(&channel, tenant).await {
                 tracing::warn!(%tenant, %error, "cannot delete the queues of a deleted tenant");
+                self.metrics.reconciler_error(ReconcilerError::QueueSweep);
                 return false;
             }
         }

@@ -96,3 +96,45 @@ async fn migrate_creates_the_database_and_goes_down_and_up() {
     assert_eq!(run("up"), up);
     crate::helpers::drop_database(&url).await;
 }
+
+#[tokio::test]
+async fn healthcheck_exits_0_while_the_service_is_ready_and_1_when_nothing_answers() {
+    let app = crate::helpers::TestApp::spawn().await;
+    let port = app.base_url.rsplit_once(':').expect("host:port").1.to_owned();
+    let probe = |port: String| {
+        tokio::task::spawn_blocking(move || {
+            tenantmq(&["healthcheck", "--path", "/healthz"], &[("TENANTMQ_SERVER__PORT", port.as_str())])
+        })
+    };
+    let output = probe(port).await.expect("probe ran");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    app.stop().await;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
+    let output = probe(closed.to_string()).await.expect("probe ran");
+    assert_eq!(output.status.code(), Some(1), "nothing listens on {closed}");
+}
+
+/// Every leaf key of `tenantmq config` (dotted), in order.
+fn config_keys(value: &Value, prefix: &str, keys: &mut Vec<String>) {
+    match value.as_object() {
+        Some(object) => {
+            for (key, child) in object {
+                let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                config_keys(child, &path, keys);
+            }
+        }
+        None => keys.push(prefix.to_owned()),
+    }
+}
+
+#[test]
+fn every_configuration_key_is_documented_in_operations_md() {
+    let config = effective_config(&["config"], &[]);
+    let mut keys = Vec::new();
+    config_keys(&config, "", &mut keys);
+    assert!(keys.len() > 30 && keys.iter().any(|k| k == "metrics.queue_poll_interval"), "{keys:?}");
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).expect("guide");
+    let undocumented: Vec<&String> = keys.iter().filter(|k| !guide.contains(&format!("| `{k}` |"))).collect();
+    assert!(undocumented.is_empty(), "add these keys to the table in docs/operations.md: {undocumented:?}");
+}

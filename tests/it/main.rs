@@ -5,6 +5,7 @@ mod dead_letters;
 mod event_store;
 mod faults;
 mod helpers;
+mod metrics;
 mod openapi;
 mod processes;
 mod projectors;

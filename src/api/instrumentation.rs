@@ -1,0 +1,127 @@
+//! Measures every HTTP request: `tenantmq_http_requests_total{method,route,status}` and
+//! `tenantmq_http_request_duration_seconds{method,route}`, and runs it in an `http.request` span (method,
+//! route, status, request id), so every log line of the request carries them. `route` is the matched route
+//! template (e.g. `/tenants/{id}/messages`), never the raw path, so the label stays bounded; a path that
+//! matches no route is `unmatched`. Methods outside the standard set are `other` for the same reason.
+
+use std::{collections::HashMap, sync::OnceLock, time::Instant};
+
+use poem::{Endpoint, IntoResponse, PathPattern, Request, Response, error::NotFoundError, http::Method};
+use tracing::{Instrument, field::Empty};
+
+use super::{AppState, problem, request_context::RequestContext};
+
+/// The `route` of requests whose path matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Runs inside the router's error catcher, so it turns errors into their problem documents itself: the
+/// status it counts is the one the client gets, and the route template (which poem attaches to the
+/// response or error of the innermost matched route) is still at hand.
+pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<Response> {
+    let started = Instant::now();
+    let method = method_label(request.method());
+    let metrics = request.data::<AppState>().map(|state| state.metrics.clone());
+    let request_id = request.extensions().get::<RequestContext>().map(|c| c.request_id.clone()).unwrap_or_default();
+    let span = tracing::info_span!("http.request", method, route = Empty, status = Empty, %request_id);
+    let (response, route) = match next.call(request).instrument(span.clone()).await {
+        Ok(output) => {
+            let response = output.into_response();
+            let route = response.data::<PathPattern>().map(route_template);
+            (response, route)
+        }
+        Err(error) => {
+            let route =
+                if error.is::<NotFoundError>() { None } else { error.data::<PathPattern>().map(route_template) };
+            (problem::into_problem(error).await, route)
+        }
+    };
+    let route = route.as_deref().unwrap_or(UNMATCHED_ROUTE);
+    span.record("route", route).record("status", response.status().as_u16());
+    if let Some(metrics) = metrics {
+        metrics.http_request(method, route, response.status().as_u16(), started.elapsed());
+    }
+    Ok(response)
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The route as the OpenAPI document writes it (`/tenants/{id}/messages`); an empty pattern is the root.
+fn route_template(pattern: &PathPattern) -> String {
+    let template = with_braces(&pattern.0);
+    if template.is_empty() {
+        return "/".to_owned();
+    }
+    documented_names().get(&template).cloned().unwrap_or(template)
+}
+
+/// poem's `:name` and `*name` segments as `{name}`.
+fn with_braces(pattern: &str) -> String {
+    pattern
+        .split('/')
+        .map(|segment| match segment.strip_prefix(':').or_else(|| segment.strip_prefix('*')) {
+            Some(name) if !name.is_empty() => format!("{{{name}}}"),
+            _ => segment.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// poem-openapi routes its operations with positional parameters (`/tenants/:param0/messages`); this maps
+/// each positional form to the path the OpenAPI document (and so every client and dashboard) uses.
+fn documented_names() -> &'static HashMap<String, String> {
+    static NAMES: OnceLock<HashMap<String, String>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let document: serde_json::Value = serde_json::from_str(&super::service().spec()).unwrap_or_default();
+        let paths = document["paths"].as_object().map(|paths| paths.keys().cloned().collect()).unwrap_or_default();
+        positional_forms(paths)
+    })
+}
+
+fn positional_forms(paths: Vec<String>) -> HashMap<String, String> {
+    paths
+        .into_iter()
+        .map(|path| {
+            let mut index = 0;
+            let positional = path
+                .split('/')
+                .map(|segment| {
+                    if segment.starts_with('{') && segment.ends_with('}') {
+                        index += 1;
+                        format!("{{param{}}}", index - 1)
+                    } else {
+                        segment.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            (positional, path)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_templates_use_openapi_parameter_syntax() {
+        let template = |pattern: &str| route_template(&PathPattern(pattern.into()));
+        assert_eq!(template("/tenants/:param0/messages"), "/tenants/{id}/messages");
+        assert_eq!(template("/tenants/:param0/config/concurrency"), "/tenants/{id}/config/concurrency");
+        assert_eq!(template("/tenants/:param0"), "/tenants/{id}");
+        assert_eq!(template("/metrics"), "/metrics");
+        assert_eq!(template(""), "/");
+        assert_eq!(template("/docs/*path"), "/docs/{path}");
+    }
+}

@@ -1,0 +1,69 @@
+//! Reads how many messages are ready in every tenant's queues, for `tenantmq_queue_messages_ready`. There is
+//! no management API to ask (RabbitMQ may run without the plugin), so each queue gets a passive declare,
+//! which answers its ready count without creating it; at `metrics.queue_poll_interval`, not per scrape, so
+//! a busy Prometheus cannot load the broker.
+
+use std::time::Duration;
+
+use lapin::Channel;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Broker, TenantManager,
+    broker::{self},
+    manager::QueueKind,
+};
+
+/// Polls until `cancel`.
+pub async fn poll(manager: TenantManager, broker: Broker, interval: Duration, cancel: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // A pass that hangs on a half-dead connection must not stop the next one.
+    let pass_limit = interval.max(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            passed = tokio::time::timeout(pass_limit, poll_once(&manager, &broker)) => if passed.is_err() {
+                tracing::warn!(?pass_limit, "polling queue depths took too long; trying again at the next interval");
+            },
+        }
+    }
+}
+
+/// Reads every queue of every tenant this instance keeps stats for; a queue that cannot be read (missing,
+/// or the broker is down) is recorded as unknown, so its series disappears instead of going stale.
+pub async fn poll_once(manager: &TenantManager, broker: &Broker) {
+    let mut channel = None;
+    for (tenant, stats) in manager.tenants_with_stats() {
+        for queue in QueueKind::ALL {
+            stats.set_queue_ready(queue, ready_messages(&mut channel, broker, &queue.queue_name(tenant)).await);
+        }
+    }
+    if let Some(channel) = channel.filter(|c| c.status().connected()) {
+        let _ = channel.close(200, "queue depths read".into()).await;
+    }
+}
+
+/// The queue's ready count. The broker closes the channel after a passive declare of a missing queue (and
+/// after any error), so the channel is dropped then and a new one opened for the next question.
+async fn ready_messages(channel: &mut Option<Channel>, broker: &Broker, queue: &str) -> Option<u32> {
+    if channel.as_ref().is_none_or(|c| !c.status().connected()) {
+        *channel = broker.channel().await.ok();
+    }
+    let ready = match broker::inspect(channel.as_ref()?, queue).await {
+        Ok(found) => found.map(|(ready, _consumers)| ready),
+        Err(error) => {
+            tracing::debug!(%error, queue, "cannot read a queue's depth");
+            None
+        }
+    };
+    if ready.is_none() {
+        *channel = None;
+    }
+    ready
+}
