@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::helpers::{
     TestApp, amqp, assert_problem, await_consumer, dlq, eventually, publish_raw, queue_state, retry_queue, test_config,
 };
+use crate::metrics::Scrape;
 
 async fn dlq_depth(broker: &lapin::Connection, tenant: &str) -> Option<u32> {
     queue_state(broker, dlq(tenant)).await.map(|(ready, _)| ready)
@@ -172,6 +173,11 @@ async fn a_fault_that_outlasts_the_retries_dead_letters_and_a_replay_persists_ea
         assert!(ids["ids"].as_array().expect("ids").contains(&letter["id"]), "{letter}");
     }
     assert_eq!(app.message_count(&tenant).await, 0);
+    let scrape = Scrape::of(&app).await;
+    let transient = scrape.value("tenantmq_messages_failed_total", &[("tenant_id", &tenant), ("reason", "transient")]);
+    assert_eq!(transient, Some(6.0), "three failed attempts each");
+    assert_eq!(scrape.tenant("tenantmq_messages_retried_total", &tenant), Some(4.0));
+    assert_eq!(scrape.tenant("tenantmq_messages_dead_lettered_total", &tenant), Some(2.0));
 
     release(lock).await;
     let replay = app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({})).await;

@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, amqp, eventually, queue_state, test_config};
+use crate::helpers::{TestApp, amqp, await_consumer, eventually, queue_state, test_config};
 
 /// One line of the text exposition: `name{labels} value`.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,10 +45,10 @@ fn parse_labels(mut text: &str) -> BTreeMap<String, String> {
     labels
 }
 
-struct Scrape(Vec<Sample>);
+pub struct Scrape(Vec<Sample>);
 
 impl Scrape {
-    async fn of(app: &TestApp) -> Self {
+    pub async fn of(app: &TestApp) -> Self {
         let response = app.get("/metrics").await;
         assert_eq!(response.status(), StatusCode::OK);
         let content_type = response.headers()["content-type"].to_str().expect("ascii").to_owned();
@@ -57,7 +57,7 @@ impl Scrape {
     }
 
     /// The value of the one series with this name and these labels (among others), if exported.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let matching: Vec<&Sample> = self
             .0
             .iter()
@@ -67,7 +67,7 @@ impl Scrape {
         matching.first().map(|s| s.value)
     }
 
-    fn tenant(&self, name: &str, tenant: &str) -> Option<f64> {
+    pub fn tenant(&self, name: &str, tenant: &str) -> Option<f64> {
         self.value(name, &[("tenant_id", tenant)])
     }
 
@@ -80,14 +80,6 @@ fn fast_polling() -> tenantmq::config::Config {
     let mut config = test_config();
     config.metrics.queue_poll_interval = Duration::from_millis(200);
     config
-}
-
-async fn await_consumer(tenant: &str) {
-    let broker = amqp().await;
-    eventually(Duration::from_secs(20), "the tenant's consumer", || async {
-        queue_state(&broker, format!("tenant_{tenant}_queue")).await.filter(|(_, consumers)| *consumers == 1)
-    })
-    .await;
 }
 
 #[tokio::test]
@@ -182,7 +174,7 @@ async fn queue_depth_rises_while_the_consumer_is_held_back_and_falls_to_zero() {
     let app = TestApp::spawn_with(config).await;
     let response = app.post_json("/tenants", &json!({ "name": "backlog", "workers": 1 })).await;
     let tenant = response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
-    await_consumer(&tenant).await;
+    await_consumer(&amqp().await, &tenant).await;
 
     let hold = app.db.begin().await.expect("transaction");
     let partition = format!("messages_{}", tenant.replace('-', ""));
