@@ -8,7 +8,7 @@ use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, amqp, await_consumer, eventually, queue_state, test_config};
+use crate::helpers::{TestApp, amqp, await_consumer, eventually, test_config};
 
 /// One line of the text exposition: `name{labels} value`.
 #[derive(Debug, Clone, PartialEq)]
