@@ -167,6 +167,12 @@ fn queue_arguments(queue_type: QueueType, dead_letter_to: Option<&str>) -> Field
     if let Some(target) = dead_letter_to {
         arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
         arguments.insert("x-dead-letter-routing-key".into(), AMQPValue::LongString(target.into()));
+        if queue_type == QueueType::Quorum {
+            // Quorum queues dead-letter at most once by default; expired retries must not vanish on a node
+            // failure. At-least-once dead-lettering requires `reject-publish` overflow.
+            arguments.insert("x-dead-letter-strategy".into(), AMQPValue::LongString("at-least-once".into()));
+            arguments.insert("x-overflow".into(), AMQPValue::LongString("reject-publish".into()));
+        }
     }
     arguments
 }

@@ -9,6 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::dead_letters::{lock_partition, release};
 use crate::helpers::{
     TestApp, amqp, await_consumer, dlq, eventually, publish_raw, queue, queue_state, retry_queue, slow_down_inserts,
     test_config,
@@ -260,6 +261,8 @@ async fn publishing_to_an_unknown_or_deleted_tenant_is_404_and_oversized_is_413(
 async fn with_quorum_queues_messages_become_rows_and_failures_reach_the_dlq() {
     let mut config = test_config();
     config.rabbitmq.queue_type = tenantmq::config::QueueType::Quorum;
+    config.database.statement_timeout = Some(Duration::from_millis(300));
+    config.consumer.retry_delay = Duration::from_millis(300);
     let app = TestApp::spawn_with(config).await;
     let broker = amqp().await;
     let tenant = app.create_tenant_id("quorum").await;
@@ -283,5 +286,16 @@ async fn with_quorum_queues_messages_become_rows_and_failures_reach_the_dlq() {
         (queue_state(&broker, dlq(&tenant)).await.map(|(ready, _)| ready) == Some(1)).then_some(())
     })
     .await;
+
+    // A retry (per-message TTL, dead-lettered back from the quorum retry queue) works too.
+    let lock = lock_partition(&app, &tenant).await;
+    let published = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": "retried" })).await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(30), "the message in the retry queue", || async {
+        (queue_state(&broker, retry_queue(&tenant)).await.map(|(ready, _)| ready) == Some(1)).then_some(())
+    })
+    .await;
+    release(lock).await;
+    app.await_messages(&tenant, 201).await;
     app.stop().await;
 }
