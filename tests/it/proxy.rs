@@ -30,11 +30,13 @@ impl Proxy {
         let (upstream, cuts_, up_) = (upstream.to_owned(), cuts.clone(), up.clone());
         let listener = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                // Subscribe first: `take_down` marks the proxy down before it cuts, so a connection either
+                // sees it down here or is subscribed in time to be cut.
+                let mut cut = cuts_.subscribe();
                 if !*up_.borrow() {
                     drop(client);
                     continue;
                 }
-                let mut cut = cuts_.subscribe();
                 let upstream = upstream.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
