@@ -37,6 +37,7 @@ use crate::{
 };
 
 use super::{
+    acks::AckCoordinator,
     broker::{self, Broker, BrokerError, TenantQueues},
     failure::{self, Disposition, Failure, FailureRecord, RetryPolicy},
     manager::{ConsumerState, Control, FailureReason, TenantRuntime},
@@ -105,7 +106,9 @@ pub async fn run(
     // consumers (old and new, during a resize) feed it.
     let capacity = 2 * prefetch(u16::MAX, settings.batch_size) as usize;
     let (deliveries, receiver) = mpsc::channel(capacity);
-    let mut pool = WorkerPool::new(receiver, runtime.clone(), writer, channel.clone(), &settings, shutdown.clone());
+    let acks = Arc::new(AckCoordinator::new(channel.clone()));
+    let mut pool =
+        WorkerPool::new(receiver, runtime.clone(), writer, channel.clone(), acks.clone(), &settings, shutdown.clone());
     pool.fill();
 
     let ended = loop {
@@ -114,7 +117,7 @@ pub async fn run(
             command = control.recv() => match command {
                 Some(Control::Resize(_)) => {
                     pool.fill();
-                    if let Err(error) = handover(&channel, &mut consumer, &deliveries, &runtime).await {
+                    if let Err(error) = handover(&channel, &mut consumer, &deliveries, &runtime, &acks).await {
                         break Err(error);
                     }
                     subscription += 1;
@@ -128,8 +131,7 @@ pub async fn run(
             },
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    runtime.delivery_received();
-                    if deliveries.send(delivery).await.is_err() {
+                    if !enqueue(delivery, &deliveries, &runtime, &acks).await {
                         break Err(ConsumerError::CancelledByBroker);
                     }
                 }
@@ -147,7 +149,7 @@ pub async fn run(
 
     runtime.set_state(ConsumerState::Stopping);
     if channel.status().connected() {
-        let _ = handover(&channel, &mut consumer, &deliveries, &runtime).await;
+        let _ = handover(&channel, &mut consumer, &deliveries, &runtime, &acks).await;
     }
     drop(deliveries);
     if channel.status().connected() {
@@ -195,20 +197,32 @@ async fn subscribe(
     Ok(consumer)
 }
 
+/// Passes a delivery to the pool, registered with the ack coordinator first. False when the pool is gone.
+async fn enqueue(
+    delivery: Delivery,
+    deliveries: &mpsc::Sender<Delivery>,
+    runtime: &TenantRuntime,
+    acks: &AckCoordinator,
+) -> bool {
+    runtime.delivery_received();
+    acks.received(delivery.delivery_tag);
+    deliveries.send(delivery).await.is_ok()
+}
+
 /// Cancels `consumer` and passes the deliveries it had already received to the pool.
 async fn handover(
     channel: &Channel,
     consumer: &mut Consumer,
     deliveries: &mpsc::Sender<Delivery>,
     runtime: &TenantRuntime,
+    acks: &AckCoordinator,
 ) -> Result<(), ConsumerError> {
     channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
     // After cancel-ok the stream yields what it buffered, then ends. Anything not drained in time stays
     // unacked and returns to the queue when the channel closes.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(Ok(delivery)) = consumer.next().await {
-            runtime.delivery_received();
-            if deliveries.send(delivery).await.is_err() {
+            if !enqueue(delivery, deliveries, runtime, acks).await {
                 break;
             }
         }
@@ -226,6 +240,7 @@ struct WorkerContext {
     writer: MessageWriter,
     /// The consumer's channel, in confirm mode: failed messages are republished on it.
     channel: Channel,
+    acks: Arc<AckCoordinator>,
     queues: TenantQueues,
     retry: RetryPolicy,
     batch_size: usize,
@@ -248,6 +263,7 @@ impl WorkerPool {
         runtime: Arc<TenantRuntime>,
         writer: MessageWriter,
         channel: Channel,
+        acks: Arc<AckCoordinator>,
         settings: &ConsumerSettings,
         shutdown: CancellationToken,
     ) -> Self {
@@ -256,6 +272,7 @@ impl WorkerPool {
             runtime,
             writer,
             channel,
+            acks,
             retry: settings.retry,
             batch_size: settings.batch_size.into(),
             batch_wait: settings.batch_wait,
@@ -408,11 +425,7 @@ async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery>
     let mut held_back = Vec::new();
     if !rows.is_empty() {
         match context.writer.insert(&rows).await {
-            Ok(_) => {
-                for delivery in &accepted {
-                    settle(delivery, Outcome::Persisted, context).await;
-                }
-            }
+            Ok(_) => acknowledge_committed(&accepted, context).await,
             Err(error) => match messages::classify(&error) {
                 WriteFailure::Unavailable => {
                     tracing::warn!(tenant = %context.runtime.tenant, %error, "the database is unavailable");
@@ -422,7 +435,7 @@ async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery>
                     // One bad row fails the whole statement: find it by writing one at a time.
                     for (row, delivery) in rows.into_iter().zip(accepted) {
                         match context.writer.insert(std::slice::from_ref(&row)).await {
-                            Ok(_) => settle(&delivery, Outcome::Persisted, context).await,
+                            Ok(_) => acknowledge_committed(std::slice::from_ref(&delivery), context).await,
                             Err(error) => match messages::classify(&error) {
                                 WriteFailure::Unavailable => held_back.push(delivery),
                                 kind => failed.push((delivery, row.id, write_failure(kind, &error))),
@@ -505,28 +518,36 @@ fn decode(delivery: &Delivery) -> Result<NewMessage, &'static str> {
     Ok(NewMessage { id, payload: text.to_owned() })
 }
 
+/// Their rows are committed: counted, and acked through the coordinator (in `multiple` acks where safe).
+async fn acknowledge_committed(deliveries: &[Delivery], context: &WorkerContext) {
+    context.runtime.stats().persisted(deliveries.len() as u64);
+    for _ in deliveries {
+        context.runtime.delivery_settled();
+    }
+    if let Err(error) = context.acks.committed(deliveries.iter().map(|d| d.delivery_tag)).await {
+        // The channel is gone: the broker redelivers, and the insert is idempotent.
+        tracing::debug!(%error, "could not ack committed deliveries");
+    }
+}
+
+/// How a delivery is settled on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
-    /// Its row is committed.
-    Persisted,
-    /// A copy is in the retry queue or the DLQ.
+    /// A copy is in the retry queue or the DLQ: ack.
     Moved,
-    /// Back to the queue, to be delivered again.
+    /// Back to the queue, to be delivered again: nack with requeue.
     Requeue,
 }
 
-/// Acks or requeues, and counts what was persisted.
+/// Acks or requeues one delivery, then lets the coordinator ack what it held back.
 async fn settle(delivery: &Delivery, outcome: Outcome, context: &WorkerContext) {
     let settled = match outcome {
-        Outcome::Persisted => {
-            context.runtime.stats().persisted(1);
-            delivery.acker.ack(BasicAckOptions::default()).await
-        }
         Outcome::Moved => delivery.acker.ack(BasicAckOptions::default()).await,
         Outcome::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await,
     };
     context.runtime.delivery_settled();
-    if let Err(error) = settled {
+    let released = context.acks.settled_alone(delivery.delivery_tag).await;
+    if let Err(error) = settled.map(|_| ()).and(released) {
         // The channel is gone: the broker redelivers, and the insert is idempotent.
         tracing::debug!(%error, ?outcome, "could not settle a delivery");
     }

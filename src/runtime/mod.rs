@@ -1,6 +1,7 @@
 //! The runtime: the broker connection, one consumer with a worker pool per live tenant (kept in step with
 //! the tenants projection by the reconciler), and the publisher.
 
+pub mod acks;
 pub mod broker;
 pub mod consumer;
 pub mod dead_letters;
