@@ -60,7 +60,9 @@ pub async fn produce(connection: &Connection, tenants: &[TenantId], settings: Pr
                         .with_content_type("application/json".into())
                         .with_delivery_mode(2);
                     confirms.push(
-                        channel.basic_publish("".into(), queue.as_str().into(), options, body.as_bytes(), properties).await?,
+                        channel
+                            .basic_publish("".into(), queue.as_str().into(), options, body.as_bytes(), properties)
+                            .await?,
                     );
                 }
                 for confirm in confirms {
@@ -186,8 +188,10 @@ pub async fn naive(services: &Services, tenants: usize, settings: ProducerSettin
     }
     let started = Instant::now();
     let total = i64::try_from(settings.messages)?;
-    let (produced, rows) =
-        tokio::join!(produce(&connection, &tenants, settings), env::await_rows(&db, None, total, Duration::from_secs(1800)));
+    let (produced, rows) = tokio::join!(
+        produce(&connection, &tenants, settings),
+        env::await_rows(&db, None, total, Duration::from_secs(1800))
+    );
     produced?;
     let elapsed = rows?.duration_since(started);
     consumers.abort_all();

@@ -56,7 +56,12 @@ pub async fn raw_database(services: &Services, settings: DbSettings) -> Result<R
         let mut chunk = String::with_capacity(1 << 20);
         for n in 0..settings.messages {
             // Text format: tab-separated; the payload has no tab, backslash or newline to escape.
-            chunk.push_str(&format!("{}\t{}\t{}\n", tenant.as_uuid(), Uuid::now_v7(), env::payload(n, settings.payload_bytes)));
+            chunk.push_str(&format!(
+                "{}\t{}\t{}\n",
+                tenant.as_uuid(),
+                Uuid::now_v7(),
+                env::payload(n, settings.payload_bytes)
+            ));
             if chunk.len() >= (1 << 20) - 4096 {
                 copy.send(chunk.as_bytes()).await?;
                 chunk.clear();

@@ -43,10 +43,10 @@ struct Cli {
     #[arg(long, default_value_t = 128)]
     payload_bytes: usize,
     /// AMQP producer channels (each with publisher confirms).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     publishers: usize,
     /// Messages an AMQP producer publishes before awaiting their confirms.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 500)]
     publish_window: usize,
     /// Concurrent HTTP clients for the batch-publish run.
     #[arg(long, default_value_t = 4)]
@@ -154,8 +154,12 @@ async fn main() -> Result<()> {
     let mut raw_db = None;
     if cli.wants("db") {
         eprintln!("raw database: {} rows…", thousands(messages));
-        let settings =
-            DbSettings { messages, payload_bytes: cli.payload_bytes, batch_size: batch_size.into(), writers: cli.db_writers };
+        let settings = DbSettings {
+            messages,
+            payload_bytes: cli.payload_bytes,
+            batch_size: batch_size.into(),
+            writers: cli.db_writers,
+        };
         let result = db::raw_database(&services, settings).await?;
         rows.push(row("raw database: COPY into one partition, 1 connection", format_rate(result.copy), "rows/s"));
         rows.push(row(
@@ -190,12 +194,7 @@ async fn main() -> Result<()> {
             batch: cli.http_batch.clamp(1, 1000),
             payload_bytes: cli.payload_bytes,
         }),
-        pages: cli.wants("pages").then_some(PageSettings {
-            depth,
-            limit: cli.page_limit,
-            samples,
-            load_chunk: 10_000,
-        }),
+        pages: cli.wants("pages").then_some(PageSettings { depth, limit: cli.page_limit, samples, load_chunk: 10_000 }),
     };
     let mut e2e_amqp = None;
     if plan.amqp.is_some() || plan.http.is_some() || plan.pages.is_some() {
@@ -239,7 +238,8 @@ async fn main() -> Result<()> {
         }
         if let Some(pages) = result.pages {
             let p = |s: &stats::Samples, q| s.percentile(q).unwrap_or_default();
-            let label = |at: &str| format!("page of {} at {at}: p50 / p99 ({} requests)", cli.page_limit, pages.first.len());
+            let label =
+                |at: &str| format!("page of {} at {at}: p50 / p99 ({} requests)", cli.page_limit, pages.first.len());
             rows.push(row(
                 label("the start"),
                 format!("{} / {}", format_ms(p(&pages.first, 50.0)), format_ms(p(&pages.first, 99.0))),
@@ -279,7 +279,11 @@ async fn main() -> Result<()> {
         );
         all.target = check(result.all_running <= Duration::from_secs(10), "≤ 10 s");
         rows.push(all);
-        rows.push(row(format!("  (of which creating the {n} tenants: 201 answers)"), format_secs(result.creation), "s"));
+        rows.push(row(
+            format!("  (of which creating the {n} tenants: 201 answers)"),
+            format_secs(result.creation),
+            "s",
+        ));
         let p = |q| result.latency.percentile(q).unwrap_or_default();
         rows.push(row(
             "scale: command → consumer running, p50 / p99",
@@ -291,7 +295,11 @@ async fn main() -> Result<()> {
         rss.target = check(result.rss_kib < 200 * 1024, "< 200 MiB");
         rows.push(rss);
         rows.push(row("  (peak RSS, VmHWM, while creating them)", mib(result.hwm_kib), "MiB"));
-        rows.push(row(format!("scale: graceful stop (SIGTERM → exit) with {n} consumers"), format_secs(result.shutdown), "s"));
+        rows.push(row(
+            format!("scale: graceful stop (SIGTERM → exit) with {n} consumers"),
+            format_secs(result.shutdown),
+            "s",
+        ));
         let mut restart = row(
             format!("scale: restart with {n} tenants → all consumers running"),
             format_secs(result.restart_all_running),
@@ -307,7 +315,11 @@ async fn main() -> Result<()> {
 }
 
 fn print_table(cli: &Cli, machine: &Machine, rows: &[Row], started: chrono::DateTime<chrono::Utc>, load_before: &str) {
-    println!("tenantmq benchmarks — {} UTC{}", started.format("%Y-%m-%d %H:%M"), if cli.quick { " (--quick)" } else { "" });
+    println!(
+        "tenantmq benchmarks — {} UTC{}",
+        started.format("%Y-%m-%d %H:%M"),
+        if cli.quick { " (--quick)" } else { "" }
+    );
     println!();
     println!(
         "machine: {} cores ({}), {} RAM; load average before / after: {load_before} / {}",

@@ -147,7 +147,7 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
 
         // Create the tenants; each one goes to the probes as soon as its command was sent.
         let pending: Arc<Mutex<VecDeque<Probe>>> = Arc::default();
-        let seen: Arc<Mutex<Vec<(TenantId, Instant, Instant)>>> = Arc::default();
+        let seen: Seen = Arc::default();
         let probes = spawn_probes(&connection, &pending, &seen, settings.probes, settings.tenants);
         let started = Instant::now();
         let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
@@ -164,7 +164,11 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
                     .json(&serde_json::json!({ "name": format!("scale-{i}"), "id": id.as_uuid() }))
                     .send()
                     .await?;
-                anyhow::ensure!(response.status() == reqwest::StatusCode::CREATED, "POST /tenants: {}", response.status());
+                anyhow::ensure!(
+                    response.status() == reqwest::StatusCode::CREATED,
+                    "POST /tenants: {}",
+                    response.status()
+                );
                 pending.lock().expect("lock").push_back(Probe { tenant: id, sent, last: None });
                 Ok::<_, anyhow::Error>(id)
             });
@@ -193,10 +197,9 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
         let shutdown = service.terminate().await?;
         service = spawn(&settings, &vars, &log)?;
         let restarted = Instant::now();
-        let pending: Arc<Mutex<VecDeque<Probe>>> = Arc::new(Mutex::new(
-            tenants.iter().map(|t| Probe { tenant: *t, sent: restarted, last: None }).collect(),
-        ));
-        let seen: Arc<Mutex<Vec<(TenantId, Instant, Instant)>>> = Arc::default();
+        let pending: Arc<Mutex<VecDeque<Probe>>> =
+            Arc::new(Mutex::new(tenants.iter().map(|t| Probe { tenant: *t, sent: restarted, last: None }).collect()));
+        let seen: Seen = Arc::default();
         let probes = spawn_probes(&connection, &pending, &seen, settings.probes, settings.tenants);
         tokio::time::timeout(Duration::from_secs(600), join_all(probes))
             .await
@@ -229,6 +232,9 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
     outcome
 }
 
+/// `(tenant, command sent, consumer seen running)` per tenant.
+type Seen = Arc<Mutex<Vec<(TenantId, Instant, Instant)>>>;
+
 struct Probe {
     tenant: TenantId,
     sent: Instant,
@@ -240,7 +246,7 @@ struct Probe {
 fn spawn_probes(
     connection: &Arc<lapin::Connection>,
     pending: &Arc<Mutex<VecDeque<Probe>>>,
-    seen: &Arc<Mutex<Vec<(TenantId, Instant, Instant)>>>,
+    seen: &Seen,
     count: usize,
     expected: usize,
 ) -> JoinSet<Result<()>> {

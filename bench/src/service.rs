@@ -120,7 +120,8 @@ async fn publish_http(app: &InProcess, tenants: &[TenantId], settings: HttpSetti
     let tenants: Arc<Vec<TenantId>> = Arc::new(tenants.to_vec());
     let mut tasks = JoinSet::new();
     for _ in 0..settings.clients.max(1) {
-        let (next, tenants, client, base_url) = (next.clone(), tenants.clone(), app.client.clone(), app.base_url.clone());
+        let (next, tenants, client, base_url) =
+            (next.clone(), tenants.clone(), app.client.clone(), app.base_url.clone());
         tasks.spawn(async move {
             loop {
                 let start = next.fetch_add(settings.batch as u64, Ordering::Relaxed);

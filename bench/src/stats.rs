@@ -78,7 +78,13 @@ pub fn format_ratio(ratio: Option<f64>) -> String {
 /// A latency in milliseconds with a precision that suits its size.
 pub fn format_ms(duration: Duration) -> String {
     let ms = duration.as_secs_f64() * 1000.0;
-    if ms < 10.0 { format!("{ms:.2}") } else if ms < 100.0 { format!("{ms:.1}") } else { format!("{ms:.0}") }
+    if ms < 10.0 {
+        format!("{ms:.2}")
+    } else if ms < 100.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.0}")
+    }
 }
 
 pub fn format_secs(duration: Duration) -> String {
