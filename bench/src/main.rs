@@ -211,6 +211,9 @@ async fn main() -> Result<()> {
             ));
             e2e_amqp = Some(rate);
         }
+        if let Some(batch) = result.amqp_batch {
+            rows.push(row("  (rows per worker transaction, average)", format!("{batch:.1}"), "rows"));
+        }
         if let Some(rate) = result.http {
             rows.push(row(
                 format!(
@@ -220,6 +223,9 @@ async fn main() -> Result<()> {
                 format_rate(rate),
                 "msg/s",
             ));
+        }
+        if let Some(batch) = result.http_batch {
+            rows.push(row("  (rows per worker transaction, average)", format!("{batch:.1}"), "rows"));
         }
         if let Some(rate) = e2e_amqp {
             if let (Some(broker), Some(db)) = (raw_broker, raw_db) {
@@ -315,6 +321,7 @@ async fn main() -> Result<()> {
 }
 
 fn print_table(cli: &Cli, machine: &Machine, rows: &[Row], started: chrono::DateTime<chrono::Utc>, load_before: &str) {
+    // Markdown: a paragraph per header line, then the table.
     println!(
         "tenantmq benchmarks — {} UTC{}",
         started.format("%Y-%m-%d %H:%M"),
@@ -328,10 +335,12 @@ fn print_table(cli: &Cli, machine: &Machine, rows: &[Row], started: chrono::Date
         machine.memory,
         env::load_average()
     );
+    println!();
     println!(
         "versions: {}; PostgreSQL {}; RabbitMQ {}; tenantmq {}",
         machine.rustc, machine.postgres, machine.rabbitmq, machine.git_rev
     );
+    println!();
     println!(
         "sizes: {} messages of ~{} B, {} tenants; service defaults (workers 3, consumer.batch_size 100, pool 20)",
         thousands(cli.messages()),

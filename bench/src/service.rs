@@ -22,7 +22,10 @@ use crate::{
 
 pub struct EndToEnd {
     pub amqp: Option<f64>,
+    /// Rows per writing transaction in the AMQP run (the workers' average batch).
+    pub amqp_batch: Option<f64>,
     pub http: Option<f64>,
+    pub http_batch: Option<f64>,
     pub pages: Option<Pages>,
 }
 
@@ -76,7 +79,7 @@ async fn run_on(app: &InProcess, services: &Services, plan: Plan) -> Result<EndT
     }
     env::await_consumers(&connection, &tenants, Duration::from_secs(60)).await?;
 
-    let mut result = EndToEnd { amqp: None, http: None, pages: None };
+    let mut result = EndToEnd { amqp: None, amqp_batch: None, http: None, http_batch: None, pages: None };
     if let Some(settings) = plan.amqp {
         let started = Instant::now();
         let expected = i64::try_from(settings.messages)?;
@@ -86,6 +89,7 @@ async fn run_on(app: &InProcess, services: &Services, plan: Plan) -> Result<EndT
         );
         produced?;
         result.amqp = Some(stats::rate(settings.messages, rows?.duration_since(started)));
+        result.amqp_batch = Some(rows_per_transaction(&app.db, &tenants).await?);
     }
     if let Some(settings) = plan.http {
         // Fresh tenants, so the count sees only this run's rows.
@@ -103,6 +107,7 @@ async fn run_on(app: &InProcess, services: &Services, plan: Plan) -> Result<EndT
         );
         published?;
         result.http = Some(stats::rate(settings.messages, rows?.duration_since(started)));
+        result.http_batch = Some(rows_per_transaction(&app.db, &fresh).await?);
     }
     if let Some(settings) = plan.pages {
         result.pages = Some(pages(app, &connection, settings).await?);
@@ -111,6 +116,15 @@ async fn run_on(app: &InProcess, services: &Services, plan: Plan) -> Result<EndT
     env::delete_tenant_queues(&connection, &tenants).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(result)
+}
+
+/// Rows per writing transaction of the tenants: each row records its transaction id (`txid`).
+async fn rows_per_transaction(db: &sea_orm::DatabaseConnection, tenants: &[TenantId]) -> Result<f64> {
+    let ids: Vec<String> = tenants.iter().map(|t| format!("'{}'", t.as_uuid())).collect();
+    let filter = format!("FROM messages WHERE tenant_id IN ({})", ids.join(","));
+    let rows = env::scalar_i64(db, &format!("SELECT count(*) {filter}")).await?;
+    let transactions = env::scalar_i64(db, &format!("SELECT count(DISTINCT txid) {filter}")).await?;
+    Ok(if transactions > 0 { rows as f64 / transactions as f64 } else { 0.0 })
 }
 
 /// `clients` HTTP clients post batches of `batch` messages round-robin over the tenants until `messages`
