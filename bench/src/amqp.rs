@@ -1,0 +1,203 @@
+//! Producers that publish straight to tenant queues, the raw broker ceiling and the naive baseline.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use lapin::{
+    BasicProperties, Confirmation, Connection,
+    options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions},
+    types::FieldTable,
+};
+use sea_orm::sqlx;
+use tenantmq::{config::QueueType, domain::tenant::TenantId, runtime::broker, store::partitions};
+use tokio::{task::JoinSet, time::Instant};
+use uuid::Uuid;
+
+use crate::env::{self, Services};
+
+/// How producers publish: like the service's publisher (persistent, `mandatory`, confirms awaited per window).
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerSettings {
+    pub messages: u64,
+    pub publishers: usize,
+    /// Messages published before their confirms are awaited.
+    pub window: usize,
+    pub payload_bytes: usize,
+}
+
+/// Publishes `messages` round-robin over the tenants' queues from `publishers` confirm channels; returns when
+/// the broker confirmed all of them.
+pub async fn produce(connection: &Connection, tenants: &[TenantId], settings: ProducerSettings) -> Result<()> {
+    let queues: Arc<Vec<String>> = Arc::new(tenants.iter().map(TenantId::queue_name).collect());
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = JoinSet::new();
+    for _ in 0..settings.publishers.max(1) {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        let queues = queues.clone();
+        let next = next.clone();
+        tasks.spawn(async move {
+            let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+            loop {
+                let start = next.fetch_add(settings.window as u64, Ordering::Relaxed);
+                if start >= settings.messages {
+                    break;
+                }
+                let end = (start + settings.window as u64).min(settings.messages);
+                let mut confirms = Vec::with_capacity(settings.window);
+                for n in start..end {
+                    let queue = &queues[(n % queues.len() as u64) as usize];
+                    let body = env::payload(n, settings.payload_bytes);
+                    let properties = BasicProperties::default()
+                        .with_message_id(Uuid::now_v7().to_string().into())
+                        .with_content_type("application/json".into())
+                        .with_delivery_mode(2);
+                    confirms.push(
+                        channel
+                            .basic_publish("".into(), queue.as_str().into(), options, body.as_bytes(), properties)
+                            .await?,
+                    );
+                }
+                for confirm in confirms {
+                    match confirm.await? {
+                        Confirmation::Ack(None) => {}
+                        other => anyhow::bail!("publish not confirmed: {other:?}"),
+                    }
+                }
+            }
+            let _ = channel.close(200, "done".into()).await;
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+fn bench_tenants(count: usize) -> Vec<TenantId> {
+    (0..count).map(|_| TenantId::from_uuid(Uuid::now_v7())).collect()
+}
+
+/// Raw broker: the same queues (declared as the service declares them), producers as above, one consumer per
+/// queue with the service's prefetch (`workers × batch_size`) acking every delivery on receipt. No database.
+pub async fn raw_broker(services: &Services, tenants: usize, prefetch: u16, settings: ProducerSettings) -> Result<f64> {
+    let connection = services.amqp().await?;
+    let tenants = bench_tenants(tenants);
+    let setup = connection.create_channel().await?;
+    for tenant in &tenants {
+        broker::declare(&setup, *tenant, QueueType::Classic).await?;
+    }
+    let acked = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let mut consumers = JoinSet::new();
+    for tenant in &tenants {
+        let channel = connection.create_channel().await?;
+        channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
+        let mut consumer = channel
+            .basic_consume(
+                tenant.queue_name().as_str().into(),
+                format!("bench.raw.{tenant}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let (acked, done) = (acked.clone(), done.clone());
+        let total = settings.messages;
+        consumers.spawn(async move {
+            while let Some(delivery) = consumer.next().await {
+                let delivery = delivery?;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+                if acked.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                    done.notify_one();
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    let started = Instant::now();
+    let all_acked = done.notified();
+    produce(&connection, &tenants, settings).await?;
+    tokio::time::timeout(Duration::from_secs(600), all_acked).await.context("raw broker: not every message acked")?;
+    let elapsed = started.elapsed();
+    consumers.abort_all();
+    env::delete_tenant_queues(&connection, &tenants).await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(crate::stats::rate(settings.messages, elapsed))
+}
+
+/// The naive design: per tenant one consumer and one worker that, for every delivery, INSERTs one row into the
+/// parent `messages` table (autocommit) and then acks it. No prefetch limit (lapin's default), as such
+/// implementations usually leave it.
+pub async fn naive(services: &Services, tenants: usize, settings: ProducerSettings) -> Result<f64> {
+    let url = services.database_url("naive");
+    let mut config = services.service_config("naive");
+    config.database.url = url.clone();
+    let db = tenantmq::prepare_database(&config).await.context("naive: database")?;
+    let connection = services.amqp().await?;
+    let tenants = bench_tenants(tenants);
+    let setup = connection.create_channel().await?;
+    for tenant in &tenants {
+        partitions::create(&db, *tenant).await?;
+        broker::declare(&setup, *tenant, QueueType::Classic).await?;
+    }
+    let pool = db.get_postgres_connection_pool().clone();
+    let mut consumers = JoinSet::new();
+    for tenant in &tenants {
+        let channel = connection.create_channel().await?;
+        let mut consumer = channel
+            .basic_consume(
+                tenant.queue_name().as_str().into(),
+                format!("bench.naive.{tenant}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let pool = pool.clone();
+        let tenant = tenant.as_uuid();
+        consumers.spawn(async move {
+            while let Some(delivery) = consumer.next().await {
+                let delivery = delivery?;
+                let id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .and_then(|id| Uuid::try_parse(id.as_str()).ok())
+                    .unwrap_or_else(Uuid::now_v7);
+                let payload = std::str::from_utf8(&delivery.data)?;
+                sqlx::query(
+                    "INSERT INTO messages (tenant_id, id, payload) VALUES ($1, $2, $3::jsonb) \
+                     ON CONFLICT (tenant_id, id) DO NOTHING",
+                )
+                .bind(tenant)
+                .bind(id)
+                .bind(payload)
+                .execute(&pool)
+                .await?;
+                delivery.acker.ack(BasicAckOptions::default()).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    let started = Instant::now();
+    let total = i64::try_from(settings.messages)?;
+    let (produced, rows) = tokio::join!(
+        produce(&connection, &tenants, settings),
+        env::await_rows(&db, None, total, Duration::from_secs(1800))
+    );
+    produced?;
+    let elapsed = rows?.duration_since(started);
+    consumers.abort_all();
+    env::delete_tenant_queues(&connection, &tenants).await?;
+    let _ = connection.close(200, "done".into()).await;
+    db.close_by_ref().await?;
+    env::drop_database(&url).await?;
+    Ok(crate::stats::rate(settings.messages, elapsed))
+}

@@ -1,0 +1,293 @@
+//! Scale: the release `tenantmq serve` binary as a child process; N tenants created through the API; the broker
+//! asked (passive `queue.declare`) when each tenant's consumer runs; the service's RSS with N idle tenants; and
+//! the time until all N consumers run again after a restart.
+
+use std::{
+    collections::VecDeque,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use tenantmq::domain::tenant::TenantId;
+use tokio::{
+    process::{Child, Command},
+    sync::Semaphore,
+    task::JoinSet,
+    time::Instant,
+};
+use uuid::Uuid;
+
+use crate::{
+    env::{self, Services},
+    stats::Samples,
+};
+
+#[derive(Debug, Clone)]
+pub struct ScaleSettings {
+    pub tenants: usize,
+    /// Concurrent `POST /tenants`.
+    pub concurrency: usize,
+    /// How long the service idles before its RSS is read.
+    pub settle: Duration,
+    pub binary: PathBuf,
+    /// Channels probing the broker in parallel.
+    pub probes: usize,
+}
+
+pub struct Scale {
+    /// From the first command sent to the last consumer seen running.
+    pub all_running: Duration,
+    /// Per tenant: from its `POST /tenants` sent to its consumer seen running.
+    pub latency: Samples,
+    pub creation: Duration,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    pub shutdown: Duration,
+    /// From spawning the binary again to all consumers running.
+    pub restart_all_running: Duration,
+    pub restart_rss_kib: u64,
+}
+
+struct Service {
+    child: Child,
+    pid: u32,
+}
+
+fn spawn(settings: &ScaleSettings, env: &[(String, String)], log: &Path) -> Result<Service> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let child = Command::new(&settings.binary)
+        .arg("serve")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(env::workspace_root())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("running {}", settings.binary.display()))?;
+    let pid = child.id().context("child pid")?;
+    Ok(Service { child, pid })
+}
+
+impl Service {
+    /// SIGTERM, then waits for the exit (the service stops gracefully).
+    async fn terminate(&mut self) -> Result<Duration> {
+        let started = Instant::now();
+        let status = std::process::Command::new("kill").args(["-TERM", &self.pid.to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.pid);
+        let exited = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        match exited {
+            Ok(status) => anyhow::ensure!(status?.success(), "the service exited with an error"),
+            Err(_) => {
+                self.child.kill().await?;
+                anyhow::bail!("the service did not stop within 60 s of SIGTERM");
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    fn rss(&self) -> Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        Ok((field("VmRSS:"), field("VmHWM:")))
+    }
+}
+
+async fn await_healthy(base_url: &str, timeout: Duration) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(response) = client.get(format!("{base_url}/healthz")).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the service did not answer /healthz within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> {
+    anyhow::ensure!(
+        settings.binary.is_file(),
+        "{} not found: build it with `cargo build --release -p tenantmq` (scripts/bench.sh does)",
+        settings.binary.display()
+    );
+    let url = services.database_url("scale");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = services.service_config("scale");
+    let secret = config.auth.jwt_secret.clone().unwrap_or_default();
+    let vars = vec![
+        ("TENANTMQ_DATABASE__URL".to_owned(), url.clone()),
+        ("TENANTMQ_RABBITMQ__URL".to_owned(), services.amqp_url.clone()),
+        ("TENANTMQ_SERVER__HOST".to_owned(), "127.0.0.1".to_owned()),
+        ("TENANTMQ_SERVER__PORT".to_owned(), port.to_string()),
+        ("TENANTMQ_AUTH__JWT_SECRET".to_owned(), secret),
+        ("TENANTMQ_LOG__LEVEL".to_owned(), "warn".to_owned()),
+        ("RUST_LOG".to_owned(), "warn".to_owned()),
+    ];
+    let log = std::env::temp_dir().join(format!("{}_scale.log", services.run_id));
+    let base_url = format!("http://127.0.0.1:{port}");
+    let client = env::admin_client(&config)?;
+    let connection = Arc::new(services.amqp().await?);
+
+    let mut service = spawn(&settings, &vars, &log)?;
+    let outcome = async {
+        await_healthy(&base_url, Duration::from_secs(120)).await?;
+
+        // Create the tenants; each one goes to the probes as soon as its command was sent.
+        let pending: Arc<Mutex<VecDeque<Probe>>> = Arc::default();
+        let seen: Seen = Arc::default();
+        let probes = spawn_probes(&connection, &pending, &seen, settings.probes, settings.tenants);
+        let started = Instant::now();
+        let permits = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+        let mut creators = JoinSet::new();
+        for i in 0..settings.tenants {
+            let permit = permits.clone().acquire_owned().await?;
+            let (client, base_url, pending) = (client.clone(), base_url.clone(), pending.clone());
+            creators.spawn(async move {
+                let _permit = permit;
+                let id = TenantId::from_uuid(Uuid::now_v7());
+                let sent = Instant::now();
+                let response = client
+                    .post(format!("{base_url}/tenants"))
+                    .json(&serde_json::json!({ "name": format!("scale-{i}"), "id": id.as_uuid() }))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status() == reqwest::StatusCode::CREATED,
+                    "POST /tenants: {}",
+                    response.status()
+                );
+                pending.lock().expect("lock").push_back(Probe { tenant: id, sent, last: None });
+                Ok::<_, anyhow::Error>(id)
+            });
+        }
+        let mut tenants = Vec::with_capacity(settings.tenants);
+        while let Some(done) = creators.join_next().await {
+            tenants.push(done??);
+        }
+        let creation = started.elapsed();
+        tokio::time::timeout(Duration::from_secs(600), join_all(probes))
+            .await
+            .context("not every consumer ran within 10 minutes")??;
+        let seen = std::mem::take(&mut *seen.lock().expect("lock"));
+        let mut latency = Samples::new();
+        let mut last = started;
+        for (_, sent, running) in &seen {
+            latency.push(running.duration_since(*sent));
+            last = last.max(*running);
+        }
+        let all_running = last.duration_since(started);
+
+        tokio::time::sleep(settings.settle).await;
+        let (rss_kib, hwm_kib) = service.rss()?;
+
+        // Restart: the same N tenants, all to be consumed again.
+        let shutdown = service.terminate().await?;
+        service = spawn(&settings, &vars, &log)?;
+        let restarted = Instant::now();
+        let pending: Arc<Mutex<VecDeque<Probe>>> =
+            Arc::new(Mutex::new(tenants.iter().map(|t| Probe { tenant: *t, sent: restarted, last: None }).collect()));
+        let seen: Seen = Arc::default();
+        let probes = spawn_probes(&connection, &pending, &seen, settings.probes, settings.tenants);
+        tokio::time::timeout(Duration::from_secs(600), join_all(probes))
+            .await
+            .context("not every consumer ran again within 10 minutes")??;
+        let restart_all_running =
+            seen.lock().expect("lock").iter().map(|(_, _, r)| r.duration_since(restarted)).max().unwrap_or_default();
+        tokio::time::sleep(settings.settle).await;
+        let (restart_rss_kib, _) = service.rss()?;
+        service.terminate().await?;
+        env::delete_tenant_queues(&connection, &tenants).await?;
+        Ok::<_, anyhow::Error>(Scale {
+            all_running,
+            latency,
+            creation,
+            rss_kib,
+            hwm_kib,
+            shutdown,
+            restart_all_running,
+            restart_rss_kib,
+        })
+    }
+    .await;
+    if outcome.is_err() {
+        let _ = service.child.kill().await;
+        eprintln!("scale: the service's log is {}", log.display());
+    } else {
+        let _ = std::fs::remove_file(&log);
+    }
+    env::drop_database(&url).await?;
+    outcome
+}
+
+/// `(tenant, command sent, consumer seen running)` per tenant.
+type Seen = Arc<Mutex<Vec<(TenantId, Instant, Instant)>>>;
+
+struct Probe {
+    tenant: TenantId,
+    sent: Instant,
+    last: Option<Instant>,
+}
+
+/// `count` probe tasks take tenants from `pending`, ask the broker for the consumer count of their queue, and
+/// record `(tenant, sent, seen running)` once it is at least one; they end when `expected` were seen.
+fn spawn_probes(
+    connection: &Arc<lapin::Connection>,
+    pending: &Arc<Mutex<VecDeque<Probe>>>,
+    seen: &Seen,
+    count: usize,
+    expected: usize,
+) -> JoinSet<Result<()>> {
+    let mut probes = JoinSet::new();
+    for _ in 0..count.max(1) {
+        let (connection, pending, seen) = (connection.clone(), pending.clone(), seen.clone());
+        probes.spawn(async move {
+            let mut channel = None;
+            loop {
+                if seen.lock().expect("lock").len() >= expected {
+                    return Ok(());
+                }
+                let next = pending.lock().expect("lock").pop_front();
+                let Some(mut probe) = next else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                };
+                // Do not hammer one queue: at most one probe of it every 10 ms.
+                if let Some(last) = probe.last {
+                    let since = last.elapsed();
+                    if since < Duration::from_millis(10) {
+                        tokio::time::sleep(Duration::from_millis(10) - since).await;
+                    }
+                }
+                let state = env::queue_state(&connection, &mut channel, &probe.tenant.queue_name()).await?;
+                let now = Instant::now();
+                if state.is_some_and(|(_, consumers)| consumers > 0) {
+                    seen.lock().expect("lock").push((probe.tenant, probe.sent, now));
+                } else {
+                    probe.last = Some(now);
+                    pending.lock().expect("lock").push_back(probe);
+                }
+            }
+        });
+    }
+    probes
+}
+
+async fn join_all(mut tasks: JoinSet<Result<()>>) -> Result<()> {
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}

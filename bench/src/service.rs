@@ -1,0 +1,255 @@
+//! The real service, in process: end-to-end AMQP and HTTP throughput, and page latency at depth.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use sea_orm::ConnectionTrait;
+use tenantmq::{api::pagination, domain::tenant::TenantId, store::messages::MessageKey};
+use tokio::{task::JoinSet, time::Instant};
+use uuid::Uuid;
+
+use crate::{
+    amqp::{self, ProducerSettings},
+    env::{self, InProcess, Services},
+    stats::{self, Samples},
+};
+
+pub struct EndToEnd {
+    pub amqp: Option<f64>,
+    /// Rows per writing transaction in the AMQP run (the workers' average batch).
+    pub amqp_batch: Option<f64>,
+    pub http: Option<f64>,
+    pub http_batch: Option<f64>,
+    pub pages: Option<Pages>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    pub messages: u64,
+    pub clients: usize,
+    /// Messages per `POST …/messages/batch`.
+    pub batch: usize,
+    pub payload_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PageSettings {
+    pub depth: u64,
+    pub limit: u64,
+    pub samples: usize,
+    /// Rows per bulk-load transaction.
+    pub load_chunk: u64,
+}
+
+pub struct Pages {
+    pub first: Samples,
+    pub deep: Samples,
+    pub load: Duration,
+}
+
+pub struct Plan {
+    pub tenants: usize,
+    pub amqp: Option<ProducerSettings>,
+    pub http: Option<HttpSettings>,
+    pub pages: Option<PageSettings>,
+}
+
+/// Starts the service (default settings: `workers` 3, `consumer.batch_size` 100, pool of 20 connections) on a
+/// database of its own and runs the planned parts against it.
+pub async fn run(services: &Services, plan: Plan) -> Result<EndToEnd> {
+    let app = InProcess::start(services.service_config("service")).await?;
+    let result = run_on(&app, services, plan).await;
+    let stopped = app.stop().await;
+    let result = result?;
+    stopped?;
+    Ok(result)
+}
+
+async fn run_on(app: &InProcess, services: &Services, plan: Plan) -> Result<EndToEnd> {
+    let connection = services.amqp().await?;
+    let mut tenants = Vec::with_capacity(plan.tenants);
+    for i in 0..plan.tenants {
+        tenants.push(env::create_tenant(&app.client, &app.base_url, &format!("bench-{i}")).await?);
+    }
+    env::await_consumers(&connection, &tenants, Duration::from_secs(60)).await?;
+
+    let mut result = EndToEnd { amqp: None, amqp_batch: None, http: None, http_batch: None, pages: None };
+    if let Some(settings) = plan.amqp {
+        let started = Instant::now();
+        let expected = i64::try_from(settings.messages)?;
+        let (produced, rows) = tokio::join!(
+            amqp::produce(&connection, &tenants, settings),
+            env::await_rows(&app.db, Some(&tenants), expected, Duration::from_secs(1800))
+        );
+        produced?;
+        result.amqp = Some(stats::rate(settings.messages, rows?.duration_since(started)));
+        result.amqp_batch = Some(rows_per_transaction(&app.db, &tenants).await?);
+    }
+    if let Some(settings) = plan.http {
+        // Fresh tenants, so the count sees only this run's rows.
+        let mut fresh = Vec::with_capacity(plan.tenants);
+        for i in 0..plan.tenants {
+            fresh.push(env::create_tenant(&app.client, &app.base_url, &format!("bench-http-{i}")).await?);
+        }
+        env::await_consumers(&connection, &fresh, Duration::from_secs(60)).await?;
+        tenants.extend_from_slice(&fresh);
+        let started = Instant::now();
+        let expected = i64::try_from(settings.messages)?;
+        let (published, rows) = tokio::join!(
+            publish_http(app, &fresh, settings),
+            env::await_rows(&app.db, Some(&fresh), expected, Duration::from_secs(1800))
+        );
+        published?;
+        result.http = Some(stats::rate(settings.messages, rows?.duration_since(started)));
+        result.http_batch = Some(rows_per_transaction(&app.db, &fresh).await?);
+    }
+    if let Some(settings) = plan.pages {
+        result.pages = Some(pages(app, &connection, settings).await?);
+    }
+    // The tenants stay live; their queues go with the run (the service stops without deleting them).
+    env::delete_tenant_queues(&connection, &tenants).await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(result)
+}
+
+/// Rows per writing transaction of the tenants: each row records its transaction id (`txid`).
+async fn rows_per_transaction(db: &sea_orm::DatabaseConnection, tenants: &[TenantId]) -> Result<f64> {
+    let ids: Vec<String> = tenants.iter().map(|t| format!("'{}'", t.as_uuid())).collect();
+    let filter = format!("FROM messages WHERE tenant_id IN ({})", ids.join(","));
+    let rows = env::scalar_i64(db, &format!("SELECT count(*) {filter}")).await?;
+    let transactions = env::scalar_i64(db, &format!("SELECT count(DISTINCT txid) {filter}")).await?;
+    Ok(if transactions > 0 { rows as f64 / transactions as f64 } else { 0.0 })
+}
+
+/// `clients` HTTP clients post batches of `batch` messages round-robin over the tenants until `messages`
+/// are accepted (202 after the broker's confirms).
+async fn publish_http(app: &InProcess, tenants: &[TenantId], settings: HttpSettings) -> Result<()> {
+    let next = Arc::new(AtomicU64::new(0));
+    let tenants: Arc<Vec<TenantId>> = Arc::new(tenants.to_vec());
+    let mut tasks = JoinSet::new();
+    for _ in 0..settings.clients.max(1) {
+        let (next, tenants, client, base_url) =
+            (next.clone(), tenants.clone(), app.client.clone(), app.base_url.clone());
+        tasks.spawn(async move {
+            loop {
+                let start = next.fetch_add(settings.batch as u64, Ordering::Relaxed);
+                if start >= settings.messages {
+                    break;
+                }
+                let end = (start + settings.batch as u64).min(settings.messages);
+                let tenant = tenants[((start / settings.batch as u64) % tenants.len() as u64) as usize];
+                let mut body = String::with_capacity((end - start) as usize * (settings.payload_bytes + 16) + 16);
+                body.push_str(r#"{"messages":["#);
+                for n in start..end {
+                    if n > start {
+                        body.push(',');
+                    }
+                    body.push_str(r#"{"payload":"#);
+                    body.push_str(&env::payload(n, settings.payload_bytes));
+                    body.push('}');
+                }
+                body.push_str("]}");
+                let response = client
+                    .post(format!("{base_url}/tenants/{tenant}/messages/batch"))
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                anyhow::ensure!(
+                    status == reqwest::StatusCode::ACCEPTED,
+                    "batch publish answered {status}: {}",
+                    response.text().await.unwrap_or_default()
+                );
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+/// Loads `depth + limit` rows into one tenant's partition with `INSERT … SELECT generate_series` (one
+/// transaction per `load_chunk` rows, so rows carry many transaction ids as the workers' batches do), then
+/// times `GET /messages?tenant_id&limit` at the start and after the row at `depth`.
+async fn pages(app: &InProcess, connection: &lapin::Connection, settings: PageSettings) -> Result<Pages> {
+    let tenant = env::create_tenant(&app.client, &app.base_url, "bench-pages").await?;
+    let partition = tenant.partition_name();
+    let total = settings.depth + settings.limit;
+    let started = Instant::now();
+    let mut from = 1;
+    while from <= total {
+        let to = (from + settings.load_chunk - 1).min(total);
+        app.db
+            .execute_unprepared(&format!(
+                "INSERT INTO {partition} (tenant_id, id, payload) \
+                 SELECT '{}', gen_random_uuid(), jsonb_build_object('n', g, 'kind', 'bench', 'body', repeat('x', 90)) \
+                 FROM generate_series({from}, {to}) AS g",
+                tenant.as_uuid()
+            ))
+            .await?;
+        from = to + 1;
+    }
+    app.db.execute_unprepared(&format!("VACUUM ANALYZE {partition}")).await?;
+    let load = started.elapsed();
+
+    // The key of the row at `depth` in page order, and the row after it, which the deep page must start with.
+    let rows = app
+        .db
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "SELECT txid::text AS txid, id FROM {partition} ORDER BY txid, id OFFSET {} LIMIT 2",
+                settings.depth.saturating_sub(1)
+            ),
+        ))
+        .await?;
+    anyhow::ensure!(rows.len() == 2, "the partition holds fewer rows than the depth");
+    let txid: String = rows[0].try_get("", "txid")?;
+    let key = MessageKey { txid: txid.parse()?, id: rows[0].try_get("", "id")? };
+    let expected_first: Uuid = rows[1].try_get("", "id")?;
+    let cursor = pagination::encode(&format!("messages:{tenant}"), key);
+
+    let first_url = app.url(&format!("/messages?tenant_id={tenant}&limit={}", settings.limit));
+    let deep_url = format!("{first_url}&cursor={cursor}");
+    // The derived cursor is what the API itself hands out: the deep page starts right after row `depth`.
+    let page = get_page(&app.client, &deep_url).await?;
+    let data = page["data"].as_array().context("data")?;
+    anyhow::ensure!(data.len() as u64 == settings.limit, "deep page holds {} rows", data.len());
+    anyhow::ensure!(
+        data[0]["id"].as_str() == Some(expected_first.to_string().as_str()),
+        "the deep page does not start at row {}",
+        settings.depth + 1
+    );
+
+    for _ in 0..20 {
+        get_page(&app.client, &first_url).await?;
+        get_page(&app.client, &deep_url).await?;
+    }
+    let (mut first, mut deep) = (Samples::new(), Samples::new());
+    for _ in 0..settings.samples {
+        let t = Instant::now();
+        get_page(&app.client, &first_url).await?;
+        first.push(t.elapsed());
+        let t = Instant::now();
+        get_page(&app.client, &deep_url).await?;
+        deep.push(t.elapsed());
+    }
+    env::delete_tenant_queues(connection, &[tenant]).await?;
+    Ok(Pages { first, deep, load })
+}
+
+async fn get_page(client: &reqwest::Client, url: &str) -> Result<serde_json::Value> {
+    let response = client.get(url).send().await?;
+    let status = response.status();
+    anyhow::ensure!(status == reqwest::StatusCode::OK, "GET {url} answered {status}");
+    Ok(response.json().await?)
+}
