@@ -43,6 +43,7 @@ pub struct Config {
     pub partitions: PartitionConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -162,6 +163,16 @@ pub struct MetricsConfig {
     pub queue_poll_interval: Duration,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP collector (e.g. `http://otel-collector:4318`); spans go to `<url>/v1/traces`.
+    /// None exports nothing. Plain `http://` only: the exporter has no TLS client.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute of the exported spans.
+    pub service_name: String,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -180,6 +191,7 @@ impl Default for Config {
             partitions: PartitionConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -262,6 +274,12 @@ impl Default for LogConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self { queue_poll_interval: Duration::from_secs(15) }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self { otlp_endpoint: None, service_name: "tenantmq".into() }
     }
 }
 
@@ -364,6 +382,14 @@ impl Config {
         }
         if self.metrics.queue_poll_interval.is_zero() {
             return Err(ConfigError::new("metrics.queue_poll_interval", "must be greater than zero"));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") && endpoint.parse::<poem::http::Uri>().is_ok())
+        {
+            return Err(ConfigError::new("telemetry.otlp_endpoint", "must be an http:// URL (TLS is not supported)"));
+        }
+        if self.telemetry.service_name.trim().is_empty() {
+            return Err(ConfigError::new("telemetry.service_name", "must not be empty"));
         }
         Ok(())
     }

@@ -11,7 +11,7 @@ use tenantmq::{
     domain::tenant::TenantId,
     projectors::{self, PartitionsProjector},
     store::database::{self, MigrationDirection},
-    telemetry,
+    telemetry::{self, Telemetry},
 };
 
 #[derive(Debug, Parser)]
@@ -128,7 +128,6 @@ fn main() -> ExitCode {
             }
         };
     }
-    telemetry::init(&config.log);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -136,14 +135,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, config)) {
+    let traces = match Telemetry::new(&config.telemetry, runtime.handle()) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("tenantmq: {error}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    telemetry::init(&config.log, &traces);
+    let exit = match runtime.block_on(run(cli.command, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("tenantmq: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Here, out of `block_on` with the runtime still up: the last exports run on its workers.
+    traces.shutdown();
+    exit
 }
 
 async fn run(command: Command, config: Config) -> anyhow::Result<()> {

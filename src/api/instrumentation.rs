@@ -6,8 +6,11 @@
 
 use std::{collections::HashMap, sync::OnceLock, time::Instant};
 
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_http::HeaderExtractor;
 use poem::{Endpoint, IntoResponse, PathPattern, Request, Response, error::NotFoundError, http::Method};
 use tracing::{Instrument, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{AppState, problem, request_context::RequestContext};
 
@@ -23,6 +26,13 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
     let metrics = request.data::<AppState>().map(|state| state.metrics.clone());
     let request_id = request.extensions().get::<RequestContext>().map(|c| c.request_id.clone()).unwrap_or_default();
     let span = tracing::info_span!("http.request", method, route = Empty, status = Empty, %request_id);
+    // A caller's `traceparent` makes this request a child of its span, so the caller's trace continues here
+    // (and, through the AMQP headers, into the handling of what it published). Set before the span is first
+    // entered: after that its parent is fixed.
+    let caller = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    if caller.span().span_context().is_valid() {
+        let _ = span.set_parent(caller);
+    }
     let (response, route) = match next.call(request).instrument(span.clone()).await {
         Ok(output) => {
             let response = output.into_response();

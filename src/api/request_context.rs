@@ -21,6 +21,8 @@ impl RequestContext {
             actor: principal.subject.clone(),
             request_id: self.request_id.clone(),
             correlation_id: self.correlation_id.clone(),
+            // The handler runs in the `http.request` span, whose trace is the caller's when it sent one.
+            trace_id: crate::telemetry::current_trace_id(),
         }
     }
 }

@@ -22,11 +22,13 @@ use lapin::{
     },
     types::FieldTable,
 };
+use opentelemetry::trace::TraceContextExt;
 use tokio::{
     sync::{Mutex, mpsc, watch},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::{
@@ -34,6 +36,7 @@ use crate::{
     config::QueueType,
     domain::tenant::Workers,
     store::messages::{self, MessageWriter, NewMessage, WriteFailure},
+    telemetry,
 };
 
 use super::{
@@ -408,8 +411,17 @@ async fn next_batch(
 /// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
 /// queue or the DLQ (see [`failure`](super::failure)). Returns what must go back to the queue because the
 /// database is unavailable (the caller pauses first, so a database that is down is not hammered).
+///
+/// The `handle` span links to the trace context each message carries (its `publish` span): a batch holds
+/// messages of many traces, and a span has one parent, so links, not parenthood, join the traces.
 #[tracing::instrument(name = "handle", skip_all, fields(tenant = %context.runtime.tenant, messages = batch.len()))]
 async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery> {
+    let span = tracing::Span::current();
+    for delivery in &batch {
+        let published = telemetry::extract(delivery.properties.headers().as_ref());
+        // add_link ignores an invalid (absent) context.
+        span.add_link(published.span().span_context().clone());
+    }
     let mut rows = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
     let mut failed = Vec::new();

@@ -8,11 +8,12 @@ use std::{
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::FieldTable,
 };
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::{config::QueueType, domain::tenant::TenantId};
+use crate::{config::QueueType, domain::tenant::TenantId, telemetry};
 
 use super::broker::{self, Broker, BrokerError, TenantQueues};
 
@@ -140,13 +141,19 @@ async fn send<'a>(
 ) -> Result<Vec<usize>, PublishError> {
     let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
     let timestamp = chrono::Utc::now().timestamp().try_into().unwrap_or_default();
+    // The `publish` span's context (W3C `traceparent`), so each message's handling joins the request's trace.
+    let mut headers = FieldTable::default();
+    telemetry::inject_current(&mut headers);
     let mut confirms = Vec::new();
     for message in messages {
-        let properties = BasicProperties::default()
+        let mut properties = BasicProperties::default()
             .with_message_id(message.id.to_string().into())
             .with_content_type("application/json".into())
             .with_delivery_mode(2)
             .with_timestamp(timestamp);
+        if !headers.inner().is_empty() {
+            properties = properties.with_headers(headers.clone());
+        }
         confirms.push(channel.basic_publish("".into(), queue.into(), options, &message.body, properties).await?);
     }
     let mut returned = Vec::new();

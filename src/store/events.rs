@@ -23,6 +23,9 @@ pub struct EventMetadata {
     pub actor: String,
     pub request_id: String,
     pub correlation_id: String,
+    /// The W3C trace id of the request's trace (32 hex digits), to find its spans; absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// An event as stored in the log.

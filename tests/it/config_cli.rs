@@ -67,6 +67,12 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
         (vec!["serve"], vec![("TENANTMQ_SHUTDOWN_TIMEOUT", "soon")], "shutdown_timeout"),
         (vec!["serve"], vec![("TENANTMQ_DATABASE__URL", "mysql://x")], "database.url"),
         (vec!["serve"], vec![("TENANTMQ_PARTITIONS__ON_TENANT_DELETE", "shred")], "partitions.on_tenant_delete"),
+        (
+            vec!["serve"],
+            vec![("TENANTMQ_TELEMETRY__OTLP_ENDPOINT", "https://collector:4318")],
+            "telemetry.otlp_endpoint",
+        ),
+        (vec!["serve"], vec![("TENANTMQ_TELEMETRY__SERVICE_NAME", " ")], "telemetry.service_name"),
         (vec!["--config", &zero, "serve"], vec![], "workers"),
         (vec!["--config", "/no/such/file.yaml", "serve"], vec![], "--config"),
         (vec!["--config", &bad_file, "serve"], vec![], ""),

@@ -19,7 +19,7 @@ async fn dlq_depth(broker: &lapin::Connection, tenant: &str) -> Option<u32> {
     queue_state(broker, dlq(tenant)).await.map(|(ready, _)| ready)
 }
 
-async fn await_dlq_depth(broker: &lapin::Connection, tenant: &str, expected: u32) {
+pub(crate) async fn await_dlq_depth(broker: &lapin::Connection, tenant: &str, expected: u32) {
     eventually(Duration::from_secs(30), &format!("{expected} dead letters"), || async {
         (dlq_depth(broker, tenant).await == Some(expected)).then_some(())
     })
@@ -34,7 +34,7 @@ async fn peek(app: &TestApp, path: &str) -> Value {
 
 /// Holds a SHARE lock on the tenant's partition from a connection of the test's own: reads go on, inserts
 /// wait for it (and hit the service's statement timeout) until the lock is released.
-pub async fn lock_partition(app: &TestApp, tenant: &str) -> PgConnection {
+pub(crate) async fn lock_partition(app: &TestApp, tenant: &str) -> PgConnection {
     let mut connection = PgConnection::connect(&app.config.database.url).await.expect("lock connection");
     connection.execute("BEGIN").await.expect("begin");
     let partition = format!("messages_{}", tenant.replace('-', ""));
@@ -43,7 +43,7 @@ pub async fn lock_partition(app: &TestApp, tenant: &str) -> PgConnection {
     connection
 }
 
-pub async fn release(mut lock: PgConnection) {
+pub(crate) async fn release(mut lock: PgConnection) {
     lock.execute("COMMIT").await.expect("commit releases the lock");
     lock.close().await.expect("close");
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::helpers::TestApp;
 
 fn metadata() -> EventMetadata {
-    EventMetadata { actor: "test".into(), request_id: "r".into(), correlation_id: "c".into() }
+    EventMetadata { actor: "test".into(), request_id: "r".into(), correlation_id: "c".into(), trace_id: None }
 }
 
 fn event(n: usize) -> NewEvent {

@@ -9,10 +9,12 @@ use serde_json::{Value, json};
 use tenantmq::{
     Application,
     auth::{self, Role},
-    config::Config,
+    config::{Config, TelemetryConfig},
+    telemetry::Telemetry,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
 use uuid::Uuid;
 
 use crate::services;
@@ -49,10 +51,14 @@ impl TestApp {
 
     pub async fn spawn_with(config: Config) -> Self {
         // Logs show with `RUST_LOG=…` (and `--nocapture`).
-        let _ = tracing_subscriber::fmt()
+        // Spans are OpenTelemetry spans as in `main` (trace context in AMQP headers and event metadata),
+        // exported nowhere.
+        let traces = Telemetry::new(&TelemetryConfig::default(), &tokio::runtime::Handle::current())
+            .expect("telemetry without an exporter");
+        let logs = tracing_subscriber::fmt::layer()
             .with_test_writer()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .try_init();
+            .with_filter(tracing_subscriber::EnvFilter::from_default_env());
+        let _ = tracing_subscriber::registry().with(logs).with(traces.layer()).try_init();
         let app = Application::build(config.clone()).await.expect("the application starts");
         let base_url = format!("http://{}", app.address());
         let db = app.db().clone();

@@ -17,3 +17,4 @@ mod services;
 mod several_instances;
 mod shutdown;
 mod tenants_api;
+mod traces;

@@ -39,6 +39,9 @@ pub async fn start(config: &Config) -> Instance {
         .env("TENANTMQ_AUTH__JWT_SECRET", config.auth.jwt_secret.as_deref().expect("secret"))
         .env("TENANTMQ_CONSUMER__BATCH_SIZE", "10")
         .env("TENANTMQ_SHUTDOWN_TIMEOUT", "20s");
+    if let Some(endpoint) = &config.telemetry.otlp_endpoint {
+        command.env("TENANTMQ_TELEMETRY__OTLP_ENDPOINT", endpoint);
+    }
     let child = command.spawn().expect("tenantmq serve starts");
     let base_url = format!("http://127.0.0.1:{port}");
     let probe = reqwest::Client::new();
