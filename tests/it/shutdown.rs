@@ -40,7 +40,7 @@ async fn stop_mid_flow_then_restart(how: &str) {
         .expect("json");
     let tenant = created["id"].as_str().expect("id").to_owned();
     let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
-    slow_down_inserts(&db, &tenant, 0.01).await;
+    slow_down_inserts(&db, &tenant, 0.03).await;
     for _ in 0..MESSAGES / 1000 {
         let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "i": i } })).collect();
         let response = client
