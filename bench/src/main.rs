@@ -80,6 +80,9 @@ struct Cli {
     postgres: String,
     #[arg(long, env = "TENANTMQ_BENCH_AMQP", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp: String,
+    /// Cleanup only: delete the queues named in FILE (one a line; e.g. an interrupted run's), then exit.
+    #[arg(long, value_name = "FILE")]
+    delete_queues_from: Option<PathBuf>,
 }
 
 impl Cli {
@@ -120,6 +123,17 @@ fn check(met: bool, target: &str) -> String {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(file) = &cli.delete_queues_from {
+        let names = std::fs::read_to_string(file)?;
+        let names: Vec<&str> = names.lines().map(str::trim).filter(|n| !n.is_empty()).collect();
+        let connection = lapin::Connection::connect(&cli.amqp, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        for name in &names {
+            channel.queue_delete((*name).into(), lapin::options::QueueDeleteOptions::default()).await?;
+        }
+        eprintln!("deleted {} queue(s)", names.len());
+        return Ok(());
+    }
     let services = Services {
         postgres_server: cli.postgres.trim_end_matches('/').to_owned(),
         amqp_url: cli.amqp.clone(),
