@@ -34,8 +34,8 @@ async fn peek(app: &TestApp, path: &str) -> Value {
 
 /// Holds a SHARE lock on the tenant's partition from a connection of the test's own: reads go on, inserts
 /// wait for it (and hit the service's statement timeout) until the lock is released.
-pub(crate) async fn lock_partition(app: &TestApp, tenant: &str) -> PgConnection {
-    let mut connection = PgConnection::connect(&app.config.database.url).await.expect("lock connection");
+pub(crate) async fn lock_partition(database_url: &str, tenant: &str) -> PgConnection {
+    let mut connection = PgConnection::connect(database_url).await.expect("lock connection");
     connection.execute("BEGIN").await.expect("begin");
     let partition = format!("messages_{}", tenant.replace('-', ""));
     let lock = format!("LOCK TABLE {partition} IN SHARE MODE");
@@ -130,7 +130,7 @@ async fn a_transient_failure_is_retried_with_a_delay_and_succeeds_once_the_fault
     let tenant = app.create_tenant_id("transient").await;
     await_consumer(&broker, &tenant).await;
 
-    let lock = lock_partition(&app, &tenant).await;
+    let lock = lock_partition(&app.config.database.url, &tenant).await;
     let published = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": { "n": 1 } })).await;
     assert_eq!(published.status(), StatusCode::ACCEPTED);
     eventually(Duration::from_secs(30), "the message waiting in the retry queue", || async {
@@ -158,7 +158,7 @@ async fn a_fault_that_outlasts_the_retries_dead_letters_and_a_replay_persists_ea
     let tenant = app.create_tenant_id("outlasting").await;
     await_consumer(&broker, &tenant).await;
 
-    let lock = lock_partition(&app, &tenant).await;
+    let lock = lock_partition(&app.config.database.url, &tenant).await;
     let batch = json!({ "messages": [{ "payload": { "n": 1 } }, { "payload": { "n": 2 } }] });
     let published = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &batch).await;
     assert_eq!(published.status(), StatusCode::ACCEPTED);

@@ -64,3 +64,20 @@ pub async fn signal(mut instance: Instance, signal: &str) -> std::process::ExitS
     })
     .await
 }
+
+/// Publishes `batches` batches of 1000 messages to `tenant` through the instances' batch API, round-robin.
+pub async fn publish_batches(instances: &[&Instance], token: &str, tenant: &str, batches: usize) {
+    let client = reqwest::Client::new();
+    for batch in 0..batches {
+        let messages: Vec<serde_json::Value> =
+            (0..1000).map(|i| serde_json::json!({ "payload": { "batch": batch, "i": i } })).collect();
+        let response = client
+            .post(format!("{}/tenants/{tenant}/messages/batch", instances[batch % instances.len()].base_url))
+            .bearer_auth(token)
+            .json(&serde_json::json!({ "messages": messages }))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+}

@@ -288,7 +288,7 @@ async fn with_quorum_queues_messages_become_rows_and_failures_reach_the_dlq() {
     .await;
 
     // A retry (per-message TTL, dead-lettered back from the quorum retry queue) works too.
-    let lock = lock_partition(&app, &tenant).await;
+    let lock = lock_partition(&app.config.database.url, &tenant).await;
     let published = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": "retried" })).await;
     assert_eq!(published.status(), StatusCode::ACCEPTED);
     eventually(Duration::from_secs(30), "the message in the retry queue", || async {

@@ -9,8 +9,9 @@ use serde_json::{Value, json};
 use tenantmq::auth::{self, Role};
 
 use crate::{
+    dead_letters::{lock_partition, release},
     helpers::{amqp, drop_database, eventually, queue, queue_state, scalar_i64, slow_down_inserts, test_config},
-    processes::{signal, start},
+    processes::{publish_batches, signal, start},
 };
 
 #[tokio::test]
@@ -50,18 +51,10 @@ async fn three_instances_share_each_tenant_and_one_killed_mid_stream_loses_nothi
 
     let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
     slow_down_inserts(&db, &tenant, 0.05).await;
-    for batch in 0..MESSAGES / 1000 {
-        let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "batch": batch, "i": i } })).collect();
-        let instance = &instances[usize::try_from(batch).expect("index") % instances.len()];
-        let response = client
-            .post(format!("{}/tenants/{tenant}/messages/batch", instance.base_url))
-            .bearer_auth(&admin)
-            .json(&json!({ "messages": messages }))
-            .send()
-            .await
-            .expect("sent");
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-    }
+    // Writes wait until everything is published, so the stream is surely still flowing when stopped.
+    let lock = lock_partition(&config.database.url, &tenant).await;
+    publish_batches(&instances.iter().collect::<Vec<_>>(), &admin, &tenant, 10).await;
+    release(lock).await;
     let count = format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}'");
     eventually(Duration::from_secs(60), "the first rows", || async {
         (scalar_i64(&db, &count).await > 1000).then_some(())

@@ -3,13 +3,13 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tenantmq::auth::{self, Role};
 
 use crate::{
+    dead_letters::{lock_partition, release},
     helpers::{drop_database, eventually, scalar_i64, slow_down_inserts, test_config},
-    processes::{signal, start},
+    processes::{publish_batches, signal, start},
 };
 
 #[tokio::test]
@@ -41,17 +41,10 @@ async fn stop_mid_flow_then_restart(how: &str) {
     let tenant = created["id"].as_str().expect("id").to_owned();
     let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
     slow_down_inserts(&db, &tenant, 0.03).await;
-    for _ in 0..MESSAGES / 1000 {
-        let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "i": i } })).collect();
-        let response = client
-            .post(format!("{}/tenants/{tenant}/messages/batch", first.base_url))
-            .bearer_auth(&admin)
-            .json(&json!({ "messages": messages }))
-            .send()
-            .await
-            .expect("sent");
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-    }
+    // Writes wait until everything is published, so the stream is surely still flowing when stopped.
+    let lock = lock_partition(&config.database.url, &tenant).await;
+    publish_batches(&[&first], &admin, &tenant, 5).await;
+    release(lock).await;
     let count = format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}'");
     eventually(Duration::from_secs(30), "the first rows", || async {
         (scalar_i64(&db, &count).await > 100).then_some(())

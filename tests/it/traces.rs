@@ -51,7 +51,7 @@ async fn a_published_message_carries_the_callers_trace_in_its_amqp_headers() {
     let broker = amqp().await;
     let tenant = app.create_tenant_id("traced").await;
     await_consumer(&broker, &tenant).await;
-    let lock = lock_partition(&app, &tenant).await;
+    let lock = lock_partition(&app.config.database.url, &tenant).await;
 
     let (trace_id, traceparent) = caller_trace();
     let published = app
