@@ -10,7 +10,10 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{TestApp, amqp, await_consumer, eventually, publish_raw, queue, queue_state, scalar_i64, test_config},
+    helpers::{
+        TestApp, amqp, await_consumer, await_exactly, eventually, publish_raw, queue, queue_state, scalar_i64,
+        test_config,
+    },
     proxy::Proxy,
 };
 
@@ -53,9 +56,7 @@ async fn broker_connections_cut_under_load_come_back_by_themselves_and_every_mes
         proxy.cut();
     }
     publishing.await.expect("publisher");
-    app.await_messages(&tenant, i64::try_from(MESSAGES).expect("count")).await;
-    let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
-    assert_eq!(app.scalar_i64(&distinct).await, i64::try_from(MESSAGES).expect("count"));
+    await_exactly(&app.db, &tenant, i64::try_from(MESSAGES).expect("count"), Duration::from_secs(60)).await;
     await_consumer(&broker, &tenant).await;
     assert_eq!(readiness(&app).await, StatusCode::OK);
     app.stop().await;
@@ -144,14 +145,7 @@ async fn the_database_down_under_load_holds_messages_back_and_every_message_is_a
     assert_eq!(scalar_i64(&direct, &count).await, stalled, "nothing is written while the database is unreachable");
 
     proxy.restore();
-    eventually(Duration::from_secs(90), "every message as a row", || async {
-        let rows = scalar_i64(&direct, &count).await;
-        assert!(rows <= i64::try_from(MESSAGES).expect("count"), "duplicates: {rows}");
-        (rows == i64::try_from(MESSAGES).expect("count")).then_some(())
-    })
-    .await;
-    let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
-    assert_eq!(scalar_i64(&direct, &distinct).await, i64::try_from(MESSAGES).expect("count"));
+    await_exactly(&direct, &tenant, i64::try_from(MESSAGES).expect("count"), Duration::from_secs(90)).await;
     eventually(Duration::from_secs(30), "readiness to recover", || async {
         (readiness(&app).await == StatusCode::OK).then_some(())
     })

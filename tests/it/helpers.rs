@@ -262,3 +262,16 @@ pub async fn publish_raw(channel: &lapin::Channel, tenant: &str, body: &[u8], pr
         .await
         .expect("sent");
 }
+
+/// Waits until the tenant has exactly `expected` rows, all distinct, never more along the way.
+pub async fn await_exactly(db: &DatabaseConnection, tenant: &str, expected: i64, timeout: Duration) {
+    let count = format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}'");
+    eventually(timeout, &format!("exactly {expected} rows"), || async {
+        let rows = scalar_i64(db, &count).await;
+        assert!(rows <= expected, "duplicates: {rows} rows for {expected} messages");
+        (rows == expected).then_some(())
+    })
+    .await;
+    let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
+    assert_eq!(scalar_i64(db, &distinct).await, expected);
+}

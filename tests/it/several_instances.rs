@@ -10,7 +10,9 @@ use tenantmq::auth::{self, Role};
 
 use crate::{
     dead_letters::{lock_partition, release},
-    helpers::{amqp, drop_database, eventually, queue, queue_state, scalar_i64, slow_down_inserts, test_config},
+    helpers::{
+        amqp, await_exactly, drop_database, eventually, queue, queue_state, scalar_i64, slow_down_inserts, test_config,
+    },
     processes::{publish_batches, signal, start},
 };
 
@@ -63,14 +65,7 @@ async fn three_instances_share_each_tenant_and_one_killed_mid_stream_loses_nothi
     signal(instances.remove(1), "-KILL").await;
     assert!(scalar_i64(&db, &count).await < MESSAGES, "killed while messages were still flowing");
 
-    eventually(Duration::from_secs(120), "every message as a row", || async {
-        let rows = scalar_i64(&db, &count).await;
-        assert!(rows <= MESSAGES, "duplicates: {rows}");
-        (rows == MESSAGES).then_some(())
-    })
-    .await;
-    let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
-    assert_eq!(scalar_i64(&db, &distinct).await, MESSAGES);
+    await_exactly(&db, &tenant, MESSAGES, Duration::from_secs(120)).await;
     eventually(Duration::from_secs(30), "the two surviving consumers", || async {
         queue_state(&broker, queue(&tenant)).await.filter(|(ready, consumers)| (*ready, *consumers) == (0, 2))
     })

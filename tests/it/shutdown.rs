@@ -8,7 +8,7 @@ use tenantmq::auth::{self, Role};
 
 use crate::{
     dead_letters::{lock_partition, release},
-    helpers::{drop_database, eventually, scalar_i64, slow_down_inserts, test_config},
+    helpers::{await_exactly, drop_database, eventually, scalar_i64, slow_down_inserts, test_config},
     processes::{publish_batches, signal, start},
 };
 
@@ -58,14 +58,7 @@ async fn stop_mid_flow_then_restart(how: &str) {
     assert!(scalar_i64(&db, &count).await < MESSAGES, "stopped while messages were still flowing");
 
     let second = start(&config).await;
-    eventually(Duration::from_secs(60), "every message as a row", || async {
-        let rows = scalar_i64(&db, &count).await;
-        assert!(rows <= MESSAGES, "duplicates: {rows}");
-        (rows == MESSAGES).then_some(())
-    })
-    .await;
-    let distinct = format!("SELECT count(DISTINCT id) FROM messages WHERE tenant_id = '{tenant}'");
-    assert_eq!(scalar_i64(&db, &distinct).await, MESSAGES);
+    await_exactly(&db, &tenant, MESSAGES, Duration::from_secs(60)).await;
     assert_eq!(signal(second, "-TERM").await.code(), Some(0));
     db.close().await.expect("closed");
     drop_database(&config.database.url).await;
