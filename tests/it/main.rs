@@ -2,6 +2,7 @@
 
 mod config_cli;
 mod dead_letters;
+mod deploy;
 mod event_store;
 mod faults;
 mod helpers;
