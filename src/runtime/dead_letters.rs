@@ -12,7 +12,6 @@ use lapin::{
     Channel,
     message::Delivery,
     options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueuePurgeOptions},
-    types::AMQPValue,
 };
 use tokio::sync::Mutex;
 use uuid::Uuid;
@@ -45,12 +44,7 @@ impl From<&Delivery> for DeadLetter {
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc))
         };
-        let attempts = header(ATTEMPTS_HEADER).and_then(|v| match *v {
-            AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
-            AMQPValue::LongInt(n) => u32::try_from(n).ok(),
-            AMQPValue::LongUInt(n) => Some(n),
-            _ => None,
-        });
+        let attempts = header(ATTEMPTS_HEADER).and_then(failure::integer).and_then(|n| u32::try_from(n).ok());
         Self {
             message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
             reason: header(REASON_HEADER).and_then(failure::text),

@@ -70,7 +70,8 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn integer(value: &AMQPValue) -> Option<i64> {
+/// A header value as an integer (producers pick any of AMQP's integer types).
+pub fn integer(value: &AMQPValue) -> Option<i64> {
     match *value {
         AMQPValue::ShortShortInt(v) => Some(v.into()),
         AMQPValue::ShortShortUInt(v) => Some(v.into()),
