@@ -16,6 +16,22 @@ pub struct Instance {
     pub base_url: String,
 }
 
+impl Instance {
+    /// Creates a tenant through this instance (`body` is the `POST /tenants` body); returns its id.
+    pub async fn create_tenant(&self, token: &str, body: &serde_json::Value) -> String {
+        let created = reqwest::Client::new()
+            .post(format!("{}/tenants", self.base_url))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(created.status(), StatusCode::CREATED);
+        let created: serde_json::Value = created.json().await.expect("json");
+        created["id"].as_str().expect("id").to_owned()
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tenantmq::auth::{self, Role};
 
@@ -24,15 +23,7 @@ async fn three_instances_share_each_tenant_and_one_killed_mid_stream_loses_nothi
     let client = reqwest::Client::new();
     let mut instances = vec![start(&config).await, start(&config).await, start(&config).await];
 
-    let created = client
-        .post(format!("{}/tenants", instances[0].base_url))
-        .bearer_auth(&admin)
-        .json(&json!({ "name": "shared", "workers": 2 }))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let tenant = created.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let tenant = instances[0].create_tenant(&admin, &json!({ "name": "shared", "workers": 2 })).await;
     let broker = amqp().await;
     eventually(Duration::from_secs(60), "a consumer from each of the three instances", || async {
         queue_state(&broker, queue(&tenant)).await.filter(|(_, consumers)| *consumers == 3)

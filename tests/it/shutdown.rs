@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tenantmq::auth::{self, Role};
 
 use crate::{
@@ -26,19 +26,8 @@ async fn stop_mid_flow_then_restart(how: &str) {
     const MESSAGES: i64 = 5000;
     let config = test_config();
     let admin = auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(600)).expect("token");
-    let client = reqwest::Client::new();
     let first = start(&config).await;
-    let created: Value = client
-        .post(format!("{}/tenants", first.base_url))
-        .bearer_auth(&admin)
-        .json(&json!({ "name": "shutdown", "workers": 3 }))
-        .send()
-        .await
-        .expect("sent")
-        .json()
-        .await
-        .expect("json");
-    let tenant = created["id"].as_str().expect("id").to_owned();
+    let tenant = first.create_tenant(&admin, &json!({ "name": "shutdown", "workers": 3 })).await;
     let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
     slow_down_inserts(&db, &tenant, 0.03).await;
     // Writes wait until everything is published, so the stream is surely still flowing when stopped.

@@ -190,15 +190,7 @@ async fn spans_are_exported_over_otlp_and_a_messages_handling_links_to_the_reque
     let client = reqwest::Client::new();
     let token = tenantmq::auth::mint(&config.auth, "tests", tenantmq::auth::Role::Admin, Duration::from_secs(60))
         .expect("token");
-    let created = client
-        .post(format!("{}/tenants", instance.base_url))
-        .bearer_auth(&token)
-        .json(&json!({ "name": "exported" }))
-        .send()
-        .await
-        .expect("sent");
-    assert_eq!(created.status(), StatusCode::CREATED);
-    let tenant = created.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let tenant = instance.create_tenant(&token, &json!({ "name": "exported" })).await;
     let broker = amqp().await;
     await_consumer(&broker, &tenant).await;
 
