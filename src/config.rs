@@ -96,9 +96,13 @@ pub struct RabbitMqConfig {
 pub struct ConsumerConfig {
     /// Most messages a worker writes in one transaction.
     pub batch_size: u16,
-    /// How long a worker waits to fill a batch once it has its first message.
+    /// How long a worker waits for more messages before it writes a batch that is not full; it waits again
+    /// while messages keep arriving, up to `batch_max_wait`.
     #[serde(with = "humantime_serde")]
     pub batch_wait: Duration,
+    /// Longest a worker keeps a batch open, counted from its first message.
+    #[serde(with = "humantime_serde")]
+    pub batch_max_wait: Duration,
     /// The reconciler compares desired and running consumers at least this often.
     #[serde(with = "humantime_serde")]
     pub resync_interval: Duration,
@@ -231,6 +235,7 @@ impl Default for ConsumerConfig {
         Self {
             batch_size: 100,
             batch_wait: Duration::from_millis(5),
+            batch_max_wait: Duration::from_millis(25),
             resync_interval: Duration::from_secs(5),
             instance_id: None,
             retry_delay: Duration::from_secs(1),
@@ -360,6 +365,9 @@ impl Config {
         }
         if self.consumer.batch_size == 0 {
             return Err(ConfigError::new("consumer.batch_size", "must be at least 1"));
+        }
+        if self.consumer.batch_max_wait < self.consumer.batch_wait {
+            return Err(ConfigError::new("consumer.batch_max_wait", "must be at least consumer.batch_wait"));
         }
         if self.consumer.retry_delay.is_zero() || self.consumer.retry_max_delay < self.consumer.retry_delay {
             return Err(ConfigError::new(

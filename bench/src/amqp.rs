@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties, Confirmation, Connection,
     options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions},
@@ -86,9 +86,25 @@ fn bench_tenants(count: usize) -> Vec<TenantId> {
     (0..count).map(|_| TenantId::from_uuid(Uuid::now_v7())).collect()
 }
 
+/// How the raw-broker consumers ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// Every delivery on its own, as it arrives.
+    EachDelivery,
+    /// Like the service: one `multiple` ack for what has arrived (at most `batch` deliveries), once nothing more
+    /// is ready.
+    Multiple { batch: u64 },
+}
+
 /// Raw broker: the same queues (declared as the service declares them), producers as above, one consumer per
-/// queue with the service's prefetch (`workers × batch_size`) acking every delivery on receipt. No database.
-pub async fn raw_broker(services: &Services, tenants: usize, prefetch: u16, settings: ProducerSettings) -> Result<f64> {
+/// queue with the service's prefetch (`workers × batch_size`) acking on receipt (see [`Acks`]). No database.
+pub async fn raw_broker(
+    services: &Services,
+    tenants: usize,
+    prefetch: u16,
+    acks: Acks,
+    settings: ProducerSettings,
+) -> Result<f64> {
     let connection = services.amqp().await?;
     let tenants = bench_tenants(tenants);
     let setup = connection.create_channel().await?;
@@ -113,9 +129,23 @@ pub async fn raw_broker(services: &Services, tenants: usize, prefetch: u16, sett
         let total = settings.messages;
         consumers.spawn(async move {
             while let Some(delivery) = consumer.next().await {
-                let delivery = delivery?;
-                delivery.acker.ack(BasicAckOptions::default()).await?;
-                if acked.fetch_add(1, Ordering::Relaxed) + 1 == total {
+                let mut last = delivery?;
+                let mut received = 1;
+                if let Acks::Multiple { batch } = acks {
+                    // Take what is already there (no waiting), then ack it all at once.
+                    while received < batch {
+                        match consumer.next().now_or_never() {
+                            Some(Some(delivery)) => {
+                                last = delivery?;
+                                received += 1;
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+                let multiple = received > 1;
+                last.acker.ack(BasicAckOptions { multiple }).await?;
+                if acked.fetch_add(received, Ordering::Relaxed) + received == total {
                     done.notify_one();
                 }
             }

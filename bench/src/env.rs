@@ -82,6 +82,17 @@ pub async fn sweep_databases(postgres_server: &str) -> Result<usize> {
     Ok(dropped)
 }
 
+/// Lets the previous run's after-effects finish before the next is timed: a CHECKPOINT writes the dirty pages
+/// it left (rather than a checkpoint landing in the middle of the next run), then a short pause for the
+/// broker's queue deletions and the processes' exits.
+pub async fn settle(services: &Services) -> Result<()> {
+    let admin = sea_orm::Database::connect(format!("{}/postgres", services.postgres_server)).await?;
+    admin.execute_unprepared("CHECKPOINT").await?;
+    admin.close().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(())
+}
+
 /// Deletes a tenant's queue and dead-letter queue.
 pub async fn delete_tenant_queues(connection: &Connection, tenants: &[TenantId]) -> Result<()> {
     let channel = connection.create_channel().await?;

@@ -61,9 +61,9 @@ pub struct Plan {
 }
 
 /// Starts the service (default settings: `workers` 3, `consumer.batch_size` 100, pool of 20 connections) on a
-/// database of its own and runs the planned parts against it.
-pub async fn run(services: &Services, plan: Plan) -> Result<EndToEnd> {
-    let app = InProcess::start(services.service_config("service")).await?;
+/// database of its own (`<run>_<name>`) and runs the planned parts against it.
+pub async fn run(services: &Services, name: &str, plan: Plan) -> Result<EndToEnd> {
+    let app = InProcess::start(services.service_config(name)).await?;
     let result = run_on(&app, services, plan).await;
     let stopped = app.stop().await;
     let result = result?;

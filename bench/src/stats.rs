@@ -39,6 +39,54 @@ pub fn percentile_of_sorted(sorted: &[Duration], p: f64) -> Option<Duration> {
     sorted.get(rank.min(sorted.len()) - 1).copied()
 }
 
+/// One figure measured once per round.
+#[derive(Debug, Default, Clone)]
+pub struct Rounds(Vec<f64>);
+
+impl Extend<f64> for Rounds {
+    fn extend<I: IntoIterator<Item = f64>>(&mut self, values: I) {
+        self.0.extend(values);
+    }
+}
+
+impl Rounds {
+    pub fn push(&mut self, value: f64) {
+        self.0.push(value);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn last(&self) -> Option<f64> {
+        self.0.last().copied()
+    }
+
+    /// The median (the mean of the middle two for an even count); `None` without values.
+    pub fn median(&self) -> Option<f64> {
+        let mut sorted: Vec<f64> = self.0.iter().copied().filter(|v| v.is_finite()).collect();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(sorted[n / 2]),
+            _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+        }
+    }
+
+    /// `median` alone for one round, `median (min–max)` for several, each formatted by `format`.
+    pub fn format(&self, format: impl Fn(f64) -> String) -> String {
+        let Some(median) = self.median() else { return "n/a".into() };
+        let min = self.0.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.0.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        if self.0.len() > 1 {
+            format!("{} ({}–{})", format(median), format(min), format(max))
+        } else {
+            format(median)
+        }
+    }
+}
+
 /// Messages per second of `count` messages in `elapsed`.
 pub fn rate(count: u64, elapsed: Duration) -> f64 {
     let seconds = elapsed.as_secs_f64();
@@ -135,6 +183,21 @@ mod tests {
         assert_eq!(thousands(999), "999");
         assert_eq!(thousands(1_000), "1,000");
         assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn rounds_report_the_median_and_the_range() {
+        let mut rounds = Rounds::default();
+        assert_eq!(rounds.median(), None);
+        assert_eq!(rounds.format(format_rate), "n/a");
+        rounds.push(3.0);
+        assert_eq!(rounds.format(format_rate), "3");
+        rounds.push(1.0);
+        assert_eq!(rounds.median(), Some(2.0));
+        rounds.push(10.0);
+        assert_eq!(rounds.median(), Some(3.0));
+        assert_eq!(rounds.format(format_rate), "3 (1–10)");
+        assert_eq!(rounds.format(|r| format_ratio(Some(r))), "3.00× (1.00×–10.00×)");
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub struct ConsumerSettings {
     pub queue_type: QueueType,
     pub batch_size: u16,
     pub batch_wait: Duration,
+    pub batch_max_wait: Duration,
     pub instance_id: String,
     pub retry: RetryPolicy,
 }
@@ -247,7 +248,7 @@ struct WorkerContext {
     queues: TenantQueues,
     retry: RetryPolicy,
     batch_size: usize,
-    batch_wait: Duration,
+    linger: Linger,
     shutdown: CancellationToken,
 }
 
@@ -278,7 +279,7 @@ impl WorkerPool {
             acks,
             retry: settings.retry,
             batch_size: settings.batch_size.into(),
-            batch_wait: settings.batch_wait,
+            linger: Linger { wait: settings.batch_wait, max_wait: settings.batch_max_wait },
             shutdown,
         });
         Self {
@@ -340,7 +341,7 @@ async fn worker(index: u16, context: Arc<WorkerContext>, receiver: Arc<Mutex<mps
         if index >= desired.borrow_and_update().get() {
             break;
         }
-        match next_batch(&receiver, &mut desired, context.batch_size, context.batch_wait).await {
+        match next_batch(&receiver, &mut desired, context.batch_size, context.linger).await {
             Next::Batch(batch) => {
                 let held_back = {
                     let _busy = context.runtime.busy_guard();
@@ -366,23 +367,35 @@ async fn worker(index: u16, context: Arc<WorkerContext>, receiver: Arc<Mutex<mps
     index
 }
 
-enum Next {
-    Batch(Vec<Delivery>),
+#[derive(Debug, PartialEq)]
+enum Next<T> {
+    Batch(Vec<T>),
     /// The pool size changed while waiting for work: check whether to retire.
     Resized,
     /// The consumer stopped and the channel is drained.
     Closed,
 }
 
-/// Takes up to `max` deliveries: waits for the first, then for more until `wait` has passed. A resize can
-/// interrupt only the wait for the lock or for the first delivery, never a batch being gathered, so no
+/// How long a worker holds a batch open for more deliveries.
+#[derive(Debug, Clone, Copy)]
+struct Linger {
+    /// Waited after each look at the channel that found it empty.
+    wait: Duration,
+    /// Longest a batch stays open, from its first delivery.
+    max_wait: Duration,
+}
+
+/// Takes up to `max` deliveries: waits for the first, then, while the batch is not full, lets more arrive for
+/// `linger.wait` and takes them, again as long as each wait brought more, until `linger.max_wait`. A lone
+/// message waits `wait`; under load batches fill up, which is what makes a write cheap per message. A resize
+/// can interrupt only the wait for the lock or for the first delivery, never a batch being gathered, so no
 /// delivery is ever dropped unsettled.
-async fn next_batch(
-    receiver: &Mutex<mpsc::Receiver<Delivery>>,
+async fn next_batch<T>(
+    receiver: &Mutex<mpsc::Receiver<T>>,
     desired: &mut watch::Receiver<Workers>,
     max: usize,
-    wait: Duration,
-) -> Next {
+    linger: Linger,
+) -> Next<T> {
     let mut receiver = tokio::select! {
         receiver = receiver.lock() => receiver,
         _ = desired.changed() => return Next::Resized,
@@ -394,18 +407,35 @@ async fn next_batch(
     let Some(first) = first else { return Next::Closed };
     let mut batch = Vec::with_capacity(max);
     batch.push(first);
-    let deadline = tokio::time::Instant::now() + wait;
-    while batch.len() < max {
-        match receiver.try_recv() {
-            Ok(delivery) => batch.push(delivery),
-            Err(mpsc::error::TryRecvError::Disconnected) => break,
-            Err(mpsc::error::TryRecvError::Empty) => match tokio::time::timeout_at(deadline, receiver.recv()).await {
-                Ok(Some(delivery)) => batch.push(delivery),
-                Ok(None) | Err(_) => break,
-            },
+    // Sleeping and then taking what arrived wakes this task once per wait instead of once per delivery.
+    let closes = tokio::time::Instant::now() + linger.max_wait;
+    let mut full = take_ready(&mut receiver, &mut batch, max);
+    while !full {
+        let before = batch.len();
+        let now = tokio::time::Instant::now();
+        if now >= closes {
+            break;
+        }
+        tokio::time::sleep_until((now + linger.wait).min(closes)).await;
+        full = take_ready(&mut receiver, &mut batch, max);
+        if batch.len() == before {
+            break;
         }
     }
     Next::Batch(batch)
+}
+
+/// Moves deliveries that are already in the channel into `batch`, up to `max`. True when the batch is full
+/// or no more can come (the consumer stopped).
+fn take_ready<T>(receiver: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    while batch.len() < max {
+        match receiver.try_recv() {
+            Ok(delivery) => batch.push(delivery),
+            Err(mpsc::error::TryRecvError::Empty) => return false,
+            Err(mpsc::error::TryRecvError::Disconnected) => return true,
+        }
+    }
+    true
 }
 
 /// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
@@ -562,5 +592,101 @@ async fn settle(delivery: &Delivery, outcome: Outcome, context: &WorkerContext) 
     if let Err(error) = settled.map(|_| ()).and(released) {
         // The channel is gone: the broker redelivers, and the insert is idempotent.
         tracing::debug!(%error, ?outcome, "could not settle a delivery");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const LINGER: Linger = Linger { wait: Duration::from_millis(5), max_wait: Duration::from_millis(25) };
+
+    fn pool_of(workers: u16) -> (watch::Sender<Workers>, watch::Receiver<Workers>) {
+        watch::channel(Workers::new(NonZeroU16::new(workers).expect("non-zero")))
+    }
+
+    async fn gather(receiver: &Mutex<mpsc::Receiver<u32>>, max: usize) -> (Next<u32>, Duration) {
+        let (_size, mut desired) = pool_of(1);
+        let started = Instant::now();
+        let next = next_batch(receiver, &mut desired, max, LINGER).await;
+        (next, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_message_waits_one_wait() {
+        let (sender, receiver) = mpsc::channel(10);
+        sender.send(1).await.expect("open");
+        let (next, took) = gather(&Mutex::new(receiver), 100).await;
+        assert_eq!(next, Next::Batch(vec![1]));
+        assert_eq!(took, LINGER.wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_at_once_and_leaves_the_rest() {
+        let (sender, receiver) = mpsc::channel(10);
+        for n in 0..7 {
+            sender.send(n).await.expect("open");
+        }
+        let receiver = Mutex::new(receiver);
+        let (next, took) = gather(&receiver, 5).await;
+        assert_eq!(next, Next::Batch(vec![0, 1, 2, 3, 4]));
+        assert_eq!(took, Duration::ZERO);
+        let (next, _) = gather(&receiver, 5).await;
+        assert_eq!(next, Next::Batch(vec![5, 6]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_keeps_the_batch_open_until_max_wait() {
+        let (sender, receiver) = mpsc::channel(100);
+        sender.send(0).await.expect("open");
+        let producer = tokio::spawn(async move {
+            for n in 1..=40 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if sender.send(n).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (next, took) = gather(&Mutex::new(receiver), 100).await;
+        producer.abort();
+        assert_eq!(took, LINGER.max_wait);
+        let Next::Batch(batch) = next else { panic!("expected a batch, got {next:?}") };
+        // One every 2 ms for 25 ms, in order and without gaps.
+        assert_eq!(batch, (0..=12).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_batch_closes_after_a_wait_that_brought_nothing() {
+        let (sender, receiver) = mpsc::channel(100);
+        sender.send(0).await.expect("open");
+        let producer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            sender.send(1).await.expect("open");
+            // Then silence, with the channel still open.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let (next, took) = gather(&Mutex::new(receiver), 100).await;
+        producer.abort();
+        assert_eq!(next, Next::Batch(vec![0, 1]));
+        assert_eq!(took, 2 * LINGER.wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_channel_ends_the_worker_and_a_resize_interrupts_the_wait_for_work() {
+        let (sender, receiver) = mpsc::channel::<u32>(1);
+        let receiver = Mutex::new(receiver);
+        let (size, mut desired) = pool_of(2);
+        let resize = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            size.send_replace(Workers::new(NonZeroU16::MIN));
+        };
+        let (next, ()) = tokio::join!(next_batch(&receiver, &mut desired, 10, LINGER), resize);
+        assert_eq!(next, Next::Resized);
+        drop(sender);
+        assert_eq!(next_batch(&receiver, &mut desired, 10, LINGER).await, Next::Closed);
     }
 }
