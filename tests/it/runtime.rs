@@ -14,6 +14,7 @@ use crate::helpers::{
     TestApp, amqp, await_consumer, dlq, eventually, publish_raw, queue, queue_state, retry_queue, slow_down_inserts,
     test_config,
 };
+use crate::metrics::Scrape;
 
 #[tokio::test]
 async fn a_tenant_gets_a_queue_with_one_consumer_and_deletion_removes_queue_and_partition() {
@@ -112,6 +113,53 @@ async fn any_amqp_producer_can_publish_to_the_tenant_queue() {
         .scalar_i64(&format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}' AND id = '{with_id}'"))
         .await;
     assert_eq!(kept, 1, "the AMQP message_id is the row id");
+    app.stop().await;
+}
+
+/// A stored id that arrives again as a new delivery (published twice, not redelivered) is a duplicate to
+/// skip, not bad data to dead-letter: alone in its batch and beside a new message.
+#[tokio::test]
+async fn a_message_id_published_again_is_acked_and_stored_once() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("again").await;
+    await_consumer(&broker, &tenant).await;
+    let channel = broker.create_channel().await.expect("channel");
+    let (again, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let with_id = |id: Uuid| BasicProperties::default().with_message_id(id.to_string().into());
+    let persisted = |count: f64| {
+        let app = &app;
+        let tenant = &tenant;
+        async move {
+            eventually(Duration::from_secs(20), &format!("{count} deliveries committed and acked"), || async {
+                let persisted = Scrape::of(app).await.tenant("tenantmq_messages_persisted_total", tenant);
+                (persisted == Some(count)).then_some(())
+            })
+            .await
+        }
+    };
+    publish_raw(&channel, &tenant, br#"{"copy": 1}"#, with_id(again)).await;
+    persisted(1.0).await;
+    // Fresh deliveries (not redeliveries) of a stored id: alone in a batch, then beside a new one.
+    publish_raw(&channel, &tenant, br#"{"copy": 2}"#, with_id(again)).await;
+    persisted(2.0).await;
+    for (body, id) in [(br#"{"copy": 3}"#.as_slice(), again), (br#"{"other": 1}"#, other)] {
+        publish_raw(&channel, &tenant, body, with_id(id)).await;
+    }
+    persisted(4.0).await;
+    assert_eq!(app.message_count(&tenant).await, 2);
+    let first = app
+        .scalar_i64(&format!(
+            "SELECT count(*) FROM messages WHERE tenant_id = '{tenant}' AND id = '{again}' AND payload = '{{\"copy\": 1}}'"
+        ))
+        .await;
+    assert_eq!(first, 1, "the first copy's row stays");
+    let scrape = Scrape::of(&app).await;
+    for reason in ["transient", "permanent"] {
+        let failed = scrape.value("tenantmq_messages_failed_total", &[("tenant_id", &tenant), ("reason", reason)]);
+        assert_eq!(failed.unwrap_or(0.0), 0.0, "{reason} failures");
+    }
+    assert_eq!(queue_state(&broker, &dlq(&tenant)).await.map(|(ready, _)| ready), Some(0), "nothing dead-lettered");
     app.stop().await;
 }
 
