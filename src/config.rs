@@ -97,12 +97,13 @@ pub struct ConsumerConfig {
     /// Most messages a worker writes in one transaction.
     pub batch_size: u16,
     /// How long a worker waits for more messages before it writes a batch that is not full; it waits again
-    /// while messages keep arriving, up to `batch_max_wait`.
+    /// while messages keep arriving, up to `batch_max_wait`. Zero: write what is there at once.
     #[serde(with = "humantime_serde")]
     pub batch_wait: Duration,
-    /// Longest a worker keeps a batch open, counted from its first message.
+    /// Longest a worker keeps a batch open, counted from its first message. Unset: 25 ms, or `batch_wait` if
+    /// that is longer (so a configuration from before this key stays valid).
     #[serde(with = "humantime_serde")]
-    pub batch_max_wait: Duration,
+    pub batch_max_wait: Option<Duration>,
     /// The reconciler compares desired and running consumers at least this often.
     #[serde(with = "humantime_serde")]
     pub resync_interval: Duration,
@@ -235,7 +236,7 @@ impl Default for ConsumerConfig {
         Self {
             batch_size: 100,
             batch_wait: Duration::from_millis(5),
-            batch_max_wait: Duration::from_millis(25),
+            batch_max_wait: None,
             resync_interval: Duration::from_secs(5),
             instance_id: None,
             retry_delay: Duration::from_secs(1),
@@ -244,7 +245,15 @@ impl Default for ConsumerConfig {
     }
 }
 
+/// Bounds both batch waits: a batch held longer only delays its messages.
+const MAX_BATCH_WAIT: Duration = Duration::from_secs(10);
+
 impl ConsumerConfig {
+    /// `batch_max_wait`, or its default: 25 ms, or `batch_wait` if that is longer.
+    pub fn batch_max_wait(&self) -> Duration {
+        self.batch_max_wait.unwrap_or(self.batch_wait.max(Duration::from_millis(25)))
+    }
+
     pub fn instance_id(&self) -> String {
         self.instance_id.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME")
@@ -366,8 +375,16 @@ impl Config {
         if self.consumer.batch_size == 0 {
             return Err(ConfigError::new("consumer.batch_size", "must be at least 1"));
         }
-        if self.consumer.batch_max_wait < self.consumer.batch_wait {
-            return Err(ConfigError::new("consumer.batch_max_wait", "must be at least consumer.batch_wait"));
+        if self.consumer.batch_wait > MAX_BATCH_WAIT {
+            return Err(ConfigError::new("consumer.batch_wait", "must be at most 10s"));
+        }
+        if let Some(max_wait) = self.consumer.batch_max_wait
+            && (max_wait < self.consumer.batch_wait || max_wait > MAX_BATCH_WAIT)
+        {
+            return Err(ConfigError::new(
+                "consumer.batch_max_wait",
+                "must be at least consumer.batch_wait and at most 10s",
+            ));
         }
         if self.consumer.retry_delay.is_zero() || self.consumer.retry_max_delay < self.consumer.retry_delay {
             return Err(ConfigError::new(
@@ -414,5 +431,39 @@ impl Config {
     /// The validated default and maximum pool sizes, as the domain sees them.
     pub fn tenant_policy(&self) -> Policy {
         Policy { default_workers: Workers::new(self.workers), max_workers: Workers::new(self.max_workers) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_waits(wait_ms: u64, max_wait_ms: Option<u64>) -> Config {
+        let mut config = Config::default();
+        config.auth.jwt_secret = Some("a test secret of at least 32 bytes".into());
+        config.consumer.batch_wait = Duration::from_millis(wait_ms);
+        config.consumer.batch_max_wait = max_wait_ms.map(Duration::from_millis);
+        config
+    }
+
+    #[test]
+    fn batch_max_wait_defaults_to_25ms_or_batch_wait_if_longer() {
+        assert_eq!(with_waits(5, None).consumer.batch_max_wait(), Duration::from_millis(25));
+        assert_eq!(with_waits(50, None).consumer.batch_max_wait(), Duration::from_millis(50));
+        assert_eq!(with_waits(5, Some(100)).consumer.batch_max_wait(), Duration::from_millis(100));
+        assert_eq!(with_waits(50, None).validate().map_err(|e| e.to_string()), Ok(()), "a batch_wait above 25ms alone");
+        assert_eq!(with_waits(0, Some(0)).validate().map_err(|e| e.to_string()), Ok(()));
+    }
+
+    #[test]
+    fn batch_waits_are_bounded() {
+        for (wait, max_wait, key) in [
+            (50, Some(10), "consumer.batch_max_wait"),
+            (5, Some(10_001), "consumer.batch_max_wait"),
+            (10_001, None, "consumer.batch_wait"),
+        ] {
+            let error = with_waits(wait, max_wait).validate().expect_err("invalid");
+            assert_eq!(error.key, key, "{wait} {max_wait:?}");
+        }
     }
 }

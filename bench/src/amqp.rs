@@ -155,7 +155,16 @@ pub async fn raw_broker(
     let started = Instant::now();
     let all_acked = done.notified();
     produce(&connection, &tenants, settings).await?;
-    tokio::time::timeout(Duration::from_secs(600), all_acked).await.context("raw broker: not every message acked")?;
+    tokio::select! {
+        acked = tokio::time::timeout(Duration::from_secs(600), all_acked) => {
+            acked.context("raw broker: not every message acked")?;
+        }
+        // A consumer only ends early on an error: report it rather than wait for the timeout.
+        Some(ended) = consumers.join_next() => {
+            ended??;
+            anyhow::bail!("raw broker: a consumer ended before every message was acked");
+        }
+    }
     let elapsed = started.elapsed();
     consumers.abort_all();
     env::delete_tenant_queues(&connection, &tenants).await?;

@@ -87,7 +87,10 @@ pub async fn sweep_databases(postgres_server: &str) -> Result<usize> {
 /// broker's queue deletions and the processes' exits.
 pub async fn settle(services: &Services) -> Result<()> {
     let admin = sea_orm::Database::connect(format!("{}/postgres", services.postgres_server)).await?;
-    admin.execute_unprepared("CHECKPOINT").await?;
+    // CHECKPOINT needs a superuser or pg_checkpoint; without it the pause alone has to do.
+    if let Err(error) = admin.execute_unprepared("CHECKPOINT").await {
+        eprintln!("warning: no CHECKPOINT before the next part ({error})");
+    }
     admin.close().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     Ok(())

@@ -128,6 +128,16 @@ fn check(met: bool, target: &str) -> String {
     format!("{target} {}", if met { "✔" } else { "✘" })
 }
 
+/// What one round of the throughput runs measured (`None`: not run).
+#[derive(Default)]
+struct Round {
+    broker: Option<f64>,
+    broker_multiple: Option<f64>,
+    naive: Option<f64>,
+    e2e: Option<f64>,
+    e2e_batch: Option<f64>,
+}
+
 /// The per-round figures of the throughput runs, and the ratios of each round's own figures.
 #[derive(Default)]
 struct Throughput {
@@ -144,20 +154,23 @@ struct Throughput {
 }
 
 impl Throughput {
-    /// Computes the ratios of the round that just ended from its own figures.
-    fn close_round(&mut self, raw_db: Option<f64>) {
-        let last = |r: &Rounds| r.last();
-        if let Some(e2e) = last(&self.e2e) {
-            if let (Some(broker), Some(db)) = (last(&self.broker), raw_db) {
-                self.e2e_over_ceiling.extend(ratio(e2e, broker.min(db)));
-            }
-            if let Some(naive) = last(&self.naive) {
-                self.e2e_over_naive.extend(ratio(e2e, naive));
-            }
+    /// Adds one round's figures, and the ratios computed from them alone.
+    fn add(&mut self, round: Round, raw_db: Option<f64>) {
+        let Round { broker, broker_multiple, naive, e2e, e2e_batch } = round;
+        if let (Some(e2e), Some(broker), Some(db)) = (e2e, broker, raw_db) {
+            self.e2e_over_ceiling.extend(ratio(e2e, broker.min(db)));
         }
-        if let (Some(naive), Some(broker)) = (last(&self.naive), last(&self.broker_multiple)) {
+        if let (Some(e2e), Some(naive)) = (e2e, naive) {
+            self.e2e_over_naive.extend(ratio(e2e, naive));
+        }
+        if let (Some(naive), Some(broker)) = (naive, broker_multiple) {
             self.five_naive_over_broker.extend(ratio(5.0 * naive, broker));
         }
+        self.broker.extend(broker);
+        self.broker_multiple.extend(broker_multiple);
+        self.naive.extend(naive);
+        self.e2e.extend(e2e);
+        self.e2e_batch.extend(e2e_batch);
     }
 
     fn report(&self, rows: &mut Vec<Row>, cli: &Cli, prefetch: u16, workers: u16) {
@@ -285,35 +298,34 @@ async fn main() -> Result<()> {
     let prefetch = workers.saturating_mul(batch_size);
     let mut figures = Throughput::default();
     for round in 1..=rounds {
+        let mut round_figures = Round::default();
         if cli.wants("broker") {
             eprintln!(
                 "round {round}/{rounds}: raw broker, {} messages, acks per delivery, then multiple…",
                 thousands(messages)
             );
             env::settle(&services).await?;
-            figures
-                .broker
-                .push(amqp::raw_broker(&services, cli.tenants, prefetch, Acks::EachDelivery, cli.producer()).await?);
+            round_figures.broker =
+                Some(amqp::raw_broker(&services, cli.tenants, prefetch, Acks::EachDelivery, cli.producer()).await?);
             env::settle(&services).await?;
             let acks = Acks::Multiple { batch: batch_size.into() };
-            figures
-                .broker_multiple
-                .push(amqp::raw_broker(&services, cli.tenants, prefetch, acks, cli.producer()).await?);
+            round_figures.broker_multiple =
+                Some(amqp::raw_broker(&services, cli.tenants, prefetch, acks, cli.producer()).await?);
         }
         if cli.wants("naive") {
             eprintln!("round {round}/{rounds}: naive baseline…");
             env::settle(&services).await?;
-            figures.naive.push(amqp::naive(&services, cli.tenants, cli.producer()).await?);
+            round_figures.naive = Some(amqp::naive(&services, cli.tenants, cli.producer()).await?);
         }
         if cli.wants("amqp") {
             eprintln!("round {round}/{rounds}: end-to-end AMQP (the service in process)…");
             env::settle(&services).await?;
             let plan = Plan { tenants: cli.tenants, amqp: Some(cli.producer()), http: None, pages: None };
             let result = service::run(&services, &format!("amqp{round}"), plan).await?;
-            figures.e2e.extend(result.amqp);
-            figures.e2e_batch.extend(result.amqp_batch);
+            round_figures.e2e = result.amqp;
+            round_figures.e2e_batch = result.amqp_batch;
         }
-        figures.close_round(raw_db);
+        figures.add(round_figures, raw_db);
     }
     figures.report(&mut rows, &cli, prefetch, workers);
 

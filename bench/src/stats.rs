@@ -50,16 +50,8 @@ impl Extend<f64> for Rounds {
 }
 
 impl Rounds {
-    pub fn push(&mut self, value: f64) {
-        self.0.push(value);
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
-    }
-
-    pub fn last(&self) -> Option<f64> {
-        self.0.last().copied()
     }
 
     /// The median (the mean of the middle two for an even count); `None` without values.
@@ -190,11 +182,11 @@ mod tests {
         let mut rounds = Rounds::default();
         assert_eq!(rounds.median(), None);
         assert_eq!(rounds.format(format_rate), "n/a");
-        rounds.push(3.0);
+        rounds.extend(Some(3.0));
         assert_eq!(rounds.format(format_rate), "3");
-        rounds.push(1.0);
+        rounds.extend(Some(1.0));
         assert_eq!(rounds.median(), Some(2.0));
-        rounds.push(10.0);
+        rounds.extend(Some(10.0));
         assert_eq!(rounds.median(), Some(3.0));
         assert_eq!(rounds.format(format_rate), "3 (1–10)");
         assert_eq!(rounds.format(|r| format_ratio(Some(r))), "3.00× (1.00×–10.00×)");

@@ -387,7 +387,8 @@ struct Linger {
 
 /// Takes up to `max` deliveries: waits for the first, then, while the batch is not full, lets more arrive for
 /// `linger.wait` and takes them, again as long as each wait brought more, until `linger.max_wait`. A lone
-/// message waits `wait`; under load batches fill up, which is what makes a write cheap per message. A resize
+/// message waits `wait` (a zero `wait` takes what is there and goes); under load batches fill up, which is
+/// what makes a write cheap per message. A resize
 /// can interrupt only the wait for the lock or for the first delivery, never a batch being gathered, so no
 /// delivery is ever dropped unsettled.
 async fn next_batch<T>(
@@ -410,7 +411,7 @@ async fn next_batch<T>(
     // Sleeping and then taking what arrived wakes this task once per wait instead of once per delivery.
     let closes = tokio::time::Instant::now() + linger.max_wait;
     let mut full = take_ready(&mut receiver, &mut batch, max);
-    while !full {
+    while !full && !linger.wait.is_zero() {
         let before = batch.len();
         let now = tokio::time::Instant::now();
         if now >= closes {
@@ -673,6 +674,38 @@ mod tests {
         producer.abort();
         assert_eq!(next, Next::Batch(vec![0, 1]));
         assert_eq!(took, 2 * LINGER.wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_wait_takes_what_is_there_and_goes() {
+        let (sender, receiver) = mpsc::channel(10);
+        for n in 0..3 {
+            sender.send(n).await.expect("open");
+        }
+        let (_size, mut desired) = pool_of(1);
+        let started = Instant::now();
+        let no_linger = Linger { wait: Duration::ZERO, max_wait: Duration::ZERO };
+        let next = next_batch(&Mutex::new(receiver), &mut desired, 100, no_linger).await;
+        assert_eq!(next, Next::Batch(vec![0, 1, 2]));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_stops_during_the_wait_gets_its_batch_written() {
+        let (sender, receiver) = mpsc::channel(10);
+        sender.send(0).await.expect("open");
+        let stop = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            sender.send(1).await.expect("open");
+            drop(sender);
+        });
+        let receiver = Mutex::new(receiver);
+        let (next, took) = gather(&receiver, 100).await;
+        stop.await.expect("sender task");
+        // Taken at the end of the first wait, without waiting again for a consumer that is gone.
+        assert_eq!(next, Next::Batch(vec![0, 1]));
+        assert_eq!(took, LINGER.wait);
+        assert_eq!(gather(&receiver, 100).await.0, Next::Closed);
     }
 
     #[tokio::test(start_paused = true)]

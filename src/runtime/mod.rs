@@ -70,7 +70,7 @@ impl Runtime {
                 queue_type: config.rabbitmq.queue_type,
                 batch_size: config.consumer.batch_size,
                 batch_wait: config.consumer.batch_wait,
-                batch_max_wait: config.consumer.batch_max_wait,
+                batch_max_wait: config.consumer.batch_max_wait(),
                 instance_id: config.consumer.instance_id(),
                 retry: failure::RetryPolicy {
                     max_retries: config.max_retries,

@@ -74,6 +74,7 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
         ),
         (vec!["serve"], vec![("TENANTMQ_TELEMETRY__SERVICE_NAME", " ")], "telemetry.service_name"),
         (vec!["serve"], vec![("TENANTMQ_CONSUMER__BATCH_MAX_WAIT", "1ms")], "consumer.batch_max_wait"),
+        (vec!["serve"], vec![("TENANTMQ_CONSUMER__BATCH_WAIT", "1h")], "consumer.batch_wait"),
         (vec!["--config", &zero, "serve"], vec![], "workers"),
         (vec!["--config", "/no/such/file.yaml", "serve"], vec![], "--config"),
         (vec!["--config", &bad_file, "serve"], vec![], ""),
