@@ -204,12 +204,8 @@ pub async fn naive(services: &Services, tenants: usize, settings: ProducerSettin
         consumers.spawn(async move {
             while let Some(delivery) = consumer.next().await {
                 let delivery = delivery?;
-                let id = delivery
-                    .properties
-                    .message_id()
-                    .as_ref()
-                    .and_then(|id| Uuid::try_parse(id.as_str()).ok())
-                    .unwrap_or_else(Uuid::now_v7);
+                // The service's id rule, so both designs store the same rows.
+                let id = tenantmq::runtime::consumer::row_id(&delivery);
                 let payload = std::str::from_utf8(&delivery.data)?;
                 sqlx::query(
                     "INSERT INTO messages (tenant_id, id, payload) VALUES ($1, $2, $3::jsonb) \

@@ -548,14 +548,20 @@ async fn retry_or_dead_letter(
     Ok(())
 }
 
-/// The id is the AMQP `message_id` when it is a UUID, otherwise a new UUIDv7; the body must be JSON.
-fn decode(delivery: &Delivery) -> Result<NewMessage, &'static str> {
-    let id = delivery
+/// A delivery's row id: its AMQP `message_id` when that is a UUID (so a redelivery or a republished copy
+/// finds its row), otherwise a new UUIDv7.
+pub fn row_id(delivery: &Delivery) -> Uuid {
+    delivery
         .properties
         .message_id()
         .as_ref()
         .and_then(|id| Uuid::try_parse(id.as_str()).ok())
-        .unwrap_or_else(Uuid::now_v7);
+        .unwrap_or_else(Uuid::now_v7)
+}
+
+/// The id is [`row_id`]; the body must be JSON.
+fn decode(delivery: &Delivery) -> Result<NewMessage, &'static str> {
+    let id = row_id(delivery);
     let text = std::str::from_utf8(&delivery.data).map_err(|_| "body is not UTF-8")?;
     serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| "body is not JSON")?;
     Ok(NewMessage { id, payload: text.to_owned() })
