@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks (SPEC §10): builds the release bench and service binaries, makes sure PostgreSQL and RabbitMQ are up,
+# Benchmarks: builds the release bench and service binaries, makes sure PostgreSQL and RabbitMQ are up,
 # runs the bench and prints one Markdown table (docs/benchmarks.md explains every figure).
 #   scripts/bench.sh                  default sizes (under 10 minutes on a 2-core machine)
 #   scripts/bench.sh --quick          small sizes, under a minute (a smoke test, not a measurement)

@@ -1,4 +1,4 @@
-//! JWT bearer authentication (§7): HS256 with `auth.jwt_secret` by default, RS256/ES256 with a public key by
+//! JWT bearer authentication: HS256 with `auth.jwt_secret` by default, RS256/ES256 with a public key by
 //! configuration. Claims: `sub`, `exp`, `role` (`admin` | `tenant`) and, for tenant tokens, `tenant_id`.
 //! An admin may do everything; a tenant token only its own tenant's reads, publishes, events and DLQ.
 

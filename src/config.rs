@@ -1,4 +1,4 @@
-//! Layered configuration (§3): built-in defaults < `config/default.yaml` < `--config FILE` < `TENANTMQ_…`
+//! Layered configuration: built-in defaults < `config/default.yaml` < `--config FILE` < `TENANTMQ_…`
 //! environment variables (`__` separates nesting levels).
 
 use std::{fmt, num::NonZeroU16, path::Path, time::Duration};
@@ -52,6 +52,15 @@ pub struct ServerConfig {
     pub host: String,
     /// 0 picks a free port (tests use it).
     pub port: u16,
+    /// How long a client may take to send a request's headers (HTTP/1.1; also the longest wait for the next
+    /// request on a kept-alive connection). A slower client is disconnected.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection that moves no byte in either direction for this long is closed (any protocol).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Most client connections open at once; further ones wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -166,6 +175,13 @@ pub struct MetricsConfig {
     /// How often the depth of every tenant's queues is read from the broker (a passive declare per queue).
     #[serde(with = "humantime_serde")]
     pub queue_poll_interval: Duration,
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <this token>` (it names every
+    /// tenant and its counters). Unset: `/metrics` is open, like the probes.
+    pub bearer_token: Option<String>,
+    /// How often the read side's visibility horizon is sampled (`tenantmq_read_visibility_lag_seconds`, accurate
+    /// to within this interval).
+    #[serde(with = "humantime_serde")]
+    pub visibility_poll_interval: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -203,7 +219,13 @@ impl Default for Config {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { host: "0.0.0.0".into(), port: 8080 }
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8080,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
     }
 }
 
@@ -287,7 +309,11 @@ impl Default for LogConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { queue_poll_interval: Duration::from_secs(15) }
+        Self {
+            queue_poll_interval: Duration::from_secs(15),
+            bearer_token: None,
+            visibility_poll_interval: Duration::from_secs(5),
+        }
     }
 }
 
@@ -357,6 +383,15 @@ impl Config {
                 format!("must be between 1 and max_workers ({}), got {}", self.max_workers, self.workers),
             ));
         }
+        if self.server.header_read_timeout.is_zero() {
+            return Err(ConfigError::new("server.header_read_timeout", "must be greater than zero"));
+        }
+        if self.server.idle_timeout.is_zero() {
+            return Err(ConfigError::new("server.idle_timeout", "must be greater than zero"));
+        }
+        if self.server.max_connections == 0 {
+            return Err(ConfigError::new("server.max_connections", "must be at least 1"));
+        }
         if self.max_payload_bytes == 0 {
             return Err(ConfigError::new("max_payload_bytes", "must be at least 1"));
         }
@@ -402,8 +437,33 @@ impl Config {
             return Err(ConfigError::new("projectors.batch_size", "must be at least 1"));
         }
         Authenticator::from_config(&self.auth)?;
+        if self.auth.enabled
+            && self.auth.jwt_secret.as_deref() == Some(crate::auth::DEVELOPMENT_SECRET)
+            && !is_loopback(&self.server.host)
+        {
+            return Err(ConfigError::new(
+                "auth.jwt_secret",
+                format!(
+                    "is the development secret published in config/default.yaml, which anyone can use to mint \
+                     tokens: it is allowed only while server.host is a loopback address (got {}); set your own \
+                     secret to listen on other addresses",
+                    self.server.host
+                ),
+            ));
+        }
         if self.projectors.poll_interval.is_zero() {
             return Err(ConfigError::new("projectors.poll_interval", "must be greater than zero"));
+        }
+        if self
+            .metrics
+            .bearer_token
+            .as_ref()
+            .is_some_and(|token| token.len() < 16 || token.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::new("metrics.bearer_token", "must be at least 16 characters, without spaces"));
+        }
+        if self.metrics.visibility_poll_interval.is_zero() {
+            return Err(ConfigError::new("metrics.visibility_poll_interval", "must be greater than zero"));
         }
         if self.metrics.queue_poll_interval.is_zero() {
             return Err(ConfigError::new("metrics.queue_poll_interval", "must be greater than zero"));
@@ -419,11 +479,21 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration as JSON with secrets redacted (`tenantmq config`).
+    /// The configuration as JSON with secrets redacted (`tenantmq config`): the JWT secret, and passwords in
+    /// the connection URLs.
     pub fn to_redacted_json(&self) -> serde_json::Value {
         let mut json = serde_json::to_value(self).unwrap_or_default();
-        if let Some(secret) = json.pointer_mut("/auth/jwt_secret").filter(|s| !s.is_null()) {
-            *secret = "<redacted>".into();
+        for pointer in ["/auth/jwt_secret", "/metrics/bearer_token"] {
+            if let Some(secret) = json.pointer_mut(pointer).filter(|s| !s.is_null()) {
+                *secret = REDACTED.into();
+            }
+        }
+        for pointer in ["/database/url", "/rabbitmq/url", "/telemetry/otlp_endpoint"] {
+            if let Some(url) = json.pointer_mut(pointer)
+                && let Some(text) = url.as_str()
+            {
+                *url = redact_url(text).into();
+            }
         }
         json
     }
@@ -434,9 +504,84 @@ impl Config {
     }
 }
 
+const REDACTED: &str = "<redacted>";
+
+/// `url` with the password of its user info (`scheme://user:password@host`) and any `password` query
+/// parameter (libpq's `?password=`) replaced by `<redacted>`; everything else is kept, to show where it points.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{user}:{REDACTED}@{host}"),
+            None => format!("{user_info}@{host}"),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}={REDACTED}"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", query.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    let scheme = if scheme.is_empty() { String::new() } else { format!("{scheme}://") };
+    format!("{scheme}{authority}{tail}")
+}
+
+/// Whether `host` names only this machine (an IP loopback address or `localhost`).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_in_urls_are_redacted_and_the_rest_kept() {
+        for (url, shown) in [
+            ("amqp://guest:guest@127.0.0.1:5672/%2f", "amqp://guest:<redacted>@127.0.0.1:5672/%2f"),
+            ("postgres://app:s3cr%40t@db:5432/app", "postgres://app:<redacted>@db:5432/app"),
+            ("postgres://app:p@ss@db/app", "postgres://app:<redacted>@db/app"),
+            ("postgres://postgres@127.0.0.1:5432/tenantmq", "postgres://postgres@127.0.0.1:5432/tenantmq"),
+            (
+                "postgres://db/app?user=a&password=x&sslmode=require",
+                "postgres://db/app?user=a&password=<redacted>&sslmode=require",
+            ),
+            ("http://collector:4318", "http://collector:4318"),
+        ] {
+            assert_eq!(redact_url(url), shown);
+        }
+    }
+
+    #[test]
+    fn the_development_secret_is_refused_off_loopback() {
+        let mut config = Config::default();
+        config.auth.jwt_secret = Some(crate::auth::DEVELOPMENT_SECRET.into());
+        for host in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"] {
+            config.server.host = host.into();
+            assert!(config.validate().is_ok(), "{host}");
+        }
+        for host in ["0.0.0.0", "::", "10.1.2.3", "example.com"] {
+            config.server.host = host.into();
+            assert_eq!(config.validate().map_err(|e| e.key), Err("auth.jwt_secret".to_owned()), "{host}");
+        }
+        config.auth.jwt_secret = Some("a real secret of at least thirty-two bytes".into());
+        assert!(config.validate().is_ok());
+    }
 
     fn with_waits(wait_ms: u64, max_wait_ms: Option<u64>) -> Config {
         let mut config = Config::default();

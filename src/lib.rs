@@ -18,12 +18,8 @@ pub mod telemetry;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use poem::{
-    Server,
-    listener::{Acceptor, Listener, TcpAcceptor, TcpListener},
-};
 use sea_orm::DatabaseConnection;
-use tokio::{sync::OnceCell, task::JoinSet, time::Instant};
+use tokio::{net::TcpListener, sync::OnceCell, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -52,9 +48,12 @@ pub enum StartupError {
     Bind { address: String, source: io::Error },
 }
 
+/// Files the service keeps open besides client connections (database pool, broker, logs), with room to spare.
+const RESERVED_FILES: u64 = 256;
+
 /// The running service: HTTP server, projectors and runtime, stopped by one token.
 pub struct Application {
-    acceptor: TcpAcceptor,
+    listener: TcpListener,
     address: SocketAddr,
     config: Config,
     state: AppState,
@@ -94,6 +93,13 @@ impl Application {
             &background,
         );
         metrics.observe_projectors(&projections, store.subscribe_head());
+        let (visibility_lag, lag) = tokio::sync::watch::channel(Duration::ZERO);
+        metrics.observe_read_visibility(lag);
+        let (horizon_db, interval, stop) = (db.clone(), config.metrics.visibility_poll_interval, background.clone());
+        background_tasks.spawn(async move {
+            store::visibility::watch_horizon(horizon_db, interval, visibility_lag, stop).await;
+            "visibility horizon"
+        });
         let commands = TenantCommands::new(
             store.clone(),
             config.tenant_policy(),
@@ -119,21 +125,25 @@ impl Application {
             runtime,
             metrics,
             authenticator: Arc::new(auth::Authenticator::from_config(&config.auth).map_err(StartupError::Config)?),
+            metrics_token: config.metrics.bearer_token.as_deref().map(Arc::from),
             limits: api::json_body::BodyLimits { single: config.max_payload_bytes, batch: config.max_batch_bytes },
         };
 
+        match api::server::raise_open_files_limit() {
+            Ok(limit) if limit < config.server.max_connections as u64 + RESERVED_FILES => tracing::warn!(
+                limit,
+                max_connections = config.server.max_connections,
+                "the open files limit is below server.max_connections (plus what the service needs itself)"
+            ),
+            Ok(limit) => tracing::debug!(limit, "open files limit"),
+            Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+        }
         let address = format!("{}:{}", config.server.host, config.server.port);
-        let acceptor = TcpListener::bind(address.clone())
-            .into_acceptor()
-            .await
-            .map_err(|source| StartupError::Bind { address: address.clone(), source })?;
-        let address = acceptor
-            .local_addr()
-            .first()
-            .and_then(|a| a.as_socket_addr().copied())
-            .ok_or_else(|| StartupError::Bind { address, source: io::Error::other("no local address") })?;
+        let bind_error = |source| StartupError::Bind { address: address.clone(), source };
+        let listener = TcpListener::bind(&address).await.map_err(bind_error)?;
+        let address = listener.local_addr().map_err(bind_error)?;
         Ok(Self {
-            acceptor,
+            listener,
             address,
             config,
             state,
@@ -169,7 +179,7 @@ impl Application {
     /// the projectors; closes the pool.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Self {
-            acceptor,
+            listener,
             address,
             config,
             state,
@@ -189,9 +199,12 @@ impl Application {
                 let _ = requested.set(Instant::now());
             }
         };
-        let served = Server::new_with_acceptor(acceptor)
-            .run_with_graceful_shutdown(routes, signal, Some(config.shutdown_timeout))
-            .await;
+        let limits = api::server::ConnectionLimits {
+            header_read_timeout: config.server.header_read_timeout,
+            idle_timeout: config.server.idle_timeout,
+            max_connections: config.server.max_connections,
+        };
+        let served = api::server::serve(listener, routes, limits, signal, config.shutdown_timeout).await;
         let deadline = requested.get().copied().unwrap_or_else(Instant::now) + config.shutdown_timeout;
 
         stop_consumers.cancel();

@@ -1,4 +1,4 @@
-//! Metrics (§9): OpenTelemetry instruments exported in the Prometheus text format by opentelemetry-prometheus,
+//! Metrics: OpenTelemetry instruments exported in the Prometheus text format by opentelemetry-prometheus,
 //! into a registry of this application's own (tests run many applications in one process).
 //!
 //! Per-tenant series are *observable* instruments whose callbacks read the [`TenantManager`] at scrape time.
@@ -309,6 +309,19 @@ impl Metrics {
                     observer.observe((head - position).max(0), &[KeyValue::new("projector", projector)]);
                 }
             })
+            .build();
+    }
+
+    /// Registers how long the read side's visibility horizon has been held back (see
+    /// [`crate::store::visibility`]).
+    pub fn observe_read_visibility(&self, lag: watch::Receiver<Duration>) {
+        self.meter
+            .f64_observable_gauge("tenantmq.read.visibility_lag")
+            .with_unit("s")
+            .with_description(
+                "How long the oldest transaction running in the PostgreSQL cluster has held back what message pages show",
+            )
+            .with_callback(move |observer| observer.observe(lag.borrow().as_secs_f64(), &[]))
             .build();
     }
 

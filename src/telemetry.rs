@@ -90,9 +90,19 @@ impl Telemetry {
     }
 }
 
+/// Log lines of dependencies that carry message bodies: lapin logs every message the broker returns, body
+/// and all, as a warning. Always silenced, whatever the level asked for: tenants' data stays out of the log.
+const SILENCED: &[&str] = &["lapin::returned_messages=off"];
+
+/// The log filter: `RUST_LOG` when set, else `log.level`, with [`SILENCED`] on top.
+pub fn log_filter(level: &str) -> EnvFilter {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    SILENCED.iter().filter_map(|directive| directive.parse().ok()).fold(filter, EnvFilter::add_directive)
+}
+
 /// Installs the global subscriber: the log layer and the trace layer.
 pub fn init(log: &LogConfig, telemetry: &Telemetry) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let filter = log_filter(&log.level);
     let logs = fmt::layer().with_writer(std::io::stderr);
     let logs = match log.format {
         LogFormat::Json => logs.json().flatten_event(true).with_filter(filter).boxed(),

@@ -12,10 +12,7 @@ use poem_openapi::{
 };
 use uuid::Uuid;
 
-use crate::{
-    auth::Principal,
-    runtime::{broker::BrokerError, dead_letters::DeadLetter},
-};
+use crate::{auth::Principal, runtime::dead_letters::DeadLetter};
 
 use super::{ApiTags, AppState, json_body::JsonBody, messages::live_tenant, pagination, problem::ApiError};
 
@@ -81,8 +78,11 @@ pub struct ReplayRequest {
 pub struct ReplayResult {
     /// How many messages went back to the tenant's queue (with their failure history cleared).
     pub replayed: u32,
-    /// Selected ids that were not in the DLQ.
+    /// Selected ids that were not in the DLQ; listed only when `complete`.
     pub not_found: Vec<Uuid>,
+    /// `false` when the replay stopped at its bound (10,000 messages taken from the DLQ, or 10 s) before it
+    /// went through the whole DLQ: replay again to continue.
+    pub complete: bool,
 }
 
 #[derive(Debug, ApiResponse)]
@@ -97,13 +97,6 @@ pub enum PurgeResponse {
     /// The DLQ is empty.
     #[oai(status = 204)]
     Purged,
-}
-
-impl From<BrokerError> for ApiError {
-    fn from(error: BrokerError) -> Self {
-        tracing::warn!(%error, "dead-letter operation failed");
-        Self::unavailable("the message broker is unavailable; retry")
-    }
 }
 
 pub struct DeadLettersApi;
@@ -126,7 +119,8 @@ impl DeadLettersApi {
         let limit = pagination::limit(limit.0)?;
         let scope = format!("dlq:{tenant}");
         let skip = pagination::decode_key(cursor.0.as_deref(), &scope, |key| key.parse::<u64>().ok())?.unwrap_or(0);
-        if skip + limit > MAX_PEEK_DEPTH {
+        // Checked: a crafted cursor must not wrap around the bound.
+        if skip.checked_add(limit).is_none_or(|reach| reach > MAX_PEEK_DEPTH) {
             return Err(ApiError::bad_request(
                 Some("cursor"),
                 format!("a peek reaches at most {MAX_PEEK_DEPTH} messages deep; replay or purge to see further"),
@@ -162,7 +156,11 @@ impl DeadLettersApi {
             None => None,
         };
         let replayed = state.runtime.dead_letters.replay(tenant, selection).await?;
-        Ok(ReplayResponse::Accepted(Json(ReplayResult { replayed: replayed.replayed, not_found: replayed.not_found })))
+        Ok(ReplayResponse::Accepted(Json(ReplayResult {
+            replayed: replayed.replayed,
+            not_found: replayed.not_found,
+            complete: replayed.complete,
+        })))
     }
 
     /// Drop every dead letter of the tenant

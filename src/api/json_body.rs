@@ -1,6 +1,9 @@
 //! `JsonBody<T>`: a JSON request body parsed with serde so that every error names its field, read under the
 //! configured size limit. The OpenAPI schema still comes from `T`'s `Object` derive.
 
+use std::time::Duration;
+
+use futures_util::StreamExt;
 use poem::{Request, RequestBody, http::StatusCode};
 use poem_openapi::{
     impl_apirequest_for_payload,
@@ -46,21 +49,66 @@ impl<T: DeserializeOwned + Send, const BATCH: bool> ParsePayload for JsonBody<T,
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let limit = request.data::<BodyLimits>().map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single });
-        let too_large = || BodyError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            field: None,
-            detail: format!("the request body exceeds the limit of {limit} bytes"),
-        };
         let declared = request.header(poem::http::header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return Err(too_large().into());
+        if declared.is_some_and(|n| n > drain_bound(limit)) {
+            return Err(too_large(limit).into());
         }
-        let bytes = body.take()?.into_bytes_limit(limit).await.map_err(|e| match e {
-            poem::error::ReadBodyError::PayloadTooLarge => too_large(),
-            other => BodyError { status: StatusCode::BAD_REQUEST, field: None, detail: other.to_string() },
-        })?;
+        let bytes = read_limited(body.take()?, limit).await?;
         parse(&bytes).map(Self).map_err(Into::into)
     }
+}
+
+/// An over-limit body up to four times the limit, and at least up to 16 MiB, is read to its end and discarded
+/// before the 413 goes out. Most HTTP clients write the whole body before they read the answer: cut off
+/// mid-body, they report a broken pipe instead of the 413. A larger body is refused at once, and its
+/// connection closed.
+fn drain_bound(limit: usize) -> usize {
+    limit.saturating_mul(4).max(16 * 1024 * 1024)
+}
+
+/// The longest an over-limit body is read for, so a slow client cannot hold a request open with one.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+fn too_large(limit: usize) -> BodyError {
+    BodyError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        field: None,
+        detail: format!("the request body exceeds the limit of {limit} bytes"),
+    }
+}
+
+/// The whole body if it fits in `limit` bytes; past the limit, what follows is read and dropped (up to
+/// [`drain_bound`], for at most [`DRAIN_TIME`]) and the answer is 413.
+async fn read_limited(body: poem::Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let mut chunks = std::pin::pin!(body.into_bytes_stream());
+    let mut kept = Vec::new();
+    let mut read = 0_usize;
+    let mut draining_until = None;
+    loop {
+        let next = match draining_until {
+            None => chunks.next().await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, chunks.next()).await {
+                Ok(next) => next,
+                Err(_) => return Err(too_large(limit)),
+            },
+        };
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|error| BodyError {
+            status: StatusCode::BAD_REQUEST,
+            field: None,
+            detail: format!("cannot read the request body: {error}"),
+        })?;
+        read = read.saturating_add(chunk.len());
+        if read <= limit {
+            kept.extend_from_slice(&chunk);
+        } else if read > drain_bound(limit) {
+            return Err(too_large(limit));
+        } else if draining_until.is_none() {
+            kept = Vec::new();
+            draining_until = Some(tokio::time::Instant::now() + DRAIN_TIME);
+        }
+    }
+    if read > limit { Err(too_large(limit)) } else { Ok(kept) }
 }
 
 /// Parses `bytes`, naming the field at fault: the path for a bad value, the name for a missing or unknown field.

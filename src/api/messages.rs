@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::{
     auth::{Principal, Role},
     domain::tenant::TenantId,
-    runtime::publisher::{OutgoingMessage, PublishError},
+    runtime::publisher::OutgoingMessage,
     store::messages::{self, MessageKey, MessageRow},
 };
 
@@ -111,13 +111,6 @@ pub enum PublishBatchResponse {
     /// The broker has confirmed every message.
     #[oai(status = 202)]
     Accepted(Json<PublishedBatch>),
-}
-
-impl From<PublishError> for ApiError {
-    fn from(error: PublishError) -> Self {
-        tracing::warn!(%error, "publish failed");
-        Self::unavailable(format!("the message broker did not accept the message: {error}; retry"))
-    }
 }
 
 /// A stored message.

@@ -1,4 +1,4 @@
-//! The HTTP API (§6): one `#[OpenApi]` struct per resource, sharing one error type ([`problem::ApiError`]).
+//! The HTTP API: one `#[OpenApi]` struct per resource, sharing one error type ([`problem::ApiError`]).
 //! Handlers get their dependencies from [`AppState`] (request data), so the OpenAPI document can be produced
 //! without any connection.
 
@@ -11,6 +11,7 @@ mod messages;
 pub mod pagination;
 pub mod problem;
 pub mod request_context;
+pub mod server;
 mod tenants;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use poem_openapi::{OpenApiService, Tags};
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    auth::Authenticator,
+    auth::{AuthError, Authenticator},
     commands::TenantCommands,
     metrics::Metrics,
     projectors::Projections,
@@ -60,6 +61,8 @@ pub struct AppState {
     pub limits: json_body::BodyLimits,
     pub authenticator: Arc<Authenticator>,
     pub metrics: Metrics,
+    /// `metrics.bearer_token`: what a scrape of `/metrics` must present, if anything.
+    pub metrics_token: Option<Arc<str>>,
 }
 
 pub type Apis = (TenantsApi, EventsApi, MessagesApi, DeadLettersApi, HealthApi);
@@ -90,8 +93,24 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .data(limits)
 }
 
-/// Prometheus text exposition (public, like the probes).
+/// Prometheus text exposition: public like the probes, unless `metrics.bearer_token` is set.
 #[handler]
-fn metrics(state: Data<&AppState>) -> poem::Response {
-    poem::Response::builder().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+fn metrics(state: Data<&AppState>, request: &poem::Request) -> poem::Result<poem::Response> {
+    if let Some(token) = &state.metrics_token {
+        let presented = request
+            .header(poem::http::header::AUTHORIZATION)
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            let error =
+                AuthError::Invalid("/metrics needs the bearer token configured as `metrics.bearer_token`".into());
+            return Err(error.into());
+        }
+    }
+    Ok(poem::Response::builder().content_type("text/plain; version=0.0.4").body(state.metrics.render()))
+}
+
+/// Compares without returning early, so the time taken says nothing about how much of a secret matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }

@@ -8,7 +8,13 @@ use poem_openapi::{
     payload::Json,
 };
 
-use crate::{auth::AuthError, commands::CommandError, domain::tenant::TenantError, store::StoreError};
+use crate::{
+    auth::AuthError,
+    commands::CommandError,
+    domain::tenant::TenantError,
+    runtime::{broker::BrokerError, publisher::PublishError},
+    store::StoreError,
+};
 
 /// The name of every path parameter in this API.
 const PATH_PARAMETER: &str = "id";
@@ -164,6 +170,26 @@ impl From<CommandError> for ApiError {
             e @ CommandError::ProjectionLagging { .. } => Self::unavailable(e.to_string()),
             CommandError::Store(e) => e.into(),
         }
+    }
+}
+
+/// The broker's own words (queue names, reply texts) are logged, never sent: they can name other tenants.
+impl From<PublishError> for ApiError {
+    fn from(error: PublishError) -> Self {
+        tracing::warn!(%error, "publish failed");
+        let detail = match error {
+            PublishError::Timeout(limit) => format!("the message broker did not confirm within {limit:?}; retry"),
+            PublishError::Nacked | PublishError::Unroutable => "the message broker refused the message; retry".into(),
+            PublishError::Broker(_) => "the message broker is unavailable; retry".into(),
+        };
+        Self::unavailable(detail)
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(error: BrokerError) -> Self {
+        tracing::warn!(%error, "broker operation failed");
+        Self::unavailable("the message broker is unavailable; retry")
     }
 }
 

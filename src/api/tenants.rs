@@ -8,6 +8,7 @@ use uuid::Uuid;
 use crate::{
     auth::Principal,
     domain::tenant::{TenantCommand, TenantId},
+    runtime::broker::Inspector,
     store::tenants::TenantRow,
 };
 
@@ -176,7 +177,9 @@ impl TenantsApi {
         principal.require_tenant(id)?;
         let tenant = read_back(&state, id).await?;
         let running = state.runtime.manager.get(id);
-        let counts = state.runtime.publisher.inspect(id).await.unwrap_or_default();
+        let mut inspector = Inspector::new(&state.runtime.broker);
+        let counts = inspector.tenant(id).await;
+        inspector.close().await;
         let runtime = TenantRuntimeView {
             consumer_state: running.as_ref().map_or("stopped", |r| r.state().as_str()).to_owned(),
             running_workers: running.as_ref().map_or(0, |r| r.running()),

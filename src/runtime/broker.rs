@@ -212,6 +212,65 @@ pub async fn inspect(channel: &Channel, queue: &str) -> Result<Option<(u32, u32)
     }
 }
 
+/// Reads queue counts on channels of its own, never on a channel that publishes: a passive declare of a
+/// missing queue makes the broker close its channel, which would fail whatever else shares it. After such a
+/// close (or any error) the next question gets a new channel.
+pub struct Inspector<'a> {
+    broker: &'a Broker,
+    channel: Option<Channel>,
+}
+
+impl<'a> Inspector<'a> {
+    pub fn new(broker: &'a Broker) -> Self {
+        Self { broker, channel: None }
+    }
+
+    /// `(messages ready, consumers)` of `queue`; `None` when it does not exist or cannot be read now.
+    pub async fn counts(&mut self, queue: &str) -> Option<(u32, u32)> {
+        if self.channel.as_ref().is_none_or(|c| !c.status().connected()) {
+            self.channel = self.broker.channel().await.ok();
+        }
+        let counts = match inspect(self.channel.as_ref()?, queue).await {
+            Ok(counts) => counts,
+            Err(error) => {
+                tracing::debug!(%error, queue, "cannot read a queue's counts");
+                None
+            }
+        };
+        if counts.is_none() {
+            self.channel = None;
+        }
+        counts
+    }
+
+    /// The depths of the tenant's three queues and the consumers of its main queue.
+    pub async fn tenant(&mut self, tenant: TenantId) -> QueueCounts {
+        let queues = TenantQueues::of(tenant);
+        let main = self.counts(&queues.queue).await;
+        QueueCounts {
+            ready: main.map(|(messages, _)| messages),
+            consumers: main.map(|(_, consumers)| consumers),
+            retrying: self.counts(&queues.retry).await.map(|(messages, _)| messages),
+            dead_letters: self.counts(&queues.dead_letters).await.map(|(messages, _)| messages),
+        }
+    }
+
+    pub async fn close(self) {
+        if let Some(channel) = self.channel.filter(|c| c.status().connected()) {
+            let _ = channel.close(200, "inspected".into()).await;
+        }
+    }
+}
+
+/// A tenant's queue depths as the broker reports them (`None`: the queue is missing or unreadable).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QueueCounts {
+    pub ready: Option<u32>,
+    pub consumers: Option<u32>,
+    pub retrying: Option<u32>,
+    pub dead_letters: Option<u32>,
+}
+
 /// A soft AMQP error: the broker closed a channel, the connection stays up.
 fn is_channel_error(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))

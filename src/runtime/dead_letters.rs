@@ -3,9 +3,15 @@
 //! AMQP 0-9-1 has no peek, so a peek takes messages with `basic.get` without acking them and then closes its
 //! channel: the broker puts them back where they were. A replay publishes a copy of each selected message to
 //! the main queue (confirmed) before acking it in the DLQ; unselected messages go back when the channel closes.
-//! Operations are serialized per instance, so two concurrent peeks do not hide messages from each other.
+//! Operations on one tenant's DLQ are serialized per instance, so two concurrent peeks do not hide messages
+//! from each other; other tenants' operations never wait for them. A replay takes at most
+//! [`REPLAY_MAX_MESSAGES`] messages and runs at most [`REPLAY_TIME_BUDGET`], then says it is not complete.
 
-use std::{collections::HashSet, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, PoisonError, Weak},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use lapin::{
@@ -13,7 +19,7 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueuePurgeOptions},
 };
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use crate::domain::tenant::TenantId;
@@ -56,13 +62,22 @@ impl From<&Delivery> for DeadLetter {
     }
 }
 
+/// Most messages one replay takes from the DLQ (replayed or passed over).
+pub const REPLAY_MAX_MESSAGES: u32 = 10_000;
+
+/// Longest one replay runs before it stops and answers.
+pub const REPLAY_TIME_BUDGET: Duration = Duration::from_secs(10);
+
 /// What a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Replayed {
     /// Messages moved back to the main queue.
     pub replayed: u32,
-    /// Selected ids that were not in the DLQ.
+    /// Selected ids that were not in the DLQ (known only when the replay is complete).
     pub not_found: Vec<Uuid>,
+    /// Whether the replay went through the whole DLQ (or found every selected id); `false` when it stopped at
+    /// its bound, and a further replay continues.
+    pub complete: bool,
 }
 
 /// A page of a DLQ.
@@ -76,17 +91,35 @@ pub struct DeadLetterPage {
 #[derive(Clone)]
 pub struct DeadLetters {
     broker: Broker,
-    serialized: Arc<Mutex<()>>,
+    /// One lock per tenant with an operation under way; an entry goes when its last holder does.
+    locks: Arc<std::sync::Mutex<HashMap<TenantId, Weak<Mutex<()>>>>>,
 }
 
 impl DeadLetters {
     pub fn new(broker: Broker) -> Self {
-        Self { broker, serialized: Arc::default() }
+        Self { broker, locks: Arc::default() }
+    }
+
+    /// Waits for the tenant's earlier DLQ operations on this instance; other tenants' never block it.
+    async fn serialize(&self, tenant: TenantId) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
+            match locks.get(&tenant).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    locks.retain(|_, lock| lock.strong_count() > 0);
+                    let lock = Arc::new(Mutex::new(()));
+                    locks.insert(tenant, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 
     /// Up to `limit` messages after the first `skip`, oldest first, leaving them all in the queue.
     pub async fn peek(&self, tenant: TenantId, skip: usize, limit: usize) -> Result<DeadLetterPage, BrokerError> {
-        let _serialized = self.serialized.lock().await;
+        let _serialized = self.serialize(tenant).await;
         let channel = self.broker.channel().await?;
         let queue = TenantQueues::of(tenant).dead_letters;
         let mut messages = Vec::with_capacity(limit);
@@ -112,21 +145,27 @@ impl DeadLetters {
     /// their failure history cleared so they get a fresh set of retries. Only the messages in the DLQ when
     /// the replay starts are considered, so one that fails again during the replay is not replayed twice.
     pub async fn replay(&self, tenant: TenantId, selection: Option<HashSet<Uuid>>) -> Result<Replayed, BrokerError> {
-        let _serialized = self.serialized.lock().await;
+        let _serialized = self.serialize(tenant).await;
         let channel = self.broker.channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let queues = TenantQueues::of(tenant);
         let Some((depth, _)) = broker::inspect(&channel, &queues.dead_letters).await? else {
             close(&channel).await;
-            return Ok(Replayed { replayed: 0, not_found: selection.into_iter().flatten().collect() });
+            return Ok(Replayed { replayed: 0, not_found: selection.into_iter().flatten().collect(), complete: true });
         };
+        let deadline = tokio::time::Instant::now() + REPLAY_TIME_BUDGET;
         let mut remaining = selection;
         let mut replayed = 0;
-        for _ in 0..depth {
-            if remaining.as_ref().is_some_and(HashSet::is_empty) {
-                break;
+        let mut taken = 0;
+        let complete = loop {
+            if taken == depth || remaining.as_ref().is_some_and(HashSet::is_empty) {
+                break true;
             }
-            let Some(delivery) = get(&channel, &queues.dead_letters).await? else { break };
+            if taken == REPLAY_MAX_MESSAGES || tokio::time::Instant::now() >= deadline {
+                break false;
+            }
+            let Some(delivery) = get(&channel, &queues.dead_letters).await? else { break true };
+            taken += 1;
             let id = delivery.properties.message_id().as_ref().and_then(|id| Uuid::try_parse(id.as_str()).ok());
             let selected = match (&mut remaining, id) {
                 (None, _) => true,
@@ -137,19 +176,9 @@ impl DeadLetters {
                 continue;
             }
             let id = id.unwrap_or_else(Uuid::now_v7);
-            let mut properties = failure::copy_properties(&delivery.properties, id);
-            if let Some(headers) = properties.headers().clone() {
-                let mut cleared = lapin::types::FieldTable::default();
-                for (name, value) in headers.inner() {
-                    if ![ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER, DEAD_LETTERED_AT_HEADER]
-                        .contains(&name.as_str())
-                    {
-                        cleared.insert(name.clone(), value.clone());
-                    }
-                }
-                properties = properties.with_headers(cleared);
-            }
-            match broker::publish_confirmed(&channel, &queues.queue, &delivery.data, properties).await {
+            match broker::publish_confirmed(&channel, &queues.queue, &delivery.data, replay_properties(&delivery, id))
+                .await
+            {
                 Ok(()) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     replayed += 1;
@@ -161,14 +190,15 @@ impl DeadLetters {
                     return Err(BrokerError::Unavailable);
                 }
             }
-        }
+        };
         close(&channel).await;
-        Ok(Replayed { replayed, not_found: remaining.into_iter().flatten().collect() })
+        let not_found = if complete { remaining.into_iter().flatten().collect() } else { Vec::new() };
+        Ok(Replayed { replayed, not_found, complete })
     }
 
     /// Drops every message in the DLQ; returns how many there were.
     pub async fn purge(&self, tenant: TenantId) -> Result<u32, BrokerError> {
-        let _serialized = self.serialized.lock().await;
+        let _serialized = self.serialize(tenant).await;
         let channel = self.broker.channel().await?;
         let queue = TenantQueues::of(tenant).dead_letters;
         let purged = match channel.queue_purge(queue.as_str().into(), QueuePurgeOptions::default()).await {
@@ -179,6 +209,20 @@ impl DeadLetters {
         close(&channel).await;
         Ok(purged)
     }
+}
+
+/// The message's properties for its way back to the main queue: its failure history cleared, so it gets a
+/// fresh set of retries.
+fn replay_properties(delivery: &Delivery, id: Uuid) -> lapin::BasicProperties {
+    let properties = failure::copy_properties(&delivery.properties, id);
+    let Some(headers) = properties.headers().clone() else { return properties };
+    let mut cleared = lapin::types::FieldTable::default();
+    for (name, value) in headers.inner() {
+        if ![ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER, DEAD_LETTERED_AT_HEADER].contains(&name.as_str()) {
+            cleared.insert(name.clone(), value.clone());
+        }
+    }
+    properties.with_headers(cleared)
 }
 
 /// The next message, unacked; `None` when the queue is empty or does not exist.

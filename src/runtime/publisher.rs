@@ -90,24 +90,10 @@ impl Publisher {
         if returned.is_empty() {
             return Ok(());
         }
+        tracing::info!(%tenant, returned = returned.len(), "the broker returned messages as unroutable; declaring the tenant's queues");
         broker::declare(&channel, tenant, self.queue_type).await?;
         let again = send(&channel, &queue, returned.iter().map(|&i| &messages[i])).await?;
         if again.is_empty() { Ok(()) } else { Err(PublishError::Unroutable) }
-    }
-
-    /// Ready and consumer counts of the tenant's queue, and the depths of its retry and dead-letter queues.
-    pub async fn inspect(&self, tenant: TenantId) -> Result<QueueCounts, BrokerError> {
-        let channel = self.channel().await?;
-        let queues = TenantQueues::of(tenant);
-        let main = broker::inspect(&channel, &queues.queue).await?;
-        let retrying = broker::inspect(&channel, &queues.retry).await?;
-        let dead = broker::inspect(&channel, &queues.dead_letters).await?;
-        Ok(QueueCounts {
-            ready: main.map(|(messages, _)| messages),
-            consumers: main.map(|(_, consumers)| consumers),
-            retrying: retrying.map(|(messages, _)| messages),
-            dead_letters: dead.map(|(messages, _)| messages),
-        })
     }
 }
 
@@ -123,14 +109,6 @@ pub async fn publish_raw(url: &str, tenant: TenantId, body: &[u8]) -> Result<Uui
     let published = broker::publish_confirmed(&channel, &TenantQueues::of(tenant).queue, body, properties).await;
     let _ = connection.close(200, "published".into()).await;
     published.map(|()| id)
-}
-
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueueCounts {
-    pub ready: Option<u32>,
-    pub consumers: Option<u32>,
-    pub retrying: Option<u32>,
-    pub dead_letters: Option<u32>,
 }
 
 /// Publishes all, then awaits all confirms (pipelined). Returns the indices the broker returned as unroutable.

@@ -5,15 +5,10 @@
 
 use std::time::Duration;
 
-use lapin::Channel;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    Broker, TenantManager,
-    broker::{self},
-    manager::QueueKind,
-};
+use super::{Broker, TenantManager, broker::Inspector, manager::QueueKind};
 
 /// Polls until `cancel`.
 pub async fn poll(manager: TenantManager, broker: Broker, interval: Duration, cancel: CancellationToken) {
@@ -38,32 +33,11 @@ pub async fn poll(manager: TenantManager, broker: Broker, interval: Duration, ca
 /// Reads every queue of every tenant this instance keeps stats for; a queue that cannot be read (missing,
 /// or the broker is down) is recorded as unknown, so its series disappears instead of going stale.
 pub async fn poll_once(manager: &TenantManager, broker: &Broker) {
-    let mut channel = None;
+    let mut inspector = Inspector::new(broker);
     for (tenant, stats) in manager.tenants_with_stats() {
         for queue in QueueKind::ALL {
-            stats.set_queue_ready(queue, ready_messages(&mut channel, broker, &queue.queue_name(tenant)).await);
+            stats.set_queue_ready(queue, inspector.counts(&queue.queue_name(tenant)).await.map(|(ready, _)| ready));
         }
     }
-    if let Some(channel) = channel.filter(|c| c.status().connected()) {
-        let _ = channel.close(200, "queue depths read".into()).await;
-    }
-}
-
-/// The queue's ready count. The broker closes the channel after a passive declare of a missing queue (and
-/// after any error), so the channel is dropped then and a new one opened for the next question.
-async fn ready_messages(channel: &mut Option<Channel>, broker: &Broker, queue: &str) -> Option<u32> {
-    if channel.as_ref().is_none_or(|c| !c.status().connected()) {
-        *channel = broker.channel().await.ok();
-    }
-    let ready = match broker::inspect(channel.as_ref()?, queue).await {
-        Ok(found) => found.map(|(ready, _consumers)| ready),
-        Err(error) => {
-            tracing::debug!(%error, queue, "cannot read a queue's depth");
-            None
-        }
-    };
-    if ready.is_none() {
-        *channel = None;
-    }
-    ready
+    inspector.close().await;
 }

@@ -40,44 +40,101 @@ pub struct Reconciler {
     pub metrics: Metrics,
 }
 
-/// A tenant whose consumer failed, and when to try again.
-struct Retry {
-    at: Instant,
+/// When tenants whose consumer failed may start again. A tenant is *due* (has a time) only while it waits
+/// for its restart: once started it keeps its backoff, so a consumer that keeps failing backs off further,
+/// but it no longer sets a wake-up time. A due time left in the past would make the loop spin.
+#[derive(Debug, Default)]
+struct RestartSchedule {
+    tenants: HashMap<TenantId, Restart>,
+}
+
+#[derive(Debug, Default)]
+struct Restart {
+    due: Option<Instant>,
+    started: Option<Instant>,
     backoff: Backoff,
+}
+
+impl RestartSchedule {
+    /// A consumer that ran at least this long before it failed starts again from the shortest delay.
+    const STABLE: Duration = Duration::from_secs(60);
+
+    /// Records a failure; returns the delay before the tenant may start again.
+    fn failed(&mut self, tenant: TenantId, now: Instant) -> Duration {
+        let restart = self.tenants.entry(tenant).or_default();
+        if restart.started.is_some_and(|started| now.duration_since(started) >= Self::STABLE) {
+            restart.backoff.reset();
+        }
+        let delay = restart.backoff.next_delay();
+        restart.due = Some(now + delay);
+        restart.started = None;
+        delay
+    }
+
+    fn may_start(&self, tenant: TenantId, now: Instant) -> bool {
+        self.tenants.get(&tenant).and_then(|r| r.due).is_none_or(|due| due <= now)
+    }
+
+    fn started(&mut self, tenant: TenantId, now: Instant) {
+        if let Some(restart) = self.tenants.get_mut(&tenant) {
+            restart.due = None;
+            restart.started = Some(now);
+        }
+    }
+
+    /// The consumer ended as asked (stopped or deleted): nothing to restart.
+    fn ended(&mut self, tenant: TenantId) {
+        self.tenants.remove(&tenant);
+    }
+
+    /// Forgets tenants that are no longer wanted (deleted while they waited).
+    fn retain(&mut self, wanted: impl Fn(&TenantId) -> bool) {
+        self.tenants.retain(|tenant, _| wanted(tenant));
+    }
+
+    /// A new broker connection: every tenant may start at once.
+    fn clear(&mut self) {
+        self.tenants.clear();
+    }
+
+    /// The earliest restart still waiting.
+    fn next_due(&self) -> Option<Instant> {
+        self.tenants.values().filter_map(|r| r.due).min()
+    }
 }
 
 impl Reconciler {
     /// Runs until `shutdown`; then stops every consumer (they finish and ack what they hold) and waits.
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub async fn run(self, shutdown: CancellationToken) {
         let mut consumers: JoinSet<ConsumerResult> = JoinSet::new();
         let mut tenants_of: HashMap<tokio::task::Id, TenantId> = HashMap::new();
-        let mut retries: HashMap<TenantId, Retry> = HashMap::new();
+        let mut restarts = RestartSchedule::default();
         let mut generation = 0_u64;
         let mut connection = self.broker.subscribe();
+        let mut projection = Some(self.projection.clone());
         let mut cleaned_up_deleted = false;
         loop {
             if self.broker.is_connected() && !cleaned_up_deleted {
                 cleaned_up_deleted = self.delete_queues_of_deleted_tenants().await;
             }
-            self.reconcile(&mut consumers, &mut tenants_of, &retries, &mut generation, &shutdown).await;
-            let next_retry = retries.values().map(|r| r.at).min();
-            let wake_at = next_retry
-                .map_or(Instant::now() + self.resync_interval, |at| at.min(Instant::now() + self.resync_interval));
+            self.reconcile(&mut consumers, &mut tenants_of, &mut restarts, &mut generation, &shutdown).await;
+            let wake_at = next_wake(
+                Instant::now(),
+                self.resync_interval,
+                self.broker.is_connected().then(|| restarts.next_due()).flatten(),
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                changed = self.projection.changed() => if changed.is_err() {
-                    // The projector stopped (shutting down); keep resyncing on the timer.
-                    self.projection = watch::Sender::new(Progress::default()).subscribe();
-                },
-                _ = connection.changed() => retries.clear(),
+                () = projection_changed(&mut projection) => {}
+                _ = connection.changed() => restarts.clear(),
                 Some(ended) = consumers.join_next_with_id() => {
-                    self.consumer_ended(ended, &mut tenants_of, &mut retries);
+                    self.consumer_ended(ended, &mut tenants_of, &mut restarts);
                 }
                 _ = tokio::time::sleep_until(wake_at) => {}
             }
         }
         while let Some(ended) = consumers.join_next_with_id().await {
-            self.consumer_ended(ended, &mut tenants_of, &mut retries);
+            self.consumer_ended(ended, &mut tenants_of, &mut restarts);
         }
     }
 
@@ -85,7 +142,7 @@ impl Reconciler {
         &self,
         consumers: &mut JoinSet<ConsumerResult>,
         tenants_of: &mut HashMap<tokio::task::Id, TenantId>,
-        retries: &HashMap<TenantId, Retry>,
+        restarts: &mut RestartSchedule,
         generation: &mut u64,
         shutdown: &CancellationToken,
     ) {
@@ -114,8 +171,9 @@ impl Reconciler {
                     self.metrics.reconciler_action(ReconcilerAction::Resize);
                 }
                 Some(_) => {}
-                None if connected && retries.get(&tenant).is_none_or(|r| r.at <= now) => {
+                None if connected && restarts.may_start(tenant, now) => {
                     *generation += 1;
+                    restarts.started(tenant, now);
                     self.start(tenant, workers, *generation, consumers, tenants_of, shutdown);
                 }
                 None => {}
@@ -130,6 +188,7 @@ impl Reconciler {
             }
         }
         self.manager.forget_stats_unless(|tenant| wanted.contains_key(tenant));
+        restarts.retain(|tenant| wanted.contains_key(tenant));
     }
 
     fn start(
@@ -160,7 +219,7 @@ impl Reconciler {
         &self,
         ended: Result<(tokio::task::Id, ConsumerResult), tokio::task::JoinError>,
         tenants_of: &mut HashMap<tokio::task::Id, TenantId>,
-        retries: &mut HashMap<TenantId, Retry>,
+        restarts: &mut RestartSchedule,
     ) {
         let (id, outcome) = match ended {
             Ok((id, (_, outcome))) => (id, outcome.map_err(|e| e.to_string())),
@@ -171,13 +230,10 @@ impl Reconciler {
         match outcome {
             Ok(end) => {
                 tracing::info!(%tenant, ?end, "consumer ended");
-                retries.remove(&tenant);
+                restarts.ended(tenant);
             }
             Err(error) => {
-                let retry =
-                    retries.entry(tenant).or_insert_with(|| Retry { at: Instant::now(), backoff: Backoff::new() });
-                let delay = retry.backoff.next_delay();
-                retry.at = Instant::now() + delay;
+                let delay = restarts.failed(tenant, Instant::now());
                 tracing::warn!(%tenant, %error, ?delay, "consumer failed; restarting after a pause");
                 self.metrics.reconciler_action(ReconcilerAction::Restart);
                 self.metrics.reconciler_error(ReconcilerError::ConsumerFailed);
@@ -212,5 +268,92 @@ impl Reconciler {
         }
         let _ = channel.close(200, "swept".into()).await;
         true
+    }
+}
+
+/// When the loop wakes by itself: at the next resync, or earlier for a restart that is due.
+fn next_wake(now: Instant, resync_interval: Duration, next_restart: Option<Instant>) -> Instant {
+    let resync = now + resync_interval;
+    next_restart.map_or(resync, |due| due.clamp(now, resync))
+}
+
+/// Waits for the tenants projection to move on. Once its projector has stopped (the service is shutting
+/// down) this never returns, and the loop goes on with its timer: a closed watch answers at once, forever.
+async fn projection_changed(projection: &mut Option<watch::Receiver<Progress>>) {
+    if let Some(receiver) = projection
+        && receiver.changed().await.is_ok()
+    {
+        return;
+    }
+    *projection = None;
+    std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> TenantId {
+        TenantId::from_uuid(uuid::Uuid::new_v4())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_consumer_sets_no_wake_up_time() {
+        let (mut schedule, tenant, now) = (RestartSchedule::default(), tenant(), Instant::now());
+        let delay = schedule.failed(tenant, now);
+        assert!(!schedule.may_start(tenant, now));
+        assert_eq!(schedule.next_due(), Some(now + delay));
+        tokio::time::advance(delay).await;
+        let later = Instant::now();
+        assert!(schedule.may_start(tenant, later));
+        schedule.started(tenant, later);
+        // The restarted consumer runs: the loop must sleep until its resync, not wake at a past due time.
+        assert_eq!(schedule.next_due(), None);
+        assert_eq!(next_wake(later, Duration::from_secs(5), schedule.next_due()), later + Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_failures_back_off_further_and_a_stable_run_resets() {
+        let (mut schedule, tenant) = (RestartSchedule::default(), tenant());
+        let first = schedule.failed(tenant, Instant::now());
+        schedule.started(tenant, Instant::now());
+        let second = schedule.failed(tenant, Instant::now());
+        assert!(second > first, "{second:?} after {first:?}");
+        schedule.started(tenant, Instant::now());
+        tokio::time::advance(RestartSchedule::STABLE).await;
+        assert_eq!(schedule.failed(tenant, Instant::now()), first);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tenant_deleted_while_it_waits_leaves_no_due_time() {
+        let (mut schedule, tenant) = (RestartSchedule::default(), tenant());
+        schedule.failed(tenant, Instant::now());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        schedule.retain(|_| false);
+        assert_eq!(schedule.next_due(), None);
+    }
+
+    #[test]
+    fn the_wake_up_is_never_in_the_past_nor_after_the_resync() {
+        let now = Instant::now();
+        let resync = Duration::from_secs(5);
+        assert_eq!(next_wake(now, resync, None), now + resync);
+        assert_eq!(next_wake(now, resync, now.checked_sub(Duration::from_secs(1))), now);
+        assert_eq!(next_wake(now, resync, Some(now + Duration::from_secs(1))), now + Duration::from_secs(1));
+        assert_eq!(next_wake(now, resync, Some(now + Duration::from_secs(60))), now + resync);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_projector_does_not_wake_the_loop() {
+        let (sender, receiver) = watch::channel(Progress::default());
+        let mut projection = Some(receiver);
+        sender.send_modify(|_| {});
+        projection_changed(&mut projection).await;
+        drop(sender);
+        // Paused time: the timeout fires only once nothing else can make progress.
+        let waited = tokio::time::timeout(Duration::from_secs(3600), projection_changed(&mut projection)).await;
+        assert!(waited.is_err(), "a closed watch must not wake the loop");
+        let again = tokio::time::timeout(Duration::from_secs(3600), projection_changed(&mut projection)).await;
+        assert!(again.is_err());
     }
 }

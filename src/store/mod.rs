@@ -6,6 +6,7 @@ pub mod events;
 pub mod messages;
 pub mod partitions;
 pub mod tenants;
+pub mod visibility;
 
 use sea_orm::DbErr;
 

@@ -31,8 +31,9 @@ fn effective_config(args: &[&str], env: &[(&str, &str)]) -> Value {
 fn the_seed_yaml_loads_unchanged() {
     let seed = temp_file(SEED);
     let config = effective_config(&["--config", seed.to_str().expect("utf-8 path"), "config"], &[]);
-    assert_eq!(config["rabbitmq"]["url"], "amqp://user:pass@localhost:5672/");
-    assert_eq!(config["database"]["url"], "postgres://user:pass@localhost:5432/app");
+    // Shown with the passwords redacted.
+    assert_eq!(config["rabbitmq"]["url"], "amqp://user:<redacted>@localhost:5672/");
+    assert_eq!(config["database"]["url"], "postgres://user:<redacted>@localhost:5432/app");
     assert_eq!(config["workers"], 3);
     assert_eq!(config["server"]["port"], 8080, "defaults fill what the file leaves out");
 }
@@ -75,6 +76,9 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
         (vec!["serve"], vec![("TENANTMQ_TELEMETRY__SERVICE_NAME", " ")], "telemetry.service_name"),
         (vec!["serve"], vec![("TENANTMQ_CONSUMER__BATCH_MAX_WAIT", "1ms")], "consumer.batch_max_wait"),
         (vec!["serve"], vec![("TENANTMQ_CONSUMER__BATCH_WAIT", "1h")], "consumer.batch_wait"),
+        (vec!["serve"], vec![("TENANTMQ_SERVER__HOST", "0.0.0.0")], "auth.jwt_secret"),
+        (vec!["serve"], vec![("TENANTMQ_SERVER__MAX_CONNECTIONS", "0")], "server.max_connections"),
+        (vec!["serve"], vec![("TENANTMQ_METRICS__BEARER_TOKEN", "short")], "metrics.bearer_token"),
         (vec!["--config", &zero, "serve"], vec![], "workers"),
         (vec!["--config", "/no/such/file.yaml", "serve"], vec![], "--config"),
         (vec!["--config", &bad_file, "serve"], vec![], ""),
@@ -86,6 +90,30 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
         assert!(stderr.contains(&format!("`{key}")), "names `{key}`: {stderr}");
     }
+}
+
+#[test]
+fn the_development_secret_keeps_the_service_on_loopback_and_secrets_stay_out_of_the_config_output() {
+    let config = effective_config(&["config"], &[]);
+    assert_eq!(config["server"]["host"], "127.0.0.1", "config/default.yaml carries the development secret");
+    assert_eq!(config["auth"]["jwt_secret"], "<redacted>");
+    let secret = "a-production-secret-of-enough-bytes-1234";
+    let open = effective_config(
+        &["config"],
+        &[
+            ("TENANTMQ_AUTH__JWT_SECRET", secret),
+            ("TENANTMQ_SERVER__HOST", "0.0.0.0"),
+            ("TENANTMQ_DATABASE__URL", "postgres://app:db-password@db:5432/app?password=again"),
+            ("TENANTMQ_RABBITMQ__URL", "amqps://app:broker-password@mq:5671/%2f"),
+            ("TENANTMQ_METRICS__BEARER_TOKEN", "scrape-token-0123456789"),
+        ],
+    );
+    assert_eq!(open["server"]["host"], "0.0.0.0", "a secret of one's own may listen anywhere");
+    let shown = open.to_string();
+    for secret in [secret, "db-password", "again", "broker-password", "scrape-token-0123456789"] {
+        assert!(!shown.contains(secret), "{secret} shown in {shown}");
+    }
+    assert_eq!(open["database"]["url"], "postgres://app:<redacted>@db:5432/app?password=<redacted>");
 }
 
 #[tokio::test]

@@ -97,7 +97,7 @@ async fn messages_that_are_not_json_are_dead_lettered_with_a_reason_and_the_dlq_
     let replay = app.post_json(&format!("{path}/replay"), &json!({ "ids": [named, unknown] })).await;
     assert_eq!(replay.status(), StatusCode::ACCEPTED);
     let replayed: Value = replay.json().await.expect("json");
-    assert_eq!(replayed, json!({ "replayed": 1, "not_found": [unknown] }));
+    assert_eq!(replayed, json!({ "replayed": 1, "not_found": [unknown], "complete": true }));
     eventually(Duration::from_secs(30), "the replayed message back at the end of the DLQ", || async {
         let page = peek(&app, &path).await;
         (page["data"].as_array().map(Vec::len) == Some(3) && page["data"][2]["id"] == named.to_string()).then_some(page)
@@ -182,12 +182,15 @@ async fn a_fault_that_outlasts_the_retries_dead_letters_and_a_replay_persists_ea
     release(lock).await;
     let replay = app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({})).await;
     assert_eq!(replay.status(), StatusCode::ACCEPTED);
-    assert_eq!(replay.json::<Value>().await.expect("json"), json!({ "replayed": 2, "not_found": [] }));
+    assert_eq!(
+        replay.json::<Value>().await.expect("json"),
+        json!({ "replayed": 2, "not_found": [], "complete": true })
+    );
     app.await_messages(&tenant, 2).await;
     assert_eq!(dlq_depth(&broker, &tenant).await, Some(0));
     // Replaying again (an empty DLQ) changes nothing.
     let again = app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({})).await;
-    assert_eq!(again.json::<Value>().await.expect("json"), json!({ "replayed": 0, "not_found": [] }));
+    assert_eq!(again.json::<Value>().await.expect("json"), json!({ "replayed": 0, "not_found": [], "complete": true }));
     app.await_messages(&tenant, 2).await;
     app.stop().await;
 }

@@ -55,9 +55,8 @@ impl TestApp {
         // exported nowhere.
         let traces = Telemetry::new(&TelemetryConfig::default(), &tokio::runtime::Handle::current())
             .expect("telemetry without an exporter");
-        let logs = tracing_subscriber::fmt::layer()
-            .with_test_writer()
-            .with_filter(tracing_subscriber::EnvFilter::from_default_env());
+        let logs =
+            tracing_subscriber::fmt::layer().with_test_writer().with_filter(tenantmq::telemetry::log_filter("error"));
         let _ = tracing_subscriber::registry().with(logs).with(traces.layer()).try_init();
         let app = Application::build(config.clone()).await.expect("the application starts");
         let base_url = format!("http://{}", app.address());

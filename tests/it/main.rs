@@ -1,5 +1,6 @@
 //! Integration tests: one binary, real PostgreSQL (and RabbitMQ), a database per test.
 
+mod adversity;
 mod config_cli;
 mod dead_letters;
 mod deploy;

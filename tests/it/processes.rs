@@ -36,10 +36,38 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// How to launch an instance beyond the test configuration.
+#[derive(Default)]
+pub struct Launch {
+    /// More `TENANTMQ_…` variables (they win over the configuration's).
+    pub env: Vec<(&'static str, String)>,
+    /// Starts the binary with this soft limit of open files, as a default shell would.
+    pub soft_open_files: Option<u64>,
+    /// Where its log (stderr) goes; discarded when `None`.
+    pub log: Option<std::fs::File>,
+}
+
 pub async fn start(config: &Config) -> Instance {
+    start_with(config, Launch::default()).await
+}
+
+pub async fn start_with(config: &Config, launch: Launch) -> Instance {
     let port = free_port();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_tenantmq"));
-    command.arg("serve").current_dir(env!("CARGO_MANIFEST_DIR")).stdout(Stdio::null()).stderr(Stdio::null());
+    let binary = env!("CARGO_BIN_EXE_tenantmq");
+    let mut command = match launch.soft_open_files {
+        Some(limit) => {
+            let mut shell = Command::new("bash");
+            shell.args(["-c", r#"ulimit -Sn "$1" && exec "$0" serve"#, binary, &limit.to_string()]);
+            shell
+        }
+        None => {
+            let mut direct = Command::new(binary);
+            direct.arg("serve");
+            direct
+        }
+    };
+    let log = launch.log.map_or_else(Stdio::null, Stdio::from);
+    command.current_dir(env!("CARGO_MANIFEST_DIR")).stdout(Stdio::null()).stderr(log);
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTMQ_")) {
         command.env_remove(key);
     }
@@ -58,6 +86,7 @@ pub async fn start(config: &Config) -> Instance {
     if let Some(endpoint) = &config.telemetry.otlp_endpoint {
         command.env("TENANTMQ_TELEMETRY__OTLP_ENDPOINT", endpoint);
     }
+    command.envs(launch.env);
     let child = command.spawn().expect("tenantmq serve starts");
     let base_url = format!("http://127.0.0.1:{port}");
     let probe = reqwest::Client::new();
@@ -67,6 +96,27 @@ pub async fn start(config: &Config) -> Instance {
     })
     .await;
     Instance { child, base_url }
+}
+
+impl Instance {
+    /// CPU time (user + system) the process has used so far, from `/proc`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("process stat");
+        // Fields after the command name (which may hold spaces) start after its closing parenthesis.
+        let fields: Vec<&str> = stat.rsplit_once(')').expect("stat format").1.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        Duration::from_millis(ticks * 1000 / clock_ticks_per_second())
+    }
+
+    /// Open file descriptors of the process.
+    pub fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id())).expect("fd listing").count()
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    let output = Command::new("getconf").arg("CLK_TCK").output().expect("getconf runs");
+    String::from_utf8_lossy(&output.stdout).trim().parse().expect("CLK_TCK")
 }
 
 /// Sends `signal` (`-TERM`, `-KILL`) and waits for the exit status.

@@ -1,0 +1,369 @@
+//! Isolation under adversity: what one client, one tenant or one outside event does stays with it. Each test
+//! reproduces an attack or an operator's action seen against the release binary.
+
+use std::{
+    io::{Read, Write},
+    time::Duration,
+};
+
+use lapin::{
+    BasicProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
+};
+use reqwest::StatusCode;
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde_json::{Value, json};
+use tenantmq::auth::{self, Role};
+use tokio::net::TcpStream;
+
+use crate::{
+    helpers::{
+        TestApp, amqp, assert_problem, await_consumer, dlq, eventually, queue, queue_state, scalar_i64, test_config,
+    },
+    metrics::Scrape,
+    processes::{self, Launch},
+};
+
+fn admin_token(config: &tenantmq::config::Config) -> String {
+    auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(3600)).expect("token")
+}
+
+async fn delete_queue(broker: &lapin::Connection, name: &str) {
+    let channel = broker.create_channel().await.expect("channel");
+    channel.queue_delete(name.into(), QueueDeleteOptions::default()).await.expect("queue deleted");
+    let _ = channel.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn an_idle_service_neither_spins_nor_queries_in_a_loop_after_a_queue_is_deleted_from_outside() {
+    let config = test_config();
+    let instance = processes::start(&config).await;
+    let tenant = instance.create_tenant(&admin_token(&config), &json!({ "name": "victim" })).await;
+    let broker = amqp().await;
+    await_consumer(&broker, &tenant).await;
+
+    // As `rabbitmqctl delete_queue` would: the consumer fails, and is restarted on a declared queue.
+    delete_queue(&broker, &queue(&tenant)).await;
+    await_consumer(&broker, &tenant).await;
+
+    let db = sea_orm::Database::connect(&config.database.url).await.expect("database");
+    let transactions = "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
+                        WHERE datname = current_database()";
+    let (cpu_before, xacts_before) = (instance.cpu_time(), scalar_i64(&db, transactions).await);
+    let window = Duration::from_secs(5);
+    tokio::time::sleep(window).await;
+    let (cpu, xacts) = (instance.cpu_time() - cpu_before, scalar_i64(&db, transactions).await - xacts_before);
+    // Idle work: projector polls (1 s), a resync (5 s). A spinning loop burns a third of a core and runs
+    // about a thousand transactions a second. (The release binary idles under 1 %; this is the debug build.)
+    assert!(cpu < window * 3 / 100, "idle CPU over {window:?}: {cpu:?} (more than 3 % of a core)");
+    assert!(xacts < 100, "{xacts} transactions in {window:?} while idle");
+    db.close().await.expect("close");
+    processes::signal(instance, "-TERM").await;
+    crate::helpers::drop_database(&config.database.url).await;
+}
+
+/// Reads until the peer closes the connection (or resets it); `false` if it is still open at `deadline`.
+async fn closed_by_peer(stream: &mut TcpStream, deadline: tokio::time::Instant) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0_u8; 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_slow_to_send_its_headers_and_an_idle_one_are_disconnected_on_time() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = test_config();
+    config.server.header_read_timeout = Duration::from_secs(1);
+    config.server.idle_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    let address = app.base_url.trim_start_matches("http://").to_owned();
+
+    // One header line every 300 ms: always active, never done.
+    let mut slow = TcpStream::connect(&address).await.expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("request line");
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut cut = false;
+    while tokio::time::Instant::now() < give_up {
+        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
+            cut = true;
+            break;
+        }
+        if closed_by_peer(&mut slow, tokio::time::Instant::now() + Duration::from_millis(300)).await {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "a client trickling its headers was still connected after 10 s (header_read_timeout: 1 s)");
+
+    // Connected, silent.
+    let mut idle = TcpStream::connect(&address).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    assert!(closed_by_peer(&mut idle, deadline).await, "an idle connection outlived idle_timeout (2 s) by 8 s");
+
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn readiness_answers_while_2000_idle_connections_are_held_under_a_1024_open_files_default() {
+    tenantmq::api::server::raise_open_files_limit().expect("the test holds 2,000 sockets itself");
+    let config = test_config();
+    let instance = processes::start_with(&config, Launch { soft_open_files: Some(1024), ..Launch::default() }).await;
+    let address = instance.base_url.trim_start_matches("http://").to_owned();
+    let mut held = Vec::with_capacity(2000);
+    for _ in 0..2000 {
+        held.push(TcpStream::connect(&address).await.expect("connect"));
+    }
+    eventually(Duration::from_secs(30), "the service to accept every connection", || async {
+        (instance.open_files() > 2000).then_some(())
+    })
+    .await;
+    let probe = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let ready = probe.get(format!("{}/readyz", instance.base_url)).send().await.expect("readyz answered");
+    assert_eq!(ready.status(), StatusCode::OK);
+    drop(held);
+    processes::signal(instance, "-TERM").await;
+    crate::helpers::drop_database(&config.database.url).await;
+}
+
+#[tokio::test]
+async fn inspecting_a_tenant_whose_queue_is_missing_never_fails_another_tenants_publishes() {
+    let mut config = test_config();
+    // One publishing channel: before, inspection shared it, and the broker closed it on the missing queue.
+    config.rabbitmq.publisher_channels = 1;
+    let app = TestApp::spawn_with(config).await;
+    let (inspected, publisher) = (app.create_tenant_id("inspected").await, app.create_tenant_id("publisher").await);
+    let broker = amqp().await;
+    await_consumer(&broker, &inspected).await;
+    // The consumer only reads the main queue: the dead-letter queue stays missing.
+    delete_queue(&broker, &dlq(&inspected)).await;
+
+    for round in 0..30 {
+        let inspect = app.get(&format!("/tenants/{inspected}"));
+        let publishes: Vec<_> = (0..4)
+            .map(|i| app.post_json(&format!("/tenants/{publisher}/messages"), &json!({ "payload": [round, i] })))
+            .collect();
+        let (inspected_view, published) = tokio::join!(inspect, futures_util::future::join_all(publishes));
+        assert_eq!(inspected_view.status(), StatusCode::OK);
+        let view: Value = inspected_view.json().await.expect("tenant JSON");
+        assert_eq!(view["runtime"]["dlq_depth"], Value::Null, "{view}");
+        assert_eq!(view["runtime"]["queue_consumers"], 1, "the other queues are still read: {view}");
+        for response in published {
+            let status = response.status();
+            assert_eq!(status, StatusCode::ACCEPTED, "round {round}: {}", response.text().await.unwrap_or_default());
+        }
+    }
+    app.await_messages(&publisher, 120).await;
+    app.stop().await;
+}
+
+async fn fill_dead_letters(broker: &lapin::Connection, tenant: &str, count: usize) {
+    let channel = broker.create_channel().await.expect("channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let mut confirms = Vec::with_capacity(count);
+    for i in 0..count {
+        let properties = BasicProperties::default().with_message_id(uuid::Uuid::now_v7().to_string().into());
+        let body = serde_json::to_vec(&json!({ "dead": i })).expect("json");
+        let confirm = channel
+            .basic_publish("".into(), dlq(tenant).as_str().into(), BasicPublishOptions::default(), &body, properties)
+            .await
+            .expect("publish");
+        confirms.push(confirm);
+    }
+    for confirm in confirms {
+        confirm.await.expect("confirmed");
+    }
+    let _ = channel.close(200, "done".into()).await;
+}
+
+#[tokio::test]
+async fn dead_letter_operations_are_bounded_and_one_tenants_never_waits_for_anothers() {
+    let app = TestApp::spawn().await;
+    let (deep, shallow) = (app.create_tenant_id("deep").await, app.create_tenant_id("shallow").await);
+    let broker = amqp().await;
+    await_consumer(&broker, &deep).await;
+    await_consumer(&broker, &shallow).await;
+    fill_dead_letters(&broker, &deep, 11_000).await;
+    fill_dead_letters(&broker, &shallow, 1).await;
+
+    // A crafted cursor whose offset would wrap around the peek bound.
+    let scope = format!("dlq:{deep}");
+    let wrapping = tenantmq::api::pagination::encode(&scope, u64::MAX - 10);
+    assert_problem(
+        app.get(&format!("/tenants/{deep}/dlq?limit=1000&cursor={wrapping}")).await,
+        StatusCode::BAD_REQUEST,
+        Some("cursor"),
+    )
+    .await;
+
+    // A deep peek holds the deep tenant's lock for seconds; the other tenant's peek must not wait for it.
+    let deepest = tenantmq::api::pagination::encode(&scope, 9_000_u64);
+    let deep_peek = tokio::spawn(app.get(&format!("/tenants/{deep}/dlq?limit=1000&cursor={deepest}")));
+    eventually(Duration::from_secs(30), "the deep peek to take messages", || async {
+        queue_state(&broker, dlq(&deep)).await.filter(|(ready, _)| *ready < 11_000).map(|_| ())
+    })
+    .await;
+    let shallow_peek = app.get(&format!("/tenants/{shallow}/dlq")).await;
+    assert_eq!(shallow_peek.status(), StatusCode::OK);
+    assert!(!deep_peek.is_finished(), "the shallow tenant's peek waited for the deep tenant's");
+    let deep_page: Value = deep_peek.await.expect("deep peek").json().await.expect("page");
+    assert_eq!(deep_page["data"].as_array().map(Vec::len), Some(1000));
+
+    // Replaying 11,000 dead letters takes more than one bounded call.
+    let first: Value =
+        app.post_json(&format!("/tenants/{deep}/dlq/replay"), &json!({})).await.json().await.expect("json");
+    assert_eq!(first["complete"], false, "{first}");
+    let mut replayed = first["replayed"].as_u64().expect("count");
+    assert!(replayed <= 10_000, "{first}");
+    let mut calls = 1;
+    loop {
+        let next: Value =
+            app.post_json(&format!("/tenants/{deep}/dlq/replay"), &json!({})).await.json().await.expect("json");
+        replayed += next["replayed"].as_u64().expect("count");
+        calls += 1;
+        if next["complete"] == true {
+            break;
+        }
+        assert!(calls < 20, "replays make no progress: {next}");
+    }
+    assert_eq!(replayed, 11_000);
+    app.await_messages(&deep, 11_000).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn no_message_body_reaches_the_log_even_when_the_broker_returns_it() {
+    let config = test_config();
+    let log_path = std::env::temp_dir().join(format!("tenantmq-log-{}.txt", uuid::Uuid::new_v4()));
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let instance = processes::start_with(&config, Launch { log: Some(log), ..Launch::default() }).await;
+    let token = admin_token(&config);
+    let tenant = instance.create_tenant(&token, &json!({ "name": "returned" })).await;
+    let broker = amqp().await;
+    await_consumer(&broker, &tenant).await;
+    let client = reqwest::Client::new();
+    let secret = format!("tenant-secret-{}", uuid::Uuid::new_v4());
+    // A publish right after the queue was deleted from outside is returned by the broker as unroutable
+    // (and published again once the queues are declared).
+    eventually(Duration::from_secs(60), "a returned message", || async {
+        delete_queue(&broker, &queue(&tenant)).await;
+        let published = client
+            .post(format!("{}/tenants/{tenant}/messages", instance.base_url))
+            .bearer_auth(&token)
+            .json(&json!({ "payload": { "card": secret } }))
+            .send()
+            .await
+            .expect("sent");
+        assert_eq!(published.status(), StatusCode::ACCEPTED);
+        let log = std::fs::read_to_string(&log_path).expect("log");
+        log.contains("returned messages as unroutable").then_some(())
+    })
+    .await;
+    processes::signal(instance, "-TERM").await;
+    let log = std::fs::read_to_string(&log_path).expect("log");
+    assert!(!log.contains(&secret), "a message body is in the log");
+    let _ = std::fs::remove_file(&log_path);
+    crate::helpers::drop_database(&config.database.url).await;
+}
+
+#[tokio::test]
+async fn metrics_can_require_a_bearer_token() {
+    let mut config = test_config();
+    config.metrics.bearer_token = Some("scrape-token-0123456789".into());
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("counted").await;
+    let scrape = |token: Option<&str>| {
+        let request = reqwest::Client::new().get(app.url("/metrics"));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move { request.send().await.expect("sent") }
+    };
+    assert_problem(scrape(None).await, StatusCode::UNAUTHORIZED, None).await;
+    assert_problem(scrape(Some("scrape-token-012345678X")).await, StatusCode::UNAUTHORIZED, None).await;
+    // The admin's JWT is not the scrape token either.
+    assert_problem(app.get("/metrics").await, StatusCode::UNAUTHORIZED, None).await;
+    let allowed = scrape(Some("scrape-token-0123456789")).await;
+    assert_eq!(allowed.status(), StatusCode::OK);
+    assert!(allowed.text().await.expect("text").contains(&tenant));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_writes_an_over_limit_body_before_reading_gets_the_413() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant_id("large").await;
+    let address = app.base_url.trim_start_matches("http://").to_owned();
+    let token = app.token(Role::Admin);
+    let limit = app.config.max_payload_bytes;
+    // As Python's urllib does: the whole body first, then the answer.
+    let answer = tokio::task::spawn_blocking(move || {
+        let body = vec![b' '; limit * 8];
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        write!(
+            stream,
+            "POST /tenants/{tenant}/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .expect("headers written");
+        stream.write_all(&body).expect("the whole body is written, not cut off with a broken pipe");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("the answer is read");
+        answer
+    })
+    .await
+    .expect("client ran");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_transaction_left_open_elsewhere_in_the_cluster_shows_as_read_visibility_lag() {
+    let mut config = test_config();
+    config.metrics.visibility_poll_interval = Duration::from_millis(200);
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("held").await;
+    let publish = |n: i64| app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": n }));
+    assert_eq!(publish(1).await.status(), StatusCode::ACCEPTED);
+    app.await_messages(&tenant, 1).await;
+    let page_size = || async {
+        let page: Value = app.get(&format!("/messages?tenant_id={tenant}")).await.json().await.expect("page");
+        page["data"].as_array().map_or(0, Vec::len)
+    };
+    eventually(Duration::from_secs(30), "the first message to be readable", || async {
+        (page_size().await == 1).then_some(())
+    })
+    .await;
+
+    // An uncommitted write in another database of the same cluster.
+    let server = crate::services::get().postgres_server.clone();
+    let other = sea_orm::Database::connect(format!("{server}/postgres")).await.expect("other database");
+    let open = other.begin().await.expect("begin");
+    open.execute_unprepared("SELECT pg_current_xact_id()").await.expect("an id is assigned");
+
+    assert_eq!(publish(2).await.status(), StatusCode::ACCEPTED);
+    app.await_messages(&tenant, 2).await;
+    let lag = || async { Scrape::of(&app).await.value("tenantmq_read_visibility_lag_seconds", &[]).expect("exported") };
+    let held = eventually(Duration::from_secs(30), "the lag to show", || async {
+        let seconds = lag().await;
+        (seconds >= 1.0).then_some(seconds)
+    })
+    .await;
+    assert_eq!(page_size().await, 1, "the committed second message is held back while the transaction is open");
+
+    open.rollback().await.expect("rollback");
+    other.close().await.expect("close");
+    eventually(Duration::from_secs(60), "the second message", || async { (page_size().await == 2).then_some(()) })
+        .await;
+    eventually(Duration::from_secs(60), "the lag to fall", || async { (lag().await < held).then_some(()) }).await;
+    app.stop().await;
+}
