@@ -2,6 +2,7 @@
 # Local PostgreSQL and RabbitMQ for development and CI on bare services (no Docker needed).
 #   scripts/services.sh up                    start whichever is down and wait until both answer
 #   scripts/services.sh sweep-test-databases  drop databases that interrupted test runs left behind
+#   scripts/services.sh tenant-queues         list the broker's tenant queues (tenant_<id>_queue|retry|dlq)
 set -euo pipefail
 
 PGHOST="${PGHOST:-127.0.0.1}"
@@ -52,8 +53,11 @@ case "${1:-up}" in
                 psql -h "$PGHOST" -p "$PGPORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
             done
         ;;
+    tenant-queues)
+        rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null | grep -E '^tenant_[0-9a-f-]{36}_(queue|retry|dlq)$' | sort || true
+        ;;
     *)
-        echo "usage: $0 up|sweep-test-databases" >&2
+        echo "usage: $0 up|sweep-test-databases|tenant-queues" >&2
         exit 2
         ;;
 esac

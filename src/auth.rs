@@ -105,12 +105,16 @@ pub enum AuthError {
     Invalid(String),
     #[error("{0}")]
     Forbidden(&'static str),
+    /// Several `Authorization` headers: which one counts would be a guess (proxies and servers disagree).
+    #[error("send one Authorization header, not several")]
+    Ambiguous,
 }
 
 impl poem::error::ResponseError for AuthError {
     fn status(&self) -> StatusCode {
         match self {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Ambiguous => StatusCode::BAD_REQUEST,
             _ => StatusCode::UNAUTHORIZED,
         }
     }
@@ -261,8 +265,13 @@ impl<'a> ApiExtractor<'a> for Principal {
     ) -> poem::Result<Self> {
         let state =
             request.data::<AppState>().ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
-        let authorization = request.header(poem::http::header::AUTHORIZATION);
-        Ok(state.authenticator.authenticate(authorization)?)
+        let mut headers = request.headers().get_all(poem::http::header::AUTHORIZATION).iter();
+        let authorization =
+            headers.next().map(|value| value.to_str().map_err(|_| AuthError::Invalid("not text".into())));
+        if headers.next().is_some() {
+            return Err(AuthError::Ambiguous.into());
+        }
+        Ok(state.authenticator.authenticate(authorization.transpose()?)?)
     }
 }
 

@@ -126,6 +126,7 @@ impl From<AuthError> for ApiError {
             AuthError::Forbidden(_) => {
                 Self::Forbidden(problem(StatusCode::FORBIDDEN, "forbidden", error.to_string(), None))
             }
+            AuthError::Ambiguous => Self::bad_request(Some("authorization"), error.to_string()),
             _ => Self::Unauthorized(problem(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string(), None)),
         }
     }

@@ -21,6 +21,8 @@ use crate::services;
 
 pub struct TestApp {
     pub base_url: String,
+    /// Set until `stop` has cleaned up: a test that panics first still leaves nothing behind (see `Drop`).
+    cleanup: Option<String>,
     /// Sends an admin token with every request.
     pub client: reqwest::Client,
     pub db: DatabaseConnection,
@@ -69,7 +71,7 @@ impl TestApp {
             headers.insert(reqwest::header::AUTHORIZATION, admin.parse().expect("header value"));
         }
         let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
-        Self { base_url, client, db, config, shutdown, server }
+        Self { base_url, cleanup: Some(config.database.url.clone()), client, db, config, shutdown, server }
     }
 
     /// A token of this service for `role`, valid for an hour.
@@ -77,11 +79,14 @@ impl TestApp {
         mint(&self.config, role)
     }
 
-    /// Stops the service gracefully, waits for it and drops the test's database.
-    pub async fn stop(self) {
+    /// Stops the service gracefully, waits for it and removes what the test made: its tenants' queues and its
+    /// database.
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        self.server.await.expect("server task").expect("server stopped cleanly");
-        drop_database(&self.config.database.url).await;
+        (&mut self.server).await.expect("server task").expect("server stopped cleanly");
+        if let Some(url) = self.cleanup.take() {
+            drop_database(&url).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -168,8 +173,24 @@ where
     }
 }
 
-/// Drops a test database (the CI script sweeps any a failed test left behind).
+impl Drop for TestApp {
+    /// A test that ended without `stop` (it panicked): clean up on a runtime of its own, since this one may be
+    /// going away.
+    fn drop(&mut self) {
+        let Some(url) = self.cleanup.take() else { return };
+        self.shutdown.cancel();
+        let cleaned = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(drop_database(&url));
+        });
+        let _ = cleaned.join();
+    }
+}
+
+/// Deletes the queues of every tenant the test's database knows (live and deleted), then the database: a test
+/// leaves nothing behind on either service (the CI script checks; it also sweeps databases a killed run left).
 pub async fn drop_database(url: &str) {
+    delete_tenant_queues(url).await;
     let (server, name) = url.rsplit_once('/').expect("a database URL");
     let admin = sea_orm::Database::connect(format!("{server}/postgres")).await.expect("admin connection");
     admin
@@ -177,6 +198,27 @@ pub async fn drop_database(url: &str) {
         .await
         .expect("test database dropped");
     admin.close().await.expect("admin connection closed");
+}
+
+async fn delete_tenant_queues(url: &str) {
+    let Ok(db) = sea_orm::Database::connect(url).await else { return };
+    let ids = db
+        .query_all_raw(Statement::from_string(DbBackend::Postgres, "SELECT id::text FROM tenants"))
+        .await
+        .map(|rows| rows.iter().filter_map(|row| row.try_get_by_index::<String>(0).ok()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let _ = db.close().await;
+    if ids.is_empty() {
+        return;
+    }
+    let broker = amqp().await;
+    let channel = broker.create_channel().await.expect("channel");
+    for id in &ids {
+        for name in [queue(id), retry_queue(id), dlq(id)] {
+            channel.queue_delete(name.as_str().into(), Default::default()).await.expect("queue deleted");
+        }
+    }
+    let _ = broker.close(200, "cleaned up".into()).await;
 }
 
 /// A broker connection of the test's own, to ask RabbitMQ directly and to publish as any AMQP producer would.

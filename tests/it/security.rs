@@ -382,3 +382,26 @@ async fn tokens_minted_by_the_cli_work_against_the_service() {
     assert_eq!(status("/tenants".into(), own).await, StatusCode::FORBIDDEN);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn two_authorization_headers_are_a_bad_request_not_a_guess() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant_id("doubled").await;
+    let tenant_token = tenantmq::auth::mint(
+        &app.config.auth,
+        "tests",
+        Role::Tenant(tenantmq::domain::tenant::TenantId::from_uuid(tenant.parse().expect("uuid"))),
+        std::time::Duration::from_secs(600),
+    )
+    .expect("token");
+    // The admin's token and a tenant's, as a shell alias plus `-H` would send them.
+    let mut both = reqwest::header::HeaderMap::new();
+    for token in [app.token(Role::Admin), tenant_token.clone()] {
+        both.append(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().expect("header value"));
+    }
+    let doubled = reqwest::Client::new().get(app.url("/messages?limit=2")).headers(both).send().await.expect("sent");
+    assert_problem(doubled, StatusCode::BAD_REQUEST, Some("authorization")).await;
+    let single = reqwest::Client::new().get(app.url("/messages?limit=2")).bearer_auth(&tenant_token).send().await;
+    assert_eq!(single.expect("sent").status(), StatusCode::OK);
+    app.stop().await;
+}
