@@ -76,6 +76,10 @@ pub enum ConsumerError {
     CancelledByBroker,
     #[error("the broker connection was lost")]
     ConnectionLost,
+    /// Deliveries may be left in the old consumer's stream, unregistered: only closing the channel gets them
+    /// redelivered.
+    #[error("a cancelled consumer did not hand over its deliveries in time")]
+    HandoverTimedOut,
 }
 
 impl From<lapin::Error> for ConsumerError {
@@ -114,6 +118,8 @@ pub async fn run(
     let mut pool =
         WorkerPool::new(receiver, runtime.clone(), writer, channel.clone(), acks.clone(), &settings, shutdown.clone());
     pool.fill();
+    // Whether the current consumer has already been cancelled (and its stream drained, or given up on).
+    let mut handed_over = false;
 
     let ended = loop {
         tokio::select! {
@@ -122,6 +128,7 @@ pub async fn run(
                 Some(Control::Resize(_)) => {
                     pool.fill();
                     if let Err(error) = handover(&channel, &mut consumer, &deliveries, &runtime, &acks).await {
+                        handed_over = true;
                         break Err(error);
                     }
                     subscription += 1;
@@ -213,7 +220,9 @@ async fn enqueue(
     deliveries.send(delivery).await.is_ok()
 }
 
-/// Cancels `consumer` and passes the deliveries it had already received to the pool.
+/// Cancels `consumer` and passes the deliveries it had already received to the pool. Fails when the stream
+/// does not end in time or ends in an error: what it still holds was never registered, and the channel must
+/// close for the broker to deliver it again.
 async fn handover(
     channel: &Channel,
     consumer: &mut Consumer,
@@ -222,20 +231,23 @@ async fn handover(
     acks: &AckCoordinator,
 ) -> Result<(), ConsumerError> {
     channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
-    // After cancel-ok the stream yields what it buffered, then ends. Anything not drained in time stays
-    // unacked and returns to the queue when the channel closes.
+    // After cancel-ok the stream yields what it buffered, then ends.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            if !enqueue(delivery, deliveries, runtime, acks).await {
-                break;
+        while let Some(delivery) = consumer.next().await {
+            if !enqueue(delivery?, deliveries, runtime, acks).await {
+                return Err(ConsumerError::CancelledByBroker);
             }
         }
+        Ok(())
     })
     .await;
-    if drained.is_err() {
-        tracing::warn!(tag = %consumer.tag(), "a cancelled consumer did not end in time");
+    match drained {
+        Ok(drained) => drained,
+        Err(_) => {
+            tracing::warn!(tag = %consumer.tag(), "a cancelled consumer did not end in time; closing its channel");
+            Err(ConsumerError::HandoverTimedOut)
+        }
     }
-    Ok(())
 }
 
 /// What every worker of one tenant shares.
