@@ -33,6 +33,8 @@ pub struct Config {
     pub max_retries: u32,
     /// Largest accepted request body, in bytes.
     pub max_payload_bytes: usize,
+    /// Deepest nesting of arrays and objects a payload may have (deeper ones are refused at the door).
+    pub max_payload_depth: usize,
     /// How long a graceful shutdown may take before what is left is abandoned (and redelivered later).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -189,6 +191,7 @@ impl Default for Config {
             max_workers: const { NonZeroU16::new(64).unwrap() },
             max_retries: 5,
             max_payload_bytes: 1024 * 1024,
+            max_payload_depth: 64,
             shutdown_timeout: Duration::from_secs(30),
             max_batch_bytes: 16 * 1024 * 1024,
             projectors: ProjectorConfig::default(),

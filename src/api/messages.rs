@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::{Principal, Role},
-    domain::tenant::TenantId,
+    domain::{payload, tenant::TenantId},
     runtime::publisher::{OutgoingMessage, PublishError},
     store::messages::{self, MessageKey, MessageRow},
 };
@@ -72,7 +72,8 @@ impl ToJSON for JsonPayload {
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 pub struct PublishRequest {
-    /// The message: any JSON value, stored as sent.
+    /// The message: any JSON value PostgreSQL `jsonb` can store (nested at most `max_payload_depth` deep, no
+    /// `\u0000`, no lone surrogate, numbers within `numeric`'s range), stored as `jsonb`.
     pub payload: JsonPayload,
     /// Idempotency key: publishing the same id again never makes a second row. A new UUIDv7 when absent.
     pub id: Option<Uuid>,
@@ -166,7 +167,7 @@ impl MessagesApi {
         id: Path<Uuid>,
         body: JsonBody<PublishRequest>,
     ) -> Result<PublishResponse, ApiError> {
-        storable(&body.0.payload, "payload")?;
+        storable(&body.0.payload, "payload", state.limits.payload_depth)?;
         let tenant = live_tenant(&state, &principal, id.0).await?;
         let message = outgoing(body.0);
         let id = message.id;
@@ -229,7 +230,7 @@ impl MessagesApi {
             return Err(ApiError::payload_too_large_field(format!("messages[{index}].payload"), state.limits.single));
         }
         for (index, request) in requests.iter().enumerate() {
-            storable(&request.payload, &format!("messages[{index}].payload"))?;
+            storable(&request.payload, &format!("messages[{index}].payload"), state.limits.payload_depth)?;
         }
         let tenant = live_tenant(&state, &principal, id.0).await?;
         let messages: Vec<OutgoingMessage> = requests.into_iter().map(outgoing).collect();
@@ -238,28 +239,9 @@ impl MessagesApi {
     }
 }
 
-/// PostgreSQL's `jsonb` cannot hold a NUL character (`\u0000`) in a string or key: refuse such a payload
-/// here, instead of accepting a message that could only be dead-lettered.
-fn storable(payload: &JsonPayload, field: &str) -> Result<(), ApiError> {
-    fn has_nul(value: &serde_json::Value) -> bool {
-        match value {
-            serde_json::Value::String(s) => s.contains('\0'),
-            serde_json::Value::Array(items) => items.iter().any(has_nul),
-            serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
-    let raw = payload.0.get();
-    // Only a payload with the escape can hold a NUL (JSON text cannot carry a raw one).
-    if !raw.to_ascii_lowercase().contains("\\u0000") {
-        return Ok(());
-    }
-    match serde_json::from_str::<serde_json::Value>(raw) {
-        Ok(value) if has_nul(&value) => {
-            Err(ApiError::bad_request(Some(field), "strings in a payload cannot contain the NUL character (\\u0000)"))
-        }
-        _ => Ok(()),
-    }
+/// Refuses, naming `field`, a payload that `jsonb` cannot store: accepting it would only make a dead letter.
+fn storable(payload: &JsonPayload, field: &str, max_depth: usize) -> Result<(), ApiError> {
+    payload::check(payload.0.get(), max_depth).map_err(|error| ApiError::bad_request(Some(field), error.to_string()))
 }
 
 fn outgoing(request: PublishRequest) -> OutgoingMessage {

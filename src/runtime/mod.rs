@@ -77,6 +77,7 @@ impl Runtime {
                     delay: config.consumer.retry_delay,
                     max_delay: config.consumer.retry_max_delay,
                 },
+                max_payload_depth: config.max_payload_depth,
             }),
             projection: projections.tenants.clone(),
             resync_interval: config.consumer.resync_interval,

@@ -1,6 +1,8 @@
 //! Writing messages into a tenant's partition: one multi-row insert per batch, idempotent on
 //! `(tenant_id, id)`, straight into the partition (no routing through the parent table).
 
+use std::ops::Range;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ConnectionTrait, FromQueryResult,
@@ -55,6 +57,30 @@ impl MessageWriter {
         self.metrics.batch_persisted(messages.len(), started.elapsed());
         Ok(done.rows_affected())
     }
+
+    /// Inserts the batch, keeping the database's refusal of one row from failing the others: a statement that
+    /// fails on a data error ([`WriteFailure::Refused`]) is split in halves until each refused row stands
+    /// alone. Every row outside the returned ranges is committed; each range failed with its error.
+    pub async fn insert_isolating(&self, messages: &[NewMessage]) -> Vec<(Range<usize>, sqlx::Error)> {
+        let mut failed = Vec::new();
+        // Parts still to write, the next one last.
+        let mut parts = Vec::new();
+        parts.push(0..messages.len());
+        while let Some(part) = parts.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            let Err(error) = self.insert(&messages[part.clone()]).await else { continue };
+            if part.len() > 1 && classify(&error) == WriteFailure::Refused {
+                let middle = part.start + part.len() / 2;
+                parts.push(middle..part.end);
+                parts.push(part.start..middle);
+            } else {
+                failed.push((part, error));
+            }
+        }
+        failed
+    }
 }
 
 /// What a failed write says about the messages in it.
@@ -65,17 +91,21 @@ pub enum WriteFailure {
     Unavailable,
     /// This write failed, another may not (a lock or statement timeout, a missing grant, a deadlock).
     Transient,
-    /// Retrying cannot help: the data itself is refused (class 22, e.g. a `\u0000` jsonb rejects), a
-    /// constraint fails (class 23), or the partition is gone (42P01, the tenant was deleted).
+    /// The database refuses a row's data: class 22 (e.g. a `\u0000`, which jsonb rejects), a constraint
+    /// (class 23), or a limit of the server (class 54, e.g. nesting deeper than its stack allows). Permanent
+    /// for that row only: [`MessageWriter::insert_isolating`] keeps it from failing the rest of its batch.
+    Refused,
+    /// Retrying cannot help any row: the partition is gone (42P01, the tenant was deleted).
     Permanent,
 }
 
 pub fn classify(error: &sqlx::Error) -> WriteFailure {
     match error {
         sqlx::Error::Database(e) => match e.try_downcast_ref::<PgDatabaseError>().map(PgDatabaseError::code) {
-            Some(code) if code.starts_with("22") || code.starts_with("23") || code == "42P01" => {
-                WriteFailure::Permanent
+            Some(code) if code.starts_with("22") || code.starts_with("23") || code.starts_with("54") => {
+                WriteFailure::Refused
             }
+            Some("42P01") => WriteFailure::Permanent,
             // Connection exceptions, shutdowns and resource exhaustion are about the server, not the data.
             Some(code) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
                 WriteFailure::Unavailable
