@@ -43,6 +43,7 @@ pub struct Config {
     pub projectors: ProjectorConfig,
     pub consumer: ConsumerConfig,
     pub partitions: PartitionConfig,
+    pub read: ReadConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
@@ -147,6 +148,13 @@ pub struct PartitionConfig {
     pub on_tenant_delete: OnTenantDelete,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReadConfig {
+    /// Most payload bytes in one page of `GET /messages`; a page that reaches it ends early, with a cursor.
+    pub max_page_bytes: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -197,6 +205,7 @@ impl Default for Config {
             projectors: ProjectorConfig::default(),
             consumer: ConsumerConfig::default(),
             partitions: PartitionConfig::default(),
+            read: ReadConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -282,6 +291,12 @@ impl Default for PartitionConfig {
     }
 }
 
+impl Default for ReadConfig {
+    fn default() -> Self {
+        Self { max_page_bytes: 4 * 1024 * 1024 }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         Self { format: LogFormat::Text, level: "info".into() }
@@ -362,6 +377,12 @@ impl Config {
         }
         if self.max_payload_bytes == 0 {
             return Err(ConfigError::new("max_payload_bytes", "must be at least 1"));
+        }
+        if self.max_payload_depth == 0 {
+            return Err(ConfigError::new("max_payload_depth", "must be at least 1"));
+        }
+        if self.read.max_page_bytes == 0 {
+            return Err(ConfigError::new("read.max_page_bytes", "must be at least 1"));
         }
         if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
             return Err(ConfigError::new("database.url", "must be a postgres:// URL"));

@@ -119,7 +119,12 @@ impl Application {
             runtime,
             metrics,
             authenticator: Arc::new(auth::Authenticator::from_config(&config.auth).map_err(StartupError::Config)?),
-            limits: api::json_body::BodyLimits { single: config.max_payload_bytes, batch: config.max_batch_bytes },
+            limits: api::json_body::BodyLimits {
+                single: config.max_payload_bytes,
+                batch: config.max_batch_bytes,
+                payload_depth: config.max_payload_depth,
+            },
+            max_page_bytes: config.read.max_page_bytes,
         };
 
         let address = format!("{}:{}", config.server.host, config.server.port);

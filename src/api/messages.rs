@@ -18,13 +18,14 @@ use crate::{
     store::messages::{self, MessageKey, MessageRow},
 };
 
-use super::{ApiTags, AppState, json_body::JsonBody, pagination, problem::ApiError};
+use super::{ApiTags, AppState, json_body::JsonBody, json_text::JsonText, pagination, problem::ApiError};
 
 /// Most messages in one batch.
 pub const MAX_BATCH: usize = 1000;
 
-/// Any JSON value, kept exactly as the client sent it (large numbers keep their precision).
-#[derive(Debug, Clone, serde::Deserialize)]
+/// Any JSON value as JSON text: what the client sent, or what PostgreSQL stored. It goes out as that text
+/// (through [`JsonText`]), so large numbers keep their precision and deep nesting stays.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(transparent)]
 pub struct JsonPayload(pub Box<RawValue>);
 
@@ -122,17 +123,23 @@ impl From<PublishError> for ApiError {
 }
 
 /// A stored message.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, serde::Serialize)]
 pub struct Message {
     pub id: Uuid,
     pub tenant_id: Uuid,
     /// The payload as stored (PostgreSQL `jsonb`: key order and spacing normalized, numbers exact).
     pub payload: JsonPayload,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// As poem-openapi writes a time, so the body is the same whichever writes it.
+fn rfc3339<S: serde::Serializer>(at: &chrono::DateTime<chrono::Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339())
+}
+
 /// A page of messages, oldest first.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, serde::Serialize)]
 pub struct MessagePage {
     pub data: Vec<Message>,
     /// Pass as `cursor` for the next page; `null` on the last page (nothing more right now).
@@ -189,9 +196,10 @@ impl MessagesApi {
         tenant_id: Query<Option<Uuid>>,
         /// From a previous page's `next_cursor`.
         cursor: Query<Option<String>>,
-        /// Page size, 1 to 1000 (default 50).
+        /// Page size, 1 to 1000 (default 50). A page also ends early, with a `next_cursor`, once its payloads
+        /// reach the configured byte cap (`read.max_page_bytes`).
         limit: Query<Option<i64>>,
-    ) -> Result<Json<MessagePage>, ApiError> {
+    ) -> Result<JsonText<MessagePage>, ApiError> {
         let tenant = match (&principal.role, tenant_id.0) {
             (_, Some(id)) => id,
             (Role::Tenant(own), None) => own.as_uuid(),
@@ -202,11 +210,12 @@ impl MessagesApi {
         let scope = format!("messages:{tenant}");
         let after =
             pagination::decode_key(cursor.0.as_deref(), &scope, MessageKey::parse)?.unwrap_or(MessageKey::START);
-        let rows = messages::page(&state.db, tenant, after, limit + 1).await?;
-        let (rows, next_cursor) = pagination::page(rows, limit, &scope, MessageKey::of, |row| row);
-        let tail_cursor = pagination::encode(&scope, rows.last().map_or(after, MessageKey::of));
-        let data = rows.into_iter().map(Message::try_from).collect::<Result<_, _>>()?;
-        Ok(Json(MessagePage { data, next_cursor, tail_cursor }))
+        let page = messages::page(&state.db, tenant, after, limit, state.max_page_bytes).await?;
+        let last = page.rows.last().map_or(after, MessageKey::of);
+        let next_cursor = page.more.then(|| pagination::encode(&scope, last));
+        let tail_cursor = pagination::encode(&scope, last);
+        let data = page.rows.into_iter().map(Message::try_from).collect::<Result<_, _>>()?;
+        Ok(JsonText(MessagePage { data, next_cursor, tail_cursor }))
     }
 
     /// Publish up to 1000 messages to the tenant's queue

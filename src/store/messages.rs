@@ -123,15 +123,32 @@ pub fn classify(error: &sqlx::Error) -> WriteFailure {
 }
 
 /// A stored message, as the read side returns it.
-#[derive(Debug, Clone, FromQueryResult)]
+#[derive(Debug, Clone)]
 pub struct MessageRow {
     pub id: Uuid,
     pub tenant_id: Uuid,
-    /// The payload as JSON text.
+    /// The payload as PostgreSQL writes out the stored `jsonb` (`payload::text`).
     pub payload: String,
     pub created_at: DateTime<Utc>,
     /// The writing transaction's id (`xid8` as text): the first part of the sort key.
     pub txid: String,
+}
+
+/// A row of [`page`]'s query: the payload is NULL for a row fetched only to tell that more rows follow.
+#[derive(Debug, FromQueryResult)]
+struct FetchedRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    payload: Option<String>,
+    created_at: DateTime<Utc>,
+    txid: String,
+}
+
+/// Rows of one page, and whether more rows follow it.
+#[derive(Debug)]
+pub struct Page {
+    pub rows: Vec<MessageRow>,
+    pub more: bool,
 }
 
 /// Where a page starts: after this `(txid, id)`.
@@ -163,21 +180,49 @@ impl std::fmt::Display for MessageKey {
 /// The tenant's messages after `after`, oldest first, gap-free while writers commit out of order: only rows
 /// of transactions older than every transaction still running (the snapshot's xmin) are returned, in
 /// `(txid, id)` order, so a row that commits later always sorts after any cursor already handed out.
+///
+/// A page holds at most `limit` rows and, from the second row on, at most `max_bytes` of payload text (a
+/// single larger payload still makes a page of one). PostgreSQL counts the bytes (a running sum over the
+/// rows the index scan reads) and sends only the payloads that fit, plus one row without a payload that
+/// says more follow.
 pub async fn page<C: ConnectionTrait>(
     conn: &C,
     tenant: TenantId,
     after: MessageKey,
     limit: u64,
-) -> Result<Vec<MessageRow>, StoreError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    max_bytes: usize,
+) -> Result<Page, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+    let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
     let statement = stmt(
-        "SELECT id, tenant_id, payload::text AS payload, created_at, txid::text AS txid FROM messages \
-         WHERE tenant_id = $1 AND (txid, id) > ($2::text::xid8, $3) \
-           AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY messages.txid, messages.id LIMIT $4",
-        [tenant.as_uuid().into(), after.txid.to_string().into(), after.id.into(), limit.into()],
+        "SELECT id, tenant_id, CASE WHEN n <= $4 AND (n = 1 OR bytes <= $5) THEN payload END AS payload, \
+                created_at, txid::text AS txid \
+         FROM (SELECT *, row_number() OVER w AS n, sum(octet_length(payload)) OVER w AS bytes \
+               FROM (SELECT id, tenant_id, payload::text AS payload, created_at, txid FROM messages \
+                     WHERE tenant_id = $1 AND (txid, id) > ($2::text::xid8, $3) \
+                       AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY messages.txid, messages.id LIMIT $4 + 1) AS fetched \
+               WINDOW w AS (ORDER BY txid, id ROWS UNBOUNDED PRECEDING)) AS sized \
+         WHERE n = 1 OR bytes - octet_length(payload) < $5 \
+         ORDER BY sized.txid, sized.id",
+        [tenant.as_uuid().into(), after.txid.to_string().into(), after.id.into(), limit.into(), max_bytes.into()],
     );
-    Ok(MessageRow::find_by_statement(statement).all(conn).await?)
+    let fetched = FetchedRow::find_by_statement(statement).all(conn).await?;
+    let count = fetched.len();
+    let rows: Vec<MessageRow> = fetched
+        .into_iter()
+        .map_while(|row| {
+            let payload = row.payload?;
+            Some(MessageRow {
+                id: row.id,
+                tenant_id: row.tenant_id,
+                payload,
+                created_at: row.created_at,
+                txid: row.txid,
+            })
+        })
+        .collect();
+    Ok(Page { more: rows.len() < count, rows })
 }
 
 #[cfg(test)]
