@@ -89,7 +89,7 @@ impl Application {
             &db,
             &store,
             TenantsProjector,
-            PartitionsProjector { on_delete: config.partitions.on_tenant_delete },
+            PartitionsProjector,
             RunnerSettings { batch_size: config.projectors.batch_size, poll_interval: config.projectors.poll_interval },
             &background,
         );

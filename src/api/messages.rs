@@ -117,8 +117,14 @@ pub enum PublishBatchResponse {
 
 impl From<PublishError> for ApiError {
     fn from(error: PublishError) -> Self {
-        tracing::warn!(%error, "publish failed");
-        Self::unavailable(format!("the message broker did not accept the message: {error}; retry"))
+        match error {
+            PublishError::TenantDeleted => Self::not_found("the tenant has been deleted"),
+            PublishError::Store(error) => error.into(),
+            error => {
+                tracing::warn!(%error, "publish failed");
+                Self::unavailable(format!("the message broker did not accept the message: {error}; retry"))
+            }
+        }
     }
 }
 

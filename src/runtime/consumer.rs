@@ -67,7 +67,8 @@ pub struct ConsumerSettings {
 pub enum ConsumerEnd {
     /// Its control channel closed (the manager let go of it); its queues stay.
     Stopped,
-    /// The tenant was deleted; its queues were deleted.
+    /// The tenant was deleted: every delivery handed to the pool is settled; its queues stay, for the tenant's
+    /// retirement (see [`retirement`](super::retirement)).
     Deleted,
     /// The service is shutting down.
     ShutDown,
@@ -95,6 +96,10 @@ impl From<lapin::Error> for ConsumerError {
 
 /// Runs until stopped, shut down or failed. Every delivery handed to the pool is acked, rejected or
 /// nacked before this returns; anything still unacked when the channel closes goes back to the queue.
+///
+/// When the tenant is deleted, the subscription stays until the pool has settled every delivery it holds
+/// (what arrives meanwhile stays unacked, and returns to the queue with the channel): so while any instance
+/// still writes for the tenant, the broker still counts its consumer, and the retirement waits for it.
 pub async fn run(
     runtime: Arc<TenantRuntime>,
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -164,7 +169,8 @@ pub async fn run(
     };
 
     runtime.set_state(ConsumerState::Stopping);
-    if channel.status().connected() {
+    let deleted = matches!(ended, Ok(ConsumerEnd::Deleted));
+    if channel.status().connected() && !handed_over && !deleted {
         let _ = handover(&channel, &mut consumer, &deliveries, &runtime, &acks).await;
     }
     drop(deliveries);
@@ -178,9 +184,6 @@ pub async fn run(
             pool.tasks.abort_all();
             pool.drain().await;
         }
-    }
-    if matches!(ended, Ok(ConsumerEnd::Deleted)) {
-        broker::delete(&channel, tenant).await?;
     }
     if channel.status().connected() {
         let _ = channel.close(200, "consumer stopped".into()).await;
