@@ -13,8 +13,10 @@ use crate::{
     },
 };
 
-/// How often a delete looks whether the tenant's retirement is done (it takes a consumer's last batch).
+/// How often a delete looks whether the tenant's retirement is done: first soon (it takes a consumer's last
+/// batch), then less often, so that many deletes at once do not crowd the connection pool.
 const RETIREMENT_POLL: Duration = Duration::from_millis(20);
+const RETIREMENT_POLL_MAX: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -83,10 +85,14 @@ impl TenantCommands {
 
     /// Waits until the tenant's partition is no longer attached to `messages`; false if it cannot be asked.
     async fn await_retirement(&self, id: TenantId) -> bool {
+        let mut poll = RETIREMENT_POLL;
         loop {
             match partitions::is_attached(self.store.db(), id).await {
                 Ok(false) => return true,
-                Ok(true) => tokio::time::sleep(RETIREMENT_POLL).await,
+                Ok(true) => {
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(RETIREMENT_POLL_MAX);
+                }
                 Err(error) => {
                     tracing::warn!(%error, tenant = %id, "cannot tell whether the tenant was retired");
                     return false;

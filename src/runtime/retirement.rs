@@ -9,6 +9,7 @@
 //! instance at a time retires a tenant, under a transaction-level advisory lock; the partition's DDL commits
 //! last, so a failure or a crash at any step leaves the retirement pending, to be done again from the start.
 
+use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
@@ -30,6 +31,8 @@ use super::{
 
 /// Queued messages persisted per insert while retiring with `detach`.
 const PERSIST_BATCH: usize = 100;
+/// Retirements run at once in one pass (each holds a database connection throughout).
+const CONCURRENT_RETIREMENTS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetirementError {
@@ -73,13 +76,17 @@ impl Retirement {
                 return;
             }
         };
-        for tenant in awaiting.into_iter().filter(|tenant| !running_here(*tenant)) {
-            match self.retire(tenant).await {
-                Ok(true) => tracing::info!(%tenant, on_delete = ?self.on_delete, "deleted tenant retired"),
-                Ok(false) => tracing::debug!(%tenant, "the deleted tenant still has a consumer somewhere"),
-                Err(error) => tracing::warn!(%tenant, %error, "cannot retire the deleted tenant yet"),
-            }
-        }
+        let stopped = awaiting.into_iter().filter(|tenant| !running_here(*tenant));
+        // Mostly broker round trips: a few at once, so that deleting many tenants does not queue them all.
+        futures_util::stream::iter(stopped)
+            .for_each_concurrent(CONCURRENT_RETIREMENTS, |tenant| async move {
+                match self.retire(tenant).await {
+                    Ok(true) => tracing::info!(%tenant, on_delete = ?self.on_delete, "deleted tenant retired"),
+                    Ok(false) => tracing::debug!(%tenant, "the deleted tenant still has a consumer somewhere"),
+                    Err(error) => tracing::warn!(%tenant, %error, "cannot retire the deleted tenant yet"),
+                }
+            })
+            .await;
     }
 
     /// True once retired (here or by another instance); false while a consumer of it still runs somewhere.
@@ -107,11 +114,18 @@ impl Retirement {
             }
         };
         let channel = self.broker.channel().await?;
-        for queue in [&queues.queue, &queues.retry] {
-            channel.queue_delete(queue.as_str().into(), guard).await?;
+        let deleted = async {
+            for queue in [&queues.queue, &queues.retry] {
+                channel.queue_delete(queue.as_str().into(), guard).await?;
+            }
+            broker::delete(&channel, tenant).await
         }
-        broker::delete(&channel, tenant).await?;
-        let _ = channel.close(200, "retired".into()).await;
+        .await;
+        // A failed guard has closed the channel already.
+        if channel.status().connected() {
+            let _ = channel.close(200, "retired".into()).await;
+        }
+        deleted?;
         match self.on_delete {
             OnTenantDelete::Drop => partitions::drop(&txn, tenant).await?,
             OnTenantDelete::Detach => partitions::detach(&txn, tenant).await?,
