@@ -9,8 +9,14 @@ use crate::{
     store::{
         StoreError,
         events::{EventMetadata, EventStore, NewEvent},
+        partitions,
     },
 };
+
+/// How often a delete looks whether the tenant's retirement is done: first soon (it takes a consumer's last
+/// batch), then less often, so that many deletes at once do not crowd the connection pool.
+const RETIREMENT_POLL: Duration = Duration::from_millis(20);
+const RETIREMENT_POLL_MAX: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -49,7 +55,8 @@ impl TenantCommands {
     }
 
     /// Handles `command` for tenant `id`. Returns once every read model reflects the outcome (the tenants row,
-    /// and the partition its messages go to).
+    /// and the partition its messages go to); a delete waits also for the tenant's retirement (its consumers
+    /// stopped, its partition dropped or detached), all within one `projectors.command_wait`.
     #[tracing::instrument(name = "command", skip_all, fields(tenant = %id, command = command.name(), request_id = %metadata.request_id))]
     pub async fn handle(
         &self,
@@ -57,6 +64,7 @@ impl TenantCommands {
         command: TenantCommand,
         metadata: &EventMetadata,
     ) -> Result<(), CommandError> {
+        let deleting = command == TenantCommand::Delete;
         let (state, version) = self.load(id).await?;
         let events = crate::domain::tenant::decide(&state, command, &self.policy)?;
         if events.is_empty() {
@@ -64,7 +72,33 @@ impl TenantCommands {
         }
         let encoded = events.iter().map(NewEvent::encode).collect::<Result<Vec<_>, _>>()?;
         let appended = self.store.append(id.as_uuid(), version, &encoded, metadata).await?;
-        self.await_projection(appended.last_position).await
+        let position = appended.last_position;
+        let done = async {
+            // False if a projector stopped (shutting down).
+            self.projections.wait_for(position).await && (!deleting || self.await_retirement(id).await)
+        };
+        match tokio::time::timeout(self.wait, done).await {
+            Ok(true) => Ok(()),
+            _ => Err(CommandError::ProjectionLagging { position }),
+        }
+    }
+
+    /// Waits until the tenant's partition is no longer attached to `messages`; false if it cannot be asked.
+    async fn await_retirement(&self, id: TenantId) -> bool {
+        let mut poll = RETIREMENT_POLL;
+        loop {
+            match partitions::is_attached(self.store.db(), id).await {
+                Ok(false) => return true,
+                Ok(true) => {
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(RETIREMENT_POLL_MAX);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, tenant = %id, "cannot tell whether the tenant was retired");
+                    return false;
+                }
+            }
+        }
     }
 
     /// Folds the tenant's stream into its current state and version.
@@ -77,13 +111,5 @@ impl TenantCommands {
             version = event.version;
         }
         Ok((state, version))
-    }
-
-    async fn await_projection(&self, position: i64) -> Result<(), CommandError> {
-        match tokio::time::timeout(self.wait, self.projections.wait_for(position)).await {
-            Ok(true) => Ok(()),
-            // Timed out, or the projector stopped (shutting down).
-            _ => Err(CommandError::ProjectionLagging { position }),
-        }
     }
 }

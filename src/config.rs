@@ -33,6 +33,8 @@ pub struct Config {
     pub max_retries: u32,
     /// Largest accepted request body, in bytes.
     pub max_payload_bytes: usize,
+    /// Deepest nesting of arrays and objects a payload may have (deeper ones are refused at the door).
+    pub max_payload_depth: usize,
     /// How long a graceful shutdown may take before what is left is abandoned (and redelivered later).
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -41,6 +43,7 @@ pub struct Config {
     pub projectors: ProjectorConfig,
     pub consumer: ConsumerConfig,
     pub partitions: PartitionConfig,
+    pub read: ReadConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
@@ -154,6 +157,13 @@ pub struct PartitionConfig {
     pub on_tenant_delete: OnTenantDelete,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ReadConfig {
+    /// Most payload bytes in one page of `GET /messages`; a page that reaches it ends early, with a cursor.
+    pub max_page_bytes: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -205,11 +215,13 @@ impl Default for Config {
             max_workers: const { NonZeroU16::new(64).unwrap() },
             max_retries: 5,
             max_payload_bytes: 1024 * 1024,
+            max_payload_depth: 64,
             shutdown_timeout: Duration::from_secs(30),
             max_batch_bytes: 16 * 1024 * 1024,
             projectors: ProjectorConfig::default(),
             consumer: ConsumerConfig::default(),
             partitions: PartitionConfig::default(),
+            read: ReadConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -298,6 +310,12 @@ impl Default for ProjectorConfig {
 impl Default for PartitionConfig {
     fn default() -> Self {
         Self { on_tenant_delete: OnTenantDelete::Drop }
+    }
+}
+
+impl Default for ReadConfig {
+    fn default() -> Self {
+        Self { max_page_bytes: 4 * 1024 * 1024 }
     }
 }
 
@@ -394,6 +412,12 @@ impl Config {
         }
         if self.max_payload_bytes == 0 {
             return Err(ConfigError::new("max_payload_bytes", "must be at least 1"));
+        }
+        if self.max_payload_depth == 0 {
+            return Err(ConfigError::new("max_payload_depth", "must be at least 1"));
+        }
+        if self.read.max_page_bytes == 0 {
+            return Err(ConfigError::new("read.max_page_bytes", "must be at least 1"));
         }
         if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
             return Err(ConfigError::new("database.url", "must be a postgres:// URL"));

@@ -88,7 +88,7 @@ impl Application {
             &db,
             &store,
             TenantsProjector,
-            PartitionsProjector { on_delete: config.partitions.on_tenant_delete },
+            PartitionsProjector,
             RunnerSettings { batch_size: config.projectors.batch_size, poll_interval: config.projectors.poll_interval },
             &background,
         );
@@ -126,7 +126,12 @@ impl Application {
             metrics,
             authenticator: Arc::new(auth::Authenticator::from_config(&config.auth).map_err(StartupError::Config)?),
             metrics_token: config.metrics.bearer_token.as_deref().map(Arc::from),
-            limits: api::json_body::BodyLimits { single: config.max_payload_bytes, batch: config.max_batch_bytes },
+            limits: api::json_body::BodyLimits {
+                single: config.max_payload_bytes,
+                batch: config.max_batch_bytes,
+                payload_depth: config.max_payload_depth,
+            },
+            max_page_bytes: config.read.max_page_bytes,
         };
 
         match api::server::raise_open_files_limit() {

@@ -162,8 +162,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Migrate { action } => migrate(config, action).await,
         Command::Replay => {
             let db = database::connect(&config.database).await.context("connecting to the database")?;
-            let partitions = PartitionsProjector { on_delete: config.partitions.on_tenant_delete };
-            for (projector, position) in projectors::replay_all(&db, partitions, config.projectors.batch_size).await? {
+            for (projector, position) in
+                projectors::replay_all(&db, PartitionsProjector, config.projectors.batch_size).await?
+            {
                 println!("{projector}: rebuilt up to position {position}");
             }
             Ok(())

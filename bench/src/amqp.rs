@@ -200,18 +200,18 @@ pub async fn naive(services: &Services, tenants: usize, settings: ProducerSettin
             )
             .await?;
         let pool = pool.clone();
-        let tenant = tenant.as_uuid();
+        let tenant = *tenant;
         consumers.spawn(async move {
             while let Some(delivery) = consumer.next().await {
                 let delivery = delivery?;
                 // The service's id rule, so both designs store the same rows.
-                let id = tenantmq::runtime::consumer::row_id(&delivery);
+                let id = tenantmq::runtime::consumer::row_id(tenant, &delivery);
                 let payload = std::str::from_utf8(&delivery.data)?;
                 sqlx::query(
                     "INSERT INTO messages (tenant_id, id, payload) VALUES ($1, $2, $3::jsonb) \
                      ON CONFLICT (tenant_id, id) DO NOTHING",
                 )
-                .bind(tenant)
+                .bind(tenant.as_uuid())
                 .bind(id)
                 .bind(payload)
                 .execute(&pool)

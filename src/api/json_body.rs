@@ -16,11 +16,12 @@ use serde::de::DeserializeOwned;
 use super::problem::BodyError;
 
 /// The largest bodies accepted (`max_payload_bytes`, and `max_batch_bytes` for batches), put into request data
-/// by the router.
+/// by the router, and the deepest payload (`max_payload_depth`).
 #[derive(Debug, Clone, Copy)]
 pub struct BodyLimits {
     pub single: usize,
     pub batch: usize,
+    pub payload_depth: usize,
 }
 
 /// A JSON body; `BATCH` bodies get the batch size limit.

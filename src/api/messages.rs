@@ -13,18 +13,19 @@ use uuid::Uuid;
 
 use crate::{
     auth::{Principal, Role},
-    domain::tenant::TenantId,
+    domain::{payload, tenant::TenantId},
     runtime::publisher::OutgoingMessage,
     store::messages::{self, MessageKey, MessageRow},
 };
 
-use super::{ApiTags, AppState, json_body::JsonBody, pagination, problem::ApiError};
+use super::{ApiTags, AppState, json_body::JsonBody, json_text::JsonText, pagination, problem::ApiError};
 
 /// Most messages in one batch.
 pub const MAX_BATCH: usize = 1000;
 
-/// Any JSON value, kept exactly as the client sent it (large numbers keep their precision).
-#[derive(Debug, Clone, serde::Deserialize)]
+/// Any JSON value as JSON text: what the client sent, or what PostgreSQL stored. It goes out as that text
+/// (through [`JsonText`]), so large numbers keep their precision and deep nesting stays.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
 #[serde(transparent)]
 pub struct JsonPayload(pub Box<RawValue>);
 
@@ -72,7 +73,8 @@ impl ToJSON for JsonPayload {
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 pub struct PublishRequest {
-    /// The message: any JSON value, stored as sent.
+    /// The message: any JSON value PostgreSQL `jsonb` can store (nested at most `max_payload_depth` deep, no
+    /// `\u0000`, no lone surrogate, numbers within `numeric`'s range), stored as `jsonb`.
     pub payload: JsonPayload,
     /// Idempotency key: publishing the same id again never makes a second row. A new UUIDv7 when absent.
     pub id: Option<Uuid>,
@@ -114,17 +116,23 @@ pub enum PublishBatchResponse {
 }
 
 /// A stored message.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, serde::Serialize)]
 pub struct Message {
     pub id: Uuid,
     pub tenant_id: Uuid,
     /// The payload as stored (PostgreSQL `jsonb`: key order and spacing normalized, numbers exact).
     pub payload: JsonPayload,
+    #[serde(serialize_with = "rfc3339")]
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
+/// As poem-openapi writes a time, so the body is the same whichever writes it.
+fn rfc3339<S: serde::Serializer>(at: &chrono::DateTime<chrono::Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&at.to_rfc3339())
+}
+
 /// A page of messages, oldest first.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, serde::Serialize)]
 pub struct MessagePage {
     pub data: Vec<Message>,
     /// Pass as `cursor` for the next page; `null` on the last page (nothing more right now).
@@ -159,7 +167,7 @@ impl MessagesApi {
         id: Path<Uuid>,
         body: JsonBody<PublishRequest>,
     ) -> Result<PublishResponse, ApiError> {
-        storable(&body.0.payload, "payload")?;
+        storable(&body.0.payload, "payload", state.limits.payload_depth)?;
         let tenant = live_tenant(&state, &principal, id.0).await?;
         let message = outgoing(body.0);
         let id = message.id;
@@ -181,9 +189,10 @@ impl MessagesApi {
         tenant_id: Query<Option<Uuid>>,
         /// From a previous page's `next_cursor`.
         cursor: Query<Option<String>>,
-        /// Page size, 1 to 1000 (default 50).
+        /// Page size, 1 to 1000 (default 50). A page also ends early, with a `next_cursor`, once its payloads
+        /// reach the configured byte cap (`read.max_page_bytes`).
         limit: Query<Option<i64>>,
-    ) -> Result<Json<MessagePage>, ApiError> {
+    ) -> Result<JsonText<MessagePage>, ApiError> {
         let tenant = match (&principal.role, tenant_id.0) {
             (_, Some(id)) => id,
             (Role::Tenant(own), None) => own.as_uuid(),
@@ -194,11 +203,12 @@ impl MessagesApi {
         let scope = format!("messages:{tenant}");
         let after =
             pagination::decode_key(cursor.0.as_deref(), &scope, MessageKey::parse)?.unwrap_or(MessageKey::START);
-        let rows = messages::page(&state.db, tenant, after, limit + 1).await?;
-        let (rows, next_cursor) = pagination::page(rows, limit, &scope, MessageKey::of, |row| row);
-        let tail_cursor = pagination::encode(&scope, rows.last().map_or(after, MessageKey::of));
-        let data = rows.into_iter().map(Message::try_from).collect::<Result<_, _>>()?;
-        Ok(Json(MessagePage { data, next_cursor, tail_cursor }))
+        let page = messages::page(&state.db, tenant, after, limit, state.max_page_bytes).await?;
+        let last = page.rows.last().map_or(after, MessageKey::of);
+        let next_cursor = page.more.then(|| pagination::encode(&scope, last));
+        let tail_cursor = pagination::encode(&scope, last);
+        let data = page.rows.into_iter().map(Message::try_from).collect::<Result<_, _>>()?;
+        Ok(JsonText(MessagePage { data, next_cursor, tail_cursor }))
     }
 
     /// Publish up to 1000 messages to the tenant's queue
@@ -222,7 +232,7 @@ impl MessagesApi {
             return Err(ApiError::payload_too_large_field(format!("messages[{index}].payload"), state.limits.single));
         }
         for (index, request) in requests.iter().enumerate() {
-            storable(&request.payload, &format!("messages[{index}].payload"))?;
+            storable(&request.payload, &format!("messages[{index}].payload"), state.limits.payload_depth)?;
         }
         let tenant = live_tenant(&state, &principal, id.0).await?;
         let messages: Vec<OutgoingMessage> = requests.into_iter().map(outgoing).collect();
@@ -231,28 +241,9 @@ impl MessagesApi {
     }
 }
 
-/// PostgreSQL's `jsonb` cannot hold a NUL character (`\u0000`) in a string or key: refuse such a payload
-/// here, instead of accepting a message that could only be dead-lettered.
-fn storable(payload: &JsonPayload, field: &str) -> Result<(), ApiError> {
-    fn has_nul(value: &serde_json::Value) -> bool {
-        match value {
-            serde_json::Value::String(s) => s.contains('\0'),
-            serde_json::Value::Array(items) => items.iter().any(has_nul),
-            serde_json::Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
-            _ => false,
-        }
-    }
-    let raw = payload.0.get();
-    // Only a payload with the escape can hold a NUL (JSON text cannot carry a raw one).
-    if !raw.to_ascii_lowercase().contains("\\u0000") {
-        return Ok(());
-    }
-    match serde_json::from_str::<serde_json::Value>(raw) {
-        Ok(value) if has_nul(&value) => {
-            Err(ApiError::bad_request(Some(field), "strings in a payload cannot contain the NUL character (\\u0000)"))
-        }
-        _ => Ok(()),
-    }
+/// Refuses, naming `field`, a payload that `jsonb` cannot store: accepting it would only make a dead letter.
+fn storable(payload: &JsonPayload, field: &str, max_depth: usize) -> Result<(), ApiError> {
+    payload::check(payload.0.get(), max_depth).map_err(|error| ApiError::bad_request(Some(field), error.to_string()))
 }
 
 fn outgoing(request: PublishRequest) -> OutgoingMessage {

@@ -7,6 +7,7 @@ mod events;
 mod health;
 pub mod instrumentation;
 pub mod json_body;
+mod json_text;
 mod messages;
 pub mod pagination;
 pub mod problem;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub projections: Projections,
     pub runtime: Runtime,
     pub limits: json_body::BodyLimits,
+    /// `read.max_page_bytes`: most payload bytes in a page of messages.
+    pub max_page_bytes: usize,
     pub authenticator: Arc<Authenticator>,
     pub metrics: Metrics,
     /// `metrics.bearer_token`: what a scrape of `/metrics` must present, if anything.

@@ -177,11 +177,15 @@ impl From<CommandError> for ApiError {
 /// The broker's own words (queue names, reply texts) are logged, never sent: they can name other tenants.
 impl From<PublishError> for ApiError {
     fn from(error: PublishError) -> Self {
-        tracing::warn!(%error, "publish failed");
         let detail = match error {
+            PublishError::TenantDeleted => return Self::not_found("the tenant has been deleted"),
+            PublishError::Store(error) => return error.into(),
             PublishError::Timeout(limit) => format!("the message broker did not confirm within {limit:?}; retry"),
             PublishError::Nacked | PublishError::Unroutable => "the message broker refused the message; retry".into(),
-            PublishError::Broker(_) => "the message broker is unavailable; retry".into(),
+            PublishError::Broker(ref error) => {
+                tracing::warn!(%error, "publish failed");
+                "the message broker is unavailable; retry".into()
+            }
         };
         Self::unavailable(detail)
     }

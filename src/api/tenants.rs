@@ -117,7 +117,8 @@ pub enum CreateTenantResponse {
 
 #[derive(Debug, ApiResponse)]
 pub enum DeleteTenantResponse {
-    /// Deleted: its consumer stops and its partition is dropped; its events stay in the log.
+    /// Deleted: its consumers stopped after finishing what they held, then its partition was dropped (or
+    /// detached); its events stay in the log. A publish from now on gets 404.
     #[oai(status = 204)]
     Deleted,
 }

@@ -1,3 +1,4 @@
 //! The pure domain: value types, commands, events and the rules between them. No I/O here.
 
+pub mod payload;
 pub mod tenant;

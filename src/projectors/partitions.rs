@@ -1,10 +1,12 @@
-//! One `messages` partition per tenant: created on TenantCreated, dropped (or detached) on TenantDeleted.
-//! Both steps are idempotent, so a replay over existing partitions changes nothing.
+//! One `messages` partition per tenant, created on TenantCreated. TenantDeleted leaves it: the runtime drops
+//! or detaches it once every consumer of the tenant has stopped (see `runtime::retirement`), since a
+//! projector cannot know what the consumers of every instance still write. Creating is idempotent, and skipped
+//! for a tenant the tenants read model already shows deleted, so a replay neither changes existing partitions
+//! nor brings back retired ones.
 
 use sea_orm::DatabaseTransaction;
 
 use crate::{
-    config::OnTenantDelete,
     domain::tenant::{TenantEvent, TenantId},
     store::{StoreError, events::RecordedEvent, partitions},
 };
@@ -12,9 +14,7 @@ use crate::{
 use super::Projector;
 
 #[derive(Debug, Clone, Copy)]
-pub struct PartitionsProjector {
-    pub on_delete: OnTenantDelete,
-}
+pub struct PartitionsProjector;
 
 impl Projector for PartitionsProjector {
     const NAME: &'static str = "message_partitions";
@@ -22,12 +22,10 @@ impl Projector for PartitionsProjector {
     async fn apply(&self, txn: &DatabaseTransaction, event: &RecordedEvent) -> Result<(), StoreError> {
         let tenant = TenantId::from_uuid(event.stream_id);
         match event.decode::<TenantEvent>()? {
-            TenantEvent::Created { .. } => partitions::create(txn, tenant).await,
-            TenantEvent::Deleted {} => match self.on_delete {
-                OnTenantDelete::Drop => partitions::drop(txn, tenant).await,
-                OnTenantDelete::Detach => partitions::detach(txn, tenant).await,
-            },
-            TenantEvent::ConcurrencySet { .. } => Ok(()),
+            TenantEvent::Created { .. } if !partitions::is_deleted(txn, tenant).await? => {
+                partitions::create(txn, tenant).await
+            }
+            _ => Ok(()),
         }
     }
 

@@ -6,6 +6,11 @@
 //! worker can see it) and acks, in one frame, every committed tag below the oldest one still in flight.
 //! Committed deliveries above it wait for it, and go with the next ack. Deliveries settled one by one
 //! (moved to the retry queue or the DLQ, requeued) stop holding the others back once settled.
+//!
+//! A delivery that was never registered (a handover that timed out left it in the old consumer's stream)
+//! has no row and never will: no `multiple` ack may reach it. Tags on a channel are consecutive, so a jump
+//! in the registered tags shows where one was skipped; from there on each committed tag is acked alone, and
+//! the skipped one waits, unacked, for the channel to close and the broker to redeliver it.
 
 use std::{collections::BTreeSet, sync::Mutex};
 
@@ -25,15 +30,47 @@ struct InFlight {
     outstanding: BTreeSet<u64>,
     /// Committed and not acked yet.
     committed: BTreeSet<u64>,
+    /// The last tag registered.
+    last_received: u64,
+    /// The lowest tag skipped in registration (never delivered to the pool), if any.
+    first_skipped: Option<u64>,
+}
+
+/// One `basic.ack` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Ack {
+    tag: u64,
+    multiple: bool,
 }
 
 impl InFlight {
-    /// The highest committed tag that can be acked with `multiple`, and forgets what that ack covers.
-    fn take_ackable(&mut self) -> Option<u64> {
-        let limit = self.outstanding.first().map_or(u64::MAX, |oldest| oldest.saturating_sub(1));
-        let above = self.committed.split_off(&limit.saturating_add(1));
-        let ackable = std::mem::replace(&mut self.committed, above);
-        ackable.last().copied()
+    fn received(&mut self, tag: u64) {
+        if tag > self.last_received.saturating_add(1) && self.first_skipped.is_none() {
+            self.first_skipped = Some(self.last_received + 1);
+        }
+        self.last_received = self.last_received.max(tag);
+        self.outstanding.insert(tag);
+    }
+
+    fn commit(&mut self, tag: u64) {
+        self.outstanding.remove(&tag);
+        self.committed.insert(tag);
+    }
+
+    /// The acks that are safe now, and forgets what they cover: one `multiple` ack for the committed tags
+    /// below both the oldest delivery in flight and the first skipped tag, and a single ack for each committed
+    /// tag above a skipped one.
+    fn take_acks(&mut self) -> Vec<Ack> {
+        let oldest = self.outstanding.first().copied().unwrap_or(u64::MAX);
+        let barrier = oldest.min(self.first_skipped.unwrap_or(u64::MAX));
+        let held = self.committed.split_off(&barrier);
+        let covered = std::mem::replace(&mut self.committed, held);
+        let mut acks: Vec<Ack> = covered.last().map(|&tag| Ack { tag, multiple: true }).into_iter().collect();
+        if let Some(skipped) = self.first_skipped {
+            let alone = self.committed.split_off(&skipped);
+            acks.extend(alone.into_iter().map(|tag| Ack { tag, multiple: false }));
+        }
+        acks
     }
 }
 
@@ -48,39 +85,38 @@ impl AckCoordinator {
 
     /// A delivery is about to reach the pool. Call in delivery order.
     pub fn received(&self, tag: u64) {
-        self.state().outstanding.insert(tag);
+        self.state().received(tag);
     }
 
     /// Their rows are committed: ack them, now or with a later ack.
     pub async fn committed(&self, tags: impl IntoIterator<Item = u64>) -> Result<(), lapin::Error> {
         let _sending = self.sending.lock().await;
-        let ackable = {
+        let acks = {
             let mut state = self.state();
             for tag in tags {
-                state.outstanding.remove(&tag);
-                state.committed.insert(tag);
+                state.commit(tag);
             }
-            state.take_ackable()
+            state.take_acks()
         };
-        self.send(ackable).await
+        self.send(acks).await
     }
 
     /// Acked, rejected or requeued on its own: it no longer holds back the acks of later deliveries.
     pub async fn settled_alone(&self, tag: u64) -> Result<(), lapin::Error> {
         let _sending = self.sending.lock().await;
-        let ackable = {
+        let acks = {
             let mut state = self.state();
             state.outstanding.remove(&tag);
-            state.take_ackable()
+            state.take_acks()
         };
-        self.send(ackable).await
+        self.send(acks).await
     }
 
-    async fn send(&self, ackable: Option<u64>) -> Result<(), lapin::Error> {
-        match ackable {
-            Some(tag) => self.channel.basic_ack(tag, BasicAckOptions { multiple: true }).await,
-            None => Ok(()),
+    async fn send(&self, acks: Vec<Ack>) -> Result<(), lapin::Error> {
+        for Ack { tag, multiple } in acks {
+            self.channel.basic_ack(tag, BasicAckOptions { multiple }).await?;
         }
+        Ok(())
     }
 }
 
@@ -88,39 +124,60 @@ impl AckCoordinator {
 mod tests {
     use super::*;
 
-    fn in_flight(outstanding: &[u64]) -> InFlight {
-        InFlight { outstanding: outstanding.iter().copied().collect(), committed: BTreeSet::new() }
+    fn received(tags: impl IntoIterator<Item = u64>) -> InFlight {
+        let mut state = InFlight::default();
+        for tag in tags {
+            state.received(tag);
+        }
+        state
     }
 
-    fn commit(state: &mut InFlight, tags: &[u64]) -> Option<u64> {
+    fn commit(state: &mut InFlight, tags: &[u64]) -> Vec<Ack> {
         for tag in tags {
-            state.outstanding.remove(tag);
-            state.committed.insert(*tag);
+            state.commit(*tag);
         }
-        state.take_ackable()
+        state.take_acks()
+    }
+
+    fn multiple(tag: u64) -> Vec<Ack> {
+        vec![Ack { tag, multiple: true }]
     }
 
     #[test]
     fn a_multiple_ack_never_covers_a_delivery_still_in_flight() {
-        let mut state = in_flight(&[1, 2, 3, 4, 5, 6]);
+        let mut state = received(1..=6);
         // A later batch commits first: nothing may be acked while 1–3 are being written.
-        assert_eq!(commit(&mut state, &[4, 5]), None);
-        assert_eq!(commit(&mut state, &[1, 2, 3]), Some(5), "1–5 in one ack");
-        assert_eq!(commit(&mut state, &[6]), Some(6));
+        assert_eq!(commit(&mut state, &[4, 5]), []);
+        assert_eq!(commit(&mut state, &[1, 2, 3]), multiple(5), "1–5 in one ack");
+        assert_eq!(commit(&mut state, &[6]), multiple(6));
         assert!(state.outstanding.is_empty() && state.committed.is_empty());
     }
 
     #[test]
     fn deliveries_settled_alone_release_the_acks_behind_them() {
-        let mut state = in_flight(&[1, 2, 3]);
-        assert_eq!(commit(&mut state, &[2, 3]), None);
+        let mut state = received(1..=3);
+        assert_eq!(commit(&mut state, &[2, 3]), []);
         // 1 went to the retry queue (acked on its own): 2–3 can go now.
         state.outstanding.remove(&1);
-        assert_eq!(state.take_ackable(), Some(3));
+        assert_eq!(state.take_acks(), multiple(3));
         // A requeued delivery in the middle: only what is below it is acked.
-        let mut state = in_flight(&[7, 8, 9]);
-        assert_eq!(commit(&mut state, &[7, 9]), Some(7));
-        state.outstanding.remove(&8);
-        assert_eq!(state.take_ackable(), Some(9));
+        for tag in 4..=6 {
+            state.received(tag);
+        }
+        assert_eq!(commit(&mut state, &[4, 6]), multiple(4));
+        state.outstanding.remove(&5);
+        assert_eq!(state.take_acks(), multiple(6));
+    }
+
+    /// A resize's handover timed out with tags 4 and 5 still in the old consumer's stream: they were never
+    /// registered, and the new subscription's deliveries (6, 7) come after them on the same channel.
+    #[test]
+    fn a_multiple_ack_never_covers_a_delivery_that_was_never_registered() {
+        let mut state = received([1, 2, 3, 6, 7]);
+        assert_eq!(commit(&mut state, &[6, 7]), [Ack { tag: 6, multiple: false }, Ack { tag: 7, multiple: false }]);
+        assert_eq!(commit(&mut state, &[1, 2]), multiple(2));
+        state.received(8);
+        assert_eq!(commit(&mut state, &[3, 8]), [Ack { tag: 3, multiple: true }, Ack { tag: 8, multiple: false }]);
+        assert!(state.committed.is_empty(), "4 and 5 stay unacked, for the broker to redeliver");
     }
 }

@@ -34,7 +34,10 @@ use uuid::Uuid;
 use crate::{
     backoff::Backoff,
     config::QueueType,
-    domain::tenant::Workers,
+    domain::{
+        payload,
+        tenant::{TenantId, Workers},
+    },
     store::messages::{self, MessageWriter, NewMessage, WriteFailure},
     telemetry,
 };
@@ -55,6 +58,8 @@ pub struct ConsumerSettings {
     pub batch_max_wait: Duration,
     pub instance_id: String,
     pub retry: RetryPolicy,
+    /// `max_payload_depth`: deeper bodies are dead-lettered without an insert.
+    pub max_payload_depth: usize,
 }
 
 /// How a consumer ended when nothing went wrong.
@@ -62,7 +67,8 @@ pub struct ConsumerSettings {
 pub enum ConsumerEnd {
     /// Its control channel closed (the manager let go of it); its queues stay.
     Stopped,
-    /// The tenant was deleted; its queues were deleted.
+    /// The tenant was deleted: every delivery handed to the pool is settled; its queues stay, for the tenant's
+    /// retirement (see [`retirement`](super::retirement)).
     Deleted,
     /// The service is shutting down.
     ShutDown,
@@ -76,6 +82,10 @@ pub enum ConsumerError {
     CancelledByBroker,
     #[error("the broker connection was lost")]
     ConnectionLost,
+    /// Deliveries may be left in the old consumer's stream, unregistered: only closing the channel gets them
+    /// redelivered.
+    #[error("a cancelled consumer did not hand over its deliveries in time")]
+    HandoverTimedOut,
 }
 
 impl From<lapin::Error> for ConsumerError {
@@ -86,6 +96,10 @@ impl From<lapin::Error> for ConsumerError {
 
 /// Runs until stopped, shut down or failed. Every delivery handed to the pool is acked, rejected or
 /// nacked before this returns; anything still unacked when the channel closes goes back to the queue.
+///
+/// When the tenant is deleted, the subscription stays until the pool has settled every delivery it holds
+/// (what arrives meanwhile stays unacked, and returns to the queue with the channel): so while any instance
+/// still writes for the tenant, the broker still counts its consumer, and the retirement waits for it.
 pub async fn run(
     runtime: Arc<TenantRuntime>,
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -114,6 +128,8 @@ pub async fn run(
     let mut pool =
         WorkerPool::new(receiver, runtime.clone(), writer, channel.clone(), acks.clone(), &settings, shutdown.clone());
     pool.fill();
+    // Whether the current consumer has already been cancelled (and its stream drained, or given up on).
+    let mut handed_over = false;
 
     let ended = loop {
         tokio::select! {
@@ -122,6 +138,7 @@ pub async fn run(
                 Some(Control::Resize(_)) => {
                     pool.fill();
                     if let Err(error) = handover(&channel, &mut consumer, &deliveries, &runtime, &acks).await {
+                        handed_over = true;
                         break Err(error);
                     }
                     subscription += 1;
@@ -152,7 +169,8 @@ pub async fn run(
     };
 
     runtime.set_state(ConsumerState::Stopping);
-    if channel.status().connected() {
+    let deleted = matches!(ended, Ok(ConsumerEnd::Deleted));
+    if channel.status().connected() && !handed_over && !deleted {
         let _ = handover(&channel, &mut consumer, &deliveries, &runtime, &acks).await;
     }
     drop(deliveries);
@@ -166,9 +184,6 @@ pub async fn run(
             pool.tasks.abort_all();
             pool.drain().await;
         }
-    }
-    if matches!(ended, Ok(ConsumerEnd::Deleted)) {
-        broker::delete(&channel, tenant).await?;
     }
     if channel.status().connected() {
         let _ = channel.close(200, "consumer stopped".into()).await;
@@ -213,7 +228,9 @@ async fn enqueue(
     deliveries.send(delivery).await.is_ok()
 }
 
-/// Cancels `consumer` and passes the deliveries it had already received to the pool.
+/// Cancels `consumer` and passes the deliveries it had already received to the pool. Fails when the stream
+/// does not end in time or ends in an error: what it still holds was never registered, and the channel must
+/// close for the broker to deliver it again.
 async fn handover(
     channel: &Channel,
     consumer: &mut Consumer,
@@ -222,20 +239,23 @@ async fn handover(
     acks: &AckCoordinator,
 ) -> Result<(), ConsumerError> {
     channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await?;
-    // After cancel-ok the stream yields what it buffered, then ends. Anything not drained in time stays
-    // unacked and returns to the queue when the channel closes.
+    // After cancel-ok the stream yields what it buffered, then ends.
     let drained = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(delivery)) = consumer.next().await {
-            if !enqueue(delivery, deliveries, runtime, acks).await {
-                break;
+        while let Some(delivery) = consumer.next().await {
+            if !enqueue(delivery?, deliveries, runtime, acks).await {
+                return Err(ConsumerError::CancelledByBroker);
             }
         }
+        Ok(())
     })
     .await;
-    if drained.is_err() {
-        tracing::warn!(tag = %consumer.tag(), "a cancelled consumer did not end in time");
+    match drained {
+        Ok(drained) => drained,
+        Err(_) => {
+            tracing::warn!(tag = %consumer.tag(), "a cancelled consumer did not end in time; closing its channel");
+            Err(ConsumerError::HandoverTimedOut)
+        }
     }
-    Ok(())
 }
 
 /// What every worker of one tenant shares.
@@ -247,6 +267,7 @@ struct WorkerContext {
     acks: Arc<AckCoordinator>,
     queues: TenantQueues,
     retry: RetryPolicy,
+    max_payload_depth: usize,
     batch_size: usize,
     linger: Linger,
     shutdown: CancellationToken,
@@ -278,6 +299,7 @@ impl WorkerPool {
             channel,
             acks,
             retry: settings.retry,
+            max_payload_depth: settings.max_payload_depth,
             batch_size: settings.batch_size.into(),
             linger: Linger { wait: settings.batch_wait, max_wait: settings.batch_max_wait },
             shutdown,
@@ -456,48 +478,45 @@ async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery>
     let mut rows = Vec::with_capacity(batch.len());
     let mut accepted = Vec::with_capacity(batch.len());
     let mut failed = Vec::new();
+    let tenant = context.runtime.tenant;
     for delivery in batch {
-        match decode(&delivery) {
+        match decode(tenant, &delivery, context.max_payload_depth) {
             Ok(row) => {
                 rows.push(row);
                 accepted.push(delivery);
             }
-            Err(reason) => failed.push((delivery, Uuid::now_v7(), Failure::Permanent(reason.to_owned()))),
+            Err(reason) => failed.push((row_id(tenant, &delivery), delivery, Failure::Permanent(reason))),
         }
     }
     let mut held_back = Vec::new();
-    if !rows.is_empty() {
-        match context.writer.insert(&rows).await {
-            Ok(_) => acknowledge_committed(&accepted, context).await,
-            Err(error) => match messages::classify(&error) {
-                WriteFailure::Unavailable => {
-                    tracing::warn!(tenant = %context.runtime.tenant, %error, "the database is unavailable");
-                    held_back = accepted;
-                }
-                WriteFailure::Permanent if rows.len() > 1 => {
-                    // One bad row fails the whole statement: find it by writing one at a time.
-                    for (row, delivery) in rows.into_iter().zip(accepted) {
-                        match context.writer.insert(std::slice::from_ref(&row)).await {
-                            Ok(_) => acknowledge_committed(std::slice::from_ref(&delivery), context).await,
-                            Err(error) => match messages::classify(&error) {
-                                WriteFailure::Unavailable => held_back.push(delivery),
-                                kind => failed.push((delivery, row.id, write_failure(kind, &error))),
-                            },
-                        }
-                    }
-                }
-                kind => {
-                    let failure = write_failure(kind, &error);
-                    failed.extend(rows.into_iter().zip(accepted).map(|(row, d)| (d, row.id, failure.clone())));
-                }
-            },
+    // A row the database refuses fails alone; the rest of the batch commits.
+    let refused = context.writer.insert_isolating(&rows).await;
+    let mut refusal_of = vec![None; rows.len()];
+    for (index, (part, _)) in refused.iter().enumerate() {
+        refusal_of[part.clone()].fill(Some(index));
+    }
+    let mut committed = Vec::with_capacity(rows.len());
+    for ((row, delivery), refusal) in rows.into_iter().zip(accepted).zip(refusal_of) {
+        let Some(error) = refusal.map(|index| &refused[index].1) else {
+            committed.push(delivery);
+            continue;
+        };
+        match messages::classify(error) {
+            WriteFailure::Unavailable => held_back.push(delivery),
+            kind => failed.push((row.id, delivery, write_failure(kind, error))),
         }
+    }
+    if !committed.is_empty() {
+        acknowledge_committed(&committed, context).await;
+    }
+    if !held_back.is_empty() {
+        tracing::warn!(%tenant, "the database is unavailable");
     }
     let stats = context.runtime.stats();
     for _ in &held_back {
         stats.failed(FailureReason::Transient);
     }
-    for (delivery, id, failure) in failed {
+    for (id, delivery, failure) in failed {
         stats.failed(match failure {
             Failure::Transient(_) => FailureReason::Transient,
             Failure::Permanent(_) => FailureReason::Permanent,
@@ -511,7 +530,10 @@ async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery>
 
 fn write_failure(kind: WriteFailure, error: &sea_orm::sqlx::Error) -> Failure {
     let reason = format!("the database refused the message: {error}");
-    if kind == WriteFailure::Permanent { Failure::Permanent(reason) } else { Failure::Transient(reason) }
+    match kind {
+        WriteFailure::Refused | WriteFailure::Permanent => Failure::Permanent(reason),
+        WriteFailure::Unavailable | WriteFailure::Transient => Failure::Transient(reason),
+    }
 }
 
 /// Moves a failed message to the retry queue or the DLQ, by the retry policy and the attempts it carries.
@@ -548,22 +570,39 @@ async fn retry_or_dead_letter(
     Ok(())
 }
 
-/// A delivery's row id: its AMQP `message_id` when that is a UUID (so a redelivery or a republished copy
-/// finds its row), otherwise a new UUIDv7.
-pub fn row_id(delivery: &Delivery) -> Uuid {
-    delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .and_then(|id| Uuid::try_parse(id.as_str()).ok())
-        .unwrap_or_else(Uuid::now_v7)
+/// The namespace of the UUIDv5 row ids of messages whose `message_id` is not a UUID.
+const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_0c2e_9a57_4b1e_8d3c_5e2a_71f4_c0b9);
+
+/// A delivery's row id, the same for every delivery of the same message, so a redelivery or a retried copy
+/// finds its row:
+/// - a `message_id` that is a UUID is the id;
+/// - any other non-empty `message_id` gives UUIDv5 of `<tenant id>/<message_id>` in [`MESSAGE_ID_NAMESPACE`];
+/// - without a `message_id` nothing identifies the message across deliveries: it is at-least-once, and its id
+///   is a fresh UUIDv7 stamped as version 8 (time-ordered still), so the row shows it.
+pub fn row_id(tenant: TenantId, delivery: &Delivery) -> Uuid {
+    match delivery.properties.message_id().as_ref().map(|id| id.as_str()).filter(|id| !id.is_empty()) {
+        Some(message_id) => Uuid::try_parse(message_id).unwrap_or_else(|_| named_row_id(tenant, message_id)),
+        None => uuid::Builder::from_custom_bytes(Uuid::now_v7().into_bytes()).into_uuid(),
+    }
 }
 
-/// The id is [`row_id`]; the body must be JSON.
-fn decode(delivery: &Delivery) -> Result<NewMessage, &'static str> {
-    let id = row_id(delivery);
-    let text = std::str::from_utf8(&delivery.data).map_err(|_| "body is not UTF-8")?;
-    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| "body is not JSON")?;
+fn named_row_id(tenant: TenantId, message_id: &str) -> Uuid {
+    use sha1::{Digest, Sha1};
+    let mut hasher = Sha1::new();
+    hasher.update(MESSAGE_ID_NAMESPACE.as_bytes());
+    hasher.update(format!("{tenant}/{message_id}").as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+}
+
+/// The id is [`row_id`]; the body must be JSON that `jsonb` can store.
+pub(super) fn decode(tenant: TenantId, delivery: &Delivery, max_depth: usize) -> Result<NewMessage, String> {
+    let id = row_id(tenant, delivery);
+    let text = std::str::from_utf8(&delivery.data).map_err(|_| "body is not UTF-8".to_owned())?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| "body is not JSON".to_owned())?;
+    payload::check(text, max_depth).map_err(|error| error.to_string())?;
     Ok(NewMessage { id, payload: text.to_owned() })
 }
 

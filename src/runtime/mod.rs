@@ -10,6 +10,7 @@ pub mod manager;
 pub mod publisher;
 pub mod queue_depth;
 pub mod reconciler;
+pub mod retirement;
 
 use std::sync::Arc;
 
@@ -77,10 +78,18 @@ impl Runtime {
                     delay: config.consumer.retry_delay,
                     max_delay: config.consumer.retry_max_delay,
                 },
+                max_payload_depth: config.max_payload_depth,
             }),
             projection: projections.tenants.clone(),
             resync_interval: config.consumer.resync_interval,
             metrics: metrics.clone(),
+            retirement: retirement::Retirement {
+                db: db.clone(),
+                broker: broker.clone(),
+                on_delete: config.partitions.on_tenant_delete,
+                max_payload_depth: config.max_payload_depth,
+                metrics: metrics.clone(),
+            },
         };
         let (tasks, stop_consumers) = consumers;
         let stop_consumers = stop_consumers.clone();
@@ -91,6 +100,7 @@ impl Runtime {
 
         let publisher = Arc::new(Publisher::new(
             broker.clone(),
+            TenantReadModel::new(db.clone()),
             config.rabbitmq.publisher_channels,
             config.rabbitmq.publish_timeout,
             config.rabbitmq.queue_type,

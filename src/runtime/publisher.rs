@@ -13,7 +13,12 @@ use lapin::{
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::{config::QueueType, domain::tenant::TenantId, telemetry};
+use crate::{
+    config::QueueType,
+    domain::tenant::TenantId,
+    store::{StoreError, tenants::TenantReadModel},
+    telemetry,
+};
 
 use super::broker::{self, Broker, BrokerError, TenantQueues};
 
@@ -27,6 +32,11 @@ pub enum PublishError {
     Nacked,
     #[error("the message could not be routed to the tenant's queue")]
     Unroutable,
+    /// The tenant's queue is gone because the tenant was deleted: it must not come back.
+    #[error("the tenant has been deleted")]
+    TenantDeleted,
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl From<lapin::Error> for PublishError {
@@ -43,6 +53,7 @@ pub struct OutgoingMessage {
 
 pub struct Publisher {
     broker: Broker,
+    tenants: TenantReadModel,
     /// Each slot holds a confirm channel and the connection generation it was opened on.
     slots: Vec<Mutex<Option<(u64, Channel)>>>,
     next: AtomicUsize,
@@ -51,9 +62,15 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(broker: Broker, channels: u16, timeout: Duration, queue_type: QueueType) -> Self {
+    pub fn new(
+        broker: Broker,
+        tenants: TenantReadModel,
+        channels: u16,
+        timeout: Duration,
+        queue_type: QueueType,
+    ) -> Self {
         let slots = (0..channels.max(1)).map(|_| Mutex::new(None)).collect();
-        Self { broker, slots, next: AtomicUsize::new(0), timeout, queue_type }
+        Self { broker, tenants, slots, next: AtomicUsize::new(0), timeout, queue_type }
     }
 
     /// A confirm channel from the pool, reopened when its connection or the channel itself has gone.
@@ -75,7 +92,8 @@ impl Publisher {
 
     /// Publishes persistent messages to the tenant's queue and returns once the broker has confirmed all of
     /// them. A message the broker returns as unroutable (the queue is not declared yet) is published again
-    /// after declaring the tenant's queues.
+    /// after declaring the tenant's queues, unless the tenant was deleted meanwhile (its retirement deleted
+    /// the queues): a publish that raced with the delete fails rather than bring them back.
     #[tracing::instrument(name = "publish", skip_all, fields(%tenant, messages = messages.len()))]
     pub async fn publish(&self, tenant: TenantId, messages: &[OutgoingMessage]) -> Result<(), PublishError> {
         tokio::time::timeout(self.timeout, self.publish_confirmed(tenant, messages))
@@ -89,6 +107,9 @@ impl Publisher {
         let returned = send(&channel, &queue, messages.iter()).await?;
         if returned.is_empty() {
             return Ok(());
+        }
+        if self.tenants.get_active(tenant).await?.is_none() {
+            return Err(PublishError::TenantDeleted);
         }
         tracing::info!(%tenant, returned = returned.len(), "the broker returned messages as unroutable; declaring the tenant's queues");
         broker::declare(&channel, tenant, self.queue_type).await?;

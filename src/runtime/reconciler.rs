@@ -25,6 +25,7 @@ use super::{
     broker::{self, Broker},
     consumer::{self, ConsumerEnd, ConsumerError, ConsumerSettings},
     manager::{ConsumerState, Control, TenantManager, TenantRuntime},
+    retirement::Retirement,
 };
 
 type ConsumerResult = (TenantId, Result<ConsumerEnd, ConsumerError>);
@@ -38,6 +39,7 @@ pub struct Reconciler {
     pub projection: watch::Receiver<Progress>,
     pub resync_interval: Duration,
     pub metrics: Metrics,
+    pub retirement: Retirement,
 }
 
 /// When tenants whose consumer failed may start again. A tenant is *due* (has a time) only while it waits
@@ -189,6 +191,9 @@ impl Reconciler {
         }
         self.manager.forget_stats_unless(|tenant| wanted.contains_key(tenant));
         restarts.retain(|tenant| wanted.contains_key(tenant));
+        if connected {
+            self.retirement.retire_stopped(|tenant| self.manager.get(tenant).is_some()).await;
+        }
     }
 
     fn start(
@@ -244,7 +249,7 @@ impl Reconciler {
     /// Deleted tenants whose consumer was not running here when they were deleted may still have queues.
     /// Returns whether the sweep completed.
     async fn delete_queues_of_deleted_tenants(&self) -> bool {
-        let deleted = match self.tenants.deleted_ids().await {
+        let deleted = match self.tenants.retired_ids().await {
             Ok(deleted) => deleted,
             Err(error) => {
                 tracing::warn!(%error, "cannot list deleted tenants");

@@ -96,6 +96,10 @@ impl EventStore {
     }
 
     /// Follows the head of the log (raised by local appends and by [`EventStore::observe_head`]).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
     pub fn subscribe_head(&self) -> watch::Receiver<i64> {
         self.head.subscribe()
     }

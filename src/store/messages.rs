@@ -1,6 +1,8 @@
 //! Writing messages into a tenant's partition: one multi-row insert per batch, idempotent on
 //! `(tenant_id, id)`, straight into the partition (no routing through the parent table).
 
+use std::ops::Range;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ConnectionTrait, FromQueryResult,
@@ -55,6 +57,30 @@ impl MessageWriter {
         self.metrics.batch_persisted(messages.len(), started.elapsed());
         Ok(done.rows_affected())
     }
+
+    /// Inserts the batch, keeping the database's refusal of one row from failing the others: a statement that
+    /// fails on a data error ([`WriteFailure::Refused`]) is split in halves until each refused row stands
+    /// alone. Every row outside the returned ranges is committed; each range failed with its error.
+    pub async fn insert_isolating(&self, messages: &[NewMessage]) -> Vec<(Range<usize>, sqlx::Error)> {
+        let mut failed = Vec::new();
+        // Parts still to write, the next one last.
+        let mut parts = Vec::new();
+        parts.push(0..messages.len());
+        while let Some(part) = parts.pop() {
+            if part.is_empty() {
+                continue;
+            }
+            let Err(error) = self.insert(&messages[part.clone()]).await else { continue };
+            if part.len() > 1 && classify(&error) == WriteFailure::Refused {
+                let middle = part.start + part.len() / 2;
+                parts.push(middle..part.end);
+                parts.push(part.start..middle);
+            } else {
+                failed.push((part, error));
+            }
+        }
+        failed
+    }
 }
 
 /// What a failed write says about the messages in it.
@@ -65,17 +91,21 @@ pub enum WriteFailure {
     Unavailable,
     /// This write failed, another may not (a lock or statement timeout, a missing grant, a deadlock).
     Transient,
-    /// Retrying cannot help: the data itself is refused (class 22, e.g. a `\u0000` jsonb rejects), a
-    /// constraint fails (class 23), or the partition is gone (42P01, the tenant was deleted).
+    /// The database refuses a row's data: class 22 (e.g. a `\u0000`, which jsonb rejects), a constraint
+    /// (class 23), or a limit of the server (class 54, e.g. nesting deeper than its stack allows). Permanent
+    /// for that row only: [`MessageWriter::insert_isolating`] keeps it from failing the rest of its batch.
+    Refused,
+    /// Retrying cannot help any row: the partition is gone (42P01, the tenant was deleted).
     Permanent,
 }
 
 pub fn classify(error: &sqlx::Error) -> WriteFailure {
     match error {
         sqlx::Error::Database(e) => match e.try_downcast_ref::<PgDatabaseError>().map(PgDatabaseError::code) {
-            Some(code) if code.starts_with("22") || code.starts_with("23") || code == "42P01" => {
-                WriteFailure::Permanent
+            Some(code) if code.starts_with("22") || code.starts_with("23") || code.starts_with("54") => {
+                WriteFailure::Refused
             }
+            Some("42P01") => WriteFailure::Permanent,
             // Connection exceptions, shutdowns and resource exhaustion are about the server, not the data.
             Some(code) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
                 WriteFailure::Unavailable
@@ -93,15 +123,32 @@ pub fn classify(error: &sqlx::Error) -> WriteFailure {
 }
 
 /// A stored message, as the read side returns it.
-#[derive(Debug, Clone, FromQueryResult)]
+#[derive(Debug, Clone)]
 pub struct MessageRow {
     pub id: Uuid,
     pub tenant_id: Uuid,
-    /// The payload as JSON text.
+    /// The payload as PostgreSQL writes out the stored `jsonb` (`payload::text`).
     pub payload: String,
     pub created_at: DateTime<Utc>,
     /// The writing transaction's id (`xid8` as text): the first part of the sort key.
     pub txid: String,
+}
+
+/// A row of [`page`]'s query: the payload is NULL for a row fetched only to tell that more rows follow.
+#[derive(Debug, FromQueryResult)]
+struct FetchedRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    payload: Option<String>,
+    created_at: DateTime<Utc>,
+    txid: String,
+}
+
+/// Rows of one page, and whether more rows follow it.
+#[derive(Debug)]
+pub struct Page {
+    pub rows: Vec<MessageRow>,
+    pub more: bool,
 }
 
 /// Where a page starts: after this `(txid, id)`.
@@ -133,21 +180,49 @@ impl std::fmt::Display for MessageKey {
 /// The tenant's messages after `after`, oldest first, gap-free while writers commit out of order: only rows
 /// of transactions older than every transaction still running (the snapshot's xmin) are returned, in
 /// `(txid, id)` order, so a row that commits later always sorts after any cursor already handed out.
+///
+/// A page holds at most `limit` rows and, from the second row on, at most `max_bytes` of payload text (a
+/// single larger payload still makes a page of one). PostgreSQL counts the bytes (a running sum over the
+/// rows the index scan reads) and sends only the payloads that fit, plus one row without a payload that
+/// says more follow.
 pub async fn page<C: ConnectionTrait>(
     conn: &C,
     tenant: TenantId,
     after: MessageKey,
     limit: u64,
-) -> Result<Vec<MessageRow>, StoreError> {
-    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    max_bytes: usize,
+) -> Result<Page, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
+    let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
     let statement = stmt(
-        "SELECT id, tenant_id, payload::text AS payload, created_at, txid::text AS txid FROM messages \
-         WHERE tenant_id = $1 AND (txid, id) > ($2::text::xid8, $3) \
-           AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY messages.txid, messages.id LIMIT $4",
-        [tenant.as_uuid().into(), after.txid.to_string().into(), after.id.into(), limit.into()],
+        "SELECT id, tenant_id, CASE WHEN n <= $4 AND (n = 1 OR bytes <= $5) THEN payload END AS payload, \
+                created_at, txid::text AS txid \
+         FROM (SELECT *, row_number() OVER w AS n, sum(octet_length(payload)) OVER w AS bytes \
+               FROM (SELECT id, tenant_id, payload::text AS payload, created_at, txid FROM messages \
+                     WHERE tenant_id = $1 AND (txid, id) > ($2::text::xid8, $3) \
+                       AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+                     ORDER BY messages.txid, messages.id LIMIT $4 + 1) AS fetched \
+               WINDOW w AS (ORDER BY txid, id ROWS UNBOUNDED PRECEDING)) AS sized \
+         WHERE n = 1 OR bytes - octet_length(payload) < $5 \
+         ORDER BY sized.txid, sized.id",
+        [tenant.as_uuid().into(), after.txid.to_string().into(), after.id.into(), limit.into(), max_bytes.into()],
     );
-    Ok(MessageRow::find_by_statement(statement).all(conn).await?)
+    let fetched = FetchedRow::find_by_statement(statement).all(conn).await?;
+    let count = fetched.len();
+    let rows: Vec<MessageRow> = fetched
+        .into_iter()
+        .map_while(|row| {
+            let payload = row.payload?;
+            Some(MessageRow {
+                id: row.id,
+                tenant_id: row.tenant_id,
+                payload,
+                created_at: row.created_at,
+                txid: row.txid,
+            })
+        })
+        .collect();
+    Ok(Page { more: rows.len() < count, rows })
 }
 
 #[cfg(test)]

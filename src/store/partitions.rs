@@ -44,3 +44,43 @@ pub async fn is_attached<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Resu
     )
     .await
 }
+
+/// Whether the tenants read model shows the tenant deleted.
+pub async fn is_deleted<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Result<bool, StoreError> {
+    scalar(
+        conn,
+        stmt(
+            "SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1 AND status = 'deleted') AS value",
+            [tenant.as_uuid().into()],
+        ),
+    )
+    .await
+}
+
+/// Deleted tenants whose partition is still attached to `messages`: their retirement (drop or detach, after
+/// every consumer of theirs has stopped) is still to come. The state itself is the record, so a crash at any
+/// point leaves the retirement pending, and any instance finishes it.
+pub async fn awaiting_retirement<C: ConnectionTrait>(conn: &C) -> Result<Vec<TenantId>, StoreError> {
+    let rows = conn
+        .query_all_raw(stmt(
+            "SELECT t.id FROM tenants t \
+             JOIN pg_class c ON c.relname = 'messages_' || replace(t.id::text, '-', '') \
+             JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'messages'::regclass \
+             WHERE t.status = 'deleted'",
+            [],
+        ))
+        .await?;
+    rows.iter().map(|row| Ok(TenantId::from_uuid(row.try_get::<uuid::Uuid>("", "id")?))).collect()
+}
+
+/// Takes the tenant's retirement lock for the rest of `txn`, unless another instance holds it.
+pub async fn try_lock_retirement<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Result<bool, StoreError> {
+    scalar(
+        conn,
+        stmt(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('tenantmq.retirement.' || $1::text, 0)) AS value",
+            [tenant.as_uuid().into()],
+        ),
+    )
+    .await
+}

@@ -3,7 +3,7 @@
 use crate::domain::tenant::TenantId;
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::StoreError;
+use super::{StoreError, partitions};
 
 pub mod entity {
     use sea_orm::entity::prelude::*;
@@ -77,8 +77,10 @@ impl TenantReadModel {
         Ok(rows.into_iter().map(|(id, workers)| (TenantId::from_uuid(id), workers)).collect())
     }
 
-    /// Ids of deleted tenants (whose queues must not exist).
-    pub async fn deleted_ids(&self) -> Result<Vec<TenantId>, StoreError> {
+    /// Ids of retired tenants: deleted, and their partition dropped or detached. Their queues must not exist
+    /// (those of a deleted tenant still awaiting retirement may hold messages to persist).
+    pub async fn retired_ids(&self) -> Result<Vec<TenantId>, StoreError> {
+        let awaiting = partitions::awaiting_retirement(&self.db).await?;
         let ids: Vec<uuid::Uuid> = Tenants::find()
             .select_only()
             .column(entity::Column::Id)
@@ -86,7 +88,7 @@ impl TenantReadModel {
             .into_tuple()
             .all(&self.db)
             .await?;
-        Ok(ids.into_iter().map(TenantId::from_uuid).collect())
+        Ok(ids.into_iter().map(TenantId::from_uuid).filter(|tenant| !awaiting.contains(tenant)).collect())
     }
 
     /// Every row, deleted ones included, ordered by id (for comparing states, e.g. after a replay).

@@ -6,6 +6,7 @@ mod dead_letters;
 mod deploy;
 mod event_store;
 mod faults;
+mod fidelity;
 mod helpers;
 mod metrics;
 mod openapi;

@@ -94,10 +94,7 @@ async fn replay_rebuilds_the_same_read_models() {
     assert_eq!(partitions_before, 2);
 
     app.db.execute_unprepared("UPDATE tenants SET name = 'corrupted', workers = 1").await.expect("corrupt");
-    let positions =
-        projectors::replay_all(&app.db, PartitionsProjector { on_delete: app.config.partitions.on_tenant_delete }, 2)
-            .await
-            .expect("replay");
+    let positions = projectors::replay_all(&app.db, PartitionsProjector, 2).await.expect("replay");
     let head = EventStore::new(app.db.clone()).head_position().await.expect("head");
     assert!(positions.iter().all(|(_, position)| *position == head), "{positions:?}");
     assert_eq!(read_model.all().await.expect("rows"), before, "rebuilt state equals the original");

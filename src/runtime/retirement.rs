@@ -1,0 +1,188 @@
+//! A deleted tenant's retirement: once no instance runs a consumer of it any more, its queued messages are
+//! persisted (`partitions.on_tenant_delete: detach`) or discarded (`drop`), its queues deleted, and its
+//! partition dropped or detached.
+//!
+//! Every instance's reconciler tries, on each pass, for each deleted tenant whose partition is still attached
+//! (the database state is the record: see [`partitions::awaiting_retirement`]). A consumer of a deleted
+//! tenant keeps its subscription until its pool has committed and acked what it held, so the broker's count
+//! of consumers on the tenant's queue reaches zero only when no instance writes for the tenant any more. One
+//! instance at a time retires a tenant, under a transaction-level advisory lock; the partition's DDL commits
+//! last, so a failure or a crash at any step leaves the retirement pending, to be done again from the start.
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
+
+use crate::{
+    config::OnTenantDelete,
+    domain::tenant::TenantId,
+    metrics::Metrics,
+    store::{
+        StoreError,
+        messages::{self, MessageWriter, NewMessage, WriteFailure},
+        partitions,
+    },
+};
+
+use super::{
+    broker::{self, Broker, BrokerError, TenantQueues},
+    consumer,
+};
+
+/// Queued messages persisted per insert while retiring with `detach`.
+const PERSIST_BATCH: usize = 100;
+/// Retirements run at once in one pass (each holds a database connection throughout).
+const CONCURRENT_RETIREMENTS: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RetirementError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("a queued message could not be persisted: {0}")]
+    Write(sea_orm::sqlx::Error),
+}
+
+impl From<DbErr> for RetirementError {
+    fn from(error: DbErr) -> Self {
+        Self::Store(error.into())
+    }
+}
+
+impl From<lapin::Error> for RetirementError {
+    fn from(error: lapin::Error) -> Self {
+        Self::Broker(error.into())
+    }
+}
+
+pub struct Retirement {
+    pub db: DatabaseConnection,
+    pub broker: Broker,
+    pub on_delete: OnTenantDelete,
+    pub max_payload_depth: usize,
+    pub metrics: Metrics,
+}
+
+impl Retirement {
+    /// Retires the deleted tenants that no consumer serves any more; `running_here` tells whether this
+    /// instance still runs (or stops) a consumer of a tenant. What cannot be retired yet is tried again on a
+    /// later pass.
+    pub async fn retire_stopped(&self, running_here: impl Fn(TenantId) -> bool) {
+        let awaiting = match partitions::awaiting_retirement(&self.db).await {
+            Ok(awaiting) => awaiting,
+            Err(error) => {
+                tracing::warn!(%error, "cannot list the deleted tenants awaiting retirement");
+                return;
+            }
+        };
+        let stopped = awaiting.into_iter().filter(|tenant| !running_here(*tenant));
+        // Mostly broker round trips: a few at once, so that deleting many tenants does not queue them all.
+        futures_util::stream::iter(stopped)
+            .for_each_concurrent(CONCURRENT_RETIREMENTS, |tenant| async move {
+                match self.retire(tenant).await {
+                    Ok(true) => tracing::info!(%tenant, on_delete = ?self.on_delete, "deleted tenant retired"),
+                    Ok(false) => tracing::debug!(%tenant, "the deleted tenant still has a consumer somewhere"),
+                    Err(error) => tracing::warn!(%tenant, %error, "cannot retire the deleted tenant yet"),
+                }
+            })
+            .await;
+    }
+
+    /// True once retired (here or by another instance); false while a consumer of it still runs somewhere.
+    async fn retire(&self, tenant: TenantId) -> Result<bool, RetirementError> {
+        let txn = self.db.begin().await?;
+        if !partitions::try_lock_retirement(&txn, tenant).await? {
+            return Ok(false);
+        }
+        if !partitions::is_attached(&txn, tenant).await? {
+            return Ok(true);
+        }
+        let queues = TenantQueues::of(tenant);
+        if self.inspect(&queues.queue).await?.is_some_and(|(_, consumers)| consumers > 0) {
+            return Ok(false);
+        }
+        // A consumer that started since (a race with a reconciler that had not seen the delete yet), or, with
+        // `detach`, a message that arrived since, makes the delete fail; the next pass starts again.
+        let guard = match self.on_delete {
+            OnTenantDelete::Drop => QueueDeleteOptions { if_unused: true, ..QueueDeleteOptions::default() },
+            OnTenantDelete::Detach => {
+                for queue in [&queues.queue, &queues.retry] {
+                    self.persist_queued(tenant, queue).await?;
+                }
+                QueueDeleteOptions { if_unused: true, if_empty: true, ..QueueDeleteOptions::default() }
+            }
+        };
+        let channel = self.broker.channel().await?;
+        let deleted = async {
+            for queue in [&queues.queue, &queues.retry] {
+                channel.queue_delete(queue.as_str().into(), guard).await?;
+            }
+            broker::delete(&channel, tenant).await
+        }
+        .await;
+        // A failed guard has closed the channel already.
+        if channel.status().connected() {
+            let _ = channel.close(200, "retired".into()).await;
+        }
+        deleted?;
+        match self.on_delete {
+            OnTenantDelete::Drop => partitions::drop(&txn, tenant).await?,
+            OnTenantDelete::Detach => partitions::detach(&txn, tenant).await?,
+        }
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Ready messages and consumers of `queue`, on a channel of its own (asking for a missing queue closes it).
+    async fn inspect(&self, queue: &str) -> Result<Option<(u32, u32)>, RetirementError> {
+        let channel = self.broker.channel().await?;
+        let counts = broker::inspect(&channel, queue).await?;
+        if channel.status().connected() {
+            let _ = channel.close(200, "inspected".into()).await;
+        }
+        Ok(counts)
+    }
+
+    /// Writes what waits in `queue` into the tenant's partition and acks it. A message that cannot be a row
+    /// (not JSON, refused by the database) is discarded with a warning: the tenant's dead-letter queue goes too.
+    async fn persist_queued(&self, tenant: TenantId, queue: &str) -> Result<(), RetirementError> {
+        if self.inspect(queue).await?.is_none() {
+            return Ok(());
+        }
+        let channel = self.broker.channel().await?;
+        let writer = MessageWriter::new(self.db.get_postgres_connection_pool().clone(), tenant, self.metrics.clone());
+        let persisted = async {
+            loop {
+                let mut deliveries = Vec::with_capacity(PERSIST_BATCH);
+                while deliveries.len() < PERSIST_BATCH {
+                    match channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await? {
+                        Some(message) => deliveries.push(message.delivery),
+                        None => break,
+                    }
+                }
+                let Some(last) = deliveries.last().map(|delivery| delivery.delivery_tag) else { return Ok(()) };
+                let rows: Vec<NewMessage> = deliveries
+                    .iter()
+                    .filter_map(|delivery| {
+                        consumer::decode(tenant, delivery, self.max_payload_depth)
+                            .inspect_err(|reason| tracing::warn!(%tenant, reason, "discarding a queued message"))
+                            .ok()
+                    })
+                    .collect();
+                for (part, error) in writer.insert_isolating(&rows).await {
+                    if messages::classify(&error) != WriteFailure::Refused {
+                        return Err(RetirementError::Write(error));
+                    }
+                    tracing::warn!(%tenant, messages = part.len(), %error, "discarding a queued message");
+                }
+                // Every delivery on this channel is from this loop: one ack covers them all.
+                channel.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+            }
+        }
+        .await;
+        // Closing requeues whatever was taken and not acked.
+        let _ = channel.close(200, "persisted".into()).await;
+        persisted
+    }
+}
