@@ -237,7 +237,11 @@ pub fn mint(config: &AuthConfig, subject: &str, role: Role, ttl: Duration) -> Re
         .map_err(|e| ConfigError::new("auth.jwt_secret", e.to_string()))
 }
 
-/// Declares the bearer scheme in the OpenAPI document (so Swagger UI can authorize).
+// The bearer scheme of the OpenAPI document, so Swagger UI can authorize; its doc comment is what the
+// Authorize dialog shows.
+/// A JWT. Mint one with `tenantmq token --admin` (every operation) or `tenantmq token --tenant <id>` (one
+/// tenant's reads, publishes and dead letters); it is signed with the service's configured secret. Paste the
+/// token alone, without `Bearer `.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "JWT", rename = "BearerAuth")]
 #[allow(dead_code)]

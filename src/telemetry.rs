@@ -90,9 +90,11 @@ impl Telemetry {
     }
 }
 
-/// Log lines of dependencies that carry message bodies: lapin logs every message the broker returns, body
-/// and all, as a warning. Always silenced, whatever the level asked for: tenants' data stays out of the log.
-const SILENCED: &[&str] = &["lapin::returned_messages=off"];
+/// Dependencies' log lines that are always kept out, whatever the level asked for: lapin logs every message
+/// the broker returns, body and all, as a warning (tenants' data stays out of the log); sqlx logs PostgreSQL's
+/// NOTICEs, such as "relation … already exists, skipping" from every idempotent migration step, as info
+/// (PostgreSQL's warnings and errors still show).
+const SILENCED: &[&str] = &["lapin::returned_messages=off", "sqlx::postgres::notice=warn"];
 
 /// The log filter: `RUST_LOG` when set, else `log.level`, with [`SILENCED`] on top.
 pub fn log_filter(level: &str) -> EnvFilter {

@@ -6,7 +6,7 @@ use poem_openapi::{
     param::{Path, Query},
     payload::Json,
     registry::{MetaSchemaRef, Registry},
-    types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
+    types::{Example, ParseError, ParseFromJSON, ParseResult, ToJSON, Type},
 };
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -71,22 +71,41 @@ impl ToJSON for JsonPayload {
 /// One message to publish.
 #[derive(Debug, serde::Deserialize, Object)]
 #[serde(deny_unknown_fields)]
-#[oai(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example)]
 pub struct PublishRequest {
     /// The message: any JSON value PostgreSQL `jsonb` can store (nested at most `max_payload_depth` deep, no
     /// `\u0000`, no lone surrogate, numbers within `numeric`'s range), stored as `jsonb`.
     pub payload: JsonPayload,
     /// Idempotency key: publishing the same id again never makes a second row. A new UUIDv7 when absent.
+    #[oai(skip_serializing_if_is_none)]
     pub id: Option<Uuid>,
 }
 
 /// Up to 1000 messages to publish together.
 #[derive(Debug, serde::Deserialize, Object)]
 #[serde(deny_unknown_fields)]
-#[oai(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example)]
 pub struct PublishBatchRequest {
     #[oai(validator(min_items = 1, max_items = 1000))]
     pub messages: Vec<PublishRequest>,
+}
+
+fn example_message(payload: &str) -> PublishRequest {
+    let payload = RawValue::from_string(payload.to_owned()).map(JsonPayload).expect("a JSON literal");
+    PublishRequest { payload, id: None }
+}
+
+/// Swagger UI's "Try it out" bodies: no fixed id, so each try publishes a new message.
+impl Example for PublishRequest {
+    fn example() -> Self {
+        example_message(r#"{"hello": "world"}"#)
+    }
+}
+
+impl Example for PublishBatchRequest {
+    fn example() -> Self {
+        Self { messages: vec![example_message(r#"{"order": 1}"#), example_message(r#"{"order": 2}"#)] }
+    }
 }
 
 #[derive(Debug, Object)]

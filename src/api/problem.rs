@@ -157,7 +157,7 @@ impl From<TenantError> for ApiError {
             TenantError::InvalidName { .. } | TenantError::WorkersOutOfRange { .. } => {
                 Self::bad_request(error.field(), error.to_string())
             }
-            TenantError::AlreadyExists => Self::conflict(error.to_string()),
+            TenantError::AlreadyExists | TenantError::IdReserved => Self::conflict(error.to_string()),
             TenantError::NotFound | TenantError::Deleted => Self::not_found(error.to_string()),
         }
     }

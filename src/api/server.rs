@@ -127,7 +127,7 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let Self { endpoint, local, remote, limits } = self;
         let activity = Activity::default();
-        let io = TokioIo::new(Tracked { inner: stream, activity: activity.clone() });
+        let io = TokioIo::new(Tracked::new(stream, activity.clone()));
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let endpoint = endpoint.clone();
             async move {
@@ -196,10 +196,72 @@ impl Activity {
     }
 }
 
-/// A stream that records its activity.
+/// A stream that records its activity, and turns hyper's own bare answers to requests it cannot parse (400,
+/// 414, 431, written before the service sees a request) into problem documents like every other error.
 struct Tracked {
     inner: TcpStream,
     activity: Activity,
+    /// What is left to write of a replaced answer.
+    pending: Vec<u8>,
+}
+
+impl Tracked {
+    fn new(inner: TcpStream, activity: Activity) -> Self {
+        Self { inner, activity, pending: Vec::new() }
+    }
+
+    /// Writes what is left of a replaced answer; ready once it is all out.
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            let written = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.activity.touch();
+            self.pending.drain(..written);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// hyper's answer to a request it could not parse: a status line of 4xx and an empty body, no content type.
+/// The service's own answers always carry a problem document, so nothing of theirs matches.
+fn bare_parse_error(head: &[u8]) -> Option<u16> {
+    let head = std::str::from_utf8(head).ok()?;
+    let status: u16 = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    let headers = head.split_once("\r\n\r\n")?.0.to_ascii_lowercase();
+    let bare = headers.contains("\r\ncontent-length: 0") && !headers.contains("\r\ncontent-type:");
+    (matches!(status, 400 | 414 | 431) && bare).then_some(status)
+}
+
+fn problem_answer(status: u16) -> Vec<u8> {
+    let (reason, kind, detail) = match status {
+        414 => ("URI Too Long", "uri-too-long", "the request's URI is too long"),
+        431 => (
+            "Request Header Fields Too Large",
+            "request-header-fields-too-large",
+            "the request's headers are too large",
+        ),
+        _ => (
+            "Bad Request",
+            "invalid-request",
+            "the request cannot be parsed as HTTP: its request line or a header has a character HTTP does not \
+             allow (percent-encode spaces, quotes, angle brackets and the like in the URL, e.g. in `cursor`)",
+        ),
+    };
+    let body = serde_json::json!({
+        "type": format!("urn:tenantmq:problem:{kind}"),
+        "title": reason,
+        "status": status,
+        "detail": detail,
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 impl AsyncRead for Tracked {
@@ -215,6 +277,13 @@ impl AsyncRead for Tracked {
 
 impl AsyncWrite for Tracked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if let Some(status) = bare_parse_error(buf) {
+            self.pending = problem_answer(status);
+            // The replacement goes out in place of hyper's answer; hyper flushes (or shuts down) next.
+            let _ = self.poll_pending(cx)?;
+            return Poll::Ready(Ok(buf.len()));
+        }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -227,6 +296,12 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty())
+            && bare_parse_error(first).is_some()
+        {
+            return self.poll_write(cx, first);
+        }
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
@@ -239,10 +314,12 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -251,4 +328,29 @@ impl AsyncWrite for Tracked {
 /// default of 1,024 descriptors, bounds how many clients are served. Returns the limit now in force.
 pub fn raise_open_files_limit() -> io::Result<u64> {
     rlimit::increase_nofile_limit(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hypers_bare_parse_errors_are_replaced() {
+        let bare = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\ndate: Wed, 02 Dec 2026 00:00:00 GMT\r\n\r\n";
+        assert_eq!(bare_parse_error(bare), Some(400));
+        assert_eq!(
+            bare_parse_error(b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n"),
+            Some(431)
+        );
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(bare_parse_error(ours), None);
+        assert_eq!(bare_parse_error(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n"), None);
+        assert_eq!(bare_parse_error(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"), None);
+        assert_eq!(bare_parse_error(b"{\"payload\": 1}"), None);
+        let answer = String::from_utf8(problem_answer(400)).expect("utf-8");
+        let body = answer.split_once("\r\n\r\n").expect("a head").1;
+        assert!(answer.contains(&format!("content-length: {}\r\n", body.len())), "{answer}");
+        let problem: serde_json::Value = serde_json::from_str(body).expect("JSON");
+        assert_eq!(problem["status"], 400);
+    }
 }

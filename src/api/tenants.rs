@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json};
+use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json, types::Example};
 use uuid::Uuid;
 
 use crate::{
@@ -17,7 +17,7 @@ use super::{ApiTags, AppState, json_body::JsonBody, pagination, problem::ApiErro
 /// Create a tenant.
 #[derive(Debug, serde::Deserialize, Object)]
 #[serde(deny_unknown_fields)]
-#[oai(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example)]
 pub struct CreateTenantRequest {
     /// 1 to 200 characters, not blank.
     #[oai(validator(min_length = 1, max_length = 200))]
@@ -25,8 +25,17 @@ pub struct CreateTenantRequest {
     /// Worker pool size, 1 to `max_workers`; the configured `workers` when absent.
     #[oai(validator(minimum(value = "1")))]
     pub workers: Option<i64>,
-    /// The tenant's id; generated (UUIDv7) when absent. Creating an existing id is a conflict.
+    /// The tenant's id; generated (UUIDv7) when absent. Creating an existing id is a conflict, also the id
+    /// of a deleted tenant (ids are never reused).
+    #[oai(skip_serializing_if_is_none)]
     pub id: Option<Uuid>,
+}
+
+/// Swagger UI's "Try it out" body: no fixed id, so trying it twice makes two tenants.
+impl Example for CreateTenantRequest {
+    fn example() -> Self {
+        Self { name: "acme".into(), workers: Some(3), id: None }
+    }
 }
 
 /// Change a tenant's worker pool size.

@@ -197,6 +197,12 @@ pub enum TenantError {
     WorkersOutOfRange { got: i64, max: u16 },
     #[error("a tenant with this id already exists")]
     AlreadyExists,
+    /// A deleted tenant's id is never given out again: its events stay in the log, and a new tenant under
+    /// the same id would inherit that history.
+    #[error(
+        "this id belonged to a tenant that was deleted: ids stay reserved, so that a tenant's history stays its own; omit `id` for a new one"
+    )]
+    IdReserved,
     #[error("no such tenant")]
     NotFound,
     #[error("the tenant has been deleted")]
@@ -209,7 +215,7 @@ impl TenantError {
         match self {
             Self::InvalidName { .. } => Some("name"),
             Self::WorkersOutOfRange { .. } => Some("workers"),
-            Self::AlreadyExists | Self::NotFound | Self::Deleted => None,
+            Self::AlreadyExists | Self::IdReserved | Self::NotFound | Self::Deleted => None,
         }
     }
 }
@@ -225,7 +231,8 @@ pub fn decide(state: &Tenant, command: TenantCommand, policy: &Policy) -> Result
             };
             Ok(vec![TenantEvent::Created { name, workers }])
         }
-        (Tenant::Active(_) | Tenant::Deleted(_), TenantCommand::Create { .. }) => Err(TenantError::AlreadyExists),
+        (Tenant::Active(_), TenantCommand::Create { .. }) => Err(TenantError::AlreadyExists),
+        (Tenant::Deleted(_), TenantCommand::Create { .. }) => Err(TenantError::IdReserved),
         (Tenant::Absent, _) => Err(TenantError::NotFound),
         (Tenant::Deleted(_), _) => Err(TenantError::Deleted),
         (Tenant::Active(facts), TenantCommand::SetConcurrency { workers }) => {
@@ -323,7 +330,7 @@ mod tests {
     fn create_on_existing_or_deleted_id_is_a_conflict() {
         assert_eq!(decide(&active(3), create("x", None), &policy()), Err(TenantError::AlreadyExists));
         let deleted = evolve(active(3), &TenantEvent::Deleted {});
-        assert_eq!(decide(&deleted, create("x", None), &policy()), Err(TenantError::AlreadyExists));
+        assert_eq!(decide(&deleted, create("x", None), &policy()), Err(TenantError::IdReserved));
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct TestApp {
     pub db: DatabaseConnection,
     pub config: Config,
     shutdown: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 /// A configuration for a test: its own database, a free port, fast polling.
@@ -71,7 +71,8 @@ impl TestApp {
             headers.insert(reqwest::header::AUTHORIZATION, admin.parse().expect("header value"));
         }
         let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
-        Self { base_url, cleanup: Some(config.database.url.clone()), client, db, config, shutdown, server }
+        let cleanup = Some(config.database.url.clone());
+        Self { base_url, cleanup, client, db, config, shutdown, server: Some(server) }
     }
 
     /// A token of this service for `role`, valid for an hour.
@@ -82,10 +83,18 @@ impl TestApp {
     /// Stops the service gracefully, waits for it and removes what the test made: its tenants' queues and its
     /// database.
     pub async fn stop(mut self) {
-        self.shutdown.cancel();
-        (&mut self.server).await.expect("server task").expect("server stopped cleanly");
+        self.stop_service().await;
         if let Some(url) = self.cleanup.take() {
             drop_database(&url).await;
+        }
+    }
+
+    /// Stops the service gracefully and waits for it, leaving the queues and the database for the test to
+    /// look at (`stop` then removes them).
+    pub async fn stop_service(&mut self) {
+        self.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server stopped cleanly");
         }
     }
 

@@ -7,6 +7,7 @@ mod deploy;
 mod event_store;
 mod faults;
 mod fidelity;
+mod first_hour;
 mod helpers;
 mod metrics;
 mod openapi;

@@ -161,8 +161,10 @@ async fn a_message_id_published_again_is_acked_and_stored_once() {
     }
     assert_eq!(queue_state(&broker, &dlq(&tenant)).await.map(|(ready, _)| ready), Some(0), "nothing dead-lettered");
     // Anything left unacked would be back in the queue once the service's channels close.
-    app.stop().await;
+    let mut app = app;
+    app.stop_service().await;
     assert_eq!(queue_state(&broker, &queue(&tenant)).await, Some((0, 0)), "every delivery was acked");
+    app.stop().await;
 }
 
 #[tokio::test]
