@@ -78,7 +78,8 @@ pub struct DatabaseConfig {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Cancels any statement of the service that runs longer (PostgreSQL `statement_timeout`), e.g. an insert
-    /// stuck behind a lock: the message is then retried. Off by default, so long migrations are not cut.
+    /// stuck behind a lock: the message is then retried. Off by default. Migrations run on a connection of
+    /// their own, without it.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
 }

@@ -249,7 +249,7 @@ pub async fn prepare_database(config: &Config) -> Result<DatabaseConnection, Sto
     }
     let db = database::connect(&config.database).await?;
     if config.database.migrate_on_start {
-        database::migrate(&db, &config.database.url, MigrationDirection::Up).await?;
+        database::migrate(&config.database.url, MigrationDirection::Up).await?;
     }
     Ok(db)
 }

@@ -198,8 +198,8 @@ async fn migrate(config: Config, action: MigrateAction) -> anyhow::Result<()> {
     }
     let db = database::connect(&config.database).await.context("connecting to the database")?;
     match action {
-        MigrateAction::Up => database::migrate(&db, &config.database.url, MigrationDirection::Up).await?,
-        MigrateAction::Down => database::migrate(&db, &config.database.url, MigrationDirection::Down).await?,
+        MigrateAction::Up => database::migrate(&config.database.url, MigrationDirection::Up).await?,
+        MigrateAction::Down => database::migrate(&config.database.url, MigrationDirection::Down).await?,
         MigrateAction::Status => {}
     }
     for (name, applied) in database::migration_status(&db).await? {

@@ -73,12 +73,24 @@ pub enum MigrationDirection {
 }
 
 /// Runs migrations under a session advisory lock so that instances starting together do not race.
-pub async fn migrate(db: &DatabaseConnection, url: &str, direction: MigrationDirection) -> Result<(), StoreError> {
+/// Applies (or rolls back one) migration on a connection of its own, without the pool's
+/// `database.statement_timeout`: a schema change that waits for a lock or rewrites a table must not be cut off
+/// half way by a timeout meant for the service's own statements.
+pub async fn migrate(url: &str, direction: MigrationDirection) -> Result<(), StoreError> {
     let mut lock = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
     sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
-    let result = match direction {
-        MigrationDirection::Up => Migrator::up(db, None).await,
-        MigrationDirection::Down => Migrator::down(db, Some(1)).await,
+    let mut options = ConnectOptions::new(url.to_owned());
+    options.max_connections(1).sqlx_logging(false);
+    let result = match Database::connect(options).await {
+        Ok(db) => {
+            let migrated = match direction {
+                MigrationDirection::Up => Migrator::up(&db, None).await,
+                MigrationDirection::Down => Migrator::down(&db, Some(1)).await,
+            };
+            let _ = db.close().await;
+            migrated
+        }
+        Err(error) => Err(error),
     };
     sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
     lock.close().await?;

@@ -247,7 +247,11 @@ async fn resizing_the_pool_live_changes_running_and_busy_workers_and_loses_nothi
 
 #[tokio::test]
 async fn fifty_tenants_created_concurrently_each_get_a_consumer_and_lose_it_on_delete() {
-    let app = TestApp::spawn().await;
+    let mut config = crate::helpers::test_config();
+    // A delete answers once its tenant is retired (consumers stopped, queues and partition gone); fifty at once
+    // on a loaded 2-core machine can take longer than the default wait.
+    config.projectors.command_wait = Duration::from_secs(60);
+    let app = TestApp::spawn_with(config).await;
     let broker = amqp().await;
     let created = join_all((0..50).map(|i| app.post_json("/tenants", &json!({ "name": format!("bulk-{i}") })))).await;
     let mut tenants = Vec::new();
