@@ -266,6 +266,7 @@ struct WorkerContext {
     channel: Channel,
     acks: Arc<AckCoordinator>,
     queues: TenantQueues,
+    queue_type: QueueType,
     retry: RetryPolicy,
     max_payload_depth: usize,
     batch_size: usize,
@@ -299,6 +300,7 @@ impl WorkerPool {
             channel,
             acks,
             retry: settings.retry,
+            queue_type: settings.queue_type,
             max_payload_depth: settings.max_payload_depth,
             batch_size: settings.batch_size.into(),
             linger: Linger { wait: settings.batch_wait, max_wait: settings.batch_max_wait },
@@ -554,6 +556,13 @@ async fn retry_or_dead_letter(
     };
     if let Err(error) = failure::republish(&context.channel, queue, &delivery, id, &record, disposition).await {
         tracing::warn!(%tenant, %error, "cannot move a failed message; it goes back to the queue");
+        if matches!(error, BrokerError::Refused) {
+            // The retry or dead-letter queue was deleted from outside (the consumer notices only its own
+            // queue going): declare them again, or the message could only ever be held back.
+            if let Err(error) = broker::declare(&context.channel, tenant, context.queue_type).await {
+                tracing::warn!(%tenant, %error, "cannot declare the tenant's queues again");
+            }
+        }
         return Err(Box::new(delivery));
     }
     match disposition {

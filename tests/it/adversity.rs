@@ -13,20 +13,17 @@ use lapin::{
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::{Value, json};
-use tenantmq::auth::{self, Role};
+use tenantmq::auth::Role;
 use tokio::net::TcpStream;
 
 use crate::{
     helpers::{
-        TestApp, amqp, assert_problem, await_consumer, dlq, eventually, queue, queue_state, scalar_i64, test_config,
+        TestApp, amqp, assert_problem, await_consumer, dlq, eventually, queue, queue_state, retry_queue, scalar_i64,
+        test_config,
     },
     metrics::Scrape,
-    processes::{self, Launch},
+    processes::{self, Launch, admin_token},
 };
-
-fn admin_token(config: &tenantmq::config::Config) -> String {
-    auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(3600)).expect("token")
-}
 
 async fn delete_queue(broker: &lapin::Connection, name: &str) {
     let channel = broker.create_channel().await.expect("channel");
@@ -240,9 +237,7 @@ async fn dead_letter_operations_are_bounded_and_one_tenants_never_waits_for_anot
 #[tokio::test]
 async fn no_message_body_reaches_the_log_even_when_the_broker_returns_it() {
     let config = test_config();
-    let log_path = std::env::temp_dir().join(format!("tenantmq-log-{}.txt", uuid::Uuid::new_v4()));
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let instance = processes::start_with(&config, Launch { log: Some(log), ..Launch::default() }).await;
+    let (instance, log) = processes::start_logged(&config).await;
     let token = admin_token(&config);
     let tenant = instance.create_tenant(&token, &json!({ "name": "returned" })).await;
     let broker = amqp().await;
@@ -261,14 +256,11 @@ async fn no_message_body_reaches_the_log_even_when_the_broker_returns_it() {
             .await
             .expect("sent");
         assert_eq!(published.status(), StatusCode::ACCEPTED);
-        let log = std::fs::read_to_string(&log_path).expect("log");
-        log.contains("returned messages as unroutable").then_some(())
+        log.read().contains("returned messages as unroutable").then_some(())
     })
     .await;
     processes::signal(instance, "-TERM").await;
-    let log = std::fs::read_to_string(&log_path).expect("log");
-    assert!(!log.contains(&secret), "a message body is in the log");
-    let _ = std::fs::remove_file(&log_path);
+    assert!(!log.read().contains(&secret), "a message body is in the log");
     crate::helpers::drop_database(&config.database.url).await;
 }
 
@@ -368,5 +360,30 @@ async fn a_transaction_left_open_elsewhere_in_the_cluster_shows_as_read_visibili
     eventually(Duration::from_secs(60), "the second message", || async { (page_size().await == 2).then_some(()) })
         .await;
     eventually(Duration::from_secs(60), "the lag to fall", || async { (lag().await < held).then_some(()) }).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_retry_queue_deleted_from_outside_is_declared_again_at_the_next_failure() {
+    let mut config = test_config();
+    config.database.statement_timeout = Some(Duration::from_millis(300));
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("retry-gone").await;
+    let broker = amqp().await;
+    await_consumer(&broker, &tenant).await;
+    // The consumer only watches its main queue: it never notices this one go.
+    delete_queue(&broker, &retry_queue(&tenant)).await;
+    let lock = crate::dead_letters::lock_partition(&app.config.database.url, &tenant).await;
+    assert_eq!(
+        app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": "held" })).await.status(),
+        StatusCode::ACCEPTED
+    );
+    // The insert times out behind the lock, a passing failure: the message must go to the retry queue.
+    eventually(Duration::from_secs(30), "the retry queue declared again", || async {
+        queue_state(&broker, retry_queue(&tenant)).await.map(|_| ())
+    })
+    .await;
+    crate::dead_letters::release(lock).await;
+    app.await_messages(&tenant, 1).await;
     app.stop().await;
 }

@@ -9,11 +9,11 @@ use std::{
 use lapin::{BasicProperties, options::ConfirmSelectOptions};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use tenantmq::auth::{self, Role};
+use tenantmq::auth::Role;
 
 use crate::{
     helpers::{TestApp, amqp, assert_problem, await_consumer, eventually, publish_raw, test_config},
-    processes::{self, Launch},
+    processes::{self, admin_token},
 };
 
 #[test]
@@ -74,10 +74,8 @@ async fn a_cursor_pasted_with_characters_http_forbids_gets_a_problem_document() 
 #[tokio::test]
 async fn a_dead_letters_id_in_the_log_is_its_id_in_the_dlq() {
     let config = test_config();
-    let log_path = std::env::temp_dir().join(format!("tenantmq-log-{}.txt", uuid::Uuid::new_v4()));
-    let log = std::fs::File::create(&log_path).expect("log file");
-    let instance = processes::start_with(&config, Launch { log: Some(log), ..Launch::default() }).await;
-    let token = auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(600)).expect("token");
+    let (instance, log) = processes::start_logged(&config).await;
+    let token = admin_token(&config);
     let tenant = instance.create_tenant(&token, &json!({ "name": "undecodable" })).await;
     let broker = amqp().await;
     await_consumer(&broker, &tenant).await;
@@ -100,9 +98,8 @@ async fn a_dead_letters_id_in_the_log_is_its_id_in_the_dlq() {
     })
     .await;
     processes::signal(instance, "-TERM").await;
-    let log = std::fs::read_to_string(&log_path).expect("log");
+    let log = log.read();
     let line = log.lines().find(|line| line.contains("dead-lettered")).expect("a dead-lettered line");
     assert!(line.contains(&dead_letter_id), "the log names {dead_letter_id}: {line}");
-    let _ = std::fs::remove_file(&log_path);
     crate::helpers::drop_database(&config.database.url).await;
 }

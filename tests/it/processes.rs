@@ -47,6 +47,33 @@ pub struct Launch {
     pub log: Option<std::fs::File>,
 }
 
+/// An instance's log file, removed when dropped.
+pub struct Log(std::path::PathBuf);
+
+impl Log {
+    pub fn read(&self) -> String {
+        std::fs::read_to_string(&self.0).expect("log readable")
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Starts an instance whose log (stderr) goes to a file of the test's own.
+pub async fn start_logged(config: &Config) -> (Instance, Log) {
+    let path = std::env::temp_dir().join(format!("tenantmq-log-{}.txt", uuid::Uuid::new_v4()));
+    let file = std::fs::File::create(&path).expect("log file");
+    (start_with(config, Launch { log: Some(file), ..Launch::default() }).await, Log(path))
+}
+
+/// An admin token for an instance of `config`, valid for an hour.
+pub fn admin_token(config: &Config) -> String {
+    tenantmq::auth::mint(&config.auth, "tests", tenantmq::auth::Role::Admin, Duration::from_secs(3600)).expect("token")
+}
+
 pub async fn start(config: &Config) -> Instance {
     start_with(config, Launch::default()).await
 }
