@@ -10,6 +10,7 @@ pub mod json_body;
 mod json_text;
 mod messages;
 pub mod pagination;
+mod principal;
 pub mod problem;
 pub mod request_context;
 pub mod server;

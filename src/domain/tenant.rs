@@ -36,6 +36,35 @@ impl TenantId {
     }
 }
 
+/// A tenant's queues, as `tenantmq_queue_messages_ready{queue}` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    Main,
+    Retry,
+    DeadLetter,
+}
+
+impl QueueKind {
+    pub const ALL: [Self; 3] = [Self::Main, Self::Retry, Self::DeadLetter];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Main => "main",
+            Self::Retry => "retry",
+            Self::DeadLetter => "dlq",
+        }
+    }
+
+    /// The broker's name for this queue of `tenant`.
+    pub fn queue_name(self, tenant: TenantId) -> String {
+        match self {
+            Self::Main => tenant.queue_name(),
+            Self::Retry => format!("tenant_{tenant}_retry"),
+            Self::DeadLetter => format!("tenant_{tenant}_dlq"),
+        }
+    }
+}
+
 impl fmt::Display for TenantId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -38,15 +38,16 @@ use crate::{
         payload,
         tenant::{TenantId, Workers},
     },
-    store::messages::{self, MessageWriter, NewMessage, WriteFailure},
+    metrics::FailureReason,
+    store::messages::{MessageWriter, NewMessage},
     telemetry,
 };
 
 use super::{
     acks::AckCoordinator,
     broker::{self, Broker, BrokerError, TenantQueues},
-    failure::{self, Disposition, Failure, FailureRecord, RetryPolicy},
-    manager::{ConsumerState, Control, FailureReason, TenantRuntime},
+    failure::{self, Disposition, Failure, FailureRecord, RetryPolicy, WriteFailure},
+    manager::{ConsumerState, Control, TenantRuntime},
 };
 
 /// Settings every consumer shares.
@@ -501,7 +502,7 @@ async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery>
             committed.push(delivery);
             continue;
         };
-        match messages::classify(error) {
+        match failure::classify(error) {
             WriteFailure::Unavailable => held_back.push(delivery),
             kind => failed.push((row.id, delivery, write_failure(kind, error))),
         }

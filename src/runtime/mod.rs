@@ -47,8 +47,10 @@ impl Runtime {
     ) -> Self {
         let broker = Broker::new(config.rabbitmq.url.clone());
         let manager = TenantManager::default();
-        metrics.observe_broker(&broker);
-        metrics.observe_tenants(&manager);
+        let connections = broker.subscribe();
+        metrics.observe_broker(move || connections.borrow().as_ref().map(|connected| connected.generation));
+        let stats = manager.clone();
+        metrics.observe_tenants(move || stats.snapshot());
         let (tasks, cancel) = background;
         let (supervisor, stop) = (broker.clone(), cancel.clone());
         tasks.spawn(async move {
