@@ -29,6 +29,16 @@ impl TenantId {
         format!("tenant_{}_queue", self.0)
     }
 
+    /// `tenant_{id}_retry`, holding its messages until their next attempt.
+    pub fn retry_queue_name(&self) -> String {
+        format!("tenant_{}_retry", self.0)
+    }
+
+    /// `tenant_{id}_dlq`, its dead letters.
+    pub fn dead_letter_queue_name(&self) -> String {
+        format!("tenant_{}_dlq", self.0)
+    }
+
     /// The name of its `messages` partition. Built from the parsed UUID only (hex digits), never from raw input,
     /// so it is always a safe SQL identifier.
     pub fn partition_name(&self) -> String {
@@ -59,8 +69,8 @@ impl QueueKind {
     pub fn queue_name(self, tenant: TenantId) -> String {
         match self {
             Self::Main => tenant.queue_name(),
-            Self::Retry => format!("tenant_{tenant}_retry"),
-            Self::DeadLetter => format!("tenant_{tenant}_dlq"),
+            Self::Retry => tenant.retry_queue_name(),
+            Self::DeadLetter => tenant.dead_letter_queue_name(),
         }
     }
 }
