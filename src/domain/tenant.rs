@@ -119,10 +119,6 @@ impl TenantName {
         };
         Err(TenantError::InvalidName { reason })
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl TryFrom<String> for TenantName {

@@ -66,8 +66,6 @@ pub struct ConsumerSettings {
 /// How a consumer ended when nothing went wrong.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumerEnd {
-    /// Its control channel closed (the manager let go of it); its queues stay.
-    Stopped,
     /// The tenant was deleted: every delivery handed to the pool is settled; its queues stay, for the tenant's
     /// retirement (see [`retirement`](super::retirement)).
     Deleted,
@@ -135,8 +133,10 @@ pub async fn run(
     let ended = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(ConsumerEnd::ShutDown),
-            command = control.recv() => match command {
-                Some(Control::Resize(_)) => {
+            // The control channel cannot close while this consumer runs: its runtime, which it holds, keeps
+            // the sender.
+            Some(command) = control.recv() => match command {
+                Control::Resize => {
                     pool.fill();
                     if let Err(error) = handover(&channel, &mut consumer, &deliveries, &runtime, &acks).await {
                         handed_over = true;
@@ -148,8 +148,7 @@ pub async fn run(
                         Err(error) => break Err(error),
                     };
                 }
-                Some(Control::Delete) => break Ok(ConsumerEnd::Deleted),
-                None => break Ok(ConsumerEnd::Stopped),
+                Control::Delete => break Ok(ConsumerEnd::Deleted),
             },
             delivery = consumer.next() => match delivery {
                 Some(Ok(delivery)) => {

@@ -36,8 +36,8 @@ impl ConsumerState {
 /// What the reconciler tells a consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Change the pool size (and the prefetch with it).
-    Resize(Workers),
+    /// The pool size changed ([`TenantRuntime::set_desired`]): follow it, and the prefetch with it.
+    Resize,
     /// The tenant was deleted: stop, and delete its queues.
     Delete,
 }
