@@ -6,7 +6,7 @@
 
 pub mod api;
 pub mod auth;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod commands;
 pub mod config;
 pub mod domain;
