@@ -2,67 +2,16 @@
 //! configuration. Claims: `sub`, `exp`, `role` (`admin` | `tenant`) and, for tenant tokens, `tenant_id`.
 //! An admin may do everything; a tenant token only its own tenant's reads, publishes, events and DLQ.
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
-use poem::{Request, RequestBody, http::StatusCode};
-use poem_openapi::{
-    ApiExtractor, ApiExtractorType, ExtractParamOptions, SecurityScheme, auth::Bearer, registry::Registry,
-};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::{api::AppState, config::ConfigError, domain::tenant::TenantId};
-
-/// The secret `config/default.yaml` ships for development; the service warns when it runs with it.
-pub const DEVELOPMENT_SECRET: &str = "tenantmq-development-secret-change-me";
-
-/// Secrets shorter than this are refused: HS256 wants at least 256 bits.
-const MIN_SECRET_BYTES: usize = 32;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JwtAlgorithm {
-    HS256,
-    RS256,
-    ES256,
-}
-
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(default)]
-pub struct AuthConfig {
-    /// Turning authentication off makes every request an admin; only by explicit configuration.
-    pub enabled: bool,
-    pub algorithm: JwtAlgorithm,
-    /// The HS256 secret (at least 32 bytes).
-    pub jwt_secret: Option<String>,
-    /// PEM public key for RS256/ES256.
-    pub public_key_file: Option<PathBuf>,
-    /// Clock skew tolerated on `exp`, in seconds.
-    pub leeway_seconds: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            algorithm: JwtAlgorithm::HS256,
-            jwt_secret: None,
-            public_key_file: None,
-            leeway_seconds: 30,
-        }
-    }
-}
-
-impl fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("enabled", &self.enabled)
-            .field("algorithm", &self.algorithm)
-            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
-            .field("public_key_file", &self.public_key_file)
-            .finish()
-    }
-}
+use crate::{
+    config::{AuthConfig, ConfigError, JwtAlgorithm},
+    domain::tenant::TenantId,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -110,16 +59,6 @@ pub enum AuthError {
     Ambiguous,
 }
 
-impl poem::error::ResponseError for AuthError {
-    fn status(&self) -> StatusCode {
-        match self {
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::Ambiguous => StatusCode::BAD_REQUEST,
-            _ => StatusCode::UNAUTHORIZED,
-        }
-    }
-}
-
 impl Principal {
     pub fn require_admin(&self) -> Result<(), AuthError> {
         match self.role {
@@ -146,17 +85,10 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
-        if !config.enabled {
+        let Some((algorithm, key)) = config.verification_key()? else {
             return Ok(Self { key: None });
-        }
-        let key = match config.algorithm {
-            JwtAlgorithm::HS256 => DecodingKey::from_secret(secret(config)?),
-            JwtAlgorithm::RS256 => DecodingKey::from_rsa_pem(&public_key(config)?)
-                .map_err(|e| ConfigError::new("auth.public_key_file", format!("not an RSA public key: {e}")))?,
-            JwtAlgorithm::ES256 => DecodingKey::from_ec_pem(&public_key(config)?)
-                .map_err(|e| ConfigError::new("auth.public_key_file", format!("not an EC public key: {e}")))?,
         };
-        let mut validation = Validation::new(algorithm(config.algorithm));
+        let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = config.leeway_seconds;
         Ok(Self { key: Some((key, validation)) })
@@ -193,32 +125,6 @@ impl Authenticator {
     }
 }
 
-fn algorithm(algorithm: JwtAlgorithm) -> Algorithm {
-    match algorithm {
-        JwtAlgorithm::HS256 => Algorithm::HS256,
-        JwtAlgorithm::RS256 => Algorithm::RS256,
-        JwtAlgorithm::ES256 => Algorithm::ES256,
-    }
-}
-
-fn secret(config: &AuthConfig) -> Result<&[u8], ConfigError> {
-    let secret = config.jwt_secret.as_deref().ok_or_else(|| {
-        ConfigError::new("auth.jwt_secret", "must be set while auth.enabled is true (or set auth.enabled: false)")
-    })?;
-    if secret.len() < MIN_SECRET_BYTES {
-        return Err(ConfigError::new("auth.jwt_secret", format!("must be at least {MIN_SECRET_BYTES} bytes")));
-    }
-    Ok(secret.as_bytes())
-}
-
-fn public_key(config: &AuthConfig) -> Result<Vec<u8>, ConfigError> {
-    let path = config
-        .public_key_file
-        .as_ref()
-        .ok_or_else(|| ConfigError::new("auth.public_key_file", "must be set for RS256 and ES256"))?;
-    std::fs::read(path).map_err(|e| ConfigError::new("auth.public_key_file", format!("{}: {e}", path.display())))
-}
-
 /// Mints an HS256 token with the configured secret (`tenantmq token`, tests, development).
 pub fn mint(config: &AuthConfig, subject: &str, role: Role, ttl: Duration) -> Result<String, ConfigError> {
     if config.algorithm != JwtAlgorithm::HS256 {
@@ -233,50 +139,8 @@ pub fn mint(config: &AuthConfig, subject: &str, role: Role, ttl: Duration) -> Re
         Role::Tenant(tenant) => (RoleClaim::Tenant, Some(tenant.as_uuid())),
     };
     let claims = Claims { sub: subject.to_owned(), iat: now, exp: now + ttl.as_secs(), role, tenant_id };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(secret(config)?))
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(config.secret()?))
         .map_err(|e| ConfigError::new("auth.jwt_secret", e.to_string()))
-}
-
-// The bearer scheme of the OpenAPI document, so Swagger UI can authorize; its doc comment is what the
-// Authorize dialog shows.
-/// A JWT. Mint one with `tenantmq token --admin` (every operation) or `tenantmq token --tenant <id>` (one
-/// tenant's reads, publishes and dead letters); it is signed with the service's configured secret. Paste the
-/// token alone, without `Bearer `.
-#[derive(SecurityScheme)]
-#[oai(ty = "bearer", bearer_format = "JWT", rename = "BearerAuth")]
-#[allow(dead_code)]
-struct BearerAuth(Bearer);
-
-/// The authenticated caller, as a handler parameter. Documented as the bearer scheme; verified by the
-/// service's [`Authenticator`], which also lets every request through as admin when authentication is off.
-impl<'a> ApiExtractor<'a> for Principal {
-    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
-    type ParamType = ();
-    type ParamRawType = ();
-
-    fn register(registry: &mut Registry) {
-        <BearerAuth as ApiExtractor>::register(registry);
-    }
-
-    fn security_schemes() -> Vec<&'static str> {
-        <BearerAuth as ApiExtractor>::security_schemes()
-    }
-
-    async fn from_request(
-        request: &'a Request,
-        _body: &mut RequestBody,
-        _param_opts: ExtractParamOptions<Self::ParamType>,
-    ) -> poem::Result<Self> {
-        let state =
-            request.data::<AppState>().ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
-        let mut headers = request.headers().get_all(poem::http::header::AUTHORIZATION).iter();
-        let authorization =
-            headers.next().map(|value| value.to_str().map_err(|_| AuthError::Invalid("not text".into())));
-        if headers.next().is_some() {
-            return Err(AuthError::Ambiguous.into());
-        }
-        Ok(state.authenticator.authenticate(authorization.transpose()?)?)
-    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,118 @@
 //! Layered configuration: built-in defaults < `config/default.yaml` < `--config FILE` < `TENANTMQ_…`
 //! environment variables (`__` separates nesting levels).
 
-use std::{fmt, num::NonZeroU16, path::Path, time::Duration};
+use std::{
+    fmt,
+    num::NonZeroU16,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use figment::{
     Figment,
     providers::{Env, Format, Serialized, Yaml},
 };
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    auth::{AuthConfig, Authenticator},
-    domain::tenant::{Policy, Workers},
-};
+use crate::domain::tenant::{Policy, Workers};
 
 /// The file read on every start when it exists, relative to the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "config/default.yaml";
 const ENV_PREFIX: &str = "TENANTMQ_";
+
+/// The secret `config/default.yaml` ships for development; the service warns when it runs with it.
+pub const DEVELOPMENT_SECRET: &str = "tenantmq-development-secret-change-me";
+
+/// Secrets shorter than this are refused: HS256 wants at least 256 bits.
+const MIN_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AuthConfig {
+    /// Turning authentication off makes every request an admin; only by explicit configuration.
+    pub enabled: bool,
+    pub algorithm: JwtAlgorithm,
+    /// The HS256 secret (at least 32 bytes).
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256/ES256.
+    pub public_key_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp`, in seconds.
+    pub leeway_seconds: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            algorithm: JwtAlgorithm::HS256,
+            jwt_secret: None,
+            public_key_file: None,
+            leeway_seconds: 30,
+        }
+    }
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("enabled", &self.enabled)
+            .field("algorithm", &self.algorithm)
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field("public_key_file", &self.public_key_file)
+            .finish()
+    }
+}
+
+impl AuthConfig {
+    /// The algorithm and key tokens are verified with (`None` while authentication is off): the secret, or
+    /// the public key read from `public_key_file`.
+    pub fn verification_key(&self) -> Result<Option<(Algorithm, DecodingKey)>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let verification = match self.algorithm {
+            JwtAlgorithm::HS256 => (Algorithm::HS256, DecodingKey::from_secret(self.secret()?)),
+            JwtAlgorithm::RS256 => (
+                Algorithm::RS256,
+                DecodingKey::from_rsa_pem(&self.public_key()?)
+                    .map_err(|e| ConfigError::new("auth.public_key_file", format!("not an RSA public key: {e}")))?,
+            ),
+            JwtAlgorithm::ES256 => (
+                Algorithm::ES256,
+                DecodingKey::from_ec_pem(&self.public_key()?)
+                    .map_err(|e| ConfigError::new("auth.public_key_file", format!("not an EC public key: {e}")))?,
+            ),
+        };
+        Ok(Some(verification))
+    }
+
+    /// The HS256 secret, refused when missing or too short.
+    pub fn secret(&self) -> Result<&[u8], ConfigError> {
+        let secret = self.jwt_secret.as_deref().ok_or_else(|| {
+            ConfigError::new("auth.jwt_secret", "must be set while auth.enabled is true (or set auth.enabled: false)")
+        })?;
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(ConfigError::new("auth.jwt_secret", format!("must be at least {MIN_SECRET_BYTES} bytes")));
+        }
+        Ok(secret.as_bytes())
+    }
+
+    fn public_key(&self) -> Result<Vec<u8>, ConfigError> {
+        let path = self
+            .public_key_file
+            .as_ref()
+            .ok_or_else(|| ConfigError::new("auth.public_key_file", "must be set for RS256 and ES256"))?;
+        std::fs::read(path).map_err(|e| ConfigError::new("auth.public_key_file", format!("{}: {e}", path.display())))
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -461,9 +557,9 @@ impl Config {
         if self.projectors.batch_size == 0 {
             return Err(ConfigError::new("projectors.batch_size", "must be at least 1"));
         }
-        Authenticator::from_config(&self.auth)?;
+        self.auth.verification_key()?;
         if self.auth.enabled
-            && self.auth.jwt_secret.as_deref() == Some(crate::auth::DEVELOPMENT_SECRET)
+            && self.auth.jwt_secret.as_deref() == Some(DEVELOPMENT_SECRET)
             && !is_loopback(&self.server.host)
         {
             return Err(ConfigError::new(
@@ -595,7 +691,7 @@ mod tests {
     #[test]
     fn the_development_secret_is_refused_off_loopback() {
         let mut config = Config::default();
-        config.auth.jwt_secret = Some(crate::auth::DEVELOPMENT_SECRET.into());
+        config.auth.jwt_secret = Some(DEVELOPMENT_SECRET.into());
         for host in ["127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"] {
             config.server.host = host.into();
             assert!(config.validate().is_ok(), "{host}");

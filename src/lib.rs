@@ -6,7 +6,7 @@
 
 pub mod api;
 pub mod auth;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod commands;
 pub mod config;
 pub mod domain;
@@ -70,7 +70,7 @@ pub struct Application {
 impl Application {
     /// Prepares the database, starts the projectors and binds the HTTP listener (port 0 picks a free port).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        if config.auth.enabled && config.auth.jwt_secret.as_deref() == Some(auth::DEVELOPMENT_SECRET) {
+        if config.auth.enabled && config.auth.jwt_secret.as_deref() == Some(config::DEVELOPMENT_SECRET) {
             tracing::warn!("auth.jwt_secret is the development secret from config/default.yaml: set your own");
         }
         if !config.auth.enabled {
@@ -92,7 +92,8 @@ impl Application {
             RunnerSettings { batch_size: config.projectors.batch_size, poll_interval: config.projectors.poll_interval },
             &background,
         );
-        metrics.observe_projectors(&projections, store.subscribe_head());
+        let progress = projections.clone();
+        metrics.observe_projectors(move || progress.positions(), store.subscribe_head());
         let (visibility_lag, lag) = tokio::sync::watch::channel(Duration::ZERO);
         metrics.observe_read_visibility(lag);
         let (horizon_db, interval, stop) = (db.clone(), config.metrics.visibility_poll_interval, background.clone());

@@ -1,10 +1,10 @@
 //! Metrics: OpenTelemetry instruments exported in the Prometheus text format by opentelemetry-prometheus,
 //! into a registry of this application's own (tests run many applications in one process).
 //!
-//! Per-tenant series are *observable* instruments whose callbacks read the [`TenantManager`] at scrape time.
+//! Per-tenant series are *observable* instruments whose callbacks read the runtime's numbers at scrape time.
 //! The OpenTelemetry SDK keeps every attribute set a synchronous instrument was ever given, so a deleted
 //! tenant's series would stay forever; an observable instrument reports only what its callback observed in
-//! the current collection, so a tenant the manager forgot disappears from `/metrics`. Histograms carry no
+//! the current collection, so a tenant the runtime forgot disappears from `/metrics`. Histograms carry no
 //! tenant label for the same reason. Every name is documented in `docs/prometheus-metrics-guide.md`.
 
 use std::{
@@ -23,13 +23,48 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use prometheus::{Encoder, TextEncoder};
 use tokio::sync::watch;
 
-use crate::{
-    projectors::Projections,
-    runtime::{
-        Broker, TenantManager,
-        manager::{FailureReason, QueueKind, TenantStatsSnapshot},
-    },
-};
+use crate::domain::tenant::{QueueKind, TenantId};
+
+/// Why processing a message failed (`tenantmq_messages_failed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// It may succeed later (database down): the message is retried.
+    Transient,
+    /// It can never succeed (not JSON, refused by the database): the message is dead-lettered.
+    Permanent,
+}
+
+impl FailureReason {
+    pub const ALL: [Self; 2] = [Self::Transient, Self::Permanent];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+        }
+    }
+}
+
+/// A point-in-time copy of one tenant's numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantStatsSnapshot {
+    pub tenant: TenantId,
+    pub consumed: u64,
+    pub persisted: u64,
+    pub failed_transient: u64,
+    pub failed_permanent: u64,
+    pub retried: u64,
+    pub dead_lettered: u64,
+    pub workers_desired: u16,
+    pub workers_running: u16,
+    pub workers_busy: u16,
+    /// Whether this instance's consumer of the tenant is consuming.
+    pub consumer_up: bool,
+    /// Deliveries this instance holds and has not settled yet.
+    pub unacked: u32,
+    /// Ready messages per [`QueueKind::ALL`], `None` when unknown.
+    pub queue_ready: [Option<u64>; 3],
+}
 
 /// What the reconciler did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,8 +211,8 @@ impl Metrics {
         self.http_requests.add(1, &[method, route, KeyValue::new("status", i64::from(status))]);
     }
 
-    /// Registers the per-tenant series, read from the manager at every scrape.
-    pub fn observe_tenants(&self, manager: &TenantManager) {
+    /// Registers the per-tenant series, read with `tenants` (the runtime's numbers) at every scrape.
+    pub fn observe_tenants(&self, tenants: impl Fn() -> Vec<TenantStatsSnapshot> + Clone + Send + Sync + 'static) {
         type Read = fn(&TenantStatsSnapshot) -> u64;
         let counters: [(&'static str, &'static str, Read); 4] = [
             (
@@ -190,25 +225,25 @@ impl Metrics {
             ("tenantmq.messages.dead_lettered", "Messages sent to the tenant's dead-letter queue", |s| s.dead_lettered),
         ];
         for (name, description, read) in counters {
-            let manager = manager.clone();
+            let tenants = tenants.clone();
             self.meter
                 .u64_observable_counter(name)
                 .with_description(description)
                 .with_callback(move |observer| {
-                    for stats in manager.snapshot() {
+                    for stats in tenants() {
                         observer.observe(read(&stats), &[tenant_label(&stats)]);
                     }
                 })
                 .build();
         }
-        let failures = manager.clone();
+        let failures = tenants.clone();
         self.meter
             .u64_observable_counter("tenantmq.messages.failed")
             .with_description(
                 "Processing attempts that failed, by reason (transient: retried; permanent: dead-lettered)",
             )
             .with_callback(move |observer| {
-                for stats in failures.snapshot() {
+                for stats in failures() {
                     for reason in FailureReason::ALL {
                         let count = match reason {
                             FailureReason::Transient => stats.failed_transient,
@@ -236,23 +271,23 @@ impl Metrics {
             ),
         ];
         for (name, description, read) in gauges {
-            let manager = manager.clone();
+            let tenants = tenants.clone();
             self.meter
                 .u64_observable_gauge(name)
                 .with_description(description)
                 .with_callback(move |observer| {
-                    for stats in manager.snapshot() {
+                    for stats in tenants() {
                         observer.observe(read(&stats), &[tenant_label(&stats)]);
                     }
                 })
                 .build();
         }
-        let queues = manager.clone();
+        let queues = tenants;
         self.meter
             .u64_observable_gauge("tenantmq.queue.messages_ready")
             .with_description("Messages ready in the tenant's queues, by queue (polled from the broker)")
             .with_callback(move |observer| {
-                for stats in queues.snapshot() {
+                for stats in queues() {
                     for (queue, ready) in QueueKind::ALL.iter().zip(stats.queue_ready) {
                         if let Some(ready) = ready {
                             observer.observe(ready, &[tenant_label(&stats), KeyValue::new("queue", queue.as_str())]);
@@ -263,49 +298,55 @@ impl Metrics {
             .build();
     }
 
-    /// Registers the broker connection's state.
-    pub fn observe_broker(&self, broker: &Broker) {
-        let connection = broker.clone();
+    /// Registers the broker connection's state: `generation` is the current connection's number (each
+    /// connection gets the next one), `None` while disconnected.
+    pub fn observe_broker(&self, generation: impl Fn() -> Option<u64> + Clone + Send + Sync + 'static) {
+        let connection = generation.clone();
         self.meter
             .u64_observable_gauge("tenantmq.broker.connected")
             .with_description("1 while the RabbitMQ connection is up, else 0")
-            .with_callback(move |observer| observer.observe(connection.is_connected().into(), &[]))
+            .with_callback(move |observer| observer.observe(connection().is_some().into(), &[]))
             .build();
-        // Each connection gets the next generation number, so reconnects are the highest generation seen
-        // minus the first connection; remembered while disconnected.
-        let connections = broker.subscribe();
+        // Reconnects are the highest generation seen minus the first connection; remembered while
+        // disconnected.
         let highest_generation = Arc::new(AtomicU64::new(0));
         self.meter
             .u64_observable_counter("tenantmq.broker.reconnects")
             .with_description("Times the RabbitMQ connection was re-established")
             .with_callback(move |observer| {
-                if let Some(connected) = connections.borrow().as_ref() {
-                    highest_generation.fetch_max(connected.generation, Ordering::Relaxed);
+                if let Some(current) = generation() {
+                    highest_generation.fetch_max(current, Ordering::Relaxed);
                 }
                 observer.observe(highest_generation.load(Ordering::Relaxed).saturating_sub(1), &[]);
             })
             .build();
     }
 
-    /// Registers each projector's position and its distance from the head of the log.
-    pub fn observe_projectors(&self, projections: &Projections, head: watch::Receiver<i64>) {
-        let positions = projections.clone();
+    /// Registers each projector's position (`positions`: name and position of each) and its distance from
+    /// the head of the log.
+    pub fn observe_projectors<P>(
+        &self,
+        positions: impl Fn() -> P + Clone + Send + Sync + 'static,
+        head: watch::Receiver<i64>,
+    ) where
+        P: IntoIterator<Item = (&'static str, i64)>,
+    {
+        let lags = positions.clone();
         self.meter
             .i64_observable_gauge("tenantmq.projector.position")
             .with_description("Position in the event log up to which the projector has applied events")
             .with_callback(move |observer| {
-                for (projector, position) in positions.positions() {
+                for (projector, position) in positions() {
                     observer.observe(position, &[KeyValue::new("projector", projector)]);
                 }
             })
             .build();
-        let lags = projections.clone();
         self.meter
             .i64_observable_gauge("tenantmq.projector.lag_events")
             .with_description("Events in the log the projector has not applied yet (head minus position)")
             .with_callback(move |observer| {
                 let head = *head.borrow();
-                for (projector, position) in lags.positions() {
+                for (projector, position) in lags() {
                     observer.observe((head - position).max(0), &[KeyValue::new("projector", projector)]);
                 }
             })

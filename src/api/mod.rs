@@ -5,13 +5,14 @@
 mod dlq;
 mod events;
 mod health;
-pub mod instrumentation;
-pub mod json_body;
+pub(crate) mod instrumentation;
+pub(crate) mod json_body;
 mod json_text;
 mod messages;
 pub mod pagination;
-pub mod problem;
-pub mod request_context;
+mod principal;
+pub(crate) mod problem;
+pub(crate) mod request_context;
 pub mod server;
 mod tenants;
 

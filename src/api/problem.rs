@@ -88,15 +88,6 @@ impl ApiError {
         Self::Conflict(problem(StatusCode::CONFLICT, "conflict", detail, None))
     }
 
-    pub fn payload_too_large(limit: usize) -> Self {
-        Self::PayloadTooLarge(problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            format!("the request body exceeds the limit of {limit} bytes"),
-            None,
-        ))
-    }
-
     pub fn payload_too_large_field(field: String, limit: usize) -> Self {
         Self::PayloadTooLarge(problem(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -117,6 +108,16 @@ impl ApiError {
             "an unexpected error occurred; it has been logged with the request id",
             None,
         ))
+    }
+}
+
+impl poem::error::ResponseError for AuthError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Ambiguous => StatusCode::BAD_REQUEST,
+            _ => StatusCode::UNAUTHORIZED,
+        }
     }
 }
 

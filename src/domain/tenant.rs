@@ -29,10 +29,49 @@ impl TenantId {
         format!("tenant_{}_queue", self.0)
     }
 
+    /// `tenant_{id}_retry`, holding its messages until their next attempt.
+    pub fn retry_queue_name(&self) -> String {
+        format!("tenant_{}_retry", self.0)
+    }
+
+    /// `tenant_{id}_dlq`, its dead letters.
+    pub fn dead_letter_queue_name(&self) -> String {
+        format!("tenant_{}_dlq", self.0)
+    }
+
     /// The name of its `messages` partition. Built from the parsed UUID only (hex digits), never from raw input,
     /// so it is always a safe SQL identifier.
     pub fn partition_name(&self) -> String {
         format!("messages_{}", self.0.simple())
+    }
+}
+
+/// A tenant's queues, as `tenantmq_queue_messages_ready{queue}` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    Main,
+    Retry,
+    DeadLetter,
+}
+
+impl QueueKind {
+    pub const ALL: [Self; 3] = [Self::Main, Self::Retry, Self::DeadLetter];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Main => "main",
+            Self::Retry => "retry",
+            Self::DeadLetter => "dlq",
+        }
+    }
+
+    /// The broker's name for this queue of `tenant`.
+    pub fn queue_name(self, tenant: TenantId) -> String {
+        match self {
+            Self::Main => tenant.queue_name(),
+            Self::Retry => tenant.retry_queue_name(),
+            Self::DeadLetter => tenant.dead_letter_queue_name(),
+        }
     }
 }
 
@@ -79,10 +118,6 @@ impl TenantName {
             return Ok(Self(raw));
         };
         Err(TenantError::InvalidName { reason })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 

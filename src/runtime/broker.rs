@@ -134,8 +134,8 @@ impl TenantQueues {
     pub fn of(tenant: TenantId) -> Self {
         Self {
             queue: tenant.queue_name(),
-            retry: format!("tenant_{tenant}_retry"),
-            dead_letters: format!("tenant_{tenant}_dlq"),
+            retry: tenant.retry_queue_name(),
+            dead_letters: tenant.dead_letter_queue_name(),
         }
     }
 }

@@ -12,7 +12,10 @@ use lapin::{
     message::Delivery,
     types::{AMQPValue, FieldTable, ShortString},
 };
+use sea_orm::sqlx;
 use uuid::Uuid;
+
+use crate::store::messages;
 
 use super::broker::{self, BrokerError};
 
@@ -27,6 +30,45 @@ pub const DEAD_LETTERED_AT_HEADER: &str = "x-tenantmq-dead-lettered-at";
 
 /// Reasons are for people; a body is not copied into them, but keep a bound anyway.
 const MAX_REASON_CHARS: usize = 500;
+
+/// What a failed write of messages says about them, which decides what happens to them next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The database cannot be reached or is shutting down: nothing is wrong with the messages; hold them
+    /// back until it is back, without counting an attempt.
+    Unavailable,
+    /// This write failed, another may not (a lock or statement timeout, a missing grant, a deadlock).
+    Transient,
+    /// The database refuses a row's data ([`messages::refuses_row`]). Permanent for that row only:
+    /// [`MessageWriter::insert_isolating`](crate::store::messages::MessageWriter::insert_isolating) keeps it
+    /// from failing the rest of its batch.
+    Refused,
+    /// Retrying cannot help any row: the partition is gone (42P01, the tenant was deleted).
+    Permanent,
+}
+
+pub fn classify(error: &sqlx::Error) -> WriteFailure {
+    if messages::refuses_row(error) {
+        return WriteFailure::Refused;
+    }
+    match (error, messages::sqlstate(error)) {
+        (_, Some("42P01")) => WriteFailure::Permanent,
+        // Connection exceptions, shutdowns and resource exhaustion are about the server, not the data.
+        (_, Some(code)) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
+            WriteFailure::Unavailable
+        }
+        (
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed,
+            _,
+        ) => WriteFailure::Unavailable,
+        _ => WriteFailure::Transient,
+    }
+}
 
 /// A message's failure history, as its headers carry it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,10 @@ use std::{
 
 use tokio::sync::{mpsc, watch};
 
-use crate::domain::tenant::{TenantId, Workers};
+use crate::{
+    domain::tenant::{QueueKind, TenantId, Workers},
+    metrics::{FailureReason, TenantStatsSnapshot},
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsumerState {
@@ -33,63 +36,10 @@ impl ConsumerState {
 /// What the reconciler tells a consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Change the pool size (and the prefetch with it).
-    Resize(Workers),
+    /// The pool size changed ([`TenantRuntime::set_desired`]): follow it, and the prefetch with it.
+    Resize,
     /// The tenant was deleted: stop, and delete its queues.
     Delete,
-}
-
-/// Why processing a message failed (`tenantmq_messages_failed_total{reason}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
-    /// It may succeed later (database down): the message is retried.
-    Transient,
-    /// It can never succeed (not JSON, refused by the database): the message is dead-lettered.
-    Permanent,
-}
-
-impl FailureReason {
-    pub const ALL: [Self; 2] = [Self::Transient, Self::Permanent];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Transient => "transient",
-            Self::Permanent => "permanent",
-        }
-    }
-}
-
-/// A tenant's queues, as `tenantmq_queue_messages_ready{queue}` names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueKind {
-    Main,
-    Retry,
-    DeadLetter,
-}
-
-impl QueueKind {
-    pub const ALL: [Self; 3] = [Self::Main, Self::Retry, Self::DeadLetter];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Main => "main",
-            Self::Retry => "retry",
-            Self::DeadLetter => "dlq",
-        }
-    }
-
-    /// The broker's name for this queue of `tenant`.
-    pub fn queue_name(self, tenant: TenantId) -> String {
-        match self {
-            Self::Main => tenant.queue_name(),
-            Self::Retry => format!("tenant_{tenant}_retry"),
-            Self::DeadLetter => format!("tenant_{tenant}_dlq"),
-        }
-    }
-
-    const fn index(self) -> usize {
-        self as usize
-    }
 }
 
 /// A tenant's message counters and last known queue depths, for `/metrics`. Kept by the [`TenantManager`]
@@ -108,27 +58,6 @@ pub struct TenantStats {
     /// Ready messages per [`QueueKind`] from the last poll; -1 when unknown (the queue does not exist, or
     /// the broker could not be asked).
     queue_ready: [AtomicI64; 3],
-}
-
-/// A point-in-time copy of one tenant's numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TenantStatsSnapshot {
-    pub tenant: TenantId,
-    pub consumed: u64,
-    pub persisted: u64,
-    pub failed_transient: u64,
-    pub failed_permanent: u64,
-    pub retried: u64,
-    pub dead_lettered: u64,
-    pub workers_desired: u16,
-    pub workers_running: u16,
-    pub workers_busy: u16,
-    /// Whether this instance's consumer of the tenant is consuming.
-    pub consumer_up: bool,
-    /// Deliveries this instance holds and has not settled yet.
-    pub unacked: u32,
-    /// Ready messages per [`QueueKind::ALL`], `None` when unknown.
-    pub queue_ready: [Option<u64>; 3],
 }
 
 impl TenantStats {
@@ -175,7 +104,7 @@ impl TenantStats {
 
     /// Records a polled queue depth (`None`: unknown).
     pub fn set_queue_ready(&self, queue: QueueKind, ready: Option<u32>) {
-        self.queue_ready[queue.index()].store(ready.map_or(-1, i64::from), Ordering::Relaxed);
+        self.queue_ready[queue as usize].store(ready.map_or(-1, i64::from), Ordering::Relaxed);
     }
 
     fn set_desired(&self, workers: Workers) {

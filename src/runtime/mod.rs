@@ -1,16 +1,16 @@
 //! The runtime: the broker connection, one consumer with a worker pool per live tenant (kept in step with
 //! the tenants projection by the reconciler), and the publisher.
 
-pub mod acks;
+pub(crate) mod acks;
 pub mod broker;
 pub mod consumer;
-pub mod dead_letters;
-pub mod failure;
-pub mod manager;
+pub(crate) mod dead_letters;
+pub(crate) mod failure;
+pub(crate) mod manager;
 pub mod publisher;
-pub mod queue_depth;
-pub mod reconciler;
-pub mod retirement;
+pub(crate) mod queue_depth;
+pub(crate) mod reconciler;
+pub(crate) mod retirement;
 
 use std::sync::Arc;
 
@@ -47,8 +47,10 @@ impl Runtime {
     ) -> Self {
         let broker = Broker::new(config.rabbitmq.url.clone());
         let manager = TenantManager::default();
-        metrics.observe_broker(&broker);
-        metrics.observe_tenants(&manager);
+        let connections = broker.subscribe();
+        metrics.observe_broker(move || connections.borrow().as_ref().map(|connected| connected.generation));
+        let stats = manager.clone();
+        metrics.observe_tenants(move || stats.snapshot());
         let (tasks, cancel) = background;
         let (supervisor, stop) = (broker.clone(), cancel.clone());
         tasks.spawn(async move {

@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{Broker, TenantManager, broker::Inspector, manager::QueueKind};
+use crate::domain::tenant::QueueKind;
+
+use super::{Broker, TenantManager, broker::Inspector};
 
 /// Polls until `cancel`.
 pub async fn poll(manager: TenantManager, broker: Broker, interval: Duration, cancel: CancellationToken) {

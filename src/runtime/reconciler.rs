@@ -169,7 +169,7 @@ impl Reconciler {
                 Some(running) if running.desired() != workers => {
                     tracing::info!(%tenant, from = running.desired().get(), to = workers.get(), "resizing");
                     running.set_desired(workers);
-                    running.send(Control::Resize(workers));
+                    running.send(Control::Resize);
                     self.metrics.reconciler_action(ReconcilerAction::Resize);
                 }
                 Some(_) => {}

@@ -19,7 +19,7 @@ use crate::{
     metrics::Metrics,
     store::{
         StoreError,
-        messages::{self, MessageWriter, NewMessage, WriteFailure},
+        messages::{self, MessageWriter, NewMessage},
         partitions,
     },
 };
@@ -171,7 +171,7 @@ impl Retirement {
                     })
                     .collect();
                 for (part, error) in writer.insert_isolating(&rows).await {
-                    if messages::classify(&error) != WriteFailure::Refused {
+                    if !messages::refuses_row(&error) {
                         return Err(RetirementError::Write(error));
                     }
                     tracing::warn!(%tenant, messages = part.len(), %error, "discarding a queued message");

@@ -31,9 +31,3 @@ pub async fn save(txn: &DatabaseTransaction, projector: &str, position: i64) -> 
     .await?;
     Ok(())
 }
-
-/// Every projector's position, by name.
-pub async fn all<C: ConnectionTrait>(conn: &C) -> Result<Vec<(String, i64)>, StoreError> {
-    let rows = conn.query_all_raw(stmt("SELECT name, position FROM projector_checkpoints ORDER BY name", [])).await?;
-    rows.iter().map(|row| Ok((row.try_get::<String>("", "name")?, row.try_get::<i64>("", "position")?))).collect()
-}

@@ -59,8 +59,7 @@ impl MessageWriter {
     }
 
     /// Inserts the batch, keeping the database's refusal of one row from failing the others: a statement that
-    /// fails on a data error ([`WriteFailure::Refused`]) is split in halves until each refused row stands
-    /// alone. Every row outside the returned ranges is committed; each range failed with its error.
+    /// fails on a data error ([`refuses_row`]) is split in halves until each refused row stands alone. Every row outside the returned ranges is committed; each range failed with its error.
     pub async fn insert_isolating(&self, messages: &[NewMessage]) -> Vec<(Range<usize>, sqlx::Error)> {
         let mut failed = Vec::new();
         // Parts still to write, the next one last.
@@ -71,7 +70,7 @@ impl MessageWriter {
                 continue;
             }
             let Err(error) = self.insert(&messages[part.clone()]).await else { continue };
-            if part.len() > 1 && classify(&error) == WriteFailure::Refused {
+            if part.len() > 1 && refuses_row(&error) {
                 let middle = part.start + part.len() / 2;
                 parts.push(middle..part.end);
                 parts.push(part.start..middle);
@@ -83,42 +82,18 @@ impl MessageWriter {
     }
 }
 
-/// What a failed write says about the messages in it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteFailure {
-    /// The database cannot be reached or is shutting down: nothing is wrong with the messages; hold them
-    /// back until it is back, without counting an attempt.
-    Unavailable,
-    /// This write failed, another may not (a lock or statement timeout, a missing grant, a deadlock).
-    Transient,
-    /// The database refuses a row's data: class 22 (e.g. a `\u0000`, which jsonb rejects), a constraint
-    /// (class 23), or a limit of the server (class 54, e.g. nesting deeper than its stack allows). Permanent
-    /// for that row only: [`MessageWriter::insert_isolating`] keeps it from failing the rest of its batch.
-    Refused,
-    /// Retrying cannot help any row: the partition is gone (42P01, the tenant was deleted).
-    Permanent,
+/// Whether the database refused a row's data rather than the write: class 22 (e.g. a `\u0000`, which jsonb
+/// rejects), a constraint (class 23), or a limit of the server (class 54, e.g. nesting deeper than its stack
+/// allows). Such an error is about one row, so [`MessageWriter::insert_isolating`] splits the batch around it.
+pub fn refuses_row(error: &sqlx::Error) -> bool {
+    sqlstate(error).is_some_and(|code| code.starts_with("22") || code.starts_with("23") || code.starts_with("54"))
 }
 
-pub fn classify(error: &sqlx::Error) -> WriteFailure {
+/// The SQLSTATE of an error the server answered with.
+pub fn sqlstate(error: &sqlx::Error) -> Option<&str> {
     match error {
-        sqlx::Error::Database(e) => match e.try_downcast_ref::<PgDatabaseError>().map(PgDatabaseError::code) {
-            Some(code) if code.starts_with("22") || code.starts_with("23") || code.starts_with("54") => {
-                WriteFailure::Refused
-            }
-            Some("42P01") => WriteFailure::Permanent,
-            // Connection exceptions, shutdowns and resource exhaustion are about the server, not the data.
-            Some(code) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
-                WriteFailure::Unavailable
-            }
-            _ => WriteFailure::Transient,
-        },
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => WriteFailure::Unavailable,
-        _ => WriteFailure::Transient,
+        sqlx::Error::Database(e) => e.try_downcast_ref::<PgDatabaseError>().map(PgDatabaseError::code),
+        _ => None,
     }
 }
 

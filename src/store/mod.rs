@@ -1,12 +1,12 @@
 //! Persistence at the edge: the database connection, the event log and the read models.
 
-pub mod checkpoints;
+pub(crate) mod checkpoints;
 pub mod database;
 pub mod events;
 pub mod messages;
 pub mod partitions;
 pub mod tenants;
-pub mod visibility;
+pub(crate) mod visibility;
 
 use sea_orm::DbErr;
 

@@ -37,7 +37,7 @@ async fn peek(app: &TestApp, path: &str) -> Value {
 pub(crate) async fn lock_partition(database_url: &str, tenant: &str) -> PgConnection {
     let mut connection = PgConnection::connect(database_url).await.expect("lock connection");
     connection.execute("BEGIN").await.expect("begin");
-    let partition = format!("messages_{}", tenant.replace('-', ""));
+    let partition = crate::helpers::partition(tenant);
     let lock = format!("LOCK TABLE {partition} IN SHARE MODE");
     connection.execute(sea_orm::sqlx::AssertSqlSafe(lock)).await.expect("lock");
     connection

@@ -277,7 +277,7 @@ async fn deleting_a_tenant_with_detach_archives_every_accepted_message() {
     .await;
 
     assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
-    let archive = format!("messages_{}", tenant.replace('-', ""));
+    let archive = crate::helpers::partition(&tenant);
     let attached = format!("SELECT count(*) FROM pg_inherits WHERE inhrelid = '{archive}'::regclass");
     assert_eq!(app.scalar_i64(&attached).await, 0, "detached");
     assert_eq!(app.scalar_i64(&format!("SELECT count(*) FROM {archive}")).await, 500, "every message archived");
@@ -322,7 +322,7 @@ async fn after_delete_answers_the_consumer_is_gone_and_publishing_is_404() {
     let answered = Instant::now();
     answered_at.send_replace(Some(answered));
     assert_eq!(queue_state(&broker, queue(&tenant)).await, None, "the consumer stopped before the answer");
-    let partition = format!("SELECT count(*) FROM pg_class WHERE relname = 'messages_{}'", tenant.replace('-', ""));
+    let partition = format!("SELECT count(*) FROM pg_class WHERE relname = '{}'", crate::helpers::partition(&tenant));
     assert_eq!(app.scalar_i64(&partition).await, 0);
 
     let answers = publisher.await.expect("publisher");

@@ -10,6 +10,7 @@ use tenantmq::{
     Application,
     auth::{self, Role},
     config::{Config, TelemetryConfig},
+    domain::tenant::TenantId,
     telemetry::Telemetry,
 };
 use tokio::task::JoinHandle;
@@ -273,7 +274,7 @@ impl TestApp {
 /// Makes every insert statement into the tenant's partition take at least `seconds` longer (a statement
 /// trigger), so that a test can watch messages while they are still flowing.
 pub async fn slow_down_inserts(db: &DatabaseConnection, tenant: &str, seconds: f64) {
-    let partition = format!("messages_{}", tenant.replace('-', ""));
+    let partition = partition(tenant);
     db.execute_unprepared(&format!(
         "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
@@ -283,16 +284,26 @@ pub async fn slow_down_inserts(db: &DatabaseConnection, tenant: &str, seconds: f
     .expect("slow insert trigger");
 }
 
+/// The tenant id as the service parses it, so that queue and partition names come from the one place that
+/// spells them.
+fn tenant_id(tenant: &str) -> TenantId {
+    tenant.parse().expect("a tenant id")
+}
+
 pub fn queue(tenant: &str) -> String {
-    format!("tenant_{tenant}_queue")
+    tenant_id(tenant).queue_name()
 }
 
 pub fn dlq(tenant: &str) -> String {
-    format!("tenant_{tenant}_dlq")
+    tenant_id(tenant).dead_letter_queue_name()
 }
 
 pub fn retry_queue(tenant: &str) -> String {
-    format!("tenant_{tenant}_retry")
+    tenant_id(tenant).retry_queue_name()
+}
+
+pub fn partition(tenant: &str) -> String {
+    tenant_id(tenant).partition_name()
 }
 
 /// Waits until the tenant's queue has this instance's consumer.

@@ -177,7 +177,7 @@ async fn queue_depth_rises_while_the_consumer_is_held_back_and_falls_to_zero() {
     await_consumer(&amqp().await, &tenant).await;
 
     let hold = app.db.begin().await.expect("transaction");
-    let partition = format!("messages_{}", tenant.replace('-', ""));
+    let partition = crate::helpers::partition(&tenant);
     hold.execute_unprepared(&format!("LOCK TABLE {partition} IN ACCESS EXCLUSIVE MODE")).await.expect("lock");
     let messages: Vec<Value> = (0..MESSAGES as usize).map(|i| json!({ "payload": i })).collect();
     let response = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages })).await;

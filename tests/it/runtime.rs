@@ -39,7 +39,7 @@ async fn a_tenant_gets_a_queue_with_one_consumer_and_deletion_removes_queue_and_
         join_all(gone.iter().map(|q| queue_state(&broker, q))).await.iter().all(Option::is_none).then_some(())
     })
     .await;
-    let partition = format!("messages_{}", tenant.replace('-', ""));
+    let partition = crate::helpers::partition(&tenant);
     assert_eq!(app.scalar_i64(&format!("SELECT count(*) FROM pg_class WHERE relname = '{partition}'")).await, 0);
     assert_eq!(app.get(&format!("/tenants/{tenant}")).await.status(), StatusCode::NOT_FOUND);
     app.stop().await;

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tenantmq::domain::tenant::TenantId;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, assert_problem};
@@ -60,7 +61,7 @@ async fn partition_exists_after_create_and_is_gone_after_delete() {
     let app = TestApp::spawn().await;
     let tenant = app.create_tenant("partitioned").await;
     let id: Uuid = tenant["id"].as_str().expect("id").parse().expect("uuid");
-    let partition = format!("messages_{}", id.simple());
+    let partition = TenantId::from_uuid(id).partition_name();
     let attached = format!(
         "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
          WHERE i.inhparent = 'messages'::regclass AND c.relname = '{partition}'"
@@ -80,7 +81,7 @@ async fn detach_on_delete_keeps_the_partition_as_a_standalone_table() {
     let app = TestApp::spawn_with(config).await;
     let tenant = app.create_tenant("archived").await;
     let id: Uuid = tenant["id"].as_str().expect("id").parse().expect("uuid");
-    let partition = format!("messages_{}", id.simple());
+    let partition = TenantId::from_uuid(id).partition_name();
     assert_eq!(app.delete(&format!("/tenants/{id}")).await.status(), StatusCode::NO_CONTENT);
     let attached = format!(
         "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \

@@ -1,0 +1,54 @@
+//! The caller of an operation, as a handler parameter: documented as the bearer scheme, verified by the
+//! service's [`Authenticator`](crate::auth::Authenticator).
+
+use poem::{Request, RequestBody, http::StatusCode};
+use poem_openapi::{
+    ApiExtractor, ApiExtractorType, ExtractParamOptions, SecurityScheme, auth::Bearer, registry::Registry,
+};
+
+use crate::auth::{AuthError, Principal};
+
+use super::AppState;
+
+// The bearer scheme of the OpenAPI document, so Swagger UI can authorize; its doc comment is what the
+// Authorize dialog shows.
+/// A JWT. Mint one with `tenantmq token --admin` (every operation) or `tenantmq token --tenant <id>` (one
+/// tenant's reads, publishes and dead letters); it is signed with the service's configured secret. Paste the
+/// token alone, without `Bearer `.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", rename = "BearerAuth")]
+#[allow(dead_code)]
+struct BearerAuth(Bearer);
+
+/// The authenticated caller, as a handler parameter. Documented as the bearer scheme; verified by the
+/// service's [`Authenticator`](crate::auth::Authenticator), which also lets every request through as admin
+/// when authentication is off.
+impl<'a> ApiExtractor<'a> for Principal {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        <BearerAuth as ApiExtractor>::register(registry);
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        <BearerAuth as ApiExtractor>::security_schemes()
+    }
+
+    async fn from_request(
+        request: &'a Request,
+        _body: &mut RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let state =
+            request.data::<AppState>().ok_or_else(|| poem::Error::from_status(StatusCode::INTERNAL_SERVER_ERROR))?;
+        let mut headers = request.headers().get_all(poem::http::header::AUTHORIZATION).iter();
+        let authorization =
+            headers.next().map(|value| value.to_str().map_err(|_| AuthError::Invalid("not text".into())));
+        if headers.next().is_some() {
+            return Err(AuthError::Ambiguous.into());
+        }
+        Ok(state.authenticator.authenticate(authorization.transpose()?)?)
+    }
+}

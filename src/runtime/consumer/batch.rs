@@ -1,0 +1,207 @@
+//! Gathering a batch: how long a worker holds it open for more deliveries.
+
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::domain::tenant::Workers;
+
+#[derive(Debug, PartialEq)]
+pub(super) enum Next<T> {
+    Batch(Vec<T>),
+    /// The pool size changed while waiting for work: check whether to retire.
+    Resized,
+    /// The consumer stopped and the channel is drained.
+    Closed,
+}
+
+/// How long a worker holds a batch open for more deliveries.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Linger {
+    /// Waited after each look at the channel that found it empty.
+    pub(super) wait: Duration,
+    /// Longest a batch stays open, from its first delivery.
+    pub(super) max_wait: Duration,
+}
+
+/// Takes up to `max` deliveries: waits for the first, then, while the batch is not full, lets more arrive for
+/// `linger.wait` and takes them, again as long as each wait brought more, until `linger.max_wait`. A lone
+/// message waits `wait` (a zero `wait` takes what is there and goes); under load batches fill up, which is
+/// what makes a write cheap per message. A resize
+/// can interrupt only the wait for the lock or for the first delivery, never a batch being gathered, so no
+/// delivery is ever dropped unsettled.
+pub(super) async fn next_batch<T>(
+    receiver: &Mutex<mpsc::Receiver<T>>,
+    desired: &mut watch::Receiver<Workers>,
+    max: usize,
+    linger: Linger,
+) -> Next<T> {
+    let mut receiver = tokio::select! {
+        receiver = receiver.lock() => receiver,
+        _ = desired.changed() => return Next::Resized,
+    };
+    let first = tokio::select! {
+        first = receiver.recv() => first,
+        _ = desired.changed() => return Next::Resized,
+    };
+    let Some(first) = first else { return Next::Closed };
+    let mut batch = Vec::with_capacity(max);
+    batch.push(first);
+    // Sleeping and then taking what arrived wakes this task once per wait instead of once per delivery.
+    let closes = tokio::time::Instant::now() + linger.max_wait;
+    let mut full = take_ready(&mut receiver, &mut batch, max);
+    while !full && !linger.wait.is_zero() {
+        let before = batch.len();
+        let now = tokio::time::Instant::now();
+        if now >= closes {
+            break;
+        }
+        tokio::time::sleep_until((now + linger.wait).min(closes)).await;
+        full = take_ready(&mut receiver, &mut batch, max);
+        if batch.len() == before {
+            break;
+        }
+    }
+    Next::Batch(batch)
+}
+
+/// Moves deliveries that are already in the channel into `batch`, up to `max`. True when the batch is full
+/// or no more can come (the consumer stopped).
+pub(super) fn take_ready<T>(receiver: &mut mpsc::Receiver<T>, batch: &mut Vec<T>, max: usize) -> bool {
+    while batch.len() < max {
+        match receiver.try_recv() {
+            Ok(delivery) => batch.push(delivery),
+            Err(mpsc::error::TryRecvError::Empty) => return false,
+            Err(mpsc::error::TryRecvError::Disconnected) => return true,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU16;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const LINGER: Linger = Linger { wait: Duration::from_millis(5), max_wait: Duration::from_millis(25) };
+
+    fn pool_of(workers: u16) -> (watch::Sender<Workers>, watch::Receiver<Workers>) {
+        watch::channel(Workers::new(NonZeroU16::new(workers).expect("non-zero")))
+    }
+
+    async fn gather(receiver: &Mutex<mpsc::Receiver<u32>>, max: usize) -> (Next<u32>, Duration) {
+        let (_size, mut desired) = pool_of(1);
+        let started = Instant::now();
+        let next = next_batch(receiver, &mut desired, max, LINGER).await;
+        (next, started.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lone_message_waits_one_wait() {
+        let (sender, receiver) = mpsc::channel(10);
+        sender.send(1).await.expect("open");
+        let (next, took) = gather(&Mutex::new(receiver), 100).await;
+        assert_eq!(next, Next::Batch(vec![1]));
+        assert_eq!(took, LINGER.wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_batch_goes_at_once_and_leaves_the_rest() {
+        let (sender, receiver) = mpsc::channel(10);
+        for n in 0..7 {
+            sender.send(n).await.expect("open");
+        }
+        let receiver = Mutex::new(receiver);
+        let (next, took) = gather(&receiver, 5).await;
+        assert_eq!(next, Next::Batch(vec![0, 1, 2, 3, 4]));
+        assert_eq!(took, Duration::ZERO);
+        let (next, _) = gather(&receiver, 5).await;
+        assert_eq!(next, Next::Batch(vec![5, 6]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_keeps_the_batch_open_until_max_wait() {
+        let (sender, receiver) = mpsc::channel(100);
+        sender.send(0).await.expect("open");
+        let producer = tokio::spawn(async move {
+            for n in 1..=40 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if sender.send(n).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (next, took) = gather(&Mutex::new(receiver), 100).await;
+        producer.abort();
+        assert_eq!(took, LINGER.max_wait);
+        let Next::Batch(batch) = next else { panic!("expected a batch, got {next:?}") };
+        // One every 2 ms for 25 ms, in order and without gaps.
+        assert_eq!(batch, (0..=12).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_batch_closes_after_a_wait_that_brought_nothing() {
+        let (sender, receiver) = mpsc::channel(100);
+        sender.send(0).await.expect("open");
+        let producer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            sender.send(1).await.expect("open");
+            // Then silence, with the channel still open.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let (next, took) = gather(&Mutex::new(receiver), 100).await;
+        producer.abort();
+        assert_eq!(next, Next::Batch(vec![0, 1]));
+        assert_eq!(took, 2 * LINGER.wait);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_wait_takes_what_is_there_and_goes() {
+        let (sender, receiver) = mpsc::channel(10);
+        for n in 0..3 {
+            sender.send(n).await.expect("open");
+        }
+        let (_size, mut desired) = pool_of(1);
+        let started = Instant::now();
+        let no_linger = Linger { wait: Duration::ZERO, max_wait: Duration::ZERO };
+        let next = next_batch(&Mutex::new(receiver), &mut desired, 100, no_linger).await;
+        assert_eq!(next, Next::Batch(vec![0, 1, 2]));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_consumer_that_stops_during_the_wait_gets_its_batch_written() {
+        let (sender, receiver) = mpsc::channel(10);
+        sender.send(0).await.expect("open");
+        let stop = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            sender.send(1).await.expect("open");
+            drop(sender);
+        });
+        let receiver = Mutex::new(receiver);
+        let (next, took) = gather(&receiver, 100).await;
+        stop.await.expect("sender task");
+        // Taken at the end of the first wait, without waiting again for a consumer that is gone.
+        assert_eq!(next, Next::Batch(vec![0, 1]));
+        assert_eq!(took, LINGER.wait);
+        assert_eq!(gather(&receiver, 100).await.0, Next::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_channel_ends_the_worker_and_a_resize_interrupts_the_wait_for_work() {
+        let (sender, receiver) = mpsc::channel::<u32>(1);
+        let receiver = Mutex::new(receiver);
+        let (size, mut desired) = pool_of(2);
+        let resize = async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            size.send_replace(Workers::new(NonZeroU16::MIN));
+        };
+        let (next, ()) = tokio::join!(next_batch(&receiver, &mut desired, 10, LINGER), resize);
+        assert_eq!(next, Next::Resized);
+        drop(sender);
+        assert_eq!(next_batch(&receiver, &mut desired, 10, LINGER).await, Next::Closed);
+    }
+}

@@ -1,0 +1,211 @@
+//! Processing a batch: decoding deliveries into rows, the insert, and settling each delivery (ack after
+//! the commit, retry, dead letter or hold back while the database is unavailable); the row id rule.
+
+use lapin::{
+    message::Delivery,
+    options::{BasicAckOptions, BasicNackOptions},
+};
+use opentelemetry::trace::TraceContextExt;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use crate::{
+    domain::{payload, tenant::TenantId},
+    metrics::FailureReason,
+    store::messages::NewMessage,
+    telemetry,
+};
+
+use crate::runtime::{
+    broker::{self, BrokerError},
+    failure::{self, Disposition, Failure, FailureRecord, WriteFailure},
+};
+
+use super::pool::WorkerContext;
+
+/// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
+/// queue or the DLQ (see [`failure`](super::failure)). Returns what must go back to the queue because the
+/// database is unavailable (the caller pauses first, so a database that is down is not hammered).
+///
+/// The `handle` span links to the trace context each message carries (its `publish` span): a batch holds
+/// messages of many traces, and a span has one parent, so links, not parenthood, join the traces.
+#[tracing::instrument(name = "handle", skip_all, fields(tenant = %context.runtime.tenant, messages = batch.len()))]
+pub(super) async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery> {
+    let span = tracing::Span::current();
+    for delivery in &batch {
+        let published = telemetry::extract(delivery.properties.headers().as_ref());
+        // add_link ignores an invalid (absent) context.
+        span.add_link(published.span().span_context().clone());
+    }
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut accepted = Vec::with_capacity(batch.len());
+    let mut failed = Vec::new();
+    let tenant = context.runtime.tenant;
+    for delivery in batch {
+        match decode(tenant, &delivery, context.max_payload_depth) {
+            Ok(row) => {
+                rows.push(row);
+                accepted.push(delivery);
+            }
+            Err(reason) => failed.push((row_id(tenant, &delivery), delivery, Failure::Permanent(reason))),
+        }
+    }
+    let mut held_back = Vec::new();
+    // A row the database refuses fails alone; the rest of the batch commits.
+    let refused = context.writer.insert_isolating(&rows).await;
+    let mut refusal_of = vec![None; rows.len()];
+    for (index, (part, _)) in refused.iter().enumerate() {
+        refusal_of[part.clone()].fill(Some(index));
+    }
+    let mut committed = Vec::with_capacity(rows.len());
+    for ((row, delivery), refusal) in rows.into_iter().zip(accepted).zip(refusal_of) {
+        let Some(error) = refusal.map(|index| &refused[index].1) else {
+            committed.push(delivery);
+            continue;
+        };
+        match failure::classify(error) {
+            WriteFailure::Unavailable => held_back.push(delivery),
+            kind => failed.push((row.id, delivery, write_failure(kind, error))),
+        }
+    }
+    if !committed.is_empty() {
+        acknowledge_committed(&committed, context).await;
+    }
+    if !held_back.is_empty() {
+        tracing::warn!(%tenant, "the database is unavailable");
+    }
+    let stats = context.runtime.stats();
+    for _ in &held_back {
+        stats.failed(FailureReason::Transient);
+    }
+    for (id, delivery, failure) in failed {
+        stats.failed(match failure {
+            Failure::Transient(_) => FailureReason::Transient,
+            Failure::Permanent(_) => FailureReason::Permanent,
+        });
+        if let Err(delivery) = retry_or_dead_letter(delivery, id, &failure, context).await {
+            held_back.push(*delivery);
+        }
+    }
+    held_back
+}
+
+pub(super) fn write_failure(kind: WriteFailure, error: &sea_orm::sqlx::Error) -> Failure {
+    let reason = format!("the database refused the message: {error}");
+    match kind {
+        WriteFailure::Refused | WriteFailure::Permanent => Failure::Permanent(reason),
+        WriteFailure::Unavailable | WriteFailure::Transient => Failure::Transient(reason),
+    }
+}
+
+/// Moves a failed message to the retry queue or the DLQ, by the retry policy and the attempts it carries.
+/// Gives the delivery back when the copy could not be published (it must then be requeued).
+pub(super) async fn retry_or_dead_letter(
+    delivery: Delivery,
+    id: Uuid,
+    failure: &Failure,
+    context: &WorkerContext,
+) -> Result<(), Box<Delivery>> {
+    let tenant = context.runtime.tenant;
+    let previous = FailureRecord::read(delivery.properties.headers().as_ref());
+    let record = FailureRecord::after(previous, failure.reason(), chrono::Utc::now());
+    let disposition = context.retry.decide(failure, &record);
+    let queue = match disposition {
+        Disposition::Retry { .. } => &context.queues.retry,
+        Disposition::DeadLetter => &context.queues.dead_letters,
+    };
+    if let Err(error) = failure::republish(&context.channel, queue, &delivery, id, &record, disposition).await {
+        tracing::warn!(%tenant, %error, "cannot move a failed message; it goes back to the queue");
+        if matches!(error, BrokerError::Refused) {
+            // The retry or dead-letter queue was deleted from outside (the consumer notices only its own
+            // queue going): declare them again, or the message could only ever be held back.
+            if let Err(error) = broker::declare(&context.channel, tenant, context.queue_type).await {
+                tracing::warn!(%tenant, %error, "cannot declare the tenant's queues again");
+            }
+        }
+        return Err(Box::new(delivery));
+    }
+    match disposition {
+        Disposition::Retry { after } => {
+            context.runtime.stats().retried();
+            tracing::info!(%tenant, %id, attempts = record.attempts, ?after, reason = record.reason, "retrying later");
+        }
+        Disposition::DeadLetter => {
+            tracing::warn!(%tenant, %id, attempts = record.attempts, reason = record.reason, "dead-lettered");
+            context.runtime.stats().dead_lettered();
+        }
+    }
+    settle(&delivery, Outcome::Moved, context).await;
+    Ok(())
+}
+
+/// The namespace of the UUIDv5 row ids of messages whose `message_id` is not a UUID.
+pub(super) const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_0c2e_9a57_4b1e_8d3c_5e2a_71f4_c0b9);
+
+/// A delivery's row id, the same for every delivery of the same message, so a redelivery or a retried copy
+/// finds its row:
+/// - a `message_id` that is a UUID is the id;
+/// - any other non-empty `message_id` gives UUIDv5 of `<tenant id>/<message_id>` in [`MESSAGE_ID_NAMESPACE`];
+/// - without a `message_id` nothing identifies the message across deliveries: it is at-least-once, and its id
+///   is a fresh UUIDv7 stamped as version 8 (time-ordered still), so the row shows it.
+pub fn row_id(tenant: TenantId, delivery: &Delivery) -> Uuid {
+    match delivery.properties.message_id().as_ref().map(|id| id.as_str()).filter(|id| !id.is_empty()) {
+        Some(message_id) => Uuid::try_parse(message_id).unwrap_or_else(|_| named_row_id(tenant, message_id)),
+        None => uuid::Builder::from_custom_bytes(Uuid::now_v7().into_bytes()).into_uuid(),
+    }
+}
+
+pub(super) fn named_row_id(tenant: TenantId, message_id: &str) -> Uuid {
+    use sha1::{Digest, Sha1};
+    let mut hasher = Sha1::new();
+    hasher.update(MESSAGE_ID_NAMESPACE.as_bytes());
+    hasher.update(format!("{tenant}/{message_id}").as_bytes());
+    let digest = hasher.finalize();
+    let mut bytes = [0; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+}
+
+/// The id is [`row_id`]; the body must be JSON that `jsonb` can store.
+pub(crate) fn decode(tenant: TenantId, delivery: &Delivery, max_depth: usize) -> Result<NewMessage, String> {
+    let id = row_id(tenant, delivery);
+    let text = std::str::from_utf8(&delivery.data).map_err(|_| "body is not UTF-8".to_owned())?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| "body is not JSON".to_owned())?;
+    payload::check(text, max_depth).map_err(|error| error.to_string())?;
+    Ok(NewMessage { id, payload: text.to_owned() })
+}
+
+/// Their rows are committed: counted, and acked through the coordinator (in `multiple` acks where safe).
+pub(super) async fn acknowledge_committed(deliveries: &[Delivery], context: &WorkerContext) {
+    context.runtime.stats().persisted(deliveries.len() as u64);
+    for _ in deliveries {
+        context.runtime.delivery_settled();
+    }
+    if let Err(error) = context.acks.committed(deliveries.iter().map(|d| d.delivery_tag)).await {
+        // The channel is gone: the broker redelivers, and the insert is idempotent.
+        tracing::debug!(%error, "could not ack committed deliveries");
+    }
+}
+
+/// How a delivery is settled on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// A copy is in the retry queue or the DLQ: ack.
+    Moved,
+    /// Back to the queue, to be delivered again: nack with requeue.
+    Requeue,
+}
+
+/// Acks or requeues one delivery, then lets the coordinator ack what it held back.
+pub(super) async fn settle(delivery: &Delivery, outcome: Outcome, context: &WorkerContext) {
+    let settled = match outcome {
+        Outcome::Moved => delivery.acker.ack(BasicAckOptions::default()).await,
+        Outcome::Requeue => delivery.acker.nack(BasicNackOptions { requeue: true, multiple: false }).await,
+    };
+    context.runtime.delivery_settled();
+    let released = context.acks.settled_alone(delivery.delivery_tag).await;
+    if let Err(error) = settled.map(|_| ()).and(released) {
+        // The channel is gone: the broker redelivers, and the insert is idempotent.
+        tracing::debug!(%error, ?outcome, "could not settle a delivery");
+    }
+}
