@@ -117,7 +117,7 @@ impl DeadLettersApi {
     ) -> Result<Json<DeadLetterPage>, ApiError> {
         let tenant = live_tenant(&state, &principal, id.0).await?;
         let limit = pagination::limit(limit.0)?;
-        let scope = format!("dlq:{tenant}");
+        let scope = pagination::Listing::DeadLetters(tenant).to_string();
         let skip = pagination::decode_key(cursor.0.as_deref(), &scope, |key| key.parse::<u64>().ok())?.unwrap_or(0);
         // Checked: a crafted cursor must not wrap around the bound.
         if skip.checked_add(limit).is_none_or(|reach| reach > MAX_PEEK_DEPTH) {

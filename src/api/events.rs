@@ -63,7 +63,7 @@ impl EventsApi {
         limit: Query<Option<i64>>,
     ) -> Result<Json<EventPage>, ApiError> {
         principal.require_tenant(TenantId::from_uuid(id.0))?;
-        let scope = format!("events:{}", id.0);
+        let scope = pagination::Listing::Events(TenantId::from_uuid(id.0)).to_string();
         let limit = pagination::limit(limit.0)?;
         let after = pagination::decode(cursor.0.as_deref(), &scope)?;
         let rows = state.events.read_stream(id.0, after.try_into().unwrap_or(i32::MAX), limit + 1).await?;

@@ -219,7 +219,7 @@ impl MessagesApi {
         };
         let tenant = live_tenant(&state, &principal, tenant).await?;
         let limit = pagination::limit(limit.0)?;
-        let scope = format!("messages:{tenant}");
+        let scope = pagination::Listing::Messages(tenant).to_string();
         let after =
             pagination::decode_key(cursor.0.as_deref(), &scope, MessageKey::parse)?.unwrap_or(MessageKey::START);
         let page = messages::page(&state.db, tenant, after, limit, state.max_page_bytes).await?;

@@ -6,7 +6,29 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
+use crate::domain::tenant::TenantId;
+
 use super::problem::ApiError;
+
+/// The listing a cursor belongs to: the one place where cursor scopes are spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    Tenants,
+    Events(TenantId),
+    Messages(TenantId),
+    DeadLetters(TenantId),
+}
+
+impl std::fmt::Display for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tenants => f.write_str("tenants"),
+            Self::Events(tenant) => write!(f, "events:{tenant}"),
+            Self::Messages(tenant) => write!(f, "messages:{tenant}"),
+            Self::DeadLetters(tenant) => write!(f, "dlq:{tenant}"),
+        }
+    }
+}
 
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 1000;
@@ -68,6 +90,16 @@ pub fn page<T, V, K: std::fmt::Display>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listing_scopes_keep_the_spelling_of_cursors_already_handed_out() {
+        let tenant = TenantId::from_uuid(uuid::Uuid::nil());
+        let nil = "00000000-0000-0000-0000-000000000000";
+        assert_eq!(Listing::Tenants.to_string(), "tenants");
+        assert_eq!(Listing::Events(tenant).to_string(), format!("events:{nil}"));
+        assert_eq!(Listing::Messages(tenant).to_string(), format!("messages:{nil}"));
+        assert_eq!(Listing::DeadLetters(tenant).to_string(), format!("dlq:{nil}"));
+    }
 
     #[test]
     fn cursors_round_trip_within_their_scope_only() {

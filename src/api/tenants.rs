@@ -132,8 +132,6 @@ pub enum DeleteTenantResponse {
     Deleted,
 }
 
-const LIST_SCOPE: &str = "tenants";
-
 pub struct TenantsApi;
 
 #[OpenApi(tag = "ApiTags::Tenants")]
@@ -169,9 +167,10 @@ impl TenantsApi {
     ) -> Result<Json<TenantPage>, ApiError> {
         principal.require_admin()?;
         let limit = pagination::limit(limit.0)?;
-        let after = pagination::decode(cursor.0.as_deref(), LIST_SCOPE)?;
+        let scope = pagination::Listing::Tenants.to_string();
+        let after = pagination::decode(cursor.0.as_deref(), &scope)?;
         let rows = state.tenants.list_active(after, limit + 1).await?;
-        let (data, next_cursor) = pagination::page(rows, limit, LIST_SCOPE, |r| r.created_position, Tenant::from);
+        let (data, next_cursor) = pagination::page(rows, limit, &scope, |r| r.created_position, Tenant::from);
         Ok(Json(TenantPage { data, next_cursor }))
     }
 

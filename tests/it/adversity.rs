@@ -13,7 +13,7 @@ use lapin::{
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::{Value, json};
-use tenantmq::auth::Role;
+use tenantmq::{auth::Role, domain::tenant::TenantId};
 use tokio::net::TcpStream;
 
 use crate::{
@@ -190,7 +190,8 @@ async fn dead_letter_operations_are_bounded_and_one_tenants_never_waits_for_anot
     fill_dead_letters(&broker, &shallow, 1).await;
 
     // A crafted cursor whose offset would wrap around the peek bound.
-    let scope = format!("dlq:{deep}");
+    let scope = tenantmq::api::pagination::Listing::DeadLetters(deep.parse().map(TenantId::from_uuid).expect("uuid"))
+        .to_string();
     let wrapping = tenantmq::api::pagination::encode(&scope, u64::MAX - 10);
     assert_problem(
         app.get(&format!("/tenants/{deep}/dlq?limit=1000&cursor={wrapping}")).await,
