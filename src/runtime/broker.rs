@@ -225,22 +225,26 @@ impl<'a> Inspector<'a> {
         Self { broker, channel: None }
     }
 
-    /// `(messages ready, consumers)` of `queue`; `None` when it does not exist or cannot be read now.
-    pub async fn counts(&mut self, queue: &str) -> Option<(u32, u32)> {
-        if self.channel.as_ref().is_none_or(|c| !c.status().connected()) {
-            self.channel = self.broker.channel().await.ok();
-        }
-        let counts = match inspect(self.channel.as_ref()?, queue).await {
-            Ok(counts) => counts,
-            Err(error) => {
-                tracing::debug!(%error, queue, "cannot read a queue's counts");
-                None
-            }
+    /// `(messages ready, consumers)` of `queue`; `None` when it does not exist; a broker error is an error.
+    pub async fn try_counts(&mut self, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
+        let channel = match self.channel.take().filter(|c| c.status().connected()) {
+            Some(channel) => channel,
+            None => self.broker.channel().await?,
         };
-        if counts.is_none() {
-            self.channel = None;
+        let counts = inspect(&channel, queue).await;
+        // The broker has closed the channel after a missing queue or an error: the next question opens another.
+        if matches!(counts, Ok(Some(_))) {
+            self.channel = Some(channel);
         }
         counts
+    }
+
+    /// `(messages ready, consumers)` of `queue`; `None` when it does not exist or cannot be read now.
+    pub async fn counts(&mut self, queue: &str) -> Option<(u32, u32)> {
+        self.try_counts(queue).await.unwrap_or_else(|error| {
+            tracing::debug!(%error, queue, "cannot read a queue's counts");
+            None
+        })
     }
 
     /// The depths of the tenant's three queues and the consumers of its main queue.

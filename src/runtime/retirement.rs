@@ -25,7 +25,7 @@ use crate::{
 };
 
 use super::{
-    broker::{self, Broker, BrokerError, TenantQueues},
+    broker::{self, Broker, BrokerError, Inspector, TenantQueues},
     consumer,
 };
 
@@ -134,13 +134,11 @@ impl Retirement {
         Ok(true)
     }
 
-    /// Ready messages and consumers of `queue`, on a channel of its own (asking for a missing queue closes it).
+    /// Ready messages and consumers of `queue`, never on a channel that does anything else.
     async fn inspect(&self, queue: &str) -> Result<Option<(u32, u32)>, RetirementError> {
-        let channel = self.broker.channel().await?;
-        let counts = broker::inspect(&channel, queue).await?;
-        if channel.status().connected() {
-            let _ = channel.close(200, "inspected".into()).await;
-        }
+        let mut inspector = Inspector::new(&self.broker);
+        let counts = inspector.try_counts(queue).await?;
+        inspector.close().await;
         Ok(counts)
     }
 
