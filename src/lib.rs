@@ -1,13 +1,15 @@
 //! tenantmq: event-sourced multi-tenant messaging on RabbitMQ and PostgreSQL.
 //!
-//! Follow a command through the modules: [`api`] receives it, [`commands`] runs the pure [`domain`] rules and
+//! Follow a command through the modules: [`api`] receives it, [`app`] runs the pure [`domain`] rules and
 //! appends events to the log in [`store`], [`projectors`] derive the read models from the log, and the
-//! [`runtime`]'s reconciler starts, resizes or stops the tenant's consumer, whose workers write the rows.
+//! [`runtime`]'s reconciler starts, resizes or stops the tenant's consumer on the [`broker`], whose workers
+//! write the rows.
 
 pub mod api;
+pub mod app;
 pub mod auth;
 pub(crate) mod backoff;
-pub mod commands;
+pub mod broker;
 pub mod config;
 pub mod domain;
 pub mod metrics;
@@ -24,7 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::AppState,
-    commands::TenantCommands,
+    app::{App, DeadLetterQueues, History, Messages, Readiness, Tenants},
+    broker::{Broker, Publisher},
     config::Config,
     projectors::{PartitionsProjector, RunnerSettings, TenantsProjector},
     runtime::Runtime,
@@ -57,6 +60,8 @@ pub struct Application {
     address: SocketAddr,
     config: Config,
     state: AppState,
+    db: DatabaseConnection,
+    broker: Broker,
     /// The reconciler and the consumers: stopped first, while the broker connection is still up to ack.
     consumer_tasks: JoinSet<&'static str>,
     stop_consumers: CancellationToken,
@@ -101,12 +106,6 @@ impl Application {
             store::visibility::watch_horizon(horizon_db, interval, visibility_lag, stop).await;
             "visibility horizon"
         });
-        let commands = TenantCommands::new(
-            store.clone(),
-            config.tenant_policy(),
-            projections.clone(),
-            config.projectors.command_wait,
-        );
         let stop_consumers = CancellationToken::new();
         let mut consumer_tasks = JoinSet::new();
         let runtime = Runtime::spawn(
@@ -117,13 +116,24 @@ impl Application {
             (&mut background_tasks, &background),
             (&mut consumer_tasks, &stop_consumers),
         );
+        let publisher =
+            Publisher::new(runtime.broker.clone(), config.rabbitmq.publisher_channels, config.rabbitmq.queue_type);
+        let app = App {
+            tenants: Tenants::new(
+                store.clone(),
+                config.tenant_policy(),
+                projections.clone(),
+                config.projectors.command_wait,
+                runtime.manager.clone(),
+                runtime.broker.clone(),
+            ),
+            messages: Messages::new(db.clone(), publisher, config.rabbitmq.publish_timeout, config.read.max_page_bytes),
+            dead_letters: DeadLetterQueues::new(TenantReadModel::new(db.clone()), runtime.broker.clone()),
+            history: History::new(store),
+            readiness: Readiness { db: db.clone(), broker: runtime.broker.clone(), projections },
+        };
         let state = AppState {
-            commands,
-            tenants: TenantReadModel::new(db.clone()),
-            events: store,
-            db,
-            projections,
-            runtime,
+            app,
             metrics,
             authenticator: Arc::new(auth::Authenticator::from_config(&config.auth).map_err(StartupError::Config)?),
             metrics_token: config.metrics.bearer_token.as_deref().map(Arc::from),
@@ -132,7 +142,6 @@ impl Application {
                 batch: config.max_batch_bytes,
                 payload_depth: config.max_payload_depth,
             },
-            max_page_bytes: config.read.max_page_bytes,
         };
 
         match api::server::raise_open_files_limit() {
@@ -153,6 +162,8 @@ impl Application {
             address,
             config,
             state,
+            db,
+            broker: runtime.broker,
             consumer_tasks,
             stop_consumers,
             background_tasks,
@@ -171,7 +182,7 @@ impl Application {
 
     /// The database the service uses.
     pub fn db(&self) -> &DatabaseConnection {
-        &self.state.db
+        &self.db
     }
 
     /// Cancel it to stop the service gracefully.
@@ -189,6 +200,8 @@ impl Application {
             address,
             config,
             state,
+            db,
+            broker,
             mut consumer_tasks,
             stop_consumers,
             mut background_tasks,
@@ -196,7 +209,7 @@ impl Application {
             shutdown,
         } = self;
         tracing::info!(%address, "serving");
-        let routes = api::routes(state.clone());
+        let routes = api::routes(state);
         let requested = Arc::new(OnceCell::new());
         let signal = {
             let requested = requested.clone();
@@ -215,10 +228,10 @@ impl Application {
 
         stop_consumers.cancel();
         join_until(&mut consumer_tasks, deadline).await;
-        state.runtime.broker.close().await;
+        broker.close().await;
         background.cancel();
         join_until(&mut background_tasks, deadline.max(Instant::now() + Duration::from_secs(1))).await;
-        if let Err(error) = state.db.close_by_ref().await {
+        if let Err(error) = db.close_by_ref().await {
             tracing::warn!(%error, "closing the database pool");
         }
         tracing::info!("stopped");

@@ -171,7 +171,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Publish { tenant, body } => {
             let tenant = TenantId::from_uuid(tenant);
-            let id = tenantmq::runtime::publisher::publish_raw(&config.rabbitmq.url, tenant, body.as_bytes())
+            let id = tenantmq::broker::publish::publish_raw(&config.rabbitmq.url, tenant, body.as_bytes())
                 .await
                 .with_context(|| format!("publishing to {}", tenant.queue_name()))?;
             println!("{id}");

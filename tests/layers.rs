@@ -19,9 +19,10 @@ const LAYERS: &[(&str, u8)] = &[
     ("metrics", 2),
     ("auth", 2),
     ("store", 3),
+    ("broker", 3),
     ("projectors", 4),
     ("runtime", 4),
-    ("commands", 5),
+    ("app", 5),
     ("api", 6),
 ];
 
@@ -79,6 +80,25 @@ fn imports_point_down_and_form_no_circle() {
     for circle in circles(&without_known) {
         problems.push(format!("import circle between {}", circle.join(", ")));
     }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The API reaches PostgreSQL, RabbitMQ and the runtime only through the use cases in `app/`; the one
+/// exception is `api/problem.rs`, which maps every layer's errors to problem documents.
+#[test]
+fn handlers_use_the_application_layer_only() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = import_graph(&src);
+    let below_app = ["store", "broker", "runtime", "projectors"];
+    let error_mapping = Path::new("src/api/problem.rs");
+    let problems: Vec<String> = graph
+        .get("api")
+        .into_iter()
+        .flatten()
+        .filter(|(to, _)| below_app.contains(&to.as_str()))
+        .flat_map(|(to, files)| files.iter().filter(|file| *file != error_mapping).map(move |file| (to, file)))
+        .map(|(to, file)| format!("{} imports `{to}`: call a use case in `app/` instead", file.display()))
+        .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -16,7 +16,7 @@ use lapin::{
     types::FieldTable,
 };
 use sea_orm::sqlx;
-use tenantmq::{config::QueueType, domain::tenant::TenantId, runtime::broker, store::partitions};
+use tenantmq::{broker::queues, config::QueueType, domain::tenant::TenantId, store::partitions};
 use tokio::{task::JoinSet, time::Instant};
 use uuid::Uuid;
 
@@ -109,7 +109,7 @@ pub async fn raw_broker(
     let tenants = bench_tenants(tenants);
     let setup = connection.create_channel().await?;
     for tenant in &tenants {
-        broker::declare(&setup, *tenant, QueueType::Classic).await?;
+        queues::declare(&setup, *tenant, QueueType::Classic).await?;
     }
     let acked = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
@@ -185,7 +185,7 @@ pub async fn naive(services: &Services, tenants: usize, settings: ProducerSettin
     let setup = connection.create_channel().await?;
     for tenant in &tenants {
         partitions::create(&db, *tenant).await?;
-        broker::declare(&setup, *tenant, QueueType::Classic).await?;
+        queues::declare(&setup, *tenant, QueueType::Classic).await?;
     }
     let pool = db.get_postgres_connection_pool().clone();
     let mut consumers = JoinSet::new();

@@ -13,9 +13,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tenantmq::{
     Application,
     auth::{self, Role},
+    broker::TenantQueues,
     config::Config,
     domain::tenant::TenantId,
-    runtime::broker::TenantQueues,
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

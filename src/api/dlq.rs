@@ -1,5 +1,5 @@
 //! `/tenants/{id}/dlq`: a tenant's dead letters — what failed for good, and why — to inspect, replay or
-//! purge. See [`crate::runtime::dead_letters`] for how a queue is peeked without losing messages.
+//! purge. See [`crate::broker::dead_letters`] for how a queue is peeked without losing messages.
 
 use std::collections::HashSet;
 
@@ -12,9 +12,9 @@ use poem_openapi::{
 };
 use uuid::Uuid;
 
-use crate::{auth::Principal, runtime::dead_letters::DeadLetter};
+use crate::{app::dead_letters::DeadLetter, auth::Principal};
 
-use super::{ApiTags, AppState, json_body::JsonBody, messages::live_tenant, pagination, problem::ApiError};
+use super::{ApiTags, AppState, json_body::JsonBody, messages::authorized, pagination, problem::ApiError};
 
 /// How deep a peek may reach: each page reads every message before it, so deeper pages get slower. Replay
 /// or purge to get further.
@@ -115,7 +115,7 @@ impl DeadLettersApi {
         /// Page size, 1 to 1000 (default 50).
         limit: Query<Option<i64>>,
     ) -> Result<Json<DeadLetterPage>, ApiError> {
-        let tenant = live_tenant(&state, &principal, id.0).await?;
+        let tenant = authorized(&principal, id.0)?;
         let limit = pagination::limit(limit.0)?;
         let scope = pagination::Listing::DeadLetters(tenant).to_string();
         let skip = pagination::decode_key(cursor.0.as_deref(), &scope, |key| key.parse::<u64>().ok())?.unwrap_or(0);
@@ -127,7 +127,7 @@ impl DeadLettersApi {
             ));
         }
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-        let page = state.runtime.dead_letters.peek(tenant, to_usize(skip), to_usize(limit)).await?;
+        let page = state.app.dead_letters.peek(tenant, to_usize(skip), to_usize(limit)).await?;
         let next_cursor = page.more.then(|| pagination::encode(&scope, skip + limit));
         Ok(Json(DeadLetterPage { data: page.messages.into_iter().map(Into::into).collect(), next_cursor }))
     }
@@ -141,7 +141,7 @@ impl DeadLettersApi {
         id: Path<Uuid>,
         body: JsonBody<ReplayRequest>,
     ) -> Result<ReplayResponse, ApiError> {
-        let tenant = live_tenant(&state, &principal, id.0).await?;
+        let tenant = authorized(&principal, id.0)?;
         let selection = match body.0.ids {
             Some(ids) if ids.len() > MAX_REPLAY_IDS => {
                 return Err(ApiError::bad_request(
@@ -155,7 +155,7 @@ impl DeadLettersApi {
             Some(ids) => Some(ids.into_iter().collect::<HashSet<_>>()),
             None => None,
         };
-        let replayed = state.runtime.dead_letters.replay(tenant, selection).await?;
+        let replayed = state.app.dead_letters.replay(tenant, selection).await?;
         Ok(ReplayResponse::Accepted(Json(ReplayResult {
             replayed: replayed.replayed,
             not_found: replayed.not_found,
@@ -171,8 +171,8 @@ impl DeadLettersApi {
         principal: Principal,
         id: Path<Uuid>,
     ) -> Result<PurgeResponse, ApiError> {
-        let tenant = live_tenant(&state, &principal, id.0).await?;
-        let purged = state.runtime.dead_letters.purge(tenant).await?;
+        let tenant = authorized(&principal, id.0)?;
+        let purged = state.app.dead_letters.purge(tenant).await?;
         tracing::info!(%tenant, purged, actor = %principal.subject, "purged the dead-letter queue");
         Ok(PurgeResponse::Purged)
     }

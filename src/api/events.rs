@@ -5,7 +5,7 @@ use poem::web::Data;
 use poem_openapi::{Object, OpenApi, param::Path, param::Query, payload::Json};
 use uuid::Uuid;
 
-use crate::{auth::Principal, domain::tenant::TenantId, store::events::RecordedEvent};
+use crate::{app::history::RecordedEvent, auth::Principal, domain::tenant::TenantId};
 
 use super::{ApiTags, AppState, pagination, problem::ApiError};
 
@@ -62,14 +62,12 @@ impl EventsApi {
         /// Page size, 1 to 1000 (default 50).
         limit: Query<Option<i64>>,
     ) -> Result<Json<EventPage>, ApiError> {
-        principal.require_tenant(TenantId::from_uuid(id.0))?;
-        let scope = pagination::Listing::Events(TenantId::from_uuid(id.0)).to_string();
+        let tenant = TenantId::from_uuid(id.0);
+        principal.require_tenant(tenant)?;
+        let scope = pagination::Listing::Events(tenant).to_string();
         let limit = pagination::limit(limit.0)?;
         let after = pagination::decode(cursor.0.as_deref(), &scope)?;
-        let rows = state.events.read_stream(id.0, after.try_into().unwrap_or(i32::MAX), limit + 1).await?;
-        if rows.is_empty() && after == 0 {
-            return Err(ApiError::not_found(format!("no tenant {}", id.0)));
-        }
+        let rows = state.app.history.events(tenant, after.try_into().unwrap_or(i32::MAX), limit + 1).await?;
         let (data, next_cursor) = pagination::page(rows, limit, &scope, |e| i64::from(e.version), Event::from);
         Ok(Json(EventPage { data, next_cursor }))
     }

@@ -5,9 +5,6 @@ use poem_openapi::{ApiResponse, Object, OpenApi, payload::Json};
 
 use super::{ApiTags, AppState};
 
-/// How long readiness waits for the database to answer.
-const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
 #[derive(Debug, Object)]
 pub struct Liveness {
     pub status: String,
@@ -47,13 +44,9 @@ impl HealthApi {
     /// Readiness: PostgreSQL and RabbitMQ reachable, projectors caught up
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, state: Data<&AppState>) -> ReadinessResponse {
-        let readiness = Readiness {
-            // A database that is down can make a ping wait for the pool's acquire timeout: answer sooner.
-            database: tokio::time::timeout(PING_TIMEOUT, state.db.ping()).await.is_ok_and(|pinged| pinged.is_ok()),
-            broker: state.runtime.broker.is_connected(),
-            projectors: state.projections.all_caught_up(),
-        };
-        if readiness.database && readiness.broker && readiness.projectors {
+        let report = state.app.readiness.check().await;
+        let readiness = Readiness { database: report.database, broker: report.broker, projectors: report.projectors };
+        if report.ready() {
             ReadinessResponse::Ready(Json(readiness))
         } else {
             ReadinessResponse::NotReady(Json(readiness))

@@ -12,10 +12,9 @@ use serde_json::value::RawValue;
 use uuid::Uuid;
 
 use crate::{
+    app::messages::{MessageKey, MessageRow, OutgoingMessage},
     auth::{Principal, Role},
     domain::{payload, tenant::TenantId},
-    runtime::publisher::OutgoingMessage,
-    store::messages::{self, MessageKey, MessageRow},
 };
 
 use super::{ApiTags, AppState, json_body::JsonBody, json_text::JsonText, pagination, problem::ApiError};
@@ -187,10 +186,10 @@ impl MessagesApi {
         body: JsonBody<PublishRequest>,
     ) -> Result<PublishResponse, ApiError> {
         storable(&body.0.payload, "payload", state.limits.payload_depth)?;
-        let tenant = live_tenant(&state, &principal, id.0).await?;
+        let tenant = authorized(&principal, id.0)?;
         let message = outgoing(body.0);
         let id = message.id;
-        state.runtime.publisher.publish(tenant, &[message]).await?;
+        state.app.messages.publish(tenant, &[message]).await?;
         Ok(PublishResponse::Accepted(Json(Published { id })))
     }
 
@@ -217,12 +216,12 @@ impl MessagesApi {
             (Role::Tenant(own), None) => own.as_uuid(),
             (Role::Admin, None) => return Err(ApiError::bad_request(Some("tenant_id"), "`tenant_id` is required")),
         };
-        let tenant = live_tenant(&state, &principal, tenant).await?;
+        let tenant = authorized(&principal, tenant)?;
         let limit = pagination::limit(limit.0)?;
         let scope = pagination::Listing::Messages(tenant).to_string();
         let after =
             pagination::decode_key(cursor.0.as_deref(), &scope, MessageKey::parse)?.unwrap_or(MessageKey::START);
-        let page = messages::page(&state.db, tenant, after, limit, state.max_page_bytes).await?;
+        let page = state.app.messages.page(tenant, after, limit).await?;
         let last = page.rows.last().map_or(after, MessageKey::of);
         let next_cursor = page.more.then(|| pagination::encode(&scope, last));
         let tail_cursor = pagination::encode(&scope, last);
@@ -253,9 +252,9 @@ impl MessagesApi {
         for (index, request) in requests.iter().enumerate() {
             storable(&request.payload, &format!("messages[{index}].payload"), state.limits.payload_depth)?;
         }
-        let tenant = live_tenant(&state, &principal, id.0).await?;
+        let tenant = authorized(&principal, id.0)?;
         let messages: Vec<OutgoingMessage> = requests.into_iter().map(outgoing).collect();
-        state.runtime.publisher.publish(tenant, &messages).await?;
+        state.app.messages.publish(tenant, &messages).await?;
         Ok(PublishBatchResponse::Accepted(Json(PublishedBatch { ids: messages.iter().map(|m| m.id).collect() })))
     }
 }
@@ -270,13 +269,10 @@ fn outgoing(request: PublishRequest) -> OutgoingMessage {
     OutgoingMessage { id: request.id.unwrap_or_else(Uuid::now_v7), body }
 }
 
-/// The tenant, if the caller may use it and it exists and is not deleted (a deleted tenant's queue must not
-/// come back). Authorization comes first, so another tenant's token learns nothing about existence.
-pub(super) async fn live_tenant(state: &AppState, principal: &Principal, id: Uuid) -> Result<TenantId, ApiError> {
+/// The tenant, if the caller may use it. Asked before the use case looks the tenant up, so another tenant's
+/// token learns nothing about existence.
+pub(super) fn authorized(principal: &Principal, id: Uuid) -> Result<TenantId, ApiError> {
     let tenant = TenantId::from_uuid(id);
     principal.require_tenant(tenant)?;
-    match state.tenants.get_active(tenant).await? {
-        Some(_) => Ok(tenant),
-        None => Err(ApiError::not_found(format!("no tenant {tenant}"))),
-    }
+    Ok(tenant)
 }

@@ -18,18 +18,13 @@ mod tenants;
 
 use std::sync::Arc;
 
+use crate::{
+    app::App,
+    auth::{AuthError, Authenticator},
+    metrics::Metrics,
+};
 use poem::{Endpoint, EndpointExt, Route, handler, web::Data};
 use poem_openapi::{OpenApiService, Tags};
-use sea_orm::DatabaseConnection;
-
-use crate::{
-    auth::{AuthError, Authenticator},
-    commands::TenantCommands,
-    metrics::Metrics,
-    projectors::Projections,
-    runtime::Runtime,
-    store::{events::EventStore, tenants::TenantReadModel},
-};
 
 pub use dlq::DeadLettersApi;
 pub use events::EventsApi;
@@ -51,18 +46,11 @@ pub enum ApiTags {
     Health,
 }
 
-/// What the handlers use.
+/// What the handlers use: the use cases, and what only HTTP needs.
 #[derive(Clone)]
 pub struct AppState {
-    pub commands: TenantCommands,
-    pub tenants: TenantReadModel,
-    pub events: EventStore,
-    pub db: DatabaseConnection,
-    pub projections: Projections,
-    pub runtime: Runtime,
+    pub app: App,
     pub limits: json_body::BodyLimits,
-    /// `read.max_page_bytes`: most payload bytes in a page of messages.
-    pub max_page_bytes: usize,
     pub authenticator: Arc<Authenticator>,
     pub metrics: Metrics,
     /// `metrics.bearer_token`: what a scrape of `/metrics` must present, if anything.

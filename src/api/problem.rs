@@ -8,13 +8,7 @@ use poem_openapi::{
     payload::Json,
 };
 
-use crate::{
-    auth::AuthError,
-    commands::CommandError,
-    domain::tenant::TenantError,
-    runtime::{broker::BrokerError, publisher::PublishError},
-    store::StoreError,
-};
+use crate::{app::AppError, auth::AuthError, broker::BrokerError, domain::tenant::TenantError, store::StoreError};
 
 /// The name of every path parameter in this API.
 const PATH_PARAMETER: &str = "id";
@@ -164,34 +158,26 @@ impl From<TenantError> for ApiError {
     }
 }
 
-impl From<CommandError> for ApiError {
-    fn from(error: CommandError) -> Self {
+impl From<AppError> for ApiError {
+    fn from(error: AppError) -> Self {
         match error {
-            CommandError::Rejected(e) => e.into(),
-            e @ CommandError::Conflict { .. } => Self::conflict(e.to_string()),
-            e @ CommandError::ProjectionLagging { .. } => Self::unavailable(e.to_string()),
-            CommandError::Store(e) => e.into(),
+            e @ (AppError::NoSuchTenant(_) | AppError::TenantDeleted) => Self::not_found(e.to_string()),
+            AppError::Rejected(e) => e.into(),
+            e @ AppError::Conflict { .. } => Self::conflict(e.to_string()),
+            e @ AppError::ProjectionLagging { .. } => Self::unavailable(e.to_string()),
+            AppError::PublishTimeout(limit) => {
+                Self::unavailable(format!("the message broker did not confirm within {limit:?}; retry"))
+            }
+            AppError::Unroutable | AppError::Broker(BrokerError::Refused) => {
+                Self::unavailable("the message broker refused the message; retry")
+            }
+            AppError::Broker(e) => e.into(),
+            AppError::Store(e) => e.into(),
         }
     }
 }
 
 /// The broker's own words (queue names, reply texts) are logged, never sent: they can name other tenants.
-impl From<PublishError> for ApiError {
-    fn from(error: PublishError) -> Self {
-        let detail = match error {
-            PublishError::TenantDeleted => return Self::not_found("the tenant has been deleted"),
-            PublishError::Store(error) => return error.into(),
-            PublishError::Timeout(limit) => format!("the message broker did not confirm within {limit:?}; retry"),
-            PublishError::Nacked | PublishError::Unroutable => "the message broker refused the message; retry".into(),
-            PublishError::Broker(ref error) => {
-                tracing::warn!(%error, "publish failed");
-                "the message broker is unavailable; retry".into()
-            }
-        };
-        Self::unavailable(detail)
-    }
-}
-
 impl From<BrokerError> for ApiError {
     fn from(error: BrokerError) -> Self {
         tracing::warn!(%error, "broker operation failed");

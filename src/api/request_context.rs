@@ -3,7 +3,7 @@
 
 use poem::{Endpoint, IntoResponse, Request, Response, http::HeaderValue};
 
-use crate::{auth::Principal, store::events::EventMetadata};
+use crate::{app::history::EventMetadata, auth::Principal};
 
 const REQUEST_ID: &str = "x-request-id";
 const CORRELATION_ID: &str = "x-correlation-id";

@@ -6,10 +6,9 @@ use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payl
 use uuid::Uuid;
 
 use crate::{
+    app::tenants::{TenantRow, TenantStatus},
     auth::Principal,
-    domain::tenant::{TenantCommand, TenantId},
-    runtime::broker::Inspector,
-    store::tenants::TenantRow,
+    domain::tenant::TenantId,
 };
 
 use super::{ApiTags, AppState, json_body::JsonBody, pagination, problem::ApiError, request_context::RequestContext};
@@ -101,6 +100,22 @@ pub struct TenantRuntimeView {
     pub dlq_depth: Option<u32>,
 }
 
+impl From<TenantStatus> for TenantRuntimeView {
+    fn from(status: TenantStatus) -> Self {
+        let consumer = status.consumer.as_ref();
+        Self {
+            consumer_state: consumer.map_or("stopped", |c| c.state.as_str()).to_owned(),
+            running_workers: consumer.map_or(0, |c| c.running_workers),
+            busy_workers: consumer.map_or(0, |c| c.busy_workers),
+            consumer_tag: consumer.map(|c| c.consumer_tag.clone()).filter(|tag| !tag.is_empty()),
+            queue_depth: status.queues.ready,
+            queue_consumers: status.queues.consumers,
+            retry_depth: status.queues.retrying,
+            dlq_depth: status.queues.dead_letters,
+        }
+    }
+}
+
 /// A tenant with its runtime.
 #[derive(Debug, Clone, Object)]
 pub struct TenantDetails {
@@ -148,10 +163,9 @@ impl TenantsApi {
         principal.require_admin()?;
         let JsonBody(request) = body;
         let id = request.id.map_or_else(TenantId::generate, TenantId::from_uuid);
-        let command = TenantCommand::Create { name: request.name, workers: request.workers };
-        state.commands.handle(id, command, &context.event_metadata(&principal)).await?;
-        let tenant = read_back(&state, id).await?;
-        Ok(CreateTenantResponse::Created(Json(tenant), format!("/tenants/{id}")))
+        let metadata = context.event_metadata(&principal);
+        let tenant = state.app.tenants.create(id, request.name, request.workers, &metadata).await?;
+        Ok(CreateTenantResponse::Created(Json(tenant.into()), format!("/tenants/{id}")))
     }
 
     /// List live tenants, oldest first (admin)
@@ -169,7 +183,7 @@ impl TenantsApi {
         let limit = pagination::limit(limit.0)?;
         let scope = pagination::Listing::Tenants.to_string();
         let after = pagination::decode(cursor.0.as_deref(), &scope)?;
-        let rows = state.tenants.list_active(after, limit + 1).await?;
+        let rows = state.app.tenants.list(after, limit + 1).await?;
         let (data, next_cursor) = pagination::page(rows, limit, &scope, |r| r.created_position, Tenant::from);
         Ok(Json(TenantPage { data, next_cursor }))
     }
@@ -184,22 +198,8 @@ impl TenantsApi {
     ) -> Result<Json<TenantDetails>, ApiError> {
         let id = TenantId::from_uuid(id.0);
         principal.require_tenant(id)?;
-        let tenant = read_back(&state, id).await?;
-        let running = state.runtime.manager.get(id);
-        let mut inspector = Inspector::new(&state.runtime.broker);
-        let counts = inspector.tenant(id).await;
-        inspector.close().await;
-        let runtime = TenantRuntimeView {
-            consumer_state: running.as_ref().map_or("stopped", |r| r.state().as_str()).to_owned(),
-            running_workers: running.as_ref().map_or(0, |r| r.running()),
-            busy_workers: running.as_ref().map_or(0, |r| r.busy()),
-            consumer_tag: running.as_ref().map(|r| r.consumer_tag()).filter(|t| !t.is_empty()),
-            queue_depth: counts.ready,
-            queue_consumers: counts.consumers,
-            retry_depth: counts.retrying,
-            dlq_depth: counts.dead_letters,
-        };
-        Ok(Json(TenantDetails { tenant, runtime }))
+        let (tenant, status) = state.app.tenants.status(id).await?;
+        Ok(Json(TenantDetails { tenant: tenant.into(), runtime: status.into() }))
     }
 
     /// Delete a tenant (DeleteTenant; admin)
@@ -213,7 +213,7 @@ impl TenantsApi {
     ) -> Result<DeleteTenantResponse, ApiError> {
         principal.require_admin()?;
         let id = TenantId::from_uuid(id.0);
-        state.commands.handle(id, TenantCommand::Delete, &context.event_metadata(&principal)).await?;
+        state.app.tenants.delete(id, &context.event_metadata(&principal)).await?;
         Ok(DeleteTenantResponse::Deleted)
     }
 
@@ -229,12 +229,7 @@ impl TenantsApi {
     ) -> Result<Json<Tenant>, ApiError> {
         principal.require_admin()?;
         let id = TenantId::from_uuid(id.0);
-        let command = TenantCommand::SetConcurrency { workers: body.0.workers };
-        state.commands.handle(id, command, &context.event_metadata(&principal)).await?;
-        Ok(Json(read_back(&state, id).await?))
+        let metadata = context.event_metadata(&principal);
+        Ok(Json(state.app.tenants.set_concurrency(id, body.0.workers, &metadata).await?.into()))
     }
-}
-
-async fn read_back(state: &AppState, id: TenantId) -> Result<Tenant, ApiError> {
-    state.tenants.get_active(id).await?.map(Tenant::from).ok_or_else(|| ApiError::not_found(format!("no tenant {id}")))
 }

@@ -1,13 +1,10 @@
-//! The runtime: the broker connection, one consumer with a worker pool per live tenant (kept in step with
-//! the tenants projection by the reconciler), and the publisher.
+//! The runtime: one consumer with a worker pool per live tenant, kept in step with the tenants projection by
+//! the reconciler; the supervised broker connection they run on; retirement of deleted tenants.
 
 pub(crate) mod acks;
-pub mod broker;
 pub mod consumer;
-pub(crate) mod dead_letters;
 pub(crate) mod failure;
 pub(crate) mod manager;
-pub mod publisher;
 pub(crate) mod queue_depth;
 pub(crate) mod reconciler;
 pub(crate) mod retirement;
@@ -18,20 +15,17 @@ use sea_orm::DatabaseConnection;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, metrics::Metrics, projectors::Projections, store::tenants::TenantReadModel};
+use crate::{
+    broker::Broker, config::Config, metrics::Metrics, projectors::Projections, store::tenants::TenantReadModel,
+};
 
-pub use broker::Broker;
-pub use dead_letters::DeadLetters;
 pub use manager::TenantManager;
-pub use publisher::Publisher;
 
 /// Handles to the running runtime, for the API and for shutdown.
 #[derive(Clone)]
 pub struct Runtime {
     pub broker: Broker,
     pub manager: TenantManager,
-    pub publisher: Arc<Publisher>,
-    pub dead_letters: DeadLetters,
 }
 
 impl Runtime {
@@ -99,14 +93,6 @@ impl Runtime {
             reconciler.run(stop_consumers).await;
             "reconciler"
         });
-
-        let publisher = Arc::new(Publisher::new(
-            broker.clone(),
-            TenantReadModel::new(db.clone()),
-            config.rabbitmq.publisher_channels,
-            config.rabbitmq.publish_timeout,
-            config.rabbitmq.queue_type,
-        ));
-        Self { dead_letters: DeadLetters::new(broker.clone()), broker, manager, publisher }
+        Self { broker, manager }
     }
 }

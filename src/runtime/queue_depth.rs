@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::tenant::QueueKind;
 
-use super::{Broker, TenantManager, broker::Inspector};
+use crate::broker::{Broker, Inspector};
+
+use super::TenantManager;
 
 /// Polls until `cancel`.
 pub async fn poll(manager: TenantManager, broker: Broker, interval: Duration, cancel: CancellationToken) {

@@ -15,14 +15,15 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    backoff::Backoff,
+    broker::{Broker, queues},
     domain::tenant::{TenantId, Workers},
     metrics::{Metrics, ReconcilerAction, ReconcilerError},
+    projectors::Progress,
     store::{messages::MessageWriter, tenants::TenantReadModel},
-    {backoff::Backoff, projectors::Progress},
 };
 
 use super::{
-    broker::{self, Broker},
     consumer::{self, ConsumerEnd, ConsumerError, ConsumerSettings},
     manager::{ConsumerState, Control, TenantManager, TenantRuntime},
     retirement::Retirement,
@@ -265,7 +266,7 @@ impl Reconciler {
             Err(_) => return false,
         };
         for tenant in deleted {
-            if let Err(error) = broker::delete(&channel, tenant).await {
+            if let Err(error) = queues::delete(&channel, tenant).await {
                 tracing::warn!(%tenant, %error, "cannot delete the queues of a deleted tenant");
                 self.metrics.reconciler_error(ReconcilerError::QueueSweep);
                 return false;

@@ -14,6 +14,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
 use crate::{
+    broker::{Broker, BrokerError, Inspector, TenantQueues, queues},
     config::OnTenantDelete,
     domain::tenant::TenantId,
     metrics::Metrics,
@@ -24,10 +25,7 @@ use crate::{
     },
 };
 
-use super::{
-    broker::{self, Broker, BrokerError, Inspector, TenantQueues},
-    consumer,
-};
+use super::consumer;
 
 /// Queued messages persisted per insert while retiring with `detach`.
 const PERSIST_BATCH: usize = 100;
@@ -118,7 +116,7 @@ impl Retirement {
             for queue in [&queues.queue, &queues.retry] {
                 channel.queue_delete(queue.as_str().into(), guard).await?;
             }
-            broker::delete(&channel, tenant).await
+            queues::delete(&channel, tenant).await
         }
         .await;
         // A failed guard has closed the channel already.

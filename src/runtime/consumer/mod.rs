@@ -18,11 +18,14 @@ use lapin::options::ConfirmSelectOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::QueueType, store::messages::MessageWriter};
+use crate::{
+    broker::{Broker, BrokerError, queues},
+    config::QueueType,
+    store::messages::MessageWriter,
+};
 
 use super::{
     acks::AckCoordinator,
-    broker::{self, Broker, BrokerError},
     failure::RetryPolicy,
     manager::{ConsumerState, Control, TenantRuntime},
 };
@@ -98,7 +101,7 @@ pub async fn run(
     let connected_on = connection.borrow_and_update().as_ref().map(|c| c.generation);
     let channel = broker.channel().await?;
     channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    broker::declare(&channel, tenant, settings.queue_type).await?;
+    queues::declare(&channel, tenant, settings.queue_type).await?;
     let mut subscription = 0;
     let mut consumer = subscribe(&channel, &runtime, &settings, generation, subscription).await?;
     runtime.set_state(ConsumerState::Running);

@@ -15,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{backoff::Backoff, config::QueueType, store::messages::MessageWriter};
 
-use crate::runtime::{acks::AckCoordinator, broker::TenantQueues, failure::RetryPolicy, manager::TenantRuntime};
+use crate::{
+    broker::TenantQueues,
+    runtime::{acks::AckCoordinator, failure::RetryPolicy, manager::TenantRuntime},
+};
 
 use super::{
     ConsumerSettings,

@@ -16,15 +16,19 @@ use crate::{
     telemetry,
 };
 
-use crate::runtime::{
-    broker::{self, BrokerError},
-    failure::{self, Disposition, Failure, FailureRecord, WriteFailure},
+use crate::{
+    broker::{
+        BrokerError,
+        failure_headers::{self, FailureRecord},
+        publish, queues,
+    },
+    runtime::failure::{self, Disposition, Failure, WriteFailure},
 };
 
 use super::pool::WorkerContext;
 
 /// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
-/// queue or the DLQ (see [`failure`](super::failure)). Returns what must go back to the queue because the
+/// queue or the DLQ (see [`failure`](crate::runtime::failure)). Returns what must go back to the queue because the
 /// database is unavailable (the caller pauses first, so a database that is down is not hammered).
 ///
 /// The `handle` span links to the trace context each message carries (its `publish` span): a batch holds
@@ -110,16 +114,21 @@ pub(super) async fn retry_or_dead_letter(
     let previous = FailureRecord::read(delivery.properties.headers().as_ref());
     let record = FailureRecord::after(previous, failure.reason(), chrono::Utc::now());
     let disposition = context.retry.decide(failure, &record);
-    let queue = match disposition {
-        Disposition::Retry { .. } => &context.queues.retry,
-        Disposition::DeadLetter => &context.queues.dead_letters,
+    let (queue, properties) = match disposition {
+        Disposition::Retry { after } => {
+            (&context.queues.retry, failure_headers::retry_copy(&delivery, id, &record, after))
+        }
+        Disposition::DeadLetter => {
+            let now = chrono::Utc::now();
+            (&context.queues.dead_letters, failure_headers::dead_letter_copy(&delivery, id, &record, now))
+        }
     };
-    if let Err(error) = failure::republish(&context.channel, queue, &delivery, id, &record, disposition).await {
+    if let Err(error) = publish::publish_confirmed(&context.channel, queue, &delivery.data, properties).await {
         tracing::warn!(%tenant, %error, "cannot move a failed message; it goes back to the queue");
         if matches!(error, BrokerError::Refused) {
             // The retry or dead-letter queue was deleted from outside (the consumer notices only its own
             // queue going): declare them again, or the message could only ever be held back.
-            if let Err(error) = broker::declare(&context.channel, tenant, context.queue_type).await {
+            if let Err(error) = queues::declare(&context.channel, tenant, context.queue_type).await {
                 tracing::warn!(%tenant, %error, "cannot declare the tenant's queues again");
             }
         }

@@ -12,7 +12,10 @@ use lapin::{
 };
 use tokio::sync::mpsc;
 
-use crate::runtime::{acks::AckCoordinator, broker::TenantQueues, manager::TenantRuntime};
+use crate::{
+    broker::TenantQueues,
+    runtime::{acks::AckCoordinator, manager::TenantRuntime},
+};
 
 use super::{ConsumerError, ConsumerSettings};
 

@@ -25,8 +25,11 @@ use uuid::Uuid;
 use crate::domain::tenant::TenantId;
 
 use super::{
-    broker::{self, Broker, BrokerError, TenantQueues},
-    failure::{self, ATTEMPTS_HEADER, DEAD_LETTERED_AT_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER},
+    Broker, BrokerError,
+    failure_headers::{self, ATTEMPTS_HEADER, DEAD_LETTERED_AT_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER},
+    is_not_found,
+    publish::publish_confirmed,
+    queues::{TenantQueues, inspect},
 };
 
 /// One message in a DLQ.
@@ -46,14 +49,14 @@ impl From<&Delivery> for DeadLetter {
         let header = |name: &str| headers.and_then(|h| h.get(name));
         let time = |name: &str| {
             header(name)
-                .and_then(failure::text)
+                .and_then(failure_headers::text)
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc))
         };
-        let attempts = header(ATTEMPTS_HEADER).and_then(failure::integer).and_then(|n| u32::try_from(n).ok());
+        let attempts = header(ATTEMPTS_HEADER).and_then(failure_headers::integer).and_then(|n| u32::try_from(n).ok());
         Self {
             message_id: delivery.properties.message_id().as_ref().map(|id| id.to_string()),
-            reason: header(REASON_HEADER).and_then(failure::text),
+            reason: header(REASON_HEADER).and_then(failure_headers::text),
             attempts,
             first_failed_at: time(FIRST_FAILED_AT_HEADER),
             dead_lettered_at: time(DEAD_LETTERED_AT_HEADER),
@@ -149,7 +152,7 @@ impl DeadLetters {
         let channel = self.broker.channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let queues = TenantQueues::of(tenant);
-        let Some((depth, _)) = broker::inspect(&channel, &queues.dead_letters).await? else {
+        let Some((depth, _)) = inspect(&channel, &queues.dead_letters).await? else {
             close(&channel).await;
             return Ok(Replayed { replayed: 0, not_found: selection.into_iter().flatten().collect(), complete: true });
         };
@@ -176,9 +179,8 @@ impl DeadLetters {
                 continue;
             }
             let id = id.unwrap_or_else(Uuid::now_v7);
-            match broker::publish_confirmed(&channel, &queues.queue, &delivery.data, replay_properties(&delivery, id))
-                .await
-            {
+            let properties = failure_headers::replay_copy(&delivery, id);
+            match publish_confirmed(&channel, &queues.queue, &delivery.data, properties).await {
                 Ok(()) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     replayed += 1;
@@ -203,7 +205,7 @@ impl DeadLetters {
         let queue = TenantQueues::of(tenant).dead_letters;
         let purged = match channel.queue_purge(queue.as_str().into(), QueuePurgeOptions::default()).await {
             Ok(count) => count,
-            Err(error) if broker::is_not_found(&error) => 0,
+            Err(error) if is_not_found(&error) => 0,
             Err(error) => return Err(error.into()),
         };
         close(&channel).await;
@@ -211,25 +213,11 @@ impl DeadLetters {
     }
 }
 
-/// The message's properties for its way back to the main queue: its failure history cleared, so it gets a
-/// fresh set of retries.
-fn replay_properties(delivery: &Delivery, id: Uuid) -> lapin::BasicProperties {
-    let properties = failure::copy_properties(&delivery.properties, id);
-    let Some(headers) = properties.headers().clone() else { return properties };
-    let mut cleared = lapin::types::FieldTable::default();
-    for (name, value) in headers.inner() {
-        if ![ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER, DEAD_LETTERED_AT_HEADER].contains(&name.as_str()) {
-            cleared.insert(name.clone(), value.clone());
-        }
-    }
-    properties.with_headers(cleared)
-}
-
 /// The next message, unacked; `None` when the queue is empty or does not exist.
 async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, BrokerError> {
     match channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await {
         Ok(message) => Ok(message.map(|m| m.delivery)),
-        Err(error) if broker::is_not_found(&error) => Ok(None),
+        Err(error) if is_not_found(&error) => Ok(None),
         Err(error) => Err(error.into()),
     }
 }

@@ -1,123 +1,15 @@
-//! The RabbitMQ connection: one per instance, supervised. It reconnects with backoff when it drops and
-//! announces each new connection, so the reconciler can re-establish the consumers on it.
+//! A tenant's three queues: their names, declaration with matching arguments, deletion, and reading their
+//! counts without disturbing anything else.
 
-use std::sync::Arc;
-
-use futures_util::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event,
-    options::{BasicPublishOptions, QueueDeclareOptions, QueueDeleteOptions},
+    Channel,
+    options::{QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable, ShortString},
 };
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
-use crate::{backoff::Backoff, config::QueueType, domain::tenant::TenantId};
+use crate::{config::QueueType, domain::tenant::TenantId};
 
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("the broker is not connected")]
-    Unavailable,
-    #[error("broker error: {0}")]
-    Amqp(#[from] lapin::Error),
-    #[error("the broker refused the message or could not route it to its queue")]
-    Refused,
-}
-
-/// A live connection and its sequence number (each reconnect gets a new one).
-#[derive(Clone)]
-pub struct Connected {
-    pub generation: u64,
-    pub connection: Arc<Connection>,
-}
-
-#[derive(Clone)]
-pub struct Broker {
-    url: String,
-    current: watch::Sender<Option<Connected>>,
-}
-
-impl Broker {
-    pub fn new(url: String) -> Self {
-        Self { url, current: watch::Sender::new(None) }
-    }
-
-    /// Announces every connect and disconnect.
-    pub fn subscribe(&self) -> watch::Receiver<Option<Connected>> {
-        self.current.subscribe()
-    }
-
-    /// The connection if it is up.
-    pub fn current(&self) -> Option<Connected> {
-        self.current.borrow().clone().filter(|c| c.connection.status().connected())
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.current().is_some()
-    }
-
-    pub async fn channel(&self) -> Result<Channel, BrokerError> {
-        let connected = self.current().ok_or(BrokerError::Unavailable)?;
-        Ok(connected.connection.create_channel().await?)
-    }
-
-    /// Keeps a connection up until `cancel`: connects with backoff, then waits for it to fail.
-    pub async fn supervise(self, cancel: CancellationToken) {
-        let mut backoff = Backoff::new();
-        let mut generation = 0;
-        while !cancel.is_cancelled() {
-            let connection = tokio::select! {
-                _ = cancel.cancelled() => return,
-                connected = Connection::connect(&self.url, ConnectionProperties::default()) => connected,
-            };
-            let connection = match connection {
-                Ok(connection) => Arc::new(connection),
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, ?delay, "cannot connect to RabbitMQ; retrying");
-                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => continue }
-                }
-            };
-            backoff.reset();
-            generation += 1;
-            tracing::info!(generation, "connected to RabbitMQ");
-            let mut events = connection.events_listener();
-            self.current.send_replace(Some(Connected { generation, connection: connection.clone() }));
-            let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    event = events.next() => match event {
-                        // A soft error closes one channel only (e.g. a passive declare of a missing queue).
-                        Some(Event::Error(error)) if is_channel_error(&error) => {
-                            tracing::debug!(%error, "a channel was closed by the broker");
-                        }
-                        Some(Event::Error(error)) => {
-                            tracing::warn!(%error, "RabbitMQ connection failed; reconnecting");
-                            break;
-                        }
-                        Some(_) => {}
-                        None => break,
-                    },
-                    _ = check.tick() => if !connection.status().connected() {
-                        tracing::warn!("RabbitMQ connection is no longer connected; reconnecting");
-                        break;
-                    },
-                }
-            }
-            self.current.send_replace(None);
-        }
-    }
-
-    /// Closes the connection (after the consumers have stopped).
-    pub async fn close(&self) {
-        if let Some(connected) = self.current.send_replace(None)
-            && let Err(error) = connected.connection.close(200, "shutting down".into()).await
-        {
-            tracing::debug!(%error, "closing the RabbitMQ connection");
-        }
-    }
-}
+use super::{Broker, BrokerError, is_not_found};
 
 /// The queues of one tenant. Every declaration goes through [`declare`], so arguments never mismatch.
 pub struct TenantQueues {
@@ -184,22 +76,6 @@ pub async fn delete(channel: &Channel, tenant: TenantId) -> Result<(), BrokerErr
         channel.queue_delete(ShortString::from(queue), QueueDeleteOptions::default()).await?;
     }
     Ok(())
-}
-
-/// Publishes to `queue` through the default exchange with `mandatory`, on a confirm channel, and waits for
-/// the confirm: `Ok` means the queue has the message.
-pub async fn publish_confirmed(
-    channel: &Channel,
-    queue: &str,
-    body: &[u8],
-    properties: BasicProperties,
-) -> Result<(), BrokerError> {
-    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-    let confirm = channel.basic_publish("".into(), queue.into(), options, body, properties).await?;
-    match confirm.await? {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) | Confirmation::Nack(_) | Confirmation::NotRequested => Err(BrokerError::Refused),
-    }
 }
 
 /// Message and consumer counts of a queue, without creating it (`None` when it does not exist).
@@ -273,17 +149,4 @@ pub struct QueueCounts {
     pub consumers: Option<u32>,
     pub retrying: Option<u32>,
     pub dead_letters: Option<u32>,
-}
-
-/// A soft AMQP error: the broker closed a channel, the connection stays up.
-fn is_channel_error(error: &lapin::Error) -> bool {
-    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))
-}
-
-pub(super) fn is_not_found(error: &lapin::Error) -> bool {
-    matches!(
-        error.kind(),
-        lapin::ErrorKind::ProtocolError(e)
-            if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND))
-    )
 }

@@ -1,0 +1,116 @@
+//! The use cases the API offers, one module each: tenant commands and the tenants read model
+//! ([`tenants`]), publishing and reading messages ([`messages`]), dead letters ([`dead_letters`]), a tenant's
+//! history ([`history`]), and readiness. Handlers call these and nothing below them; authorization stays in
+//! the API, which knows who is asking.
+
+pub mod dead_letters;
+pub mod history;
+pub mod messages;
+pub mod tenants;
+
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+
+use crate::{
+    broker::{Broker, BrokerError},
+    domain::tenant::{TenantError, TenantId},
+    projectors::Projections,
+    store::{StoreError, tenants::TenantReadModel},
+};
+
+pub use dead_letters::DeadLetterQueues;
+pub use history::History;
+pub use messages::Messages;
+pub use tenants::Tenants;
+
+/// How long readiness waits for the database to answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a use case could not be carried out; `api/problem.rs` maps each to its problem document.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The tenant does not exist, or has been deleted.
+    #[error("no tenant {0}")]
+    NoSuchTenant(TenantId),
+    /// The tenant was deleted while a publish was under way: its queue must not come back.
+    #[error("the tenant has been deleted")]
+    TenantDeleted,
+    #[error(transparent)]
+    Rejected(#[from] TenantError),
+    /// Another command on the same tenant was appended first.
+    #[error("the tenant was changed concurrently (expected version {expected}, found {actual}); retry")]
+    Conflict { expected: i32, actual: i32 },
+    /// The event is in the log, but the read model has not caught up within the wait.
+    #[error("the command was recorded at position {position}, but the read model has not caught up yet")]
+    ProjectionLagging { position: i64 },
+    #[error("the broker did not confirm within {0:?}")]
+    PublishTimeout(Duration),
+    /// The broker returned the messages as unroutable even after the tenant's queues were declared.
+    #[error("the message could not be routed to the tenant's queue")]
+    Unroutable,
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for AppError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::VersionConflict { expected, actual } => Self::Conflict { expected, actual },
+            other => Self::Store(other),
+        }
+    }
+}
+
+/// The tenant, if it exists and is not deleted.
+async fn require_live(tenants: &TenantReadModel, id: TenantId) -> Result<TenantId, AppError> {
+    match tenants.get_active(id).await? {
+        Some(_) => Ok(id),
+        None => Err(AppError::NoSuchTenant(id)),
+    }
+}
+
+/// Every use case, for the API.
+#[derive(Clone)]
+pub struct App {
+    pub tenants: Tenants,
+    pub messages: Messages,
+    pub dead_letters: DeadLetterQueues,
+    pub history: History,
+    pub readiness: Readiness,
+}
+
+/// Whether the service can serve: each dependency's state.
+#[derive(Clone)]
+pub struct Readiness {
+    pub db: DatabaseConnection,
+    pub broker: Broker,
+    pub projections: Projections,
+}
+
+/// Each dependency's state; ready when all are true.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadinessReport {
+    pub database: bool,
+    pub broker: bool,
+    pub projectors: bool,
+}
+
+impl ReadinessReport {
+    pub fn ready(&self) -> bool {
+        self.database && self.broker && self.projectors
+    }
+}
+
+impl Readiness {
+    pub async fn check(&self) -> ReadinessReport {
+        ReadinessReport {
+            // A database that is down can make a ping wait for the pool's acquire timeout: answer sooner.
+            database: tokio::time::timeout(PING_TIMEOUT, self.db.ping()).await.is_ok_and(|pinged| pinged.is_ok()),
+            broker: self.broker.is_connected(),
+            projectors: self.projections.all_caught_up(),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Tenants: the commands (load the tenant's stream, `decide`, append, and wait until every projection has
+//! applied the new events, so the caller reads its own write) and what the tenants read model and this
+//! instance's runtime say about a tenant.
+
+use std::time::Duration;
+
+use crate::{
+    broker::{Broker, Inspector, QueueCounts},
+    domain::tenant::{Policy, Tenant, TenantCommand, TenantEvent, TenantId, evolve},
+    projectors::Projections,
+    runtime::{TenantManager, manager::ConsumerState},
+    store::{
+        events::{EventMetadata, EventStore, NewEvent},
+        partitions,
+        tenants::TenantReadModel,
+    },
+};
+
+pub use crate::store::tenants::TenantRow;
+
+use super::AppError;
+
+/// How often a delete looks whether the tenant's retirement is done: first soon (it takes a consumer's last
+/// batch), then less often, so that many deletes at once do not crowd the connection pool.
+const RETIREMENT_POLL: Duration = Duration::from_millis(20);
+const RETIREMENT_POLL_MAX: Duration = Duration::from_millis(250);
+
+/// What this instance runs for a tenant, and its queues as the broker reports them.
+#[derive(Debug, Clone)]
+pub struct TenantStatus {
+    /// `None`: no consumer on this instance right now.
+    pub consumer: Option<ConsumerStatus>,
+    pub queues: QueueCounts,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerStatus {
+    pub state: ConsumerState,
+    pub running_workers: u16,
+    pub busy_workers: u16,
+    /// Empty until the consumer has subscribed.
+    pub consumer_tag: String,
+}
+
+#[derive(Clone)]
+pub struct Tenants {
+    store: EventStore,
+    read_model: TenantReadModel,
+    policy: Policy,
+    projections: Projections,
+    /// `projectors.command_wait`: how long a command waits for the read models.
+    wait: Duration,
+    manager: TenantManager,
+    broker: Broker,
+}
+
+impl Tenants {
+    pub fn new(
+        store: EventStore,
+        policy: Policy,
+        projections: Projections,
+        wait: Duration,
+        manager: TenantManager,
+        broker: Broker,
+    ) -> Self {
+        let read_model = TenantReadModel::new(store.db().clone());
+        Self { store, read_model, policy, projections, wait, manager, broker }
+    }
+
+    /// Creates tenant `id`; returns it as the read model now shows it.
+    pub async fn create(
+        &self,
+        id: TenantId,
+        name: String,
+        workers: Option<i64>,
+        metadata: &EventMetadata,
+    ) -> Result<TenantRow, AppError> {
+        self.handle(id, TenantCommand::Create { name, workers }, metadata).await?;
+        self.live(id).await
+    }
+
+    /// Sets the tenant's worker pool size; returns it as the read model now shows it.
+    pub async fn set_concurrency(
+        &self,
+        id: TenantId,
+        workers: i64,
+        metadata: &EventMetadata,
+    ) -> Result<TenantRow, AppError> {
+        self.handle(id, TenantCommand::SetConcurrency { workers }, metadata).await?;
+        self.live(id).await
+    }
+
+    /// Deletes the tenant: returns once its consumers have stopped and its partition is retired.
+    pub async fn delete(&self, id: TenantId, metadata: &EventMetadata) -> Result<(), AppError> {
+        self.handle(id, TenantCommand::Delete, metadata).await
+    }
+
+    /// The tenant as the read model shows it, unless it does not exist or is deleted.
+    pub async fn live(&self, id: TenantId) -> Result<TenantRow, AppError> {
+        self.read_model.get_active(id).await?.ok_or(AppError::NoSuchTenant(id))
+    }
+
+    /// Up to `limit` live tenants created after the event at `after_position`, oldest first.
+    pub async fn list(&self, after_position: i64, limit: u64) -> Result<Vec<TenantRow>, AppError> {
+        Ok(self.read_model.list_active(after_position, limit).await?)
+    }
+
+    /// The live tenant with what runs for it on this instance and its queue depths.
+    pub async fn status(&self, id: TenantId) -> Result<(TenantRow, TenantStatus), AppError> {
+        let tenant = self.live(id).await?;
+        let consumer = self.manager.get(id).map(|running| ConsumerStatus {
+            state: running.state(),
+            running_workers: running.running(),
+            busy_workers: running.busy(),
+            consumer_tag: running.consumer_tag(),
+        });
+        let mut inspector = Inspector::new(&self.broker);
+        let queues = inspector.tenant(id).await;
+        inspector.close().await;
+        Ok((tenant, TenantStatus { consumer, queues }))
+    }
+
+    /// Handles `command` for tenant `id`. Returns once every read model reflects the outcome (the tenants row,
+    /// and the partition its messages go to); a delete waits also for the tenant's retirement (its consumers
+    /// stopped, its partition dropped or detached), all within one `projectors.command_wait`.
+    #[tracing::instrument(name = "command", skip_all, fields(tenant = %id, command = command.name(), request_id = %metadata.request_id))]
+    async fn handle(&self, id: TenantId, command: TenantCommand, metadata: &EventMetadata) -> Result<(), AppError> {
+        let deleting = command == TenantCommand::Delete;
+        let (state, version) = self.load(id).await?;
+        let events = crate::domain::tenant::decide(&state, command, &self.policy)?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let encoded = events.iter().map(NewEvent::encode).collect::<Result<Vec<_>, _>>()?;
+        let appended = self.store.append(id.as_uuid(), version, &encoded, metadata).await?;
+        let position = appended.last_position;
+        let done = async {
+            // False if a projector stopped (shutting down).
+            self.projections.wait_for(position).await && (!deleting || self.await_retirement(id).await)
+        };
+        match tokio::time::timeout(self.wait, done).await {
+            Ok(true) => Ok(()),
+            _ => Err(AppError::ProjectionLagging { position }),
+        }
+    }
+
+    /// Waits until the tenant's partition is no longer attached to `messages`; false if it cannot be asked.
+    async fn await_retirement(&self, id: TenantId) -> bool {
+        let mut poll = RETIREMENT_POLL;
+        loop {
+            match partitions::is_attached(self.store.db(), id).await {
+                Ok(false) => return true,
+                Ok(true) => {
+                    tokio::time::sleep(poll).await;
+                    poll = (poll * 2).min(RETIREMENT_POLL_MAX);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, tenant = %id, "cannot tell whether the tenant was retired");
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Folds the tenant's stream into its current state and version.
+    async fn load(&self, id: TenantId) -> Result<(Tenant, i32), AppError> {
+        let recorded = self.store.read_stream(id.as_uuid(), 0, u64::MAX).await?;
+        let mut state = Tenant::Absent;
+        let mut version = 0;
+        for event in &recorded {
+            state = evolve(state, &event.decode::<TenantEvent>()?);
+            version = event.version;
+        }
+        Ok((state, version))
+    }
+}

@@ -1,0 +1,108 @@
+//! The RabbitMQ connection: one per instance, supervised. It reconnects with backoff when it drops and
+//! announces each new connection, so the reconciler can re-establish the consumers on it.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::{Channel, Connection, ConnectionProperties, Event};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+
+use super::{BrokerError, is_channel_error};
+
+/// A live connection and its sequence number (each reconnect gets a new one).
+#[derive(Clone)]
+pub struct Connected {
+    pub generation: u64,
+    pub connection: Arc<Connection>,
+}
+
+#[derive(Clone)]
+pub struct Broker {
+    url: String,
+    current: watch::Sender<Option<Connected>>,
+}
+
+impl Broker {
+    pub fn new(url: String) -> Self {
+        Self { url, current: watch::Sender::new(None) }
+    }
+
+    /// Announces every connect and disconnect.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Connected>> {
+        self.current.subscribe()
+    }
+
+    /// The connection if it is up.
+    pub fn current(&self) -> Option<Connected> {
+        self.current.borrow().clone().filter(|c| c.connection.status().connected())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+
+    pub async fn channel(&self) -> Result<Channel, BrokerError> {
+        let connected = self.current().ok_or(BrokerError::Unavailable)?;
+        Ok(connected.connection.create_channel().await?)
+    }
+
+    /// Keeps a connection up until `cancel`: connects with backoff, then waits for it to fail.
+    pub async fn supervise(self, cancel: CancellationToken) {
+        let mut backoff = Backoff::new();
+        let mut generation = 0;
+        while !cancel.is_cancelled() {
+            let connection = tokio::select! {
+                _ = cancel.cancelled() => return,
+                connected = Connection::connect(&self.url, ConnectionProperties::default()) => connected,
+            };
+            let connection = match connection {
+                Ok(connection) => Arc::new(connection),
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, ?delay, "cannot connect to RabbitMQ; retrying");
+                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => continue }
+                }
+            };
+            backoff.reset();
+            generation += 1;
+            tracing::info!(generation, "connected to RabbitMQ");
+            let mut events = connection.events_listener();
+            self.current.send_replace(Some(Connected { generation, connection: connection.clone() }));
+            let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    event = events.next() => match event {
+                        // A soft error closes one channel only (e.g. a passive declare of a missing queue).
+                        Some(Event::Error(error)) if is_channel_error(&error) => {
+                            tracing::debug!(%error, "a channel was closed by the broker");
+                        }
+                        Some(Event::Error(error)) => {
+                            tracing::warn!(%error, "RabbitMQ connection failed; reconnecting");
+                            break;
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = check.tick() => if !connection.status().connected() {
+                        tracing::warn!("RabbitMQ connection is no longer connected; reconnecting");
+                        break;
+                    },
+                }
+            }
+            self.current.send_replace(None);
+        }
+    }
+
+    /// Closes the connection (after the consumers have stopped).
+    pub async fn close(&self) {
+        if let Some(connected) = self.current.send_replace(None)
+            && let Err(error) = connected.connection.close(200, "shutting down".into()).await
+        {
+            tracing::debug!(%error, "closing the RabbitMQ connection");
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! RabbitMQ: the supervised connection, the tenant queues (declaration, deletion, inspection), publishing with
+//! confirms, the failure history messages carry in their headers, and dead-letter queue operations. Nothing
+//! here decides what to do about a tenant; it only speaks AMQP.
+
+mod connection;
+pub mod dead_letters;
+pub mod failure_headers;
+pub mod publish;
+pub mod queues;
+
+pub use connection::{Broker, Connected};
+pub use dead_letters::DeadLetters;
+pub use publish::{OutgoingMessage, Publisher};
+pub use queues::{Inspector, QueueCounts, TenantQueues};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("the broker is not connected")]
+    Unavailable,
+    #[error("broker error: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker refused the message or could not route it to its queue")]
+    Refused,
+}
+
+/// A soft AMQP error: the broker closed a channel, the connection stays up.
+fn is_channel_error(error: &lapin::Error) -> bool {
+    matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))
+}
+
+/// The broker answered NOT_FOUND (a queue that does not exist); it has closed the channel.
+fn is_not_found(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::NOTFOUND))
+    )
+}
