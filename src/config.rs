@@ -498,65 +498,79 @@ impl Config {
                 format!("must be between 1 and max_workers ({}), got {}", self.max_workers, self.workers),
             ));
         }
-        if self.server.header_read_timeout.is_zero() {
-            return Err(ConfigError::new("server.header_read_timeout", "must be greater than zero"));
+        let counts = [
+            ("server.max_connections", self.server.max_connections as u64),
+            ("max_payload_bytes", self.max_payload_bytes as u64),
+            ("max_payload_depth", self.max_payload_depth as u64),
+            ("read.max_page_bytes", self.read.max_page_bytes as u64),
+            ("rabbitmq.publisher_channels", self.rabbitmq.publisher_channels.into()),
+            ("consumer.batch_size", self.consumer.batch_size.into()),
+            ("database.max_connections", self.database.max_connections.into()),
+            ("projectors.batch_size", self.projectors.batch_size.into()),
+        ];
+        if let Some((key, _)) = counts.into_iter().find(|&(_, count)| count == 0) {
+            return Err(ConfigError::new(key, "must be at least 1"));
         }
-        if self.server.idle_timeout.is_zero() {
-            return Err(ConfigError::new("server.idle_timeout", "must be greater than zero"));
+        let intervals = [
+            ("server.header_read_timeout", self.server.header_read_timeout),
+            ("server.idle_timeout", self.server.idle_timeout),
+            ("consumer.resync_interval", self.consumer.resync_interval),
+            ("projectors.poll_interval", self.projectors.poll_interval),
+            ("metrics.visibility_poll_interval", self.metrics.visibility_poll_interval),
+            ("metrics.queue_poll_interval", self.metrics.queue_poll_interval),
+        ];
+        if let Some((key, _)) = intervals.into_iter().find(|(_, interval)| interval.is_zero()) {
+            return Err(ConfigError::new(key, "must be greater than zero"));
         }
-        if self.server.max_connections == 0 {
-            return Err(ConfigError::new("server.max_connections", "must be at least 1"));
+        if self.max_batch_bytes < self.max_payload_bytes {
+            return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
         }
-        if self.max_payload_bytes == 0 {
-            return Err(ConfigError::new("max_payload_bytes", "must be at least 1"));
-        }
-        if self.max_payload_depth == 0 {
-            return Err(ConfigError::new("max_payload_depth", "must be at least 1"));
-        }
-        if self.read.max_page_bytes == 0 {
-            return Err(ConfigError::new("read.max_page_bytes", "must be at least 1"));
-        }
+        self.validate_addresses()?;
+        self.validate_consumer_timing()?;
+        self.validate_secrets()
+    }
+
+    fn validate_addresses(&self) -> Result<(), ConfigError> {
         if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
             return Err(ConfigError::new("database.url", "must be a postgres:// URL"));
         }
         if !(self.rabbitmq.url.starts_with("amqp://") || self.rabbitmq.url.starts_with("amqps://")) {
             return Err(ConfigError::new("rabbitmq.url", "must be an amqp:// or amqps:// URL"));
         }
-        if self.max_batch_bytes < self.max_payload_bytes {
-            return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint
+            && !(endpoint.starts_with("http://") && endpoint.parse::<poem::http::Uri>().is_ok())
+        {
+            return Err(ConfigError::new("telemetry.otlp_endpoint", "must be an http:// URL (TLS is not supported)"));
         }
-        if self.rabbitmq.publisher_channels == 0 {
-            return Err(ConfigError::new("rabbitmq.publisher_channels", "must be at least 1"));
+        if self.telemetry.service_name.trim().is_empty() {
+            return Err(ConfigError::new("telemetry.service_name", "must not be empty"));
         }
-        if self.consumer.batch_size == 0 {
-            return Err(ConfigError::new("consumer.batch_size", "must be at least 1"));
-        }
-        if self.consumer.batch_wait > MAX_BATCH_WAIT {
+        Ok(())
+    }
+
+    fn validate_consumer_timing(&self) -> Result<(), ConfigError> {
+        let consumer = &self.consumer;
+        if consumer.batch_wait > MAX_BATCH_WAIT {
             return Err(ConfigError::new("consumer.batch_wait", "must be at most 10s"));
         }
-        if let Some(max_wait) = self.consumer.batch_max_wait
-            && (max_wait < self.consumer.batch_wait || max_wait > MAX_BATCH_WAIT)
+        if let Some(max_wait) = consumer.batch_max_wait
+            && (max_wait < consumer.batch_wait || max_wait > MAX_BATCH_WAIT)
         {
             return Err(ConfigError::new(
                 "consumer.batch_max_wait",
                 "must be at least consumer.batch_wait and at most 10s",
             ));
         }
-        if self.consumer.retry_delay.is_zero() || self.consumer.retry_max_delay < self.consumer.retry_delay {
+        if consumer.retry_delay.is_zero() || consumer.retry_max_delay < consumer.retry_delay {
             return Err(ConfigError::new(
                 "consumer.retry_delay",
                 "must be greater than zero and at most retry_max_delay",
             ));
         }
-        if self.consumer.resync_interval.is_zero() {
-            return Err(ConfigError::new("consumer.resync_interval", "must be greater than zero"));
-        }
-        if self.database.max_connections == 0 {
-            return Err(ConfigError::new("database.max_connections", "must be at least 1"));
-        }
-        if self.projectors.batch_size == 0 {
-            return Err(ConfigError::new("projectors.batch_size", "must be at least 1"));
-        }
+        Ok(())
+    }
+
+    fn validate_secrets(&self) -> Result<(), ConfigError> {
         self.auth.verification_key()?;
         if self.auth.enabled
             && self.auth.jwt_secret.as_deref() == Some(DEVELOPMENT_SECRET)
@@ -572,9 +586,6 @@ impl Config {
                 ),
             ));
         }
-        if self.projectors.poll_interval.is_zero() {
-            return Err(ConfigError::new("projectors.poll_interval", "must be greater than zero"));
-        }
         if self
             .metrics
             .bearer_token
@@ -582,20 +593,6 @@ impl Config {
             .is_some_and(|token| token.len() < 16 || token.contains(char::is_whitespace))
         {
             return Err(ConfigError::new("metrics.bearer_token", "must be at least 16 characters, without spaces"));
-        }
-        if self.metrics.visibility_poll_interval.is_zero() {
-            return Err(ConfigError::new("metrics.visibility_poll_interval", "must be greater than zero"));
-        }
-        if self.metrics.queue_poll_interval.is_zero() {
-            return Err(ConfigError::new("metrics.queue_poll_interval", "must be greater than zero"));
-        }
-        if let Some(endpoint) = &self.telemetry.otlp_endpoint
-            && !(endpoint.starts_with("http://") && endpoint.parse::<poem::http::Uri>().is_ok())
-        {
-            return Err(ConfigError::new("telemetry.otlp_endpoint", "must be an http:// URL (TLS is not supported)"));
-        }
-        if self.telemetry.service_name.trim().is_empty() {
-            return Err(ConfigError::new("telemetry.service_name", "must not be empty"));
         }
         Ok(())
     }

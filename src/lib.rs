@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     api::AppState,
-    app::{App, DeadLetterQueues, History, Messages, Readiness, Tenants},
-    broker::{Broker, Publisher},
+    app::App,
+    broker::Broker,
     config::Config,
     projectors::{PartitionsProjector, RunnerSettings, TenantsProjector},
     runtime::Runtime,
@@ -35,7 +35,6 @@ use crate::{
         StoreError,
         database::{self, MigrationDirection},
         events::EventStore,
-        tenants::TenantReadModel,
     },
 };
 
@@ -88,24 +87,7 @@ impl Application {
 
         let background = CancellationToken::new();
         let mut background_tasks = JoinSet::new();
-        let projections = projectors::spawn_all(
-            &mut background_tasks,
-            &db,
-            &store,
-            TenantsProjector,
-            PartitionsProjector,
-            RunnerSettings { batch_size: config.projectors.batch_size, poll_interval: config.projectors.poll_interval },
-            &background,
-        );
-        let progress = projections.clone();
-        metrics.observe_projectors(move || progress.positions(), store.subscribe_head());
-        let (visibility_lag, lag) = tokio::sync::watch::channel(Duration::ZERO);
-        metrics.observe_read_visibility(lag);
-        let (horizon_db, interval, stop) = (db.clone(), config.metrics.visibility_poll_interval, background.clone());
-        background_tasks.spawn(async move {
-            store::visibility::watch_horizon(horizon_db, interval, visibility_lag, stop).await;
-            "visibility horizon"
-        });
+        let projections = spawn_read_side(&config, &db, &store, &metrics, &mut background_tasks, &background);
         let stop_consumers = CancellationToken::new();
         let mut consumer_tasks = JoinSet::new();
         let runtime = Runtime::spawn(
@@ -116,22 +98,7 @@ impl Application {
             (&mut background_tasks, &background),
             (&mut consumer_tasks, &stop_consumers),
         );
-        let publisher =
-            Publisher::new(runtime.broker.clone(), config.rabbitmq.publisher_channels, config.rabbitmq.queue_type);
-        let app = App {
-            tenants: Tenants::new(
-                store.clone(),
-                config.tenant_policy(),
-                projections.clone(),
-                config.projectors.command_wait,
-                runtime.manager.clone(),
-                runtime.broker.clone(),
-            ),
-            messages: Messages::new(db.clone(), publisher, config.rabbitmq.publish_timeout, config.read.max_page_bytes),
-            dead_letters: DeadLetterQueues::new(TenantReadModel::new(db.clone()), runtime.broker.clone()),
-            history: History::new(store),
-            readiness: Readiness { db: db.clone(), broker: runtime.broker.clone(), projections },
-        };
+        let app = App::new(&config, &db, store, projections, &runtime);
         let state = AppState {
             app,
             metrics,
@@ -237,6 +204,30 @@ impl Application {
         tracing::info!("stopped");
         served
     }
+}
+
+/// The projectors, and the metrics that follow them and the read visibility horizon.
+fn spawn_read_side(
+    config: &Config,
+    db: &DatabaseConnection,
+    store: &EventStore,
+    metrics: &metrics::Metrics,
+    tasks: &mut JoinSet<&'static str>,
+    stop: &CancellationToken,
+) -> projectors::Projections {
+    let settings =
+        RunnerSettings { batch_size: config.projectors.batch_size, poll_interval: config.projectors.poll_interval };
+    let projections = projectors::spawn_all(tasks, db, store, TenantsProjector, PartitionsProjector, settings, stop);
+    let progress = projections.clone();
+    metrics.observe_projectors(move || progress.positions(), store.subscribe_head());
+    let (visibility_lag, lag) = tokio::sync::watch::channel(Duration::ZERO);
+    metrics.observe_read_visibility(lag);
+    let (db, interval, stop) = (db.clone(), config.metrics.visibility_poll_interval, stop.clone());
+    tasks.spawn(async move {
+        store::visibility::watch_horizon(db, interval, visibility_lag, stop).await;
+        "visibility horizon"
+    });
+    projections
 }
 
 /// Joins every task, reporting how each ended; aborts what is still running at `deadline`.

@@ -213,8 +213,13 @@ impl Metrics {
 
     /// Registers the per-tenant series, read with `tenants` (the runtime's numbers) at every scrape.
     pub fn observe_tenants(&self, tenants: impl Fn() -> Vec<TenantStatsSnapshot> + Clone + Send + Sync + 'static) {
-        type Read = fn(&TenantStatsSnapshot) -> u64;
-        let counters: [(&'static str, &'static str, Read); 4] = [
+        self.observe_tenant_counters(tenants.clone());
+        self.observe_tenant_gauges(tenants);
+    }
+
+    /// Message counters per tenant (and failures by reason).
+    fn observe_tenant_counters(&self, tenants: impl Fn() -> Vec<TenantStatsSnapshot> + Clone + Send + Sync + 'static) {
+        let counters: [(&'static str, &'static str, ReadStat); 4] = [
             (
                 "tenantmq.messages.consumed",
                 "Deliveries received from the tenant's queue (redeliveries count again)",
@@ -236,7 +241,7 @@ impl Metrics {
                 })
                 .build();
         }
-        let failures = tenants.clone();
+        let failures = tenants;
         self.meter
             .u64_observable_counter("tenantmq.messages.failed")
             .with_description(
@@ -254,8 +259,11 @@ impl Metrics {
                 }
             })
             .build();
+    }
 
-        let gauges: [(&'static str, &'static str, Read); 5] = [
+    /// Worker, consumer and queue gauges per tenant.
+    fn observe_tenant_gauges(&self, tenants: impl Fn() -> Vec<TenantStatsSnapshot> + Clone + Send + Sync + 'static) {
+        let gauges: [(&'static str, &'static str, ReadStat); 5] = [
             ("tenantmq.workers.desired", "Worker pool size the tenant is configured with", |s| {
                 s.workers_desired.into()
             }),
@@ -375,6 +383,9 @@ impl Metrics {
         String::from_utf8(buffer).unwrap_or_default()
     }
 }
+
+/// Reads one number of a tenant's snapshot.
+type ReadStat = fn(&TenantStatsSnapshot) -> u64;
 
 fn tenant_label(stats: &TenantStatsSnapshot) -> KeyValue {
     KeyValue::new("tenant_id", stats.tenant.to_string())

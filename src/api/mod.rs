@@ -106,3 +106,42 @@ fn metrics(state: Data<&AppState>, request: &poem::Request) -> poem::Result<poem
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use crate::domain::tenant::TenantName;
+
+    use super::{messages::MAX_BATCH, pagination};
+
+    /// Request bodies are parsed with serde (see `json_body`), so the bounds in the document are not what
+    /// enforces them: they must say the same as the constants that do.
+    #[test]
+    fn the_documented_bounds_are_the_enforced_ones() {
+        let document: Value = serde_json::from_str(&super::service().spec()).expect("the document is JSON");
+        let schema = |name: &str| &document["components"]["schemas"][name]["properties"];
+        let name = &schema("CreateTenantRequest")["name"];
+        assert_eq!(name["minLength"], 1);
+        assert_eq!(name["maxLength"], TenantName::MAX_CHARS);
+        let batch = &schema("PublishBatchRequest")["messages"];
+        assert_eq!((batch["minItems"].clone(), batch["maxItems"].clone()), (1.into(), MAX_BATCH.into()));
+        for workers in [&schema("CreateTenantRequest")["workers"], &schema("SetConcurrencyRequest")["workers"]] {
+            assert_eq!(workers["minimum"].as_f64(), Some(1.0));
+        }
+        let limit_text = format!("1 to {} (default {})", pagination::MAX_LIMIT, pagination::DEFAULT_LIMIT);
+        let limits: Vec<&Value> = document["paths"]
+            .as_object()
+            .expect("paths")
+            .values()
+            .flat_map(|path| path.as_object().expect("operations").values())
+            .flat_map(|operation| operation["parameters"].as_array().into_iter().flatten())
+            .filter(|parameter| parameter["name"] == "limit")
+            .collect();
+        assert!(!limits.is_empty(), "the list operations take a `limit`");
+        for limit in limits {
+            let description = limit["description"].as_str().unwrap_or_default();
+            assert!(description.contains(&limit_text), "`limit` says {description:?}, not {limit_text:?}");
+        }
+    }
+}

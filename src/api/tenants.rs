@@ -71,7 +71,7 @@ impl From<TenantRow> for Tenant {
             id: row.id,
             name: row.name,
             workers: row.workers,
-            status: row.status,
+            status: row.status.as_str().to_owned(),
             version: row.version,
             created_at: row.created_at,
             updated_at: row.updated_at,

@@ -13,10 +13,12 @@ use std::time::Duration;
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    broker::{Broker, BrokerError},
+    broker::{Broker, BrokerError, Publisher},
+    config::Config,
     domain::tenant::{TenantError, TenantId},
     projectors::Projections,
-    store::{StoreError, tenants::TenantReadModel},
+    runtime::Runtime,
+    store::{StoreError, events::EventStore, tenants::TenantReadModel},
 };
 
 pub use dead_letters::DeadLetterQueues;
@@ -80,6 +82,33 @@ pub struct App {
     pub dead_letters: DeadLetterQueues,
     pub history: History,
     pub readiness: Readiness,
+}
+
+impl App {
+    pub fn new(
+        config: &Config,
+        db: &DatabaseConnection,
+        store: EventStore,
+        projections: Projections,
+        runtime: &Runtime,
+    ) -> Self {
+        let broker = &runtime.broker;
+        let publisher = Publisher::new(broker.clone(), config.rabbitmq.publisher_channels, config.rabbitmq.queue_type);
+        Self {
+            tenants: Tenants::new(
+                store.clone(),
+                config.tenant_policy(),
+                projections.clone(),
+                config.projectors.command_wait,
+                runtime.registry.clone(),
+                broker.clone(),
+            ),
+            messages: Messages::new(db.clone(), publisher, config.rabbitmq.publish_timeout, config.read.max_page_bytes),
+            dead_letters: DeadLetterQueues::new(TenantReadModel::new(db.clone()), broker.clone()),
+            history: History::new(store),
+            readiness: Readiness { db: db.clone(), broker: broker.clone(), projections },
+        }
+    }
 }
 
 /// Whether the service can serve: each dependency's state.

@@ -8,7 +8,7 @@ use crate::{
     broker::{Broker, Inspector, QueueCounts},
     domain::tenant::{Policy, Tenant, TenantCommand, TenantEvent, TenantId, evolve},
     projectors::Projections,
-    runtime::{TenantManager, manager::ConsumerState},
+    runtime::{ConsumerRegistry, tenant_runtime::ConsumerState},
     store::{
         events::{EventMetadata, EventStore, NewEvent},
         partitions,
@@ -50,7 +50,7 @@ pub struct Tenants {
     projections: Projections,
     /// `projectors.command_wait`: how long a command waits for the read models.
     wait: Duration,
-    manager: TenantManager,
+    registry: ConsumerRegistry,
     broker: Broker,
 }
 
@@ -60,11 +60,11 @@ impl Tenants {
         policy: Policy,
         projections: Projections,
         wait: Duration,
-        manager: TenantManager,
+        registry: ConsumerRegistry,
         broker: Broker,
     ) -> Self {
         let read_model = TenantReadModel::new(store.db().clone());
-        Self { store, read_model, policy, projections, wait, manager, broker }
+        Self { store, read_model, policy, projections, wait, registry, broker }
     }
 
     /// Creates tenant `id`; returns it as the read model now shows it.
@@ -108,7 +108,7 @@ impl Tenants {
     /// The live tenant with what runs for it on this instance and its queue depths.
     pub async fn status(&self, id: TenantId) -> Result<(TenantRow, TenantStatus), AppError> {
         let tenant = self.live(id).await?;
-        let consumer = self.manager.get(id).map(|running| ConsumerStatus {
+        let consumer = self.registry.get(id).map(|running| ConsumerStatus {
             state: running.state(),
             running_workers: running.running(),
             busy_workers: running.busy(),

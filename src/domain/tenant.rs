@@ -342,11 +342,12 @@ mod tests {
         }
         let max = "é".repeat(200);
         assert!(decide(&Tenant::Absent, create(&max, None), &policy()).is_ok(), "200 chars (not bytes) is fine");
-        let too_long = "x".repeat(201);
-        assert!(matches!(
-            decide(&Tenant::Absent, create(&too_long, None), &policy()),
-            Err(TenantError::InvalidName { .. })
-        ));
+        let too_long = "x".repeat(TenantName::MAX_CHARS + 1);
+        let err = decide(&Tenant::Absent, create(&too_long, None), &policy()).expect_err("too long");
+        assert!(
+            matches!(err, TenantError::InvalidName { reason } if reason.contains(&TenantName::MAX_CHARS.to_string())),
+            "the reason states the bound: {err}"
+        );
     }
 
     #[test]

@@ -28,7 +28,7 @@ impl Projector for TenantsProjector {
                     id: Set(id),
                     name: Set(name.into()),
                     workers: Set(i32::from(workers.get())),
-                    status: Set(entity::STATUS_ACTIVE.into()),
+                    status: Set(entity::TenantStatus::Active),
                     version: Set(event.version),
                     created_position: Set(event.position),
                     created_at: Set(at),
@@ -49,7 +49,7 @@ impl Projector for TenantsProjector {
             }
             TenantEvent::Deleted {} => {
                 Tenants::update_many()
-                    .col_expr(entity::Column::Status, Expr::value(entity::STATUS_DELETED))
+                    .col_expr(entity::Column::Status, Expr::value(entity::TenantStatus::Deleted))
                     .col_expr(entity::Column::Version, Expr::value(event.version))
                     .col_expr(entity::Column::UpdatedAt, Expr::value(at))
                     .col_expr(entity::Column::DeletedAt, Expr::value(Some(at)))

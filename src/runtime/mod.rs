@@ -4,10 +4,12 @@
 pub(crate) mod acks;
 pub mod consumer;
 pub(crate) mod failure;
-pub(crate) mod manager;
 pub(crate) mod queue_depth;
 pub(crate) mod reconciler;
+pub(crate) mod registry;
 pub(crate) mod retirement;
+pub(crate) mod tenant_runtime;
+pub(crate) mod tenant_stats;
 
 use std::sync::Arc;
 
@@ -19,13 +21,13 @@ use crate::{
     broker::Broker, config::Config, metrics::Metrics, projectors::Projections, store::tenants::TenantReadModel,
 };
 
-pub use manager::TenantManager;
+pub use registry::ConsumerRegistry;
 
 /// Handles to the running runtime, for the API and for shutdown.
 #[derive(Clone)]
 pub struct Runtime {
     pub broker: Broker,
-    pub manager: TenantManager,
+    pub registry: ConsumerRegistry,
 }
 
 impl Runtime {
@@ -40,10 +42,10 @@ impl Runtime {
         consumers: (&mut JoinSet<&'static str>, &CancellationToken),
     ) -> Self {
         let broker = Broker::new(config.rabbitmq.url.clone());
-        let manager = TenantManager::default();
+        let registry = ConsumerRegistry::default();
         let connections = broker.subscribe();
         metrics.observe_broker(move || connections.borrow().as_ref().map(|connected| connected.generation));
-        let stats = manager.clone();
+        let stats = registry.clone();
         metrics.observe_tenants(move || stats.snapshot());
         let (tasks, cancel) = background;
         let (supervisor, stop) = (broker.clone(), cancel.clone());
@@ -51,7 +53,7 @@ impl Runtime {
             supervisor.supervise(stop).await;
             "broker connection"
         });
-        let (poller, connection, stop) = (manager.clone(), broker.clone(), cancel.clone());
+        let (poller, connection, stop) = (registry.clone(), broker.clone(), cancel.clone());
         let interval = config.metrics.queue_poll_interval;
         tasks.spawn(async move {
             queue_depth::poll(poller, connection, interval, stop).await;
@@ -59,23 +61,11 @@ impl Runtime {
         });
 
         let reconciler = reconciler::Reconciler {
-            manager: manager.clone(),
+            registry: registry.clone(),
             broker: broker.clone(),
             tenants: TenantReadModel::new(db.clone()),
             pool: db.get_postgres_connection_pool().clone(),
-            settings: Arc::new(consumer::ConsumerSettings {
-                queue_type: config.rabbitmq.queue_type,
-                batch_size: config.consumer.batch_size,
-                batch_wait: config.consumer.batch_wait,
-                batch_max_wait: config.consumer.batch_max_wait(),
-                instance_id: config.consumer.instance_id(),
-                retry: failure::RetryPolicy {
-                    max_retries: config.max_retries,
-                    delay: config.consumer.retry_delay,
-                    max_delay: config.consumer.retry_max_delay,
-                },
-                max_payload_depth: config.max_payload_depth,
-            }),
+            settings: Arc::new(consumer::ConsumerSettings::from_config(config)),
             projection: projections.tenants.clone(),
             resync_interval: config.consumer.resync_interval,
             metrics: metrics.clone(),
@@ -93,6 +83,6 @@ impl Runtime {
             reconciler.run(stop_consumers).await;
             "reconciler"
         });
-        Self { broker, manager }
+        Self { broker, registry }
     }
 }

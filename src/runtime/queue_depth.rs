@@ -12,10 +12,10 @@ use crate::domain::tenant::QueueKind;
 
 use crate::broker::{Broker, Inspector};
 
-use super::TenantManager;
+use super::ConsumerRegistry;
 
 /// Polls until `cancel`.
-pub async fn poll(manager: TenantManager, broker: Broker, interval: Duration, cancel: CancellationToken) {
+pub async fn poll(registry: ConsumerRegistry, broker: Broker, interval: Duration, cancel: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // A pass that hangs on a half-dead connection must not stop the next one.
@@ -27,7 +27,7 @@ pub async fn poll(manager: TenantManager, broker: Broker, interval: Duration, ca
         }
         tokio::select! {
             _ = cancel.cancelled() => return,
-            passed = tokio::time::timeout(pass_limit, poll_once(&manager, &broker)) => if passed.is_err() {
+            passed = tokio::time::timeout(pass_limit, poll_once(&registry, &broker)) => if passed.is_err() {
                 tracing::warn!(?pass_limit, "polling queue depths took too long; trying again at the next interval");
             },
         }
@@ -36,9 +36,9 @@ pub async fn poll(manager: TenantManager, broker: Broker, interval: Duration, ca
 
 /// Reads every queue of every tenant this instance keeps stats for; a queue that cannot be read (missing,
 /// or the broker is down) is recorded as unknown, so its series disappears instead of going stale.
-pub async fn poll_once(manager: &TenantManager, broker: &Broker) {
+pub async fn poll_once(registry: &ConsumerRegistry, broker: &Broker) {
     let mut inspector = Inspector::new(broker);
-    for (tenant, stats) in manager.tenants_with_stats() {
+    for (tenant, stats) in registry.tenants_with_stats() {
         for queue in QueueKind::ALL {
             stats.set_queue_ready(queue, inspector.counts(&queue.queue_name(tenant)).await.map(|(ready, _)| ready));
         }

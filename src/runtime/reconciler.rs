@@ -1,5 +1,5 @@
 //! The reconciler: level-triggered, like a Kubernetes controller. It compares the desired runtime (live
-//! tenants and their pool sizes, from the tenants projection) with the actual one (the TenantManager) and
+//! tenants and their pool sizes, from the tenants projection) with the actual one (the ConsumerRegistry) and
 //! acts: start, resize, stop, restart what crashed. It wakes on projected changes, consumer exits, broker
 //! reconnects and a periodic resync. Broker work happens in the consumer tasks, so one slow tenant never
 //! stalls the others; failed starts are retried with backoff.
@@ -25,14 +25,15 @@ use crate::{
 
 use super::{
     consumer::{self, ConsumerEnd, ConsumerError, ConsumerSettings},
-    manager::{ConsumerState, Control, TenantManager, TenantRuntime},
+    registry::ConsumerRegistry,
     retirement::Retirement,
+    tenant_runtime::{ConsumerState, Control, TenantRuntime},
 };
 
 type ConsumerResult = (TenantId, Result<ConsumerEnd, ConsumerError>);
 
 pub struct Reconciler {
-    pub manager: TenantManager,
+    pub registry: ConsumerRegistry,
     pub broker: Broker,
     pub tenants: TenantReadModel,
     pub pool: PgPool,
@@ -165,7 +166,7 @@ impl Reconciler {
                 continue;
             };
             wanted.insert(tenant, workers);
-            match self.manager.get(tenant) {
+            match self.registry.get(tenant) {
                 Some(running) if running.state() == ConsumerState::Stopping => {}
                 Some(running) if running.desired() != workers => {
                     tracing::info!(%tenant, from = running.desired().get(), to = workers.get(), "resizing");
@@ -182,7 +183,7 @@ impl Reconciler {
                 None => {}
             }
         }
-        for running in self.manager.all() {
+        for running in self.registry.all() {
             if !wanted.contains_key(&running.tenant) && running.state() != ConsumerState::Stopping {
                 tracing::info!(tenant = %running.tenant, "stopping: the tenant was deleted");
                 running.set_state(ConsumerState::Stopping);
@@ -190,10 +191,10 @@ impl Reconciler {
                 self.metrics.reconciler_action(ReconcilerAction::Stop);
             }
         }
-        self.manager.forget_stats_unless(|tenant| wanted.contains_key(tenant));
+        self.registry.forget_stats_unless(|tenant| wanted.contains_key(tenant));
         restarts.retain(|tenant| wanted.contains_key(tenant));
         if connected {
-            self.retirement.retire_stopped(|tenant| self.manager.get(tenant).is_some()).await;
+            self.retirement.retire_stopped(|tenant| self.registry.get(tenant).is_some()).await;
         }
     }
 
@@ -209,9 +210,9 @@ impl Reconciler {
         tracing::info!(%tenant, workers = workers.get(), generation, "starting consumer");
         self.metrics.reconciler_action(ReconcilerAction::Start);
         let (control, commands) = mpsc::unbounded_channel();
-        let stats = self.manager.stats_of(tenant, workers);
+        let stats = self.registry.stats_of(tenant, workers);
         let runtime = Arc::new(TenantRuntime::new(tenant, workers, control, stats));
-        self.manager.insert(runtime.clone());
+        self.registry.insert(runtime.clone());
         let writer = MessageWriter::new(self.pool.clone(), tenant, self.metrics.clone());
         let (broker, settings, shutdown) = (self.broker.clone(), self.settings.clone(), shutdown.clone());
         let handle = consumers.spawn(async move {
@@ -232,7 +233,7 @@ impl Reconciler {
             Err(error) => (error.id(), Err(format!("consumer task panicked: {error}"))),
         };
         let Some(tenant) = tenants_of.remove(&id) else { return };
-        self.manager.remove(tenant);
+        self.registry.remove(tenant);
         match outcome {
             Ok(end) => {
                 tracing::info!(%tenant, ?end, "consumer ended");

@@ -8,8 +8,25 @@ use super::{StoreError, partitions};
 pub mod entity {
     use sea_orm::entity::prelude::*;
 
-    pub const STATUS_ACTIVE: &str = "active";
-    pub const STATUS_DELETED: &str = "deleted";
+    /// A tenant's lifecycle; the `status` column holds its string value.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, EnumIter, DeriveActiveEnum)]
+    #[sea_orm(rs_type = "String", db_type = "Text")]
+    pub enum TenantStatus {
+        #[sea_orm(string_value = "active")]
+        Active,
+        /// Its events stay in the log; the row stays, so its id is never reused.
+        #[sea_orm(string_value = "deleted")]
+        Deleted,
+    }
+
+    impl TenantStatus {
+        pub const fn as_str(self) -> &'static str {
+            match self {
+                Self::Active => "active",
+                Self::Deleted => "deleted",
+            }
+        }
+    }
 
     #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
     #[sea_orm(table_name = "tenants")]
@@ -18,7 +35,7 @@ pub mod entity {
         pub id: Uuid,
         pub name: String,
         pub workers: i32,
-        pub status: String,
+        pub status: TenantStatus,
         pub version: i32,
         /// Position of its TenantCreated event: a stable, gap-free order for paging.
         pub created_position: i64,
@@ -48,7 +65,7 @@ impl TenantReadModel {
     /// A live (not deleted) tenant.
     pub async fn get_active(&self, id: TenantId) -> Result<Option<TenantRow>, StoreError> {
         Ok(Tenants::find_by_id(id.as_uuid())
-            .filter(entity::Column::Status.eq(entity::STATUS_ACTIVE))
+            .filter(entity::Column::Status.eq(entity::TenantStatus::Active))
             .one(&self.db)
             .await?)
     }
@@ -56,7 +73,7 @@ impl TenantReadModel {
     /// Live tenants created after `after_position`, in creation order.
     pub async fn list_active(&self, after_position: i64, limit: u64) -> Result<Vec<TenantRow>, StoreError> {
         Ok(Tenants::find()
-            .filter(entity::Column::Status.eq(entity::STATUS_ACTIVE))
+            .filter(entity::Column::Status.eq(entity::TenantStatus::Active))
             .filter(entity::Column::CreatedPosition.gt(after_position))
             .order_by_asc(entity::Column::CreatedPosition)
             .limit(limit)
@@ -70,7 +87,7 @@ impl TenantReadModel {
             .select_only()
             .column(entity::Column::Id)
             .column(entity::Column::Workers)
-            .filter(entity::Column::Status.eq(entity::STATUS_ACTIVE))
+            .filter(entity::Column::Status.eq(entity::TenantStatus::Active))
             .into_tuple()
             .all(&self.db)
             .await?;
@@ -84,7 +101,7 @@ impl TenantReadModel {
         let ids: Vec<uuid::Uuid> = Tenants::find()
             .select_only()
             .column(entity::Column::Id)
-            .filter(entity::Column::Status.eq(entity::STATUS_DELETED))
+            .filter(entity::Column::Status.eq(entity::TenantStatus::Deleted))
             .into_tuple()
             .all(&self.db)
             .await?;

@@ -14,20 +14,20 @@ mod subscription;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, message::Delivery, options::ConfirmSelectOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     broker::{Broker, BrokerError, queues},
-    config::QueueType,
+    config::{Config, QueueType},
     store::messages::MessageWriter,
 };
 
 use super::{
     acks::AckCoordinator,
     failure::RetryPolicy,
-    manager::{ConsumerState, Control, TenantRuntime},
+    tenant_runtime::{ConsumerState, Control, TenantRuntime},
 };
 
 pub(crate) use self::processing::decode;
@@ -48,6 +48,24 @@ pub struct ConsumerSettings {
     pub retry: RetryPolicy,
     /// `max_payload_depth`: deeper bodies are dead-lettered without an insert.
     pub max_payload_depth: usize,
+}
+
+impl ConsumerSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            queue_type: config.rabbitmq.queue_type,
+            batch_size: config.consumer.batch_size,
+            batch_wait: config.consumer.batch_wait,
+            batch_max_wait: config.consumer.batch_max_wait(),
+            instance_id: config.consumer.instance_id(),
+            retry: RetryPolicy {
+                max_retries: config.max_retries,
+                delay: config.consumer.retry_delay,
+                max_delay: config.consumer.retry_max_delay,
+            },
+            max_payload_depth: config.max_payload_depth,
+        }
+    }
 }
 
 /// How a consumer ended when nothing went wrong.
@@ -95,58 +113,31 @@ pub async fn run(
     generation: u64,
     shutdown: CancellationToken,
 ) -> Result<ConsumerEnd, ConsumerError> {
-    let tenant = runtime.tenant;
     // The connection can die without every consumer stream hearing of it: follow the supervisor's view too.
     let mut connection = broker.subscribe();
     let connected_on = connection.borrow_and_update().as_ref().map(|c| c.generation);
-    let channel = broker.channel().await?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await?;
-    queues::declare(&channel, tenant, settings.queue_type).await?;
-    let mut subscription = 0;
-    let mut consumer = subscribe(&channel, &runtime, &settings, generation, subscription).await?;
-    runtime.set_state(ConsumerState::Running);
-
-    // Never full in practice: the broker keeps at most one prefetch per consumer unacked, and at most two
-    // consumers (old and new, during a resize) feed it.
-    let capacity = 2 * prefetch(u16::MAX, settings.batch_size) as usize;
-    let (deliveries, receiver) = mpsc::channel(capacity);
-    let acks = Arc::new(AckCoordinator::new(channel.clone()));
-    let mut pool =
-        WorkerPool::new(receiver, runtime.clone(), writer, channel.clone(), acks.clone(), &settings, shutdown.clone());
-    pool.fill();
-    // Whether the current consumer has already been cancelled (and its stream drained, or given up on).
-    let mut handed_over = false;
-
+    let mut running = Running::start(&broker, runtime, writer, settings, generation, &shutdown).await?;
     let ended = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(ConsumerEnd::ShutDown),
             // The control channel cannot close while this consumer runs: its runtime, which it holds, keeps
             // the sender.
             Some(command) = control.recv() => match command {
-                Control::Resize => {
-                    pool.fill();
-                    if let Err(error) = handover(&channel, &mut consumer, &deliveries, &runtime, &acks).await {
-                        handed_over = true;
-                        break Err(error);
-                    }
-                    subscription += 1;
-                    consumer = match subscribe(&channel, &runtime, &settings, generation, subscription).await {
-                        Ok(consumer) => consumer,
-                        Err(error) => break Err(error),
-                    };
-                }
+                Control::Resize => if let Err(error) = running.resize().await {
+                    break Err(error);
+                },
                 Control::Delete => break Ok(ConsumerEnd::Deleted),
             },
-            delivery = consumer.next() => match delivery {
+            delivery = running.consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
-                    if !enqueue(delivery, &deliveries, &runtime, &acks).await {
+                    if !enqueue(delivery, &running.deliveries, &running.runtime, &running.acks).await {
                         break Err(ConsumerError::CancelledByBroker);
                     }
                 }
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(ConsumerError::CancelledByBroker),
             },
-            Some(exited) = pool.tasks.join_next_with_id() => pool.exited(exited),
+            Some(exited) = running.pool.tasks.join_next_with_id() => running.pool.exited(exited),
             changed = connection.changed() => {
                 if changed.is_err() || connection.borrow_and_update().as_ref().map(|c| c.generation) != connected_on {
                     break Err(ConsumerError::ConnectionLost);
@@ -154,28 +145,108 @@ pub async fn run(
             }
         }
     };
+    running.stop(matches!(ended, Ok(ConsumerEnd::Deleted))).await;
+    ended
+}
 
-    runtime.set_state(ConsumerState::Stopping);
-    let deleted = matches!(ended, Ok(ConsumerEnd::Deleted));
-    if channel.status().connected() && !handed_over && !deleted {
-        let _ = handover(&channel, &mut consumer, &deliveries, &runtime, &acks).await;
+/// A subscribed consumer and its worker pool, on one confirm channel.
+struct Running {
+    runtime: Arc<TenantRuntime>,
+    settings: Arc<ConsumerSettings>,
+    generation: u64,
+    channel: Channel,
+    consumer: lapin::Consumer,
+    /// Numbers the subscriptions of this consumer (each resize subscribes again), for unique tags.
+    subscription: u32,
+    deliveries: mpsc::Sender<Delivery>,
+    acks: Arc<AckCoordinator>,
+    pool: WorkerPool,
+    /// Whether the current subscription has already been cancelled (and its stream drained, or given up on).
+    handed_over: bool,
+}
+
+impl Running {
+    /// Declares the tenant's queues, subscribes and fills the pool.
+    async fn start(
+        broker: &Broker,
+        runtime: Arc<TenantRuntime>,
+        writer: MessageWriter,
+        settings: Arc<ConsumerSettings>,
+        generation: u64,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, ConsumerError> {
+        let channel = broker.channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        queues::declare(&channel, runtime.tenant, settings.queue_type).await?;
+        let consumer = subscribe(&channel, &runtime, &settings, generation, 0).await?;
+        runtime.set_state(ConsumerState::Running);
+        // Never full in practice: the broker keeps at most one prefetch per consumer unacked, and at most two
+        // consumers (old and new, during a resize) feed it.
+        let capacity = 2 * prefetch(u16::MAX, settings.batch_size) as usize;
+        let (deliveries, receiver) = mpsc::channel(capacity);
+        let acks = Arc::new(AckCoordinator::new(channel.clone()));
+        let mut pool = WorkerPool::new(
+            receiver,
+            runtime.clone(),
+            writer,
+            channel.clone(),
+            acks.clone(),
+            &settings,
+            shutdown.clone(),
+        );
+        pool.fill();
+        Ok(Self {
+            runtime,
+            settings,
+            generation,
+            channel,
+            consumer,
+            subscription: 0,
+            deliveries,
+            acks,
+            pool,
+            handed_over: false,
+        })
     }
-    drop(deliveries);
-    if channel.status().connected() {
-        pool.drain().await;
-    } else {
-        // Settling on a dead channel can wait forever, and is pointless: the broker requeues whatever was
-        // unacked. Give the workers a moment to finish their inserts (idempotent), then stop them.
-        if tokio::time::timeout(DRAIN_AFTER_CONNECTION_LOSS, pool.drain()).await.is_err() {
-            tracing::warn!(%tenant, "workers did not finish after the connection was lost; stopping them");
-            pool.tasks.abort_all();
-            pool.drain().await;
+
+    /// Follows a new pool size: resizes the pool, then subscribes again with the matching prefetch.
+    async fn resize(&mut self) -> Result<(), ConsumerError> {
+        self.pool.fill();
+        if let Err(error) =
+            handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await
+        {
+            self.handed_over = true;
+            return Err(error);
+        }
+        self.subscription += 1;
+        self.consumer =
+            subscribe(&self.channel, &self.runtime, &self.settings, self.generation, self.subscription).await?;
+        Ok(())
+    }
+
+    /// Stops taking deliveries, lets the workers settle what they hold, and closes the channel. A deleted
+    /// tenant keeps its subscription until then (see [`run`]).
+    async fn stop(mut self, deleted: bool) {
+        self.runtime.set_state(ConsumerState::Stopping);
+        if self.channel.status().connected() && !self.handed_over && !deleted {
+            let _ = handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await;
+        }
+        drop(self.deliveries);
+        if self.channel.status().connected() {
+            self.pool.drain().await;
+        } else {
+            // Settling on a dead channel can wait forever, and is pointless: the broker requeues whatever was
+            // unacked. Give the workers a moment to finish their inserts (idempotent), then stop them.
+            if tokio::time::timeout(DRAIN_AFTER_CONNECTION_LOSS, self.pool.drain()).await.is_err() {
+                tracing::warn!(tenant = %self.runtime.tenant, "workers did not finish after the connection was lost; stopping them");
+                self.pool.tasks.abort_all();
+                self.pool.drain().await;
+            }
+        }
+        if self.channel.status().connected() {
+            let _ = self.channel.close(200, "consumer stopped".into()).await;
         }
     }
-    if channel.status().connected() {
-        let _ = channel.close(200, "consumer stopped".into()).await;
-    }
-    ended
 }
 
 /// How long workers may take to finish once the channel is gone.

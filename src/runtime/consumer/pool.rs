@@ -17,7 +17,7 @@ use crate::{backoff::Backoff, config::QueueType, store::messages::MessageWriter}
 
 use crate::{
     broker::TenantQueues,
-    runtime::{acks::AckCoordinator, failure::RetryPolicy, manager::TenantRuntime},
+    runtime::{acks::AckCoordinator, failure::RetryPolicy, tenant_runtime::TenantRuntime},
 };
 
 use super::{

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     broker::TenantQueues,
-    runtime::{acks::AckCoordinator, manager::TenantRuntime},
+    runtime::{acks::AckCoordinator, tenant_runtime::TenantRuntime},
 };
 
 use super::{ConsumerError, ConsumerSettings};
