@@ -7,12 +7,17 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261126_000001_event_log;
 mod m20261127_000002_message_cursor;
+mod m20261202_000003_event_hashes;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261126_000001_event_log::Migration), Box::new(m20261127_000002_message_cursor::Migration)]
+        vec![
+            Box::new(m20261126_000001_event_log::Migration),
+            Box::new(m20261127_000002_message_cursor::Migration),
+            Box::new(m20261202_000003_event_hashes::Migration),
+        ]
     }
 }
