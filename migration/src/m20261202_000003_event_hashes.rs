@@ -80,15 +80,4 @@ DROP FUNCTION pg_temp.audit_canonical_json(jsonb);
 const DOWN: &str = "ALTER TABLE events DROP CONSTRAINT IF EXISTS events_hashes_are_sha256, \
                     DROP COLUMN IF EXISTS hash, DROP COLUMN IF EXISTS prev_hash;";
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(UP).await?;
-        Ok(())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager.get_connection().execute_unprepared(DOWN).await?;
-        Ok(())
-    }
-}
+sql_migration!(UP, DOWN);
