@@ -1,6 +1,11 @@
 //! The `tenantmq` binary: parses the command line and hands over to the library.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    fs::File,
+    io::{BufRead, BufReader, BufWriter, Write},
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -8,9 +13,15 @@ use tenantmq::{
     Application,
     auth::{self, Role},
     config::Config,
-    domain::tenant::TenantId,
+    domain::{
+        audit::{ChainCheck, ChainedEvent, Intact},
+        tenant::TenantId,
+    },
     projectors::{self, PartitionsProjector},
-    store::database::{self, MigrationDirection},
+    store::{
+        audit::{self, ChainReader, Verdict},
+        database::{self, MigrationDirection},
+    },
     telemetry::{self, Telemetry},
 };
 
@@ -62,6 +73,23 @@ enum Command {
         /// The message body, sent byte for byte.
         body: String,
     },
+    /// Check the event log's hash chain (docs/audit.md): every stream, one tenant's, or an export file. Exits 1
+    /// when it is not intact.
+    Verify {
+        #[arg(long, value_name = "TENANT_ID", conflicts_with = "file")]
+        tenant: Option<uuid::Uuid>,
+        /// An export (`tenantmq export`) to check offline: no database, no configuration.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+    },
+    /// Write a tenant's events with their hashes as JSON Lines, one event a line (check it with `verify --file`).
+    Export {
+        #[arg(long, value_name = "TENANT_ID")]
+        tenant: uuid::Uuid,
+        /// Where to write (default: standard output).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Exit 0 if the service on this host answers 200 on a probe (the container healthcheck: no curl needed).
     Healthcheck {
         /// The path to ask, on `server.port`.
@@ -86,6 +114,9 @@ fn main() -> ExitCode {
     if let Command::Openapi = cli.command {
         println!("{}", tenantmq::api::service().spec());
         return ExitCode::SUCCESS;
+    }
+    if let Command::Verify { file: Some(file), .. } = &cli.command {
+        return verify_file(file);
     }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -144,7 +175,7 @@ fn main() -> ExitCode {
     };
     telemetry::init(&config.log, &traces);
     let exit = match runtime.block_on(run(cli.command, config)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(exit) => exit,
         Err(error) => {
             tracing::error!("{error:#}");
             eprintln!("tenantmq: {error:#}");
@@ -156,10 +187,10 @@ fn main() -> ExitCode {
     exit
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve => serve(config).await,
-        Command::Migrate { action } => migrate(config, action).await,
+        Command::Serve => serve(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate { action } => migrate(config, action).await.map(|()| ExitCode::SUCCESS),
         Command::Replay => {
             let db = database::connect(&config.database).await.context("connecting to the database")?;
             for (projector, position) in
@@ -167,7 +198,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             {
                 println!("{projector}: rebuilt up to position {position}");
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::Publish { tenant, body } => {
             let tenant = TenantId::from_uuid(tenant);
@@ -175,10 +206,96 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("publishing to {}", tenant.queue_name()))?;
             println!("{id}");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        Command::Openapi | Command::Config | Command::Token { .. } | Command::Healthcheck { .. } => Ok(()),
+        Command::Verify { tenant, file: _ } => verify_database(&config, tenant).await,
+        Command::Export { tenant, output } => {
+            export(&config, tenant, output.as_deref()).await.map(|()| ExitCode::SUCCESS)
+        }
+        Command::Openapi | Command::Config | Command::Token { .. } | Command::Healthcheck { .. } => {
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Prints one line: intact (with the newest event, to pin elsewhere) or where and why the chain breaks.
+async fn verify_database(config: &Config, tenant: Option<uuid::Uuid>) -> anyhow::Result<ExitCode> {
+    let db = database::connect(&config.database).await.context("connecting to the database")?;
+    let scope = tenant.map_or_else(|| "event log".to_owned(), |id| format!("tenant {id}"));
+    match audit::verify(&db, tenant).await? {
+        Verdict::Intact(intact) if intact.events == 0 && tenant.is_some() => anyhow::bail!("{scope}: no events"),
+        Verdict::Intact(intact) => {
+            println!("{scope}: intact: {}", describe(&intact));
+            Ok(ExitCode::SUCCESS)
+        }
+        Verdict::Broken(broken) => {
+            println!("{scope}: NOT intact: {broken}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn describe(intact: &Intact) -> String {
+    let head = intact.head.map_or_else(String::new, |head| {
+        format!(
+            "; head: position {} (stream {}, version {}) hash {}",
+            head.position, head.stream_id, head.version, head.hash
+        )
+    });
+    format!("events: {}, streams: {}{head}", intact.events, intact.streams)
+}
+
+/// Checks an export line by line, naming the first line that is not an event or breaks the chain.
+fn verify_file(path: &Path) -> ExitCode {
+    let shown = path.display();
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) => {
+            eprintln!("tenantmq: {shown}: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut check = ChainCheck::new();
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let number = index + 1;
+        let pushed = match line {
+            Ok(line) => ChainedEvent::from_json_line(&line)
+                .map_err(|e| e.to_string())
+                .and_then(|event| check.push(&event).map_err(|broken| broken.to_string())),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(why) = pushed {
+            println!("{shown}: NOT intact at line {number}: {why}");
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("{shown}: intact: {}", describe(&check.finish()));
+    ExitCode::SUCCESS
+}
+
+async fn export(config: &Config, tenant: uuid::Uuid, output: Option<&Path>) -> anyhow::Result<()> {
+    let db = database::connect(&config.database).await.context("connecting to the database")?;
+    let mut out: Box<dyn Write> = match output {
+        Some(path) => {
+            Box::new(BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?))
+        }
+        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    };
+    let mut reader = ChainReader::open(&db, Some(tenant)).await?;
+    let mut exported = 0_u64;
+    loop {
+        let chunk = reader.next_chunk().await?;
+        if chunk.is_empty() {
+            break;
+        }
+        for event in &chunk {
+            writeln!(out, "{}", event.to_json_line()?).context("writing the export")?;
+        }
+        exported += chunk.len() as u64;
+    }
+    out.flush().context("writing the export")?;
+    anyhow::ensure!(exported > 0, "tenant {tenant}: no events");
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -5,14 +5,37 @@
 
 pub use sea_orm_migration::prelude::*;
 
+/// Implements `MigrationTrait` for the module's `Migration` as one SQL script up and one down.
+macro_rules! sql_migration {
+    ($up:expr, $down:expr) => {
+        #[async_trait::async_trait]
+        impl MigrationTrait for Migration {
+            async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                manager.get_connection().execute_unprepared($up).await?;
+                Ok(())
+            }
+
+            async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+                manager.get_connection().execute_unprepared($down).await?;
+                Ok(())
+            }
+        }
+    };
+}
+
 mod m20261126_000001_event_log;
 mod m20261127_000002_message_cursor;
+mod m20261202_000003_event_hashes;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261126_000001_event_log::Migration), Box::new(m20261127_000002_message_cursor::Migration)]
+        vec![
+            Box::new(m20261126_000001_event_log::Migration),
+            Box::new(m20261127_000002_message_cursor::Migration),
+            Box::new(m20261202_000003_event_hashes::Migration),
+        ]
     }
 }

@@ -6,26 +6,8 @@ use sea_orm_migration::prelude::*;
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-#[async_trait::async_trait]
-impl MigrationTrait for Migration {
-    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "ALTER TABLE messages ADD COLUMN txid xid8 NOT NULL DEFAULT pg_current_xact_id();
-                 CREATE INDEX messages_by_txid ON messages (tenant_id, txid, id);",
-            )
-            .await?;
-        Ok(())
-    }
-
-    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .get_connection()
-            .execute_unprepared(
-                "DROP INDEX IF EXISTS messages_by_txid; ALTER TABLE messages DROP COLUMN IF EXISTS txid;",
-            )
-            .await?;
-        Ok(())
-    }
-}
+sql_migration!(
+    "ALTER TABLE messages ADD COLUMN txid xid8 NOT NULL DEFAULT pg_current_xact_id();
+     CREATE INDEX messages_by_txid ON messages (tenant_id, txid, id);",
+    "DROP INDEX IF EXISTS messages_by_txid; ALTER TABLE messages DROP COLUMN IF EXISTS txid;"
+);

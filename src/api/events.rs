@@ -23,6 +23,10 @@ pub struct Event {
     /// Actor, request id and correlation id of the command that caused it.
     pub metadata: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
+    /// SHA-256 of the event's canonical encoding, 64 lowercase hex digits (see docs/audit.md).
+    pub hash: String,
+    /// The `hash` of the stream's previous event; 64 zeros for version 1.
+    pub prev_hash: String,
 }
 
 impl From<RecordedEvent> for Event {
@@ -34,6 +38,8 @@ impl From<RecordedEvent> for Event {
             data: e.data,
             metadata: e.metadata,
             recorded_at: e.recorded_at,
+            hash: e.hash,
+            prev_hash: e.prev_hash,
         }
     }
 }

@@ -1,4 +1,5 @@
 //! The pure domain: value types, commands, events and the rules between them. No I/O here.
 
+pub mod audit;
 pub mod payload;
 pub mod tenant;

@@ -4,6 +4,10 @@
 //! it holds the lock and releases the lock only after its commit is visible, so positions become visible in
 //! order and a reader of `position > checkpoint` never skips an event that commits late. Tenant commands are
 //! rare and small, so one append at a time costs nothing that matters (see docs/architecture.md).
+//!
+//! Every event carries the hash of its canonical encoding and its stream's previous hash (docs/audit.md). The
+//! lock makes reading the stream's last hash race-free; the position is drawn before the insert because the
+//! hash covers it, and `recorded_at` is set explicitly because the hash covers the exact stored value.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement, TransactionTrait, Value};
@@ -12,6 +16,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::StoreError;
+use crate::domain::audit::{EventHash, HashedFields, canonical_json};
 
 /// The channel NOTIFY announces new positions on, so projectors on every instance wake at once.
 pub const NOTIFY_CHANNEL: &str = "tenantmq_events";
@@ -38,6 +43,10 @@ pub struct RecordedEvent {
     pub data: serde_json::Value,
     pub metadata: serde_json::Value,
     pub recorded_at: DateTime<Utc>,
+    /// SHA-256 of the event's canonical encoding, lowercase hex.
+    pub hash: String,
+    /// The hash of the stream's previous event (64 zeros for version 1).
+    pub prev_hash: String,
 }
 
 impl RecordedEvent {
@@ -81,7 +90,33 @@ pub struct Appended {
     pub last_version: i32,
 }
 
-const COLUMNS: &str = "position, stream_id, version, event_type, data, metadata, recorded_at";
+const COLUMNS: &str = "position, stream_id, version, event_type, data, metadata, recorded_at, \
+                       encode(hash, 'hex') AS hash, encode(prev_hash, 'hex') AS prev_hash";
+
+/// What an append reads under the lock, in one round trip: the stream's last version and hash, the time to
+/// record, the metadata and each event's data as PostgreSQL's text of their `jsonb` (the form the hash covers),
+/// and a position per event. One row per event (one row without data when there are no events).
+#[derive(FromQueryResult)]
+struct StreamTip {
+    version: i32,
+    hash: Option<Vec<u8>>,
+    recorded_at: DateTime<Utc>,
+    metadata: String,
+    data: Option<String>,
+    position: Option<i64>,
+}
+
+/// Positions are drawn before the version check, so a conflicting append leaves a gap, as a rolled-back one
+/// always did; only appends draw from the sequence, and only under the lock, so positions still become
+/// visible in order.
+const STREAM_TIP: &str = "SELECT COALESCE(last.version, 0) AS version, last.hash, now() AS recorded_at, \
+     $2::jsonb::text AS metadata, element.item::text AS data, \
+     CASE WHEN element.item IS NOT NULL THEN nextval(pg_get_serial_sequence('events', 'position')) END AS position \
+     FROM (SELECT 1) AS one \
+     LEFT JOIN LATERAL (SELECT version, hash FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1) AS last \
+     ON true \
+     LEFT JOIN LATERAL jsonb_array_elements($3::jsonb) WITH ORDINALITY AS element(item, index) ON true \
+     ORDER BY element.index";
 
 #[derive(Clone)]
 pub struct EventStore {
@@ -122,34 +157,63 @@ impl EventStore {
         metadata: &EventMetadata,
     ) -> Result<Appended, StoreError> {
         let metadata = serde_json::to_value(metadata).map_err(StoreError::Encode)?;
+        let data = serde_json::Value::Array(events.iter().map(|event| event.data.clone()).collect());
         let txn = self.db.begin().await?;
         txn.execute_raw(stmt("SELECT pg_advisory_xact_lock($1)", [APPEND_LOCK.into()])).await?;
-        let actual: i32 = scalar(
-            &txn,
-            stmt("SELECT COALESCE(MAX(version), 0) AS value FROM events WHERE stream_id = $1", [stream_id.into()]),
-        )
-        .await?;
-        if actual != expected_version {
-            return Err(StoreError::VersionConflict { expected: expected_version, actual });
+        let tips =
+            StreamTip::find_by_statement(stmt(STREAM_TIP, [stream_id.into(), metadata.clone().into(), data.into()]))
+                .all(&txn)
+                .await?;
+        let Some(tip) = tips.first() else {
+            return Err(StoreError::Database(sea_orm::DbErr::RecordNotFound(
+                "the stream tip query returned no row".into(),
+            )));
+        };
+        if tip.version != expected_version {
+            return Err(StoreError::VersionConflict { expected: expected_version, actual: tip.version });
         }
-        let mut appended = Appended { last_position: 0, last_version: actual };
-        for event in events {
+        let mut prev_hash = match &tip.hash {
+            Some(bytes) => {
+                EventHash::from_slice(bytes).ok_or(StoreError::MalformedHash { stream_id, version: tip.version })?
+            }
+            None => EventHash::GENESIS,
+        };
+        let metadata_text = canonical_json(&tip.metadata).map_err(StoreError::Encode)?;
+        // Ascending whatever order the rows drew them in, so positions follow versions.
+        let mut positions: Vec<i64> = tips.iter().filter_map(|row| row.position).collect();
+        positions.sort_unstable();
+        let mut appended = Appended { last_position: 0, last_version: tip.version };
+        for (event, (row, position)) in events.iter().zip(tips.iter().zip(positions)) {
             appended.last_version += 1;
-            appended.last_position = scalar(
-                &txn,
-                stmt(
-                    "INSERT INTO events (stream_id, version, event_type, data, metadata) \
-                     VALUES ($1, $2, $3, $4, $5) RETURNING position AS value",
-                    [
-                        stream_id.into(),
-                        appended.last_version.into(),
-                        event.event_type.clone().into(),
-                        event.data.clone().into(),
-                        metadata.clone().into(),
-                    ],
-                ),
-            )
+            appended.last_position = position;
+            let fields = HashedFields {
+                stream_id,
+                version: appended.last_version,
+                position,
+                event_type: event.event_type.clone(),
+                data: canonical_json(row.data.as_deref().unwrap_or_default()).map_err(StoreError::Encode)?,
+                metadata: metadata_text.clone(),
+                recorded_at: tip.recorded_at,
+                prev_hash,
+            };
+            let hash = fields.hash();
+            txn.execute_raw(stmt(
+                "INSERT INTO events (position, stream_id, version, event_type, data, metadata, recorded_at, \
+                 prev_hash, hash) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                [
+                    position.into(),
+                    stream_id.into(),
+                    appended.last_version.into(),
+                    event.event_type.clone().into(),
+                    event.data.clone().into(),
+                    metadata.clone().into(),
+                    tip.recorded_at.into(),
+                    prev_hash.as_bytes().to_vec().into(),
+                    hash.as_bytes().to_vec().into(),
+                ],
+            ))
             .await?;
+            prev_hash = hash;
         }
         txn.execute_raw(stmt(
             "SELECT pg_notify($1, $2)",

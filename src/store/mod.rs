@@ -1,5 +1,6 @@
 //! Persistence at the edge: the database connection, the event log and the read models.
 
+pub mod audit;
 pub(crate) mod checkpoints;
 pub mod database;
 pub mod events;
@@ -21,6 +22,9 @@ pub enum StoreError {
     UndecodableEvent { position: i64, event_type: String, source: serde_json::Error },
     #[error("an event cannot be encoded: {0}")]
     Encode(serde_json::Error),
+    /// A stored `hash` or `prev_hash` is not 32 bytes (the log's check constraint was bypassed).
+    #[error("the stored hash of stream {stream_id} version {version} is not 32 bytes")]
+    MalformedHash { stream_id: uuid::Uuid, version: i32 },
     #[error("database error: {0}")]
     Database(#[from] DbErr),
     #[error("database error: {0}")]

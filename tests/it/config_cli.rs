@@ -12,7 +12,7 @@ fn temp_file(contents: &str) -> PathBuf {
     path
 }
 
-fn tenantmq(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn tenantmq(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tenantmq"));
     command.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTMQ_")) {

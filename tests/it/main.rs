@@ -1,6 +1,7 @@
 //! Integration tests: one binary, real PostgreSQL (and RabbitMQ), a database per test.
 
 mod adversity;
+mod audit;
 mod config_cli;
 mod dead_letters;
 mod deploy;

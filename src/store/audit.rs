@@ -1,0 +1,152 @@
+//! The hash chain of the stored log (docs/audit.md): checking one stream or every stream, reading it in chunks
+//! of bounded size, and the head of each stream.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, FromQueryResult, IsolationLevel,
+    TransactionTrait,
+};
+use uuid::Uuid;
+
+use super::{StoreError, events::stmt};
+use crate::domain::audit::{Break, ChainCheck, ChainedEvent, EventHash, HashedFields, Head, Intact, canonical_json};
+
+/// Events read per query: memory stays bounded however long the log is.
+const CHUNK: i64 = 1000;
+
+/// The outcome of checking the stored chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Intact(Intact),
+    /// The first event (in stream, then version order) at which the chain breaks.
+    Broken(Break),
+}
+
+/// Checks the chain of one stream, or of every stream, in one snapshot of the log.
+pub async fn verify(db: &DatabaseConnection, stream: Option<Uuid>) -> Result<Verdict, StoreError> {
+    let mut reader = ChainReader::open(db, stream).await?;
+    let mut check = ChainCheck::new();
+    loop {
+        let chunk = reader.next_chunk().await?;
+        if chunk.is_empty() {
+            return Ok(Verdict::Intact(check.finish()));
+        }
+        for event in &chunk {
+            if let Err(broken) = check.push(event) {
+                return Ok(Verdict::Broken(broken));
+            }
+        }
+    }
+}
+
+/// Reads the chain of one stream or of every stream (by stream id, then version) in chunks, all from one
+/// repeatable-read snapshot, so appends that commit meanwhile are not half seen.
+pub struct ChainReader {
+    snapshot: DatabaseTransaction,
+    stream: Option<Uuid>,
+    /// The last `(stream id, version)` read; the nil UUID sorts before every stream.
+    after: (Uuid, i32),
+    done: bool,
+}
+
+#[derive(FromQueryResult)]
+struct ChainRow {
+    position: i64,
+    stream_id: Uuid,
+    version: i32,
+    event_type: String,
+    data: String,
+    metadata: String,
+    recorded_at: DateTime<Utc>,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// `data` and `metadata` as PostgreSQL's text of their `jsonb`, which keeps every number's digits.
+const CHAIN_COLUMNS: &str = "position, stream_id, version, event_type, data::text AS data, \
+                             metadata::text AS metadata, recorded_at, prev_hash, hash";
+
+impl ChainReader {
+    pub async fn open(db: &DatabaseConnection, stream: Option<Uuid>) -> Result<Self, StoreError> {
+        let snapshot = db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?;
+        Ok(Self { snapshot, stream, after: (stream.unwrap_or(Uuid::nil()), 0), done: false })
+    }
+
+    /// The next events in order; empty once the chain is read.
+    pub async fn next_chunk(&mut self) -> Result<Vec<ChainedEvent>, StoreError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let (after_stream, after_version) = self.after;
+        let statement = match self.stream {
+            Some(stream) => stmt(
+                &format!(
+                    "SELECT {CHAIN_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 \
+                     ORDER BY version LIMIT $3"
+                ),
+                [stream.into(), after_version.into(), CHUNK.into()],
+            ),
+            None => stmt(
+                &format!(
+                    "SELECT {CHAIN_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2) \
+                     ORDER BY stream_id, version LIMIT $3"
+                ),
+                [after_stream.into(), after_version.into(), CHUNK.into()],
+            ),
+        };
+        let rows = ChainRow::find_by_statement(statement).all(&self.snapshot).await?;
+        self.done = i64::try_from(rows.len()).unwrap_or(i64::MAX) < CHUNK;
+        if let Some(last) = rows.last() {
+            self.after = (last.stream_id, last.version);
+        }
+        rows.into_iter().map(chained).collect()
+    }
+}
+
+fn chained(row: ChainRow) -> Result<ChainedEvent, StoreError> {
+    let malformed = StoreError::MalformedHash { stream_id: row.stream_id, version: row.version };
+    let (Some(prev_hash), Some(hash)) = (EventHash::from_slice(&row.prev_hash), EventHash::from_slice(&row.hash))
+    else {
+        return Err(malformed);
+    };
+    Ok(ChainedEvent {
+        fields: HashedFields {
+            stream_id: row.stream_id,
+            version: row.version,
+            position: row.position,
+            event_type: row.event_type,
+            data: canonical_json(&row.data).map_err(StoreError::Encode)?,
+            metadata: canonical_json(&row.metadata).map_err(StoreError::Encode)?,
+            recorded_at: row.recorded_at,
+            prev_hash,
+        },
+        hash,
+    })
+}
+
+#[derive(FromQueryResult)]
+struct HeadRow {
+    stream_id: Uuid,
+    version: i32,
+    position: i64,
+    hash: Vec<u8>,
+}
+
+/// The newest event of every stream (by stream id), or of one: publishing these elsewhere lets a later check
+/// notice events cut off a stream's end, or a stream rewritten whole.
+pub async fn heads<C: ConnectionTrait>(conn: &C, stream: Option<Uuid>) -> Result<Vec<Head>, StoreError> {
+    let rows = HeadRow::find_by_statement(stmt(
+        "SELECT DISTINCT ON (stream_id) stream_id, version, position, hash FROM events \
+         WHERE $1::uuid IS NULL OR stream_id = $1 ORDER BY stream_id, version DESC",
+        [stream.into()],
+    ))
+    .all(conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let hash = EventHash::from_slice(&row.hash)
+                .ok_or(StoreError::MalformedHash { stream_id: row.stream_id, version: row.version })?;
+            Ok(Head { stream_id: row.stream_id, version: row.version, position: row.position, hash })
+        })
+        .collect()
+}

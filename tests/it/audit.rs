@@ -1,0 +1,238 @@
+//! The tamper-evident event log: the hash chain as the API shows it, `tenantmq verify` and `export` run as an
+//! auditor runs them, a log tampered with by the database owner, and the backfill of events older than the
+//! chain.
+
+use std::process::Output;
+
+use reqwest::StatusCode;
+use sea_orm::ConnectionTrait;
+use serde_json::{Value, json};
+use tenantmq::{
+    config::Config,
+    store::{
+        audit::{self, Verdict},
+        database::{self, MigrationDirection},
+        events::{EventMetadata, EventStore, NewEvent},
+    },
+};
+use uuid::Uuid;
+
+use crate::{
+    config_cli::tenantmq,
+    helpers::{TestApp, drop_database, test_config},
+};
+
+/// Runs the binary against `database_url` off the runtime's thread (the service under test shares it).
+fn cli(args: &[&str], database_url: &str) -> impl Future<Output = Output> + use<> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let url = database_url.to_owned();
+    async move {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            tenantmq(&args, &[("TENANTMQ_DATABASE__URL", url.as_str())])
+        })
+        .await
+        .expect("the binary ran")
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A tenant with three events: created, then its concurrency set twice.
+async fn tenant_with_three_events(app: &TestApp) -> String {
+    let id = app.create_tenant_id("audited").await;
+    for workers in [4, 5] {
+        let response = app.put_json(&format!("/tenants/{id}/config/concurrency"), &json!({ "workers": workers })).await;
+        assert!(response.status().is_success(), "{}", response.status());
+    }
+    id
+}
+
+async fn position(app: &TestApp, tenant: &str, version: i32) -> i64 {
+    app.scalar_i64(&format!("SELECT position FROM events WHERE stream_id = '{tenant}' AND version = {version}")).await
+}
+
+/// Changes the log as its owner can: with the append-only trigger switched off for the statement.
+async fn tamper(app: &TestApp, sql: &str) {
+    app.db
+        .execute_unprepared(&format!(
+            "ALTER TABLE events DISABLE TRIGGER events_no_update_or_delete; {sql}; \
+             ALTER TABLE events ENABLE TRIGGER events_no_update_or_delete;"
+        ))
+        .await
+        .expect("tampered");
+}
+
+#[tokio::test]
+async fn an_untouched_log_verifies_and_the_api_shows_its_chain() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    app.create_tenant_id("bystander").await;
+
+    let response = app.get(&format!("/tenants/{id}/events")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let page: Value = response.json().await.expect("events JSON");
+    let events = page["data"].as_array().expect("events");
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[0]["prev_hash"], "0".repeat(64));
+    for pair in events.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"], "{pair:?}");
+    }
+    let head_hash = events[2]["hash"].as_str().expect("hash").to_owned();
+    assert!(head_hash.len() == 64 && head_hash.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+
+    let url = &app.config.database.url;
+    let all = cli(&["verify"], url).await;
+    assert!(all.status.success(), "{}{}", stdout(&all), String::from_utf8_lossy(&all.stderr));
+    assert!(stdout(&all).contains("event log: intact: events: 4, streams: 2"), "{}", stdout(&all));
+    let one = cli(&["verify", "--tenant", &id], url).await;
+    assert!(one.status.success(), "{}", stdout(&one));
+    let head_position = position(&app, &id, 3).await;
+    assert!(
+        stdout(&one).contains(&format!("intact: events: 3, streams: 1; head: position {head_position} ")),
+        "{}",
+        stdout(&one)
+    );
+    assert!(stdout(&one).contains(&head_hash), "{}", stdout(&one));
+
+    let heads = audit::heads(&app.db, None).await.expect("heads");
+    assert_eq!(heads.len(), 2);
+    let tenant: Uuid = id.parse().expect("uuid");
+    let head = audit::heads(&app.db, Some(tenant)).await.expect("head");
+    assert_eq!(head.iter().map(|h| (h.version, h.hash.to_hex())).collect::<Vec<_>>(), [(3, head_hash)]);
+    assert!(heads.contains(&head[0]));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_event_fails_verification_at_its_position() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    tamper(
+        &app,
+        &format!(
+            "UPDATE events SET data = jsonb_set(data, '{{workers}}', '9') WHERE stream_id = '{id}' AND version = 2"
+        ),
+    )
+    .await;
+    let changed = position(&app, &id, 2).await;
+    let url = &app.config.database.url;
+    for args in [vec!["verify", "--tenant", id.as_str()], vec!["verify"]] {
+        let output = cli(&args, url).await;
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {}", stdout(&output));
+        let shown = stdout(&output);
+        assert!(
+            shown.contains(&format!("NOT intact: position {changed} (stream {id}, version 2): hash mismatch")),
+            "{shown}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_middle_event_fails_verification_at_the_next_position() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    let next = position(&app, &id, 3).await;
+    tamper(&app, &format!("DELETE FROM events WHERE stream_id = '{id}' AND version = 2")).await;
+    let output = cli(&["verify", "--tenant", &id], &app.config.database.url).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains(&format!(
+            "NOT intact: position {next} (stream {id}, version 3): version gap: expected version 2"
+        )),
+        "{}",
+        stdout(&output)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_export_verifies_offline_and_one_edited_byte_is_named_by_its_line() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    let file = std::env::temp_dir().join(format!("tenantmq-export-{}.jsonl", Uuid::new_v4()));
+    let file_name = file.to_str().expect("utf-8 path").to_owned();
+    let exported = cli(&["export", "--tenant", &id, "--output", &file_name], &app.config.database.url).await;
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    let export = std::fs::read_to_string(&file).expect("export written");
+    let lines: Vec<Value> = export.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect();
+    assert_eq!(lines.len(), 3);
+    for key in
+        ["stream_id", "version", "position", "event_type", "data", "metadata", "recorded_at", "prev_hash", "hash"]
+    {
+        assert!(lines.iter().all(|line| line.get(key).is_some()), "{key} in every line");
+    }
+
+    // Offline: neither the configuration nor the database is looked at.
+    let offline = |file: &str| {
+        let args = ["--config", "/no/such/file.yaml", "verify", "--file", file];
+        cli(&args, "postgres://nobody@127.0.0.1:1/none")
+    };
+    let intact = offline(&file_name).await;
+    assert!(intact.status.success(), "{}{}", stdout(&intact), String::from_utf8_lossy(&intact.stderr));
+    assert!(stdout(&intact).contains("intact: events: 3, streams: 1"), "{}", stdout(&intact));
+
+    // One byte on line 2: ConcurrencySet to 4 workers becomes 6.
+    let second = export.lines().nth(1).expect("line 2");
+    let edited_line = second.replacen("\"workers\":4", "\"workers\":6", 1);
+    assert_ne!(second, edited_line);
+    std::fs::write(&file, export.replacen(second, &edited_line, 1)).expect("edited");
+    let edited = offline(&file_name).await;
+    assert_eq!(edited.status.code(), Some(1), "{}", stdout(&edited));
+    assert!(stdout(&edited).contains("NOT intact at line 2: position "), "{}", stdout(&edited));
+    assert!(stdout(&edited).contains("hash mismatch"), "{}", stdout(&edited));
+
+    // A line that is no longer JSON is named too.
+    std::fs::write(&file, export.replacen("{", "[", 1)).expect("edited");
+    let broken = offline(&file_name).await;
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(stdout(&broken).contains("NOT intact at line 1: not an event"), "{}", stdout(&broken));
+    std::fs::remove_file(&file).expect("export removed");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_backfill_chains_events_recorded_before_the_migration() {
+    let config: Config = test_config();
+    let url = config.database.url.clone();
+    database::create_database_if_missing(&url).await.expect("database created");
+    database::migrate(&url, MigrationDirection::Up).await.expect("migrated");
+    database::migrate(&url, MigrationDirection::Down).await.expect("the hash chain rolled back");
+    let db = database::connect(&config.database).await.expect("connected");
+    let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+    // As the service appended before the chain existed; JSON that canonicalization has to get right.
+    db.execute_unprepared(&format!(
+        r#"INSERT INTO events (stream_id, version, event_type, data, metadata) VALUES
+           ('{first}', 1, 'TenantCreated.v1', '{{"name": "old", "workers": 3}}', '{{"actor": "legacy"}}'),
+           ('{second}', 1, 'TenantCreated.v1', '{{"name": "other", "workers": 1}}', '{{}}'),
+           ('{first}', 2, 'Odd.v1',
+            '{{"b": [1.50, -0.0000001, 123456789012345678901234567890, 1e3, true, null],
+               "a": {{"z\u0001\t": "é😀/", "": {{}}}}, "é": [], "aa": "x\"y\\"}}',
+            '{{"actor": "Zoë \"ops\"\n"}}')"#
+    ))
+    .await
+    .expect("old events inserted");
+    db.close().await.expect("closed");
+
+    database::migrate(&url, MigrationDirection::Up).await.expect("the hash chain migrated with its backfill");
+    let db = database::connect(&config.database).await.expect("connected");
+    match audit::verify(&db, None).await.expect("verified") {
+        Verdict::Intact(intact) => assert_eq!((intact.streams, intact.events), (2, 3)),
+        Verdict::Broken(broken) => panic!("the backfill does not verify: {broken}"),
+    }
+
+    // The chain goes on from the backfilled hashes.
+    let metadata =
+        EventMetadata { actor: "tests".into(), request_id: "r".into(), correlation_id: "r".into(), trace_id: None };
+    let next = NewEvent { event_type: "TenantDeleted.v1".into(), data: json!({}) };
+    EventStore::new(db.clone()).append(first, 2, &[next], &metadata).await.expect("appended");
+    match audit::verify(&db, None).await.expect("verified") {
+        Verdict::Intact(intact) => assert_eq!((intact.streams, intact.events), (2, 4)),
+        Verdict::Broken(broken) => panic!("{broken}"),
+    }
+    db.close().await.expect("closed");
+    drop_database(&url).await;
+}
