@@ -50,7 +50,7 @@ pub async fn queue_state(connection: &Connection, queue: &str) -> Result<Option<
 }
 
 /// Deletes the three queues (main, retry, dead letters) of each tenant; a queue already gone is no error.
-pub async fn delete_tenant_queues(connection: &Connection, tenants: &[TenantId]) -> Result<()> {
+pub(crate) async fn delete_tenant_queues(connection: &Connection, tenants: &[TenantId]) -> Result<()> {
     let channel = connection.create_channel().await?;
     for tenant in tenants {
         for kind in QueueKind::ALL {

@@ -132,9 +132,7 @@ async fn build_template(server: &str, admin: &mut PgConnection, template: &str) 
 }
 
 async fn admin_connection(server: &str) -> Result<PgConnection> {
-    PgConnection::connect(&format!("{server}/postgres"))
-        .await
-        .with_context(|| format!("connecting to the postgres database of {server}"))
+    PgConnection::connect(&format!("{server}/postgres")).await.context("connecting to PostgreSQL's postgres database")
 }
 
 async fn lock(admin: &mut PgConnection, function: &str) -> Result<()> {

@@ -19,7 +19,7 @@ use tenantmq::{
 };
 
 pub use app::RunningApp;
-pub use broker::{DeclaredQueues, QueueProbe, delete_tenant_queues, queue_state};
+pub use broker::{DeclaredQueues, QueueProbe, queue_state};
 pub use database::TestDatabase;
 
 /// PostgreSQL and RabbitMQ on their standard local ports, where the tests and the bench look by default.
@@ -42,7 +42,7 @@ impl Services {
     pub async fn amqp(&self) -> Result<lapin::Connection> {
         lapin::Connection::connect(&self.amqp_url, lapin::ConnectionProperties::default())
             .await
-            .with_context(|| format!("connecting to RabbitMQ at {}", self.amqp_url))
+            .context("connecting to RabbitMQ")
     }
 }
 

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tenantmq::auth::{self, Role};
 
 use crate::{
     dead_letters::{lock_partition, release},
@@ -13,7 +12,7 @@ use crate::{
         amqp, await_exactly, create_database, eventually, queue, queue_state, remove_database, scalar_i64,
         slow_down_inserts, test_config,
     },
-    processes::{publish_batches, signal, start},
+    processes::{admin_token, publish_batches, signal, start},
 };
 
 #[tokio::test]
@@ -21,7 +20,7 @@ async fn three_instances_share_each_tenant_and_one_killed_mid_stream_loses_nothi
     const MESSAGES: i64 = 10_000;
     let config = test_config();
     let database = create_database(&config).await;
-    let admin = auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(600)).expect("token");
+    let admin = admin_token(&config);
     let client = reqwest::Client::new();
     let mut instances = vec![start(&config).await, start(&config).await, start(&config).await];
 
