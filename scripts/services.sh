@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Local PostgreSQL and RabbitMQ for development and CI on bare services (no Docker needed).
 #   scripts/services.sh up                    start whichever is down and wait until both answer
-#   scripts/services.sh sweep-test-databases  drop databases that interrupted test runs left behind
+#   scripts/services.sh sweep-test-databases  drop databases that interrupted test runs left behind, and the
+#                                             migrated templates test databases are cloned from
 #   scripts/services.sh tenant-queues         list the broker's tenant queues (tenant_<id>_queue|retry|dlq)
 set -euo pipefail
 
 PGHOST="${PGHOST:-127.0.0.1}"
 PGPORT="${PGPORT:-5432}"
 AMQP_PORT="${AMQP_PORT:-5672}"
+# testkit/src/database.rs's TEMPLATE_LOCK ("template" in ASCII), in decimal.
+TEMPLATE_LOCK=8387230210669507685
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
@@ -52,6 +55,19 @@ case "${1:-up}" in
             while read -r db; do
                 psql -h "$PGHOST" -p "$PGPORT" -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)"
             done
+        # Templates (tenantmq_template_<migrations' fingerprint>, see testkit/src/database.rs) are swept too:
+        # one per migration set ever tested would pile up, and the next run builds its own in one migration.
+        # The kit clones only while holding advisory lock TEMPLATE_LOCK shared (on the postgres database), so
+        # taking it exclusively in this session drops no template while a test database is cloned from it.
+        templates=$(psql -h "$PGHOST" -p "$PGPORT" -U postgres -d postgres -Atc \
+            "SELECT datname FROM pg_database WHERE datname LIKE 'tenantmq\_template\_%'")
+        if [ -n "$templates" ]; then
+            drops=(-c "SELECT pg_advisory_lock($TEMPLATE_LOCK)")
+            for template in $templates; do
+                drops+=(-c "DROP DATABASE IF EXISTS \"$template\" WITH (FORCE)")
+            done
+            psql -h "$PGHOST" -p "$PGPORT" -U postgres -d postgres -q "${drops[@]}" >/dev/null
+        fi
         ;;
     tenant-queues)
         rabbitmqctl list_queues -q --no-table-headers name 2>/dev/null | grep -E '^tenant_[0-9a-f-]{36}_(queue|retry|dlq)$' | sort || true

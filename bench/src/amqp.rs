@@ -16,7 +16,8 @@ use lapin::{
     types::FieldTable,
 };
 use sea_orm::sqlx;
-use tenantmq::{broker::queues, config::QueueType, domain::tenant::TenantId, store::partitions};
+use tenantmq::{broker::queues::declare, config::QueueType, domain::tenant::TenantId, store::partitions};
+use tenantmq_testkit::DeclaredQueues;
 use tokio::{task::JoinSet, time::Instant};
 use uuid::Uuid;
 
@@ -107,9 +108,10 @@ pub async fn raw_broker(
 ) -> Result<f64> {
     let connection = services.amqp().await?;
     let tenants = bench_tenants(tenants);
+    let queues = DeclaredQueues::of(&services.servers, &tenants);
     let setup = connection.create_channel().await?;
     for tenant in &tenants {
-        queues::declare(&setup, *tenant, QueueType::Classic).await?;
+        declare(&setup, *tenant, QueueType::Classic).await?;
     }
     let acked = Arc::new(AtomicU64::new(0));
     let done = Arc::new(tokio::sync::Notify::new());
@@ -167,7 +169,7 @@ pub async fn raw_broker(
     }
     let elapsed = started.elapsed();
     consumers.abort_all();
-    env::delete_tenant_queues(&connection, &tenants).await?;
+    queues.delete().await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(crate::stats::rate(settings.messages, elapsed))
 }
@@ -176,16 +178,15 @@ pub async fn raw_broker(
 /// parent `messages` table (autocommit) and then acks it. No prefetch limit (lapin's default), as such
 /// implementations usually leave it.
 pub async fn naive(services: &Services, tenants: usize, settings: ProducerSettings) -> Result<f64> {
-    let url = services.database_url("naive");
-    let mut config = services.service_config("naive");
-    config.database.url = url.clone();
-    let db = tenantmq::prepare_database(&config).await.context("naive: database")?;
+    let database = services.database("naive").await?;
+    let db = tenantmq::prepare_database(&services.service_config(&database)).await.context("naive: database")?;
     let connection = services.amqp().await?;
     let tenants = bench_tenants(tenants);
+    let queues = DeclaredQueues::of(&services.servers, &tenants);
     let setup = connection.create_channel().await?;
     for tenant in &tenants {
         partitions::create(&db, *tenant).await?;
-        queues::declare(&setup, *tenant, QueueType::Classic).await?;
+        declare(&setup, *tenant, QueueType::Classic).await?;
     }
     let pool = db.get_postgres_connection_pool().clone();
     let mut consumers = JoinSet::new();
@@ -230,9 +231,9 @@ pub async fn naive(services: &Services, tenants: usize, settings: ProducerSettin
     produced?;
     let elapsed = rows?.duration_since(started);
     consumers.abort_all();
-    env::delete_tenant_queues(&connection, &tenants).await?;
+    queues.delete().await?;
     let _ = connection.close(200, "done".into()).await;
     db.close_by_ref().await?;
-    env::drop_database(&url).await?;
+    database.remove().await?;
     Ok(crate::stats::rate(settings.messages, elapsed))
 }

@@ -38,10 +38,8 @@ pub struct DbSettings {
 }
 
 pub async fn raw_database(services: &Services, settings: DbSettings) -> Result<RawDatabase> {
-    let url = services.database_url("rawdb");
-    let mut config = services.service_config("rawdb");
-    config.database.url = url.clone();
-    let db = tenantmq::prepare_database(&config).await.context("raw database: database")?;
+    let database = services.database("rawdb").await?;
+    let db = tenantmq::prepare_database(&services.service_config(&database)).await.context("raw database: database")?;
     let pool = db.get_postgres_connection_pool().clone();
 
     // COPY: one connection, one statement, text format, into a partition of its own.
@@ -104,6 +102,6 @@ pub async fn raw_database(services: &Services, settings: DbSettings) -> Result<R
     let insert = stats::rate(settings.messages, started.elapsed());
 
     db.close_by_ref().await?;
-    env::drop_database(&url).await?;
+    database.remove().await?;
     Ok(RawDatabase { copy, insert })
 }

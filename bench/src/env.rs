@@ -1,66 +1,47 @@
-//! What every section shares: the servers, databases of the bench's own, broker connections, the in-process
-//! service, and the versions printed with the table.
+//! What every section shares beyond the test kit: this run's databases and service configuration, the sweep
+//! of an interrupted run's databases, settling between parts, row counts, payloads, and the versions printed
+//! with the table.
 
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
-use lapin::{
-    Connection, ConnectionProperties,
-    options::{QueueDeclareOptions, QueueDeleteOptions},
-    types::FieldTable,
-};
+use lapin::Connection;
 use sea_orm::{ConnectionTrait, DatabaseConnection};
-use tenantmq::{
-    Application,
-    auth::{self, Role},
-    broker::TenantQueues,
-    config::Config,
-    domain::tenant::TenantId,
-};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use serde_json::json;
+use tenantmq::{config::Config, domain::tenant::TenantId};
+use tenantmq_testkit::{RunningApp, TestDatabase};
 use uuid::Uuid;
 
-/// Where the services are.
+/// The servers, and the name of this run.
 #[derive(Debug, Clone)]
 pub struct Services {
-    /// `postgres://user@host:port` without a database.
-    pub postgres_server: String,
-    pub amqp_url: String,
-    /// Prefix of every database and queue the bench creates: `tenantmq_bench_<random>`.
+    pub servers: tenantmq_testkit::Services,
+    /// Prefix of every database the bench creates: `tenantmq_bench_<random>`.
     pub run_id: String,
 }
 
 impl Services {
-    /// A new database name of this run (never `tenantmq_it_%`, the test suite's).
-    pub fn database_url(&self, suffix: &str) -> String {
-        format!("{}/{}_{suffix}", self.postgres_server, self.run_id)
+    /// A new database of this run (never `tenantmq_it_%`, the test suite's), cloned from the migrated
+    /// template; removed with its tenants' queues by `remove`, or when dropped (a part that fails, Ctrl-C).
+    pub async fn database(&self, suffix: &str) -> Result<TestDatabase> {
+        TestDatabase::create(&self.servers, &format!("{}_{suffix}", self.run_id)).await
     }
 
     pub async fn amqp(&self) -> Result<Connection> {
-        Connection::connect(&self.amqp_url, ConnectionProperties::default()).await.context("connecting to RabbitMQ")
+        self.servers.amqp().await
     }
 
-    /// A configuration of the real service on its own database, a free port and a random secret.
-    pub fn service_config(&self, suffix: &str) -> Config {
+    /// A configuration of the real service on `database`, a free port and a random secret.
+    pub fn service_config(&self, database: &TestDatabase) -> Config {
         let mut config = Config::default();
         config.server.host = "127.0.0.1".into();
         config.server.port = 0;
-        config.database.url = self.database_url(suffix);
-        config.rabbitmq.url = self.amqp_url.clone();
+        config.database.url = database.url();
+        config.rabbitmq.url = self.servers.amqp_url.clone();
         config.auth.jwt_secret = Some(format!("bench-secret-{}", Uuid::new_v4()));
         config.shutdown_timeout = Duration::from_secs(20);
         config
     }
-}
-
-/// Drops a database of the bench (quietly if it is not there).
-pub async fn drop_database(url: &str) -> Result<()> {
-    let (server, name) = url.rsplit_once('/').context("a database URL")?;
-    let admin = sea_orm::Database::connect(format!("{server}/postgres")).await?;
-    admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await?;
-    admin.close().await?;
-    Ok(())
 }
 
 /// Drops every database a previous, interrupted bench run left behind.
@@ -86,7 +67,7 @@ pub async fn sweep_databases(postgres_server: &str) -> Result<usize> {
 /// it left (rather than a checkpoint landing in the middle of the next run), then a short pause for the
 /// broker's queue deletions and the processes' exits.
 pub async fn settle(services: &Services) -> Result<()> {
-    let admin = sea_orm::Database::connect(format!("{}/postgres", services.postgres_server)).await?;
+    let admin = sea_orm::Database::connect(services.servers.database_url("postgres")).await?;
     // CHECKPOINT needs a superuser or pg_checkpoint; without it the pause alone has to do.
     if let Err(error) = admin.execute_unprepared("CHECKPOINT").await {
         eprintln!("warning: no CHECKPOINT before the next part ({error})");
@@ -96,118 +77,30 @@ pub async fn settle(services: &Services) -> Result<()> {
     Ok(())
 }
 
-/// Deletes a tenant's queue and dead-letter queue.
-pub async fn delete_tenant_queues(connection: &Connection, tenants: &[TenantId]) -> Result<()> {
-    let channel = connection.create_channel().await?;
-    for tenant in tenants {
-        let queues = TenantQueues::of(*tenant);
-        for queue in [queues.queue, queues.dead_letters] {
-            channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
-        }
+/// Creates `count` tenants named `<prefix>-<i>` through the API.
+pub async fn create_tenants(app: &RunningApp, prefix: &str, count: usize) -> Result<Vec<TenantId>> {
+    let mut tenants = Vec::with_capacity(count);
+    for i in 0..count {
+        let body = json!({ "name": format!("{prefix}-{i}") });
+        let tenant = tenantmq_testkit::create_tenant(&app.client, &app.base_url, &body).await?;
+        tenants.push(tenant["id"].as_str().and_then(|id| id.parse().ok()).context("the tenant's id")?);
     }
-    let _ = channel.close(200, "done".into()).await;
-    Ok(())
-}
-
-/// `(ready, consumers)` of a queue, or `None` if it does not exist. A passive declare of a missing queue
-/// closes its channel, so the caller passes a slot that is reopened when needed.
-pub async fn queue_state(
-    connection: &Connection,
-    channel: &mut Option<lapin::Channel>,
-    queue: &str,
-) -> Result<Option<(u32, u32)>> {
-    let open = match channel.take() {
-        Some(open) if open.status().connected() => open,
-        _ => connection.create_channel().await?,
-    };
-    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-    let state = open.queue_declare(queue.into(), passive, FieldTable::default()).await;
-    let state = state.ok().map(|q| (q.message_count(), q.consumer_count()));
-    *channel = Some(open);
-    Ok(state)
-}
-
-/// The real service, in this process.
-pub struct InProcess {
-    pub base_url: String,
-    pub client: reqwest::Client,
-    pub db: DatabaseConnection,
-    pub config: Config,
-    shutdown: CancellationToken,
-    server: JoinHandle<std::io::Result<()>>,
-}
-
-impl InProcess {
-    pub async fn start(config: Config) -> Result<Self> {
-        let app = Application::build(config.clone()).await.context("starting the service")?;
-        let base_url = format!("http://{}", app.address());
-        let db = app.db().clone();
-        let shutdown = app.shutdown_token();
-        let server = tokio::spawn(app.run_until_stopped());
-        let client = admin_client(&config)?;
-        Ok(Self { base_url, client, db, config, shutdown, server })
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
-    }
-
-    /// Stops the service gracefully and drops its database.
-    pub async fn stop(self) -> Result<()> {
-        self.shutdown.cancel();
-        self.server.await.context("service task")?.context("service stopped")?;
-        drop_database(&self.config.database.url).await
-    }
-}
-
-/// An HTTP client that sends an admin token of `config` with every request.
-pub fn admin_client(config: &Config) -> Result<reqwest::Client> {
-    let token = auth::mint(&config.auth, "tenantmq-bench", Role::Admin, Duration::from_secs(24 * 3600))?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse()?);
-    Ok(reqwest::Client::builder().default_headers(headers).pool_max_idle_per_host(64).build()?)
-}
-
-/// Creates a tenant through the API; returns its id.
-pub async fn create_tenant(client: &reqwest::Client, base_url: &str, name: &str) -> Result<TenantId> {
-    let response = client
-        .post(format!("{base_url}/tenants"))
-        .json(&serde_json::json!({ "name": name }))
-        .send()
-        .await
-        .context("POST /tenants")?;
-    let status = response.status();
-    let body: serde_json::Value = response.json().await.context("tenant JSON")?;
-    anyhow::ensure!(status == reqwest::StatusCode::CREATED, "POST /tenants answered {status}: {body}");
-    let id = body["id"].as_str().context("tenant id")?;
-    Ok(TenantId::from_uuid(Uuid::parse_str(id)?))
+    Ok(tenants)
 }
 
 /// Waits until every tenant's queue has a consumer, as the broker reports it.
 pub async fn await_consumers(connection: &Connection, tenants: &[TenantId], timeout: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + timeout;
-    let mut channel = None;
     for tenant in tenants {
-        loop {
-            if let Some((_, consumers)) = queue_state(connection, &mut channel, &tenant.queue_name()).await?
-                && consumers > 0
-            {
-                break;
-            }
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "no consumer on {} in time", tenant.queue_name());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let queue = tenant.queue_name();
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tenantmq_testkit::eventually(left, &format!("a consumer on {queue}"), || async {
+            let state = tenantmq_testkit::queue_state(connection, &queue).await.ok().flatten();
+            state.filter(|(_, consumers)| *consumers > 0)
+        })
+        .await?;
     }
     Ok(())
-}
-
-/// A single bigint from SQL.
-pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> Result<i64> {
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql))
-        .await?
-        .context("one row")?;
-    Ok(row.try_get_by_index::<i64>(0)?)
 }
 
 /// Polls the row count of `messages` (of `tenants` only, when given: partition pruning keeps the count cheap)
@@ -228,7 +121,7 @@ pub async fn await_rows(
     };
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let count = scalar_i64(db, &sql).await?;
+        let count = tenantmq_testkit::scalar_i64(db, &sql).await?;
         if count >= expected {
             return Ok(tokio::time::Instant::now());
         }
@@ -280,7 +173,7 @@ impl Machine {
             _ => command_output("rustc", &["-V"], workspace).await,
         };
         let postgres = async {
-            let db = sea_orm::Database::connect(format!("{}/postgres", services.postgres_server)).await.ok()?;
+            let db = sea_orm::Database::connect(services.servers.database_url("postgres")).await.ok()?;
             let row = db
                 .query_one_raw(sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, "SHOW server_version"))
                 .await

@@ -80,9 +80,9 @@ struct Cli {
     #[arg(long, env = "TENANTMQ_BENCH_SERVICE_BIN")]
     service_bin: Option<PathBuf>,
     /// PostgreSQL server (no database; the bench creates `tenantmq_bench_*` databases and drops them).
-    #[arg(long, env = "TENANTMQ_BENCH_POSTGRES", default_value = "postgres://postgres@127.0.0.1:5432")]
+    #[arg(long, env = "TENANTMQ_BENCH_POSTGRES", default_value = tenantmq_testkit::LOCAL_POSTGRES)]
     postgres: String,
-    #[arg(long, env = "TENANTMQ_BENCH_AMQP", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(long, env = "TENANTMQ_BENCH_AMQP", default_value = tenantmq_testkit::LOCAL_AMQP)]
     amqp: String,
     /// Cleanup only: delete the queues named in FILE (one a line; e.g. an interrupted run's), then exit.
     #[arg(long, value_name = "FILE")]
@@ -237,6 +237,17 @@ impl Throughput {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    // Ctrl-C drops the run where it is: the databases and queues it holds are removed as they are dropped.
+    tokio::select! {
+        finished = run(cli) => finished,
+        interrupted = tokio::signal::ctrl_c() => {
+            interrupted?;
+            anyhow::bail!("interrupted; what the run had made is removed")
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
     if let Some(file) = &cli.delete_queues_from {
         let names = std::fs::read_to_string(file)?;
         let names: Vec<&str> = names.lines().map(str::trim).filter(|n| !n.is_empty()).collect();
@@ -249,11 +260,13 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let services = Services {
-        postgres_server: cli.postgres.trim_end_matches('/').to_owned(),
-        amqp_url: cli.amqp.clone(),
+        servers: tenantmq_testkit::Services {
+            postgres_server: cli.postgres.trim_end_matches('/').to_owned(),
+            amqp_url: cli.amqp.clone(),
+        },
         run_id: format!("tenantmq_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
     };
-    let swept = env::sweep_databases(&services.postgres_server).await?;
+    let swept = env::sweep_databases(&services.servers.postgres_server).await?;
     if swept > 0 {
         eprintln!("dropped {swept} database(s) an interrupted bench run left behind");
     }

@@ -11,7 +11,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tenantmq::domain::tenant::TenantId;
+use tenantmq::{auth::Role, domain::tenant::TenantId};
+use tenantmq_testkit::QueueProbe;
 use tokio::{
     process::{Child, Command},
     sync::Semaphore,
@@ -123,13 +124,14 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
         "{} not found: build it with `cargo build --release -p tenantmq` (scripts/bench.sh does)",
         settings.binary.display()
     );
-    let url = services.database_url("scale");
+    // Declared first, so dropped last: after the service (killed on drop), whose tenants' queues go with it.
+    let database = services.database("scale").await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let config = services.service_config("scale");
+    let config = services.service_config(&database);
     let secret = config.auth.jwt_secret.clone().unwrap_or_default();
     let vars = vec![
-        ("TENANTMQ_DATABASE__URL".to_owned(), url.clone()),
-        ("TENANTMQ_RABBITMQ__URL".to_owned(), services.amqp_url.clone()),
+        ("TENANTMQ_DATABASE__URL".to_owned(), database.url()),
+        ("TENANTMQ_RABBITMQ__URL".to_owned(), services.servers.amqp_url.clone()),
         ("TENANTMQ_SERVER__HOST".to_owned(), "127.0.0.1".to_owned()),
         ("TENANTMQ_SERVER__PORT".to_owned(), port.to_string()),
         ("TENANTMQ_AUTH__JWT_SECRET".to_owned(), secret),
@@ -138,7 +140,7 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
     ];
     let log = std::env::temp_dir().join(format!("{}_scale.log", services.run_id));
     let base_url = format!("http://127.0.0.1:{port}");
-    let client = env::admin_client(&config)?;
+    let client = tenantmq_testkit::bearer_client(&tenantmq_testkit::token(&config, Role::Admin)?)?;
     let connection = Arc::new(services.amqp().await?);
 
     let mut service = spawn(&settings, &vars, &log)?;
@@ -159,16 +161,8 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
                 let _permit = permit;
                 let id = TenantId::from_uuid(Uuid::now_v7());
                 let sent = Instant::now();
-                let response = client
-                    .post(format!("{base_url}/tenants"))
-                    .json(&serde_json::json!({ "name": format!("scale-{i}"), "id": id.as_uuid() }))
-                    .send()
-                    .await?;
-                anyhow::ensure!(
-                    response.status() == reqwest::StatusCode::CREATED,
-                    "POST /tenants: {}",
-                    response.status()
-                );
+                let body = serde_json::json!({ "name": format!("scale-{i}"), "id": id.as_uuid() });
+                tenantmq_testkit::create_tenant(&client, &base_url, &body).await?;
                 pending.lock().expect("lock").push_back(Probe { tenant: id, sent, last: None });
                 Ok::<_, anyhow::Error>(id)
             });
@@ -209,7 +203,6 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
         tokio::time::sleep(settings.settle).await;
         let (restart_rss_kib, _) = service.rss()?;
         service.terminate().await?;
-        env::delete_tenant_queues(&connection, &tenants).await?;
         Ok::<_, anyhow::Error>(Scale {
             all_running,
             latency,
@@ -228,7 +221,7 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
     } else {
         let _ = std::fs::remove_file(&log);
     }
-    env::drop_database(&url).await?;
+    database.remove().await?;
     outcome
 }
 
@@ -254,7 +247,7 @@ fn spawn_probes(
     for _ in 0..count.max(1) {
         let (connection, pending, seen) = (connection.clone(), pending.clone(), seen.clone());
         probes.spawn(async move {
-            let mut channel = None;
+            let mut probe_queue = QueueProbe::new(&connection);
             loop {
                 if seen.lock().expect("lock").len() >= expected {
                     return Ok(());
@@ -271,7 +264,7 @@ fn spawn_probes(
                         tokio::time::sleep(Duration::from_millis(10) - since).await;
                     }
                 }
-                let state = env::queue_state(&connection, &mut channel, &probe.tenant.queue_name()).await?;
+                let state = probe_queue.state(&probe.tenant.queue_name()).await?;
                 let now = Instant::now();
                 if state.is_some_and(|(_, consumers)| consumers > 0) {
                     seen.lock().expect("lock").push((probe.tenant, probe.sent, now));

@@ -11,12 +11,13 @@ use std::{
 use anyhow::{Context, Result};
 use sea_orm::ConnectionTrait;
 use tenantmq::{api::pagination, domain::tenant::TenantId, store::messages::MessageKey};
+use tenantmq_testkit::RunningApp;
 use tokio::{task::JoinSet, time::Instant};
 use uuid::Uuid;
 
 use crate::{
     amqp::{self, ProducerSettings},
-    env::{self, InProcess, Services},
+    env::{self, Services},
     stats::{self, Samples},
 };
 
@@ -61,22 +62,23 @@ pub struct Plan {
 }
 
 /// Starts the service (default settings: `workers` 3, `consumer.batch_size` 100, pool of 20 connections) on a
-/// database of its own (`<run>_<name>`) and runs the planned parts against it.
+/// database of its own (`<run>_<name>`) and runs the planned parts against it. The tenants' queues go with the
+/// database, once the service has stopped (a running consumer would declare its queues again).
 pub async fn run(services: &Services, name: &str, plan: Plan) -> Result<EndToEnd> {
-    let app = InProcess::start(services.service_config(name)).await?;
+    let database = services.database(name).await?;
+    let mut app = RunningApp::start(services.service_config(&database)).await?;
     let result = run_on(&app, services, plan).await;
     let stopped = app.stop().await;
+    let removed = database.remove().await;
     let result = result?;
     stopped?;
+    removed?;
     Ok(result)
 }
 
-async fn run_on(app: &InProcess, services: &Services, plan: Plan) -> Result<EndToEnd> {
+async fn run_on(app: &RunningApp, services: &Services, plan: Plan) -> Result<EndToEnd> {
     let connection = services.amqp().await?;
-    let mut tenants = Vec::with_capacity(plan.tenants);
-    for i in 0..plan.tenants {
-        tenants.push(env::create_tenant(&app.client, &app.base_url, &format!("bench-{i}")).await?);
-    }
+    let tenants = env::create_tenants(app, "bench", plan.tenants).await?;
     env::await_consumers(&connection, &tenants, Duration::from_secs(60)).await?;
 
     let mut result = EndToEnd { amqp: None, amqp_batch: None, http: None, http_batch: None, pages: None };
@@ -93,12 +95,8 @@ async fn run_on(app: &InProcess, services: &Services, plan: Plan) -> Result<EndT
     }
     if let Some(settings) = plan.http {
         // Fresh tenants, so the count sees only this run's rows.
-        let mut fresh = Vec::with_capacity(plan.tenants);
-        for i in 0..plan.tenants {
-            fresh.push(env::create_tenant(&app.client, &app.base_url, &format!("bench-http-{i}")).await?);
-        }
+        let fresh = env::create_tenants(app, "bench-http", plan.tenants).await?;
         env::await_consumers(&connection, &fresh, Duration::from_secs(60)).await?;
-        tenants.extend_from_slice(&fresh);
         let started = Instant::now();
         let expected = i64::try_from(settings.messages)?;
         let (published, rows) = tokio::join!(
@@ -110,10 +108,8 @@ async fn run_on(app: &InProcess, services: &Services, plan: Plan) -> Result<EndT
         result.http_batch = Some(rows_per_transaction(&app.db, &fresh).await?);
     }
     if let Some(settings) = plan.pages {
-        result.pages = Some(pages(app, &connection, settings).await?);
+        result.pages = Some(pages(app, settings).await?);
     }
-    // The tenants stay live; their queues go with the run (the service stops without deleting them).
-    env::delete_tenant_queues(&connection, &tenants).await?;
     let _ = connection.close(200, "done".into()).await;
     Ok(result)
 }
@@ -122,14 +118,14 @@ async fn run_on(app: &InProcess, services: &Services, plan: Plan) -> Result<EndT
 async fn rows_per_transaction(db: &sea_orm::DatabaseConnection, tenants: &[TenantId]) -> Result<f64> {
     let ids: Vec<String> = tenants.iter().map(|t| format!("'{}'", t.as_uuid())).collect();
     let filter = format!("FROM messages WHERE tenant_id IN ({})", ids.join(","));
-    let rows = env::scalar_i64(db, &format!("SELECT count(*) {filter}")).await?;
-    let transactions = env::scalar_i64(db, &format!("SELECT count(DISTINCT txid) {filter}")).await?;
+    let rows = tenantmq_testkit::scalar_i64(db, &format!("SELECT count(*) {filter}")).await?;
+    let transactions = tenantmq_testkit::scalar_i64(db, &format!("SELECT count(DISTINCT txid) {filter}")).await?;
     Ok(if transactions > 0 { rows as f64 / transactions as f64 } else { 0.0 })
 }
 
 /// `clients` HTTP clients post batches of `batch` messages round-robin over the tenants until `messages`
 /// are accepted (202 after the broker's confirms).
-async fn publish_http(app: &InProcess, tenants: &[TenantId], settings: HttpSettings) -> Result<()> {
+async fn publish_http(app: &RunningApp, tenants: &[TenantId], settings: HttpSettings) -> Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let tenants: Arc<Vec<TenantId>> = Arc::new(tenants.to_vec());
     let mut tasks = JoinSet::new();
@@ -180,8 +176,8 @@ async fn publish_http(app: &InProcess, tenants: &[TenantId], settings: HttpSetti
 /// Loads `depth + limit` rows into one tenant's partition with `INSERT … SELECT generate_series` (one
 /// transaction per `load_chunk` rows, so rows carry many transaction ids as the workers' batches do), then
 /// times `GET /messages?tenant_id&limit` at the start and after the row at `depth`.
-async fn pages(app: &InProcess, connection: &lapin::Connection, settings: PageSettings) -> Result<Pages> {
-    let tenant = env::create_tenant(&app.client, &app.base_url, "bench-pages").await?;
+async fn pages(app: &RunningApp, settings: PageSettings) -> Result<Pages> {
+    let tenant = *env::create_tenants(app, "bench-pages", 1).await?.first().context("the pages' tenant")?;
     let partition = tenant.partition_name();
     let total = settings.depth + settings.limit;
     let started = Instant::now();
@@ -243,7 +239,6 @@ async fn pages(app: &InProcess, connection: &lapin::Connection, settings: PageSe
         get_page(&app.client, &deep_url).await?;
         deep.push(t.elapsed());
     }
-    env::delete_tenant_queues(connection, &[tenant]).await?;
     Ok(Pages { first, deep, load })
 }
 

@@ -18,8 +18,8 @@ use tokio::net::TcpStream;
 
 use crate::{
     helpers::{
-        TestApp, amqp, assert_problem, await_consumer, dlq, eventually, queue, queue_state, retry_queue, scalar_i64,
-        test_config,
+        TestApp, amqp, assert_problem, await_consumer, create_database, dlq, eventually, queue, queue_state,
+        remove_database, retry_queue, scalar_i64, test_config,
     },
     metrics::Scrape,
     processes::{self, Launch, admin_token},
@@ -34,6 +34,7 @@ async fn delete_queue(broker: &lapin::Connection, name: &str) {
 #[tokio::test]
 async fn an_idle_service_neither_spins_nor_queries_in_a_loop_after_a_queue_is_deleted_from_outside() {
     let config = test_config();
+    let database = create_database(&config).await;
     let instance = processes::start(&config).await;
     let tenant = instance.create_tenant(&admin_token(&config), &json!({ "name": "victim" })).await;
     let broker = amqp().await;
@@ -56,7 +57,7 @@ async fn an_idle_service_neither_spins_nor_queries_in_a_loop_after_a_queue_is_de
     assert!(xacts < 100, "{xacts} transactions in {window:?} while idle");
     db.close().await.expect("close");
     processes::signal(instance, "-TERM").await;
-    crate::helpers::drop_database(&config.database.url).await;
+    remove_database(database).await;
 }
 
 /// Reads until the peer closes the connection (or resets it); `false` if it is still open at `deadline`.
@@ -111,6 +112,7 @@ async fn a_client_slow_to_send_its_headers_and_an_idle_one_are_disconnected_on_t
 async fn readiness_answers_while_2000_idle_connections_are_held_under_a_1024_open_files_default() {
     tenantmq::api::server::raise_open_files_limit().expect("the test holds 2,000 sockets itself");
     let config = test_config();
+    let database = create_database(&config).await;
     let instance = processes::start_with(&config, Launch { soft_open_files: Some(1024), ..Launch::default() }).await;
     let address = instance.base_url.trim_start_matches("http://").to_owned();
     let mut held = Vec::with_capacity(2000);
@@ -126,7 +128,7 @@ async fn readiness_answers_while_2000_idle_connections_are_held_under_a_1024_ope
     assert_eq!(ready.status(), StatusCode::OK);
     drop(held);
     processes::signal(instance, "-TERM").await;
-    crate::helpers::drop_database(&config.database.url).await;
+    remove_database(database).await;
 }
 
 #[tokio::test]
@@ -238,6 +240,7 @@ async fn dead_letter_operations_are_bounded_and_one_tenants_never_waits_for_anot
 #[tokio::test]
 async fn no_message_body_reaches_the_log_even_when_the_broker_returns_it() {
     let config = test_config();
+    let database = create_database(&config).await;
     let (instance, log) = processes::start_logged(&config).await;
     let token = admin_token(&config);
     let tenant = instance.create_tenant(&token, &json!({ "name": "returned" })).await;
@@ -262,7 +265,7 @@ async fn no_message_body_reaches_the_log_even_when_the_broker_returns_it() {
     .await;
     processes::signal(instance, "-TERM").await;
     assert!(!log.read().contains(&secret), "a message body is in the log");
-    crate::helpers::drop_database(&config.database.url).await;
+    remove_database(database).await;
 }
 
 #[tokio::test]

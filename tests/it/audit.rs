@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 use crate::{
     config_cli::tenantmq,
-    helpers::{TestApp, drop_database, test_config},
+    helpers::{TestApp, adopt_database, remove_database, test_config},
 };
 
 /// Runs the binary against `database_url` off the runtime's thread (the service under test shares it).
@@ -198,6 +198,8 @@ async fn an_export_verifies_offline_and_one_edited_byte_is_named_by_its_line() {
 async fn the_backfill_chains_events_recorded_before_the_migration() {
     let config: Config = test_config();
     let url = config.database.url.clone();
+    // Dropped with the test, also when it panics.
+    let test_database = adopt_database(&config);
     database::create_database_if_missing(&url).await.expect("database created");
     database::migrate(&url, MigrationDirection::Up).await.expect("migrated");
     database::migrate(&url, MigrationDirection::Down).await.expect("the hash chain rolled back");
@@ -234,5 +236,5 @@ async fn the_backfill_chains_events_recorded_before_the_migration() {
         Verdict::Broken(broken) => panic!("{broken}"),
     }
     db.close().await.expect("closed");
-    drop_database(&url).await;
+    remove_database(test_database).await;
 }

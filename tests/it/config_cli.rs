@@ -118,7 +118,9 @@ fn the_development_secret_keeps_the_service_on_loopback_and_secrets_stay_out_of_
 
 #[tokio::test]
 async fn migrate_creates_the_database_and_goes_down_and_up() {
-    let url = crate::helpers::test_config().database.url;
+    // `migrate` creates the database itself.
+    let database = crate::helpers::adopt_database(&crate::helpers::test_config());
+    let url = database.url();
     let run = |action: &str| {
         let output = tenantmq(&["migrate", action], &[("TENANTMQ_DATABASE__URL", url.as_str())]);
         assert!(output.status.success(), "migrate {action}: {}", String::from_utf8_lossy(&output.stderr));
@@ -130,7 +132,7 @@ async fn migrate_creates_the_database_and_goes_down_and_up() {
     assert_eq!(down.lines().filter(|l| l.starts_with("pending ")).count(), 1, "one step rolled back: {down}");
     assert_eq!(run("status"), down);
     assert_eq!(run("up"), up);
-    crate::helpers::drop_database(&url).await;
+    crate::helpers::remove_database(database).await;
 }
 
 #[tokio::test]

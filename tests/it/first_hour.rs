@@ -12,7 +12,10 @@ use serde_json::{Value, json};
 use tenantmq::auth::Role;
 
 use crate::{
-    helpers::{TestApp, amqp, assert_problem, await_consumer, eventually, publish_raw, test_config},
+    helpers::{
+        TestApp, amqp, assert_problem, await_consumer, create_database, eventually, publish_raw, remove_database,
+        test_config,
+    },
     processes::{self, admin_token},
 };
 
@@ -74,6 +77,7 @@ async fn a_cursor_pasted_with_characters_http_forbids_gets_a_problem_document() 
 #[tokio::test]
 async fn a_dead_letters_id_in_the_log_is_its_id_in_the_dlq() {
     let config = test_config();
+    let database = create_database(&config).await;
     let (instance, log) = processes::start_logged(&config).await;
     let token = admin_token(&config);
     let tenant = instance.create_tenant(&token, &json!({ "name": "undecodable" })).await;
@@ -101,5 +105,5 @@ async fn a_dead_letters_id_in_the_log_is_its_id_in_the_dlq() {
     let log = log.read();
     let line = log.lines().find(|line| line.contains("dead-lettered")).expect("a dead-lettered line");
     assert!(line.contains(&dead_letter_id), "the log names {dead_letter_id}: {line}");
-    crate::helpers::drop_database(&config.database.url).await;
+    remove_database(database).await;
 }

@@ -1,50 +1,73 @@
 //! Spawns the real application, as `main` does, on a free port and a database of its own.
 
-use std::{future::Future, time::Duration};
+use std::{future::Future, ops::Deref, time::Duration};
 
 use lapin::{BasicProperties, options::BasicPublishOptions};
 use reqwest::{Response, StatusCode};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, DatabaseConnection};
 use serde_json::{Value, json};
 use tenantmq::{
-    Application,
-    auth::{self, Role},
+    auth::Role,
     config::{Config, TelemetryConfig},
     domain::tenant::TenantId,
     telemetry::Telemetry,
 };
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tenantmq_testkit::{RunningApp, TestDatabase};
 use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
 use uuid::Uuid;
 
 use crate::services;
 
+/// The application and its database; both go when it is dropped, even by a test that panics (see
+/// `TestDatabase`). Derefs to the running application (`base_url`, `client`, `db`, `config`, `url`).
 pub struct TestApp {
-    pub base_url: String,
-    /// Set until `stop` has cleaned up: a test that panics first still leaves nothing behind (see `Drop`).
-    cleanup: Option<String>,
-    /// Sends an admin token with every request.
-    pub client: reqwest::Client,
-    pub db: DatabaseConnection,
-    pub config: Config,
-    shutdown: CancellationToken,
-    server: Option<JoinHandle<std::io::Result<()>>>,
+    app: RunningApp,
+    database: TestDatabase,
 }
 
-/// A configuration for a test: its own database, a free port, fast polling.
+impl Deref for TestApp {
+    type Target = RunningApp;
+
+    fn deref(&self) -> &RunningApp {
+        &self.app
+    }
+}
+
+/// A configuration for a test: its own database (not created yet), a free port, fast polling.
 pub fn test_config() -> Config {
     let services = services::get();
     let mut config = Config::default();
     config.server.host = "127.0.0.1".into();
     config.server.port = 0;
-    config.database.url = format!("{}/tenantmq_it_{}", services.postgres_server, Uuid::new_v4().simple());
+    config.database.url = services.database_url(&format!("tenantmq_it_{}", Uuid::new_v4().simple()));
     config.database.max_connections = 10;
     config.rabbitmq.url = services.amqp_url.clone();
     config.projectors.poll_interval = Duration::from_millis(200);
     config.shutdown_timeout = Duration::from_secs(10);
     config.auth.jwt_secret = Some(format!("test-secret-{}", Uuid::new_v4()));
     config
+}
+
+/// Creates the configuration's database as a clone of the migrated template. Named by the database alone, it
+/// is created (and removed) on the test server directly, even when the configuration reaches it through a
+/// test's proxy.
+pub async fn create_database(config: &Config) -> TestDatabase {
+    TestDatabase::create(services::get(), database_name(config)).await.expect("test database cloned")
+}
+
+/// The configuration's database, to be created by what the test runs (the binary, `migrate`) and removed like
+/// one of the test's own.
+pub fn adopt_database(config: &Config) -> TestDatabase {
+    TestDatabase::adopt(services::get(), database_name(config))
+}
+
+/// Removes a test's database and its tenants' queues.
+pub async fn remove_database(database: TestDatabase) {
+    database.remove().await.expect("test database and its tenants' queues removed");
+}
+
+fn database_name(config: &Config) -> &str {
+    tenantmq_testkit::database_name(&config.database.url).expect("a test database URL")
 }
 
 impl TestApp {
@@ -61,46 +84,27 @@ impl TestApp {
         let logs =
             tracing_subscriber::fmt::layer().with_test_writer().with_filter(tenantmq::telemetry::log_filter("error"));
         let _ = tracing_subscriber::registry().with(logs).with(traces.layer()).try_init();
-        let app = Application::build(config.clone()).await.expect("the application starts");
-        let base_url = format!("http://{}", app.address());
-        let db = app.db().clone();
-        let shutdown = app.shutdown_token();
-        let server = tokio::spawn(app.run_until_stopped());
-        let mut headers = reqwest::header::HeaderMap::new();
-        if config.auth.enabled {
-            let admin = format!("Bearer {}", mint(&config, Role::Admin));
-            headers.insert(reqwest::header::AUTHORIZATION, admin.parse().expect("header value"));
-        }
-        let client = reqwest::Client::builder().default_headers(headers).build().expect("client");
-        let cleanup = Some(config.database.url.clone());
-        Self { base_url, cleanup, client, db, config, shutdown, server: Some(server) }
+        let database = create_database(&config).await;
+        let app = RunningApp::start(config).await.expect("the application starts");
+        Self { app, database }
     }
 
-    /// A token of this service for `role`, valid for an hour.
+    /// A token of this service for `role`.
     pub fn token(&self, role: Role) -> String {
-        mint(&self.config, role)
+        tenantmq_testkit::token(&self.config, role).expect("token minted")
     }
 
     /// Stops the service gracefully, waits for it and removes what the test made: its tenants' queues and its
     /// database.
     pub async fn stop(mut self) {
         self.stop_service().await;
-        if let Some(url) = self.cleanup.take() {
-            drop_database(&url).await;
-        }
+        remove_database(self.database).await;
     }
 
     /// Stops the service gracefully and waits for it, leaving the queues and the database for the test to
     /// look at (`stop` then removes them).
     pub async fn stop_service(&mut self) {
-        self.shutdown.cancel();
-        if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server stopped cleanly");
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
+        self.app.stop().await.expect("server stopped cleanly");
     }
 
     // The request is built before the future, so these futures borrow nothing and can be joined freely.
@@ -122,9 +126,9 @@ impl TestApp {
 
     /// Creates a tenant and returns its JSON.
     pub async fn create_tenant(&self, name: &str) -> Value {
-        let response = self.post_json("/tenants", &json!({ "name": name })).await;
-        assert_eq!(response.status(), StatusCode::CREATED, "creating tenant {name}");
-        response.json().await.expect("tenant JSON")
+        tenantmq_testkit::create_tenant(&self.client, &self.base_url, &json!({ "name": name }))
+            .await
+            .expect("tenant created")
     }
 
     /// Creates a tenant and returns its id.
@@ -138,18 +142,12 @@ impl TestApp {
     }
 }
 
-fn mint(config: &Config, role: Role) -> String {
-    auth::mint(&config.auth, "tests", role, Duration::from_secs(3600)).expect("token minted")
-}
-
 async fn send(request: reqwest::RequestBuilder) -> Response {
     request.send().await.expect("request sent")
 }
 
 pub async fn scalar_i64(db: &DatabaseConnection, sql: &str) -> i64 {
-    let row =
-        db.query_one_raw(Statement::from_string(DbBackend::Postgres, sql)).await.expect("query runs").expect("one row");
-    row.try_get_by_index::<i64>(0).expect("a bigint")
+    tenantmq_testkit::scalar_i64(db, sql).await.expect("a bigint from the query")
 }
 
 /// Asserts a problem+json response with `status` and (when given) the `field` it names.
@@ -168,90 +166,22 @@ pub async fn assert_problem(response: Response, status: StatusCode, field: Optio
 }
 
 /// Polls `check` until it returns `Some`, failing after `timeout`.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-impl Drop for TestApp {
-    /// A test that ended without `stop` (it panicked): clean up on a runtime of its own, since this one may be
-    /// going away.
-    fn drop(&mut self) {
-        let Some(url) = self.cleanup.take() else { return };
-        self.shutdown.cancel();
-        let cleaned = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            runtime.block_on(drop_database(&url));
-        });
-        let _ = cleaned.join();
-    }
-}
-
-/// Deletes the queues of every tenant the test's database knows (live and deleted), then the database: a test
-/// leaves nothing behind on either service (the CI script checks; it also sweeps databases a killed run left).
-pub async fn drop_database(url: &str) {
-    delete_tenant_queues(url).await;
-    let (server, name) = url.rsplit_once('/').expect("a database URL");
-    let admin = sea_orm::Database::connect(format!("{server}/postgres")).await.expect("admin connection");
-    admin
-        .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .await
-        .expect("test database dropped");
-    admin.close().await.expect("admin connection closed");
-}
-
-async fn delete_tenant_queues(url: &str) {
-    let Ok(db) = sea_orm::Database::connect(url).await else { return };
-    let ids = db
-        .query_all_raw(Statement::from_string(DbBackend::Postgres, "SELECT id::text FROM tenants"))
-        .await
-        .map(|rows| rows.iter().filter_map(|row| row.try_get_by_index::<String>(0).ok()).collect::<Vec<_>>())
-        .unwrap_or_default();
-    let _ = db.close().await;
-    if ids.is_empty() {
-        return;
-    }
-    let broker = amqp().await;
-    let channel = broker.create_channel().await.expect("channel");
-    for id in &ids {
-        for name in [queue(id), retry_queue(id), dlq(id)] {
-            channel.queue_delete(name.as_str().into(), Default::default()).await.expect("queue deleted");
-        }
-    }
-    let _ = broker.close(200, "cleaned up".into()).await;
+    tenantmq_testkit::eventually(timeout, what, check).await.unwrap_or_else(|error| panic!("{error}"))
 }
 
 /// A broker connection of the test's own, to ask RabbitMQ directly and to publish as any AMQP producer would.
 pub async fn amqp() -> lapin::Connection {
-    lapin::Connection::connect(&services::get().amqp_url, lapin::ConnectionProperties::default())
-        .await
-        .expect("test AMQP connection")
+    services::get().amqp().await.expect("test AMQP connection")
 }
 
 /// `(ready messages, consumers)` of a queue as the broker reports them, or `None` if it does not exist.
-/// Uses a fresh channel: a passive declare of a missing queue closes its channel.
 pub async fn queue_state(connection: &lapin::Connection, queue: impl AsRef<str>) -> Option<(u32, u32)> {
-    let channel = connection.create_channel().await.expect("channel");
-    let passive = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-    let state = channel
-        .queue_declare(queue.as_ref().into(), passive, lapin::types::FieldTable::default())
-        .await
-        .ok()
-        .map(|q| (q.message_count(), q.consumer_count()));
-    if channel.status().connected() {
-        let _ = channel.close(200, "done".into()).await;
-    }
-    state
+    tenantmq_testkit::queue_state(connection, queue.as_ref()).await.expect("a channel to ask on")
 }
 
 impl TestApp {

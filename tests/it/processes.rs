@@ -19,15 +19,8 @@ pub struct Instance {
 impl Instance {
     /// Creates a tenant through this instance (`body` is the `POST /tenants` body); returns its id.
     pub async fn create_tenant(&self, token: &str, body: &serde_json::Value) -> String {
-        let created = reqwest::Client::new()
-            .post(format!("{}/tenants", self.base_url))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .expect("sent");
-        assert_eq!(created.status(), StatusCode::CREATED);
-        let created: serde_json::Value = created.json().await.expect("json");
+        let client = tenantmq_testkit::bearer_client(token).expect("client");
+        let created = tenantmq_testkit::create_tenant(&client, &self.base_url, body).await.expect("tenant created");
         created["id"].as_str().expect("id").to_owned()
     }
 }
@@ -69,9 +62,9 @@ pub async fn start_logged(config: &Config) -> (Instance, Log) {
     (start_with(config, Launch { log: Some(file), ..Launch::default() }).await, Log(path))
 }
 
-/// An admin token for an instance of `config`, valid for an hour.
+/// An admin token for an instance of `config`.
 pub fn admin_token(config: &Config) -> String {
-    tenantmq::auth::mint(&config.auth, "tests", tenantmq::auth::Role::Admin, Duration::from_secs(3600)).expect("token")
+    tenantmq_testkit::token(config, tenantmq::auth::Role::Admin).expect("token minted")
 }
 
 pub async fn start(config: &Config) -> Instance {

@@ -4,14 +4,7 @@
 
 use std::sync::OnceLock;
 
-pub struct Services {
-    /// A PostgreSQL server URL without a database name; each test creates its own database on it.
-    pub postgres_server: String,
-    pub amqp_url: String,
-}
-
-const LOCAL_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
-const LOCAL_AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+use tenantmq_testkit::{LOCAL_AMQP, LOCAL_POSTGRES, Services};
 
 pub fn get() -> &'static Services {
     static SERVICES: OnceLock<Services> = OnceLock::new();
@@ -51,7 +44,7 @@ mod containers {
         testcontainers::{ImageExt, runners::AsyncRunner},
     };
 
-    use super::Services;
+    use tenantmq_testkit::Services;
 
     /// Starts both containers on a runtime of their own, in a thread that keeps them alive until the test
     /// process exits (each test has its own runtime; the containers must outlive them all).

@@ -5,21 +5,22 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tenantmq::auth::{self, Role};
 
 use crate::{
     dead_letters::{lock_partition, release},
     helpers::{
-        amqp, await_exactly, drop_database, eventually, queue, queue_state, scalar_i64, slow_down_inserts, test_config,
+        amqp, await_exactly, create_database, eventually, queue, queue_state, remove_database, scalar_i64,
+        slow_down_inserts, test_config,
     },
-    processes::{publish_batches, signal, start},
+    processes::{admin_token, publish_batches, signal, start},
 };
 
 #[tokio::test]
 async fn three_instances_share_each_tenant_and_one_killed_mid_stream_loses_nothing() {
     const MESSAGES: i64 = 10_000;
     let config = test_config();
-    let admin = auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(600)).expect("token");
+    let database = create_database(&config).await;
+    let admin = admin_token(&config);
     let client = reqwest::Client::new();
     let mut instances = vec![start(&config).await, start(&config).await, start(&config).await];
 
@@ -70,5 +71,5 @@ async fn three_instances_share_each_tenant_and_one_killed_mid_stream_loses_nothi
         assert_eq!(signal(instance, "-TERM").await.code(), Some(0));
     }
     db.close().await.expect("closed");
-    drop_database(&config.database.url).await;
+    remove_database(database).await;
 }

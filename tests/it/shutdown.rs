@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tenantmq::auth::{self, Role};
 
 use crate::{
     dead_letters::{lock_partition, release},
-    helpers::{await_exactly, drop_database, eventually, scalar_i64, slow_down_inserts, test_config},
-    processes::{publish_batches, signal, start},
+    helpers::{
+        await_exactly, create_database, eventually, remove_database, scalar_i64, slow_down_inserts, test_config,
+    },
+    processes::{admin_token, publish_batches, signal, start},
 };
 
 #[tokio::test]
@@ -25,7 +26,8 @@ async fn kill_9_while_messages_flow_loses_nothing_after_a_restart() {
 async fn stop_mid_flow_then_restart(how: &str) {
     const MESSAGES: i64 = 5000;
     let config = test_config();
-    let admin = auth::mint(&config.auth, "tests", Role::Admin, Duration::from_secs(600)).expect("token");
+    let database = create_database(&config).await;
+    let admin = admin_token(&config);
     let first = start(&config).await;
     let tenant = first.create_tenant(&admin, &json!({ "name": "shutdown", "workers": 3 })).await;
     let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
@@ -50,5 +52,5 @@ async fn stop_mid_flow_then_restart(how: &str) {
     await_exactly(&db, &tenant, MESSAGES, Duration::from_secs(60)).await;
     assert_eq!(signal(second, "-TERM").await.code(), Some(0));
     db.close().await.expect("closed");
-    drop_database(&config.database.url).await;
+    remove_database(database).await;
 }

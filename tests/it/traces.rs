@@ -22,7 +22,9 @@ use uuid::Uuid;
 
 use crate::{
     dead_letters::{await_dlq_depth, lock_partition, release},
-    helpers::{TestApp, amqp, await_consumer, dlq, drop_database, eventually, scalar_i64, test_config},
+    helpers::{
+        TestApp, amqp, await_consumer, create_database, dlq, eventually, remove_database, scalar_i64, test_config,
+    },
     processes,
 };
 
@@ -186,6 +188,7 @@ async fn spans_are_exported_over_otlp_and_a_messages_handling_links_to_the_reque
     let (endpoint, mut received) = collector().await;
     let mut config = test_config();
     config.telemetry.otlp_endpoint = Some(endpoint);
+    let database = create_database(&config).await;
     let instance = processes::start(&config).await;
     let client = reqwest::Client::new();
     let token = tenantmq::auth::mint(&config.auth, "tests", tenantmq::auth::Role::Admin, Duration::from_secs(60))
@@ -249,5 +252,5 @@ async fn spans_are_exported_over_otlp_and_a_messages_handling_links_to_the_reque
     assert_ne!(hex(&handle.trace_id), trace_id, "a batch span has a trace of its own and links to its messages'");
     let link = handle.links.iter().find(|l| hex(&l.trace_id) == trace_id).expect("the link");
     assert_eq!(link.span_id, publish.span_id, "the link points at the publish span");
-    drop_database(&config.database.url).await;
+    remove_database(database).await;
 }
