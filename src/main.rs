@@ -112,7 +112,7 @@ const CONFIG_ERROR: u8 = 2;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Openapi = cli.command {
-        println!("{}", tenantmq::api::service().spec());
+        println!("{}", tenantmq::api::document::document());
         return ExitCode::SUCCESS;
     }
     if let Command::Verify { file: Some(file), .. } = &cli.command {

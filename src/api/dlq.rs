@@ -27,16 +27,23 @@ pub const MAX_REPLAY_IDS: usize = 1000;
 #[derive(Debug, Object)]
 pub struct DeadLetterMessage {
     /// The AMQP `message_id` (a UUID for everything this service dead-lettered); select it for a replay.
+    #[oai(nullable)]
     pub id: Option<String>,
     /// Why it failed last, e.g. `body is not JSON`.
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// How many times it failed.
+    #[oai(nullable)]
     pub attempts: Option<u32>,
+    #[oai(nullable)]
     pub first_failed_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub dead_lettered_at: Option<DateTime<Utc>>,
     /// The body, when it is JSON.
+    #[oai(nullable)]
     pub payload: Option<serde_json::Value>,
     /// The body as text (invalid UTF-8 replaced), when it is not JSON.
+    #[oai(nullable)]
     pub body: Option<String>,
 }
 
@@ -62,6 +69,7 @@ pub struct DeadLetterPage {
     pub data: Vec<DeadLetterMessage>,
     /// Pass as `cursor` for the next page; `null` on the last page. The DLQ is a queue, not a table: a
     /// replay or purge between two pages shifts what the cursor points at.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -71,6 +79,7 @@ pub struct DeadLetterPage {
 #[oai(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// The ids to move back to the tenant's queue (at most 1000); leave out to replay every dead letter.
+    #[oai(nullable)]
     pub ids: Option<Vec<Uuid>>,
 }
 
@@ -113,6 +122,7 @@ impl DeadLettersApi {
         /// From a previous page's `next_cursor`.
         cursor: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<DeadLetterPage>, ApiError> {
         let tenant = authorized(&principal, id.0)?;

@@ -49,6 +49,7 @@ impl From<RecordedEvent> for Event {
 pub struct EventPage {
     pub data: Vec<Event>,
     /// Pass as `cursor` for the next page; `null` on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -66,6 +67,7 @@ impl EventsApi {
         /// From a previous page's `next_cursor`.
         cursor: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<EventPage>, ApiError> {
         let tenant = TenantId::from_uuid(id.0);

@@ -8,11 +8,15 @@ use std::{collections::HashMap, sync::OnceLock, time::Instant};
 
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry_http::HeaderExtractor;
-use poem::{Endpoint, IntoResponse, PathPattern, Request, Response, error::NotFoundError, http::Method};
+use poem::{
+    Endpoint, IntoResponse, PathPattern, Request, Response,
+    error::NotFoundError,
+    http::{HeaderValue, Method, StatusCode, header},
+};
 use tracing::{Instrument, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::{AppState, problem, request_context::RequestContext};
+use super::{AppState, document, problem, request_context::RequestContext};
 
 /// The `route` of requests whose path matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -33,7 +37,7 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
     if caller.span().span_context().is_valid() {
         let _ = span.set_parent(caller);
     }
-    let (response, route) = match next.call(request).instrument(span.clone()).await {
+    let (mut response, route) = match next.call(request).instrument(span.clone()).await {
         Ok(output) => {
             let response = output.into_response();
             let route = response.data::<PathPattern>().map(route_template);
@@ -46,6 +50,11 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
         }
     };
     let route = route.as_deref().unwrap_or(UNMATCHED_ROUTE);
+    if response.status() == StatusCode::METHOD_NOT_ALLOWED {
+        // Only here is the matched route at hand. Routes outside the document (`/metrics`, `/docs`) are GET.
+        let allow = document::allowed_methods(route).unwrap_or("GET");
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    }
     span.record("route", route).record("status", response.status().as_u16());
     if let Some(metrics) = metrics {
         metrics.http_request(method, route, response.status().as_u16(), started.elapsed());

@@ -76,7 +76,7 @@ pub struct PublishRequest {
     /// `\u0000`, no lone surrogate, numbers within `numeric`'s range), stored as `jsonb`.
     pub payload: JsonPayload,
     /// Idempotency key: publishing the same id again never makes a second row. A new UUIDv7 when absent.
-    #[oai(skip_serializing_if_is_none)]
+    #[oai(nullable, skip_serializing_if_is_none)]
     pub id: Option<Uuid>,
 }
 
@@ -154,6 +154,7 @@ fn rfc3339<S: serde::Serializer>(at: &chrono::DateTime<chrono::Utc>, serializer:
 pub struct MessagePage {
     pub data: Vec<Message>,
     /// Pass as `cursor` for the next page; `null` on the last page (nothing more right now).
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
     /// Where this page ended (the request's own cursor when the page is empty): poll with it to receive
     /// messages that land later (tailing), without repeating any row of this page.
@@ -209,6 +210,7 @@ impl MessagesApi {
         cursor: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50). A page also ends early, with a `next_cursor`, once its payloads
         /// reach the configured byte cap (`read.max_page_bytes`).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> Result<JsonText<MessagePage>, ApiError> {
         let tenant = match (&principal.role, tenant_id.0) {

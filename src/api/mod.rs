@@ -3,6 +3,7 @@
 //! without any connection.
 
 mod dlq;
+pub mod document;
 mod events;
 mod health;
 pub(crate) mod instrumentation;
@@ -59,7 +60,7 @@ pub struct AppState {
 
 pub type Apis = (TenantsApi, EventsApi, MessagesApi, DeadLettersApi, HealthApi);
 
-/// The OpenAPI service; its `spec()` is the committed `docs/openapi.json`.
+/// The OpenAPI service; [`document::document`] completes its `spec()` into the committed `docs/openapi.json`.
 pub fn service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         (TenantsApi, EventsApi, MessagesApi, DeadLettersApi, HealthApi),
@@ -74,8 +75,8 @@ pub fn routes(state: AppState) -> impl Endpoint {
     let api = service();
     let limits = state.limits;
     Route::new()
-        .nest("/docs", api.swagger_ui())
-        .at("/openapi.json", api.spec_endpoint())
+        .at("/docs", poem::get(swagger_ui))
+        .at("/openapi.json", poem::get(openapi_json))
         .at("/metrics", poem::get(metrics))
         .nest("/", api)
         .around(instrumentation::middleware)
@@ -83,6 +84,19 @@ pub fn routes(state: AppState) -> impl Endpoint {
         .around(request_context::middleware)
         .data(state)
         .data(limits)
+}
+
+/// Swagger UI, showing the completed document.
+#[handler]
+fn swagger_ui() -> poem::web::Html<&'static str> {
+    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let api = service();
+    poem::web::Html(PAGE.get_or_init(|| api.swagger_ui_html().replace(&api.spec(), document::document())))
+}
+
+#[handler]
+fn openapi_json() -> poem::Response {
+    poem::Response::builder().content_type("application/json; charset=utf-8").body(document::document())
 }
 
 /// Prometheus text exposition: public like the probes, unless `metrics.bearer_token` is set.
@@ -142,6 +156,8 @@ mod tests {
         for limit in limits {
             let description = limit["description"].as_str().unwrap_or_default();
             assert!(description.contains(&limit_text), "`limit` says {description:?}, not {limit_text:?}");
+            let bounds = (limit["schema"]["minimum"].as_f64(), limit["schema"]["maximum"].as_f64());
+            assert_eq!(bounds, (Some(1.0), Some(pagination::MAX_LIMIT as f64)), "`limit`'s schema bounds");
         }
     }
 }

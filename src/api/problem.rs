@@ -8,6 +8,7 @@ use poem_openapi::{
     payload::Json,
 };
 
+use super::document::RETRY_AFTER_SECONDS;
 use crate::{app::AppError, auth::AuthError, broker::BrokerError, domain::tenant::TenantError, store::StoreError};
 
 /// The name of every path parameter in this API.
@@ -204,7 +205,7 @@ impl poem::error::ResponseError for BodyError {
 /// name their field, poem's own errors (404 route, 405, 415) keep their status, and 5xx never leak details.
 pub async fn into_problem(error: poem::Error) -> Response {
     if error.is_from_response() {
-        return error.into_response();
+        return with_retry_after(error.into_response());
     }
     let response = if let Some(e) = error.downcast_ref::<AuthError>() {
         ApiError::from(e.clone())
@@ -234,11 +235,19 @@ pub async fn into_problem(error: poem::Error) -> Response {
             return problem_response(problem(status, &kind, error.to_string(), None), status);
         }
     };
-    let mut response = response.into_response();
+    let mut response = with_retry_after(response.into_response());
     if response.status() == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
             .insert(poem::http::header::WWW_AUTHENTICATE, poem::http::HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+/// A 503 says when to try again.
+fn with_retry_after(mut response: Response) -> Response {
+    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(poem::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
     }
     response
 }

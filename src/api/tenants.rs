@@ -22,11 +22,11 @@ pub struct CreateTenantRequest {
     #[oai(validator(min_length = 1, max_length = 200))]
     pub name: String,
     /// Worker pool size, 1 to `max_workers`; the configured `workers` when absent.
-    #[oai(validator(minimum(value = "1")))]
+    #[oai(nullable, validator(minimum(value = "1")))]
     pub workers: Option<i64>,
     /// The tenant's id; generated (UUIDv7) when absent. Creating an existing id is a conflict, also the id
     /// of a deleted tenant (ids are never reused).
-    #[oai(skip_serializing_if_is_none)]
+    #[oai(nullable, skip_serializing_if_is_none)]
     pub id: Option<Uuid>,
 }
 
@@ -89,14 +89,19 @@ pub struct TenantRuntimeView {
     /// Workers handling a batch right now.
     pub busy_workers: u16,
     /// This instance's consumer tag (instance, tenant, generation).
+    #[oai(nullable)]
     pub consumer_tag: Option<String>,
     /// Messages ready in the tenant's queue (null when the broker cannot be asked).
+    #[oai(nullable)]
     pub queue_depth: Option<u32>,
     /// Consumers on the tenant's queue, across all instances.
+    #[oai(nullable)]
     pub queue_consumers: Option<u32>,
     /// Messages waiting in the tenant's retry queue for their next attempt.
+    #[oai(nullable)]
     pub retry_depth: Option<u32>,
     /// Messages in the tenant's dead-letter queue.
+    #[oai(nullable)]
     pub dlq_depth: Option<u32>,
 }
 
@@ -129,6 +134,7 @@ pub struct TenantDetails {
 pub struct TenantPage {
     pub data: Vec<Tenant>,
     /// Pass as `cursor` for the next page; `null` on the last page.
+    #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
 
@@ -177,6 +183,7 @@ impl TenantsApi {
         /// From a previous page's `next_cursor`.
         cursor: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<TenantPage>, ApiError> {
         principal.require_admin()?;

@@ -5,7 +5,7 @@
 fn committed_openapi_document_matches_the_code() {
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json"))
         .expect("docs/openapi.json exists");
-    let generated = tenantmq::api::service().spec();
+    let generated = tenantmq::api::document::document();
     assert!(
         committed.trim_end() == generated.trim_end(),
         "docs/openapi.json is stale: run `cargo run -q -- openapi > docs/openapi.json`"
@@ -16,9 +16,27 @@ fn committed_openapi_document_matches_the_code() {
 async fn the_service_serves_the_document_and_swagger_ui() {
     let app = crate::helpers::TestApp::spawn().await;
     let served: serde_json::Value = app.get("/openapi.json").await.json().await.expect("json");
+    let generated: serde_json::Value = serde_json::from_str(tenantmq::api::document::document()).expect("json");
+    assert_eq!(served, generated, "the completed document is served");
     assert!(served["paths"]["/tenants/{id}/config/concurrency"]["put"].is_object());
     let docs = app.get("/docs").await;
     assert_eq!(docs.status(), reqwest::StatusCode::OK);
-    assert!(docs.text().await.expect("html").contains("swagger"), "Swagger UI page");
+    let page = docs.text().await.expect("html");
+    assert!(page.contains("swagger"), "Swagger UI page");
+    assert!(page.contains("securitySchemes"), "Swagger UI shows the completed document");
+    app.stop().await;
+}
+
+/// RFC 9110: a 405 lists the methods the resource has.
+#[tokio::test]
+async fn a_method_the_path_does_not_have_gets_405_with_allow() {
+    let app = crate::helpers::TestApp::spawn().await;
+    for (path, allow) in [("/tenants", "GET, POST"), ("/tenants/{id}", "DELETE, GET"), ("/metrics", "GET")] {
+        let url = app.url(&path.replace("{id}", &uuid::Uuid::now_v7().to_string()));
+        let response = app.client.patch(url).send().await.expect("sent");
+        assert_eq!(response.status(), reqwest::StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        let header = response.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        assert_eq!(header.as_deref(), Some(allow), "{path}");
+    }
     app.stop().await;
 }

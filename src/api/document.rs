@@ -1,0 +1,200 @@
+//! The OpenAPI document as clients get it (`/openapi.json`, `/docs`, `tenantmq openapi`): poem-openapi's
+//! document, completed with what its derives cannot say. Every operation shares one error type
+//! ([`ApiError`](super::problem::ApiError)), so the derive lists every error status on every operation; here
+//! each operation keeps only the statuses it can answer. Request bodies are parsed with serde and refuse
+//! unknown fields, which the derive does not write down. The bearer token is declared as a security scheme.
+
+use std::{collections::HashMap, sync::OnceLock};
+
+use serde_json::{Map, Value, json};
+
+/// The error statuses each operation can answer, by operation id. 500 is possible everywhere (it is logged
+/// with the request id), 503 wherever a dependency is asked; 415 wherever a body is read.
+const OPERATION_ERRORS: &[(&str, &[u16])] = &[
+    ("createTenant", &[400, 401, 403, 409, 413, 415, 500, 503]),
+    ("listTenants", &[400, 401, 403, 500, 503]),
+    ("getTenant", &[400, 401, 403, 404, 500, 503]),
+    ("deleteTenant", &[400, 401, 403, 404, 409, 500, 503]),
+    ("setConcurrency", &[400, 401, 403, 404, 409, 413, 415, 500, 503]),
+    ("listTenantEvents", &[400, 401, 403, 404, 500, 503]),
+    ("publishMessage", &[400, 401, 403, 404, 413, 415, 500, 503]),
+    ("publishMessages", &[400, 401, 403, 404, 413, 415, 500, 503]),
+    ("listMessages", &[400, 401, 403, 404, 500, 503]),
+    ("listDeadLetters", &[400, 401, 403, 404, 500, 503]),
+    ("purgeDeadLetters", &[400, 401, 403, 404, 500, 503]),
+    ("replayDeadLetters", &[400, 401, 403, 404, 413, 415, 500, 503]),
+];
+
+/// Operations anyone may call, without a token.
+const PUBLIC_OPERATIONS: &[&str] = &["healthz", "readyz"];
+
+/// How long a client should wait before retrying a 503, in seconds (`Retry-After`).
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// The document as JSON text.
+pub fn document() -> &'static str {
+    static DOCUMENT: OnceLock<String> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let mut document: Value = serde_json::from_str(&super::service().spec()).unwrap_or_default();
+        complete(&mut document);
+        serde_json::to_string_pretty(&document).unwrap_or_default()
+    })
+}
+
+/// The methods a documented path answers (`Allow` of a 405), e.g. `GET, DELETE`, by the path as the
+/// document writes it (`/tenants/{id}`).
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    static ALLOWED: OnceLock<HashMap<String, String>> = OnceLock::new();
+    let allowed = ALLOWED.get_or_init(|| {
+        let document: Value = serde_json::from_str(document()).unwrap_or_default();
+        let paths = document["paths"].as_object().cloned().unwrap_or_default();
+        paths
+            .into_iter()
+            .map(|(path, operations)| {
+                let mut methods: Vec<String> =
+                    operations.as_object().into_iter().flatten().map(|(method, _)| method.to_uppercase()).collect();
+                methods.sort_unstable();
+                (path, methods.join(", "))
+            })
+            .collect()
+    });
+    allowed.get(path).map(String::as_str)
+}
+
+fn complete(document: &mut Value) {
+    let statuses: HashMap<&str, &[u16]> = OPERATION_ERRORS.iter().copied().collect();
+    let mut refuses_unknown_fields = Vec::new();
+    for operation in document["paths"].as_object_mut().into_iter().flat_map(Map::values_mut) {
+        for operation in operation.as_object_mut().into_iter().flat_map(Map::values_mut) {
+            let id = operation["operationId"].as_str().unwrap_or_default().to_owned();
+            if let Some(schema) = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str() {
+                refuses_unknown_fields.push(schema.trim_start_matches("#/components/schemas/").to_owned());
+            }
+            if PUBLIC_OPERATIONS.contains(&id.as_str()) {
+                operation["security"] = json!([]);
+            }
+            if let Some(errors) = statuses.get(id.as_str()) {
+                keep_errors(operation, errors);
+            }
+        }
+    }
+    let schemas = &mut document["components"]["schemas"];
+    // A batch's items are publish requests: they refuse unknown fields too.
+    for name in refuses_unknown_fields.iter().map(String::as_str).chain(["PublishRequest"]) {
+        if let Some(schema) = schemas.get_mut(name) {
+            schema["additionalProperties"] = Value::Bool(false);
+        }
+    }
+    document["components"]["securitySchemes"] = json!({
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT",
+            "description": "A token minted with `tenantmq token`: role `admin` (everything) or `tenant` with its \
+                            `tenant_id` (its own tenant only)"
+        }
+    });
+    document["security"] = json!([{ "bearer": [] }]);
+}
+
+/// Drops the error responses the operation cannot answer and adds those the derive does not know (415), each
+/// with an example problem; a 503 says when to retry.
+fn keep_errors(operation: &mut Value, errors: &[u16]) {
+    let Some(responses) = operation["responses"].as_object_mut() else { return };
+    let problem = responses.values().find(|response| response["content"]["application/problem+json"].is_object());
+    let problem_content = problem.map(|response| response["content"].clone()).unwrap_or_default();
+    responses.retain(|status, _| !status.starts_with(['4', '5']) || errors.iter().any(|e| e.to_string() == *status));
+    for &status in errors {
+        let response = responses.entry(status.to_string()).or_insert_with(|| {
+            json!({ "description": "The request has no `Content-Type: application/json`.", "content": problem_content })
+        });
+        response["content"]["application/problem+json"]["example"] = example(status);
+        if status == 503 {
+            response["headers"] = json!({
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying",
+                    "required": true,
+                    "schema": { "type": "integer", "format": "int32" }
+                }
+            });
+        }
+    }
+}
+
+fn example(status: u16) -> Value {
+    let (kind, title, detail) = match status {
+        400 => ("invalid-request", "Bad Request", "`workers` must be between 1 and 10, got 0"),
+        401 => ("unauthorized", "Unauthorized", "missing bearer token"),
+        403 => ("forbidden", "Forbidden", "this token may only use its own tenant"),
+        404 => ("not-found", "Not Found", "no tenant 01938f7e-2a8c-7b3e-9f1d-4c5b6a7d8e9f"),
+        409 => ("conflict", "Conflict", "the tenant already exists"),
+        413 => ("payload-too-large", "Payload Too Large", "`payload` exceeds the limit of 262144 bytes"),
+        415 => ("unsupported-media-type", "Unsupported Media Type", "expected `Content-Type: application/json`"),
+        503 => ("unavailable", "Service Unavailable", "the message broker is unavailable; retry"),
+        _ => (
+            "internal",
+            "Internal Server Error",
+            "an unexpected error occurred; it has been logged with the request id",
+        ),
+    };
+    json!({ "type": format!("urn:tenantmq:problem:{kind}"), "title": title, "status": status, "detail": detail })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed() -> Value {
+        serde_json::from_str(document()).expect("the document is JSON")
+    }
+
+    #[test]
+    fn every_operation_states_its_own_errors() {
+        let document = parsed();
+        let mut seen = Vec::new();
+        for (path, operations) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in operations.as_object().expect("operations") {
+                let id = operation["operationId"].as_str().expect("an operation id");
+                seen.push(id.to_owned());
+                if PUBLIC_OPERATIONS.contains(&id) {
+                    continue;
+                }
+                let (_, errors) = OPERATION_ERRORS
+                    .iter()
+                    .find(|(listed, _)| *listed == id)
+                    .unwrap_or_else(|| panic!("{method} {path} ({id}) is missing from OPERATION_ERRORS"));
+                let documented: Vec<u16> = operation["responses"]
+                    .as_object()
+                    .expect("responses")
+                    .keys()
+                    .filter_map(|status| status.parse().ok())
+                    .filter(|status| *status >= 400)
+                    .collect();
+                let mut expected = errors.to_vec();
+                expected.sort_unstable();
+                assert_eq!(documented, expected, "{id}");
+                let has_body = operation["requestBody"].is_object();
+                assert_eq!(errors.contains(&415), has_body, "{id}: 415 exactly where a body is read");
+            }
+        }
+        for (id, _) in OPERATION_ERRORS {
+            assert!(seen.iter().any(|s| s == id), "{id} is listed but is not an operation");
+        }
+    }
+
+    #[test]
+    fn request_bodies_refuse_unknown_fields_in_the_document_too() {
+        let document = parsed();
+        for name in ["CreateTenantRequest", "SetConcurrencyRequest", "PublishRequest", "PublishBatchRequest"] {
+            assert_eq!(document["components"]["schemas"][name]["additionalProperties"], false, "{name}");
+        }
+        assert_eq!(document["components"]["schemas"]["ReplayRequest"]["additionalProperties"], false);
+    }
+
+    #[test]
+    fn the_allow_header_lists_each_paths_methods() {
+        assert_eq!(allowed_methods("/tenants/{id}"), Some("DELETE, GET"));
+        assert_eq!(allowed_methods("/tenants"), Some("GET, POST"));
+        assert_eq!(allowed_methods("/nowhere"), None);
+    }
+}
