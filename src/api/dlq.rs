@@ -79,7 +79,7 @@ pub struct DeadLetterPage {
 #[oai(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// The ids to move back to the tenant's queue (at most 1000); leave out to replay every dead letter.
-    #[oai(nullable)]
+    #[oai(nullable, validator(min_items = 1, max_items = 1000))]
     pub ids: Option<Vec<Uuid>>,
 }
 

@@ -58,6 +58,8 @@ pub struct EventsApi;
 #[OpenApi(tag = "ApiTags::Events")]
 impl EventsApi {
     /// A tenant's event history, oldest first
+    ///
+    /// Stays readable after the tenant is deleted: the log keeps every event, for auditors.
     #[oai(path = "/tenants/:id/events", method = "get", operation_id = "listTenantEvents")]
     async fn list(
         &self,

@@ -11,7 +11,10 @@ use poem_openapi::{
     registry::{MetaSchemaRef, Registry},
     types::Type,
 };
-use serde::de::DeserializeOwned;
+use serde::{
+    Deserialize, Deserializer,
+    de::{DeserializeOwned, MapAccess, Visitor, value::MapAccessDeserializer},
+};
 
 use super::problem::BodyError;
 
@@ -122,19 +125,17 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
         });
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let message = error.inner().to_string();
-        let path = error.path().to_string();
+    let mut track = serde_path_to_error::Track::new();
+    let parsed = from_object(serde_path_to_error::Deserializer::new(&mut deserializer, &mut track));
+    let value = parsed.map_err(|error| {
+        let message = error.to_string();
+        let path = track.path().to_string();
         let field = if path != "." {
             Some(path)
         } else {
             named_field(&message, "missing field `").or_else(|| named_field(&message, "unknown field `"))
         };
-        let detail = if error.inner().is_syntax() || error.inner().is_eof() {
-            format!("malformed JSON: {message}")
-        } else {
-            message
-        };
+        let detail = if error.is_syntax() || error.is_eof() { format!("malformed JSON: {message}") } else { message };
         BodyError { status: StatusCode::BAD_REQUEST, field, detail }
     })?;
     deserializer.end().map_err(|e| BodyError {
@@ -143,6 +144,26 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
         detail: format!("malformed JSON: {e}"),
     })?;
     Ok(value)
+}
+
+/// Deserializes `T`, a struct, from a JSON object only. serde's derive also takes an array of the field
+/// values in order (`[payload, id]`), which no client means and the OpenAPI document does not allow.
+pub fn from_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<T, D::Error> {
+    struct ObjectOnly<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: Deserialize<'de>> Visitor<'de> for ObjectOnly<T> {
+        type Value = T;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map))
+        }
+    }
+
+    deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData))
 }
 
 fn named_field(message: &str, prefix: &str) -> Option<String> {
@@ -188,8 +209,18 @@ mod tests {
 
     #[test]
     fn deeply_nested_json_is_an_error_not_a_stack_overflow() {
-        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
         assert!(parse::<serde_json::Value>(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn a_struct_is_read_from_an_object_only_never_from_an_array_of_its_fields() {
+        assert!(parse::<Body>(br#"{"name": "a", "workers": 2}"#).is_ok());
+        for array in [r#"["a", 2, null]"#, r#"[null, null]"#] {
+            let error = parse::<Body>(array.as_bytes()).expect_err(array);
+            assert_eq!(error.status, StatusCode::BAD_REQUEST);
+            assert!(error.detail.contains("expected a JSON object"), "{}", error.detail);
+        }
     }
 }
 

@@ -17,7 +17,13 @@ use crate::{
     domain::{payload, tenant::TenantId},
 };
 
-use super::{ApiTags, AppState, json_body::JsonBody, json_text::JsonText, pagination, problem::ApiError};
+use super::{
+    ApiTags, AppState,
+    json_body::{JsonBody, from_object},
+    json_text::JsonText,
+    pagination,
+    problem::ApiError,
+};
 
 /// Most messages in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -68,8 +74,7 @@ impl ToJSON for JsonPayload {
 }
 
 /// One message to publish.
-#[derive(Debug, serde::Deserialize, Object)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Object)]
 #[oai(deny_unknown_fields, example)]
 pub struct PublishRequest {
     /// The message: any JSON value PostgreSQL `jsonb` can store (nested at most `max_payload_depth` deep, no
@@ -78,6 +83,22 @@ pub struct PublishRequest {
     /// Idempotency key: publishing the same id again never makes a second row. A new UUIDv7 when absent.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub id: Option<Uuid>,
+}
+
+/// What a [`PublishRequest`] holds, as serde reads it; taken from a JSON object only ([`from_object`]), also
+/// as an item of a batch.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishRequestFields {
+    payload: JsonPayload,
+    id: Option<Uuid>,
+}
+
+impl<'de> serde::Deserialize<'de> for PublishRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let PublishRequestFields { payload, id } = from_object(deserializer)?;
+        Ok(Self { payload, id })
+    }
 }
 
 /// Up to 1000 messages to publish together.
@@ -277,4 +298,21 @@ pub(super) fn authorized(principal: &Principal, id: Uuid) -> Result<TenantId, Ap
     let tenant = TenantId::from_uuid(id);
     principal.require_tenant(tenant)?;
     Ok(tenant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::json_body::parse;
+
+    #[test]
+    fn a_message_is_an_object_also_inside_a_batch() {
+        assert!(parse::<PublishRequest>(br#"{"payload": {"a": 1}}"#).is_ok());
+        assert!(parse::<PublishRequest>(br#"[{"a": 1}, null]"#).is_err(), "the fields in order, as an array");
+        let batch = parse::<PublishBatchRequest>(br#"{"messages": [[null, null]]}"#).expect_err("an array item");
+        assert_eq!(batch.field.as_deref(), Some("messages[0]"));
+        let unknown =
+            parse::<PublishBatchRequest>(br#"{"messages": [{"payload": 1, "ids": []}]}"#).expect_err("unknown");
+        assert_eq!(unknown.field.as_deref(), Some("messages[0].ids"));
+    }
 }

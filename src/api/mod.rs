@@ -127,7 +127,7 @@ mod tests {
 
     use crate::domain::tenant::TenantName;
 
-    use super::{messages::MAX_BATCH, pagination};
+    use super::{dlq, messages::MAX_BATCH, pagination};
 
     /// Request bodies are parsed with serde (see `json_body`), so the bounds in the document are not what
     /// enforces them: they must say the same as the constants that do.
@@ -140,9 +140,12 @@ mod tests {
         assert_eq!(name["maxLength"], TenantName::MAX_CHARS);
         let batch = &schema("PublishBatchRequest")["messages"];
         assert_eq!((batch["minItems"].clone(), batch["maxItems"].clone()), (1.into(), MAX_BATCH.into()));
+        let max_workers = f64::from(crate::config::Config::default().max_workers.get());
         for workers in [&schema("CreateTenantRequest")["workers"], &schema("SetConcurrencyRequest")["workers"]] {
-            assert_eq!(workers["minimum"].as_f64(), Some(1.0));
+            assert_eq!((workers["minimum"].as_f64(), workers["maximum"].as_f64()), (Some(1.0), Some(max_workers)));
         }
+        let ids = &schema("ReplayRequest")["ids"];
+        assert_eq!((ids["minItems"].clone(), ids["maxItems"].clone()), (1.into(), dlq::MAX_REPLAY_IDS.into()));
         let limit_text = format!("1 to {} (default {})", pagination::MAX_LIMIT, pagination::DEFAULT_LIMIT);
         let limits: Vec<&Value> = document["paths"]
             .as_object()

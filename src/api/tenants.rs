@@ -18,11 +18,16 @@ use super::{ApiTags, AppState, json_body::JsonBody, pagination, problem::ApiErro
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields, example)]
 pub struct CreateTenantRequest {
-    /// 1 to 200 characters, not blank.
-    #[oai(validator(min_length = 1, max_length = 200))]
+    /// 1 to 200 characters, not blank, no control characters.
+    #[oai(validator(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+    ))]
     pub name: String,
-    /// Worker pool size, 1 to `max_workers`; the configured `workers` when absent.
-    #[oai(nullable, validator(minimum(value = "1")))]
+    /// Worker pool size, 1 to `max_workers` (64 unless configured otherwise); the configured `workers` when
+    /// absent.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "64")))]
     pub workers: Option<i64>,
     /// The tenant's id; generated (UUIDv7) when absent. Creating an existing id is a conflict, also the id
     /// of a deleted tenant (ids are never reused).
@@ -42,8 +47,8 @@ impl Example for CreateTenantRequest {
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields)]
 pub struct SetConcurrencyRequest {
-    /// 1 to `max_workers`.
-    #[oai(validator(minimum(value = "1")))]
+    /// 1 to `max_workers` (64 unless configured otherwise).
+    #[oai(validator(minimum(value = "1"), maximum(value = "64")))]
     pub workers: i64,
 }
 
