@@ -1,0 +1,47 @@
+"""Contains all the data models used in inputs/outputs"""
+
+from .create_tenant_request import CreateTenantRequest
+from .dead_letter_message import DeadLetterMessage
+from .dead_letter_page import DeadLetterPage
+from .event import Event
+from .event_page import EventPage
+from .liveness import Liveness
+from .message import Message
+from .message_page import MessagePage
+from .problem import Problem
+from .publish_batch_request import PublishBatchRequest
+from .publish_request import PublishRequest
+from .published import Published
+from .published_batch import PublishedBatch
+from .readiness import Readiness
+from .replay_request import ReplayRequest
+from .replay_result import ReplayResult
+from .set_concurrency_request import SetConcurrencyRequest
+from .tenant import Tenant
+from .tenant_details import TenantDetails
+from .tenant_page import TenantPage
+from .tenant_runtime_view import TenantRuntimeView
+
+__all__ = (
+    "CreateTenantRequest",
+    "DeadLetterMessage",
+    "DeadLetterPage",
+    "Event",
+    "EventPage",
+    "Liveness",
+    "Message",
+    "MessagePage",
+    "Problem",
+    "PublishBatchRequest",
+    "Published",
+    "PublishedBatch",
+    "PublishRequest",
+    "Readiness",
+    "ReplayRequest",
+    "ReplayResult",
+    "SetConcurrencyRequest",
+    "Tenant",
+    "TenantDetails",
+    "TenantPage",
+    "TenantRuntimeView",
+)
