@@ -9,6 +9,7 @@ mod event_store;
 mod faults;
 mod fidelity;
 mod first_hour;
+mod generated_client;
 mod helpers;
 mod metrics;
 mod openapi;
