@@ -1,9 +1,6 @@
 //! Raw database ceilings: COPY and the service's own multi-row INSERT into one tenant partition, no broker.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, atomic::AtomicU64};
 
 use anyhow::{Context, Result};
 use sea_orm::sqlx;
@@ -82,13 +79,8 @@ pub async fn raw_database(services: &Services, settings: DbSettings) -> Result<R
     for _ in 0..settings.writers.max(1) {
         let (writer, next) = (writer.clone(), next.clone());
         tasks.spawn(async move {
-            loop {
-                let start = next.fetch_add(settings.batch_size as u64, Ordering::Relaxed);
-                if start >= settings.messages {
-                    break;
-                }
-                let end = (start + settings.batch_size as u64).min(settings.messages);
-                let rows: Vec<NewMessage> = (start..end)
+            while let Some(claimed) = env::claim(&next, settings.batch_size as u64, settings.messages) {
+                let rows: Vec<NewMessage> = claimed
                     .map(|n| NewMessage { id: Uuid::now_v7(), payload: env::payload(n, settings.payload_bytes) })
                     .collect();
                 writer.insert(&rows).await?;

@@ -2,7 +2,12 @@
 //! of an interrupted run's databases, settling between parts, row counts, payloads, and the versions printed
 //! with the table.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    ops::Range,
+    path::PathBuf,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use lapin::Connection;
@@ -214,4 +219,11 @@ pub fn load_average() -> String {
 /// The workspace root (the bench crate's parent).
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The next run of at most `batch` of `total` numbered messages for one of several concurrent writers;
+/// `None` once all are taken.
+pub fn claim(next: &AtomicU64, batch: u64, total: u64) -> Option<Range<u64>> {
+    let start = next.fetch_add(batch, Ordering::Relaxed);
+    (start < total).then(|| start..(start + batch).min(total))
 }

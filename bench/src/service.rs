@@ -1,10 +1,7 @@
 //! The real service, in process: end-to-end AMQP and HTTP throughput, and page latency at depth.
 
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::AtomicU64},
     time::Duration,
 };
 
@@ -133,12 +130,8 @@ async fn publish_http(app: &RunningApp, tenants: &[TenantId], settings: HttpSett
         let (next, tenants, client, base_url) =
             (next.clone(), tenants.clone(), app.client.clone(), app.base_url.clone());
         tasks.spawn(async move {
-            loop {
-                let start = next.fetch_add(settings.batch as u64, Ordering::Relaxed);
-                if start >= settings.messages {
-                    break;
-                }
-                let end = (start + settings.batch as u64).min(settings.messages);
+            while let Some(claimed) = env::claim(&next, settings.batch as u64, settings.messages) {
+                let (start, end) = (claimed.start, claimed.end);
                 let tenant = tenants[((start / settings.batch as u64) % tenants.len() as u64) as usize];
                 let mut body = String::with_capacity((end - start) as usize * (settings.payload_bytes + 16) + 16);
                 body.push_str(r#"{"messages":["#);
