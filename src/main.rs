@@ -51,8 +51,11 @@ enum Command {
     /// Mint a JWT with the configured HS256 secret (for development and operations).
     Token {
         /// An admin token (every endpoint).
-        #[arg(long, conflicts_with = "tenant", required_unless_present = "tenant")]
+        #[arg(long, conflicts_with_all = ["tenant", "auditor"], required_unless_present_any = ["tenant", "auditor"])]
         admin: bool,
+        /// An auditor token: every tenant's record (tenants, events, states, exports, audit), read only.
+        #[arg(long, conflicts_with = "tenant")]
+        auditor: bool,
         /// A token for this tenant only.
         #[arg(long, value_name = "TENANT_ID")]
         tenant: Option<uuid::Uuid>,
@@ -137,8 +140,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Command::Token { admin: _, tenant, sub, ttl } = &cli.command {
-        let role = tenant.map_or(Role::Admin, |t| Role::Tenant(TenantId::from_uuid(t)));
+    if let Command::Token { admin: _, auditor, tenant, sub, ttl } = &cli.command {
+        let role = match tenant {
+            Some(tenant) => Role::Tenant(TenantId::from_uuid(*tenant)),
+            None if *auditor => Role::Auditor,
+            None => Role::Admin,
+        };
         return match auth::mint(&config.auth, sub, role, *ttl) {
             Ok(token) => {
                 println!("{token}");
