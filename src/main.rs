@@ -67,7 +67,12 @@ enum Command {
         ttl: std::time::Duration,
     },
     /// Rebuild the read models from the event log.
-    Replay,
+    Replay {
+        /// Only compare: rebuild in a transaction that is rolled back, print where the live read models differ
+        /// from the log, exit 1 if they do. The live data is left as it is.
+        #[arg(long)]
+        check: bool,
+    },
     /// Publish a body as it is straight to a tenant's queue over AMQP, as any producer may (no JSON check:
     /// a body that is not JSON shows the dead-letter queue at work). Prints the message id.
     Publish {
@@ -198,7 +203,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate { action } => migrate(config, action).await.map(|()| ExitCode::SUCCESS),
-        Command::Replay => {
+        Command::Replay { check: true } => {
+            let db = database::connect(&config.database).await.context("connecting to the database")?;
+            let differences = projectors::check::check_all(&db, config.projectors.batch_size).await?;
+            for difference in &differences {
+                println!("{difference}");
+            }
+            if differences.is_empty() {
+                println!("read models: as the event log makes them");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("read models: {} differences from the event log", differences.len());
+            Ok(ExitCode::FAILURE)
+        }
+        Command::Replay { check: false } => {
             let db = database::connect(&config.database).await.context("connecting to the database")?;
             for (projector, position) in
                 projectors::replay_all(&db, PartitionsProjector, config.projectors.batch_size).await?

@@ -450,3 +450,38 @@ async fn an_export_from_the_api_verifies_offline_and_an_edited_byte_is_named_by_
     assert_problem(never_existed, StatusCode::NOT_FOUND, None).await;
     app.stop().await;
 }
+
+/// `replay --check` rebuilds the read models aside and compares: clean, then with a row and a partition
+/// changed behind the service's back, which it names and leaves as they are.
+#[tokio::test]
+async fn replay_check_finds_read_models_changed_behind_the_services_back() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    let gone = app.create_tenant_id("gone").await;
+    assert_eq!(app.delete(&format!("/tenants/{gone}")).await.status(), StatusCode::NO_CONTENT);
+    let url = &app.config.database.url;
+    let clean = cli(&["replay", "--check"], url).await;
+    assert!(clean.status.success(), "{}{}", stdout(&clean), String::from_utf8_lossy(&clean.stderr));
+    assert!(stdout(&clean).contains("read models: as the event log makes them"), "{}", stdout(&clean));
+
+    let partition = format!("messages_{}", id.replace('-', ""));
+    app.db.execute_unprepared(&format!("UPDATE tenants SET workers = 9 WHERE id = '{id}'")).await.expect("changed");
+    app.db.execute_unprepared(&format!("ALTER TABLE messages DETACH PARTITION {partition}")).await.expect("detached");
+    let events_before = app.scalar_i64("SELECT count(*) FROM events").await;
+    let dirty = cli(&["replay", "--check"], url).await;
+    assert_eq!(dirty.status.code(), Some(1), "{}{}", stdout(&dirty), String::from_utf8_lossy(&dirty.stderr));
+    let shown = stdout(&dirty);
+    assert!(shown.contains(&format!("tenants {id}: workers is 9, the log gives 5")), "{shown}");
+    assert!(shown.contains(&format!("partition {partition}: missing for live tenant {id}")), "{shown}");
+    assert!(shown.contains("read models: 2 differences from the event log"), "{shown}");
+
+    // The check changed nothing.
+    assert_eq!(app.scalar_i64(&format!("SELECT workers::bigint FROM tenants WHERE id = '{id}'")).await, 9);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM events").await, events_before);
+    let attached = format!(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'messages'::regclass AND c.relname = '{partition}'"
+    );
+    assert_eq!(app.scalar_i64(&attached).await, 0, "the detached partition stays detached");
+    app.stop().await;
+}
