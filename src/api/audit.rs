@@ -239,7 +239,7 @@ impl AuditApi {
         id: Path<Uuid>,
         /// A global position of the log, from 1.
         at_position: Query<Option<i64>>,
-        /// A time, RFC 3339, e.g. `2026-12-01T09:30:00Z`.
+        /// A time, RFC 3339, e.g. `2026-12-01T09:30:00Z` (in a URL, write the `+` of an offset as `%2B`).
         at: Query<Option<String>>,
     ) -> Result<Json<TenantState>, ApiError> {
         let tenant = TenantId::from_uuid(id.0);
