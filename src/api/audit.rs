@@ -184,6 +184,7 @@ impl AuditApi {
         /// From a previous check's `next_cursor` (without `tenant_id`).
         cursor: Query<Option<String>>,
         /// Streams to check, 1 to 1000 (default 50), without `tenant_id`.
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<Verification>, ApiError> {
         principal.require_record_reader()?;
@@ -210,6 +211,7 @@ impl AuditApi {
         /// From a previous page's `next_cursor` (without `tenant_id`).
         cursor: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<StreamHeadPage>, ApiError> {
         principal.require_record_reader()?;
