@@ -1,6 +1,8 @@
 //! JWT bearer authentication: HS256 with `auth.jwt_secret` by default, RS256/ES256 with a public key by
-//! configuration. Claims: `sub`, `exp`, `role` (`admin` | `tenant`) and, for tenant tokens, `tenant_id`.
-//! An admin may do everything; a tenant token only its own tenant's reads, publishes, events and DLQ.
+//! configuration. Claims: `sub`, `exp`, `role` (`admin` | `auditor` | `tenant`) and, for tenant tokens,
+//! `tenant_id`. An admin may do everything; an auditor may read every tenant's record (tenants, events,
+//! states, exports, the audit endpoints) and change nothing; a tenant token only its own tenant's reads,
+//! publishes, events and DLQ.
 
 use std::time::Duration;
 
@@ -17,6 +19,7 @@ use crate::{
 #[serde(rename_all = "lowercase")]
 pub enum RoleClaim {
     Admin,
+    Auditor,
     Tenant,
 }
 
@@ -35,6 +38,8 @@ pub struct Claims {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     Admin,
+    /// Reads every tenant's record, changes nothing, and sees no message content.
+    Auditor,
     Tenant(TenantId),
 }
 
@@ -59,20 +64,45 @@ pub enum AuthError {
     Ambiguous,
 }
 
+impl AuthError {
+    /// An auditor asking to act on a tenant or read its messages.
+    pub const AUDITOR_READS_THE_RECORD_ONLY: Self =
+        Self::Forbidden("an auditor token reads the record only (tenants, events, states, exports, audit)");
+}
+
 impl Principal {
     pub fn require_admin(&self) -> Result<(), AuthError> {
         match self.role {
             Role::Admin => Ok(()),
-            Role::Tenant(_) => Err(AuthError::Forbidden("this operation needs an admin token")),
+            Role::Auditor | Role::Tenant(_) => Err(AuthError::Forbidden("this operation needs an admin token")),
         }
     }
 
-    /// Admins may act on any tenant; a tenant token only on its own.
+    /// Admins may act on any tenant; a tenant token only on its own. Auditors may not: acting includes
+    /// publishing and reading messages.
     pub fn require_tenant(&self, tenant: TenantId) -> Result<(), AuthError> {
         match self.role {
             Role::Admin => Ok(()),
             Role::Tenant(own) if own == tenant => Ok(()),
             Role::Tenant(_) => Err(AuthError::Forbidden("this token belongs to another tenant")),
+            Role::Auditor => Err(AuthError::AUDITOR_READS_THE_RECORD_ONLY),
+        }
+    }
+
+    /// Reading every tenant's record: admins and auditors.
+    pub fn require_record_reader(&self) -> Result<(), AuthError> {
+        match self.role {
+            Role::Admin | Role::Auditor => Ok(()),
+            Role::Tenant(_) => Err(AuthError::Forbidden("this operation needs an admin or auditor token")),
+        }
+    }
+
+    /// Reading one tenant's record (the tenant, its events, states and export): admins, auditors, and the
+    /// tenant's own token.
+    pub fn require_record_of(&self, tenant: TenantId) -> Result<(), AuthError> {
+        match self.role {
+            Role::Auditor => Ok(()),
+            _ => self.require_tenant(tenant),
         }
     }
 }
@@ -118,6 +148,10 @@ impl Authenticator {
             .claims;
         let role = match (claims.role, claims.tenant_id) {
             (RoleClaim::Admin, _) => Role::Admin,
+            (RoleClaim::Auditor, None) => Role::Auditor,
+            (RoleClaim::Auditor, Some(_)) => {
+                return Err(AuthError::Invalid("an auditor token has no `tenant_id`".into()));
+            }
             (RoleClaim::Tenant, Some(tenant)) => Role::Tenant(TenantId::from_uuid(tenant)),
             (RoleClaim::Tenant, None) => return Err(AuthError::Invalid("a tenant token needs `tenant_id`".into())),
         };
@@ -136,6 +170,7 @@ pub fn mint(config: &AuthConfig, subject: &str, role: Role, ttl: Duration) -> Re
     let now = jsonwebtoken::get_current_timestamp();
     let (role, tenant_id) = match role {
         Role::Admin => (RoleClaim::Admin, None),
+        Role::Auditor => (RoleClaim::Auditor, None),
         Role::Tenant(tenant) => (RoleClaim::Tenant, Some(tenant.as_uuid())),
     };
     let claims = Claims { sub: subject.to_owned(), iat: now, exp: now + ttl.as_secs(), role, tenant_id };
@@ -172,6 +207,15 @@ mod tests {
         assert!(principal.require_tenant(tenant).is_ok());
         assert!(principal.require_tenant(TenantId::generate()).is_err());
         assert!(principal.require_admin().is_err());
+        assert!(principal.require_record_reader().is_err());
+        assert!(principal.require_record_of(tenant).is_ok());
+        let auditor = mint(&config(), "audit", Role::Auditor, Duration::from_secs(60)).expect("minted");
+        let principal = auth.authenticate(Some(&bearer(&auditor))).expect("valid");
+        assert_eq!(principal.role, Role::Auditor);
+        assert!(principal.require_record_reader().is_ok());
+        assert!(principal.require_record_of(tenant).is_ok());
+        assert!(principal.require_admin().is_err());
+        assert!(principal.require_tenant(tenant).is_err(), "an auditor neither publishes nor reads messages");
     }
 
     #[test]

@@ -51,8 +51,11 @@ enum Command {
     /// Mint a JWT with the configured HS256 secret (for development and operations).
     Token {
         /// An admin token (every endpoint).
-        #[arg(long, conflicts_with = "tenant", required_unless_present = "tenant")]
+        #[arg(long, conflicts_with_all = ["tenant", "auditor"], required_unless_present_any = ["tenant", "auditor"])]
         admin: bool,
+        /// An auditor token: every tenant's record (tenants, events, states, exports, audit), read only.
+        #[arg(long, conflicts_with = "tenant")]
+        auditor: bool,
         /// A token for this tenant only.
         #[arg(long, value_name = "TENANT_ID")]
         tenant: Option<uuid::Uuid>,
@@ -64,7 +67,12 @@ enum Command {
         ttl: std::time::Duration,
     },
     /// Rebuild the read models from the event log.
-    Replay,
+    Replay {
+        /// Only compare: rebuild in a transaction that is rolled back, print where the live read models differ
+        /// from the log, exit 1 if they do. The live data is left as it is.
+        #[arg(long)]
+        check: bool,
+    },
     /// Publish a body as it is straight to a tenant's queue over AMQP, as any producer may (no JSON check:
     /// a body that is not JSON shows the dead-letter queue at work). Prints the message id.
     Publish {
@@ -137,8 +145,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    if let Command::Token { admin: _, tenant, sub, ttl } = &cli.command {
-        let role = tenant.map_or(Role::Admin, |t| Role::Tenant(TenantId::from_uuid(t)));
+    if let Command::Token { admin: _, auditor, tenant, sub, ttl } = &cli.command {
+        let role = match tenant {
+            Some(tenant) => Role::Tenant(TenantId::from_uuid(*tenant)),
+            None if *auditor => Role::Auditor,
+            None => Role::Admin,
+        };
         return match auth::mint(&config.auth, sub, role, *ttl) {
             Ok(token) => {
                 println!("{token}");
@@ -191,7 +203,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve => serve(config).await.map(|()| ExitCode::SUCCESS),
         Command::Migrate { action } => migrate(config, action).await.map(|()| ExitCode::SUCCESS),
-        Command::Replay => {
+        Command::Replay { check: true } => {
+            let db = database::connect(&config.database).await.context("connecting to the database")?;
+            let differences = projectors::check::check_all(&db, config.projectors.batch_size).await?;
+            for difference in &differences {
+                println!("{difference}");
+            }
+            if differences.is_empty() {
+                println!("read models: as the event log makes them");
+                return Ok(ExitCode::SUCCESS);
+            }
+            println!("read models: {} differences from the event log", differences.len());
+            Ok(ExitCode::FAILURE)
+        }
+        Command::Replay { check: false } => {
             let db = database::connect(&config.database).await.context("connecting to the database")?;
             for (projector, position) in
                 projectors::replay_all(&db, PartitionsProjector, config.projectors.batch_size).await?

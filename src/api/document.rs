@@ -23,6 +23,10 @@ const OPERATION_ERRORS: &[(&str, &[u16])] = &[
     ("listDeadLetters", &[400, 401, 403, 404, 500, 503]),
     ("purgeDeadLetters", &[400, 401, 403, 404, 500, 503]),
     ("replayDeadLetters", &[400, 401, 403, 404, 413, 415, 500, 503]),
+    ("verifyChain", &[400, 401, 403, 404, 500, 503]),
+    ("listStreamHeads", &[400, 401, 403, 404, 500, 503]),
+    ("getTenantStateAsOf", &[400, 401, 403, 404, 500, 503]),
+    ("exportTenantEvents", &[400, 401, 403, 404, 500, 503]),
 ];
 
 /// Operations anyone may call, without a token.
@@ -90,7 +94,8 @@ fn complete(document: &mut Value) {
             "type": "http",
             "scheme": "bearer",
             "bearerFormat": "JWT",
-            "description": "A token minted with `tenantmq token`: role `admin` (everything) or `tenant` with its \
+            "description": "A token minted with `tenantmq token`: role `admin` (everything), `auditor` (reads \
+                            tenants, histories, states, exports and `/audit/*` of every tenant) or `tenant` with its \
                             `tenant_id` (its own tenant only)"
         }
     });

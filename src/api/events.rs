@@ -73,7 +73,7 @@ impl EventsApi {
         limit: Query<Option<i64>>,
     ) -> Result<Json<EventPage>, ApiError> {
         let tenant = TenantId::from_uuid(id.0);
-        principal.require_tenant(tenant)?;
+        principal.require_record_of(tenant)?;
         let scope = pagination::Listing::Events(tenant).to_string();
         let limit = pagination::limit(limit.0)?;
         let after = pagination::decode(cursor.0.as_deref(), &scope)?;

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     app::messages::{MessageKey, MessageRow, OutgoingMessage},
-    auth::{Principal, Role},
+    auth::{AuthError, Principal, Role},
     domain::{payload, tenant::TenantId},
 };
 
@@ -237,6 +237,8 @@ impl MessagesApi {
         let tenant = match (&principal.role, tenant_id.0) {
             (_, Some(id)) => id,
             (Role::Tenant(own), None) => own.as_uuid(),
+            // An auditor may not read messages at all: forbidden, not a missing parameter.
+            (Role::Auditor, None) => return Err(AuthError::AUDITOR_READS_THE_RECORD_ONLY.into()),
             (Role::Admin, None) => return Err(ApiError::bad_request(Some("tenant_id"), "`tenant_id` is required")),
         };
         let tenant = authorized(&principal, tenant)?;

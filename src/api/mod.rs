@@ -2,6 +2,7 @@
 //! Handlers get their dependencies from [`AppState`] (request data), so the OpenAPI document can be produced
 //! without any connection.
 
+mod audit;
 mod dlq;
 pub mod document;
 mod events;
@@ -27,6 +28,7 @@ use crate::{
 use poem::{Endpoint, EndpointExt, Route, handler, web::Data};
 use poem_openapi::{OpenApiService, Tags};
 
+pub use audit::AuditApi;
 pub use dlq::DeadLettersApi;
 pub use events::EventsApi;
 pub use health::HealthApi;
@@ -43,6 +45,8 @@ pub enum ApiTags {
     Messages,
     /// Messages that failed for good: inspect, replay, purge
     DeadLetters,
+    /// The auditor's view: the hash chain, streams' heads, past states, exports
+    Audit,
     /// Liveness and readiness
     Health,
 }
@@ -58,12 +62,12 @@ pub struct AppState {
     pub metrics_token: Option<Arc<str>>,
 }
 
-pub type Apis = (TenantsApi, EventsApi, MessagesApi, DeadLettersApi, HealthApi);
+pub type Apis = (TenantsApi, EventsApi, AuditApi, MessagesApi, DeadLettersApi, HealthApi);
 
 /// The OpenAPI service; [`document::document`] completes its `spec()` into the committed `docs/openapi.json`.
 pub fn service() -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        (TenantsApi, EventsApi, MessagesApi, DeadLettersApi, HealthApi),
+        (TenantsApi, EventsApi, AuditApi, MessagesApi, DeadLettersApi, HealthApi),
         "tenantmq",
         env!("CARGO_PKG_VERSION"),
     )

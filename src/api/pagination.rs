@@ -17,6 +17,10 @@ pub enum Listing {
     Events(TenantId),
     Messages(TenantId),
     DeadLetters(TenantId),
+    /// Streams checked by `/audit/verify`, by stream id.
+    AuditVerify,
+    /// Streams' heads, by stream id.
+    AuditHeads,
 }
 
 impl std::fmt::Display for Listing {
@@ -26,6 +30,8 @@ impl std::fmt::Display for Listing {
             Self::Events(tenant) => write!(f, "events:{tenant}"),
             Self::Messages(tenant) => write!(f, "messages:{tenant}"),
             Self::DeadLetters(tenant) => write!(f, "dlq:{tenant}"),
+            Self::AuditVerify => f.write_str("audit-verify"),
+            Self::AuditHeads => f.write_str("audit-heads"),
         }
     }
 }

@@ -12,8 +12,9 @@ use super::AppState;
 
 // The bearer scheme of the OpenAPI document, so Swagger UI can authorize; its doc comment is what the
 // Authorize dialog shows.
-/// A JWT. Mint one with `tenantmq token --admin` (every operation) or `tenantmq token --tenant <id>` (one
-/// tenant's reads, publishes and dead letters); it is signed with the service's configured secret. Paste the
+/// A JWT. Mint one with `tenantmq token --admin` (every operation), `tenantmq token --auditor` (every
+/// tenant's record, read only) or `tenantmq token --tenant <id>` (one tenant's reads, publishes and dead
+/// letters); it is signed with the service's configured secret. Paste the
 /// token alone, without `Bearer `.
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "JWT", rename = "BearerAuth")]

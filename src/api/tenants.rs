@@ -179,7 +179,7 @@ impl TenantsApi {
         Ok(CreateTenantResponse::Created(Json(tenant.into()), format!("/tenants/{id}")))
     }
 
-    /// List live tenants, oldest first (admin)
+    /// List live tenants, oldest first (admin, auditor)
     #[oai(path = "/tenants", method = "get", operation_id = "listTenants")]
     async fn list(
         &self,
@@ -191,7 +191,7 @@ impl TenantsApi {
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> Result<Json<TenantPage>, ApiError> {
-        principal.require_admin()?;
+        principal.require_record_reader()?;
         let limit = pagination::limit(limit.0)?;
         let scope = pagination::Listing::Tenants.to_string();
         let after = pagination::decode(cursor.0.as_deref(), &scope)?;
@@ -209,7 +209,7 @@ impl TenantsApi {
         id: Path<Uuid>,
     ) -> Result<Json<TenantDetails>, ApiError> {
         let id = TenantId::from_uuid(id.0);
-        principal.require_tenant(id)?;
+        principal.require_record_of(id)?;
         let (tenant, status) = state.app.tenants.status(id).await?;
         Ok(Json(TenantDetails { tenant: tenant.into(), runtime: status.into() }))
     }

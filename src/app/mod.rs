@@ -1,8 +1,9 @@
 //! The use cases the API offers, one module each: tenant commands and the tenants read model
 //! ([`tenants`]), publishing and reading messages ([`messages`]), dead letters ([`dead_letters`]), a tenant's
-//! history ([`history`]), and readiness. Handlers call these and nothing below them; authorization stays in
+//! history ([`history`]), the auditor's questions to the log ([`audit`]), and readiness. Handlers call these and nothing below them; authorization stays in
 //! the API, which knows who is asking.
 
+pub mod audit;
 pub mod dead_letters;
 pub mod history;
 pub mod messages;
@@ -21,6 +22,7 @@ use crate::{
     store::{StoreError, events::EventStore, tenants::TenantReadModel},
 };
 
+pub use audit::Audit;
 pub use dead_letters::DeadLetterQueues;
 pub use history::History;
 pub use messages::Messages;
@@ -81,6 +83,7 @@ pub struct App {
     pub messages: Messages,
     pub dead_letters: DeadLetterQueues,
     pub history: History,
+    pub audit: Audit,
     pub readiness: Readiness,
 }
 
@@ -105,6 +108,7 @@ impl App {
             ),
             messages: Messages::new(db.clone(), publisher, config.rabbitmq.publish_timeout, config.read.max_page_bytes),
             dead_letters: DeadLetterQueues::new(TenantReadModel::new(db.clone()), broker.clone()),
+            audit: Audit::new(db.clone(), store.clone()),
             history: History::new(store),
             readiness: Readiness { db: db.clone(), broker: broker.clone(), projections },
         }

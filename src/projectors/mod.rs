@@ -2,6 +2,7 @@
 //! applies the next batch of events and saves the checkpoint in the same transaction, so every event is
 //! applied exactly once per read model, however many instances run it.
 
+pub mod check;
 mod partitions;
 mod tenants;
 
@@ -86,17 +87,31 @@ pub async fn replay<P: Projector>(db: &DatabaseConnection, projector: &P, batch_
     let txn = db.begin().await?;
     checkpoints::lock(&txn, P::NAME).await?;
     projector.reset(&txn).await?;
-    let mut position = 0;
-    loop {
-        let (to, applied) = apply_batch(&txn, projector, position, batch_size).await?;
-        position = to;
-        if applied < batch_size as usize {
-            break;
-        }
-    }
+    let position = rebuild(&txn, projector, i64::MAX, batch_size).await?;
     checkpoints::save(&txn, P::NAME, position).await?;
     txn.commit().await?;
     Ok(position)
+}
+
+/// Applies the log from its start up to `up_to` (a position) to a read model just reset; returns the position
+/// of the last event applied.
+async fn rebuild<P: Projector>(
+    txn: &DatabaseTransaction,
+    projector: &P,
+    up_to: i64,
+    batch_size: u32,
+) -> Result<i64, StoreError> {
+    let mut position = 0;
+    loop {
+        let events = read_all_after(txn, position, batch_size).await?;
+        for event in events.iter().take_while(|event| event.position <= up_to) {
+            projector.apply(txn, event).await?;
+            position = event.position;
+        }
+        if events.len() < batch_size as usize || events.last().is_some_and(|event| event.position > up_to) {
+            return Ok(position);
+        }
+    }
 }
 
 /// Settings shared by the runners.

@@ -142,11 +142,23 @@ pub async fn heads<C: ConnectionTrait>(conn: &C, stream: Option<Uuid>) -> Result
     ))
     .all(conn)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            let hash = EventHash::from_slice(&row.hash)
-                .ok_or(StoreError::MalformedHash { stream_id: row.stream_id, version: row.version })?;
-            Ok(Head { stream_id: row.stream_id, version: row.version, position: row.position, hash })
-        })
-        .collect()
+    rows.into_iter().map(head).collect()
+}
+
+/// The heads of up to `limit` streams whose id sorts after `after`, by stream id: [`heads`] a page at a time.
+pub async fn heads_after<C: ConnectionTrait>(conn: &C, after: Uuid, limit: u64) -> Result<Vec<Head>, StoreError> {
+    let rows = HeadRow::find_by_statement(stmt(
+        "SELECT DISTINCT ON (stream_id) stream_id, version, position, hash FROM events \
+         WHERE stream_id > $1 ORDER BY stream_id, version DESC LIMIT $2",
+        [after.into(), i64::try_from(limit).unwrap_or(i64::MAX).into()],
+    ))
+    .all(conn)
+    .await?;
+    rows.into_iter().map(head).collect()
+}
+
+fn head(row: HeadRow) -> Result<Head, StoreError> {
+    let hash = EventHash::from_slice(&row.hash)
+        .ok_or(StoreError::MalformedHash { stream_id: row.stream_id, version: row.version })?;
+    Ok(Head { stream_id: row.stream_id, version: row.version, position: row.position, hash })
 }

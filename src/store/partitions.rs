@@ -45,6 +45,18 @@ pub async fn is_attached<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Resu
     .await
 }
 
+/// The names of the partitions attached to `messages`, whoever created them.
+pub async fn attached_names<C: ConnectionTrait>(conn: &C) -> Result<Vec<String>, StoreError> {
+    let rows = conn
+        .query_all_raw(stmt(
+            "SELECT c.relname::text AS name FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+             WHERE i.inhparent = 'messages'::regclass ORDER BY 1",
+            [],
+        ))
+        .await?;
+    rows.iter().map(|row| Ok(row.try_get::<String>("", "name")?)).collect()
+}
+
 /// Whether the tenants read model shows the tenant deleted.
 pub async fn is_deleted<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Result<bool, StoreError> {
     scalar(

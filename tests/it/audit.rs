@@ -8,6 +8,7 @@ use reqwest::StatusCode;
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
 use tenantmq::{
+    auth::Role,
     config::Config,
     store::{
         audit::{self, Verdict},
@@ -19,7 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     config_cli::tenantmq,
-    helpers::{TestApp, adopt_database, remove_database, test_config},
+    helpers::{TestApp, adopt_database, assert_problem, remove_database, test_config},
 };
 
 /// Runs the binary against `database_url` off the runtime's thread (the service under test shares it).
@@ -63,6 +64,17 @@ async fn tamper(app: &TestApp, sql: &str) {
         ))
         .await
         .expect("tampered");
+}
+
+/// Sets the workers of the tenant's ConcurrencySet at version 2 to 9, in place, without re-hashing.
+async fn change_the_second_event(app: &TestApp, tenant: &str) {
+    tamper(
+        app,
+        &format!(
+            "UPDATE events SET data = jsonb_set(data, '{{workers}}', '9') WHERE stream_id = '{tenant}' AND version = 2"
+        ),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -110,13 +122,7 @@ async fn an_untouched_log_verifies_and_the_api_shows_its_chain() {
 async fn a_changed_event_fails_verification_at_its_position() {
     let app = TestApp::spawn().await;
     let id = tenant_with_three_events(&app).await;
-    tamper(
-        &app,
-        &format!(
-            "UPDATE events SET data = jsonb_set(data, '{{workers}}', '9') WHERE stream_id = '{id}' AND version = 2"
-        ),
-    )
-    .await;
+    change_the_second_event(&app, &id).await;
     let changed = position(&app, &id, 2).await;
     let url = &app.config.database.url;
     for args in [vec!["verify", "--tenant", id.as_str()], vec!["verify"]] {
@@ -237,4 +243,245 @@ async fn the_backfill_chains_events_recorded_before_the_migration() {
     }
     db.close().await.expect("closed");
     remove_database(test_database).await;
+}
+
+/// GET as an auditor.
+async fn audited(app: &TestApp, path: &str) -> reqwest::Response {
+    reqwest::Client::new().get(app.url(path)).bearer_auth(app.token(Role::Auditor)).send().await.expect("sent")
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.expect("JSON")
+}
+
+#[tokio::test]
+async fn the_audit_endpoints_show_an_intact_chain_and_its_heads() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    let other = app.create_tenant_id("bystander").await;
+    let head_position = position(&app, &id, 3).await;
+
+    let one = json_of(audited(&app, &format!("/audit/verify?tenant_id={id}")).await).await;
+    assert_eq!(one["ok"], true, "{one}");
+    assert_eq!((one["events"].as_i64(), one["streams"].as_i64()), (Some(3), Some(1)), "{one}");
+    assert_eq!(one["head"]["position"], head_position, "{one}");
+    let events = json_of(app.get(&format!("/tenants/{id}/events")).await).await;
+    assert_eq!(one["head"]["hash"], events["data"][2]["hash"], "{one}");
+
+    // Every stream, one a page: the cursor leads through both, then ends.
+    let first = json_of(audited(&app, "/audit/verify?limit=1").await).await;
+    assert_eq!((first["ok"].as_bool(), first["streams"].as_i64()), (Some(true), Some(1)), "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a cursor to the second stream");
+    let second = json_of(audited(&app, &format!("/audit/verify?limit=1&cursor={cursor}")).await).await;
+    assert_eq!((second["ok"].as_bool(), second["streams"].as_i64()), (Some(true), Some(1)), "{second}");
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let all = json_of(audited(&app, "/audit/verify").await).await;
+    assert_eq!((all["events"].as_i64(), all["streams"].as_i64()), (Some(4), Some(2)), "{all}");
+
+    let heads = json_of(audited(&app, "/audit/head").await).await;
+    let mut streams: Vec<&str> =
+        heads["data"].as_array().expect("heads").iter().filter_map(|h| h["stream_id"].as_str()).collect();
+    streams.sort_unstable();
+    let mut expected = vec![id.as_str(), other.as_str()];
+    expected.sort_unstable();
+    assert_eq!(streams, expected);
+    let paged = json_of(audited(&app, "/audit/head?limit=1").await).await;
+    assert_eq!(paged["data"].as_array().map(Vec::len), Some(1));
+    assert!(paged["next_cursor"].is_string(), "{paged}");
+    let mine = json_of(audited(&app, &format!("/audit/head?tenant_id={id}")).await).await;
+    assert_eq!(mine["data"][0]["version"], 3);
+    assert_eq!(mine["data"][0]["hash"], one["head"]["hash"]);
+
+    for (path, field) in [
+        ("/audit/verify?tenant_id=nope", "tenant_id"),
+        ("/audit/verify?limit=0", "limit"),
+        ("/audit/verify?cursor=garbage", "cursor"),
+        ("/audit/head?cursor=garbage", "cursor"),
+        ("/audit/head?limit=1001", "limit"),
+    ] {
+        assert_problem(audited(&app, path).await, StatusCode::BAD_REQUEST, Some(field)).await;
+    }
+    let unknown = Uuid::new_v4();
+    assert_problem(audited(&app, &format!("/audit/verify?tenant_id={unknown}")).await, StatusCode::NOT_FOUND, None)
+        .await;
+    assert_problem(audited(&app, &format!("/audit/head?tenant_id={unknown}")).await, StatusCode::NOT_FOUND, None).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_tampered_event_is_found_by_the_verify_endpoint_at_its_position() {
+    let app = TestApp::spawn().await;
+    app.create_tenant_id("bystander").await;
+    let id = tenant_with_three_events(&app).await;
+    change_the_second_event(&app, &id).await;
+    let changed = position(&app, &id, 2).await;
+    for path in [format!("/audit/verify?tenant_id={id}"), "/audit/verify?limit=1000".to_owned()] {
+        let verdict = json_of(audited(&app, &path).await).await;
+        assert_eq!(verdict["ok"], false, "{path}: {verdict}");
+        let broken = &verdict["first_break"];
+        assert_eq!((broken["position"].as_i64(), broken["version"].as_i64()), (Some(changed), Some(2)), "{verdict}");
+        assert_eq!(
+            (broken["stream_id"].as_str(), broken["reason"].as_str()),
+            (Some(id.as_str()), Some("hash_mismatch"))
+        );
+        assert!(broken["detail"].as_str().is_some_and(|d| d.starts_with("hash mismatch")), "{verdict}");
+    }
+
+    // Removing the changed event instead: the next one is where the gap shows.
+    tamper(&app, &format!("DELETE FROM events WHERE stream_id = '{id}' AND version = 2")).await;
+    let verdict = json_of(audited(&app, &format!("/audit/verify?tenant_id={id}")).await).await;
+    let broken = &verdict["first_break"];
+    assert_eq!(broken["position"].as_i64(), Some(position(&app, &id, 3).await), "{verdict}");
+    assert_eq!(broken["reason"], "version_gap", "{verdict}");
+    app.stop().await;
+}
+
+/// Create, three concurrency changes, delete: the state after each event, asked by position and by time.
+#[tokio::test]
+async fn a_tenant_reads_as_it_was_at_every_version_of_its_stream() {
+    let app = TestApp::spawn().await;
+    app.create_tenant_id("earlier").await;
+    let created = app.create_tenant("historic").await;
+    let id = created["id"].as_str().expect("id").to_owned();
+    let initial = created["workers"].as_i64().expect("workers");
+    for workers in [4, 7, 2] {
+        let response = app.put_json(&format!("/tenants/{id}/config/concurrency"), &json!({ "workers": workers })).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(app.delete(&format!("/tenants/{id}")).await.status(), StatusCode::NO_CONTENT);
+    let events = json_of(app.get(&format!("/tenants/{id}/events")).await).await;
+    let events = events["data"].as_array().expect("events").clone();
+    let expected = [(initial, "active"), (4, "active"), (7, "active"), (2, "active"), (2, "deleted")];
+    assert_eq!(events.len(), expected.len());
+
+    let own = app.token(Role::Tenant(id.parse().expect("uuid")));
+    for (event, (workers, status)) in events.iter().zip(expected) {
+        let position = event["position"].as_i64().expect("position");
+        let recorded_at = event["recorded_at"].as_str().expect("recorded_at");
+        let by_time = format!("/tenants/{id}/state?at={}", recorded_at.replace('+', "%2B"));
+        for path in [format!("/tenants/{id}/state?at_position={position}"), by_time] {
+            for state in [
+                json_of(app.get(&path).await).await,
+                json_of(audited(&app, &path).await).await,
+                json_of(reqwest::Client::new().get(app.url(&path)).bearer_auth(&own).send().await.expect("sent")).await,
+            ] {
+                assert_eq!(state["version"], event["version"], "{path}: {state}");
+                assert_eq!(
+                    (state["position"].as_i64(), state["hash"].clone()),
+                    (Some(position), event["hash"].clone())
+                );
+                assert_eq!(
+                    (state["workers"].as_i64(), state["status"].as_str()),
+                    (Some(workers), Some(status)),
+                    "{path}"
+                );
+                assert_eq!((state["name"].as_str(), state["id"].as_str()), (Some("historic"), Some(id.as_str())));
+            }
+        }
+    }
+    // Between two events, the earlier one holds.
+    let before_fourth = events[3]["position"].as_i64().expect("position") - 1;
+    let between = json_of(app.get(&format!("/tenants/{id}/state?at_position={before_fourth}")).await).await;
+    assert_eq!(between["version"], 3, "{between}");
+
+    let first = events[0]["position"].as_i64().expect("position");
+    assert_problem(
+        app.get(&format!("/tenants/{id}/state?at_position={}", first - 1)).await,
+        StatusCode::NOT_FOUND,
+        None,
+    )
+    .await;
+    assert_problem(app.get(&format!("/tenants/{id}/state?at=2000-01-01T00:00:00Z")).await, StatusCode::NOT_FOUND, None)
+        .await;
+    for (query, field) in [
+        ("", "at_position"),
+        ("?at_position=1&at=2026-01-01T00:00:00Z", "at"),
+        ("?at_position=0", "at_position"),
+        ("?at_position=-3", "at_position"),
+        ("?at_position=abc", "at_position"),
+        ("?at_position=99999999999999999999", "at_position"),
+        ("?at=yesterday", "at"),
+        ("?at=2026-13-01T00:00:00Z", "at"),
+    ] {
+        assert_problem(app.get(&format!("/tenants/{id}/state{query}")).await, StatusCode::BAD_REQUEST, Some(field))
+            .await;
+    }
+    let never_existed = app.get(&format!("/tenants/{}/state?at_position=1", Uuid::new_v4())).await;
+    assert_problem(never_existed, StatusCode::NOT_FOUND, None).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_export_from_the_api_verifies_offline_and_an_edited_byte_is_named_by_its_line() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    let response = audited(&app, &format!("/tenants/{id}/events/export")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/x-ndjson"));
+    let export = response.text().await.expect("the export");
+    assert_eq!(export.lines().count(), 3);
+
+    // The same bytes `tenantmq export` writes.
+    let file = std::env::temp_dir().join(format!("tenantmq-api-export-{}.jsonl", Uuid::new_v4()));
+    let file_name = file.to_str().expect("utf-8 path").to_owned();
+    let exported = cli(&["export", "--tenant", &id, "--output", &file_name], &app.config.database.url).await;
+    assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    assert_eq!(std::fs::read_to_string(&file).expect("the CLI's export"), export);
+
+    std::fs::write(&file, &export).expect("saved");
+    let offline = |file: &str| {
+        cli(&["--config", "/no/such/file.yaml", "verify", "--file", file], "postgres://nobody@127.0.0.1:1/none")
+    };
+    let intact = offline(&file_name).await;
+    assert!(intact.status.success(), "{}", stdout(&intact));
+    assert!(stdout(&intact).contains("intact: events: 3, streams: 1"), "{}", stdout(&intact));
+
+    let third = export.lines().nth(2).expect("line 3");
+    let edited_line = third.replacen("\"workers\":5", "\"workers\":8", 1);
+    assert_ne!(third, edited_line);
+    std::fs::write(&file, export.replacen(third, &edited_line, 1)).expect("edited");
+    let edited = offline(&file_name).await;
+    assert_eq!(edited.status.code(), Some(1), "{}", stdout(&edited));
+    assert!(stdout(&edited).contains("NOT intact at line 3: position "), "{}", stdout(&edited));
+    std::fs::remove_file(&file).expect("export removed");
+
+    let never_existed = audited(&app, &format!("/tenants/{}/events/export", Uuid::new_v4())).await;
+    assert_problem(never_existed, StatusCode::NOT_FOUND, None).await;
+    app.stop().await;
+}
+
+/// `replay --check` rebuilds the read models aside and compares: clean, then with a row and a partition
+/// changed behind the service's back, which it names and leaves as they are.
+#[tokio::test]
+async fn replay_check_finds_read_models_changed_behind_the_services_back() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    let gone = app.create_tenant_id("gone").await;
+    assert_eq!(app.delete(&format!("/tenants/{gone}")).await.status(), StatusCode::NO_CONTENT);
+    let url = &app.config.database.url;
+    let clean = cli(&["replay", "--check"], url).await;
+    assert!(clean.status.success(), "{}{}", stdout(&clean), String::from_utf8_lossy(&clean.stderr));
+    assert!(stdout(&clean).contains("read models: as the event log makes them"), "{}", stdout(&clean));
+
+    let partition = format!("messages_{}", id.replace('-', ""));
+    app.db.execute_unprepared(&format!("UPDATE tenants SET workers = 9 WHERE id = '{id}'")).await.expect("changed");
+    app.db.execute_unprepared(&format!("ALTER TABLE messages DETACH PARTITION {partition}")).await.expect("detached");
+    let events_before = app.scalar_i64("SELECT count(*) FROM events").await;
+    let dirty = cli(&["replay", "--check"], url).await;
+    assert_eq!(dirty.status.code(), Some(1), "{}{}", stdout(&dirty), String::from_utf8_lossy(&dirty.stderr));
+    let shown = stdout(&dirty);
+    assert!(shown.contains(&format!("tenants {id}: workers is 9, the log gives 5")), "{shown}");
+    assert!(shown.contains(&format!("partition {partition}: missing for live tenant {id}")), "{shown}");
+    assert!(shown.contains("read models: 2 differences from the event log"), "{shown}");
+
+    // The check changed nothing.
+    assert_eq!(app.scalar_i64(&format!("SELECT workers::bigint FROM tenants WHERE id = '{id}'")).await, 9);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM events").await, events_before);
+    let attached = format!(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'messages'::regclass AND c.relname = '{partition}'"
+    );
+    assert_eq!(app.scalar_i64(&attached).await, 0, "the detached partition stays detached");
+    app.stop().await;
 }

@@ -10,46 +10,73 @@ use uuid::Uuid;
 
 use crate::helpers::{TestApp, assert_problem, eventually};
 
-/// Every protected endpoint, for tenant `a`: method, path, body, and whether a tenant token may call it.
-fn endpoints(a: &str, doomed: &str) -> Vec<(Method, String, Option<Value>, bool)> {
-    vec![
-        (Method::POST, "/tenants".into(), Some(json!({ "name": "new" })), false),
-        (Method::GET, "/tenants".into(), None, false),
-        (Method::GET, format!("/tenants/{a}"), None, true),
-        (Method::PUT, format!("/tenants/{a}/config/concurrency"), Some(json!({ "workers": 4 })), false),
-        (Method::GET, format!("/tenants/{a}/events"), None, true),
-        (Method::POST, format!("/tenants/{a}/messages"), Some(json!({ "payload": 1 })), true),
-        (Method::POST, format!("/tenants/{a}/messages/batch"), Some(json!({ "messages": [{ "payload": 1 }] })), true),
-        (Method::GET, format!("/messages?tenant_id={a}"), None, true),
-        (Method::GET, format!("/tenants/{a}/dlq"), None, true),
-        (Method::POST, format!("/tenants/{a}/dlq/replay"), Some(json!({})), true),
-        (Method::DELETE, format!("/tenants/{a}/dlq"), None, true),
-        (Method::DELETE, format!("/tenants/{doomed}"), None, false),
-    ]
+/// Who besides an admin may call each protected operation of the OpenAPI document, by `operationId`: a
+/// tenant's own token, an auditor's. An operation missing here fails the tests, so none is forgotten.
+fn permission(operation_id: &str) -> Option<Permission> {
+    let (own_tenant, auditor) = match operation_id {
+        "createTenant" | "setConcurrency" | "deleteTenant" => (false, false),
+        "listTenants" | "verifyChain" | "listStreamHeads" => (false, true),
+        "getTenant" | "listTenantEvents" | "getTenantStateAsOf" | "exportTenantEvents" => (true, true),
+        "publishMessage" | "publishMessages" | "listMessages" | "listDeadLetters" | "replayDeadLetters"
+        | "purgeDeadLetters" => (true, false),
+        _ => return None,
+    };
+    Some(Permission { own_tenant, auditor })
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Permission {
+    own_tenant: bool,
+    auditor: bool,
+}
+
+/// A request to one protected operation on tenant `a` (a deletion on `doomed`).
+struct Endpoint {
+    method: Method,
+    path: String,
+    body: Option<Value>,
+    may: Permission,
+}
+
+/// Every operation of the OpenAPI document that needs a token, as a request that succeeds for a caller
+/// allowed to make it.
+fn endpoints(a: &str, doomed: &str) -> Vec<Endpoint> {
+    let document: Value = serde_json::from_str(&tenantmq::api::service().spec()).expect("document");
+    let mut endpoints = Vec::new();
+    for (template, operations) in document["paths"].as_object().expect("paths") {
+        for (method, operation) in operations.as_object().expect("operations") {
+            if operation.get("security").is_none() {
+                continue;
+            }
+            let method: Method = method.to_uppercase().parse().expect("an HTTP method");
+            let id = operation["operationId"].as_str().expect("every operation has an id");
+            let may = permission(id).unwrap_or_else(|| panic!("{id}: say who may call it in `permission`"));
+            let tenant = if id == "deleteTenant" { doomed } else { a };
+            let query = match id {
+                "listMessages" => format!("?tenant_id={a}"),
+                "getTenantStateAsOf" => format!("?at_position={}", i64::MAX),
+                _ => String::new(),
+            };
+            let body = match id {
+                "createTenant" => Some(json!({ "name": "new" })),
+                "setConcurrency" => Some(json!({ "workers": 4 })),
+                "publishMessage" => Some(json!({ "payload": 1 })),
+                "publishMessages" => Some(json!({ "messages": [{ "payload": 1 }] })),
+                "replayDeadLetters" => Some(json!({})),
+                _ => None,
+            };
+            let path = format!("{}{query}", template.replace("{id}", tenant));
+            endpoints.push(Endpoint { method, path, body, may });
+        }
+    }
+    endpoints
 }
 
 #[test]
-fn the_endpoint_table_covers_every_protected_operation_of_the_openapi_document() {
+fn every_protected_operation_of_the_openapi_document_has_its_permissions() {
     let (a, doomed) = (Uuid::nil().to_string(), Uuid::max().to_string());
-    let mut listed: Vec<String> = endpoints(&a, &doomed)
-        .into_iter()
-        .map(|(method, path, _, _)| {
-            let template = path.replace(&a, "{id}").replace(&doomed, "{id}");
-            format!("{method} {}", template.split('?').next().unwrap_or_default())
-        })
-        .collect();
-    let document: Value = serde_json::from_str(&tenantmq::api::service().spec()).expect("document");
-    let mut protected = Vec::new();
-    for (path, operations) in document["paths"].as_object().expect("paths") {
-        for (method, operation) in operations.as_object().expect("operations") {
-            if operation.get("security").is_some() {
-                protected.push(format!("{} {path}", method.to_uppercase()));
-            }
-        }
-    }
-    listed.sort();
-    protected.sort();
-    assert_eq!(listed, protected);
+    // `endpoints` panics on an operation `permission` does not know.
+    assert!(endpoints(&a, &doomed).len() >= 16, "the document's protected operations are all there");
 }
 
 fn token_with(secret: &str, claims: &Claims) -> String {
@@ -75,6 +102,13 @@ async fn every_endpoint_checks_the_token_and_its_tenant() {
             "tenant role without tenant_id",
             Some(token_with(&secret, &Claims { role: RoleClaim::Tenant, ..admin_claims.clone() })),
         ),
+        (
+            "auditor role with a tenant_id",
+            Some(token_with(
+                &secret,
+                &Claims { role: RoleClaim::Auditor, tenant_id: Some(Uuid::new_v4()), ..admin_claims.clone() },
+            )),
+        ),
     ];
     let plain = reqwest::Client::new();
     let send = |method: Method, path: &str, body: &Option<Value>, token: Option<&str>| {
@@ -90,9 +124,10 @@ async fn every_endpoint_checks_the_token_and_its_tenant() {
     let token_a = app.token(Role::Tenant(a.parse().expect("uuid")));
     let token_b = app.token(Role::Tenant(b.parse().expect("uuid")));
     let admin = app.token(Role::Admin);
+    let auditor = app.token(Role::Auditor);
     let events_before = app.scalar_i64("SELECT count(*) FROM events").await;
 
-    for (method, path, body, tenant_may) in endpoints(&a, &doomed) {
+    for Endpoint { method, path, body, may } in endpoints(&a, &doomed) {
         for (what, token) in &unauthorized {
             let response = send(method.clone(), &path, &body, token.as_deref()).await.expect("sent");
             assert_eq!(response.headers().get("www-authenticate").map(|v| v.as_bytes()), Some(&b"Bearer"[..]));
@@ -102,17 +137,23 @@ async fn every_endpoint_checks_the_token_and_its_tenant() {
         // Tenant b's token on tenant a's resources (and on admin-only ones) is forbidden.
         let response = send(method.clone(), &path, &body, Some(&token_b)).await.expect("sent");
         assert_problem(response, StatusCode::FORBIDDEN, None).await;
-        if !tenant_may {
-            let response = send(method.clone(), &path, &body, Some(&token_a)).await.expect("sent");
-            assert_problem(response, StatusCode::FORBIDDEN, None).await;
+        for (allowed, token, who) in [(may.own_tenant, &token_a, "tenant a"), (may.auditor, &auditor, "an auditor")] {
+            if !allowed {
+                let response = send(method.clone(), &path, &body, Some(token)).await.expect("sent");
+                assert_eq!(response.status(), StatusCode::FORBIDDEN, "{method} {path} as {who}");
+                assert_problem(response, StatusCode::FORBIDDEN, None).await;
+            }
         }
     }
     assert_eq!(app.scalar_i64("SELECT count(*) FROM events").await, events_before, "no rejected command was recorded");
 
-    for (method, path, body, tenant_may) in endpoints(&a, &doomed) {
-        let token = if tenant_may { &token_a } else { &admin };
-        let response = send(method.clone(), &path, &body, Some(token)).await.expect("sent");
-        assert!(response.status().is_success(), "{method} {path}: {}", response.status());
+    for Endpoint { method, path, body, may } in endpoints(&a, &doomed) {
+        let callers =
+            [(may.own_tenant, &token_a, "tenant a"), (may.auditor, &auditor, "an auditor"), (true, &admin, "admin")];
+        for (_, token, who) in callers.into_iter().filter(|(allowed, ..)| *allowed) {
+            let response = send(method.clone(), &path, &body, Some(token)).await.expect("sent");
+            assert!(response.status().is_success(), "{method} {path} as {who}: {}", response.status());
+        }
     }
     for path in ["/healthz", "/readyz", "/openapi.json", "/docs"] {
         assert_eq!(plain.get(app.url(path)).send().await.expect("sent").status(), StatusCode::OK, "{path} is public");
@@ -380,6 +421,11 @@ async fn tokens_minted_by_the_cli_work_against_the_service() {
     assert_eq!(status(format!("/messages?tenant_id={tenant}"), own.clone()).await, StatusCode::OK);
     assert_eq!(status("/messages".into(), own.clone()).await, StatusCode::OK, "a tenant token reads its own tenant");
     assert_eq!(status("/tenants".into(), own).await, StatusCode::FORBIDDEN);
+    let auditor = mint(&["--auditor", "--sub", "external-audit"]);
+    assert_eq!(status("/tenants".into(), auditor.clone()).await, StatusCode::OK);
+    assert_eq!(status(format!("/audit/verify?tenant_id={tenant}"), auditor.clone()).await, StatusCode::OK);
+    assert_eq!(status(format!("/messages?tenant_id={tenant}"), auditor.clone()).await, StatusCode::FORBIDDEN);
+    assert_eq!(status("/messages".into(), auditor).await, StatusCode::FORBIDDEN, "forbidden, not a missing tenant");
     app.stop().await;
 }
 

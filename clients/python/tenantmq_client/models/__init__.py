@@ -1,5 +1,6 @@
 """Contains all the data models used in inputs/outputs"""
 
+from .chain_break import ChainBreak
 from .create_tenant_request import CreateTenantRequest
 from .dead_letter_message import DeadLetterMessage
 from .dead_letter_page import DeadLetterPage
@@ -17,12 +18,19 @@ from .readiness import Readiness
 from .replay_request import ReplayRequest
 from .replay_result import ReplayResult
 from .set_concurrency_request import SetConcurrencyRequest
+from .stream_head import StreamHead
+from .stream_head_page import StreamHeadPage
 from .tenant import Tenant
 from .tenant_details import TenantDetails
 from .tenant_page import TenantPage
 from .tenant_runtime_view import TenantRuntimeView
+from .tenant_state import TenantState
+from .verification import Verification
+from .verification_first_break import VerificationFirstBreak
+from .verification_head import VerificationHead
 
 __all__ = (
+    "ChainBreak",
     "CreateTenantRequest",
     "DeadLetterMessage",
     "DeadLetterPage",
@@ -40,8 +48,14 @@ __all__ = (
     "ReplayRequest",
     "ReplayResult",
     "SetConcurrencyRequest",
+    "StreamHead",
+    "StreamHeadPage",
     "Tenant",
     "TenantDetails",
     "TenantPage",
     "TenantRuntimeView",
+    "TenantState",
+    "Verification",
+    "VerificationFirstBreak",
+    "VerificationHead",
 )

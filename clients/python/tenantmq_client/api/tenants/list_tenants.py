@@ -88,7 +88,7 @@ def sync_detailed(
     cursor: str | Unset = UNSET,
     limit: int | Unset = UNSET,
 ) -> Response[Problem | TenantPage]:
-    """List live tenants, oldest first (admin)
+    """List live tenants, oldest first (admin, auditor)
 
     Args:
         cursor (str | Unset):
@@ -120,7 +120,7 @@ def sync(
     cursor: str | Unset = UNSET,
     limit: int | Unset = UNSET,
 ) -> Problem | TenantPage | None:
-    """List live tenants, oldest first (admin)
+    """List live tenants, oldest first (admin, auditor)
 
     Args:
         cursor (str | Unset):
@@ -147,7 +147,7 @@ async def asyncio_detailed(
     cursor: str | Unset = UNSET,
     limit: int | Unset = UNSET,
 ) -> Response[Problem | TenantPage]:
-    """List live tenants, oldest first (admin)
+    """List live tenants, oldest first (admin, auditor)
 
     Args:
         cursor (str | Unset):
@@ -177,7 +177,7 @@ async def asyncio(
     cursor: str | Unset = UNSET,
     limit: int | Unset = UNSET,
 ) -> Problem | TenantPage | None:
-    """List live tenants, oldest first (admin)
+    """List live tenants, oldest first (admin, auditor)
 
     Args:
         cursor (str | Unset):

@@ -1,0 +1,192 @@
+//! What an auditor asks of the log: is the hash chain intact, what are the streams' heads, what was a tenant
+//! at some point in its history, and the whole history as the export file `tenantmq export` writes.
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::{Stream, stream};
+use sea_orm::DatabaseConnection;
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        audit::{ChainedEvent, Head, Intact},
+        tenant::{Tenant, TenantEvent, TenantFacts, TenantId, evolve},
+    },
+    store::{
+        audit::{self, ChainReader},
+        events::EventStore,
+    },
+};
+
+pub use crate::store::audit::Verdict;
+
+use super::AppError;
+
+/// Events read per query while folding a stream.
+const FOLD_CHUNK: u64 = 1000;
+
+/// The point in a stream's history a state is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AsOf {
+    /// After the stream's last event at or before this global position.
+    Position(i64),
+    /// After the stream's last event recorded at or before this time.
+    Time(DateTime<Utc>),
+}
+
+impl AsOf {
+    fn includes(&self, position: i64, recorded_at: DateTime<Utc>) -> bool {
+        match *self {
+            Self::Position(at) => position <= at,
+            Self::Time(at) => recorded_at <= at,
+        }
+    }
+}
+
+/// A tenant as its stream's events up to some point make it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantAsOf {
+    pub facts: TenantFacts,
+    /// Whether the tenant had been deleted by then.
+    pub deleted: bool,
+    /// The last event folded in: its version, position, hash and time.
+    pub version: i32,
+    pub position: i64,
+    pub hash: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A check of several streams, one page of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamsChecked {
+    pub verdict: Verdict,
+    /// The last stream checked, when streams after it are still to check.
+    pub continue_after: Option<Uuid>,
+}
+
+#[derive(Clone)]
+pub struct Audit {
+    db: DatabaseConnection,
+    events: EventStore,
+}
+
+impl Audit {
+    pub fn new(db: DatabaseConnection, events: EventStore) -> Self {
+        Self { db, events }
+    }
+
+    /// Checks one tenant's chain; a tenant that never existed has none.
+    pub async fn verify_tenant(&self, tenant: TenantId) -> Result<Verdict, AppError> {
+        match audit::verify(&self.db, Some(tenant.as_uuid())).await? {
+            Verdict::Intact(Intact { events: 0, .. }) => Err(AppError::NoSuchTenant(tenant)),
+            verdict => Ok(verdict),
+        }
+    }
+
+    /// Checks the chains of up to `limit` streams after `after` (by stream id), each in a snapshot of its
+    /// own, stopping at the first break. The head of an intact page is its newest event.
+    pub async fn verify_streams(&self, after: Option<Uuid>, limit: u64) -> Result<StreamsChecked, AppError> {
+        let (streams, continue_after) = self.head_page(after, limit).await?;
+        let mut checked = Intact::default();
+        for stream in &streams {
+            match audit::verify(&self.db, Some(stream.stream_id)).await? {
+                Verdict::Intact(intact) => {
+                    checked.streams += intact.streams;
+                    checked.events += intact.events;
+                    checked.head = checked.head.into_iter().chain(intact.head).max_by_key(|head| head.position);
+                }
+                broken @ Verdict::Broken(_) => return Ok(StreamsChecked { verdict: broken, continue_after: None }),
+            }
+        }
+        Ok(StreamsChecked { verdict: Verdict::Intact(checked), continue_after })
+    }
+
+    /// One tenant's head.
+    pub async fn tenant_head(&self, tenant: TenantId) -> Result<Head, AppError> {
+        audit::heads(&self.db, Some(tenant.as_uuid())).await?.pop().ok_or(AppError::NoSuchTenant(tenant))
+    }
+
+    /// The heads of up to `limit` streams after `after` (by stream id), and the last of them when more follow.
+    pub async fn head_page(&self, after: Option<Uuid>, limit: u64) -> Result<(Vec<Head>, Option<Uuid>), AppError> {
+        let mut heads = audit::heads_after(&self.db, after.unwrap_or(Uuid::nil()), limit.saturating_add(1)).await?;
+        let more = heads.len() as u64 > limit;
+        heads.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        let continue_after = more.then(|| heads.last().map(|head| head.stream_id)).flatten();
+        Ok((heads, continue_after))
+    }
+
+    /// The tenant as it was at `at`: its stream folded with `evolve` up to that point. Before its first event
+    /// there is no tenant.
+    pub async fn tenant_as_of(&self, tenant: TenantId, at: AsOf) -> Result<TenantAsOf, AppError> {
+        let mut state = Tenant::Absent;
+        let mut last = None;
+        let mut after_version = 0;
+        'read: loop {
+            let events = self.events.read_stream(tenant.as_uuid(), after_version, FOLD_CHUNK).await?;
+            let read_all = (events.len() as u64) < FOLD_CHUNK;
+            for event in events {
+                if !at.includes(event.position, event.recorded_at) {
+                    break 'read;
+                }
+                state = evolve(state, &event.decode::<TenantEvent>()?);
+                after_version = event.version;
+                last = Some(event);
+            }
+            if read_all {
+                break;
+            }
+        }
+        let ((facts, deleted), Some(event)) = (
+            match state {
+                Tenant::Active(facts) => (facts, false),
+                Tenant::Deleted(facts) => (facts, true),
+                Tenant::Absent => return Err(AppError::NoSuchTenant(tenant)),
+            },
+            last,
+        ) else {
+            return Err(AppError::NoSuchTenant(tenant));
+        };
+        Ok(TenantAsOf {
+            facts,
+            deleted,
+            version: event.version,
+            position: event.position,
+            hash: event.hash,
+            recorded_at: event.recorded_at,
+        })
+    }
+
+    /// The tenant's whole stream as JSON Lines, the lines `tenantmq export` writes, read in chunks from one
+    /// snapshot as the stream is consumed (only one chunk is held at a time). A tenant that never existed is
+    /// an error before the first byte.
+    pub async fn export(
+        &self,
+        tenant: TenantId,
+    ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, AppError> {
+        let mut reader = ChainReader::open(&self.db, Some(tenant.as_uuid())).await?;
+        let first = reader.next_chunk().await?;
+        if first.is_empty() {
+            return Err(AppError::NoSuchTenant(tenant));
+        }
+        Ok(stream::try_unfold((reader, Some(first)), |(mut reader, pending)| async move {
+            let chunk = match pending {
+                Some(chunk) => chunk,
+                None => reader.next_chunk().await.map_err(std::io::Error::other)?,
+            };
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some((json_lines(&chunk)?, (reader, None))))
+        }))
+    }
+}
+
+/// Events as export lines, each ended by a newline.
+fn json_lines(events: &[ChainedEvent]) -> Result<Bytes, std::io::Error> {
+    let mut lines = String::new();
+    for event in events {
+        lines.push_str(&event.to_json_line()?);
+        lines.push('\n');
+    }
+    Ok(Bytes::from(lines))
+}
