@@ -133,44 +133,46 @@ fn main() -> ExitCode {
             return ExitCode::from(CONFIG_ERROR);
         }
     };
-    if let Command::Config = cli.command {
-        return match serde_json::to_string_pretty(&config.to_redacted_json()) {
-            Ok(json) => {
-                println!("{json}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("tenantmq: {error}");
-                ExitCode::FAILURE
-            }
-        };
+    match without_runtime(&cli.command, &config) {
+        Some(exit) => exit,
+        None => with_runtime(cli.command, config),
     }
-    if let Command::Token { admin: _, auditor, tenant, sub, ttl } = &cli.command {
-        let role = match tenant {
-            Some(tenant) => Role::Tenant(TenantId::from_uuid(*tenant)),
-            None if *auditor => Role::Auditor,
-            None => Role::Admin,
-        };
-        return match auth::mint(&config.auth, sub, role, *ttl) {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
-            }
-            Err(error) => {
-                eprintln!("tenantmq: {error}");
-                ExitCode::from(CONFIG_ERROR)
-            }
-        };
-    }
-    if let Command::Healthcheck { path } = &cli.command {
-        return match probe(&config, path) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("tenantmq: {path}: {error}");
-                ExitCode::FAILURE
-            }
-        };
-    }
+}
+
+/// The subcommands that need neither the database nor the broker: `None` for the others.
+fn without_runtime(command: &Command, config: &Config) -> Option<ExitCode> {
+    let (printed, failure) = match command {
+        Command::Config => {
+            (serde_json::to_string_pretty(&config.to_redacted_json()).map_err(|e| e.to_string()), ExitCode::FAILURE)
+        }
+        Command::Token { admin: _, auditor, tenant, sub, ttl } => {
+            let role = match tenant {
+                Some(tenant) => Role::Tenant(TenantId::from_uuid(*tenant)),
+                None if *auditor => Role::Auditor,
+                None => Role::Admin,
+            };
+            (auth::mint(&config.auth, sub, role, *ttl).map_err(|e| e.to_string()), ExitCode::from(CONFIG_ERROR))
+        }
+        Command::Healthcheck { path } => {
+            (probe(config, path).map(|()| String::new()).map_err(|e| format!("{path}: {e}")), ExitCode::FAILURE)
+        }
+        _ => return None,
+    };
+    Some(match printed {
+        Ok(text) if text.is_empty() => ExitCode::SUCCESS,
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tenantmq: {error}");
+            failure
+        }
+    })
+}
+
+/// The subcommands that run on the async runtime, with logging and tracing set up.
+fn with_runtime(command: Command, config: Config) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -186,7 +188,7 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&config.log, &traces);
-    let exit = match runtime.block_on(run(cli.command, config)) {
+    let exit = match runtime.block_on(run(command, config)) {
         Ok(exit) => exit,
         Err(error) => {
             tracing::error!("{error:#}");
