@@ -101,7 +101,7 @@ fn with_braces(pattern: &str) -> String {
 fn documented_names() -> &'static HashMap<String, String> {
     static NAMES: OnceLock<HashMap<String, String>> = OnceLock::new();
     NAMES.get_or_init(|| {
-        let document: serde_json::Value = serde_json::from_str(&super::service().spec()).unwrap_or_default();
+        let document: serde_json::Value = serde_json::from_str(document::document()).unwrap_or_default();
         let paths = document["paths"].as_object().map(|paths| paths.keys().cloned().collect()).unwrap_or_default();
         positional_forms(paths)
     })

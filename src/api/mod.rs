@@ -94,8 +94,10 @@ pub fn routes(state: AppState) -> impl Endpoint {
 #[handler]
 fn swagger_ui() -> poem::web::Html<&'static str> {
     static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let api = service();
-    poem::web::Html(PAGE.get_or_init(|| api.swagger_ui_html().replace(&api.spec(), document::document())))
+    poem::web::Html(PAGE.get_or_init(|| {
+        let api = service();
+        api.swagger_ui_html().replace(&api.spec(), document::document())
+    }))
 }
 
 #[handler]
