@@ -368,7 +368,7 @@ impl Metrics {
             .f64_observable_gauge("tenantmq.read.visibility_lag")
             .with_unit("s")
             .with_description(
-                "How long the oldest transaction running in the PostgreSQL cluster has held back what message pages show",
+                "How long the oldest transaction running in the service's database has held back what message pages show",
             )
             .with_callback(move |observer| observer.observe(lag.borrow().as_secs_f64(), &[]))
             .build();

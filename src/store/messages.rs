@@ -1,7 +1,7 @@
 //! Writing messages into a tenant's partition: one multi-row insert per batch, idempotent on
 //! `(tenant_id, id)`, straight into the partition (no routing through the parent table).
 
-use std::ops::Range;
+use std::{ops::Range, sync::LazyLock};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::{domain::tenant::TenantId, metrics::Metrics};
 
-use super::{StoreError, events::stmt};
+use super::{StoreError, events::stmt, visibility::READ_HORIZON};
 
 /// A message to persist: its id and its payload as JSON text (already validated).
 #[derive(Debug, Clone)]
@@ -152,9 +152,26 @@ impl std::fmt::Display for MessageKey {
     }
 }
 
+/// The page query; see [`page`].
+static PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, tenant_id, CASE WHEN n <= $4 AND (n = 1 OR bytes <= $5) THEN payload END AS payload, \
+                created_at, txid::text AS txid \
+         FROM (SELECT *, row_number() OVER w AS n, sum(octet_length(payload)) OVER w AS bytes \
+               FROM (SELECT id, tenant_id, payload::text AS payload, created_at, txid FROM messages \
+                     WHERE tenant_id = $1 AND (txid, id) > ($2::text::xid8, $3) \
+                       AND txid < {READ_HORIZON} \
+                     ORDER BY messages.txid, messages.id LIMIT $4 + 1) AS fetched \
+               WINDOW w AS (ORDER BY txid, id ROWS UNBOUNDED PRECEDING)) AS sized \
+         WHERE n = 1 OR bytes - octet_length(payload) < $5 \
+         ORDER BY sized.txid, sized.id"
+    )
+});
+
 /// The tenant's messages after `after`, oldest first, gap-free while writers commit out of order: only rows
-/// of transactions older than every transaction still running (the snapshot's xmin) are returned, in
-/// `(txid, id)` order, so a row that commits later always sorts after any cursor already handed out.
+/// of transactions older than every transaction still running in this database ([`READ_HORIZON`]) are
+/// returned, in `(txid, id)` order, so a row that commits later always sorts after any cursor already handed
+/// out.
 ///
 /// A page holds at most `limit` rows and, from the second row on, at most `max_bytes` of payload text (a
 /// single larger payload still makes a page of one). PostgreSQL counts the bytes (a running sum over the
@@ -170,16 +187,7 @@ pub async fn page<C: ConnectionTrait>(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
     let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
     let statement = stmt(
-        "SELECT id, tenant_id, CASE WHEN n <= $4 AND (n = 1 OR bytes <= $5) THEN payload END AS payload, \
-                created_at, txid::text AS txid \
-         FROM (SELECT *, row_number() OVER w AS n, sum(octet_length(payload)) OVER w AS bytes \
-               FROM (SELECT id, tenant_id, payload::text AS payload, created_at, txid FROM messages \
-                     WHERE tenant_id = $1 AND (txid, id) > ($2::text::xid8, $3) \
-                       AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
-                     ORDER BY messages.txid, messages.id LIMIT $4 + 1) AS fetched \
-               WINDOW w AS (ORDER BY txid, id ROWS UNBOUNDED PRECEDING)) AS sized \
-         WHERE n = 1 OR bytes - octet_length(payload) < $5 \
-         ORDER BY sized.txid, sized.id",
+        &PAGE_SQL,
         [tenant.as_uuid().into(), after.txid.to_string().into(), after.id.into(), limit.into(), max_bytes.into()],
     );
     let fetched = FetchedRow::find_by_statement(statement).all(conn).await?;

@@ -1,11 +1,10 @@
 //! How long ago the read side's visibility horizon stopped moving.
 //!
-//! A message page ends below `pg_snapshot_xmin(pg_current_snapshot())`: the oldest transaction still running
-//! anywhere in the PostgreSQL cluster, in any database. One write transaction left open elsewhere holds every
-//! tenant's newer messages back until it ends. This measures that delay without any privilege (other users'
-//! sessions in `pg_stat_activity` are hidden from a non-superuser): it samples the next transaction id
-//! (`pg_snapshot_xmax`) over time, and the oldest running transaction began before the first sample whose next
-//! id had passed it. The lag is known to within one sampling interval.
+//! A message page ends below [`READ_HORIZON`]: the oldest transaction still running in the service's own
+//! database. One write transaction left open there holds every tenant's newer messages back until it ends.
+//! This measures that delay without any privilege: it samples the next transaction id (`pg_snapshot_xmax`)
+//! over time, and the oldest running transaction began before the first sample whose next id had passed it.
+//! The lag is known to within one sampling interval.
 
 use std::{collections::VecDeque, time::Duration};
 
@@ -53,12 +52,25 @@ struct Horizon {
     xmax: String,
 }
 
-/// The current snapshot's `(xmin, xmax)`.
+/// The transaction id below which every transaction of this database has ended, as a SQL expression of
+/// type `xid8`: rows written below it are all committed (or rolled back) and visible to the statement.
+///
+/// The snapshot's own `xmin` would do, but transaction ids are shared by every database of the PostgreSQL
+/// cluster, so a transaction left open in another database (a psql session, a batch job, another service)
+/// would hold back what this one shows. A running transaction belongs to exactly one database, and
+/// `pg_stat_activity` names the database of every backend's transaction id to any user, so the ids known to
+/// be another database's are skipped. One that cannot be placed (a backend that ended meanwhile, a prepared
+/// transaction) still counts: the horizon errs towards holding rows back, never towards a gap.
+pub(crate) const READ_HORIZON: &str = "(SELECT coalesce(min(running), pg_snapshot_xmax(pg_current_snapshot())) \
+       FROM pg_snapshot_xip(pg_current_snapshot()) AS running \
+      WHERE running::xid NOT IN (SELECT backend_xid FROM pg_stat_activity \
+                                  WHERE backend_xid IS NOT NULL AND datid <> \
+                                        (SELECT oid FROM pg_database WHERE datname = current_database())))";
+
+/// The read horizon and the next transaction id to be assigned: `(horizon, xmax)`.
 async fn horizon(db: &DatabaseConnection) -> Result<(u64, u64), StoreError> {
-    let statement = stmt(
-        "SELECT pg_snapshot_xmin(s)::text AS xmin, pg_snapshot_xmax(s)::text AS xmax FROM pg_current_snapshot() s",
-        [],
-    );
+    let sql = format!("SELECT {READ_HORIZON}::text AS xmin, pg_snapshot_xmax(pg_current_snapshot())::text AS xmax");
+    let statement = stmt(&sql, []);
     let row = Horizon::find_by_statement(statement).one(db).await?;
     let parse = |text: &str| text.parse::<u64>().map_err(|e| StoreError::Sqlx(sea_orm::sqlx::Error::Decode(e.into())));
     match row {
