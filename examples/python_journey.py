@@ -1,8 +1,8 @@
 """A tenant's whole journey through the generated Python client (clients/python).
 
 Creates a tenant, publishes one message and a batch, pages every message to the end (the last page
-included), changes the tenant's concurrency, reads its events, lists, replays and purges its dead-letter
-queue, and deletes it. Exits non-zero at the first step that does not do what the API promises.
+included), changes the tenant's concurrency and limits, reads its events, lists, replays and purges its
+dead-letter queue, and deletes it. Exits non-zero at the first step that does not do what the API promises.
 
     PYTHONPATH=clients/python TENANTMQ_URL=http://127.0.0.1:8080 TENANTMQ_TOKEN=$(tenantmq token --admin) \
         python3 examples/python_journey.py
@@ -19,11 +19,12 @@ from tenantmq_client import AuthenticatedClient
 from tenantmq_client.api.dead_letters import list_dead_letters, purge_dead_letters, replay_dead_letters
 from tenantmq_client.api.events import list_tenant_events
 from tenantmq_client.api.messages import list_messages, publish_message, publish_messages
-from tenantmq_client.api.tenants import create_tenant, delete_tenant, get_tenant, set_concurrency
+from tenantmq_client.api.tenants import create_tenant, delete_tenant, get_tenant, set_concurrency, set_tenant_limits
 from tenantmq_client.models import (
     CreateTenantRequest,
     DeadLetterPage,
     EventPage,
+    LimitsSource,
     MessagePage,
     PublishBatchRequest,
     PublishRequest,
@@ -32,6 +33,7 @@ from tenantmq_client.models import (
     ReplayRequest,
     ReplayResult,
     SetConcurrencyRequest,
+    SetLimitsRequest,
     Tenant,
     TenantDetails,
 )
@@ -87,9 +89,15 @@ def main():
             sys.exit(f"workers are {resized.workers} / {details.workers}, not 4")
         print(f"concurrency 4; consumer {details.runtime.consumer_state}")
 
+        limits = SetLimitsRequest(publish_rate=1000, max_queue_depth=50_000)
+        limited = expect(set_tenant_limits.sync(tenant.id, client=client, body=limits), Tenant)
+        if (limited.limits.publish_rate, limited.limits.source) != (1000, LimitsSource.TENANT):
+            sys.exit(f"limits are {limited.limits}")
+        print(f"limits: {limited.limits.publish_rate} msg/s, {limited.limits.max_queue_depth} queued at most")
+
         events = expect(list_tenant_events.sync(tenant.id, client=client), EventPage)
         kinds = [event.type_ for event in events.data]
-        if kinds != ["TenantCreated.v1", "ConcurrencySet.v1"] or events.next_cursor is not None:
+        if kinds != ["TenantCreated.v1", "ConcurrencySet.v1", "TenantLimitsSet.v1"] or events.next_cursor is not None:
             sys.exit(f"events are {kinds}")
         print(f"events: {', '.join(kinds)}")
 

@@ -15,7 +15,7 @@ use figment::{
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::tenant::{Policy, Workers};
+use crate::domain::tenant::{Limits, Policy, Workers};
 
 /// The file read on every start when it exists, relative to the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "config/default.yaml";
@@ -140,6 +140,7 @@ pub struct Config {
     pub consumer: ConsumerConfig,
     pub partitions: PartitionConfig,
     pub read: ReadConfig,
+    pub limits: LimitsConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub telemetry: TelemetryConfig,
@@ -178,6 +179,10 @@ pub struct DatabaseConfig {
     /// their own, without it.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
+    /// Most pool connections the workers of all tenants write with at once, shared fairly between the
+    /// tenants waiting (in proportion to their workers); the rest stay free for the API and the projectors.
+    /// Unset: three quarters of `max_connections` (at least 1).
+    pub write_connections: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,6 +266,19 @@ pub struct ReadConfig {
     pub max_page_bytes: usize,
 }
 
+/// The limits of every tenant that has none set of its own (`PUT /tenants/{id}/config/limits`); unset is
+/// unlimited.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LimitsConfig {
+    /// Messages per second a tenant may publish through the API.
+    pub publish_rate: Option<i64>,
+    /// Messages a quiet tenant may publish at once (the bucket size); unset: one second of `publish_rate`.
+    pub publish_burst: Option<i64>,
+    /// A tenant's publishes are refused while its queue holds this many ready messages or more.
+    pub max_queue_depth: Option<i64>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -319,6 +337,7 @@ impl Default for Config {
             consumer: ConsumerConfig::default(),
             partitions: PartitionConfig::default(),
             read: ReadConfig::default(),
+            limits: LimitsConfig::default(),
             log: LogConfig::default(),
             metrics: MetricsConfig::default(),
             telemetry: TelemetryConfig::default(),
@@ -347,6 +366,7 @@ impl Default for DatabaseConfig {
             max_connections: 20,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: None,
+            write_connections: None,
         }
     }
 }
@@ -525,6 +545,15 @@ impl Config {
         if self.max_batch_bytes < self.max_payload_bytes {
             return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
         }
+        if let Some(write) = self.database.write_connections
+            && !(1..=self.database.max_connections).contains(&write)
+        {
+            return Err(ConfigError::new("database.write_connections", "must be between 1 and max_connections"));
+        }
+        let limits = &self.limits;
+        Limits::parse(limits.publish_rate, limits.publish_burst, limits.max_queue_depth).map_err(|error| {
+            ConfigError::new(&format!("limits.{}", error.field().unwrap_or("publish_rate")), error.to_string())
+        })?;
         self.validate_addresses()?;
         self.validate_consumer_timing()?;
         self.validate_secrets()
@@ -619,6 +648,17 @@ impl Config {
     /// The validated default and maximum pool sizes, as the domain sees them.
     pub fn tenant_policy(&self) -> Policy {
         Policy { default_workers: Workers::new(self.workers), max_workers: Workers::new(self.max_workers) }
+    }
+
+    /// The limits of tenants without their own (validated by [`Config::load`]; unlimited if invalid).
+    pub fn default_limits(&self) -> Limits {
+        let limits = &self.limits;
+        Limits::parse(limits.publish_rate, limits.publish_burst, limits.max_queue_depth).unwrap_or_default()
+    }
+
+    /// `database.write_connections`, or its default.
+    pub fn write_connections(&self) -> u32 {
+        self.database.write_connections.unwrap_or((self.database.max_connections * 3 / 4).max(1))
     }
 }
 

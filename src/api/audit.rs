@@ -19,7 +19,7 @@ use crate::{
     },
 };
 
-use super::{ApiTags, AppState, pagination, problem::ApiError};
+use super::{ApiTags, AppState, pagination, problem::ApiError, tenants::TenantLimits};
 
 /// The newest event of a stream: record it elsewhere, and a later check shows whether the stream still ends
 /// there.
@@ -134,6 +134,9 @@ pub struct TenantState {
     pub workers: i32,
     /// `active` or `deleted`.
     pub status: String,
+    /// The limits set on the tenant by then; null while none were set (the configured defaults applied).
+    #[oai(nullable)]
+    pub limits: Option<TenantLimits>,
     /// Version of the last event folded in (the number of events).
     pub version: i32,
     /// Global position of that event.
@@ -151,6 +154,7 @@ impl TenantState {
             name: as_of.facts.name.into(),
             workers: i32::from(as_of.facts.workers.get()),
             status: if as_of.deleted { "deleted" } else { "active" }.to_owned(),
+            limits: as_of.facts.limits.map(TenantLimits::set),
             version: as_of.version,
             position: as_of.position,
             hash: as_of.hash,

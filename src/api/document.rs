@@ -16,9 +16,10 @@ const OPERATION_ERRORS: &[(&str, &[u16])] = &[
     ("getTenant", &[400, 401, 403, 404, 500, 503]),
     ("deleteTenant", &[400, 401, 403, 404, 409, 500, 503]),
     ("setConcurrency", &[400, 401, 403, 404, 409, 413, 415, 500, 503]),
+    ("setTenantLimits", &[400, 401, 403, 404, 409, 413, 415, 500, 503]),
     ("listTenantEvents", &[400, 401, 403, 404, 500, 503]),
-    ("publishMessage", &[400, 401, 403, 404, 413, 415, 500, 503]),
-    ("publishMessages", &[400, 401, 403, 404, 413, 415, 500, 503]),
+    ("publishMessage", &[400, 401, 403, 404, 413, 415, 429, 500, 503]),
+    ("publishMessages", &[400, 401, 403, 404, 413, 415, 429, 500, 503]),
     ("listMessages", &[400, 401, 403, 404, 500, 503]),
     ("listDeadLetters", &[400, 401, 403, 404, 500, 503]),
     ("purgeDeadLetters", &[400, 401, 403, 404, 500, 503]),
@@ -103,7 +104,7 @@ fn complete(document: &mut Value) {
 }
 
 /// Drops the error responses the operation cannot answer and adds those the derive does not know (415), each
-/// with an example problem; a 503 says when to retry.
+/// with an example problem; a 429 and a 503 say when to retry.
 fn keep_errors(operation: &mut Value, errors: &[u16]) {
     let Some(responses) = operation["responses"].as_object_mut() else { return };
     let problem = responses.values().find(|response| response["content"]["application/problem+json"].is_object());
@@ -114,7 +115,7 @@ fn keep_errors(operation: &mut Value, errors: &[u16]) {
             json!({ "description": "The request has no `Content-Type: application/json`.", "content": problem_content })
         });
         response["content"]["application/problem+json"]["example"] = example(status);
-        if status == 503 {
+        if status == 429 || status == 503 {
             response["headers"] = json!({
                 "Retry-After": {
                     "description": "Seconds to wait before retrying",
@@ -135,6 +136,11 @@ fn example(status: u16) -> Value {
         409 => ("conflict", "Conflict", "the tenant already exists"),
         413 => ("payload-too-large", "Payload Too Large", "`payload` exceeds the limit of 262144 bytes"),
         415 => ("unsupported-media-type", "Unsupported Media Type", "expected `Content-Type: application/json`"),
+        429 => (
+            "rate-limited",
+            "Too Many Requests",
+            "the tenant's publish rate is exhausted; retry after 1s (or `queue-full`: its queue holds its max_queue_depth)",
+        ),
         503 => ("unavailable", "Service Unavailable", "the message broker is unavailable; retry"),
         _ => (
             "internal",
@@ -190,7 +196,14 @@ mod tests {
     #[test]
     fn request_bodies_refuse_unknown_fields_in_the_document_too() {
         let document = parsed();
-        for name in ["CreateTenantRequest", "SetConcurrencyRequest", "PublishRequest", "PublishBatchRequest"] {
+        let bodies = [
+            "CreateTenantRequest",
+            "SetConcurrencyRequest",
+            "SetLimitsRequest",
+            "PublishRequest",
+            "PublishBatchRequest",
+        ];
+        for name in bodies {
             assert_eq!(document["components"]["schemas"][name]["additionalProperties"], false, "{name}");
         }
         assert_eq!(document["components"]["schemas"]["ReplayRequest"]["additionalProperties"], false);

@@ -52,6 +52,10 @@ pub enum ApiError {
     /// The request body is larger than `max_payload_bytes`.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
+    /// The tenant is over its publish rate (`rate-limited`) or its queue holds its `max_queue_depth`
+    /// (`queue-full`); retry after `Retry-After` seconds.
+    #[oai(status = 429, content_type = "application/problem+json")]
+    TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
     /// A dependency (PostgreSQL, RabbitMQ) is unavailable or lagging; retry later.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
@@ -150,9 +154,10 @@ impl From<StoreError> for ApiError {
 impl From<TenantError> for ApiError {
     fn from(error: TenantError) -> Self {
         match error {
-            TenantError::InvalidName { .. } | TenantError::WorkersOutOfRange { .. } => {
-                Self::bad_request(error.field(), error.to_string())
-            }
+            TenantError::InvalidName { .. }
+            | TenantError::WorkersOutOfRange { .. }
+            | TenantError::LimitOutOfRange { .. }
+            | TenantError::BurstWithoutRate => Self::bad_request(error.field(), error.to_string()),
             TenantError::AlreadyExists | TenantError::IdReserved => Self::conflict(error.to_string()),
             TenantError::NotFound | TenantError::Deleted => Self::not_found(error.to_string()),
         }
@@ -172,6 +177,15 @@ impl From<AppError> for ApiError {
             AppError::Unroutable | AppError::Broker(BrokerError::Refused) => {
                 Self::unavailable("the message broker refused the message; retry")
             }
+            e @ AppError::RateLimited { retry_after } => {
+                let problem = problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited", e.to_string(), None);
+                Self::TooManyRequests(problem, u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX))
+            }
+            e @ AppError::QueueFull { .. } => {
+                let problem = problem(StatusCode::TOO_MANY_REQUESTS, "queue-full", e.to_string(), None);
+                Self::TooManyRequests(problem, RETRY_AFTER_SECONDS)
+            }
+            e @ AppError::BatchOverBurst { .. } => Self::bad_request(Some("messages"), e.to_string()),
             AppError::Broker(e) => e.into(),
             AppError::Store(e) => e.into(),
         }

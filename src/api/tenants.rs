@@ -1,14 +1,16 @@
-//! `/tenants`: the tenant commands (create, set concurrency, delete) and the tenants read model.
+//! `/tenants`: the tenant commands (create, set concurrency, set limits, delete) and the tenants read model.
+
+use std::num::NonZeroU32;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::{ApiResponse, Object, OpenApi, param::Path, param::Query, payload::Json, types::Example};
+use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, param::Query, payload::Json, types::Example};
 use uuid::Uuid;
 
 use crate::{
     app::tenants::{TenantRow, TenantStatus},
     auth::Principal,
-    domain::tenant::TenantId,
+    domain::tenant::{Limits, TenantId},
 };
 
 use super::{ApiTags, AppState, json_body::JsonBody, pagination, problem::ApiError, request_context::RequestContext};
@@ -52,6 +54,68 @@ pub struct SetConcurrencyRequest {
     pub workers: i64,
 }
 
+/// Set a tenant's limits. All three together: one absent or null is unlimited.
+#[derive(Debug, serde::Deserialize, Object)]
+#[serde(deny_unknown_fields)]
+#[oai(deny_unknown_fields, example)]
+pub struct SetLimitsRequest {
+    /// Messages per second the publish API accepts for the tenant, across all instances; over it a publish
+    /// gets 429 `rate-limited` with `Retry-After`. A batch counts as its size.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000000")))]
+    pub publish_rate: Option<i64>,
+    /// Messages accepted at once after a quiet spell (the bucket size), also the largest batch; needs
+    /// `publish_rate`; one second of it when null.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "10000000")))]
+    pub publish_burst: Option<i64>,
+    /// While the tenant's queue holds this many ready messages or more, a publish gets 429 `queue-full`.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000000000")))]
+    pub max_queue_depth: Option<i64>,
+}
+
+impl Example for SetLimitsRequest {
+    fn example() -> Self {
+        Self { publish_rate: Some(1000), publish_burst: Some(5000), max_queue_depth: Some(100_000) }
+    }
+}
+
+/// Where a tenant's limits come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum LimitsSource {
+    /// Set on the tenant (`PUT /tenants/{id}/config/limits`).
+    Tenant,
+    /// The service's configured defaults (`limits.*`): the tenant has none of its own.
+    Default,
+}
+
+/// The limits that apply to a tenant; null is unlimited.
+#[derive(Debug, Clone, Object)]
+pub struct TenantLimits {
+    /// Messages per second through the publish API.
+    #[oai(nullable)]
+    pub publish_rate: Option<i32>,
+    /// The bucket size (largest batch); null with a rate: one second of it.
+    #[oai(nullable)]
+    pub publish_burst: Option<i32>,
+    /// Publishes are refused while the queue holds this many ready messages.
+    #[oai(nullable)]
+    pub max_queue_depth: Option<i32>,
+    pub source: LimitsSource,
+}
+
+impl TenantLimits {
+    /// Limits set on the tenant.
+    pub fn set(limits: Limits) -> Self {
+        let value = |limit: Option<NonZeroU32>| limit.and_then(|n| i32::try_from(n.get()).ok());
+        Self {
+            publish_rate: value(limits.publish_rate),
+            publish_burst: value(limits.publish_burst),
+            max_queue_depth: value(limits.max_queue_depth),
+            source: LimitsSource::Tenant,
+        }
+    }
+}
+
 /// A tenant.
 #[derive(Debug, Clone, Object)]
 pub struct Tenant {
@@ -65,6 +129,7 @@ pub struct Tenant {
     pub version: i32,
     /// The queue its messages arrive on.
     pub queue: String,
+    pub limits: TenantLimits,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -78,6 +143,12 @@ impl From<TenantRow> for Tenant {
             workers: row.workers,
             status: row.status.as_str().to_owned(),
             version: row.version,
+            limits: TenantLimits {
+                publish_rate: row.publish_rate,
+                publish_burst: row.publish_burst,
+                max_queue_depth: row.max_queue_depth,
+                source: if row.limits_set { LimitsSource::Tenant } else { LimitsSource::Default },
+            },
             created_at: row.created_at,
             updated_at: row.updated_at,
         }
@@ -243,5 +314,23 @@ impl TenantsApi {
         let id = TenantId::from_uuid(id.0);
         let metadata = context.event_metadata(&principal);
         Ok(Json(state.app.tenants.set_concurrency(id, body.0.workers, &metadata).await?.into()))
+    }
+
+    /// Set a tenant's publish rate, burst and queue depth cap, all three at once (SetTenantLimits; admin)
+    #[oai(path = "/tenants/:id/config/limits", method = "put", operation_id = "setTenantLimits")]
+    async fn set_limits(
+        &self,
+        state: Data<&AppState>,
+        context: Data<&RequestContext>,
+        principal: Principal,
+        id: Path<Uuid>,
+        body: JsonBody<SetLimitsRequest>,
+    ) -> Result<Json<Tenant>, ApiError> {
+        principal.require_admin()?;
+        let id = TenantId::from_uuid(id.0);
+        let metadata = context.event_metadata(&principal);
+        let JsonBody(SetLimitsRequest { publish_rate, publish_burst, max_queue_depth }) = body;
+        let limits = (publish_rate, publish_burst, max_queue_depth);
+        Ok(Json(state.app.tenants.set_limits(id, limits, &metadata).await?.into()))
     }
 }

@@ -15,12 +15,13 @@ pub use crate::{
     store::messages::{MessageKey, MessageRow, Page},
 };
 
-use super::{AppError, require_live};
+use super::{AppError, Quotas, require_live};
 
 #[derive(Clone)]
 pub struct Messages {
     tenants: TenantReadModel,
     publisher: Arc<Publisher>,
+    quotas: Arc<Quotas>,
     db: DatabaseConnection,
     /// `rabbitmq.publish_timeout`: the longest a publish waits for the broker's confirms.
     publish_timeout: Duration,
@@ -29,18 +30,25 @@ pub struct Messages {
 }
 
 impl Messages {
-    pub fn new(db: DatabaseConnection, publisher: Publisher, publish_timeout: Duration, max_page_bytes: usize) -> Self {
+    pub fn new(
+        db: DatabaseConnection,
+        publisher: Publisher,
+        quotas: Quotas,
+        publish_timeout: Duration,
+        max_page_bytes: usize,
+    ) -> Self {
         let tenants = TenantReadModel::new(db.clone());
-        Self { tenants, publisher: Arc::new(publisher), db, publish_timeout, max_page_bytes }
+        Self { tenants, publisher: Arc::new(publisher), quotas: Arc::new(quotas), db, publish_timeout, max_page_bytes }
     }
 
-    /// Publishes persistent messages to the live tenant's queue and returns once the broker has confirmed all
-    /// of them. A message the broker returns as unroutable (the queue is not declared yet) is published again
+    /// Publishes persistent messages to the live tenant's queue, within its limits (all of them or none), and
+    /// returns once the broker has confirmed all of them. A message the broker returns as unroutable (the queue is not declared yet) is published again
     /// after declaring the tenant's queues, unless the tenant was deleted meanwhile (its retirement deleted
     /// the queues): a publish that raced with the delete fails rather than bring them back.
     #[tracing::instrument(name = "publish", skip_all, fields(%tenant, messages = messages.len()))]
     pub async fn publish(&self, tenant: TenantId, messages: &[OutgoingMessage]) -> Result<(), AppError> {
-        require_live(&self.tenants, tenant).await?;
+        let row = require_live(&self.tenants, tenant).await?;
+        self.quotas.admit(&row, u32::try_from(messages.len()).unwrap_or(u32::MAX)).await?;
         tokio::time::timeout(self.publish_timeout, self.publish_confirmed(tenant, messages))
             .await
             .map_err(|_| AppError::PublishTimeout(self.publish_timeout))?

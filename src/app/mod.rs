@@ -7,6 +7,7 @@ pub mod audit;
 pub mod dead_letters;
 pub mod history;
 pub mod messages;
+pub mod quotas;
 pub mod tenants;
 
 use std::time::Duration;
@@ -19,13 +20,18 @@ use crate::{
     domain::tenant::{TenantError, TenantId},
     projectors::Projections,
     runtime::Runtime,
-    store::{StoreError, events::EventStore, tenants::TenantReadModel},
+    store::{
+        StoreError,
+        events::EventStore,
+        tenants::{TenantReadModel, TenantRow},
+    },
 };
 
 pub use audit::Audit;
 pub use dead_letters::DeadLetterQueues;
 pub use history::History;
 pub use messages::Messages;
+pub use quotas::Quotas;
 pub use tenants::Tenants;
 
 /// How long readiness waits for the database to answer.
@@ -53,6 +59,15 @@ pub enum AppError {
     /// The broker returned the messages as unroutable even after the tenant's queues were declared.
     #[error("the message could not be routed to the tenant's queue")]
     Unroutable,
+    /// The tenant is over its publish rate; tokens for the publish refill within `retry_after`.
+    #[error("the tenant's publish rate is exhausted; retry after {retry_after:?}")]
+    RateLimited { retry_after: Duration },
+    /// The tenant's queue holds its `max_queue_depth` of ready messages or more.
+    #[error("the tenant's queue holds {max} ready messages or more (its max_queue_depth)")]
+    QueueFull { max: u32 },
+    /// A batch that no bucket of the tenant's size could ever admit.
+    #[error("a batch of {size} messages is more than the tenant's publish_burst of {burst}: split it")]
+    BatchOverBurst { size: u32, burst: u32 },
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -69,11 +84,8 @@ impl From<StoreError> for AppError {
 }
 
 /// The tenant, if it exists and is not deleted.
-async fn require_live(tenants: &TenantReadModel, id: TenantId) -> Result<TenantId, AppError> {
-    match tenants.get_active(id).await? {
-        Some(_) => Ok(id),
-        None => Err(AppError::NoSuchTenant(id)),
-    }
+async fn require_live(tenants: &TenantReadModel, id: TenantId) -> Result<TenantRow, AppError> {
+    tenants.get_active(id).await?.ok_or(AppError::NoSuchTenant(id))
 }
 
 /// Every use case, for the API.
@@ -100,13 +112,19 @@ impl App {
         Self {
             tenants: Tenants::new(
                 store.clone(),
-                config.tenant_policy(),
+                (config.tenant_policy(), config.default_limits()),
                 projections.clone(),
                 config.projectors.command_wait,
                 runtime.registry.clone(),
                 broker.clone(),
             ),
-            messages: Messages::new(db.clone(), publisher, config.rabbitmq.publish_timeout, config.read.max_page_bytes),
+            messages: Messages::new(
+                db.clone(),
+                publisher,
+                Quotas::new(db.clone(), broker, config.default_limits()),
+                config.rabbitmq.publish_timeout,
+                config.read.max_page_bytes,
+            ),
             dead_letters: DeadLetterQueues::new(TenantReadModel::new(db.clone()), broker.clone()),
             audit: Audit::new(db.clone(), store.clone()),
             history: History::new(store),

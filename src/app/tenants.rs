@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use crate::{
     broker::{Broker, Inspector, QueueCounts},
-    domain::tenant::{Policy, Tenant, TenantCommand, TenantEvent, TenantId, evolve},
+    domain::tenant::{Limits, Policy, Tenant, TenantCommand, TenantEvent, TenantId, evolve},
     projectors::Projections,
     runtime::{ConsumerRegistry, tenant_runtime::ConsumerState},
     store::{
         events::{EventMetadata, EventStore, NewEvent},
         partitions,
-        tenants::TenantReadModel,
+        tenants::{TenantReadModel, limit_column},
     },
 };
 
@@ -47,6 +47,8 @@ pub struct Tenants {
     store: EventStore,
     read_model: TenantReadModel,
     policy: Policy,
+    /// `limits.*`: what applies to tenants without limits of their own.
+    default_limits: Limits,
     projections: Projections,
     /// `projectors.command_wait`: how long a command waits for the read models.
     wait: Duration,
@@ -57,14 +59,14 @@ pub struct Tenants {
 impl Tenants {
     pub fn new(
         store: EventStore,
-        policy: Policy,
+        (policy, default_limits): (Policy, Limits),
         projections: Projections,
         wait: Duration,
         registry: ConsumerRegistry,
         broker: Broker,
     ) -> Self {
         let read_model = TenantReadModel::new(store.db().clone());
-        Self { store, read_model, policy, projections, wait, registry, broker }
+        Self { store, read_model, policy, default_limits, projections, wait, registry, broker }
     }
 
     /// Creates tenant `id`; returns it as the read model now shows it.
@@ -90,19 +92,48 @@ impl Tenants {
         self.live(id).await
     }
 
+    /// Sets the tenant's limits (all three; `None` is unlimited); returns it as the read model now shows it.
+    pub async fn set_limits(
+        &self,
+        id: TenantId,
+        (publish_rate, publish_burst, max_queue_depth): (Option<i64>, Option<i64>, Option<i64>),
+        metadata: &EventMetadata,
+    ) -> Result<TenantRow, AppError> {
+        self.handle(id, TenantCommand::SetLimits { publish_rate, publish_burst, max_queue_depth }, metadata).await?;
+        self.live(id).await
+    }
+
     /// Deletes the tenant: returns once its consumers have stopped and its partition is retired.
     pub async fn delete(&self, id: TenantId, metadata: &EventMetadata) -> Result<(), AppError> {
         self.handle(id, TenantCommand::Delete, metadata).await
     }
 
-    /// The tenant as the read model shows it, unless it does not exist or is deleted.
+    /// The tenant as the read model shows it, unless it does not exist or is deleted; with the limits that
+    /// apply to it ([`Tenants::with_limits`]).
     pub async fn live(&self, id: TenantId) -> Result<TenantRow, AppError> {
-        self.read_model.get_active(id).await?.ok_or(AppError::NoSuchTenant(id))
+        let row = self.read_model.get_active(id).await?.ok_or(AppError::NoSuchTenant(id))?;
+        Ok(self.with_limits(row))
     }
 
     /// Up to `limit` live tenants created after the event at `after_position`, oldest first.
     pub async fn list(&self, after_position: i64, limit: u64) -> Result<Vec<TenantRow>, AppError> {
-        Ok(self.read_model.list_active(after_position, limit).await?)
+        let rows = self.read_model.list_active(after_position, limit).await?;
+        Ok(rows.into_iter().map(|row| self.with_limits(row)).collect())
+    }
+
+    /// The row with the configured default limits in place of its own while it has none (`limits_set` tells
+    /// which they are).
+    fn with_limits(&self, row: TenantRow) -> TenantRow {
+        if row.limits_set {
+            return row;
+        }
+        let defaults = self.default_limits;
+        TenantRow {
+            publish_rate: limit_column(defaults.publish_rate),
+            publish_burst: limit_column(defaults.publish_burst),
+            max_queue_depth: limit_column(defaults.max_queue_depth),
+            ..row
+        }
     }
 
     /// The live tenant with what runs for it on this instance and its queue depths.

@@ -91,14 +91,14 @@ pub async fn inspect(channel: &Channel, queue: &str) -> Result<Option<(u32, u32)
 /// Reads queue counts on channels of its own, never on a channel that publishes: a passive declare of a
 /// missing queue makes the broker close its channel, which would fail whatever else shares it. After such a
 /// close (or any error) the next question gets a new channel.
-pub struct Inspector<'a> {
-    broker: &'a Broker,
+pub struct Inspector {
+    broker: Broker,
     channel: Option<Channel>,
 }
 
-impl<'a> Inspector<'a> {
-    pub fn new(broker: &'a Broker) -> Self {
-        Self { broker, channel: None }
+impl Inspector {
+    pub fn new(broker: &Broker) -> Self {
+        Self { broker: broker.clone(), channel: None }
     }
 
     /// `(messages ready, consumers)` of `queue`; `None` when it does not exist; a broker error is an error.

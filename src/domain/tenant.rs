@@ -1,6 +1,10 @@
 //! The tenant aggregate: `decide(state, command) -> events` and `evolve(state, event) -> state`.
 
-use std::{fmt, num::NonZeroU16, str::FromStr};
+use std::{
+    fmt,
+    num::{NonZeroU16, NonZeroU32},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -160,6 +164,56 @@ impl Workers {
     }
 }
 
+/// A tenant's quotas on what it may put into the service; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Messages per second the publish API accepts, on average.
+    pub publish_rate: Option<NonZeroU32>,
+    /// Messages the publish API accepts at once when the tenant has been quiet (the bucket size); with a rate
+    /// and no burst, one second's worth.
+    pub publish_burst: Option<NonZeroU32>,
+    /// The publish API refuses messages while the tenant's queue holds this many ready messages or more.
+    pub max_queue_depth: Option<NonZeroU32>,
+}
+
+impl Limits {
+    pub const MAX_PUBLISH_RATE: u32 = 1_000_000;
+    pub const MAX_PUBLISH_BURST: u32 = 10_000_000;
+    pub const MAX_QUEUE_DEPTH: u32 = 1_000_000_000;
+
+    /// Checks raw input: each limit between 1 and its maximum, and a burst only with a rate.
+    pub fn parse(
+        publish_rate: Option<i64>,
+        publish_burst: Option<i64>,
+        max_queue_depth: Option<i64>,
+    ) -> Result<Self, TenantError> {
+        let bounded = |field, raw: Option<i64>, max: u32| {
+            raw.map(|raw| {
+                u32::try_from(raw)
+                    .ok()
+                    .filter(|n| *n <= max)
+                    .and_then(NonZeroU32::new)
+                    .ok_or(TenantError::LimitOutOfRange { field, got: raw, max })
+            })
+            .transpose()
+        };
+        let limits = Self {
+            publish_rate: bounded("publish_rate", publish_rate, Self::MAX_PUBLISH_RATE)?,
+            publish_burst: bounded("publish_burst", publish_burst, Self::MAX_PUBLISH_BURST)?,
+            max_queue_depth: bounded("max_queue_depth", max_queue_depth, Self::MAX_QUEUE_DEPTH)?,
+        };
+        if limits.publish_burst.is_some() && limits.publish_rate.is_none() {
+            return Err(TenantError::BurstWithoutRate);
+        }
+        Ok(limits)
+    }
+
+    /// The rate and the bucket size, when the publish rate is limited.
+    pub fn publish_bucket(&self) -> Option<(NonZeroU32, NonZeroU32)> {
+        self.publish_rate.map(|rate| (rate, self.publish_burst.unwrap_or(rate)))
+    }
+}
+
 /// Limits that come from configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
@@ -172,6 +226,7 @@ pub struct Policy {
 pub enum TenantCommand {
     Create { name: String, workers: Option<i64> },
     SetConcurrency { workers: i64 },
+    SetLimits { publish_rate: Option<i64>, publish_burst: Option<i64>, max_queue_depth: Option<i64> },
     Delete,
 }
 
@@ -181,6 +236,7 @@ impl TenantCommand {
         match self {
             Self::Create { .. } => "CreateTenant",
             Self::SetConcurrency { .. } => "SetConcurrency",
+            Self::SetLimits { .. } => "SetTenantLimits",
             Self::Delete => "DeleteTenant",
         }
     }
@@ -194,6 +250,9 @@ pub enum TenantEvent {
     Created { name: TenantName, workers: Workers },
     #[serde(rename = "ConcurrencySet.v1")]
     ConcurrencySet { workers: Workers, previous: Workers },
+    /// The tenant's limits from now on, all three: one absent is unlimited.
+    #[serde(rename = "TenantLimitsSet.v1")]
+    LimitsSet(Limits),
     #[serde(rename = "TenantDeleted.v1")]
     Deleted {},
 }
@@ -203,6 +262,7 @@ impl TenantEvent {
         match self {
             Self::Created { .. } => "TenantCreated.v1",
             Self::ConcurrencySet { .. } => "ConcurrencySet.v1",
+            Self::LimitsSet(_) => "TenantLimitsSet.v1",
             Self::Deleted {} => "TenantDeleted.v1",
         }
     }
@@ -213,6 +273,8 @@ impl TenantEvent {
 pub struct TenantFacts {
     pub name: TenantName,
     pub workers: Workers,
+    /// `None` until limits are set: the configured defaults apply.
+    pub limits: Option<Limits>,
 }
 
 /// The aggregate's state, folded from its stream.
@@ -230,6 +292,10 @@ pub enum TenantError {
     InvalidName { reason: &'static str },
     #[error("workers must be between 1 and {max}, got {got}")]
     WorkersOutOfRange { got: i64, max: u16 },
+    #[error("{field} must be between 1 and {max} (or null for unlimited), got {got}")]
+    LimitOutOfRange { field: &'static str, got: i64, max: u32 },
+    #[error("publish_burst needs a publish_rate: a burst is the rate limiter's bucket size")]
+    BurstWithoutRate,
     #[error("a tenant with this id already exists")]
     AlreadyExists,
     /// A deleted tenant's id is never given out again: its events stay in the log, and a new tenant under
@@ -250,6 +316,8 @@ impl TenantError {
         match self {
             Self::InvalidName { .. } => Some("name"),
             Self::WorkersOutOfRange { .. } => Some("workers"),
+            Self::LimitOutOfRange { field, .. } => Some(field),
+            Self::BurstWithoutRate => Some("publish_burst"),
             Self::AlreadyExists | Self::IdReserved | Self::NotFound | Self::Deleted => None,
         }
     }
@@ -277,6 +345,13 @@ pub fn decide(state: &Tenant, command: TenantCommand, policy: &Policy) -> Result
             }
             Ok(vec![TenantEvent::ConcurrencySet { workers, previous: facts.workers }])
         }
+        (Tenant::Active(facts), TenantCommand::SetLimits { publish_rate, publish_burst, max_queue_depth }) => {
+            let limits = Limits::parse(publish_rate, publish_burst, max_queue_depth)?;
+            if facts.limits == Some(limits) {
+                return Ok(vec![]);
+            }
+            Ok(vec![TenantEvent::LimitsSet(limits)])
+        }
         (Tenant::Active(_), TenantCommand::Delete) => Ok(vec![TenantEvent::Deleted {}]),
     }
 }
@@ -286,10 +361,13 @@ pub fn decide(state: &Tenant, command: TenantCommand, policy: &Policy) -> Result
 pub fn evolve(state: Tenant, event: &TenantEvent) -> Tenant {
     match (state, event) {
         (Tenant::Absent, TenantEvent::Created { name, workers }) => {
-            Tenant::Active(TenantFacts { name: name.clone(), workers: *workers })
+            Tenant::Active(TenantFacts { name: name.clone(), workers: *workers, limits: None })
         }
         (Tenant::Active(facts), TenantEvent::ConcurrencySet { workers, .. }) => {
             Tenant::Active(TenantFacts { workers: *workers, ..facts })
+        }
+        (Tenant::Active(facts), TenantEvent::LimitsSet(limits)) => {
+            Tenant::Active(TenantFacts { limits: Some(*limits), ..facts })
         }
         (Tenant::Active(facts), TenantEvent::Deleted {}) => Tenant::Deleted(facts),
         (state, _) => state,
@@ -313,7 +391,11 @@ mod tests {
     }
 
     fn active(n: u16) -> Tenant {
-        Tenant::Active(TenantFacts { name: TenantName::parse("acme".into()).expect("valid"), workers: workers(n) })
+        Tenant::Active(TenantFacts {
+            name: TenantName::parse("acme".into()).expect("valid"),
+            workers: workers(n),
+            limits: None,
+        })
     }
 
     fn fold(events: &[TenantEvent]) -> Tenant {
@@ -371,7 +453,7 @@ mod tests {
 
     #[test]
     fn commands_on_absent_tenant_are_not_found() {
-        for command in [TenantCommand::SetConcurrency { workers: 2 }, TenantCommand::Delete] {
+        for command in [TenantCommand::SetConcurrency { workers: 2 }, unlimited(), TenantCommand::Delete] {
             assert_eq!(decide(&Tenant::Absent, command, &policy()), Err(TenantError::NotFound));
         }
     }
@@ -379,7 +461,7 @@ mod tests {
     #[test]
     fn no_command_on_a_deleted_tenant() {
         let deleted = evolve(active(3), &TenantEvent::Deleted {});
-        for command in [TenantCommand::SetConcurrency { workers: 2 }, TenantCommand::Delete] {
+        for command in [TenantCommand::SetConcurrency { workers: 2 }, unlimited(), TenantCommand::Delete] {
             assert_eq!(decide(&deleted, command, &policy()), Err(TenantError::Deleted));
         }
     }
@@ -391,6 +473,64 @@ mod tests {
         assert_eq!(evolve(active(3), &events[0]), active(5));
         let none = decide(&active(3), TenantCommand::SetConcurrency { workers: 3 }, &policy()).expect("valid");
         assert!(none.is_empty());
+    }
+
+    fn unlimited() -> TenantCommand {
+        TenantCommand::SetLimits { publish_rate: None, publish_burst: None, max_queue_depth: None }
+    }
+
+    fn limits(rate: Option<i64>, burst: Option<i64>, depth: Option<i64>) -> TenantCommand {
+        TenantCommand::SetLimits { publish_rate: rate, publish_burst: burst, max_queue_depth: depth }
+    }
+
+    #[test]
+    fn set_limits_records_them_and_is_a_no_op_when_unchanged() {
+        let events = decide(&active(3), limits(Some(100), Some(500), Some(10_000)), &policy()).expect("valid");
+        let set = Limits {
+            publish_rate: NonZeroU32::new(100),
+            publish_burst: NonZeroU32::new(500),
+            max_queue_depth: NonZeroU32::new(10_000),
+        };
+        assert_eq!(events, vec![TenantEvent::LimitsSet(set)]);
+        let limited = fold_from(active(3), &events);
+        assert!(matches!(&limited, Tenant::Active(facts) if facts.limits == Some(set)));
+        assert_eq!(decide(&limited, limits(Some(100), Some(500), Some(10_000)), &policy()), Ok(vec![]));
+        // Unlimited is a setting of its own: it overrides the configured defaults.
+        let events = decide(&limited, unlimited(), &policy()).expect("valid");
+        assert_eq!(events, vec![TenantEvent::LimitsSet(Limits::default())]);
+        assert_eq!(decide(&active(3), unlimited(), &policy()).map(|e| e.len()), Ok(1));
+    }
+
+    #[test]
+    fn limits_are_bounded_and_a_burst_needs_a_rate() {
+        let cases = [
+            (limits(Some(0), None, None), "publish_rate"),
+            (limits(Some(-1), None, None), "publish_rate"),
+            (limits(Some(i64::from(Limits::MAX_PUBLISH_RATE) + 1), None, None), "publish_rate"),
+            (limits(Some(1), Some(0), None), "publish_burst"),
+            (limits(Some(1), Some(i64::MAX), None), "publish_burst"),
+            (limits(None, None, Some(i64::MIN)), "max_queue_depth"),
+            (limits(None, Some(10), None), "publish_burst"),
+        ];
+        for (command, field) in cases {
+            let err = decide(&active(3), command.clone(), &policy()).expect_err("refused");
+            assert_eq!(err.field(), Some(field), "{command:?}: {err}");
+        }
+        let max = limits(
+            Some(Limits::MAX_PUBLISH_RATE.into()),
+            Some(Limits::MAX_PUBLISH_BURST.into()),
+            Some(Limits::MAX_QUEUE_DEPTH.into()),
+        );
+        assert!(decide(&active(3), max, &policy()).is_ok());
+    }
+
+    #[test]
+    fn the_bucket_is_one_second_of_the_rate_unless_a_burst_is_set() {
+        let rate = Limits::parse(Some(50), None, None).expect("valid");
+        assert_eq!(rate.publish_bucket().map(|(r, b)| (r.get(), b.get())), Some((50, 50)));
+        let burst = Limits::parse(Some(50), Some(1000), None).expect("valid");
+        assert_eq!(burst.publish_bucket().map(|(r, b)| (r.get(), b.get())), Some((50, 1000)));
+        assert_eq!(Limits::parse(None, None, Some(5)).expect("valid").publish_bucket(), None);
     }
 
     #[test]
@@ -408,6 +548,7 @@ mod tests {
         let events = [
             TenantEvent::Created { name: TenantName("acme".into()), workers: workers(2) },
             TenantEvent::ConcurrencySet { workers: workers(4), previous: workers(2) },
+            TenantEvent::LimitsSet(Limits { publish_rate: NonZeroU32::new(5), ..Limits::default() }),
             TenantEvent::Deleted {},
         ];
         for event in events {

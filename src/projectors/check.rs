@@ -88,7 +88,8 @@ fn compare_tenants(live: &[TenantRow], rebuilt: &[TenantRow]) -> Vec<Difference>
 }
 
 /// Every column of a row but its id, as text to compare and show.
-fn columns(row: &TenantRow) -> [(&'static str, String); 8] {
+fn columns(row: &TenantRow) -> [(&'static str, String); 12] {
+    let limit = |n: Option<i32>| n.map_or_else(|| "null".to_owned(), |n| n.to_string());
     [
         ("name", format!("{:?}", row.name)),
         ("workers", row.workers.to_string()),
@@ -98,6 +99,10 @@ fn columns(row: &TenantRow) -> [(&'static str, String); 8] {
         ("created_at", row.created_at.to_rfc3339()),
         ("updated_at", row.updated_at.to_rfc3339()),
         ("deleted_at", row.deleted_at.map_or_else(|| "null".to_owned(), |at| at.to_rfc3339())),
+        ("limits_set", row.limits_set.to_string()),
+        ("publish_rate", limit(row.publish_rate)),
+        ("publish_burst", limit(row.publish_burst)),
+        ("max_queue_depth", limit(row.max_queue_depth)),
     ]
 }
 
@@ -137,6 +142,10 @@ mod tests {
             created_at: at,
             updated_at: at,
             deleted_at: None,
+            limits_set: false,
+            publish_rate: None,
+            publish_burst: None,
+            max_queue_depth: None,
         }
     }
 

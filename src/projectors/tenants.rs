@@ -7,7 +7,7 @@ use crate::{
     store::{
         StoreError,
         events::RecordedEvent,
-        tenants::{Tenants, entity},
+        tenants::{Tenants, entity, limit_column},
     },
 };
 
@@ -34,6 +34,10 @@ impl Projector for TenantsProjector {
                     created_at: Set(at),
                     updated_at: Set(at),
                     deleted_at: Set(None),
+                    limits_set: Set(false),
+                    publish_rate: Set(None),
+                    publish_burst: Set(None),
+                    max_queue_depth: Set(None),
                 })
                 .exec(txn)
                 .await?;
@@ -41,6 +45,18 @@ impl Projector for TenantsProjector {
             TenantEvent::ConcurrencySet { workers, .. } => {
                 Tenants::update_many()
                     .col_expr(entity::Column::Workers, Expr::value(i32::from(workers.get())))
+                    .col_expr(entity::Column::Version, Expr::value(event.version))
+                    .col_expr(entity::Column::UpdatedAt, Expr::value(at))
+                    .filter(entity::Column::Id.eq(id))
+                    .exec(txn)
+                    .await?;
+            }
+            TenantEvent::LimitsSet(limits) => {
+                Tenants::update_many()
+                    .col_expr(entity::Column::LimitsSet, Expr::value(true))
+                    .col_expr(entity::Column::PublishRate, Expr::value(limit_column(limits.publish_rate)))
+                    .col_expr(entity::Column::PublishBurst, Expr::value(limit_column(limits.publish_burst)))
+                    .col_expr(entity::Column::MaxQueueDepth, Expr::value(limit_column(limits.max_queue_depth)))
                     .col_expr(entity::Column::Version, Expr::value(event.version))
                     .col_expr(entity::Column::UpdatedAt, Expr::value(at))
                     .filter(entity::Column::Id.eq(id))

@@ -10,6 +10,7 @@ pub(crate) mod registry;
 pub(crate) mod retirement;
 pub(crate) mod tenant_runtime;
 pub(crate) mod tenant_stats;
+pub(crate) mod write_share;
 
 use std::sync::Arc;
 

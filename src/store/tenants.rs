@@ -1,6 +1,8 @@
 //! The `tenants` read model: the entity, and the queries the API reads it with.
 
-use crate::domain::tenant::TenantId;
+use std::num::NonZeroU32;
+
+use crate::domain::tenant::{Limits, TenantId};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
 use super::{StoreError, partitions};
@@ -42,6 +44,11 @@ pub mod entity {
         pub created_at: DateTimeUtc,
         pub updated_at: DateTimeUtc,
         pub deleted_at: Option<DateTimeUtc>,
+        /// False until the tenant's limits are first set (the configured defaults apply until then).
+        pub limits_set: bool,
+        pub publish_rate: Option<i32>,
+        pub publish_burst: Option<i32>,
+        pub max_queue_depth: Option<i32>,
     }
 
     #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -51,6 +58,23 @@ pub mod entity {
 }
 
 pub use entity::{Entity as Tenants, Model as TenantRow};
+
+impl TenantRow {
+    /// The limits set on the tenant; `None` when none were ever set.
+    pub fn limits(&self) -> Option<Limits> {
+        let limit = |column: Option<i32>| column.and_then(|n| u32::try_from(n).ok()).and_then(NonZeroU32::new);
+        self.limits_set.then(|| Limits {
+            publish_rate: limit(self.publish_rate),
+            publish_burst: limit(self.publish_burst),
+            max_queue_depth: limit(self.max_queue_depth),
+        })
+    }
+}
+
+/// A limit as its column holds it (the domain's maxima fit an `INTEGER`).
+pub fn limit_column(limit: Option<NonZeroU32>) -> Option<i32> {
+    limit.and_then(|n| i32::try_from(n.get()).ok())
+}
 
 #[derive(Clone)]
 pub struct TenantReadModel {

@@ -55,10 +55,18 @@ async fn a_tenants_whole_life_through_the_generated_rust_client() {
     assert_eq!(resized.workers, 4);
     let details = client.get_tenant(&tenant.id).await.expect("details").into_inner();
     assert_eq!(details.workers, 4);
+    let limits = types::SetLimitsRequest {
+        publish_rate: NonZeroU64::new(1000),
+        publish_burst: None,
+        max_queue_depth: NonZeroU64::new(50_000),
+    };
+    let limited = client.set_tenant_limits(&tenant.id, &limits).await.expect("limited").into_inner();
+    assert_eq!((limited.limits.publish_rate, limited.limits.max_queue_depth), (Some(1000), Some(50_000)));
+    assert_eq!(limited.limits.source, types::LimitsSource::Tenant);
 
     let events = client.list_tenant_events(&tenant.id, None, None).await.expect("events").into_inner();
     let kinds: Vec<&str> = events.data.iter().map(|event| event.type_.as_str()).collect();
-    assert_eq!(kinds, ["TenantCreated.v1", "ConcurrencySet.v1"]);
+    assert_eq!(kinds, ["TenantCreated.v1", "ConcurrencySet.v1", "TenantLimitsSet.v1"]);
     assert_eq!(events.next_cursor, None);
 
     let dead = client.list_dead_letters(&tenant.id, None, None).await.expect("dead letters").into_inner();

@@ -206,7 +206,7 @@ impl TestApp {
 pub async fn slow_down_inserts(db: &DatabaseConnection, tenant: &str, seconds: f64) {
     let partition = partition(tenant);
     db.execute_unprepared(&format!(
-        "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
+        "CREATE OR REPLACE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS $$ \
          BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$; \
          CREATE TRIGGER slow AFTER INSERT ON {partition} FOR EACH STATEMENT EXECUTE FUNCTION slow_insert();"
     ))

@@ -11,6 +11,7 @@ mod fidelity;
 mod first_hour;
 mod generated_client;
 mod helpers;
+mod limits;
 mod metrics;
 mod openapi;
 mod processes;

@@ -14,7 +14,7 @@ use crate::helpers::{TestApp, assert_problem, eventually};
 /// tenant's own token, an auditor's. An operation missing here fails the tests, so none is forgotten.
 fn permission(operation_id: &str) -> Option<Permission> {
     let (own_tenant, auditor) = match operation_id {
-        "createTenant" | "setConcurrency" | "deleteTenant" => (false, false),
+        "createTenant" | "setConcurrency" | "setTenantLimits" | "deleteTenant" => (false, false),
         "listTenants" | "verifyChain" | "listStreamHeads" => (false, true),
         "getTenant" | "listTenantEvents" | "getTenantStateAsOf" | "exportTenantEvents" => (true, true),
         "publishMessage" | "publishMessages" | "listMessages" | "listDeadLetters" | "replayDeadLetters"
@@ -60,6 +60,7 @@ fn endpoints(a: &str, doomed: &str) -> Vec<Endpoint> {
             let body = match id {
                 "createTenant" => Some(json!({ "name": "new" })),
                 "setConcurrency" => Some(json!({ "workers": 4 })),
+                "setTenantLimits" => Some(json!({ "publish_rate": 100 })),
                 "publishMessage" => Some(json!({ "payload": 1 })),
                 "publishMessages" => Some(json!({ "messages": [{ "payload": 1 }] })),
                 "replayDeadLetters" => Some(json!({})),

@@ -28,6 +28,7 @@ use super::{
     acks::AckCoordinator,
     failure::RetryPolicy,
     tenant_runtime::{ConsumerState, Control, TenantRuntime},
+    write_share::WriteShare,
 };
 
 pub(crate) use self::processing::decode;
@@ -48,6 +49,8 @@ pub struct ConsumerSettings {
     pub retry: RetryPolicy,
     /// `max_payload_depth`: deeper bodies are dead-lettered without an insert.
     pub max_payload_depth: usize,
+    /// The write connections every tenant's workers share, fairly (`database.write_connections`).
+    pub write_share: WriteShare,
 }
 
 impl ConsumerSettings {
@@ -64,6 +67,7 @@ impl ConsumerSettings {
                 max_delay: config.consumer.retry_max_delay,
             },
             max_payload_depth: config.max_payload_depth,
+            write_share: WriteShare::new(usize::try_from(config.write_connections()).unwrap_or(usize::MAX)),
         }
     }
 }

@@ -17,7 +17,7 @@ use crate::{backoff::Backoff, config::QueueType, store::messages::MessageWriter}
 
 use crate::{
     broker::TenantQueues,
-    runtime::{acks::AckCoordinator, failure::RetryPolicy, tenant_runtime::TenantRuntime},
+    runtime::{acks::AckCoordinator, failure::RetryPolicy, tenant_runtime::TenantRuntime, write_share::WriteShare},
 };
 
 use super::{
@@ -39,6 +39,7 @@ pub(super) struct WorkerContext {
     pub(super) max_payload_depth: usize,
     pub(super) batch_size: usize,
     pub(super) linger: Linger,
+    pub(super) write_share: WriteShare,
     pub(super) shutdown: CancellationToken,
 }
 
@@ -72,6 +73,7 @@ impl WorkerPool {
             max_payload_depth: settings.max_payload_depth,
             batch_size: settings.batch_size.into(),
             linger: Linger { wait: settings.batch_wait, max_wait: settings.batch_max_wait },
+            write_share: settings.write_share.clone(),
             shutdown,
         });
         Self {

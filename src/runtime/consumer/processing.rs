@@ -55,8 +55,14 @@ pub(super) async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Ve
         }
     }
     let mut held_back = Vec::new();
-    // A row the database refuses fails alone; the rest of the batch commits.
-    let refused = context.writer.insert_isolating(&rows).await;
+    // A row the database refuses fails alone; the rest of the batch commits. The tenant writes in its turn
+    // (see `write_share`), so a tenant that floods cannot take every connection.
+    let refused = if rows.is_empty() {
+        Vec::new()
+    } else {
+        let _turn = context.write_share.acquire(tenant, context.runtime.desired().get()).await;
+        context.writer.insert_isolating(&rows).await
+    };
     let mut refusal_of = vec![None; rows.len()];
     for (index, (part, _)) in refused.iter().enumerate() {
         refusal_of[part.clone()].fill(Some(index));

@@ -6,6 +6,7 @@ from .dead_letter_message import DeadLetterMessage
 from .dead_letter_page import DeadLetterPage
 from .event import Event
 from .event_page import EventPage
+from .limits_source import LimitsSource
 from .liveness import Liveness
 from .message import Message
 from .message_page import MessagePage
@@ -18,13 +19,16 @@ from .readiness import Readiness
 from .replay_request import ReplayRequest
 from .replay_result import ReplayResult
 from .set_concurrency_request import SetConcurrencyRequest
+from .set_limits_request import SetLimitsRequest
 from .stream_head import StreamHead
 from .stream_head_page import StreamHeadPage
 from .tenant import Tenant
 from .tenant_details import TenantDetails
+from .tenant_limits import TenantLimits
 from .tenant_page import TenantPage
 from .tenant_runtime_view import TenantRuntimeView
 from .tenant_state import TenantState
+from .tenant_state_limits_type_1 import TenantStateLimitsType1
 from .verification import Verification
 from .verification_first_break import VerificationFirstBreak
 from .verification_head import VerificationHead
@@ -36,6 +40,7 @@ __all__ = (
     "DeadLetterPage",
     "Event",
     "EventPage",
+    "LimitsSource",
     "Liveness",
     "Message",
     "MessagePage",
@@ -48,13 +53,16 @@ __all__ = (
     "ReplayRequest",
     "ReplayResult",
     "SetConcurrencyRequest",
+    "SetLimitsRequest",
     "StreamHead",
     "StreamHeadPage",
     "Tenant",
     "TenantDetails",
+    "TenantLimits",
     "TenantPage",
     "TenantRuntimeView",
     "TenantState",
+    "TenantStateLimitsType1",
     "Verification",
     "VerificationFirstBreak",
     "VerificationHead",

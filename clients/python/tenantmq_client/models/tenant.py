@@ -2,12 +2,16 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from attrs import define as _attrs_define
 from attrs import field as _attrs_field
 from dateutil.parser import isoparse
+
+if TYPE_CHECKING:
+    from ..models.tenant_limits import TenantLimits
+
 
 T = TypeVar("T", bound="Tenant")
 
@@ -19,6 +23,7 @@ class Tenant:
     Attributes:
         created_at (datetime.datetime):
         id (UUID):
+        limits (TenantLimits): The limits that apply to a tenant; null is unlimited.
         name (str):
         queue (str): The queue its messages arrive on.
         status (str): `active` (deleted tenants are not shown).
@@ -29,6 +34,7 @@ class Tenant:
 
     created_at: datetime.datetime
     id: UUID
+    limits: TenantLimits
     name: str
     queue: str
     status: str
@@ -41,6 +47,8 @@ class Tenant:
         created_at = self.created_at.isoformat()
 
         id = str(self.id)
+
+        limits = self.limits.to_dict()
 
         name = self.name
 
@@ -60,6 +68,7 @@ class Tenant:
             {
                 "created_at": created_at,
                 "id": id,
+                "limits": limits,
                 "name": name,
                 "queue": queue,
                 "status": status,
@@ -73,10 +82,14 @@ class Tenant:
 
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
+        from ..models.tenant_limits import TenantLimits
+
         d = dict(src_dict)
         created_at = isoparse(d.pop("created_at"))
 
         id = UUID(d.pop("id"))
+
+        limits = TenantLimits.from_dict(d.pop("limits"))
 
         name = d.pop("name")
 
@@ -93,6 +106,7 @@ class Tenant:
         tenant = cls(
             created_at=created_at,
             id=id,
+            limits=limits,
             name=name,
             queue=queue,
             status=status,

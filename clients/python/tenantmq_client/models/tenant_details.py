@@ -10,6 +10,7 @@ from attrs import field as _attrs_field
 from dateutil.parser import isoparse
 
 if TYPE_CHECKING:
+    from ..models.tenant_limits import TenantLimits
     from ..models.tenant_runtime_view import TenantRuntimeView
 
 
@@ -23,6 +24,7 @@ class TenantDetails:
     Attributes:
         created_at (datetime.datetime):
         id (UUID):
+        limits (TenantLimits): The limits that apply to a tenant; null is unlimited.
         name (str):
         queue (str): The queue its messages arrive on.
         runtime (TenantRuntimeView): What is running for a tenant on this instance.
@@ -34,6 +36,7 @@ class TenantDetails:
 
     created_at: datetime.datetime
     id: UUID
+    limits: TenantLimits
     name: str
     queue: str
     runtime: TenantRuntimeView
@@ -47,6 +50,8 @@ class TenantDetails:
         created_at = self.created_at.isoformat()
 
         id = str(self.id)
+
+        limits = self.limits.to_dict()
 
         name = self.name
 
@@ -68,6 +73,7 @@ class TenantDetails:
             {
                 "created_at": created_at,
                 "id": id,
+                "limits": limits,
                 "name": name,
                 "queue": queue,
                 "runtime": runtime,
@@ -82,12 +88,15 @@ class TenantDetails:
 
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
+        from ..models.tenant_limits import TenantLimits
         from ..models.tenant_runtime_view import TenantRuntimeView
 
         d = dict(src_dict)
         created_at = isoparse(d.pop("created_at"))
 
         id = UUID(d.pop("id"))
+
+        limits = TenantLimits.from_dict(d.pop("limits"))
 
         name = d.pop("name")
 
@@ -106,6 +115,7 @@ class TenantDetails:
         tenant_details = cls(
             created_at=created_at,
             id=id,
+            limits=limits,
             name=name,
             queue=queue,
             runtime=runtime,

@@ -2,12 +2,18 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from uuid import UUID
 
 from attrs import define as _attrs_define
 from attrs import field as _attrs_field
 from dateutil.parser import isoparse
+
+from ..types import UNSET, Unset
+
+if TYPE_CHECKING:
+    from ..models.tenant_state_limits_type_1 import TenantStateLimitsType1
+
 
 T = TypeVar("T", bound="TenantState")
 
@@ -25,6 +31,8 @@ class TenantState:
         status (str): `active` or `deleted`.
         version (int): Version of the last event folded in (the number of events).
         workers (int): Desired worker pool size.
+        limits (None | TenantStateLimitsType1 | Unset): The limits set on the tenant by then; null while none were set
+            (the configured defaults applied).
     """
 
     hash_: str
@@ -35,9 +43,12 @@ class TenantState:
     status: str
     version: int
     workers: int
+    limits: None | TenantStateLimitsType1 | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        from ..models.tenant_state_limits_type_1 import TenantStateLimitsType1
+
         hash_ = self.hash_
 
         id = str(self.id)
@@ -54,6 +65,14 @@ class TenantState:
 
         workers = self.workers
 
+        limits: dict[str, Any] | None | Unset
+        if isinstance(self.limits, Unset):
+            limits = UNSET
+        elif isinstance(self.limits, TenantStateLimitsType1):
+            limits = self.limits.to_dict()
+        else:
+            limits = self.limits
+
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
         field_dict.update(
@@ -68,11 +87,15 @@ class TenantState:
                 "workers": workers,
             }
         )
+        if limits is not UNSET:
+            field_dict["limits"] = limits
 
         return field_dict
 
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
+        from ..models.tenant_state_limits_type_1 import TenantStateLimitsType1
+
         d = dict(src_dict)
         hash_ = d.pop("hash")
 
@@ -90,6 +113,23 @@ class TenantState:
 
         workers = d.pop("workers")
 
+        def _parse_limits(data: object) -> None | TenantStateLimitsType1 | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            try:
+                if not isinstance(data, dict):
+                    raise TypeError()
+                limits_type_1 = TenantStateLimitsType1.from_dict(data)
+
+                return limits_type_1
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            return cast(None | TenantStateLimitsType1 | Unset, data)
+
+        limits = _parse_limits(d.pop("limits", UNSET))
+
         tenant_state = cls(
             hash_=hash_,
             id=id,
@@ -99,6 +139,7 @@ class TenantState:
             status=status,
             version=version,
             workers=workers,
+            limits=limits,
         )
 
         tenant_state.additional_properties = d

@@ -1,0 +1,235 @@
+//! Tenant limits: set as events, shown, replayed; the publish rate (also across instances) and the backlog
+//! cap answered with 429; the database shared fairly between tenants that compete for it.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Response, StatusCode};
+use sea_orm::ConnectionTrait;
+use serde_json::{Value, json};
+use tenantmq::{
+    projectors::{self, PartitionsProjector},
+    store::tenants::TenantReadModel,
+};
+use tenantmq_testkit::RunningApp;
+
+use crate::{
+    dead_letters::{lock_partition, release},
+    helpers::{TestApp, amqp, assert_problem, await_consumer, eventually, slow_down_inserts, test_config},
+};
+
+async fn json_of(response: Response) -> Value {
+    assert_eq!(response.status(), StatusCode::OK);
+    response.json().await.expect("json")
+}
+
+fn limits_path(tenant: &str) -> String {
+    format!("/tenants/{tenant}/config/limits")
+}
+
+/// Publishes `n` messages in one batch; the status.
+async fn publish(app: &RunningApp, tenant: &str, n: usize) -> Response {
+    let messages: Vec<Value> = (0..n).map(|i| json!({ "payload": { "i": i } })).collect();
+    let url = app.url(&format!("/tenants/{tenant}/messages/batch"));
+    app.client.post(url).json(&json!({ "messages": messages })).send().await.expect("sent")
+}
+
+#[tokio::test]
+async fn limits_are_events_shown_with_their_source_replayed_and_in_the_history() {
+    let mut config = test_config();
+    config.limits.publish_rate = Some(1000);
+    let app = TestApp::spawn_with(config).await;
+    let id = app.create_tenant_id("limited").await;
+    let tenant = json_of(app.get(&format!("/tenants/{id}")).await).await;
+    let defaults = json!({ "publish_rate": 1000, "publish_burst": null, "max_queue_depth": null, "source": "default" });
+    assert_eq!(tenant["limits"], defaults, "the configured defaults, until the tenant has its own");
+
+    let set = json!({ "publish_rate": 50, "publish_burst": 100, "max_queue_depth": 10 });
+    let tenant = json_of(app.put_json(&limits_path(&id), &set).await).await;
+    let own = json!({ "publish_rate": 50, "publish_burst": 100, "max_queue_depth": 10, "source": "tenant" });
+    assert_eq!(tenant["limits"], own, "the response reads the caller's own write");
+    assert_eq!(tenant["version"], 2);
+    let again = json_of(app.put_json(&limits_path(&id), &set).await).await;
+    assert_eq!(again["version"], 2, "setting the same limits again records nothing");
+    // Absent is unlimited: a PUT sets all three.
+    let unlimited = json_of(app.put_json(&limits_path(&id), &json!({})).await).await;
+    let none = json!({ "publish_rate": null, "publish_burst": null, "max_queue_depth": null, "source": "tenant" });
+    assert_eq!(unlimited["limits"], none, "unlimited overrides the configured defaults");
+    assert_eq!(json_of(app.get(&format!("/tenants/{id}")).await).await["limits"], none);
+
+    let history = json_of(app.get(&format!("/tenants/{id}/events")).await).await;
+    let events = history["data"].as_array().expect("data");
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().expect("type")).collect();
+    assert_eq!(types, ["TenantCreated.v1", "TenantLimitsSet.v1", "TenantLimitsSet.v1"]);
+    assert_eq!(events[1]["data"], json!({ "publish_rate": 50, "publish_burst": 100, "max_queue_depth": 10 }));
+    let position = events[1]["position"].as_i64().expect("position");
+    let then = json_of(app.get(&format!("/tenants/{id}/state?at_position={position}")).await).await;
+    assert_eq!(then["limits"], own, "as-of reads show the limits of the time");
+    let before = json_of(app.get(&format!("/tenants/{id}/state?at_position={}", position - 1)).await).await;
+    assert!(before["limits"].is_null(), "none set yet: {before}");
+
+    // Rebuilt from the log, the read model holds the same limits.
+    let read_model = TenantReadModel::new(app.db.clone());
+    let rows = read_model.all().await.expect("rows");
+    app.db.execute_unprepared("UPDATE tenants SET publish_rate = 7, limits_set = false").await.expect("corrupt");
+    projectors::replay_all(&app.db, PartitionsProjector, 2).await.expect("replay");
+    assert_eq!(read_model.all().await.expect("rows"), rows);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn limits_out_of_range_are_refused_naming_the_field() {
+    let app = TestApp::spawn().await;
+    let id = app.create_tenant_id("bounded").await;
+    let cases = [
+        (json!({ "publish_rate": 0 }), "publish_rate"),
+        (json!({ "publish_rate": -5 }), "publish_rate"),
+        (json!({ "publish_rate": 1_000_001 }), "publish_rate"),
+        (json!({ "publish_rate": 10, "publish_burst": 99_999_999_999_i64 }), "publish_burst"),
+        (json!({ "publish_burst": 10 }), "publish_burst"),
+        (json!({ "max_queue_depth": 1e300 }), "max_queue_depth"),
+        (json!({ "max_queue_depth": "10" }), "max_queue_depth"),
+        (json!({ "publish_rat": 10 }), "publish_rat"),
+    ];
+    for (body, field) in cases {
+        let response = app.put_json(&limits_path(&id), &body).await;
+        assert_problem(response, StatusCode::BAD_REQUEST, Some(field)).await;
+    }
+    let tenant = json_of(app.get(&format!("/tenants/{id}")).await).await;
+    assert_eq!(tenant["version"], 1, "nothing was recorded");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn over_its_rate_a_tenant_gets_429_with_retry_after_and_a_batch_is_admitted_whole_or_not_at_all() {
+    let app = TestApp::spawn().await;
+    let id = app.create_tenant_id("rated").await;
+    let set = json!({ "publish_rate": 2, "publish_burst": 5 });
+    assert_eq!(app.put_json(&limits_path(&id), &set).await.status(), StatusCode::OK);
+
+    assert_eq!(publish(&app, &id, 5).await.status(), StatusCode::ACCEPTED, "a full bucket takes the burst");
+    let refused = publish(&app, &id, 3).await;
+    let retry_after: u64 = refused.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert!((1..=2).contains(&retry_after), "3 tokens at 2/s: {retry_after}");
+    let problem = assert_problem(refused, StatusCode::TOO_MANY_REQUESTS, None).await;
+    assert_eq!(problem["type"], "urn:tenantmq:problem:rate-limited");
+    assert_problem(publish(&app, &id, 6).await, StatusCode::BAD_REQUEST, Some("messages")).await;
+
+    let waited = Instant::now();
+    eventually(Duration::from_secs(10), "tokens to refill", || async {
+        (publish(&app, &id, 3).await.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    assert!(waited.elapsed() >= Duration::from_millis(500), "3 tokens take 1.5 s to refill at 2/s");
+    app.await_messages(&id, 8).await;
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_tenant_whose_queue_holds_its_max_depth_gets_429_queue_full_until_it_drains() {
+    let mut config = test_config();
+    config.consumer.batch_size = 10;
+    let app = TestApp::spawn_with(config).await;
+    let created = app.post_json("/tenants", &json!({ "name": "deep", "workers": 1 })).await;
+    let id = created.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    await_consumer(&amqp().await, &id).await;
+    assert_eq!(app.put_json(&limits_path(&id), &json!({ "max_queue_depth": 5 })).await.status(), StatusCode::OK);
+
+    // The one worker blocks on the locked partition with one prefetch (10); the rest stays ready in the queue.
+    let lock = lock_partition(&app.config.database.url, &id).await;
+    assert_eq!(publish(&app, &id, 20).await.status(), StatusCode::ACCEPTED);
+    let refused = eventually(Duration::from_secs(10), "the backlog cap to apply", || async {
+        let response = publish(&app, &id, 1).await;
+        (response.status() == StatusCode::TOO_MANY_REQUESTS).then_some(response)
+    })
+    .await;
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem = assert_problem(refused, StatusCode::TOO_MANY_REQUESTS, None).await;
+    assert_eq!(problem["type"], "urn:tenantmq:problem:queue-full");
+
+    release(lock).await;
+    eventually(Duration::from_secs(30), "publishes accepted once the queue drained", || async {
+        (publish(&app, &id, 1).await.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+/// Two instances publish for one tenant as fast as they can: together they get what the rate and the burst
+/// allow over the time they tried, plus at most the chunk each instance may hold.
+#[tokio::test]
+async fn two_instances_share_one_tenants_rate() {
+    const RATE: u64 = 40;
+    const BURST: u64 = 40;
+    let first = TestApp::spawn().await;
+    let mut second = RunningApp::start(first.config.clone()).await.expect("a second instance");
+    let id = first.create_tenant_id("shared-rate").await;
+    let set = json!({ "publish_rate": RATE, "publish_burst": BURST });
+    assert_eq!(first.put_json(&limits_path(&id), &set).await.status(), StatusCode::OK);
+
+    let started = Instant::now();
+    let clients = [&*first, &second].into_iter().flat_map(|app| [app, app]).map(|app| {
+        let id = id.clone();
+        async move {
+            let mut accepted = 0;
+            while started.elapsed() < Duration::from_secs(3) {
+                match publish(app, &id, 1).await.status() {
+                    StatusCode::ACCEPTED => accepted += 1,
+                    StatusCode::TOO_MANY_REQUESTS => tokio::time::sleep(Duration::from_millis(5)).await,
+                    other => panic!("unexpected {other}"),
+                }
+            }
+            accepted
+        }
+    });
+    let accepted: u64 = futures_util::future::join_all(clients).await.into_iter().sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    // Each instance may hold one chunk (1/20 of a second of the rate, at least 1) beyond the bucket.
+    let most = BURST as f64 + RATE as f64 * elapsed + 2.0 * (RATE / 20).max(1) as f64;
+    assert!(accepted as f64 <= most, "{accepted} accepted in {elapsed:.2}s; at most {most:.0} allowed");
+    assert!(accepted > BURST, "the bucket refilled while they tried: {accepted}");
+    first.await_messages(&id, i64::try_from(accepted).expect("count")).await;
+    second.stop().await.expect("second instance stopped");
+    first.stop().await;
+}
+
+/// Two tenants compete for two write connections with full queues: the one with four times the workers gets
+/// about four times the writes, and the other keeps writing all along.
+#[tokio::test]
+async fn tenants_competing_for_the_database_get_shares_in_proportion_to_their_workers() {
+    const MESSAGES: usize = 2000;
+    let mut config = test_config();
+    config.database.write_connections = Some(2);
+    config.consumer.batch_size = 10;
+    let app = TestApp::spawn_with(config).await;
+    let mut tenants = Vec::new();
+    for (name, workers) in [("many", 8), ("few", 2)] {
+        let created = app.post_json("/tenants", &json!({ "name": name, "workers": workers })).await;
+        tenants.push(created.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned());
+    }
+    let broker = amqp().await;
+    let mut locks = Vec::new();
+    for id in &tenants {
+        await_consumer(&broker, id).await;
+        // Every write takes at least 10 ms, so the two connections are the bottleneck.
+        slow_down_inserts(&app.db, id, 0.01).await;
+        locks.push(lock_partition(&app.config.database.url, id).await);
+    }
+    for id in &tenants {
+        for _ in 0..MESSAGES / 1000 {
+            assert_eq!(publish(&app, id, 1000).await.status(), StatusCode::ACCEPTED);
+        }
+    }
+    for lock in locks {
+        release(lock).await;
+    }
+    // Both still have a backlog until one of them has written about half of its messages.
+    let (many, few) = eventually(Duration::from_secs(120), "a third of the messages written", || async {
+        let (many, few) = (app.message_count(&tenants[0]).await, app.message_count(&tenants[1]).await);
+        (many + few >= (MESSAGES as i64) * 2 / 3).then_some((many, few))
+    })
+    .await;
+    let share = many as f64 / (many + few) as f64;
+    assert!((0.65..=0.92).contains(&share), "8 against 2 workers should get about 80 %: {many} / {few}");
+    assert!(few >= 60, "the tenant with fewer workers kept writing: {many} / {few}");
+    app.stop().await;
+}
