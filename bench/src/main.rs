@@ -4,6 +4,7 @@
 mod amqp;
 mod db;
 mod env;
+mod latency;
 mod scale;
 mod service;
 mod stats;
@@ -16,13 +17,14 @@ use clap::Parser;
 use crate::{
     amqp::{Acks, ProducerSettings},
     db::DbSettings,
+    latency::LatencySettings,
     env::{Machine, Services},
     scale::ScaleSettings,
     service::{HttpSettings, PageSettings, Plan},
     stats::{Rounds, format_ms, format_rate, format_ratio, format_secs, ratio, thousands},
 };
 
-const SECTIONS: [&str; 7] = ["broker", "db", "naive", "amqp", "http", "pages", "scale"];
+const SECTIONS: [&str; 8] = ["broker", "db", "naive", "amqp", "http", "pages", "latency", "scale"];
 
 #[derive(Debug, Parser)]
 #[command(name = "tenantmq-bench", about = "Benchmarks tenantmq against raw RabbitMQ and PostgreSQL")]
@@ -70,6 +72,15 @@ struct Cli {
     /// Timed requests per page position.
     #[arg(long)]
     page_samples: Option<usize>,
+    /// Seconds each open-loop latency level (and the noisy neighbour's quiet tenant) publishes.
+    #[arg(long)]
+    latency_seconds: Option<u64>,
+    /// Messages the flooding tenant has queued in the noisy-neighbour part.
+    #[arg(long)]
+    flood: Option<u64>,
+    /// The quiet tenant's msg/s in the noisy-neighbour part.
+    #[arg(long, default_value_t = 200.0)]
+    quiet_rate: f64,
     /// Tenants of the scale run.
     #[arg(long)]
     scale_tenants: Option<usize>,
@@ -396,6 +407,21 @@ async fn run(cli: Cli) -> Result<()> {
             ));
         }
     }
+    if cli.wants("latency") {
+        eprintln!("service in process: latency…");
+        env::settle(&services).await?;
+        let settings = LatencySettings {
+            max_messages: messages,
+            idle_samples: if cli.quick { 50 } else { 500 },
+            level_duration: Duration::from_secs(cli.latency_seconds.unwrap_or(if cli.quick { 2 } else { 10 })),
+            tenants: cli.tenants,
+            payload_bytes: cli.payload_bytes,
+            flood: cli.flood.unwrap_or(if cli.quick { 5_000 } else { 100_000 }),
+            quiet_rate: cli.quiet_rate,
+        };
+        let (latencies, noisy) = latency::run(&services, settings).await?;
+        report_latency(&mut rows, &latencies, &noisy, &settings, defaults.max_workers.get());
+    }
     if cli.wants("scale") {
         let tenants = cli.scale_tenants.unwrap_or(if cli.quick { 50 } else { 1_000 });
         eprintln!("scale: {} tenants on the release binary…", thousands(tenants as u64));
@@ -449,6 +475,75 @@ async fn run(cli: Cli) -> Result<()> {
 
     print_table(&cli, &machine, &rows, started, &load_before);
     Ok(())
+}
+
+/// `p50 / p99 / p99.9` of the samples, in ms.
+fn percentiles(samples: &stats::Samples, tail: bool) -> String {
+    let p = |q| format_ms(samples.percentile(q).unwrap_or_default());
+    if tail { format!("{} / {} / {}", p(50.0), p(99.0), p(99.9)) } else { format!("{} / {}", p(50.0), p(99.0)) }
+}
+
+fn report_latency(
+    rows: &mut Vec<Row>,
+    latencies: &latency::Latencies,
+    noisy: &latency::NoisyNeighbour,
+    settings: &LatencySettings,
+    max_workers: u16,
+) {
+    let ms = |samples: &stats::Samples, q| samples.percentile(q).unwrap_or_default();
+    rows.push(row(
+        format!("latency: the maximum it is measured against (closed loop, {} messages)", thousands(settings.max_messages)),
+        format_rate(latencies.max_rate),
+        "msg/s",
+    ));
+    let mut idle = row(
+        format!("latency: publish → row, one message at a time, idle: p50 / p99 / p99.9 ({})", latencies.idle.len()),
+        percentiles(&latencies.idle, true),
+        "ms",
+    );
+    idle.target = check(ms(&latencies.idle, 50.0) <= Duration::from_millis(10), "p50 ≤ 10 ms");
+    rows.push(idle);
+    for (share, rate, samples) in &latencies.levels {
+        let mut level = row(
+            format!(
+                "latency at {:.0} % of the maximum ({} msg/s offered, open loop): p50 / p99 / p99.9",
+                share * 100.0,
+                format_rate(*rate)
+            ),
+            percentiles(samples, true),
+            "ms",
+        );
+        if (*share - 0.5).abs() < f64::EPSILON {
+            level.target = check(ms(samples, 99.0) <= Duration::from_millis(50), "p99 ≤ 50 ms");
+        }
+        rows.push(level);
+    }
+    let quiet = format_rate(settings.quiet_rate);
+    rows.push(row(
+        format!("noisy neighbour: the quiet tenant ({quiet} msg/s) alone: p50 / p99"),
+        percentiles(&noisy.quiet_alone, false),
+        "ms",
+    ));
+    let alone = ms(&noisy.quiet_alone, 99.0);
+    let during = ms(&noisy.quiet_during_flood, 99.0);
+    let mut flooded = row(
+        format!(
+            "noisy neighbour: the quiet tenant while one of {max_workers} workers drains {} queued: p50 / p99",
+            thousands(settings.flood)
+        ),
+        percentiles(&noisy.quiet_during_flood, false),
+        "ms",
+    );
+    flooded.target = check(during <= alone * 2 + Duration::from_millis(10), "p99 ≤ 2× alone + 10 ms");
+    rows.push(flooded);
+    let mut flood = row(
+        "noisy neighbour: the flooding tenant's drain, alone → with the quiet tenant",
+        format!("{} → {}", format_rate(noisy.flood_alone), format_rate(noisy.flood_with_quiet)),
+        "msg/s",
+    );
+    let share = ratio(noisy.flood_with_quiet, noisy.flood_alone);
+    flood.target = check(share.is_some_and(|r| r >= 0.8), &format!("≥ 80 % ({})", format_ratio(share)));
+    rows.push(flood);
 }
 
 fn print_table(cli: &Cli, machine: &Machine, rows: &[Row], started: chrono::DateTime<chrono::Utc>, load_before: &str) {

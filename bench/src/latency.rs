@@ -1,0 +1,316 @@
+//! Latency from publish to row: one message at a time on an idle service, under open-loop load at shares of the
+//! measured maximum, and for a quiet tenant while another floods (the noisy neighbour).
+//!
+//! Each message carries the time it was published (`sent_us`, microseconds since the epoch, taken just before
+//! the publish); its row's `created_at` is the start of the worker's insert transaction, on the same machine's
+//! clock. The commit follows within the insert's own duration (`tenantmq_persist_duration_seconds`, about a
+//! millisecond here), which these figures leave out.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use serde_json::json;
+use tenantmq::domain::tenant::TenantId;
+use tenantmq_testkit::RunningApp;
+use tokio::{sync::mpsc, time::Instant};
+use uuid::Uuid;
+
+use crate::{
+    amqp::{self, ProducerSettings},
+    env::{self, Services},
+    stats::{self, Samples},
+};
+
+#[derive(Debug, Clone, Copy)]
+pub struct LatencySettings {
+    /// Messages of the closed-loop run that finds the maximum.
+    pub max_messages: u64,
+    /// Single messages timed on the idle service.
+    pub idle_samples: usize,
+    /// How long each open-loop level runs.
+    pub level_duration: Duration,
+    pub tenants: usize,
+    pub payload_bytes: usize,
+    /// Messages the flooding tenant has queued.
+    pub flood: u64,
+    /// The quiet tenant's publish rate during the flood.
+    pub quiet_rate: f64,
+}
+
+/// Shares of the maximum the open-loop levels run at.
+pub const LEVELS: [f64; 3] = [0.1, 0.5, 0.9];
+
+pub struct Latencies {
+    /// End-to-end msg/s of the closed-loop run the levels are shares of.
+    pub max_rate: f64,
+    pub idle: Samples,
+    /// `(share of the maximum, offered msg/s, samples)`.
+    pub levels: Vec<(f64, f64, Samples)>,
+}
+
+pub struct NoisyNeighbour {
+    pub quiet_alone: Samples,
+    pub quiet_during_flood: Samples,
+    /// The flooding tenant's msg/s draining its queue alone, and while the quiet one publishes.
+    pub flood_alone: f64,
+    pub flood_with_quiet: f64,
+}
+
+/// Runs the latency parts on a service of their own.
+pub async fn run(services: &Services, settings: LatencySettings) -> Result<(Latencies, NoisyNeighbour)> {
+    let database = services.database("latency").await?;
+    let mut app = RunningApp::start(services.service_config(&database)).await?;
+    let result = async {
+        let connection = services.amqp().await?;
+        let latencies = levels(&app, services, &connection, settings).await?;
+        let noisy = noisy_neighbour(&app, services, &connection, settings).await?;
+        let _ = connection.close(200, "done".into()).await;
+        Ok::<_, anyhow::Error>((latencies, noisy))
+    }
+    .await;
+    let stopped = app.stop().await;
+    let removed = database.remove().await;
+    let result = result?;
+    stopped?;
+    removed?;
+    Ok(result)
+}
+
+async fn levels(
+    app: &RunningApp,
+    services: &Services,
+    connection: &Connection,
+    settings: LatencySettings,
+) -> Result<Latencies> {
+    let tenants = env::create_tenants(app, "latency", settings.tenants).await?;
+    env::await_consumers(connection, &tenants, Duration::from_secs(60)).await?;
+
+    eprintln!("latency: the maximum, {} messages closed-loop…", stats::thousands(settings.max_messages));
+    let producer = ProducerSettings {
+        messages: settings.max_messages,
+        publishers: 8,
+        window: 500,
+        payload_bytes: settings.payload_bytes,
+    };
+    let started = Instant::now();
+    let expected = i64::try_from(settings.max_messages)?;
+    let (produced, rows) = tokio::join!(
+        amqp::produce(connection, &tenants, producer),
+        env::await_rows(&app.db, Some(&tenants), expected, Duration::from_secs(1800))
+    );
+    produced?;
+    let max_rate = stats::rate(settings.max_messages, rows?.duration_since(started));
+
+    eprintln!("latency: {} single messages on the idle service…", settings.idle_samples);
+    let channel = confirm_channel(connection).await?;
+    let mut idle = Samples::new();
+    for n in 0..settings.idle_samples {
+        let tenant = tenants[n % tenants.len()];
+        let id = Uuid::now_v7();
+        let published = publish(&channel, tenant, id, "idle", settings.payload_bytes).await?;
+        published.await?;
+        idle.push(await_row(app, tenant, id).await?);
+    }
+
+    let mut measured = Vec::new();
+    for share in LEVELS {
+        let rate = max_rate * share;
+        eprintln!("latency: open loop at {:.0} % of the maximum ({rate:.0} msg/s)…", share * 100.0);
+        env::settle(services).await?;
+        let phase = format!("level{}", (share * 100.0) as u32);
+        let sent = open_loop(connection, &tenants, rate, settings.level_duration, &phase, settings.payload_bytes).await?;
+        measured.push((share, rate, collect(app, &tenants, &phase, sent).await?));
+    }
+    Ok(Latencies { max_rate, idle, levels: measured })
+}
+
+/// Tenant A, with the most workers, drains a queue of `flood` messages; B publishes at `quiet_rate` alone, then
+/// during A's flood.
+async fn noisy_neighbour(
+    app: &RunningApp,
+    services: &Services,
+    connection: &Connection,
+    settings: LatencySettings,
+) -> Result<NoisyNeighbour> {
+    let max_workers = app.config.max_workers.get();
+    let flood = create(app, "flood", max_workers).await?;
+    let quiet = create(app, "quiet", app.config.workers.get()).await?;
+    env::await_consumers(connection, &[flood, quiet], Duration::from_secs(60)).await?;
+    let duration = settings.level_duration;
+
+    eprintln!("noisy neighbour: the quiet tenant alone at {} msg/s…", settings.quiet_rate);
+    let sent = open_loop(connection, &[quiet], settings.quiet_rate, duration, "alone", settings.payload_bytes).await?;
+    let quiet_alone = collect(app, &[quiet], "alone", sent).await?;
+
+    eprintln!("noisy neighbour: {} messages queued for the flooding tenant, drained alone…", settings.flood);
+    let (flood_alone, _) = drain(app, services, connection, flood, settings, 1, None).await?;
+    eprintln!("noisy neighbour: and again while the quiet tenant publishes…");
+    let (flood_with_quiet, sent) = drain(app, services, connection, flood, settings, 2, Some(quiet)).await?;
+    let quiet_during_flood = collect(app, &[quiet], "flood", sent).await?;
+    Ok(NoisyNeighbour { quiet_alone, quiet_during_flood, flood_alone, flood_with_quiet })
+}
+
+/// Queues `flood` messages for the tenant while its partition is locked (its workers wait), then lets them
+/// go and times the drain; `quiet` publishes meanwhile. Returns the drain's msg/s and what `quiet` sent.
+async fn drain(
+    app: &RunningApp,
+    services: &Services,
+    connection: &Connection,
+    tenant: TenantId,
+    settings: LatencySettings,
+    round: i64,
+    quiet: Option<TenantId>,
+) -> Result<(f64, u64)> {
+    env::settle(services).await?;
+    let lock = sea_orm::Database::connect(&app.config.database.url).await?;
+    let held = lock.begin().await?;
+    held.execute_unprepared(&format!("LOCK TABLE {} IN SHARE MODE", tenant.partition_name())).await?;
+    let producer =
+        ProducerSettings { messages: settings.flood, publishers: 8, window: 500, payload_bytes: settings.payload_bytes };
+    amqp::produce(connection, &[tenant], producer).await?;
+    let expected = i64::try_from(settings.flood)? * round;
+    let started = Instant::now();
+    let quiet_publisher = quiet.map(|quiet| {
+        let connection = services.clone();
+        async move {
+            let connection = connection.amqp().await?;
+            // Until the drain is surely over: the rows counted are those of the drain's span.
+            open_loop(&connection, &[quiet], settings.quiet_rate, settings.level_duration, "flood", settings.payload_bytes)
+                .await
+        }
+    });
+    held.commit().await?;
+    let quiet_sent = async {
+        match quiet_publisher {
+            Some(publisher) => publisher.await.map(Some),
+            None => Ok(None),
+        }
+    };
+    let flooding = [tenant];
+    let (rows, sent) =
+        tokio::join!(env::await_rows(&app.db, Some(&flooding), expected, Duration::from_secs(1800)), quiet_sent);
+    let rate = stats::rate(settings.flood, rows?.duration_since(started));
+    lock.close().await?;
+    Ok((rate, sent?.unwrap_or(0)))
+}
+
+async fn create(app: &RunningApp, name: &str, workers: u16) -> Result<TenantId> {
+    let body = json!({ "name": name, "workers": workers });
+    let tenant = tenantmq_testkit::create_tenant(&app.client, &app.base_url, &body).await?;
+    tenant["id"].as_str().and_then(|id| id.parse().ok()).context("the tenant's id")
+}
+
+async fn confirm_channel(connection: &Connection) -> Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Publishes one message stamped with the time it is sent; the confirm is the returned future's.
+async fn publish(
+    channel: &Channel,
+    tenant: TenantId,
+    id: Uuid,
+    phase: &str,
+    payload_bytes: usize,
+) -> Result<lapin::PublisherConfirm> {
+    let sent_us = SystemTime::now().duration_since(UNIX_EPOCH)?.as_micros();
+    let head = format!(r#"{{"sent_us":{sent_us},"phase":"{phase}","pad":""#);
+    let body = format!("{head}{}\"}}", "x".repeat(payload_bytes.saturating_sub(head.len() + 2)));
+    let properties = BasicProperties::default().with_message_id(id.to_string().into()).with_delivery_mode(2);
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    let queue = tenant.queue_name();
+    Ok(channel.basic_publish("".into(), queue.as_str().into(), options, body.as_bytes(), properties).await?)
+}
+
+/// Publishes at `rate` msg/s for `duration` whatever the service does (open loop), round-robin over the
+/// tenants; returns how many it sent, all confirmed.
+async fn open_loop(
+    connection: &Connection,
+    tenants: &[TenantId],
+    rate: f64,
+    duration: Duration,
+    phase: &str,
+    payload_bytes: usize,
+) -> Result<u64> {
+    let channel = confirm_channel(connection).await?;
+    let (confirms, mut confirmed) = mpsc::unbounded_channel();
+    let checker = tokio::spawn(async move {
+        while let Some(confirm) = confirmed.recv().await {
+            let confirm: lapin::PublisherConfirm = confirm;
+            match confirm.await? {
+                Confirmation::Ack(None) => {}
+                other => anyhow::bail!("publish not confirmed: {other:?}"),
+            }
+        }
+        Ok(())
+    });
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    let mut sent: u64 = 0;
+    while started.elapsed() < duration {
+        ticker.tick().await;
+        let due = (started.elapsed().as_secs_f64() * rate) as u64;
+        while sent < due {
+            let tenant = tenants[(sent % tenants.len() as u64) as usize];
+            let confirm = publish(&channel, tenant, Uuid::now_v7(), phase, payload_bytes).await?;
+            confirms.send(confirm).ok().context("the confirm checker stopped")?;
+            sent += 1;
+        }
+    }
+    drop(confirms);
+    checker.await??;
+    let _ = channel.close(200, "done".into()).await;
+    Ok(sent)
+}
+
+/// Waits for the row of message `id` and returns its latency.
+async fn await_row(app: &RunningApp, tenant: TenantId, id: Uuid) -> Result<Duration> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let sql = format!(
+            "SELECT (extract(epoch FROM created_at) * 1000000)::bigint - (payload->>'sent_us')::bigint \
+             FROM messages WHERE tenant_id = '{}' AND id = '{id}'",
+            tenant.as_uuid()
+        );
+        if let Some(row) = app.db.query_one_raw(statement(sql)).await? {
+            return Ok(micros(row.try_get_by_index(0)?));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "message {id} has no row after 30 s");
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+/// Waits for the `sent` rows of the phase and returns their latencies.
+async fn collect(app: &RunningApp, tenants: &[TenantId], phase: &str, sent: u64) -> Result<Samples> {
+    let ids: Vec<String> = tenants.iter().map(|t| format!("'{}'", t.as_uuid())).collect();
+    let filter = format!("FROM messages WHERE tenant_id IN ({}) AND payload->>'phase' = '{phase}'", ids.join(","));
+    let expected = i64::try_from(sent)?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while tenantmq_testkit::scalar_i64(&app.db, &format!("SELECT count(*) {filter}")).await? < expected {
+        anyhow::ensure!(Instant::now() < deadline, "the {phase} messages did not all arrive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sql = format!(
+        "SELECT (extract(epoch FROM created_at) * 1000000)::bigint - (payload->>'sent_us')::bigint AS latency {filter}"
+    );
+    let mut samples = Samples::new();
+    for row in app.db.query_all_raw(statement(sql)).await? {
+        samples.push(micros(row.try_get_by_index(0)?));
+    }
+    Ok(samples)
+}
+
+fn statement(sql: String) -> sea_orm::Statement {
+    sea_orm::Statement::from_string(sea_orm::DbBackend::Postgres, sql)
+}
+
+/// A latency in microseconds; a negative one (clock steps) counts as zero.
+fn micros(value: i64) -> Duration {
+    Duration::from_micros(u64::try_from(value).unwrap_or(0))
+}
