@@ -161,6 +161,39 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Most client connections open at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// What this instance does: everything, only the HTTP API, or only the consumers.
+    pub role: ServerRole,
+}
+
+/// The part of the service an instance runs (`serve --role`, `server.role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// The HTTP API and the consumers.
+    All,
+    /// The HTTP API; no consumers, no reconciler.
+    Api,
+    /// The reconciler and the consumers; HTTP only for the probes and `/metrics`.
+    Worker,
+}
+
+impl ServerRole {
+    pub fn serves_api(self) -> bool {
+        self != Self::Worker
+    }
+
+    pub fn runs_consumers(self) -> bool {
+        self != Self::Api
+    }
+}
+
+impl std::str::FromStr for ServerRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::from(text))
+            .map_err(|_| format!("`{text}`: expected all, api or worker"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -346,6 +379,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            role: ServerRole::All,
         }
     }
 }

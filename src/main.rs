@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tenantmq::{
     Application,
     auth::{self, Role},
-    config::{Config, ServerConfig},
+    config::{Config, ServerConfig, ServerRole},
     domain::{
         audit::{ChainCheck, ChainedEvent, Intact},
         tenant::TenantId,
@@ -38,7 +38,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the service.
-    Serve,
+    Serve {
+        /// What this instance runs: `all` (the default), `api` (the HTTP API, no consumers) or `worker` (the
+        /// consumers; HTTP only for /healthz, /readyz and /metrics). Wins over `server.role`.
+        #[arg(long, value_name = "all|api|worker")]
+        role: Option<ServerRole>,
+    },
     /// Apply, roll back or list schema migrations.
     Migrate {
         #[arg(value_enum, default_value = "up")]
@@ -204,7 +209,11 @@ fn with_runtime(command: Command, config: Config) -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve => serve(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve { role } => {
+            let mut config = config;
+            config.server.role = role.unwrap_or(config.server.role);
+            serve(config).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Migrate { action } => migrate(config, action).await.map(|()| ExitCode::SUCCESS),
         Command::Replay { check: true } => {
             let db = database::connect(&config.database).await.context("connecting to the database")?;
