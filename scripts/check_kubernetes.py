@@ -50,14 +50,7 @@ def check_shape(where: str, value, required: set[str], allowed: set[str]) -> Non
         fail(where, f"`{key}` is not a field here")
 
 
-def check_pod_monitor(where: str, resource: dict) -> None:
-    spec = resource.get("spec")
-    check_shape(
-        f"{where} spec",
-        spec,
-        {"selector", "podMetricsEndpoints"},
-        {"namespaceSelector", "jobLabel", "podTargetLabels", "sampleLimit"},
-    )
+def check_pod_monitor(where: str, spec: dict) -> None:
     if not dig(spec, "selector", "matchLabels"):
         fail(where, "spec.selector.matchLabels must pick the pods")
     endpoints = dig(spec, "podMetricsEndpoints") or []
@@ -76,22 +69,7 @@ def check_pod_monitor(where: str, resource: dict) -> None:
             check_shape(f"{where} authorization.credentials", dig(authorization, "credentials"), {"name", "key"}, set())
 
 
-def check_scaled_object(where: str, resource: dict) -> None:
-    spec = resource.get("spec")
-    check_shape(
-        f"{where} spec",
-        spec,
-        {"scaleTargetRef", "triggers"},
-        {
-            "minReplicaCount",
-            "maxReplicaCount",
-            "pollingInterval",
-            "cooldownPeriod",
-            "idleReplicaCount",
-            "fallback",
-            "advanced",
-        },
-    )
+def check_scaled_object(where: str, spec: dict) -> None:
     check_shape(f"{where} scaleTargetRef", dig(spec, "scaleTargetRef"), {"name"}, {"apiVersion", "kind"})
     low, high = dig(spec, "minReplicaCount"), dig(spec, "maxReplicaCount")
     if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high):
@@ -119,9 +97,26 @@ def check_scaled_object(where: str, resource: dict) -> None:
                     fail(where, f"triggers[{index}].metadata.{key} must be a number in quotes")
 
 
+# Per custom resource: the fields its spec must have, those it may have besides, and the check of the rest.
 CUSTOM = {
-    ("monitoring.coreos.com/v1", "PodMonitor"): check_pod_monitor,
-    ("keda.sh/v1alpha1", "ScaledObject"): check_scaled_object,
+    ("monitoring.coreos.com/v1", "PodMonitor"): (
+        {"selector", "podMetricsEndpoints"},
+        {"namespaceSelector", "jobLabel", "podTargetLabels", "sampleLimit"},
+        check_pod_monitor,
+    ),
+    ("keda.sh/v1alpha1", "ScaledObject"): (
+        {"scaleTargetRef", "triggers"},
+        {
+            "minReplicaCount",
+            "maxReplicaCount",
+            "pollingInterval",
+            "cooldownPeriod",
+            "idleReplicaCount",
+            "fallback",
+            "advanced",
+        },
+        check_scaled_object,
+    ),
 }
 
 
@@ -240,9 +235,11 @@ def main() -> int:
             resources.append((where, resource))
             custom = CUSTOM.get((resource.get("apiVersion"), resource.get("kind")))
             if custom:
+                required, allowed, check = custom
                 if not dig(resource, "metadata", "name"):
                     fail(where, "metadata.name is required")
-                custom(where, resource)
+                check_shape(f"{where} spec", resource.get("spec"), required, allowed)
+                check(where, resource.get("spec") or {})
                 print(f"{where}: required fields present (custom resource, no bundled schema)")
                 continue
             try:
