@@ -2,6 +2,7 @@
 //! environment variables (`__` separates nesting levels).
 
 use std::{
+    collections::BTreeSet,
     fmt,
     num::NonZeroU16,
     path::{Path, PathBuf},
@@ -35,7 +36,7 @@ pub enum JwtAlgorithm {
 }
 
 #[derive(Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Turning authentication off makes every request an admin; only by explicit configuration.
     pub enabled: bool,
@@ -115,7 +116,7 @@ impl AuthConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
     pub database: DatabaseConfig,
@@ -147,7 +148,7 @@ pub struct Config {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     pub host: String,
     /// 0 picks a free port (tests use it).
@@ -161,10 +162,43 @@ pub struct ServerConfig {
     pub idle_timeout: Duration,
     /// Most client connections open at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// What this instance does: everything, only the HTTP API, or only the consumers.
+    pub role: ServerRole,
+}
+
+/// The part of the service an instance runs (`serve --role`, `server.role`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerRole {
+    /// The HTTP API and the consumers.
+    All,
+    /// The HTTP API; no consumers, no reconciler.
+    Api,
+    /// The reconciler and the consumers; HTTP only for the probes and `/metrics`.
+    Worker,
+}
+
+impl ServerRole {
+    pub fn serves_api(self) -> bool {
+        self != Self::Worker
+    }
+
+    pub fn runs_consumers(self) -> bool {
+        self != Self::Api
+    }
+}
+
+impl std::str::FromStr for ServerRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        serde_json::from_value(serde_json::Value::from(text))
+            .map_err(|_| format!("`{text}`: expected all, api or worker"))
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
     /// Create the database named in `url` when it does not exist.
@@ -193,7 +227,7 @@ pub enum QueueType {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RabbitMqConfig {
     pub url: String,
     /// Type of the tenant queues (`classic` or `quorum`). Fixed when a queue is first declared.
@@ -206,7 +240,7 @@ pub struct RabbitMqConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ConsumerConfig {
     /// Most messages a worker writes in one transaction.
     pub batch_size: u16,
@@ -232,7 +266,7 @@ pub struct ConsumerConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProjectorConfig {
     /// Projectors are woken by NOTIFY on append; this poll is the safety net for a lost notification.
     #[serde(with = "humantime_serde")]
@@ -254,13 +288,13 @@ pub enum OnTenantDelete {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PartitionConfig {
     pub on_tenant_delete: OnTenantDelete,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReadConfig {
     /// Most payload bytes in one page of `GET /messages`; a page that reaches it ends early, with a cursor.
     pub max_page_bytes: usize,
@@ -287,7 +321,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
     /// A `tracing` filter directive; `RUST_LOG` wins when set.
@@ -295,7 +329,7 @@ pub struct LogConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// How often the depth of every tenant's queues is read from the broker (a passive declare per queue).
     #[serde(with = "humantime_serde")]
@@ -310,7 +344,7 @@ pub struct MetricsConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct TelemetryConfig {
     /// Base URL of an OTLP/HTTP collector (e.g. `http://otel-collector:4318`); spans go to `<url>/v1/traces`.
     /// None exports nothing. Plain `http://` only: the exporter has no TLS client.
@@ -345,6 +379,17 @@ impl Default for Config {
     }
 }
 
+impl ServerConfig {
+    /// The `server` section alone, from the same layers: what `tenantmq healthcheck` needs, so that a probe
+    /// works where the rest (say, a JWT secret in a file the probe is not given) is out of its sight.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Config::layers(file)?.focus("server").extract().map_err(|error| {
+            let error = ConfigError::from(error);
+            ConfigError { key: format!("server.{}", error.key), ..error }
+        })
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
@@ -353,6 +398,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            role: ServerRole::All,
         }
     }
 }
@@ -479,8 +525,12 @@ impl ConfigError {
 
 impl From<figment::Error> for ConfigError {
     fn from(error: figment::Error) -> Self {
+        // The path of an unknown key ends with that key.
         let key = if error.path.is_empty() { "<root>".to_owned() } else { error.path.join(".") };
-        let mut message = error.kind.to_string();
+        let mut message = match &error.kind {
+            figment::error::Kind::UnknownField(..) => "is not a configuration key".to_owned(),
+            kind => kind.to_string(),
+        };
         if let Some(source) = error.metadata.as_ref() {
             message.push_str(&format!(" (from {}", source.name));
             if let Some(src) = &source.source {
@@ -492,9 +542,81 @@ impl From<figment::Error> for ConfigError {
     }
 }
 
+/// Variables with the prefix (written here without it) that are not configuration: the project's tests,
+/// benchmarks, scripts and client examples read them, and they may share an environment with the service.
+const TOOL_VARIABLES: [&str; 5] = ["URL", "TOKEN", "BIN", "PYTHON_TOOLS", "SERVICE_PORT"];
+const TOOL_PREFIXES: [&str; 2] = ["TEST_", "BENCH_"];
+
+/// Whether a variable, its prefix removed, is one of the tools' rather than a configuration key.
+fn is_tool_variable(unprefixed: &str) -> bool {
+    let name = unprefixed.trim().to_ascii_uppercase();
+    TOOL_VARIABLES.contains(&name.as_str()) || TOOL_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+}
+
+/// Every key the configuration has, sections and leaves, dotted (`server`, `server.port`).
+fn known_keys() -> BTreeSet<String> {
+    fn walk(value: &serde_json::Value, prefix: &str, keys: &mut BTreeSet<String>) {
+        for (name, child) in value.as_object().into_iter().flatten() {
+            let key = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+            walk(child, &key, keys);
+            keys.insert(key);
+        }
+    }
+    let mut keys = BTreeSet::new();
+    walk(&serde_json::to_value(Config::default()).unwrap_or_default(), "", &mut keys);
+    keys
+}
+
+/// The environment variable that sets `key`.
+fn variable_of(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.replace('.', "__").to_ascii_uppercase())
+}
+
+/// Refuses a `TENANTMQ_…` variable that names no key: figment would ignore it and the default would be used
+/// silently (`TENANTMQ_DATABASE_URL`, with one underscore, left the service on 127.0.0.1).
+fn check_environment(names: impl IntoIterator<Item = String>, known: &BTreeSet<String>) -> Result<(), ConfigError> {
+    for name in names {
+        let name = name.trim();
+        // Matched without regard to case, as figment does.
+        let Some(unprefixed) = name
+            .get(ENV_PREFIX.len()..)
+            .filter(|_| name.get(..ENV_PREFIX.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(ENV_PREFIX)))
+        else {
+            continue;
+        };
+        if is_tool_variable(unprefixed) {
+            continue;
+        }
+        let key = unprefixed.to_ascii_lowercase().replace("__", ".");
+        if !known.contains(&key) {
+            let hint = likely_key(&key, known)
+                .map(|meant| format!("; did you mean `{}` ({meant})?", variable_of(meant)))
+                .unwrap_or_default();
+            return Err(ConfigError::new(name, format!("sets no configuration key{hint}")));
+        }
+    }
+    Ok(())
+}
+
+/// The one key a mistyped one probably meant: the same words with other separators (`database_url` for
+/// `database.url`), or the last part of a key without its section (`jwt_secret` for `auth.jwt_secret`).
+fn likely_key<'a>(key: &str, known: &'a BTreeSet<String>) -> Option<&'a str> {
+    let squashed = |k: &str| k.replace(['.', '_'], "");
+    let only = |mut candidates: Vec<&'a String>| (candidates.len() == 1).then(|| candidates.remove(0).as_str());
+    only(known.iter().filter(|k| squashed(k) == squashed(key)).collect())
+        .or_else(|| only(known.iter().filter(|k| k.rsplit_once('.').is_some_and(|(_, last)| last == key)).collect()))
+}
+
 impl Config {
-    /// Loads the layers in order; `file` is the `--config` argument, which must exist when given.
+    /// Loads the layers in order; `file` is the `--config` argument, which must exist when given. Keys that
+    /// do not exist, in a file or as `TENANTMQ_…` variables, are refused.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        check_environment(std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned()), &known_keys())?;
+        Self::from_figment(Self::layers(file)?)
+    }
+
+    /// Defaults < `config/default.yaml` < `file` < environment.
+    fn layers(file: Option<&Path>) -> Result<Figment, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default())).merge(Yaml::file(DEFAULT_CONFIG_FILE));
         if let Some(file) = file {
             if !file.is_file() {
@@ -502,7 +624,8 @@ impl Config {
             }
             figment = figment.merge(Yaml::file_exact(file));
         }
-        Self::from_figment(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+        let environment = Env::prefixed(ENV_PREFIX).filter(|unprefixed| !is_tool_variable(unprefixed.as_str()));
+        Ok(figment.merge(environment.split("__")))
     }
 
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
@@ -739,6 +862,45 @@ mod tests {
         }
         config.auth.jwt_secret = Some("a real secret of at least thirty-two bytes".into());
         assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn every_section_refuses_a_key_it_does_not_have() {
+        let known = known_keys();
+        let sections = known.iter().filter(|key| known.iter().any(|k| k.starts_with(&format!("{key}."))));
+        for path in std::iter::once("").chain(sections.map(String::as_str)) {
+            let key = if path.is_empty() { "no_such_key".to_owned() } else { format!("{path}.no_such_key") };
+            let figment = Figment::from(Serialized::defaults(Config::default())).merge(Serialized::default(&key, 1));
+            let error = Config::from_figment(figment).expect_err(&key);
+            assert_eq!(error.key, key);
+            assert!(error.message.starts_with("is not a configuration key"), "{error}");
+        }
+    }
+
+    #[test]
+    fn environment_variables_must_set_a_key_unless_they_are_the_tools() {
+        let check = |name: &str| check_environment([name.to_owned()], &known_keys()).map_err(|e| e.to_string());
+        for fine in [
+            "TENANTMQ_SERVER__PORT",
+            "tenantmq_server__host",
+            "TENANTMQ_SERVER",
+            "TENANTMQ_TEST_DATABASE_URL",
+            "TENANTMQ_BENCH_AMQP",
+            "TENANTMQ_URL",
+            "TENANTMQ_TOKEN",
+            "PATH",
+        ] {
+            assert_eq!(check(fine), Ok(()), "{fine}");
+        }
+        for (wrong, hint) in [
+            ("TENANTMQ_DATABASE_URL", "did you mean `TENANTMQ_DATABASE__URL` (database.url)?"),
+            ("TENANTMQ_JWT_SECRET", "did you mean `TENANTMQ_AUTH__JWT_SECRET` (auth.jwt_secret)?"),
+            ("TENANTMQ_SERVER__PROT", "sets no configuration key"),
+            ("TENANTMQ_SERVER____PORT", "did you mean `TENANTMQ_SERVER__PORT` (server.port)?"),
+        ] {
+            let error = check(wrong).expect_err(wrong);
+            assert!(error.contains(&format!("`{wrong}`")) && error.ends_with(hint), "{error}");
+        }
     }
 
     fn with_waits(wait_ms: u64, max_wait_ms: Option<u64>) -> Config {

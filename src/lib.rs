@@ -175,8 +175,8 @@ impl Application {
             background,
             shutdown,
         } = self;
-        tracing::info!(%address, "serving");
-        let routes = api::routes(state);
+        tracing::info!(%address, role = ?config.server.role, "serving");
+        let routes = api::routes(state, config.server.role);
         let requested = Arc::new(OnceCell::new());
         let signal = {
             let requested = requested.clone();

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tenantmq::{
     Application,
     auth::{self, Role},
-    config::Config,
+    config::{Config, ServerConfig, ServerRole},
     domain::{
         audit::{ChainCheck, ChainedEvent, Intact},
         tenant::TenantId,
@@ -38,7 +38,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the service.
-    Serve,
+    Serve {
+        /// What this instance runs: `all` (the default), `api` (the HTTP API, no consumers) or `worker` (the
+        /// consumers; HTTP only for /healthz, /readyz and /metrics). Wins over `server.role`.
+        #[arg(long, value_name = "all|api|worker")]
+        role: Option<ServerRole>,
+    },
     /// Apply, roll back or list schema migrations.
     Migrate {
         #[arg(value_enum, default_value = "up")]
@@ -99,6 +104,7 @@ enum Command {
         output: Option<PathBuf>,
     },
     /// Exit 0 if the service on this host answers 200 on a probe (the container healthcheck: no curl needed).
+    /// Reads only the `server` settings, so it needs neither the secrets nor the rest of the configuration.
     Healthcheck {
         /// The path to ask, on `server.port`.
         #[arg(long, default_value = "/readyz")]
@@ -126,6 +132,9 @@ fn main() -> ExitCode {
     if let Command::Verify { file: Some(file), .. } = &cli.command {
         return verify_file(file);
     }
+    if let Command::Healthcheck { path } = &cli.command {
+        return healthcheck(cli.config.as_deref(), path);
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -152,9 +161,6 @@ fn without_runtime(command: &Command, config: &Config) -> Option<ExitCode> {
                 None => Role::Admin,
             };
             (auth::mint(&config.auth, sub, role, *ttl).map_err(|e| e.to_string()), ExitCode::from(CONFIG_ERROR))
-        }
-        Command::Healthcheck { path } => {
-            (probe(config, path).map(|()| String::new()).map_err(|e| format!("{path}: {e}")), ExitCode::FAILURE)
         }
         _ => return None,
     };
@@ -203,7 +209,11 @@ fn with_runtime(command: Command, config: Config) -> ExitCode {
 
 async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve => serve(config).await.map(|()| ExitCode::SUCCESS),
+        Command::Serve { role } => {
+            let mut config = config;
+            config.server.role = role.unwrap_or(config.server.role);
+            serve(config).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Migrate { action } => migrate(config, action).await.map(|()| ExitCode::SUCCESS),
         Command::Replay { check: true } => {
             let db = database::connect(&config.database).await.context("connecting to the database")?;
@@ -352,20 +362,38 @@ async fn migrate(config: Config, action: MigrateAction) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tenantmq healthcheck`: 0 when the probe answers 200, 1 when not, 2 when the `server` settings are bad.
+fn healthcheck(file: Option<&Path>, path: &str) -> ExitCode {
+    let server = match ServerConfig::load(file) {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("tenantmq: {error}");
+            return ExitCode::from(CONFIG_ERROR);
+        }
+    };
+    match probe(&server, path) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tenantmq: {path}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Sends `GET path` to the configured port (on loopback when the service listens on every address) and
 /// expects status 200 within a few seconds. Plain HTTP/1.0 over a socket: the probe needs no HTTP client.
-fn probe(config: &Config, path: &str) -> Result<(), String> {
+fn probe(server: &ServerConfig, path: &str) -> Result<(), String> {
     use std::{
         io::{Read, Write},
         net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
         time::Duration,
     };
     const TIMEOUT: Duration = Duration::from_secs(3);
-    let host = match config.server.host.parse::<IpAddr>() {
+    let host = match server.host.parse::<IpAddr>() {
         Ok(ip) if !ip.is_unspecified() => ip,
         _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
-    let address = SocketAddr::new(host, config.server.port);
+    let address = SocketAddr::new(host, server.port);
     let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(|e| format!("{address}: {e}"))?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;

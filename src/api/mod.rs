@@ -23,6 +23,7 @@ use std::sync::Arc;
 use crate::{
     app::App,
     auth::{AuthError, Authenticator},
+    config::ServerRole,
     metrics::Metrics,
 };
 use poem::{Endpoint, EndpointExt, Route, handler, web::Data};
@@ -74,15 +75,17 @@ pub fn service() -> OpenApiService<Apis, ()> {
     .description("Event-sourced multi-tenant messaging on RabbitMQ and PostgreSQL.")
 }
 
-/// The whole HTTP surface: the API, Swagger UI at `/docs`, the document at `/openapi.json`.
-pub fn routes(state: AppState) -> impl Endpoint {
-    let api = service();
+/// The HTTP surface of `role`: the API, Swagger UI at `/docs` and the document at `/openapi.json`, or on a
+/// worker only the probes; `/metrics` on every role.
+pub fn routes(state: AppState, role: ServerRole) -> impl Endpoint {
     let limits = state.limits;
-    Route::new()
-        .at("/docs", poem::get(swagger_ui))
-        .at("/openapi.json", poem::get(openapi_json))
-        .at("/metrics", poem::get(metrics))
-        .nest("/", api)
+    let routes = Route::new().at("/metrics", poem::get(metrics));
+    let routes = if role.serves_api() {
+        routes.at("/docs", poem::get(swagger_ui)).at("/openapi.json", poem::get(openapi_json)).nest("/", service())
+    } else {
+        routes.nest("/", OpenApiService::new(HealthApi, "tenantmq", env!("CARGO_PKG_VERSION")))
+    };
+    routes
         .around(instrumentation::middleware)
         .catch_all_error(problem::into_problem)
         .around(request_context::middleware)

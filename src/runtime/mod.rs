@@ -32,8 +32,10 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Spawns the broker supervisor and the queue depth poller into `background` (they must outlive the
-    /// consumers) and the reconciler into `consumers` (stopped first on shutdown, through `stop_consumers`).
+    /// Spawns the broker supervisor into `background` (it must outlive the consumers) and, where the role
+    /// runs consumers (`server.role`), the queue depth poller into `background` and the reconciler into
+    /// `consumers` (stopped first on shutdown, through `stop_consumers`). An `api` instance keeps the broker
+    /// connection for publishing and an empty registry.
     pub fn spawn(
         config: &Config,
         db: &DatabaseConnection,
@@ -54,6 +56,9 @@ impl Runtime {
             supervisor.supervise(stop).await;
             "broker connection"
         });
+        if !config.server.role.runs_consumers() {
+            return Self { broker, registry };
+        }
         let (poller, connection, stop) = (registry.clone(), broker.clone(), cancel.clone());
         let interval = config.metrics.queue_poll_interval;
         tasks.spawn(async move {

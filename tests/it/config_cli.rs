@@ -59,6 +59,10 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
     let bad_file = bad_file.to_str().expect("utf-8 path").to_owned();
     let zero = temp_file("workers: 0\n");
     let zero = zero.to_str().expect("utf-8 path").to_owned();
+    let typo = temp_file("server:\n  prot: 9000\n");
+    let typo = typo.to_str().expect("utf-8 path").to_owned();
+    let stray = temp_file("jwt_secret: a-secret-written-at-the-wrong-level-0123\n");
+    let stray = stray.to_str().expect("utf-8 path").to_owned();
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
     let cases: Vec<Case> = vec![
         (vec!["serve"], vec![("TENANTMQ_SERVER__PORT", "abc")], "server.port"),
@@ -80,6 +84,12 @@ fn bad_configuration_exits_2_with_one_line_naming_the_key() {
         (vec!["serve"], vec![("TENANTMQ_SERVER__MAX_CONNECTIONS", "0")], "server.max_connections"),
         (vec!["serve"], vec![("TENANTMQ_METRICS__BEARER_TOKEN", "short")], "metrics.bearer_token"),
         (vec!["--config", &zero, "serve"], vec![], "workers"),
+        // Keys that do not exist are refused, not ignored: the defaults would be used without a word.
+        (vec!["serve"], vec![("TENANTMQ_DATABASE_URL", "postgres://x@db:5432/y")], "TENANTMQ_DATABASE_URL"),
+        (vec!["serve"], vec![("TENANTMQ_JWT_SECRET", "a-secret-of-at-least-32-bytes-0123456")], "TENANTMQ_JWT_SECRET"),
+        (vec!["config"], vec![("TENANTMQ_SERVER__PROT", "9000")], "TENANTMQ_SERVER__PROT"),
+        (vec!["--config", &typo, "serve"], vec![], "server.prot"),
+        (vec!["--config", &stray, "config"], vec![], "jwt_secret"),
         (vec!["--config", "/no/such/file.yaml", "serve"], vec![], "--config"),
         (vec!["--config", &bad_file, "serve"], vec![], ""),
     ];
@@ -139,9 +149,18 @@ async fn migrate_creates_the_database_and_goes_down_and_up() {
 async fn healthcheck_exits_0_while_the_service_is_ready_and_1_when_nothing_answers() {
     let app = crate::helpers::TestApp::spawn().await;
     let port = app.base_url.rsplit_once(':').expect("host:port").1.to_owned();
-    let probe = |port: String| {
+    // The probe reads only `server.*`: a service configured by a file the probe is not given (here the rest
+    // is not even valid) is still probed.
+    let elsewhere = [
+        ("TENANTMQ_AUTH__JWT_SECRET", "short"),
+        ("TENANTMQ_DATABASE__URL", "mysql://not-what-the-service-uses"),
+        ("TENANTMQ_SERVER__HOST", "0.0.0.0"),
+    ];
+    let probe = move |port: String| {
         tokio::task::spawn_blocking(move || {
-            tenantmq(&["healthcheck", "--path", "/healthz"], &[("TENANTMQ_SERVER__PORT", port.as_str())])
+            let mut env = vec![("TENANTMQ_SERVER__PORT", port.as_str())];
+            env.extend(elsewhere);
+            tenantmq(&["healthcheck", "--path", "/healthz"], &env)
         })
     };
     let output = probe(port).await.expect("probe ran");
@@ -151,6 +170,8 @@ async fn healthcheck_exits_0_while_the_service_is_ready_and_1_when_nothing_answe
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("address").port();
     let output = probe(closed.to_string()).await.expect("probe ran");
     assert_eq!(output.status.code(), Some(1), "nothing listens on {closed}");
+    let output = tenantmq(&["healthcheck"], &[("TENANTMQ_SERVER__PORT", "http")]);
+    assert_eq!(output.status.code(), Some(2), "a bad server setting is still a configuration error");
 }
 
 /// Every leaf key of `tenantmq config` (dotted), in order.

@@ -29,3 +29,51 @@ fn the_dockerfile_stubs_every_workspace_member_and_uses_a_new_enough_toolchain()
     let parse = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();
     assert!(parse(version) >= parse(wanted), "builder image rust:{version} is older than rust-version {wanted}");
 }
+
+/// A manifest of deploy/kubernetes as JSON.
+fn manifest(file: &str) -> serde_json::Value {
+    use figment::providers::Format;
+    let path = format!("{ROOT}/deploy/kubernetes/{file}");
+    figment::Figment::from(figment::providers::Yaml::file_exact(&path))
+        .extract()
+        .unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+/// What the pods would run with: the ConfigMap's file and the Deployment's variables (placeholder values for
+/// the Secret's), through the real binary, which refuses unknown keys. A graceful stop must end before the
+/// kubelet's SIGKILL.
+#[test]
+fn the_kubernetes_configuration_loads_and_the_grace_period_outlasts_a_graceful_stop() {
+    let file = std::env::temp_dir().join(format!("tenantmq-k8s-{}.yaml", uuid::Uuid::new_v4()));
+    let configmap = manifest("configmap.yaml");
+    std::fs::write(&file, configmap["data"]["config.yaml"].as_str().expect("config.yaml")).expect("written");
+    let file = file.to_str().expect("utf-8 path");
+    for deployment in ["deployment-api.yaml", "deployment-worker.yaml"] {
+        let pod = &manifest(deployment)["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        let env: Vec<(&str, &str)> = container["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|variable| variable["name"].as_str().expect("name"))
+            .map(|name| match name {
+                "TENANTMQ_DATABASE__URL" => (name, "postgres://tenantmq:secret@postgres:5432/tenantmq"),
+                "TENANTMQ_RABBITMQ__URL" => (name, "amqps://tenantmq:secret@rabbitmq:5671/%2f"),
+                _ => (name, "a-placeholder-secret-of-more-than-32-bytes"),
+            })
+            .collect();
+        let args: Vec<&str> = container["args"].as_array().expect("args").iter().filter_map(|a| a.as_str()).collect();
+        let serve = args.iter().position(|a| *a == "serve").expect("serve");
+        assert_eq!(args[..serve], ["--config", "/etc/tenantmq/config.yaml"], "{deployment}");
+        let output = crate::config_cli::tenantmq(&["--config", file, "config"], &env);
+        assert!(output.status.success(), "{deployment}: {}", String::from_utf8_lossy(&output.stderr));
+        let config: serde_json::Value = serde_json::from_slice(&output.stdout).expect("config JSON");
+        assert_eq!(config["server"]["host"], "0.0.0.0", "{deployment}: reachable from the Service");
+        assert_eq!(config["database"]["migrate_on_start"], false, "{deployment}: the Job migrates");
+        let shutdown =
+            humantime::parse_duration(config["shutdown_timeout"].as_str().expect("duration")).expect("parsed");
+        let pause = container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap_or(0);
+        let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
+        assert!(grace > shutdown.as_secs() + pause, "{deployment}: {grace}s grace for {shutdown:?} and {pause}s");
+    }
+}

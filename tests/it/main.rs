@@ -18,6 +18,7 @@ mod processes;
 mod projectors;
 mod proxy;
 mod read_side;
+mod roles;
 mod runtime;
 mod security;
 mod services;

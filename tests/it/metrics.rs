@@ -49,7 +49,12 @@ pub struct Scrape(Vec<Sample>);
 
 impl Scrape {
     pub async fn of(app: &TestApp) -> Self {
-        let response = app.get("/metrics").await;
+        Self::at(&app.base_url).await
+    }
+
+    /// A scrape of the service at `base_url` (`/metrics` is open unless configured otherwise).
+    pub async fn at(base_url: &str) -> Self {
+        let response = reqwest::get(format!("{base_url}/metrics")).await.expect("scraped");
         assert_eq!(response.status(), StatusCode::OK);
         let content_type = response.headers()["content-type"].to_str().expect("ascii").to_owned();
         assert!(content_type.starts_with("text/plain"), "{content_type}");
@@ -71,7 +76,7 @@ impl Scrape {
         self.value(name, &[("tenant_id", tenant)])
     }
 
-    fn mentions(&self, tenant: &str) -> bool {
+    pub fn mentions(&self, tenant: &str) -> bool {
         self.0.iter().any(|s| s.labels.values().any(|v| v == tenant))
     }
 }

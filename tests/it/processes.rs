@@ -38,6 +38,8 @@ pub struct Launch {
     pub soft_open_files: Option<u64>,
     /// Where its log (stderr) goes; discarded when `None`.
     pub log: Option<std::fs::File>,
+    /// `serve --role` (`all` when `None`).
+    pub role: Option<&'static str>,
 }
 
 /// An instance's log file, removed when dropped.
@@ -74,15 +76,18 @@ pub async fn start(config: &Config) -> Instance {
 pub async fn start_with(config: &Config, launch: Launch) -> Instance {
     let port = free_port();
     let binary = env!("CARGO_BIN_EXE_tenantmq");
+    let mut serve = vec!["serve"];
+    serve.extend(launch.role.map(|role| ["--role", role]).iter().flatten());
     let mut command = match launch.soft_open_files {
         Some(limit) => {
             let mut shell = Command::new("bash");
-            shell.args(["-c", r#"ulimit -Sn "$1" && exec "$0" serve"#, binary, &limit.to_string()]);
+            shell.args(["-c", r#"ulimit -Sn "$1" && shift && exec "$0" "$@""#, binary, &limit.to_string()]);
+            shell.args(serve);
             shell
         }
         None => {
             let mut direct = Command::new(binary);
-            direct.arg("serve");
+            direct.args(serve);
             direct
         }
     };

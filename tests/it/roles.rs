@@ -1,0 +1,60 @@
+//! `serve --role`: an `api` and a `worker` process on one database. The api serves the commands and
+//! publishes, the worker runs the tenant's only consumer and serves nothing but its probes and `/metrics`.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::{
+    helpers::{amqp, await_exactly, create_database, eventually, queue, queue_state, remove_database, test_config},
+    metrics::Scrape,
+    processes::{Launch, admin_token, publish_batches, signal, start_with},
+};
+
+#[tokio::test]
+async fn an_api_and_a_worker_process_split_the_work_on_one_database() {
+    let config = test_config();
+    let database = create_database(&config).await;
+    let admin = admin_token(&config);
+    let client = tenantmq_testkit::bearer_client(&admin).expect("client");
+    // One role from the command line, the other from the environment: both ways set it.
+    let api = start_with(&config, Launch { role: Some("api"), ..Launch::default() }).await;
+    let worker_role = vec![("TENANTMQ_SERVER__ROLE", "worker".to_owned())];
+    let worker = start_with(&config, Launch { env: worker_role, ..Launch::default() }).await;
+
+    for path in ["/tenants", "/docs", "/openapi.json", "/messages"] {
+        let response = client.get(format!("{}{path}", worker.base_url)).send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "the worker serves no {path}");
+    }
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let response = client.get(format!("{}{path}", worker.base_url)).send().await.expect("sent");
+        assert_eq!(response.status(), StatusCode::OK, "the worker serves {path}");
+    }
+
+    // Read-your-writes on the api: it answers 201 only once the projections have the tenant.
+    let tenant = api.create_tenant(&admin, &json!({ "name": "split", "workers": 2 })).await;
+    let broker = amqp().await;
+    eventually(Duration::from_secs(30), "the worker's consumer on the tenant's queue", || async {
+        queue_state(&broker, queue(&tenant)).await.filter(|(_, consumers)| *consumers == 1)
+    })
+    .await;
+    assert_eq!(Scrape::at(&worker.base_url).await.tenant("tenantmq_consumer_up", &tenant), Some(1.0));
+    assert!(!Scrape::at(&api.base_url).await.mentions(&tenant), "the api runs nothing for the tenant");
+
+    publish_batches(&[&api], &admin, &tenant, 3).await;
+    let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
+    await_exactly(&db, &tenant, 3000, Duration::from_secs(60)).await;
+    assert_eq!(queue_state(&broker, queue(&tenant)).await.map(|(_, consumers)| consumers), Some(1), "still one");
+
+    // A delete through the api waits for the worker to retire the tenant.
+    let deleted = client.delete(format!("{}/tenants/{tenant}", api.base_url)).send().await.expect("sent");
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(queue_state(&broker, queue(&tenant)).await, None, "the worker removed the queues");
+
+    for instance in [api, worker] {
+        assert_eq!(signal(instance, "-TERM").await.code(), Some(0));
+    }
+    db.close().await.expect("closed");
+    remove_database(database).await;
+}
