@@ -303,7 +303,7 @@ pub struct ReadConfig {
 /// The limits of every tenant that has none set of its own (`PUT /tenants/{id}/config/limits`); unset is
 /// unlimited.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Messages per second a tenant may publish through the API.
     pub publish_rate: Option<i64>,

@@ -123,7 +123,8 @@ async fn levels(
         eprintln!("latency: open loop at {:.0} % of the maximum ({rate:.0} msg/s)…", share * 100.0);
         env::settle(services).await?;
         let phase = format!("level{}", (share * 100.0) as u32);
-        let sent = open_loop(connection, &tenants, rate, settings.level_duration, &phase, settings.payload_bytes).await?;
+        let sent =
+            open_loop(connection, &tenants, rate, settings.level_duration, &phase, settings.payload_bytes).await?;
         measured.push((share, rate, collect(app, &tenants, &phase, sent).await?));
     }
     Ok(Latencies { max_rate, idle, levels: measured })
@@ -170,8 +171,12 @@ async fn drain(
     let lock = sea_orm::Database::connect(&app.config.database.url).await?;
     let held = lock.begin().await?;
     held.execute_unprepared(&format!("LOCK TABLE {} IN SHARE MODE", tenant.partition_name())).await?;
-    let producer =
-        ProducerSettings { messages: settings.flood, publishers: 8, window: 500, payload_bytes: settings.payload_bytes };
+    let producer = ProducerSettings {
+        messages: settings.flood,
+        publishers: 8,
+        window: 500,
+        payload_bytes: settings.payload_bytes,
+    };
     amqp::produce(connection, &[tenant], producer).await?;
     let expected = i64::try_from(settings.flood)? * round;
     let started = Instant::now();
@@ -180,8 +185,15 @@ async fn drain(
         async move {
             let connection = connection.amqp().await?;
             // Until the drain is surely over: the rows counted are those of the drain's span.
-            open_loop(&connection, &[quiet], settings.quiet_rate, settings.level_duration, "flood", settings.payload_bytes)
-                .await
+            open_loop(
+                &connection,
+                &[quiet],
+                settings.quiet_rate,
+                settings.level_duration,
+                "flood",
+                settings.payload_bytes,
+            )
+            .await
         }
     });
     held.commit().await?;

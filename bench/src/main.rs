@@ -17,8 +17,8 @@ use clap::Parser;
 use crate::{
     amqp::{Acks, ProducerSettings},
     db::DbSettings,
-    latency::LatencySettings,
     env::{Machine, Services},
+    latency::LatencySettings,
     scale::ScaleSettings,
     service::{HttpSettings, PageSettings, Plan},
     stats::{Rounds, format_ms, format_rate, format_ratio, format_secs, ratio, thousands},
@@ -492,7 +492,10 @@ fn report_latency(
 ) {
     let ms = |samples: &stats::Samples, q| samples.percentile(q).unwrap_or_default();
     rows.push(row(
-        format!("latency: the maximum it is measured against (closed loop, {} messages)", thousands(settings.max_messages)),
+        format!(
+            "latency: the maximum it is measured against (closed loop, {} messages)",
+            thousands(settings.max_messages)
+        ),
         format_rate(latencies.max_rate),
         "msg/s",
     ));
@@ -528,7 +531,7 @@ fn report_latency(
     let during = ms(&noisy.quiet_during_flood, 99.0);
     let mut flooded = row(
         format!(
-            "noisy neighbour: the quiet tenant while one of {max_workers} workers drains {} queued: p50 / p99",
+            "noisy neighbour: the quiet tenant while a tenant of {max_workers} workers drains {} queued: p50 / p99",
             thousands(settings.flood)
         ),
         percentiles(&noisy.quiet_during_flood, false),
