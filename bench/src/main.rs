@@ -373,7 +373,7 @@ async fn run(cli: Cli) -> Result<()> {
         if let Some(rate) = result.http {
             rows.push(row(
                 format!(
-                    "end-to-end HTTP: POST …/messages/batch ({} per request, {} clients) → rows committed",
+                    "end-to-end HTTP: POST …/messages/batch ({} per request, {} clients) → rows committed (mean of 2)",
                     cli.http_batch, cli.http_clients
                 ),
                 format_rate(rate),
@@ -382,6 +382,16 @@ async fn run(cli: Cli) -> Result<()> {
         }
         if let Some(batch) = result.http_batch {
             rows.push(row("  (rows per worker transaction, average)", format!("{batch:.1}"), "rows"));
+        }
+        if let (Some(plain), Some(limited)) = (result.http, result.http_limited) {
+            let mut with_limits = row(
+                "end-to-end HTTP with every tenant's rate and depth limits set, never hit",
+                format_rate(limited),
+                "msg/s",
+            );
+            let r = ratio(limited, plain);
+            with_limits.target = check(r.is_some_and(|r| r >= 0.95), &format!("≥ 95 % ({})", format_ratio(r)));
+            rows.push(with_limits);
         }
         if let Some(pages) = result.pages {
             let p = |s: &stats::Samples, q| s.percentile(q).unwrap_or_default();

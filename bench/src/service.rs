@@ -24,6 +24,8 @@ pub struct EndToEnd {
     pub amqp_batch: Option<f64>,
     pub http: Option<f64>,
     pub http_batch: Option<f64>,
+    /// The same HTTP run with every tenant's limits set high enough never to be hit.
+    pub http_limited: Option<f64>,
     pub pages: Option<Pages>,
 }
 
@@ -78,7 +80,8 @@ async fn run_on(app: &RunningApp, services: &Services, plan: Plan) -> Result<End
     let tenants = env::create_tenants(app, "bench", plan.tenants).await?;
     env::await_consumers(&connection, &tenants, Duration::from_secs(60)).await?;
 
-    let mut result = EndToEnd { amqp: None, amqp_batch: None, http: None, http_batch: None, pages: None };
+    let mut result =
+        EndToEnd { amqp: None, amqp_batch: None, http: None, http_batch: None, http_limited: None, pages: None };
     if let Some(settings) = plan.amqp {
         let started = Instant::now();
         let expected = i64::try_from(settings.messages)?;
@@ -91,24 +94,56 @@ async fn run_on(app: &RunningApp, services: &Services, plan: Plan) -> Result<End
         result.amqp_batch = Some(rows_per_transaction(&app.db, &tenants).await?);
     }
     if let Some(settings) = plan.http {
-        // Fresh tenants, so the count sees only this run's rows.
-        let fresh = env::create_tenants(app, "bench-http", plan.tenants).await?;
-        env::await_consumers(&connection, &fresh, Duration::from_secs(60)).await?;
-        let started = Instant::now();
-        let expected = i64::try_from(settings.messages)?;
-        let (published, rows) = tokio::join!(
-            publish_http(app, &fresh, settings),
-            env::await_rows(&app.db, Some(&fresh), expected, Duration::from_secs(1800))
-        );
-        published?;
-        result.http = Some(stats::rate(settings.messages, rows?.duration_since(started)));
-        result.http_batch = Some(rows_per_transaction(&app.db, &fresh).await?);
+        // Two rounds of each, interleaved, so that drift in the machine's speed hits both alike.
+        let (mut plain, mut limited) = (Vec::new(), Vec::new());
+        for round in 0..2 {
+            let (rate, batch) =
+                http_run(app, &connection, plan.tenants, settings, &format!("bench-http-{round}"), false).await?;
+            plain.push(rate);
+            result.http_batch = Some(batch);
+            let (rate, _) =
+                http_run(app, &connection, plan.tenants, settings, &format!("bench-limited-{round}"), true).await?;
+            limited.push(rate);
+        }
+        result.http = Some(plain.iter().sum::<f64>() / plain.len() as f64);
+        result.http_limited = Some(limited.iter().sum::<f64>() / limited.len() as f64);
     }
     if let Some(settings) = plan.pages {
         result.pages = Some(pages(app, settings).await?);
     }
     let _ = connection.close(200, "done".into()).await;
     Ok(result)
+}
+
+/// One HTTP publish run on fresh tenants (so the count sees only this run's rows), with or without limits
+/// that are set and never hit; its msg/s and rows per transaction.
+async fn http_run(
+    app: &RunningApp,
+    connection: &lapin::Connection,
+    tenants: usize,
+    settings: HttpSettings,
+    prefix: &str,
+    limited: bool,
+) -> Result<(f64, f64)> {
+    let fresh = env::create_tenants(app, prefix, tenants).await?;
+    if limited {
+        let limits = serde_json::json!({ "publish_rate": 1_000_000, "max_queue_depth": 1_000_000_000 });
+        for tenant in &fresh {
+            let url = format!("{}/tenants/{tenant}/config/limits", app.base_url);
+            let response = app.client.put(url).json(&limits).send().await?;
+            anyhow::ensure!(response.status().is_success(), "setting limits answered {}", response.status());
+        }
+    }
+    env::await_consumers(connection, &fresh, Duration::from_secs(60)).await?;
+    let started = Instant::now();
+    let expected = i64::try_from(settings.messages)?;
+    let (published, rows) = tokio::join!(
+        publish_http(app, &fresh, settings),
+        env::await_rows(&app.db, Some(&fresh), expected, Duration::from_secs(1800))
+    );
+    published?;
+    let rate = stats::rate(settings.messages, rows?.duration_since(started));
+    Ok((rate, rows_per_transaction(&app.db, &fresh).await?))
 }
 
 /// Rows per writing transaction of the tenants: each row records its transaction id (`txid`).
