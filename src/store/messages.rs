@@ -163,7 +163,7 @@ static PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
                        AND txid < {READ_HORIZON} \
                      ORDER BY messages.txid, messages.id LIMIT $4 + 1) AS fetched \
                WINDOW w AS (ORDER BY txid, id ROWS UNBOUNDED PRECEDING)) AS sized \
-         WHERE n = 1 OR bytes - octet_length(payload) < $5 \
+         WHERE n <= 2 OR bytes - octet_length(payload) <= $5 \
          ORDER BY sized.txid, sized.id"
     )
 });
@@ -175,8 +175,9 @@ static PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
 ///
 /// A page holds at most `limit` rows and, from the second row on, at most `max_bytes` of payload text (a
 /// single larger payload still makes a page of one). PostgreSQL counts the bytes (a running sum over the
-/// rows the index scan reads) and sends only the payloads that fit, plus one row without a payload that
-/// says more follow.
+/// rows the index scan reads) and sends only the payloads that fit, plus the next row without its payload,
+/// which says more follow: the second row whatever the first weighs, else the row whose bytes before it are
+/// at most `max_bytes`.
 pub async fn page<C: ConnectionTrait>(
     conn: &C,
     tenant: TenantId,

@@ -138,10 +138,14 @@ async fn a_page_ends_early_at_the_byte_cap_and_says_so_through_its_cursor() {
     config.read.max_page_bytes = 2000;
     let app = TestApp::spawn_with(config).await;
     let tenant = app.create_tenant_id("capped").await;
+    // One alone above the cap still makes a page (of one), and the page says more follow: it is written first,
+    // so it sorts before the others.
+    let big = json!({ "payload": { "pad": "y".repeat(5000) } });
+    let response = app.post_json(&format!("/tenants/{tenant}/messages"), &big).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    app.await_messages(&tenant, 1).await;
     // Ten payloads of a little over 600 bytes: three fit in 2000 bytes, a fourth would not.
-    let mut messages: Vec<Value> = (0..10).map(|i| json!({ "payload": { "i": i, "pad": "x".repeat(600) } })).collect();
-    // One alone above the cap still makes a page (of one).
-    messages.push(json!({ "payload": { "pad": "y".repeat(5000) } }));
+    let messages: Vec<Value> = (0..10).map(|i| json!({ "payload": { "i": i, "pad": "x".repeat(600) } })).collect();
     let response = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages })).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     app.await_messages(&tenant, 11).await;
@@ -154,6 +158,28 @@ async fn a_page_ends_early_at_the_byte_cap_and_says_so_through_its_cursor() {
     assert_eq!(read, stored(&app, &tenant).await);
     assert!(sizes.iter().all(|size| (1..=3).contains(size)), "pages of at most 3 rows: {sizes:?}");
     assert!(sizes.len() >= 5, "{sizes:?}");
+    app.stop().await;
+}
+
+/// Two payloads of exactly half the cap fill a page to the byte: the page still says a third follows.
+#[tokio::test]
+async fn a_page_filled_exactly_to_the_byte_cap_still_says_more_follow() {
+    let mut config = test_config();
+    config.read.max_page_bytes = 2000;
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("exact").await;
+    // A JSON string of 998 letters is 1000 bytes of stored text with its quotes.
+    let messages: Vec<Value> = (0..3).map(|i| json!({ "payload": format!("{i}").repeat(998) })).collect();
+    let response = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages })).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    app.await_messages(&tenant, 3).await;
+    let (read, sizes) = eventually(Duration::from_secs(30), "every row readable", || async {
+        let (read, sizes) = read_back(&app, &tenant, 1000).await;
+        (read.len() == 3).then_some((read, sizes))
+    })
+    .await;
+    assert_eq!(read, stored(&app, &tenant).await);
+    assert_eq!(sizes, [2, 1]);
     app.stop().await;
 }
 
