@@ -88,6 +88,7 @@ async fn limits_out_of_range_are_refused_naming_the_field() {
         (json!({ "publish_burst": 10 }), "publish_burst"),
         (json!({ "max_queue_depth": 1e300 }), "max_queue_depth"),
         (json!({ "max_queue_depth": "10" }), "max_queue_depth"),
+        (json!({ "publish_rate": 1.5 }), "publish_rate"),
         (json!({ "publish_rat": 10 }), "publish_rat"),
     ];
     for (body, field) in cases {
