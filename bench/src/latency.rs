@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::{
     amqp::{self, ProducerSettings},
     env::{self, Services},
+    service,
     stats::{self, Samples},
 };
 
@@ -63,22 +64,14 @@ pub struct NoisyNeighbour {
 
 /// Runs the latency parts on a service of their own.
 pub async fn run(services: &Services, settings: LatencySettings) -> Result<(Latencies, NoisyNeighbour)> {
-    let database = services.database("latency").await?;
-    let mut app = RunningApp::start(services.service_config(&database)).await?;
-    let result = async {
+    service::on_service(services, "latency", async |app| {
         let connection = services.amqp().await?;
-        let latencies = levels(&app, services, &connection, settings).await?;
-        let noisy = noisy_neighbour(&app, services, &connection, settings).await?;
+        let latencies = levels(app, services, &connection, settings).await?;
+        let noisy = noisy_neighbour(app, services, &connection, settings).await?;
         let _ = connection.close(200, "done".into()).await;
-        Ok::<_, anyhow::Error>((latencies, noisy))
-    }
-    .await;
-    let stopped = app.stop().await;
-    let removed = database.remove().await;
-    let result = result?;
-    stopped?;
-    removed?;
-    Ok(result)
+        Ok((latencies, noisy))
+    })
+    .await
 }
 
 async fn levels(

@@ -64,9 +64,19 @@ pub struct Plan {
 /// database of its own (`<run>_<name>`) and runs the planned parts against it. The tenants' queues go with the
 /// database, once the service has stopped (a running consumer would declare its queues again).
 pub async fn run(services: &Services, name: &str, plan: Plan) -> Result<EndToEnd> {
+    on_service(services, name, async |app| run_on(app, services, plan).await).await
+}
+
+/// Runs `part` against the service started on a database of its own (`<run>_<name>`), then stops the service
+/// and removes the database with its tenants' queues, also when the part failed.
+pub async fn on_service<T>(
+    services: &Services,
+    name: &str,
+    part: impl AsyncFnOnce(&RunningApp) -> Result<T>,
+) -> Result<T> {
     let database = services.database(name).await?;
     let mut app = RunningApp::start(services.service_config(&database)).await?;
-    let result = run_on(&app, services, plan).await;
+    let result = part(&app).await;
     let stopped = app.stop().await;
     let removed = database.remove().await;
     let result = result?;
