@@ -330,6 +330,19 @@ impl Metrics {
             .build();
     }
 
+    /// Registers the consumer connections' state: per connection (`connection`, numbered from 1) whether it is up.
+    pub fn observe_consumer_connections(&self, status: impl Fn() -> Vec<(usize, bool)> + Send + Sync + 'static) {
+        self.meter
+            .u64_observable_gauge("tenantmq.broker.consumer_connection.up")
+            .with_description("1 while a consumer connection is up, else 0, by connection number")
+            .with_callback(move |observer| {
+                for (connection, up) in status() {
+                    observer.observe(up.into(), &[KeyValue::new("connection", connection as i64)]);
+                }
+            })
+            .build();
+    }
+
     /// Registers each projector's position (`positions`: name and position of each) and its distance from
     /// the head of the log.
     pub fn observe_projectors<P>(

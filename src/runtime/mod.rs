@@ -1,5 +1,5 @@
 //! The runtime: one consumer with a worker pool per live tenant, kept in step with the tenants projection by
-//! the reconciler; the supervised broker connection they run on; retirement of deleted tenants.
+//! the reconciler; the supervised broker connections they run on; retirement of deleted tenants.
 
 pub(crate) mod acks;
 pub mod consumer;
@@ -18,7 +18,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::Broker, config::Config, metrics::Metrics, projectors::Projections, store::tenants::TenantReadModel,
+    broker::{Broker, ConsumerConnections},
+    config::Config,
+    metrics::Metrics,
+    projectors::Projections,
+    store::tenants::TenantReadModel,
 };
 
 pub use registry::ConsumerRegistry;
@@ -26,7 +30,10 @@ pub use registry::ConsumerRegistry;
 /// Handles to the running runtime, for the API and for shutdown.
 #[derive(Clone)]
 pub struct Runtime {
+    /// Publishing, queue inspection and retirement.
     pub broker: Broker,
+    /// Where the tenants' consumers run.
+    pub consumer_connections: ConsumerConnections,
     pub registry: ConsumerRegistry,
 }
 
@@ -41,13 +48,22 @@ impl Runtime {
         background: (&mut JoinSet<&'static str>, &CancellationToken),
         consumers: (&mut JoinSet<&'static str>, &CancellationToken),
     ) -> Self {
-        let broker = Broker::new(config.rabbitmq.url.clone());
+        let instance = config.consumer.instance_id();
+        let broker = Broker::new(config.rabbitmq.url.clone(), format!("tenantmq ({instance})"));
+        let (tasks, cancel) = background;
+        let consumer_connections = ConsumerConnections::new(
+            config.rabbitmq.url.clone(),
+            instance,
+            config.rabbitmq.channels_per_connection,
+            cancel.child_token(),
+        );
         let registry = ConsumerRegistry::default();
         let connections = broker.subscribe();
         metrics.observe_broker(move || connections.borrow().as_ref().map(|connected| connected.generation));
+        let consumer_connections_status = consumer_connections.clone();
+        metrics.observe_consumer_connections(move || consumer_connections_status.status());
         let stats = registry.clone();
         metrics.observe_tenants(move || stats.snapshot());
-        let (tasks, cancel) = background;
         let (supervisor, stop) = (broker.clone(), cancel.clone());
         tasks.spawn(async move {
             supervisor.supervise(stop).await;
@@ -63,6 +79,7 @@ impl Runtime {
         let reconciler = reconciler::Reconciler {
             registry: registry.clone(),
             broker: broker.clone(),
+            consumer_connections: consumer_connections.clone(),
             tenants: TenantReadModel::new(db.clone()),
             pool: db.get_postgres_connection_pool().clone(),
             settings: Arc::new(consumer::ConsumerSettings::from_config(config)),
@@ -83,6 +100,6 @@ impl Runtime {
             reconciler.run(stop_consumers).await;
             "reconciler"
         });
-        Self { broker, registry }
+        Self { broker, consumer_connections, registry }
     }
 }

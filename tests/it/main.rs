@@ -18,6 +18,7 @@ mod projectors;
 mod proxy;
 mod read_side;
 mod runtime;
+mod scale_out;
 mod security;
 mod services;
 mod several_instances;

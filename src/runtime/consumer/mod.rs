@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{Broker, BrokerError, queues},
+    broker::{Broker, BrokerError, Slot, queues},
     config::{Config, QueueType},
     store::messages::MessageWriter,
 };
@@ -107,16 +107,23 @@ impl From<lapin::Error> for ConsumerError {
 pub async fn run(
     runtime: Arc<TenantRuntime>,
     mut control: mpsc::UnboundedReceiver<Control>,
-    broker: Broker,
+    slot: Slot,
     writer: MessageWriter,
     settings: Arc<ConsumerSettings>,
     generation: u64,
     shutdown: CancellationToken,
 ) -> Result<ConsumerEnd, ConsumerError> {
+    let broker = slot.broker();
     // The connection can die without every consumer stream hearing of it: follow the supervisor's view too.
+    // A connection just opened for this slot (or reconnecting) is waited for rather than failed on.
     let mut connection = broker.subscribe();
-    let connected_on = connection.borrow_and_update().as_ref().map(|c| c.generation);
-    let mut running = Running::start(&broker, runtime, writer, settings, generation, &shutdown).await?;
+    let connected_on = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(ConsumerEnd::ShutDown),
+        connected = connection.wait_for(Option::is_some) => {
+            connected.map_err(|_| ConsumerError::ConnectionLost)?.as_ref().map(|c| c.generation)
+        }
+    };
+    let mut running = Running::start(broker, runtime, writer, settings, generation, &shutdown).await?;
     let ended = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(ConsumerEnd::ShutDown),
