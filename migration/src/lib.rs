@@ -26,6 +26,7 @@ macro_rules! sql_migration {
 mod m20261126_000001_event_log;
 mod m20261127_000002_message_cursor;
 mod m20261202_000003_event_hashes;
+mod m20261202_000004_queue_depths;
 
 pub struct Migrator;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_event_log::Migration),
             Box::new(m20261127_000002_message_cursor::Migration),
             Box::new(m20261202_000003_event_hashes::Migration),
+            Box::new(m20261202_000004_queue_depths::Migration),
         ]
     }
 }

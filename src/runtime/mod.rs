@@ -69,10 +69,19 @@ impl Runtime {
             supervisor.supervise(stop).await;
             "broker connection"
         });
-        let (poller, connection, stop) = (registry.clone(), broker.clone(), cancel.clone());
-        let interval = config.metrics.queue_poll_interval;
+        let poller = queue_depth::QueueDepthPoller {
+            registry: registry.clone(),
+            broker: broker.clone(),
+            pool: db.get_postgres_connection_pool().clone(),
+            metrics: metrics.clone(),
+            interval: config.metrics.queue_poll_interval,
+            polling: Arc::default(),
+        };
+        let polling = poller.polling.clone();
+        metrics.observe_queue_depth_poller(move || polling.load(std::sync::atomic::Ordering::Relaxed));
+        let stop = cancel.clone();
         tasks.spawn(async move {
-            queue_depth::poll(poller, connection, interval, stop).await;
+            poller.run(stop).await;
             "queue depth poller"
         });
 

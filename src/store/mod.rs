@@ -6,6 +6,7 @@ pub mod database;
 pub mod events;
 pub mod messages;
 pub mod partitions;
+pub mod queue_depths;
 pub mod tenants;
 pub(crate) mod visibility;
 

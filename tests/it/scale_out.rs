@@ -5,13 +5,15 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
+use lapin::BasicProperties;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tenantmq_testkit::RunningApp;
 use uuid::Uuid;
 
 use crate::{
-    helpers::{TestApp, amqp, eventually, queue, queue_state, test_config},
-    metrics::Scrape,
+    helpers::{TestApp, amqp, eventually, publish_raw, queue, queue_state, test_config},
+    metrics::{Scrape, fast_polling},
 };
 
 /// One of the service's consumer connections as the broker lists it.
@@ -107,4 +109,66 @@ async fn consumers_spread_over_connections_and_a_closed_one_restarts_only_its_ow
         app.await_messages(tenant, 1).await;
     }
     app.stop().await;
+}
+
+/// Two instances on one database: one asks the broker, both export the depths; when it stops, the other
+/// takes over.
+#[tokio::test]
+async fn one_instance_polls_queue_depths_for_all_and_another_takes_over_when_it_stops() {
+    const DEAD_LETTERS: usize = 7;
+    let mut first = TestApp::spawn_with(fast_polling()).await;
+    let mut second = RunningApp::start(first.config.clone()).await.expect("a second instance on the same database");
+    let tenant = first.create_tenant_id("depths").await;
+    let broker = amqp().await;
+    eventually(Duration::from_secs(30), "a consumer on each instance", || async {
+        queue_state(&broker, queue(&tenant)).await.filter(|(_, consumers)| *consumers == 2)
+    })
+    .await;
+    // Messages that can never be rows go to the dead-letter queue, and stay there: a depth that holds still.
+    let channel = broker.create_channel().await.expect("channel");
+    for _ in 0..DEAD_LETTERS {
+        publish_raw(&channel, &tenant, b"not json", BasicProperties::default()).await;
+    }
+
+    let dead_letters =
+        |scrape: &Scrape| scrape.value("tenantmq_queue_messages_ready", &[("tenant_id", &tenant), ("queue", "dlq")]);
+    let expected = Some(DEAD_LETTERS as f64);
+    let (first_polls, scrapes) = eventually(Duration::from_secs(30), "both instances export the depth", || async {
+        let scrapes = [Scrape::of(&first).await, Scrape::of(&second).await];
+        let pollers: Vec<f64> =
+            scrapes.iter().map(|s| s.value("tenantmq_queue_depth_poller", &[]).unwrap_or(-1.0)).collect();
+        let exported = scrapes.iter().all(|s| dead_letters(s) == expected);
+        (exported && (pollers == [1.0, 0.0] || pollers == [0.0, 1.0])).then(|| (pollers[0] == 1.0, scrapes))
+    })
+    .await;
+    let calls = |scrape: &Scrape| scrape.value("tenantmq_queue_depth_broker_calls_total", &[]);
+    let (poller, other) = if first_polls { (&scrapes[0], &scrapes[1]) } else { (&scrapes[1], &scrapes[0]) };
+    assert!(calls(poller).is_some_and(|calls| calls >= 3.0), "the poller asks the broker: {:?}", calls(poller));
+    assert_eq!(calls(other), Some(0.0), "the other instance never asks the broker");
+    for scrape in &scrapes {
+        let main = scrape.value("tenantmq_queue_messages_ready", &[("tenant_id", &tenant), ("queue", "main")]);
+        assert_eq!(main, Some(0.0));
+    }
+
+    // The poller stops; the survivor takes over, and its depths follow the broker again.
+    let survivor: &RunningApp = if first_polls {
+        first.stop_service().await;
+        &second
+    } else {
+        second.stop().await.expect("second instance stopped");
+        &first
+    };
+    publish_raw(&channel, &tenant, b"not json either", BasicProperties::default()).await;
+    let expected = Some((DEAD_LETTERS + 1) as f64);
+    eventually(Duration::from_secs(30), "the survivor polls and exports the new depth", || async {
+        let scrape = Scrape::of(survivor).await;
+        let polls = scrape.value("tenantmq_queue_depth_poller", &[]) == Some(1.0)
+            && calls(&scrape).is_some_and(|calls| calls > 0.0);
+        (polls && dead_letters(&scrape) == expected).then_some(())
+    })
+    .await;
+    if first_polls {
+        second.stop().await.expect("second instance stopped");
+    }
+    first.stop().await;
 }
