@@ -123,14 +123,15 @@ pub async fn run(
             connected.map_err(|_| ConsumerError::ConnectionLost)?.as_ref().map(|c| c.generation)
         }
     };
-    let mut running = Running::start(broker, runtime, writer, settings, generation, &shutdown).await?;
+    // The rarely taken steps are boxed, so that an idle consumer's task stays small (RSS per idle tenant).
+    let mut running = Box::pin(Running::start(broker, runtime, writer, settings, generation, &shutdown)).await?;
     let ended = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(ConsumerEnd::ShutDown),
             // The control channel cannot close while this consumer runs: its runtime, which it holds, keeps
             // the sender.
             Some(command) = control.recv() => match command {
-                Control::Resize => if let Err(error) = running.resize().await {
+                Control::Resize => if let Err(error) = Box::pin(running.resize()).await {
                     break Err(error);
                 },
                 Control::Delete => break Ok(ConsumerEnd::Deleted),
@@ -152,7 +153,7 @@ pub async fn run(
             }
         }
     };
-    running.stop(matches!(ended, Ok(ConsumerEnd::Deleted))).await;
+    Box::pin(running.stop(matches!(ended, Ok(ConsumerEnd::Deleted)))).await;
     ended
 }
 
