@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, Result};
 use sea_orm::ConnectionTrait;
 use tenantmq::{auth::Role, domain::tenant::TenantId};
-use tenantmq_testkit::QueueProbe;
+use tenantmq_testkit::{DeclaredQueues, QueueProbe};
 use tokio::{
     process::{Child, Command},
     sync::Semaphore,
@@ -169,6 +169,9 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
     let base_url = format!("http://127.0.0.1:{port}");
     let client = tenantmq_testkit::bearer_client(&tenantmq_testkit::token(&config, Role::Admin)?)?;
     let connection = Arc::new(services.amqp().await?);
+    // Every tenant id goes in here before its command is sent, so that its queues are deleted when this run
+    // ends however it ends, also when the database that knows the tenants is gone.
+    let created = CreatedQueues { services: services.servers.clone(), tenants: Arc::default() };
 
     let mut service = spawn(&settings, &vars, &log)?;
     let outcome = async {
@@ -182,14 +185,15 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
         let probes = spawn_probes(&connection, &pending, &seen, settings.probes, settings.tenants);
         let started = Instant::now();
         let few = FEW_PARTITIONS.min(settings.tenants);
-        let mut tenants = create(&client, &base_url, &pending, 0..few, settings.concurrency).await?;
+        let mut tenants = create(&client, &base_url, &pending, &created, 0..few, settings.concurrency).await?;
         let paused = Instant::now();
         let paged = *tenants.first().context("at least one tenant")?;
         let page_url = format!("{base_url}/messages?tenant_id={paged}&limit=100");
         load_rows(&database.url(), paged).await?;
         let page_few = time_page(&client, &page_url).await?;
         let pause = paused.elapsed();
-        tenants.extend(create(&client, &base_url, &pending, few..settings.tenants, settings.concurrency).await?);
+        let rest = few..settings.tenants;
+        tenants.extend(create(&client, &base_url, &pending, &created, rest, settings.concurrency).await?);
         let creation = started.elapsed() - pause;
         tokio::time::timeout(Duration::from_secs(600), join_all(probes))
             .await
@@ -251,6 +255,8 @@ pub async fn run(services: &Services, settings: ScaleSettings) -> Result<Scale> 
         let _ = std::fs::remove_file(&log);
     }
     database.remove().await?;
+    // The database knew every tenant, and its removal deleted their queues.
+    created.tenants.lock().expect("lock").clear();
     outcome
 }
 
@@ -260,6 +266,7 @@ async fn create(
     client: &reqwest::Client,
     base_url: &str,
     pending: &Arc<Mutex<VecDeque<Probe>>>,
+    created: &CreatedQueues,
     range: std::ops::Range<usize>,
     concurrency: usize,
 ) -> Result<Vec<TenantId>> {
@@ -268,9 +275,10 @@ async fn create(
     for i in range {
         let permit = permits.clone().acquire_owned().await?;
         let (client, base_url, pending) = (client.clone(), base_url.to_owned(), pending.clone());
+        let id = TenantId::from_uuid(Uuid::now_v7());
+        created.tenants.lock().expect("lock").push(id);
         creators.spawn(async move {
             let _permit = permit;
-            let id = TenantId::from_uuid(Uuid::now_v7());
             let sent = Instant::now();
             let body = serde_json::json!({ "name": format!("scale-{i}"), "id": id.as_uuid() });
             tenantmq_testkit::create_tenant(&client, &base_url, &body).await?;
@@ -283,6 +291,19 @@ async fn create(
         tenants.push(done??);
     }
     Ok(tenants)
+}
+
+/// The queues of every tenant the run created, deleted when dropped.
+struct CreatedQueues {
+    services: tenantmq_testkit::Services,
+    tenants: Arc<Mutex<Vec<TenantId>>>,
+}
+
+impl Drop for CreatedQueues {
+    fn drop(&mut self) {
+        let tenants = std::mem::take(&mut *self.tenants.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(DeclaredQueues::of(&self.services, &tenants));
+    }
 }
 
 /// Writes [`PAGE_ROWS`] rows into the tenant's partition, as its consumer would have.
