@@ -234,6 +234,9 @@ pub struct RabbitMqConfig {
     pub queue_type: QueueType,
     /// Confirm channels kept for publishing.
     pub publisher_channels: u16,
+    /// Most tenant consumers (one channel each) on one connection; more tenants open more connections. Keep it
+    /// below the broker's `channel_max` (2047 by default).
+    pub channels_per_connection: u16,
     /// How long a publish waits for the broker's confirm before answering 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -423,6 +426,7 @@ impl Default for RabbitMqConfig {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             queue_type: QueueType::Classic,
             publisher_channels: 4,
+            channels_per_connection: 1000,
             publish_timeout: Duration::from_secs(10),
         }
     }
@@ -647,6 +651,7 @@ impl Config {
             ("max_payload_depth", self.max_payload_depth as u64),
             ("read.max_page_bytes", self.read.max_page_bytes as u64),
             ("rabbitmq.publisher_channels", self.rabbitmq.publisher_channels.into()),
+            ("rabbitmq.channels_per_connection", self.rabbitmq.channels_per_connection.into()),
             ("consumer.batch_size", self.consumer.batch_size.into()),
             ("database.max_connections", self.database.max_connections.into()),
             ("projectors.batch_size", self.projectors.batch_size.into()),

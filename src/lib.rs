@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::AppState,
     app::App,
-    broker::Broker,
+    broker::{Broker, ConsumerConnections},
     config::Config,
     projectors::{PartitionsProjector, RunnerSettings, TenantsProjector},
     runtime::Runtime,
@@ -61,7 +61,8 @@ pub struct Application {
     state: AppState,
     db: DatabaseConnection,
     broker: Broker,
-    /// The reconciler and the consumers: stopped first, while the broker connection is still up to ack.
+    consumer_connections: ConsumerConnections,
+    /// The reconciler and the consumers: stopped first, while the broker connections are still up to ack.
     consumer_tasks: JoinSet<&'static str>,
     stop_consumers: CancellationToken,
     /// Projectors, the NOTIFY listener and the broker connection: stopped last.
@@ -131,6 +132,7 @@ impl Application {
             state,
             db,
             broker: runtime.broker,
+            consumer_connections: runtime.consumer_connections,
             consumer_tasks,
             stop_consumers,
             background_tasks,
@@ -159,7 +161,7 @@ impl Application {
 
     /// Serves until the shutdown token is cancelled, then, within `shutdown_timeout` in all: stops taking
     /// requests and lets in-flight ones finish; stops the consumers, whose workers finish and ack what they
-    /// hold (what they cannot finish stays unacked and is redelivered); closes the broker connection; stops
+    /// hold (what they cannot finish stays unacked and is redelivered); closes the broker connections; stops
     /// the projectors; closes the pool.
     pub async fn run_until_stopped(self) -> io::Result<()> {
         let Self {
@@ -169,6 +171,7 @@ impl Application {
             state,
             db,
             broker,
+            consumer_connections,
             mut consumer_tasks,
             stop_consumers,
             mut background_tasks,
@@ -195,6 +198,7 @@ impl Application {
 
         stop_consumers.cancel();
         join_until(&mut consumer_tasks, deadline).await;
+        consumer_connections.close().await;
         broker.close().await;
         background.cancel();
         join_until(&mut background_tasks, deadline.max(Instant::now() + Duration::from_secs(1))).await;

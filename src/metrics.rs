@@ -133,6 +133,7 @@ pub struct Metrics {
     persist_batch_size: Histogram<u64>,
     http_requests: Counter<u64>,
     http_request_duration: Histogram<f64>,
+    queue_depth_broker_calls: Counter<u64>,
 }
 
 impl Metrics {
@@ -177,6 +178,10 @@ impl Metrics {
                 .with_description("HTTP request latency, by method and route template")
                 .with_boundaries(HTTP_SECONDS_BUCKETS.to_vec())
                 .build(),
+            queue_depth_broker_calls: meter
+                .u64_counter("tenantmq.queue_depth.broker_calls")
+                .with_description("Questions this instance asked the broker to read queue depths (passive declares)")
+                .build(),
             meter,
             _provider: provider,
         };
@@ -187,6 +192,7 @@ impl Metrics {
         for kind in ReconcilerError::ALL {
             metrics.reconciler_errors.add(0, &[KeyValue::new("kind", kind.as_str())]);
         }
+        metrics.queue_depth_broker_calls.add(0, &[]);
         Ok(metrics)
     }
 
@@ -196,6 +202,11 @@ impl Metrics {
 
     pub fn reconciler_error(&self, kind: ReconcilerError) {
         self.reconciler_errors.add(1, &[KeyValue::new("kind", kind.as_str())]);
+    }
+
+    /// Passive declares sent to read queue depths.
+    pub fn queue_depth_broker_calls(&self, calls: u64) {
+        self.queue_depth_broker_calls.add(calls, &[]);
     }
 
     /// One batch written into a partition.
@@ -327,6 +338,28 @@ impl Metrics {
                 }
                 observer.observe(highest_generation.load(Ordering::Relaxed).saturating_sub(1), &[]);
             })
+            .build();
+    }
+
+    /// Registers the consumer connections' state: per connection (`connection`, numbered from 1) whether it is up.
+    pub fn observe_consumer_connections(&self, status: impl Fn() -> Vec<(usize, bool)> + Send + Sync + 'static) {
+        self.meter
+            .u64_observable_gauge("tenantmq.broker.consumer_connection.up")
+            .with_description("1 while a consumer connection is up, else 0, by connection number")
+            .with_callback(move |observer| {
+                for (connection, up) in status() {
+                    observer.observe(up.into(), &[KeyValue::new("connection", connection as i64)]);
+                }
+            })
+            .build();
+    }
+
+    /// Registers whether this instance is the one that reads queue depths from the broker.
+    pub fn observe_queue_depth_poller(&self, polling: impl Fn() -> bool + Send + Sync + 'static) {
+        self.meter
+            .u64_observable_gauge("tenantmq.queue_depth.poller")
+            .with_description("1 while this instance is the one reading queue depths from the broker, else 0")
+            .with_callback(move |observer| observer.observe(polling().into(), &[]))
             .build();
     }
 

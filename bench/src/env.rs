@@ -49,20 +49,25 @@ impl Services {
     }
 }
 
-/// Drops every database a previous, interrupted bench run left behind.
+/// Drops the databases previous, interrupted bench runs left behind (those no session uses).
 pub async fn sweep_databases(postgres_server: &str) -> Result<usize> {
     let admin = sea_orm::Database::connect(format!("{postgres_server}/postgres")).await?;
     let rows = admin
         .query_all_raw(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
-            "SELECT datname FROM pg_database WHERE datname LIKE 'tenantmq\\_bench\\_%'",
+            // Only databases nobody is connected to: another bench run beside this one may be using its own.
+            "SELECT datname FROM pg_database d WHERE datname LIKE 'tenantmq\\_bench\\_%' \
+             AND NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname)",
         ))
         .await?;
     let mut dropped = 0;
     for row in rows {
         let name: String = row.try_get_by_index(0)?;
-        admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await?;
-        dropped += 1;
+        // Without FORCE: a run that connected in the meantime keeps its database.
+        match admin.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\"")).await {
+            Ok(_) => dropped += 1,
+            Err(error) => eprintln!("leaving database {name}: {error}"),
+        }
     }
     admin.close().await?;
     Ok(dropped)

@@ -280,7 +280,7 @@ async fn pages(app: &RunningApp, settings: PageSettings) -> Result<Pages> {
     Ok(Pages { first, deep, load })
 }
 
-async fn get_page(client: &reqwest::Client, url: &str) -> Result<serde_json::Value> {
+pub(crate) async fn get_page(client: &reqwest::Client, url: &str) -> Result<serde_json::Value> {
     let response = client.get(url).send().await?;
     let status = response.status();
     anyhow::ensure!(status == reqwest::StatusCode::OK, "GET {url} answered {status}");

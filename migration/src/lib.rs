@@ -27,6 +27,7 @@ mod m20261126_000001_event_log;
 mod m20261127_000002_message_cursor;
 mod m20261202_000003_event_hashes;
 mod m20261202_000004_tenant_limits;
+mod m20261202_000005_queue_depths;
 
 pub struct Migrator;
 
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261127_000002_message_cursor::Migration),
             Box::new(m20261202_000003_event_hashes::Migration),
             Box::new(m20261202_000004_tenant_limits::Migration),
+            Box::new(m20261202_000005_queue_depths::Migration),
         ]
     }
 }

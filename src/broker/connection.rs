@@ -1,5 +1,6 @@
-//! The RabbitMQ connection: one per instance, supervised. It reconnects with backoff when it drops and
-//! announces each new connection, so the reconciler can re-establish the consumers on it.
+//! A supervised RabbitMQ connection: it reconnects with backoff when it drops and announces each new
+//! connection, so whatever runs on it (publishing, or the consumers of [`ConsumerConnections`](super::ConsumerConnections))
+//! can start again.
 
 use std::sync::Arc;
 
@@ -22,12 +23,14 @@ pub struct Connected {
 #[derive(Clone)]
 pub struct Broker {
     url: String,
+    /// The connection name the broker shows (`rabbitmqctl list_connections client_properties`).
+    name: Arc<str>,
     current: watch::Sender<Option<Connected>>,
 }
 
 impl Broker {
-    pub fn new(url: String) -> Self {
-        Self { url, current: watch::Sender::new(None) }
+    pub fn new(url: String, name: String) -> Self {
+        Self { url, name: name.into(), current: watch::Sender::new(None) }
     }
 
     /// Announces every connect and disconnect.
@@ -56,19 +59,19 @@ impl Broker {
         while !cancel.is_cancelled() {
             let connection = tokio::select! {
                 _ = cancel.cancelled() => return,
-                connected = Connection::connect(&self.url, ConnectionProperties::default()) => connected,
+                connected = Connection::connect(&self.url, self.properties()) => connected,
             };
             let connection = match connection {
                 Ok(connection) => Arc::new(connection),
                 Err(error) => {
                     let delay = backoff.next_delay();
-                    tracing::warn!(%error, ?delay, "cannot connect to RabbitMQ; retrying");
+                    tracing::warn!(%error, ?delay, name = %self.name, "cannot connect to RabbitMQ; retrying");
                     tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => continue }
                 }
             };
             backoff.reset();
             generation += 1;
-            tracing::info!(generation, "connected to RabbitMQ");
+            tracing::info!(generation, name = %self.name, "connected to RabbitMQ");
             let mut events = connection.events_listener();
             self.current.send_replace(Some(Connected { generation, connection: connection.clone() }));
             let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -81,20 +84,24 @@ impl Broker {
                             tracing::debug!(%error, "a channel was closed by the broker");
                         }
                         Some(Event::Error(error)) => {
-                            tracing::warn!(%error, "RabbitMQ connection failed; reconnecting");
+                            tracing::warn!(%error, name = %self.name, "RabbitMQ connection failed; reconnecting");
                             break;
                         }
                         Some(_) => {}
                         None => break,
                     },
                     _ = check.tick() => if !connection.status().connected() {
-                        tracing::warn!("RabbitMQ connection is no longer connected; reconnecting");
+                        tracing::warn!(name = %self.name, "RabbitMQ connection is no longer connected; reconnecting");
                         break;
                     },
                 }
             }
             self.current.send_replace(None);
         }
+    }
+
+    fn properties(&self) -> ConnectionProperties {
+        ConnectionProperties::default().with_connection_name(self.name.as_ref().into())
     }
 
     /// Closes the connection (after the consumers have stopped).

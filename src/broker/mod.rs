@@ -1,14 +1,16 @@
-//! RabbitMQ: the supervised connection, the tenant queues (declaration, deletion, inspection), publishing with
+//! RabbitMQ: the supervised connections (one for publishing, as many as the consumers need), the tenant queues (declaration, deletion, inspection), publishing with
 //! confirms, the failure history messages carry in their headers, and dead-letter queue operations. Nothing
 //! here decides what to do about a tenant; it only speaks AMQP.
 
 mod connection;
+mod consumer_connections;
 pub mod dead_letters;
 pub mod failure_headers;
 pub mod publish;
 pub mod queues;
 
 pub use connection::{Broker, Connected};
+pub use consumer_connections::{ConsumerConnections, Slot};
 pub use dead_letters::DeadLetters;
 pub use publish::{OutgoingMessage, Publisher};
 pub use queues::{Inspector, QueueCounts, TenantQueues};

@@ -1,5 +1,5 @@
 //! The runtime: one consumer with a worker pool per live tenant, kept in step with the tenants projection by
-//! the reconciler; the supervised broker connection they run on; retirement of deleted tenants.
+//! the reconciler; the supervised broker connections they run on; retirement of deleted tenants.
 
 pub(crate) mod acks;
 pub mod consumer;
@@ -19,7 +19,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::Broker, config::Config, metrics::Metrics, projectors::Projections, store::tenants::TenantReadModel,
+    broker::{Broker, ConsumerConnections},
+    config::Config,
+    metrics::Metrics,
+    projectors::Projections,
+    store::tenants::TenantReadModel,
 };
 
 pub use registry::ConsumerRegistry;
@@ -27,7 +31,10 @@ pub use registry::ConsumerRegistry;
 /// Handles to the running runtime, for the API and for shutdown.
 #[derive(Clone)]
 pub struct Runtime {
+    /// Publishing, queue inspection and retirement.
     pub broker: Broker,
+    /// Where the tenants' consumers run.
+    pub consumer_connections: ConsumerConnections,
     pub registry: ConsumerRegistry,
 }
 
@@ -44,31 +51,50 @@ impl Runtime {
         background: (&mut JoinSet<&'static str>, &CancellationToken),
         consumers: (&mut JoinSet<&'static str>, &CancellationToken),
     ) -> Self {
-        let broker = Broker::new(config.rabbitmq.url.clone());
+        let instance = config.consumer.instance_id();
+        let broker = Broker::new(config.rabbitmq.url.clone(), format!("tenantmq ({instance})"));
+        let (tasks, cancel) = background;
+        let consumer_connections = ConsumerConnections::new(
+            config.rabbitmq.url.clone(),
+            instance,
+            config.rabbitmq.channels_per_connection,
+            cancel.child_token(),
+        );
         let registry = ConsumerRegistry::default();
         let connections = broker.subscribe();
         metrics.observe_broker(move || connections.borrow().as_ref().map(|connected| connected.generation));
+        let consumer_connections_status = consumer_connections.clone();
+        metrics.observe_consumer_connections(move || consumer_connections_status.status());
         let stats = registry.clone();
         metrics.observe_tenants(move || stats.snapshot());
-        let (tasks, cancel) = background;
         let (supervisor, stop) = (broker.clone(), cancel.clone());
         tasks.spawn(async move {
             supervisor.supervise(stop).await;
             "broker connection"
         });
         if !config.server.role.runs_consumers() {
-            return Self { broker, registry };
+            return Self { broker, consumer_connections, registry };
         }
-        let (poller, connection, stop) = (registry.clone(), broker.clone(), cancel.clone());
-        let interval = config.metrics.queue_poll_interval;
+        let poller = queue_depth::QueueDepthPoller {
+            registry: registry.clone(),
+            broker: broker.clone(),
+            pool: db.get_postgres_connection_pool().clone(),
+            metrics: metrics.clone(),
+            interval: config.metrics.queue_poll_interval,
+            polling: Arc::default(),
+        };
+        let polling = poller.polling.clone();
+        metrics.observe_queue_depth_poller(move || polling.load(std::sync::atomic::Ordering::Relaxed));
+        let stop = cancel.clone();
         tasks.spawn(async move {
-            queue_depth::poll(poller, connection, interval, stop).await;
+            poller.run(stop).await;
             "queue depth poller"
         });
 
         let reconciler = reconciler::Reconciler {
             registry: registry.clone(),
             broker: broker.clone(),
+            consumer_connections: consumer_connections.clone(),
             tenants: TenantReadModel::new(db.clone()),
             pool: db.get_postgres_connection_pool().clone(),
             settings: Arc::new(consumer::ConsumerSettings::from_config(config)),
@@ -89,6 +115,6 @@ impl Runtime {
             reconciler.run(stop_consumers).await;
             "reconciler"
         });
-        Self { broker, registry }
+        Self { broker, consumer_connections, registry }
     }
 }

@@ -2,46 +2,115 @@
 //! no management API to ask (RabbitMQ may run without the plugin), so each queue gets a passive declare,
 //! which answers its ready count without creating it; at `metrics.queue_poll_interval`, not per scrape, so
 //! a busy Prometheus cannot load the broker.
+//!
+//! Only one instance asks the broker: the one holding the poller's lock in PostgreSQL
+//! ([`PollerLease`]). It writes the depths into `queue_depths`, and every instance (itself included) reads
+//! that table once per interval. The broker's load grows with the tenants, not with tenants × instances; when
+//! the poller stops, its lock goes with its session and another instance takes over at its next interval.
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
+use sea_orm::sqlx::PgPool;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::tenant::QueueKind;
+use crate::{
+    broker::{Broker, Inspector},
+    domain::tenant::{QueueKind, TenantId},
+    metrics::Metrics,
+    store::queue_depths::{self, Depths, PollerLease},
+};
 
-use crate::broker::{Broker, Inspector};
+use super::{ConsumerRegistry, tenant_stats::TenantStats};
 
-use super::ConsumerRegistry;
+pub struct QueueDepthPoller {
+    pub registry: ConsumerRegistry,
+    pub broker: Broker,
+    pub pool: PgPool,
+    pub metrics: Metrics,
+    pub interval: Duration,
+    /// Whether this instance is the one asking the broker, for `/metrics`.
+    pub polling: Arc<AtomicBool>,
+}
 
-/// Polls until `cancel`.
-pub async fn poll(registry: ConsumerRegistry, broker: Broker, interval: Duration, cancel: CancellationToken) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // A pass that hangs on a half-dead connection must not stop the next one.
-    let pass_limit = interval.max(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = ticker.tick() => {}
+impl QueueDepthPoller {
+    /// Polls until `cancel`.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut lease = PollerLease::default();
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = ticker.tick() => {}
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                () = self.pass(&mut lease) => {}
+            }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            passed = tokio::time::timeout(pass_limit, poll_once(&registry, &broker)) => if passed.is_err() {
-                tracing::warn!(?pass_limit, "polling queue depths took too long; trying again at the next interval");
-            },
+        self.polling.store(false, Ordering::Relaxed);
+    }
+
+    async fn pass(&self, lease: &mut PollerLease) {
+        let tenants = self.registry.tenants_with_stats();
+        let polling = lease.hold(&self.pool).await;
+        self.polling.store(polling, Ordering::Relaxed);
+        if polling {
+            // A pass that hangs on a half-dead connection must not stop the next one.
+            let limit = self.interval.max(Duration::from_secs(5));
+            match tokio::time::timeout(limit, read_from_broker(&self.broker, &tenants, &self.metrics)).await {
+                Ok(depths) => {
+                    if let Err(error) = lease.publish(&depths).await {
+                        tracing::warn!(%error, "cannot record the queue depths");
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(?limit, "reading queue depths took too long; trying again at the next interval")
+                }
+            }
+        }
+        // What no poller has written for a few intervals is unknown, so its series disappears instead of going
+        // stale.
+        let shared = match queue_depths::read(&self.pool, 3 * self.interval).await {
+            Ok(shared) => shared,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the queue depths");
+                Default::default()
+            }
+        };
+        for (tenant, stats) in &tenants {
+            let depths = shared.get(tenant).copied().unwrap_or_default();
+            for queue in QueueKind::ALL {
+                stats.set_queue_ready(queue, depths[queue as usize]);
+            }
         }
     }
 }
 
-/// Reads every queue of every tenant this instance keeps stats for; a queue that cannot be read (missing,
-/// or the broker is down) is recorded as unknown, so its series disappears instead of going stale.
-pub async fn poll_once(registry: &ConsumerRegistry, broker: &Broker) {
+/// Asks the broker for every queue of every tenant this instance keeps stats for; a queue that cannot be read
+/// (missing, or the broker is down) is unknown.
+async fn read_from_broker(
+    broker: &Broker,
+    tenants: &[(TenantId, Arc<TenantStats>)],
+    metrics: &Metrics,
+) -> Vec<(TenantId, Depths)> {
     let mut inspector = Inspector::new(broker);
-    for (tenant, stats) in registry.tenants_with_stats() {
+    let mut depths = Vec::with_capacity(tenants.len());
+    for (tenant, _) in tenants {
+        let mut ready = Depths::default();
         for queue in QueueKind::ALL {
-            stats.set_queue_ready(queue, inspector.counts(&queue.queue_name(tenant)).await.map(|(ready, _)| ready));
+            ready[queue as usize] = inspector.counts(&queue.queue_name(*tenant)).await.map(|(ready, _)| ready);
         }
+        metrics.queue_depth_broker_calls(QueueKind::ALL.len() as u64);
+        depths.push((*tenant, ready));
     }
     inspector.close().await;
+    depths
 }

@@ -2,7 +2,8 @@
 //! tenants and their pool sizes, from the tenants projection) with the actual one (the ConsumerRegistry) and
 //! acts: start, resize, stop, restart what crashed. It wakes on projected changes, consumer exits, broker
 //! reconnects and a periodic resync. Broker work happens in the consumer tasks, so one slow tenant never
-//! stalls the others; failed starts are retried with backoff.
+//! stalls the others; failed starts are retried with backoff. Each consumer gets a channel slot on a consumer
+//! connection with room ([`ConsumerConnections`]), so no start fails on a connection's channel limit.
 
 use std::{collections::HashMap, num::NonZeroU16, sync::Arc, time::Duration};
 
@@ -16,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
-    broker::{Broker, queues},
+    broker::{Broker, ConsumerConnections, queues},
     domain::tenant::{TenantId, Workers},
     metrics::{Metrics, ReconcilerAction, ReconcilerError},
     projectors::Progress,
@@ -35,6 +36,7 @@ type ConsumerResult = (TenantId, Result<ConsumerEnd, ConsumerError>);
 pub struct Reconciler {
     pub registry: ConsumerRegistry,
     pub broker: Broker,
+    pub consumer_connections: ConsumerConnections,
     pub tenants: TenantReadModel,
     pub pool: PgPool,
     pub settings: Arc<ConsumerSettings>,
@@ -214,9 +216,11 @@ impl Reconciler {
         let runtime = Arc::new(TenantRuntime::new(tenant, workers, control, stats));
         self.registry.insert(runtime.clone());
         let writer = MessageWriter::new(self.pool.clone(), tenant, self.metrics.clone());
-        let (broker, settings, shutdown) = (self.broker.clone(), self.settings.clone(), shutdown.clone());
+        // The slot goes with the task: it is given back when the consumer has ended and closed its channel.
+        let slot = self.consumer_connections.take_slot();
+        let (settings, shutdown) = (self.settings.clone(), shutdown.clone());
         let handle = consumers.spawn(async move {
-            let ended = consumer::run(runtime, commands, broker, writer, settings, generation, shutdown).await;
+            let ended = consumer::run(runtime, commands, slot, writer, settings, generation, shutdown).await;
             (tenant, ended)
         });
         tenants_of.insert(handle.id(), tenant);

@@ -1,11 +1,11 @@
 //! Writing messages into a tenant's partition: one multi-row insert per batch, idempotent on
 //! `(tenant_id, id)`, straight into the partition (no routing through the parent table).
 
-use std::{ops::Range, sync::LazyLock};
+use std::ops::Range;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ConnectionTrait, FromQueryResult,
+    ConnectionTrait, DbErr, FromQueryResult, RuntimeErr,
     sqlx::{self, PgPool, postgres::PgDatabaseError},
 };
 use uuid::Uuid;
@@ -152,22 +152,6 @@ impl std::fmt::Display for MessageKey {
     }
 }
 
-/// The page query; see [`page`].
-static PAGE_SQL: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "SELECT id, tenant_id, CASE WHEN n <= $4 AND (n = 1 OR bytes <= $5) THEN payload END AS payload, \
-                created_at, txid::text AS txid \
-         FROM (SELECT *, row_number() OVER w AS n, sum(octet_length(payload)) OVER w AS bytes \
-               FROM (SELECT id, tenant_id, payload::text AS payload, created_at, txid FROM messages \
-                     WHERE tenant_id = $1 AND (txid, id) > ($2::text::xid8, $3) \
-                       AND txid < {READ_HORIZON} \
-                     ORDER BY messages.txid, messages.id LIMIT $4 + 1) AS fetched \
-               WINDOW w AS (ORDER BY txid, id ROWS UNBOUNDED PRECEDING)) AS sized \
-         WHERE n <= 2 OR bytes - octet_length(payload) <= $5 \
-         ORDER BY sized.txid, sized.id"
-    )
-});
-
 /// The tenant's messages after `after`, oldest first, gap-free while writers commit out of order: only rows
 /// of transactions older than every transaction still running in this database ([`READ_HORIZON`]) are
 /// returned, in `(txid, id)` order, so a row that commits later always sorts after any cursor already handed
@@ -187,11 +171,31 @@ pub async fn page<C: ConnectionTrait>(
 ) -> Result<Page, StoreError> {
     let limit = i64::try_from(limit).unwrap_or(i64::MAX - 1);
     let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    // The partition by name, not the parent table: a query on `messages` costs more with every tenant's
+    // partition (planning and locking them all), one on the partition does not.
+    let sql = format!(
+        "SELECT id, tenant_id, CASE WHEN n <= $4 AND (n = 1 OR bytes <= $5) THEN payload END AS payload, \
+                created_at, txid::text AS txid \
+         FROM (SELECT *, row_number() OVER w AS n, sum(octet_length(payload)) OVER w AS bytes \
+               FROM (SELECT id, tenant_id, payload::text AS payload, created_at, txid FROM {partition} \
+                     WHERE tenant_id = $1 AND (txid, id) > ($2::text::xid8, $3) \
+                       AND txid < {READ_HORIZON} \
+                     ORDER BY txid, id LIMIT $4 + 1) AS fetched \
+               WINDOW w AS (ORDER BY txid, id ROWS UNBOUNDED PRECEDING)) AS sized \
+         WHERE n <= 2 OR bytes - octet_length(payload) <= $5 \
+         ORDER BY sized.txid, sized.id",
+        partition = tenant.partition_name()
+    );
     let statement = stmt(
-        &PAGE_SQL,
+        &sql,
         [tenant.as_uuid().into(), after.txid.to_string().into(), after.id.into(), limit.into(), max_bytes.into()],
     );
-    let fetched = FetchedRow::find_by_statement(statement).all(conn).await?;
+    let fetched = match FetchedRow::find_by_statement(statement).all(conn).await {
+        Ok(fetched) => fetched,
+        // Dropped by the tenant's retirement since the caller found the tenant live: nothing to read any more.
+        Err(DbErr::Query(RuntimeErr::SqlxError(error))) if sqlstate(&error) == Some("42P01") => Vec::new(),
+        Err(error) => return Err(error.into()),
+    };
     let count = fetched.len();
     let rows: Vec<MessageRow> = fetched
         .into_iter()

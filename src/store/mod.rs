@@ -7,6 +7,7 @@ pub mod events;
 pub mod messages;
 pub mod partitions;
 pub mod publish_buckets;
+pub mod queue_depths;
 pub mod tenants;
 pub(crate) mod visibility;
 

@@ -20,6 +20,7 @@ mod proxy;
 mod read_side;
 mod roles;
 mod runtime;
+mod scale_out;
 mod security;
 mod services;
 mod several_instances;

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, time::Duration};
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use serde_json::{Value, json};
+use tenantmq_testkit::RunningApp;
 
 use crate::helpers::{TestApp, amqp, await_consumer, eventually, test_config};
 
@@ -48,7 +49,8 @@ fn parse_labels(mut text: &str) -> BTreeMap<String, String> {
 pub struct Scrape(Vec<Sample>);
 
 impl Scrape {
-    pub async fn of(app: &TestApp) -> Self {
+    /// Scrapes an instance (a `TestApp` or a second instance on its database).
+    pub async fn of(app: &RunningApp) -> Self {
         Self::at(&app.base_url).await
     }
 
@@ -81,7 +83,7 @@ impl Scrape {
     }
 }
 
-fn fast_polling() -> tenantmq::config::Config {
+pub fn fast_polling() -> tenantmq::config::Config {
     let mut config = test_config();
     config.metrics.queue_poll_interval = Duration::from_millis(200);
     config

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{Broker, BrokerError, queues},
+    broker::{Broker, BrokerError, Slot, queues},
     config::{Config, QueueType},
     store::messages::MessageWriter,
 };
@@ -111,23 +111,31 @@ impl From<lapin::Error> for ConsumerError {
 pub async fn run(
     runtime: Arc<TenantRuntime>,
     mut control: mpsc::UnboundedReceiver<Control>,
-    broker: Broker,
+    slot: Slot,
     writer: MessageWriter,
     settings: Arc<ConsumerSettings>,
     generation: u64,
     shutdown: CancellationToken,
 ) -> Result<ConsumerEnd, ConsumerError> {
+    let broker = slot.broker();
     // The connection can die without every consumer stream hearing of it: follow the supervisor's view too.
+    // A connection just opened for this slot (or reconnecting) is waited for rather than failed on.
     let mut connection = broker.subscribe();
-    let connected_on = connection.borrow_and_update().as_ref().map(|c| c.generation);
-    let mut running = Running::start(&broker, runtime, writer, settings, generation, &shutdown).await?;
+    let connected_on = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(ConsumerEnd::ShutDown),
+        connected = connection.wait_for(Option::is_some) => {
+            connected.map_err(|_| ConsumerError::ConnectionLost)?.as_ref().map(|c| c.generation)
+        }
+    };
+    // The rarely taken steps are boxed, so that an idle consumer's task stays small (RSS per idle tenant).
+    let mut running = Box::pin(Running::start(broker, runtime, writer, settings, generation, &shutdown)).await?;
     let ended = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(ConsumerEnd::ShutDown),
             // The control channel cannot close while this consumer runs: its runtime, which it holds, keeps
             // the sender.
             Some(command) = control.recv() => match command {
-                Control::Resize => if let Err(error) = running.resize().await {
+                Control::Resize => if let Err(error) = Box::pin(running.resize()).await {
                     break Err(error);
                 },
                 Control::Delete => break Ok(ConsumerEnd::Deleted),
@@ -149,7 +157,7 @@ pub async fn run(
             }
         }
     };
-    running.stop(matches!(ended, Ok(ConsumerEnd::Deleted))).await;
+    Box::pin(running.stop(matches!(ended, Ok(ConsumerEnd::Deleted)))).await;
     ended
 }
 

@@ -141,9 +141,11 @@ pub(super) async fn worker(
         }
         match next_batch(&receiver, &mut desired, context.batch_size, context.linger).await {
             Next::Batch(batch) => {
+                // Boxed: the write's state is large and needed only while a batch is written, and an idle
+                // tenant's workers would each carry it all the time (RSS per idle tenant).
                 let held_back = {
                     let _busy = context.runtime.busy_guard();
-                    process(batch, &context).await
+                    Box::pin(process(batch, &context)).await
                 };
                 if held_back.is_empty() {
                     unavailable.reset();
@@ -154,9 +156,12 @@ pub(super) async fn worker(
                     _ = context.shutdown.cancelled() => {}
                     _ = tokio::time::sleep(unavailable.next_delay()) => {}
                 }
-                for delivery in &held_back {
-                    settle(delivery, Outcome::Requeue, &context).await;
-                }
+                Box::pin(async {
+                    for delivery in &held_back {
+                        settle(delivery, Outcome::Requeue, &context).await;
+                    }
+                })
+                .await;
             }
             Next::Resized => {}
             Next::Closed => break,

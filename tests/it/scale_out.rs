@@ -1,0 +1,174 @@
+//! Scaling out: tenant consumers spread over as many broker connections as their channels need (each
+//! connection supervised on its own), and queue depths read from the broker by one instance for all.
+//!
+//! The broker's view comes from `rabbitmqctl` on this machine, so these tests need the local RabbitMQ.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use lapin::BasicProperties;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tenantmq_testkit::RunningApp;
+use uuid::Uuid;
+
+use crate::{
+    helpers::{TestApp, amqp, eventually, publish_raw, queue, queue_state, test_config},
+    metrics::{Scrape, fast_polling},
+};
+
+/// One of the service's consumer connections as the broker lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct BrokerConnection {
+    pid: String,
+    channels: u32,
+}
+
+async fn rabbitmqctl(args: &[&str]) -> String {
+    let output =
+        tokio::process::Command::new("rabbitmqctl").arg("-q").args(args).output().await.expect("rabbitmqctl runs");
+    assert!(output.status.success(), "rabbitmqctl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
+/// The consumer connections of `instance` by their number, found by the name the service gives them.
+async fn consumer_connections(instance: &str) -> BTreeMap<u32, BrokerConnection> {
+    let listing =
+        rabbitmqctl(&["list_connections", "--no-table-headers", "pid", "channels", "client_properties"]).await;
+    let mut connections = BTreeMap::new();
+    for line in listing.lines() {
+        let mut columns = line.splitn(3, '\t');
+        let (Some(pid), Some(channels), Some(properties)) = (columns.next(), columns.next(), columns.next()) else {
+            continue;
+        };
+        let number = (1..=100).find(|n| properties.contains(&format!("tenantmq consumers #{n} ({instance})")));
+        if let (Some(number), Ok(channels)) = (number, channels.trim().parse()) {
+            connections.insert(number, BrokerConnection { pid: pid.to_owned(), channels });
+        }
+    }
+    connections
+}
+
+async fn consumer_tag(app: &TestApp, tenant: &str) -> Option<String> {
+    let details: Value = app.get(&format!("/tenants/{tenant}")).await.json().await.expect("tenant JSON");
+    details["runtime"]["consumer_tag"].as_str().map(str::to_owned)
+}
+
+#[tokio::test]
+async fn consumers_spread_over_connections_and_a_closed_one_restarts_only_its_own() {
+    const TENANTS: usize = 5;
+    let instance = format!("it-{}", Uuid::new_v4().simple());
+    let mut config = test_config();
+    config.rabbitmq.channels_per_connection = 2;
+    config.consumer.instance_id = Some(instance.clone());
+    let app = TestApp::spawn_with(config).await;
+    let mut tenants = Vec::new();
+    for i in 0..TENANTS {
+        tenants.push(app.create_tenant_id(&format!("spread-{i}")).await);
+    }
+    let broker = amqp().await;
+    let before = eventually(Duration::from_secs(60), "five consumers over three connections", || async {
+        for tenant in &tenants {
+            queue_state(&broker, queue(tenant)).await.filter(|(_, consumers)| *consumers == 1)?;
+        }
+        let connections = consumer_connections(&instance).await;
+        let channels: Vec<(u32, u32)> = connections.iter().map(|(n, c)| (*n, c.channels)).collect();
+        (channels == [(1, 2), (2, 2), (3, 1)]).then_some(connections)
+    })
+    .await;
+    let scrape = Scrape::of(&app).await;
+    for connection in ["1", "2", "3"] {
+        let up = scrape.value("tenantmq_broker_consumer_connection_up", &[("connection", connection)]);
+        assert_eq!(up, Some(1.0), "connection #{connection}");
+    }
+    let mut tags = BTreeMap::new();
+    for tenant in &tenants {
+        tags.insert(tenant.clone(), consumer_tag(&app, tenant).await.expect("a running consumer's tag"));
+    }
+
+    // Closed by the broker, as an operator would: only the two consumers on it start again.
+    rabbitmqctl(&["close_connection", &before[&1].pid, "closed by a test"]).await;
+    eventually(Duration::from_secs(60), "connection #1 back with its two consumers, the others untouched", || async {
+        let now = consumer_connections(&instance).await;
+        let reopened = now.get(&1).is_some_and(|c| c.pid != before[&1].pid && c.channels == 2);
+        (reopened && now.get(&2) == before.get(&2) && now.get(&3) == before.get(&3)).then_some(())
+    })
+    .await;
+    let mut restarted = 0;
+    for tenant in &tenants {
+        let tag = eventually(Duration::from_secs(30), "a running consumer", || consumer_tag(&app, tenant)).await;
+        restarted += usize::from(tag != tags[tenant]);
+    }
+    assert_eq!(restarted, 2, "only the consumers on the closed connection started again");
+
+    // And every consumer consumes.
+    for tenant in &tenants {
+        let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 })).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    for tenant in &tenants {
+        app.await_messages(tenant, 1).await;
+    }
+    app.stop().await;
+}
+
+/// Two instances on one database: one asks the broker, both export the depths; when it stops, the other
+/// takes over.
+#[tokio::test]
+async fn one_instance_polls_queue_depths_for_all_and_another_takes_over_when_it_stops() {
+    const DEAD_LETTERS: usize = 7;
+    let mut first = TestApp::spawn_with(fast_polling()).await;
+    let mut second = RunningApp::start(first.config.clone()).await.expect("a second instance on the same database");
+    let tenant = first.create_tenant_id("depths").await;
+    let broker = amqp().await;
+    eventually(Duration::from_secs(30), "a consumer on each instance", || async {
+        queue_state(&broker, queue(&tenant)).await.filter(|(_, consumers)| *consumers == 2)
+    })
+    .await;
+    // Messages that can never be rows go to the dead-letter queue, and stay there: a depth that holds still.
+    let channel = broker.create_channel().await.expect("channel");
+    for _ in 0..DEAD_LETTERS {
+        publish_raw(&channel, &tenant, b"not json", BasicProperties::default()).await;
+    }
+
+    let dead_letters =
+        |scrape: &Scrape| scrape.value("tenantmq_queue_messages_ready", &[("tenant_id", &tenant), ("queue", "dlq")]);
+    let expected = Some(DEAD_LETTERS as f64);
+    let (first_polls, scrapes) = eventually(Duration::from_secs(30), "both instances export the depth", || async {
+        let scrapes = [Scrape::of(&first).await, Scrape::of(&second).await];
+        let pollers: Vec<f64> =
+            scrapes.iter().map(|s| s.value("tenantmq_queue_depth_poller", &[]).unwrap_or(-1.0)).collect();
+        let exported = scrapes.iter().all(|s| dead_letters(s) == expected);
+        (exported && (pollers == [1.0, 0.0] || pollers == [0.0, 1.0])).then(|| (pollers[0] == 1.0, scrapes))
+    })
+    .await;
+    let calls = |scrape: &Scrape| scrape.value("tenantmq_queue_depth_broker_calls_total", &[]);
+    let (poller, other) = if first_polls { (&scrapes[0], &scrapes[1]) } else { (&scrapes[1], &scrapes[0]) };
+    assert!(calls(poller).is_some_and(|calls| calls >= 3.0), "the poller asks the broker: {:?}", calls(poller));
+    assert_eq!(calls(other), Some(0.0), "the other instance never asks the broker");
+    for scrape in &scrapes {
+        let main = scrape.value("tenantmq_queue_messages_ready", &[("tenant_id", &tenant), ("queue", "main")]);
+        assert_eq!(main, Some(0.0));
+    }
+
+    // The poller stops; the survivor takes over, and its depths follow the broker again.
+    let survivor: &RunningApp = if first_polls {
+        first.stop_service().await;
+        &second
+    } else {
+        second.stop().await.expect("second instance stopped");
+        &first
+    };
+    publish_raw(&channel, &tenant, b"not json either", BasicProperties::default()).await;
+    let expected = Some((DEAD_LETTERS + 1) as f64);
+    eventually(Duration::from_secs(30), "the survivor polls and exports the new depth", || async {
+        let scrape = Scrape::of(survivor).await;
+        let polls = scrape.value("tenantmq_queue_depth_poller", &[]) == Some(1.0)
+            && calls(&scrape).is_some_and(|calls| calls > 0.0);
+        (polls && dead_letters(&scrape) == expected).then_some(())
+    })
+    .await;
+    if first_polls {
+        second.stop().await.expect("second instance stopped");
+    }
+    first.stop().await;
+}
