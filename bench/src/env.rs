@@ -23,6 +23,8 @@ pub struct Services {
     pub servers: tenantmq_testkit::Services,
     /// Prefix of every database the bench creates: `tenantmq_bench_<random>`.
     pub run_id: String,
+    /// `consumer.batch_max_wait` of the services the bench starts (the service's default when `None`).
+    pub batch_max_wait: Option<Duration>,
 }
 
 impl Services {
@@ -45,6 +47,10 @@ impl Services {
         config.rabbitmq.url = self.servers.amqp_url.clone();
         config.auth.jwt_secret = Some(format!("bench-secret-{}", Uuid::new_v4()));
         config.shutdown_timeout = Duration::from_secs(20);
+        if let Some(max_wait) = self.batch_max_wait {
+            config.consumer.batch_max_wait = Some(max_wait);
+            config.consumer.batch_wait = config.consumer.batch_wait.min(max_wait);
+        }
         config
     }
 }

@@ -81,6 +81,10 @@ struct Cli {
     /// The quiet tenant's msg/s in the noisy-neighbour part.
     #[arg(long, default_value_t = 200.0)]
     quiet_rate: f64,
+    /// `consumer.batch_max_wait` of the services the bench starts, in ms (and `batch_wait` at most that):
+    /// the batching window, which trades latency for throughput (default: the service's).
+    #[arg(long)]
+    batch_max_wait_ms: Option<u64>,
     /// Tenants of the scale run.
     #[arg(long)]
     scale_tenants: Option<usize>,
@@ -276,6 +280,7 @@ async fn run(cli: Cli) -> Result<()> {
             amqp_url: cli.amqp.clone(),
         },
         run_id: format!("tenantmq_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        batch_max_wait: cli.batch_max_wait_ms.map(Duration::from_millis),
     };
     let swept = env::sweep_databases(&services.servers.postgres_server).await?;
     if swept > 0 {
