@@ -131,8 +131,7 @@ pub async fn await_rows(
     let sql = match tenants {
         None => "SELECT count(*) FROM messages".to_owned(),
         Some(tenants) => {
-            let ids: Vec<String> = tenants.iter().map(|t| format!("'{}'", t.as_uuid())).collect();
-            format!("SELECT count(*) FROM messages WHERE tenant_id IN ({})", ids.join(","))
+            format!("SELECT count(*) FROM messages WHERE tenant_id IN ({})", sql_ids(tenants))
         }
     };
     let deadline = tokio::time::Instant::now() + timeout;
@@ -145,6 +144,12 @@ pub async fn await_rows(
         let near = count as f64 >= expected as f64 * 0.9;
         tokio::time::sleep(Duration::from_millis(if near { 10 } else { 200 })).await;
     }
+}
+
+/// The tenants' ids as a SQL list (`'…','…'`), for `tenant_id IN (…)`: ids the bench made, safe to splice.
+pub fn sql_ids(tenants: &[TenantId]) -> String {
+    let ids: Vec<String> = tenants.iter().map(|t| format!("'{}'", t.as_uuid())).collect();
+    ids.join(",")
 }
 
 /// A JSON payload of about `bytes` bytes, like a small event.

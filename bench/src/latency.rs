@@ -274,16 +274,15 @@ async fn open_loop(
     Ok(sent)
 }
 
+/// A row's latency in microseconds: its insert transaction's start less the time stamped into its payload.
+const LATENCY_US: &str = "(extract(epoch FROM created_at) * 1000000)::bigint - (payload->>'sent_us')::bigint";
+
 /// Waits for the row of message `id` and returns its latency.
 async fn await_row(app: &RunningApp, tenant: TenantId, id: Uuid) -> Result<Duration> {
     let deadline = Instant::now() + Duration::from_secs(30);
+    let sql = format!("SELECT {LATENCY_US} FROM messages WHERE tenant_id = '{}' AND id = '{id}'", tenant.as_uuid());
     loop {
-        let sql = format!(
-            "SELECT (extract(epoch FROM created_at) * 1000000)::bigint - (payload->>'sent_us')::bigint \
-             FROM messages WHERE tenant_id = '{}' AND id = '{id}'",
-            tenant.as_uuid()
-        );
-        if let Some(row) = app.db.query_one_raw(statement(sql)).await? {
+        if let Some(row) = app.db.query_one_raw(statement(sql.clone())).await? {
             return Ok(micros(row.try_get_by_index(0)?));
         }
         anyhow::ensure!(Instant::now() < deadline, "message {id} has no row after 30 s");
@@ -293,17 +292,15 @@ async fn await_row(app: &RunningApp, tenant: TenantId, id: Uuid) -> Result<Durat
 
 /// Waits for the `sent` rows of the phase and returns their latencies.
 async fn collect(app: &RunningApp, tenants: &[TenantId], phase: &str, sent: u64) -> Result<Samples> {
-    let ids: Vec<String> = tenants.iter().map(|t| format!("'{}'", t.as_uuid())).collect();
-    let filter = format!("FROM messages WHERE tenant_id IN ({}) AND payload->>'phase' = '{phase}'", ids.join(","));
+    let filter =
+        format!("FROM messages WHERE tenant_id IN ({}) AND payload->>'phase' = '{phase}'", env::sql_ids(tenants));
     let expected = i64::try_from(sent)?;
     let deadline = Instant::now() + Duration::from_secs(600);
     while tenantmq_testkit::scalar_i64(&app.db, &format!("SELECT count(*) {filter}")).await? < expected {
         anyhow::ensure!(Instant::now() < deadline, "the {phase} messages did not all arrive");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let sql = format!(
-        "SELECT (extract(epoch FROM created_at) * 1000000)::bigint - (payload->>'sent_us')::bigint AS latency {filter}"
-    );
+    let sql = format!("SELECT {LATENCY_US} AS latency {filter}");
     let mut samples = Samples::new();
     for row in app.db.query_all_raw(statement(sql)).await? {
         samples.push(micros(row.try_get_by_index(0)?));

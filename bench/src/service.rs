@@ -158,8 +158,7 @@ async fn http_run(
 
 /// Rows per writing transaction of the tenants: each row records its transaction id (`txid`).
 async fn rows_per_transaction(db: &sea_orm::DatabaseConnection, tenants: &[TenantId]) -> Result<f64> {
-    let ids: Vec<String> = tenants.iter().map(|t| format!("'{}'", t.as_uuid())).collect();
-    let filter = format!("FROM messages WHERE tenant_id IN ({})", ids.join(","));
+    let filter = format!("FROM messages WHERE tenant_id IN ({})", env::sql_ids(tenants));
     let rows = tenantmq_testkit::scalar_i64(db, &format!("SELECT count(*) {filter}")).await?;
     let transactions = tenantmq_testkit::scalar_i64(db, &format!("SELECT count(DISTINCT txid) {filter}")).await?;
     Ok(if transactions > 0 { rows as f64 / transactions as f64 } else { 0.0 })
