@@ -193,6 +193,48 @@ async fn a_body_that_is_not_json_is_dead_lettered_not_persisted_and_not_requeued
     app.stop().await;
 }
 
+/// An idle tenant holds its consumer but no worker tasks: workers start when deliveries arrive and end after
+/// a while without work, while the pool still reports its size; a parked pool takes every new message.
+#[tokio::test]
+async fn idle_tenants_hold_no_worker_tasks_and_their_pools_start_again_for_new_messages() {
+    const TENANTS: usize = 20;
+    const WORKERS: usize = 8;
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let channel = broker.create_channel().await.expect("channel");
+    let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let before = tasks();
+    let mut tenants = Vec::new();
+    for i in 0..TENANTS {
+        let response = app.post_json("/tenants", &json!({ "name": format!("idle-{i}"), "workers": WORKERS })).await;
+        assert_eq!(response.status(), StatusCode::CREATED);
+        tenants.push(response.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned());
+    }
+    for round in 1..=2 {
+        for tenant in &tenants {
+            await_consumer(&broker, tenant).await;
+            publish_raw(&channel, tenant, format!("{{\"round\":{round}}}").as_bytes(), BasicProperties::default())
+                .await;
+        }
+        for tenant in &tenants {
+            app.await_messages(tenant, round).await;
+        }
+        // Each tenant's consumer stays; its workers end. An idle pool of 8 running tasks would be 9 a tenant.
+        let per_tenant = eventually(Duration::from_secs(30), "idle tenants without worker tasks", || async {
+            let per_tenant = tasks().saturating_sub(before) as f64 / TENANTS as f64;
+            (per_tenant < 2.0).then_some(per_tenant)
+        })
+        .await;
+        let details: Value = app.get(&format!("/tenants/{}", tenants[0])).await.json().await.expect("json");
+        assert_eq!(
+            details["runtime"]["running_workers"], WORKERS,
+            "parked workers are in the pool ({per_tenant} tasks a tenant)"
+        );
+        assert_eq!(details["runtime"]["busy_workers"], 0);
+    }
+    app.stop().await;
+}
+
 /// 5,000 messages flow while the pool goes 1 → 8 → 2. Each insert is slowed down (a statement trigger on the
 /// partition) so that the pool size shows in how many workers are busy at once.
 #[tokio::test]

@@ -1,6 +1,9 @@
-//! Gathering a batch: how long a worker holds it open for more deliveries.
+//! Gathering a batch: how long a worker holds it open for more deliveries, and when an idle worker parks.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicU16, Ordering},
+    time::Duration,
+};
 
 use tokio::sync::{Mutex, mpsc, watch};
 
@@ -13,6 +16,9 @@ pub(super) enum Next<T> {
     Resized,
     /// The consumer stopped and the channel is drained.
     Closed,
+    /// Nothing arrived for [`Linger::park_after`]: the worker's task ends, and the pool starts one again
+    /// when deliveries come.
+    Idle,
 }
 
 /// How long a worker holds a batch open for more deliveries.
@@ -22,6 +28,25 @@ pub(super) struct Linger {
     pub(super) wait: Duration,
     /// Longest a batch stays open, from its first delivery.
     pub(super) max_wait: Duration,
+    /// How long a worker waits for a first delivery before its task ends (an idle tenant holds no worker
+    /// tasks).
+    pub(super) park_after: Duration,
+}
+
+/// Counts the workers waiting for a first delivery, from when the wait begins until it ends.
+struct Waiting<'a>(&'a AtomicU16);
+
+impl<'a> Waiting<'a> {
+    fn begin(count: &'a AtomicU16) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Takes up to `max` deliveries: waits for the first, then, while the batch is not full, lets more arrive for
@@ -29,21 +54,31 @@ pub(super) struct Linger {
 /// message waits `wait` (a zero `wait` takes what is there and goes); under load batches fill up, which is
 /// what makes a write cheap per message. A resize
 /// can interrupt only the wait for the lock or for the first delivery, never a batch being gathered, so no
-/// delivery is ever dropped unsettled.
+/// delivery is ever dropped unsettled; so can `linger.park_after` without a delivery.
+///
+/// While it waits for the lock or a first delivery, the worker is counted in `waiting`: the pool starts
+/// another worker for a delivery only when none is waiting.
 pub(super) async fn next_batch<T>(
     receiver: &Mutex<mpsc::Receiver<T>>,
     desired: &mut watch::Receiver<Workers>,
     max: usize,
     linger: Linger,
+    waiting: &AtomicU16,
 ) -> Next<T> {
+    let counted = Waiting::begin(waiting);
+    let park = tokio::time::sleep(linger.park_after);
+    tokio::pin!(park);
     let mut receiver = tokio::select! {
         receiver = receiver.lock() => receiver,
         _ = desired.changed() => return Next::Resized,
+        () = &mut park => return Next::Idle,
     };
     let first = tokio::select! {
         first = receiver.recv() => first,
         _ = desired.changed() => return Next::Resized,
+        () = &mut park => return Next::Idle,
     };
+    drop(counted);
     let Some(first) = first else { return Next::Closed };
     let mut batch = Vec::with_capacity(max);
     batch.push(first);
@@ -86,7 +121,11 @@ mod tests {
 
     use super::*;
 
-    const LINGER: Linger = Linger { wait: Duration::from_millis(5), max_wait: Duration::from_millis(25) };
+    const LINGER: Linger = Linger {
+        wait: Duration::from_millis(5),
+        max_wait: Duration::from_millis(25),
+        park_after: Duration::from_secs(1),
+    };
 
     fn pool_of(workers: u16) -> (watch::Sender<Workers>, watch::Receiver<Workers>) {
         watch::channel(Workers::new(NonZeroU16::new(workers).expect("non-zero")))
@@ -95,7 +134,7 @@ mod tests {
     async fn gather(receiver: &Mutex<mpsc::Receiver<u32>>, max: usize) -> (Next<u32>, Duration) {
         let (_size, mut desired) = pool_of(1);
         let started = Instant::now();
-        let next = next_batch(receiver, &mut desired, max, LINGER).await;
+        let next = next_batch(receiver, &mut desired, max, LINGER, &AtomicU16::new(0)).await;
         (next, started.elapsed())
     }
 
@@ -166,8 +205,8 @@ mod tests {
         }
         let (_size, mut desired) = pool_of(1);
         let started = Instant::now();
-        let no_linger = Linger { wait: Duration::ZERO, max_wait: Duration::ZERO };
-        let next = next_batch(&Mutex::new(receiver), &mut desired, 100, no_linger).await;
+        let no_linger = Linger { wait: Duration::ZERO, max_wait: Duration::ZERO, ..LINGER };
+        let next = next_batch(&Mutex::new(receiver), &mut desired, 100, no_linger, &AtomicU16::new(0)).await;
         assert_eq!(next, Next::Batch(vec![0, 1, 2]));
         assert_eq!(started.elapsed(), Duration::ZERO);
     }
@@ -199,9 +238,33 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
             size.send_replace(Workers::new(NonZeroU16::MIN));
         };
-        let (next, ()) = tokio::join!(next_batch(&receiver, &mut desired, 10, LINGER), resize);
+        let waiting = AtomicU16::new(0);
+        let (next, ()) = tokio::join!(next_batch(&receiver, &mut desired, 10, LINGER, &waiting), resize);
         assert_eq!(next, Next::Resized);
         drop(sender);
-        assert_eq!(next_batch(&receiver, &mut desired, 10, LINGER).await, Next::Closed);
+        assert_eq!(next_batch(&receiver, &mut desired, 10, LINGER, &waiting).await, Next::Closed);
+        assert_eq!(waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_worker_counts_as_waiting_until_its_first_delivery_and_parks_when_none_comes() {
+        let (sender, receiver) = mpsc::channel(10);
+        let receiver = Mutex::new(receiver);
+        let (_size, mut desired) = pool_of(1);
+        let waiting = AtomicU16::new(0);
+        let observed = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let while_waiting = waiting.load(Ordering::SeqCst);
+            sender.send(7).await.expect("open");
+            while_waiting
+        };
+        let (next, while_waiting) = tokio::join!(next_batch(&receiver, &mut desired, 10, LINGER, &waiting), observed);
+        assert_eq!((next, while_waiting), (Next::Batch(vec![7]), 1));
+        assert_eq!(waiting.load(Ordering::SeqCst), 0, "gathering is not waiting");
+
+        let started_idle = Instant::now();
+        assert_eq!(next_batch(&receiver, &mut desired, 10, LINGER, &waiting).await, Next::Idle);
+        assert_eq!(started_idle.elapsed(), LINGER.park_after);
+        assert_eq!(waiting.load(Ordering::SeqCst), 0);
     }
 }

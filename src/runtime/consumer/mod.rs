@@ -14,7 +14,7 @@ mod subscription;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use lapin::{Channel, message::Delivery, options::ConfirmSelectOptions};
+use lapin::{Channel, options::ConfirmSelectOptions};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -34,7 +34,7 @@ use super::{
 pub(crate) use self::processing::decode;
 pub use self::processing::row_id;
 use self::{
-    pool::WorkerPool,
+    pool::{Handed, WorkerPool},
     subscription::{enqueue, handover, prefetch, subscribe},
 };
 
@@ -145,11 +145,15 @@ pub async fn run(
                     if !enqueue(delivery, &running.deliveries, &running.runtime, &running.acks).await {
                         break Err(ConsumerError::CancelledByBroker);
                     }
+                    running.pool.offer(running.queued());
                 }
                 Some(Err(error)) => break Err(error.into()),
                 None => break Err(ConsumerError::CancelledByBroker),
             },
-            Some(exited) = running.pool.tasks.join_next_with_id() => running.pool.exited(exited),
+            Some(exited) = running.pool.tasks.join_next_with_id() => {
+                let queued = running.queued();
+                running.pool.exited(exited, queued);
+            }
             changed = connection.changed() => {
                 if changed.is_err() || connection.borrow_and_update().as_ref().map(|c| c.generation) != connected_on {
                     break Err(ConsumerError::ConnectionLost);
@@ -170,7 +174,7 @@ struct Running {
     consumer: lapin::Consumer,
     /// Numbers the subscriptions of this consumer (each resize subscribes again), for unique tags.
     subscription: u32,
-    deliveries: mpsc::Sender<Delivery>,
+    deliveries: mpsc::Sender<Handed>,
     acks: Arc<AckCoordinator>,
     pool: WorkerPool,
     /// Whether the current subscription has already been cancelled (and its stream drained, or given up on).
@@ -178,7 +182,8 @@ struct Running {
 }
 
 impl Running {
-    /// Declares the tenant's queues, subscribes and fills the pool.
+    /// Declares the tenant's queues, subscribes and sets up the pool (its workers start with the first
+    /// deliveries).
     async fn start(
         broker: &Broker,
         runtime: Arc<TenantRuntime>,
@@ -197,7 +202,7 @@ impl Running {
         let capacity = 2 * prefetch(u16::MAX, settings.batch_size) as usize;
         let (deliveries, receiver) = mpsc::channel(capacity);
         let acks = Arc::new(AckCoordinator::new(channel.clone()));
-        let mut pool = WorkerPool::new(
+        let pool = WorkerPool::new(
             receiver,
             runtime.clone(),
             writer,
@@ -206,7 +211,7 @@ impl Running {
             &settings,
             shutdown.clone(),
         );
-        pool.fill();
+        pool.resized();
         Ok(Self {
             runtime,
             settings,
@@ -221,12 +226,18 @@ impl Running {
         })
     }
 
+    /// Deliveries handed to the pool that no worker has taken yet.
+    fn queued(&self) -> usize {
+        self.deliveries.max_capacity() - self.deliveries.capacity()
+    }
+
     /// Follows a new pool size: resizes the pool, then subscribes again with the matching prefetch.
     async fn resize(&mut self) -> Result<(), ConsumerError> {
-        self.pool.fill();
-        if let Err(error) =
-            handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await
-        {
+        self.pool.resized();
+        let handed_over =
+            handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await;
+        self.pool.offer(self.queued());
+        if let Err(error) = handed_over {
             self.handed_over = true;
             return Err(error);
         }
@@ -243,6 +254,8 @@ impl Running {
         if self.channel.status().connected() && !self.handed_over && !deleted {
             let _ = handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await;
         }
+        // Workers for what the channel still holds: they take it, then find the channel closed.
+        self.pool.offer(self.queued());
         drop(self.deliveries);
         if self.channel.status().connected() {
             self.pool.drain().await;

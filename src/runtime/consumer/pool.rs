@@ -1,9 +1,17 @@
 //! The worker pool: its size follows the tenant's desired workers live; each worker takes a batch at a time
 //! and retires after it when the pool shrank below its index.
+//!
+//! A worker's task runs only while there is work: the pool starts one when a delivery arrives and no worker
+//! is waiting for one, and a worker that waited [`Linger::park_after`] for a delivery ends. So an idle
+//! tenant holds no worker tasks (memory per idle tenant), while under load every worker of the pool runs.
+//! The pool's size, what `running_workers` reports, counts parked workers too: they start on demand.
 
 use std::{
     collections::{BTreeSet, HashMap},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU16, Ordering},
+    },
 };
 
 use lapin::{Channel, message::Delivery};
@@ -41,10 +49,16 @@ pub(super) struct WorkerContext {
     pub(super) linger: Linger,
     pub(super) write_share: WriteShare,
     pub(super) shutdown: CancellationToken,
+    /// Workers waiting for a first delivery (see [`next_batch`]).
+    pub(super) waiting: AtomicU16,
 }
 
+/// A delivery on its way from the consumer to a worker. Boxed, because the channel allocates room for 32 of
+/// its items up front, for every tenant, busy or not.
+pub(super) type Handed = Box<Delivery>;
+
 pub(super) struct WorkerPool {
-    pub(super) receiver: Arc<Mutex<mpsc::Receiver<Delivery>>>,
+    pub(super) receiver: Arc<Mutex<mpsc::Receiver<Handed>>>,
     pub(super) context: Arc<WorkerContext>,
     pub(super) tasks: JoinSet<u16>,
     /// Indices of live workers; worker `i` retires once the desired size is `i` or less.
@@ -54,7 +68,7 @@ pub(super) struct WorkerPool {
 
 impl WorkerPool {
     pub(super) fn new(
-        receiver: mpsc::Receiver<Delivery>,
+        receiver: mpsc::Receiver<Handed>,
         runtime: Arc<TenantRuntime>,
         writer: MessageWriter,
         channel: Channel,
@@ -72,9 +86,10 @@ impl WorkerPool {
             queue_type: settings.queue_type,
             max_payload_depth: settings.max_payload_depth,
             batch_size: settings.batch_size.into(),
-            linger: Linger { wait: settings.batch_wait, max_wait: settings.batch_max_wait },
+            linger: Linger { wait: settings.batch_wait, max_wait: settings.batch_max_wait, park_after: PARK_AFTER },
             write_share: settings.write_share.clone(),
             shutdown,
+            waiting: AtomicU16::new(0),
         });
         Self {
             receiver: Arc::new(Mutex::new(receiver)),
@@ -85,21 +100,32 @@ impl WorkerPool {
         }
     }
 
-    /// Spawns workers up to the desired size; surplus workers retire by themselves.
-    pub(super) fn fill(&mut self) {
-        for index in 0..self.context.runtime.desired().get() {
-            if self.live.insert(index) {
-                let handle = self.tasks.spawn(worker(index, self.context.clone(), self.receiver.clone()));
-                self.ids.insert(handle.id(), index);
-            }
+    /// `queued` deliveries wait in the channel: starts workers for them, a batch each, counting the workers
+    /// already waiting, up to the pool's size. Surplus workers retire by themselves.
+    pub(super) fn offer(&mut self, queued: usize) {
+        let waiting = usize::from(self.context.waiting.load(Ordering::SeqCst));
+        for _ in waiting..queued.div_ceil(self.context.batch_size) {
+            let desired = self.context.runtime.desired().get();
+            let Some(index) = (0..desired).find(|index| !self.live.contains(index)) else { break };
+            self.live.insert(index);
+            // Counted as waiting from now: deliveries arriving before it runs need no other worker.
+            self.context.waiting.fetch_add(1, Ordering::SeqCst);
+            let handle = self.tasks.spawn(worker(index, self.context.clone(), self.receiver.clone()));
+            self.ids.insert(handle.id(), index);
         }
         self.publish_running();
     }
 
-    /// Replaces a worker that ended while still wanted (it panicked); retired ones are not replaced.
-    pub(super) fn exited(&mut self, exited: Result<(tokio::task::Id, u16), tokio::task::JoinError>) {
+    /// The pool's size changed, or was set at the start.
+    pub(super) fn resized(&self) {
+        self.publish_running();
+    }
+
+    /// A worker ended: it parked, retired or panicked. Starts others for deliveries still `queued`: a worker
+    /// may park in the moment one arrives.
+    pub(super) fn exited(&mut self, exited: Result<(tokio::task::Id, u16), tokio::task::JoinError>, queued: usize) {
         self.forget(exited);
-        self.fill();
+        self.offer(queued);
     }
 
     fn forget(&mut self, exited: Result<(tokio::task::Id, u16), tokio::task::JoinError>) {
@@ -116,8 +142,11 @@ impl WorkerPool {
         self.publish_running();
     }
 
+    /// The pool's size: its desired workers, running or parked, and the retiring ones still finishing a batch.
     fn publish_running(&self) {
-        self.context.runtime.set_running(u16::try_from(self.live.len()).unwrap_or(u16::MAX));
+        let desired = self.context.runtime.desired().get();
+        let retiring = self.live.range(desired..).count();
+        self.context.runtime.set_running(desired.saturating_add(u16::try_from(retiring).unwrap_or(u16::MAX)));
     }
 
     /// Waits for every worker to finish what the channel still holds (the sender is dropped first).
@@ -128,19 +157,25 @@ impl WorkerPool {
     }
 }
 
+/// How long a worker waits for a delivery before its task ends.
+const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub(super) async fn worker(
     index: u16,
     context: Arc<WorkerContext>,
-    receiver: Arc<Mutex<mpsc::Receiver<Delivery>>>,
+    receiver: Arc<Mutex<mpsc::Receiver<Handed>>>,
 ) -> u16 {
+    // Counted as waiting since `offer` spawned it; from here on `next_batch` counts it.
+    context.waiting.fetch_sub(1, Ordering::SeqCst);
     let mut desired = context.runtime.watch_desired();
     let mut unavailable = Backoff::new();
     loop {
         if index >= desired.borrow_and_update().get() {
             break;
         }
-        match next_batch(&receiver, &mut desired, context.batch_size, context.linger).await {
+        match next_batch(&receiver, &mut desired, context.batch_size, context.linger, &context.waiting).await {
             Next::Batch(batch) => {
+                let batch = batch.into_iter().map(|delivery| *delivery).collect();
                 // Boxed: the write's state is large and needed only while a batch is written, and an idle
                 // tenant's workers would each carry it all the time (RSS per idle tenant).
                 let held_back = {
@@ -164,7 +199,7 @@ pub(super) async fn worker(
                 .await;
             }
             Next::Resized => {}
-            Next::Closed => break,
+            Next::Closed | Next::Idle => break,
         }
     }
     index

@@ -12,6 +12,7 @@ use lapin::{
 };
 use tokio::sync::mpsc;
 
+use super::pool::Handed;
 use crate::{
     broker::TenantQueues,
     runtime::{acks::AckCoordinator, tenant_runtime::TenantRuntime},
@@ -44,13 +45,13 @@ pub(super) async fn subscribe(
 /// Passes a delivery to the pool, registered with the ack coordinator first. False when the pool is gone.
 pub(super) async fn enqueue(
     delivery: Delivery,
-    deliveries: &mpsc::Sender<Delivery>,
+    deliveries: &mpsc::Sender<Handed>,
     runtime: &TenantRuntime,
     acks: &AckCoordinator,
 ) -> bool {
     runtime.delivery_received();
     acks.received(delivery.delivery_tag);
-    deliveries.send(delivery).await.is_ok()
+    deliveries.send(Box::new(delivery)).await.is_ok()
 }
 
 /// Cancels `consumer` and passes the deliveries it had already received to the pool. Fails when the stream
@@ -59,7 +60,7 @@ pub(super) async fn enqueue(
 pub(super) async fn handover(
     channel: &Channel,
     consumer: &mut Consumer,
-    deliveries: &mpsc::Sender<Delivery>,
+    deliveries: &mpsc::Sender<Handed>,
     runtime: &TenantRuntime,
     acks: &AckCoordinator,
 ) -> Result<(), ConsumerError> {
