@@ -237,6 +237,10 @@ pub struct RabbitMqConfig {
     /// Most tenant consumers (one channel each) on one connection; more tenants open more connections. Keep it
     /// below the broker's `channel_max` (2047 by default).
     pub channels_per_connection: u16,
+    /// Largest AMQP frame the service asks the broker for (the broker's own limit still applies). Each
+    /// connection keeps two buffers of 32 frames, so this sets a connection's memory: 1 MiB at 16 KiB, 8 MiB
+    /// at RabbitMQ's default of 128 KiB. A `frame_max` in `url` takes precedence.
+    pub frame_max: u32,
     /// How long a publish waits for the broker's confirm before answering 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
@@ -420,6 +424,22 @@ impl Default for DatabaseConfig {
     }
 }
 
+impl RabbitMqConfig {
+    /// The smallest frame AMQP allows.
+    const MIN_FRAME: u32 = 4096;
+    const MAX_FRAME: u32 = 1024 * 1024;
+
+    /// `url` with `frame_max` added to its query, unless it names one itself.
+    pub fn connection_url(&self) -> String {
+        let query = self.url.split_once('?').map_or("", |(_, query)| query);
+        if query.split('&').any(|pair| pair.split('=').next() == Some("frame_max")) {
+            return self.url.clone();
+        }
+        let separator = if self.url.contains('?') { '&' } else { '?' };
+        format!("{}{separator}frame_max={}", self.url, self.frame_max)
+    }
+}
+
 impl Default for RabbitMqConfig {
     fn default() -> Self {
         Self {
@@ -427,6 +447,7 @@ impl Default for RabbitMqConfig {
             queue_type: QueueType::Classic,
             publisher_channels: 4,
             channels_per_connection: 1000,
+            frame_max: 16 * 1024,
             publish_timeout: Duration::from_secs(10),
         }
     }
@@ -694,6 +715,12 @@ impl Config {
         if !(self.rabbitmq.url.starts_with("amqp://") || self.rabbitmq.url.starts_with("amqps://")) {
             return Err(ConfigError::new("rabbitmq.url", "must be an amqp:// or amqps:// URL"));
         }
+        if !(RabbitMqConfig::MIN_FRAME..=RabbitMqConfig::MAX_FRAME).contains(&self.rabbitmq.frame_max) {
+            return Err(ConfigError::new(
+                "rabbitmq.frame_max",
+                format!("must be between {} and {} bytes", RabbitMqConfig::MIN_FRAME, RabbitMqConfig::MAX_FRAME),
+            ));
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint
             && !(endpoint.starts_with("http://") && endpoint.parse::<poem::http::Uri>().is_ok())
         {
@@ -934,6 +961,26 @@ mod tests {
         ] {
             let error = with_waits(wait, max_wait).validate().expect_err("invalid");
             assert_eq!(error.key, key, "{wait} {max_wait:?}");
+        }
+    }
+
+    #[test]
+    fn the_frame_size_goes_into_the_broker_url_unless_the_url_names_one() {
+        let mut rabbitmq = RabbitMqConfig { url: "amqp://guest:guest@rabbit:5672/%2f".into(), ..Default::default() };
+        assert_eq!(rabbitmq.connection_url(), "amqp://guest:guest@rabbit:5672/%2f?frame_max=16384");
+        rabbitmq.url.push_str("?heartbeat=30");
+        assert_eq!(rabbitmq.connection_url(), "amqp://guest:guest@rabbit:5672/%2f?heartbeat=30&frame_max=16384");
+        rabbitmq.url = "amqps://rabbit/vhost?frame_max=131072&heartbeat=30".into();
+        assert_eq!(rabbitmq.connection_url(), rabbitmq.url);
+
+        let mut config = with_waits(5, None);
+        for (frame_max, valid) in [(4095, false), (4096, true), (1024 * 1024, true), (1024 * 1024 + 1, false)] {
+            config.rabbitmq.frame_max = frame_max;
+            let validated = config.validate();
+            assert_eq!(validated.is_ok(), valid, "{frame_max}");
+            if let Err(error) = validated {
+                assert_eq!(error.key, "rabbitmq.frame_max");
+            }
         }
     }
 }

@@ -239,7 +239,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Publish { tenant, body } => {
             let tenant = TenantId::from_uuid(tenant);
-            let id = tenantmq::broker::publish::publish_raw(&config.rabbitmq.url, tenant, body.as_bytes())
+            let id = tenantmq::broker::publish::publish_raw(&config.rabbitmq.connection_url(), tenant, body.as_bytes())
                 .await
                 .with_context(|| format!("publishing to {}", tenant.queue_name()))?;
             println!("{id}");

@@ -49,6 +49,17 @@ pub async fn declare(channel: &Channel, tenant: TenantId, queue_type: QueueType)
     Ok(())
 }
 
+/// [`declare`] on a channel opened for it and closed after: lapin remembers each queue a channel declared
+/// (some 600 bytes) for as long as the channel lives, which a consumer's long-lived channel need not carry.
+pub async fn declare_apart(broker: &Broker, tenant: TenantId, queue_type: QueueType) -> Result<(), BrokerError> {
+    let channel = broker.channel().await?;
+    let declared = declare(&channel, tenant, queue_type).await;
+    if channel.status().connected() {
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    declared
+}
+
 fn queue_arguments(queue_type: QueueType, dead_letter_to: Option<&str>) -> FieldTable {
     let mut arguments = FieldTable::default();
     let kind = match queue_type {
@@ -90,23 +101,38 @@ pub async fn inspect(channel: &Channel, queue: &str) -> Result<Option<(u32, u32)
 
 /// Reads queue counts on channels of its own, never on a channel that publishes: a passive declare of a
 /// missing queue makes the broker close its channel, which would fail whatever else shares it. After such a
-/// close (or any error) the next question gets a new channel.
+/// close (or any error) the next question gets a new channel, and so does every
+/// [`QUESTIONS_PER_CHANNEL`]th: lapin remembers every queue a channel declared, passively too, for as long
+/// as the channel lives, and one inspector asks about every tenant's queues.
 pub struct Inspector {
     broker: Broker,
     channel: Option<Channel>,
+    /// Questions asked on `channel`.
+    asked: u32,
 }
+
+/// Passive declares on one inspector channel before it is replaced (bounds what lapin remembers of them).
+const QUESTIONS_PER_CHANNEL: u32 = 256;
 
 impl Inspector {
     pub fn new(broker: &Broker) -> Self {
-        Self { broker: broker.clone(), channel: None }
+        Self { broker: broker.clone(), channel: None, asked: 0 }
     }
 
     /// `(messages ready, consumers)` of `queue`; `None` when it does not exist; a broker error is an error.
     pub async fn try_counts(&mut self, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
-        let channel = match self.channel.take().filter(|c| c.status().connected()) {
-            Some(channel) => channel,
-            None => self.broker.channel().await?,
+        let reusable = self.channel.take().filter(|c| c.status().connected());
+        let channel = match reusable {
+            Some(channel) if self.asked < QUESTIONS_PER_CHANNEL => channel,
+            worn => {
+                if let Some(channel) = worn {
+                    let _ = channel.close(200, "inspected".into()).await;
+                }
+                self.asked = 0;
+                self.broker.channel().await?
+            }
         };
+        self.asked += 1;
         let counts = inspect(&channel, queue).await;
         // The broker has closed the channel after a missing queue or an error: the next question opens another.
         if matches!(counts, Ok(Some(_))) {

@@ -52,10 +52,10 @@ impl Runtime {
         consumers: (&mut JoinSet<&'static str>, &CancellationToken),
     ) -> Self {
         let instance = config.consumer.instance_id();
-        let broker = Broker::new(config.rabbitmq.url.clone(), format!("tenantmq ({instance})"));
+        let broker = Broker::new(config.rabbitmq.connection_url(), format!("tenantmq ({instance})"));
         let (tasks, cancel) = background;
         let consumer_connections = ConsumerConnections::new(
-            config.rabbitmq.url.clone(),
+            config.rabbitmq.connection_url(),
             instance,
             config.rabbitmq.channels_per_connection,
             cancel.child_token(),

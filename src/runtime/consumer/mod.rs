@@ -192,9 +192,9 @@ impl Running {
         generation: u64,
         shutdown: &CancellationToken,
     ) -> Result<Self, ConsumerError> {
+        queues::declare_apart(broker, runtime.tenant, settings.queue_type).await?;
         let channel = broker.channel().await?;
         channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        queues::declare(&channel, runtime.tenant, settings.queue_type).await?;
         let consumer = subscribe(&channel, &runtime, &settings, generation, 0).await?;
         runtime.set_state(ConsumerState::Running);
         // Never full in practice: the broker keeps at most one prefetch per consumer unacked, and at most two
