@@ -22,6 +22,8 @@ use crate::{
 struct BrokerConnection {
     pid: String,
     channels: u32,
+    /// As negotiated: it sizes lapin's buffers for the connection (`rabbitmq.frame_max`).
+    frame_max: u32,
 }
 
 async fn rabbitmqctl(args: &[&str]) -> String {
@@ -34,16 +36,16 @@ async fn rabbitmqctl(args: &[&str]) -> String {
 /// The consumer connections of `instance` by their number, found by the name the service gives them.
 async fn consumer_connections(instance: &str) -> BTreeMap<u32, BrokerConnection> {
     let listing =
-        rabbitmqctl(&["list_connections", "--no-table-headers", "pid", "channels", "client_properties"]).await;
+        rabbitmqctl(&["list_connections", "--no-table-headers", "pid", "channels", "frame_max", "client_properties"])
+            .await;
     let mut connections = BTreeMap::new();
     for line in listing.lines() {
-        let mut columns = line.splitn(3, '\t');
-        let (Some(pid), Some(channels), Some(properties)) = (columns.next(), columns.next(), columns.next()) else {
-            continue;
-        };
+        let columns: Vec<&str> = line.splitn(4, '\t').collect();
+        let [pid, channels, frame_max, properties] = columns[..] else { continue };
         let number = (1..=100).find(|n| properties.contains(&format!("tenantmq consumers #{n} ({instance})")));
-        if let (Some(number), Ok(channels)) = (number, channels.trim().parse()) {
-            connections.insert(number, BrokerConnection { pid: pid.to_owned(), channels });
+        if let (Some(number), Ok(channels), Ok(frame_max)) = (number, channels.trim().parse(), frame_max.trim().parse())
+        {
+            connections.insert(number, BrokerConnection { pid: pid.to_owned(), channels, frame_max });
         }
     }
     connections
@@ -82,6 +84,9 @@ async fn consumers_spread_over_connections_and_a_closed_one_restarts_only_its_ow
         (channels == [(1, 2), (2, 2), (3, 1)]).then_some(connections)
     })
     .await;
+    for connection in before.values() {
+        assert_eq!(connection.frame_max, test_config().rabbitmq.frame_max, "the frame size asked for: {connection:?}");
+    }
     let scrape = Scrape::of(&app).await;
     for connection in ["1", "2", "3"] {
         let up = scrape.value("tenantmq_broker_consumer_connection_up", &[("connection", connection)]);
