@@ -72,15 +72,32 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
+fn warn_about_auth(config: &Config) {
+    if config.auth.enabled && config.auth.jwt_secret.as_deref() == Some(config::DEVELOPMENT_SECRET) {
+        tracing::warn!("auth.jwt_secret is the development secret from config/default.yaml: set your own");
+    }
+    if !config.auth.enabled {
+        tracing::warn!("authentication is off (auth.enabled: false): every request acts as admin");
+    }
+}
+
+/// Raises the open files limit to its hard limit and warns when even that is below what the server may need.
+fn raise_open_files_limit(config: &Config) {
+    match api::server::raise_open_files_limit() {
+        Ok(limit) if limit < config.server.max_connections as u64 + RESERVED_FILES => tracing::warn!(
+            limit,
+            max_connections = config.server.max_connections,
+            "the open files limit is below server.max_connections (plus what the service needs itself)"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
+    }
+}
+
 impl Application {
     /// Prepares the database, starts the projectors and binds the HTTP listener (port 0 picks a free port).
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        if config.auth.enabled && config.auth.jwt_secret.as_deref() == Some(config::DEVELOPMENT_SECRET) {
-            tracing::warn!("auth.jwt_secret is the development secret from config/default.yaml: set your own");
-        }
-        if !config.auth.enabled {
-            tracing::warn!("authentication is off (auth.enabled: false): every request acts as admin");
-        }
+        warn_about_auth(&config);
         let db = prepare_database(&config).await?;
         let store = EventStore::new(db.clone());
         store.head_position().await?;
@@ -112,15 +129,7 @@ impl Application {
             },
         };
 
-        match api::server::raise_open_files_limit() {
-            Ok(limit) if limit < config.server.max_connections as u64 + RESERVED_FILES => tracing::warn!(
-                limit,
-                max_connections = config.server.max_connections,
-                "the open files limit is below server.max_connections (plus what the service needs itself)"
-            ),
-            Ok(limit) => tracing::debug!(limit, "open files limit"),
-            Err(error) => tracing::warn!(%error, "cannot raise the open files limit"),
-        }
+        raise_open_files_limit(&config);
         let address = format!("{}:{}", config.server.host, config.server.port);
         let bind_error = |source| StartupError::Bind { address: address.clone(), source };
         let listener = TcpListener::bind(&address).await.map_err(bind_error)?;

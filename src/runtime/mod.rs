@@ -75,9 +75,22 @@ impl Runtime {
         if !config.server.role.runs_consumers() {
             return Self { broker, consumer_connections, registry };
         }
+        let runtime = Self { broker, consumer_connections, registry };
+        runtime.spawn_queue_depth_poller(config, db, metrics, (tasks, cancel));
+        runtime.spawn_reconciler(config, db, projections, metrics, consumers);
+        runtime
+    }
+
+    fn spawn_queue_depth_poller(
+        &self,
+        config: &Config,
+        db: &DatabaseConnection,
+        metrics: &Metrics,
+        (tasks, cancel): (&mut JoinSet<&'static str>, &CancellationToken),
+    ) {
         let poller = queue_depth::QueueDepthPoller {
-            registry: registry.clone(),
-            broker: broker.clone(),
+            registry: self.registry.clone(),
+            broker: self.broker.clone(),
             pool: db.get_postgres_connection_pool().clone(),
             metrics: metrics.clone(),
             interval: config.metrics.queue_poll_interval,
@@ -90,11 +103,20 @@ impl Runtime {
             poller.run(stop).await;
             "queue depth poller"
         });
+    }
 
+    fn spawn_reconciler(
+        &self,
+        config: &Config,
+        db: &DatabaseConnection,
+        projections: &Projections,
+        metrics: &Metrics,
+        (tasks, stop_consumers): (&mut JoinSet<&'static str>, &CancellationToken),
+    ) {
         let reconciler = reconciler::Reconciler {
-            registry: registry.clone(),
-            broker: broker.clone(),
-            consumer_connections: consumer_connections.clone(),
+            registry: self.registry.clone(),
+            broker: self.broker.clone(),
+            consumer_connections: self.consumer_connections.clone(),
             tenants: TenantReadModel::new(db.clone()),
             pool: db.get_postgres_connection_pool().clone(),
             settings: Arc::new(consumer::ConsumerSettings::from_config(config)),
@@ -103,18 +125,16 @@ impl Runtime {
             metrics: metrics.clone(),
             retirement: retirement::Retirement {
                 db: db.clone(),
-                broker: broker.clone(),
+                broker: self.broker.clone(),
                 on_delete: config.partitions.on_tenant_delete,
                 max_payload_depth: config.max_payload_depth,
                 metrics: metrics.clone(),
             },
         };
-        let (tasks, stop_consumers) = consumers;
         let stop_consumers = stop_consumers.clone();
         tasks.spawn(async move {
             reconciler.run(stop_consumers).await;
             "reconciler"
         });
-        Self { broker, consumer_connections, registry }
     }
 }

@@ -106,6 +106,45 @@ struct StreamTip {
     position: Option<i64>,
 }
 
+impl StreamTip {
+    /// The hash the stream's next event links to: its last event's, or the genesis value for a new stream.
+    fn last_hash(&self, stream_id: Uuid) -> Result<EventHash, StoreError> {
+        match &self.hash {
+            Some(bytes) => {
+                EventHash::from_slice(bytes).ok_or(StoreError::MalformedHash { stream_id, version: self.version })
+            }
+            None => Ok(EventHash::GENESIS),
+        }
+    }
+}
+
+/// Inserts one event with its place in the chain (`fields`, hashed here) and returns its hash.
+async fn insert_chained(
+    txn: &impl ConnectionTrait,
+    fields: &HashedFields,
+    data: &serde_json::Value,
+    metadata: &serde_json::Value,
+) -> Result<EventHash, StoreError> {
+    let hash = fields.hash();
+    txn.execute_raw(stmt(
+        "INSERT INTO events (position, stream_id, version, event_type, data, metadata, recorded_at, prev_hash, \
+         hash) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        [
+            fields.position.into(),
+            fields.stream_id.into(),
+            fields.version.into(),
+            fields.event_type.clone().into(),
+            data.clone().into(),
+            metadata.clone().into(),
+            fields.recorded_at.into(),
+            fields.prev_hash.as_bytes().to_vec().into(),
+            hash.as_bytes().to_vec().into(),
+        ],
+    ))
+    .await?;
+    Ok(hash)
+}
+
 /// Positions are drawn before the version check, so a conflicting append leaves a gap, as a rolled-back one
 /// always did; only appends draw from the sequence, and only under the lock, so positions still become
 /// visible in order.
@@ -172,12 +211,7 @@ impl EventStore {
         if tip.version != expected_version {
             return Err(StoreError::VersionConflict { expected: expected_version, actual: tip.version });
         }
-        let mut prev_hash = match &tip.hash {
-            Some(bytes) => {
-                EventHash::from_slice(bytes).ok_or(StoreError::MalformedHash { stream_id, version: tip.version })?
-            }
-            None => EventHash::GENESIS,
-        };
+        let mut prev_hash = tip.last_hash(stream_id)?;
         let metadata_text = canonical_json(&tip.metadata).map_err(StoreError::Encode)?;
         // Ascending whatever order the rows drew them in, so positions follow versions.
         let mut positions: Vec<i64> = tips.iter().filter_map(|row| row.position).collect();
@@ -196,24 +230,7 @@ impl EventStore {
                 recorded_at: tip.recorded_at,
                 prev_hash,
             };
-            let hash = fields.hash();
-            txn.execute_raw(stmt(
-                "INSERT INTO events (position, stream_id, version, event_type, data, metadata, recorded_at, \
-                 prev_hash, hash) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                [
-                    position.into(),
-                    stream_id.into(),
-                    appended.last_version.into(),
-                    event.event_type.clone().into(),
-                    event.data.clone().into(),
-                    metadata.clone().into(),
-                    tip.recorded_at.into(),
-                    prev_hash.as_bytes().to_vec().into(),
-                    hash.as_bytes().to_vec().into(),
-                ],
-            ))
-            .await?;
-            prev_hash = hash;
+            prev_hash = insert_chained(&txn, &fields, &event.data, &metadata).await?;
         }
         txn.execute_raw(stmt(
             "SELECT pg_notify($1, $2)",

@@ -41,19 +41,8 @@ pub(super) async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Ve
         // add_link ignores an invalid (absent) context.
         span.add_link(published.span().span_context().clone());
     }
-    let mut rows = Vec::with_capacity(batch.len());
-    let mut accepted = Vec::with_capacity(batch.len());
-    let mut failed = Vec::new();
     let tenant = context.runtime.tenant;
-    for delivery in batch {
-        match decode(tenant, &delivery, context.max_payload_depth) {
-            Ok(row) => {
-                rows.push(row);
-                accepted.push(delivery);
-            }
-            Err(reason) => failed.push((row_id(tenant, &delivery), delivery, Failure::Permanent(reason))),
-        }
-    }
+    let Decoded { rows, accepted, mut failed } = Decoded::of(batch, tenant, context.max_payload_depth);
     let mut held_back = Vec::new();
     // A row the database refuses fails alone; the rest of the batch commits. The tenant writes in its turn
     // (see `write_share`), so a tenant that floods cannot take every connection.
@@ -98,6 +87,33 @@ pub(super) async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Ve
         }
     }
     held_back
+}
+
+/// A batch split into the rows to insert, with their deliveries, and the deliveries that cannot be rows.
+struct Decoded {
+    rows: Vec<NewMessage>,
+    accepted: Vec<Delivery>,
+    failed: Vec<(Uuid, Delivery, Failure)>,
+}
+
+impl Decoded {
+    fn of(batch: Vec<Delivery>, tenant: TenantId, max_depth: usize) -> Self {
+        let mut decoded = Self {
+            rows: Vec::with_capacity(batch.len()),
+            accepted: Vec::with_capacity(batch.len()),
+            failed: Vec::new(),
+        };
+        for delivery in batch {
+            match decode(tenant, &delivery, max_depth) {
+                Ok(row) => {
+                    decoded.rows.push(row);
+                    decoded.accepted.push(delivery);
+                }
+                Err(reason) => decoded.failed.push((row_id(tenant, &delivery), delivery, Failure::Permanent(reason))),
+            }
+        }
+        decoded
+    }
 }
 
 pub(super) fn write_failure(kind: WriteFailure, error: &sea_orm::sqlx::Error) -> Failure {
