@@ -35,7 +35,7 @@ async fn delete_queue(broker: &lapin::Connection, name: &str) {
 async fn an_idle_service_neither_spins_nor_queries_in_a_loop_after_a_queue_is_deleted_from_outside() {
     let config = test_config();
     let database = create_database(&config).await;
-    let instance = processes::start(&config).await;
+    let (instance, log) = processes::start_logged(&config).await;
     let tenant = instance.create_tenant(&admin_token(&config), &json!({ "name": "victim" })).await;
     let broker = amqp().await;
     await_consumer(&broker, &tenant).await;
@@ -43,6 +43,11 @@ async fn an_idle_service_neither_spins_nor_queries_in_a_loop_after_a_queue_is_de
     // As `rabbitmqctl delete_queue` would: the consumer fails, and is restarted on a declared queue.
     delete_queue(&broker, &queue(&tenant)).await;
     await_consumer(&broker, &tenant).await;
+    // At once: the subscription the broker ended is not cancelled again, which would wait out the handover's
+    // 5 s timeout on a stream that has already ended.
+    let logged = log.read();
+    assert!(logged.contains("the broker cancelled the consumer"), "{logged}");
+    assert!(!logged.contains("did not end in time"), "the ended subscription was handed over: {logged}");
 
     let db = sea_orm::Database::connect(&config.database.url).await.expect("database");
     let transactions = "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \

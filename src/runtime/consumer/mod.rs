@@ -148,7 +148,12 @@ pub async fn run(
                     running.pool.offer(running.queued());
                 }
                 Some(Err(error)) => break Err(error.into()),
-                None => break Err(ConsumerError::CancelledByBroker),
+                None => {
+                    // The broker ended the subscription (its queue was deleted): nothing is left to hand over,
+                    // and a cancel would wait out the handover's timeout on a stream that has already ended.
+                    running.handed_over = true;
+                    break Err(ConsumerError::CancelledByBroker);
+                }
             },
             Some(exited) = running.pool.tasks.join_next_with_id() => {
                 let queued = running.queued();
