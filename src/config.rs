@@ -431,12 +431,14 @@ impl RabbitMqConfig {
 
     /// `url` with `frame_max` added to its query, unless it names one itself.
     pub fn connection_url(&self) -> String {
-        let query = self.url.split_once('?').map_or("", |(_, query)| query);
+        let (address, fragment) = self.url.split_once('#').map_or((self.url.as_str(), None), |(a, f)| (a, Some(f)));
+        let query = address.split_once('?').map_or("", |(_, query)| query);
         if query.split('&').any(|pair| pair.split('=').next() == Some("frame_max")) {
             return self.url.clone();
         }
-        let separator = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{separator}frame_max={}", self.url, self.frame_max)
+        let separator = if address.contains('?') { '&' } else { '?' };
+        let fragment = fragment.map_or_else(String::new, |fragment| format!("#{fragment}"));
+        format!("{address}{separator}frame_max={}{fragment}", self.frame_max)
     }
 }
 
@@ -972,6 +974,10 @@ mod tests {
         assert_eq!(rabbitmq.connection_url(), "amqp://guest:guest@rabbit:5672/%2f?heartbeat=30&frame_max=16384");
         rabbitmq.url = "amqps://rabbit/vhost?frame_max=131072&heartbeat=30".into();
         assert_eq!(rabbitmq.connection_url(), rabbitmq.url);
+        rabbitmq.url = "amqp://rabbit/vhost?heartbeat=30#main".into();
+        assert_eq!(rabbitmq.connection_url(), "amqp://rabbit/vhost?heartbeat=30&frame_max=16384#main");
+        rabbitmq.url = "amqp://rabbit/vhost?max_frame_max=1".into();
+        assert_eq!(rabbitmq.connection_url(), "amqp://rabbit/vhost?max_frame_max=1&frame_max=16384");
 
         let mut config = with_waits(5, None);
         for (frame_max, valid) in [(4095, false), (4096, true), (1024 * 1024, true), (1024 * 1024 + 1, false)] {

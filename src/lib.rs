@@ -72,6 +72,9 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
+/// How long closing the broker connections may take past the shutdown deadline.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
 fn warn_about_auth(config: &Config) {
     if config.auth.enabled && config.auth.jwt_secret.as_deref() == Some(config::DEVELOPMENT_SECRET) {
         tracing::warn!("auth.jwt_secret is the development secret from config/default.yaml: set your own");
@@ -207,8 +210,15 @@ impl Application {
 
         stop_consumers.cancel();
         join_until(&mut consumer_tasks, deadline).await;
-        consumer_connections.close().await;
-        broker.close().await;
+        // A broker that stopped answering would never confirm the close: give it until the deadline (and a
+        // moment), then let the process end, which closes the sockets anyway.
+        let closing = async {
+            consumer_connections.close().await;
+            broker.close().await;
+        };
+        if tokio::time::timeout_at(deadline.max(Instant::now() + CLOSE_GRACE), closing).await.is_err() {
+            tracing::warn!("the broker did not confirm closing the connections in time; leaving them");
+        }
         background.cancel();
         join_until(&mut background_tasks, deadline.max(Instant::now() + Duration::from_secs(1))).await;
         if let Err(error) = db.close_by_ref().await {

@@ -62,6 +62,25 @@ async fn broker_connections_cut_under_load_come_back_by_themselves_and_every_mes
     app.stop().await;
 }
 
+/// A broker that stops answering (its connections open, silent) cannot hold a graceful stop forever: the
+/// service gives up on the close handshake once `shutdown_timeout` has passed.
+#[tokio::test]
+async fn a_graceful_stop_ends_when_the_broker_has_stopped_answering() {
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
+    config.rabbitmq.url = through_proxy;
+    config.shutdown_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("silent broker").await;
+    await_consumer(&broker, &tenant).await;
+
+    proxy.stall();
+    let stopped = tokio::time::timeout(Duration::from_secs(30), app.stop()).await;
+    assert!(stopped.is_ok(), "the service did not stop within 30 s of a stop with the broker silent");
+    drop(proxy);
+}
+
 #[tokio::test]
 async fn while_the_broker_is_down_publishing_answers_503_readiness_fails_and_both_recover() {
     let mut config = test_config();

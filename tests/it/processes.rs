@@ -59,9 +59,14 @@ impl Drop for Log {
 
 /// Starts an instance whose log (stderr) goes to a file of the test's own.
 pub async fn start_logged(config: &Config) -> (Instance, Log) {
+    start_logged_with(config, Launch::default()).await
+}
+
+/// [`start_with`], the log going to a file of the test's own.
+pub async fn start_logged_with(config: &Config, launch: Launch) -> (Instance, Log) {
     let path = std::env::temp_dir().join(format!("tenantmq-log-{}.txt", uuid::Uuid::new_v4()));
     let file = std::fs::File::create(&path).expect("log file");
-    (start_with(config, Launch { log: Some(file), ..Launch::default() }).await, Log(path))
+    (start_with(config, Launch { log: Some(file), ..launch }).await, Log(path))
 }
 
 /// An admin token for an instance of `config`.
@@ -145,15 +150,21 @@ fn clock_ticks_per_second() -> u64 {
 }
 
 /// Sends `signal` (`-TERM`, `-KILL`) and waits for the exit status.
-pub async fn signal(mut instance: Instance, signal: &str) -> std::process::ExitStatus {
+pub async fn signal(instance: Instance, signal: &str) -> std::process::ExitStatus {
+    signal_logged(instance, signal, None).await
+}
+
+/// [`signal`], with the instance's log in the failure when it does not exit.
+pub async fn signal_logged(mut instance: Instance, signal: &str, log: Option<&Log>) -> std::process::ExitStatus {
     let pid = instance.child.id().to_string();
     let killed = Command::new("kill").args([signal, &pid]).status().expect("kill runs");
     assert!(killed.success());
-    eventually(Duration::from_secs(30), "the binary to exit", || {
+    let exited = tenantmq_testkit::eventually(Duration::from_secs(30), "the binary to exit", || {
         let status = instance.child.try_wait().expect("wait");
         async move { status }
     })
-    .await
+    .await;
+    exited.unwrap_or_else(|error| panic!("{error}; its log:\n{}", log.map_or_else(String::new, Log::read)))
 }
 
 /// Publishes `batches` batches of 1000 messages to `tenant` through the instances' batch API, round-robin.

@@ -17,6 +17,8 @@ pub struct Proxy {
     cuts: Arc<watch::Sender<u64>>,
     /// While false, new connections are closed at once (the service looks down).
     up: Arc<watch::Sender<bool>>,
+    /// Once true, open connections go silent: held open, nothing forwarded (a peer that stopped answering).
+    stalled: Arc<watch::Sender<bool>>,
     listener: JoinHandle<()>,
 }
 
@@ -27,7 +29,8 @@ impl Proxy {
         let address = listener.local_addr().expect("proxy address");
         let cuts = Arc::new(watch::Sender::new(0_u64));
         let up = Arc::new(watch::Sender::new(true));
-        let (upstream, cuts_, up_) = (upstream.to_owned(), cuts.clone(), up.clone());
+        let stalled = Arc::new(watch::Sender::new(false));
+        let (upstream, cuts_, up_, stalled_) = (upstream.to_owned(), cuts.clone(), up.clone(), stalled.clone());
         let listener = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 // Subscribe first: `take_down` marks the proxy down before it cuts, so a connection either
@@ -38,17 +41,23 @@ impl Proxy {
                     continue;
                 }
                 let upstream = upstream.clone();
+                let mut stall = stalled_.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
                     let mut client = client;
-                    tokio::select! {
-                        _ = copy_bidirectional(&mut client, &mut server) => {}
-                        _ = cut.changed() => {}
+                    let stalled = tokio::select! {
+                        _ = copy_bidirectional(&mut client, &mut server) => false,
+                        _ = cut.changed() => false,
+                        stalled = stall.wait_for(|stalled| *stalled) => stalled.is_ok(),
+                    };
+                    if stalled {
+                        // Both sockets stay open and silent until a cut.
+                        let _ = cut.changed().await;
                     }
                 });
             }
         });
-        Self { address, cuts, up, listener }
+        Self { address, cuts, up, stalled, listener }
     }
 
     /// Closes every open connection (as a broker or database restart would); new ones are let through.
@@ -60,6 +69,11 @@ impl Proxy {
     pub fn take_down(&self) {
         self.up.send_replace(false);
         self.cut();
+    }
+
+    /// Open connections stop forwarding, but stay open: the service behind stopped answering.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
     }
 
     pub fn restore(&self) {

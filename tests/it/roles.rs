@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::{
     helpers::{amqp, await_exactly, create_database, eventually, queue, queue_state, remove_database, test_config},
     metrics::Scrape,
-    processes::{Launch, admin_token, publish_batches, signal, start_with},
+    processes::{Launch, admin_token, publish_batches, signal_logged, start_logged_with},
 };
 
 #[tokio::test]
@@ -19,9 +19,9 @@ async fn an_api_and_a_worker_process_split_the_work_on_one_database() {
     let admin = admin_token(&config);
     let client = tenantmq_testkit::bearer_client(&admin).expect("client");
     // One role from the command line, the other from the environment: both ways set it.
-    let api = start_with(&config, Launch { role: Some("api"), ..Launch::default() }).await;
+    let (api, api_log) = start_logged_with(&config, Launch { role: Some("api"), ..Launch::default() }).await;
     let worker_role = vec![("TENANTMQ_SERVER__ROLE", "worker".to_owned())];
-    let worker = start_with(&config, Launch { env: worker_role, ..Launch::default() }).await;
+    let (worker, worker_log) = start_logged_with(&config, Launch { env: worker_role, ..Launch::default() }).await;
 
     for path in ["/tenants", "/docs", "/openapi.json", "/messages"] {
         let response = client.get(format!("{}{path}", worker.base_url)).send().await.expect("sent");
@@ -52,8 +52,8 @@ async fn an_api_and_a_worker_process_split_the_work_on_one_database() {
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(queue_state(&broker, queue(&tenant)).await, None, "the worker removed the queues");
 
-    for instance in [api, worker] {
-        assert_eq!(signal(instance, "-TERM").await.code(), Some(0));
+    for (instance, log) in [(api, api_log), (worker, worker_log)] {
+        assert_eq!(signal_logged(instance, "-TERM", Some(&log)).await.code(), Some(0));
     }
     db.close().await.expect("closed");
     remove_database(database).await;

@@ -68,12 +68,16 @@ pub(super) async fn next_batch<T>(
     let counted = Waiting::begin(waiting);
     let park = tokio::time::sleep(linger.park_after);
     tokio::pin!(park);
+    // Biased: the lock and a delivery that are ready win over a resize or parking, so that a worker never
+    // leaves with a delivery waiting for it.
     let mut receiver = tokio::select! {
+        biased;
         receiver = receiver.lock() => receiver,
         _ = desired.changed() => return Next::Resized,
         () = &mut park => return Next::Idle,
     };
     let first = tokio::select! {
+        biased;
         first = receiver.recv() => first,
         _ = desired.changed() => return Next::Resized,
         () = &mut park => return Next::Idle,
@@ -266,5 +270,22 @@ mod tests {
         assert_eq!(next_batch(&receiver, &mut desired, 10, LINGER, &waiting).await, Next::Idle);
         assert_eq!(started_idle.elapsed(), LINGER.park_after);
         assert_eq!(waiting.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_that_comes_as_the_worker_would_park_is_taken() {
+        // Both ready in the same instant, many times over: an unbiased choice would park about half the time.
+        for round in 0..32 {
+            let (sender, receiver) = mpsc::channel(10);
+            let receiver = Mutex::new(receiver);
+            let (_size, mut desired) = pool_of(1);
+            let waiting = AtomicU16::new(0);
+            let late = async {
+                tokio::time::sleep(LINGER.park_after).await;
+                sender.send(round).await.expect("open");
+            };
+            let (next, ()) = tokio::join!(next_batch(&receiver, &mut desired, 10, LINGER, &waiting), late);
+            assert_eq!(next, Next::Batch(vec![round]), "round {round}");
+        }
     }
 }

@@ -242,13 +242,13 @@ impl Running {
         let handed_over =
             handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await;
         self.pool.offer(self.queued());
-        if let Err(error) = handed_over {
-            self.handed_over = true;
-            return Err(error);
-        }
+        // Handed over or given up on: either way nothing more is to be taken from this subscription.
+        self.handed_over = true;
+        handed_over?;
         self.subscription += 1;
         self.consumer =
             subscribe(&self.channel, &self.runtime, &self.settings, self.generation, self.subscription).await?;
+        self.handed_over = false;
         Ok(())
     }
 

@@ -64,6 +64,8 @@ pub(super) struct WorkerPool {
     /// Indices of live workers; worker `i` retires once the desired size is `i` or less.
     pub(super) live: BTreeSet<u16>,
     pub(super) ids: HashMap<tokio::task::Id, u16>,
+    /// Draining for the consumer's stop: the pool's size is then the workers still running.
+    draining: bool,
 }
 
 impl WorkerPool {
@@ -86,7 +88,12 @@ impl WorkerPool {
             queue_type: settings.queue_type,
             max_payload_depth: settings.max_payload_depth,
             batch_size: settings.batch_size.into(),
-            linger: Linger { wait: settings.batch_wait, max_wait: settings.batch_max_wait, park_after: PARK_AFTER },
+            linger: Linger {
+                wait: settings.batch_wait,
+                max_wait: settings.batch_max_wait,
+                // Not before a worker waiting for the lock could have had its turn.
+                park_after: PARK_AFTER.max(2 * settings.batch_max_wait),
+            },
             write_share: settings.write_share.clone(),
             shutdown,
             waiting: AtomicU16::new(0),
@@ -97,6 +104,7 @@ impl WorkerPool {
             tasks: JoinSet::new(),
             live: BTreeSet::new(),
             ids: HashMap::new(),
+            draining: false,
         }
     }
 
@@ -142,18 +150,33 @@ impl WorkerPool {
         self.publish_running();
     }
 
-    /// The pool's size: its desired workers, running or parked, and the retiring ones still finishing a batch.
+    /// The pool's size: its desired workers, running or parked, and the retiring ones still finishing a batch;
+    /// while draining, the workers still running.
     fn publish_running(&self) {
-        let desired = self.context.runtime.desired().get();
-        let retiring = self.live.range(desired..).count();
-        self.context.runtime.set_running(desired.saturating_add(u16::try_from(retiring).unwrap_or(u16::MAX)));
+        let size = if self.draining {
+            self.live.len()
+        } else {
+            let desired = self.context.runtime.desired().get();
+            usize::from(desired) + self.live.range(desired..).count()
+        };
+        self.context.runtime.set_running(u16::try_from(size).unwrap_or(u16::MAX));
     }
 
-    /// Waits for every worker to finish what the channel still holds (the sender is dropped first).
+    /// Waits for workers to take and settle everything the channel still holds (its sender is dropped first),
+    /// starting them as needed: a worker may have parked just as the last deliveries came.
     pub(super) async fn drain(&mut self) {
-        while let Some(exited) = self.tasks.join_next_with_id().await {
+        self.draining = true;
+        loop {
+            self.offer(self.unclaimed());
+            let Some(exited) = self.tasks.join_next_with_id().await else { break };
             self.forget(exited);
         }
+    }
+
+    /// Deliveries in the channel while no worker holds it (one that does takes them, or ends and is
+    /// followed by another look).
+    fn unclaimed(&self) -> usize {
+        self.receiver.try_lock().map_or(0, |receiver| receiver.len())
     }
 }
 
