@@ -61,7 +61,7 @@ impl Quotas {
 
     /// Admits `count` messages of the tenant, or says why not and when to try again.
     pub async fn admit(&self, tenant: &TenantRow, count: u32) -> Result<(), AppError> {
-        let limits = tenant.limits().unwrap_or(self.defaults);
+        let limits = tenant.effective_limits(self.defaults);
         let id = TenantId::from_uuid(tenant.id);
         if let Some(max) = limits.max_queue_depth
             && let Some(depth) = self.depth(id).await

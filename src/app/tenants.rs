@@ -124,14 +124,11 @@ impl Tenants {
     /// The row with the configured default limits in place of its own while it has none (`limits_set` tells
     /// which they are).
     fn with_limits(&self, row: TenantRow) -> TenantRow {
-        if row.limits_set {
-            return row;
-        }
-        let defaults = self.default_limits;
+        let limits = row.effective_limits(self.default_limits);
         TenantRow {
-            publish_rate: limit_column(defaults.publish_rate),
-            publish_burst: limit_column(defaults.publish_burst),
-            max_queue_depth: limit_column(defaults.max_queue_depth),
+            publish_rate: limit_column(limits.publish_rate),
+            publish_burst: limit_column(limits.publish_burst),
+            max_queue_depth: limit_column(limits.max_queue_depth),
             ..row
         }
     }

@@ -69,6 +69,11 @@ impl TenantRow {
             max_queue_depth: limit(self.max_queue_depth),
         })
     }
+
+    /// The limits in force: the tenant's own, or `defaults` (the configured `limits.*`) while it has none.
+    pub fn effective_limits(&self, defaults: Limits) -> Limits {
+        self.limits().unwrap_or(defaults)
+    }
 }
 
 /// A limit as its column holds it (the domain's maxima fit an `INTEGER`).
