@@ -210,6 +210,9 @@ impl Application {
 
         stop_consumers.cancel();
         join_until(&mut consumer_tasks, deadline).await;
+        // The background loops stop before the broker connections close: their supervisors among them, which
+        // would otherwise see a closing connection as a lost one and open another.
+        background.cancel();
         // A broker that stopped answering would never confirm the close: give it until the deadline (and a
         // moment), then let the process end, which closes the sockets anyway.
         let closing = async {
@@ -219,7 +222,6 @@ impl Application {
         if tokio::time::timeout_at(deadline.max(Instant::now() + CLOSE_GRACE), closing).await.is_err() {
             tracing::warn!("the broker did not confirm closing the connections in time; leaving them");
         }
-        background.cancel();
         join_until(&mut background_tasks, deadline.max(Instant::now() + Duration::from_secs(1))).await;
         if let Err(error) = db.close_by_ref().await {
             tracing::warn!(%error, "closing the database pool");

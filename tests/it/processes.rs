@@ -16,6 +16,16 @@ pub struct Instance {
     pub base_url: String,
 }
 
+/// A test that fails before it stops its instances leaves none running.
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Instance {
     /// Creates a tenant through this instance (`body` is the `POST /tenants` body); returns its id.
     pub async fn create_tenant(&self, token: &str, body: &serde_json::Value) -> String {
@@ -182,4 +192,15 @@ pub async fn publish_batches(instances: &[&Instance], token: &str, tenant: &str,
             .expect("sent");
         assert_eq!(response.status(), StatusCode::ACCEPTED);
     }
+}
+
+#[tokio::test]
+async fn an_instance_a_test_drops_without_stopping_it_is_killed() {
+    let config = crate::helpers::test_config();
+    let database = crate::helpers::create_database(&config).await;
+    let instance = start(&config).await;
+    let pid = instance.child.id();
+    drop(instance);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} still runs");
+    crate::helpers::remove_database(database).await;
 }
