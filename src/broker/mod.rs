@@ -25,6 +25,14 @@ pub enum BrokerError {
     Refused,
 }
 
+/// Closes `channel` if it is still open. A channel the broker already closed, or a close that fails, leaves
+/// nothing to do: the broker requeues whatever the channel held unacked either way.
+pub async fn close_channel(channel: &lapin::Channel, reason: &str) {
+    if channel.status().connected() {
+        let _ = channel.close(200, reason.into()).await;
+    }
+}
+
 /// A soft AMQP error: the broker closed a channel, the connection stays up.
 fn is_channel_error(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))

@@ -9,7 +9,7 @@ use lapin::{
 
 use crate::{config::QueueType, domain::tenant::TenantId};
 
-use super::{Broker, BrokerError, is_not_found};
+use super::{Broker, BrokerError, close_channel, is_not_found};
 
 /// The queues of one tenant. Every declaration goes through [`declare`], so arguments never mismatch.
 pub struct TenantQueues {
@@ -54,9 +54,7 @@ pub async fn declare(channel: &Channel, tenant: TenantId, queue_type: QueueType)
 pub async fn declare_apart(broker: &Broker, tenant: TenantId, queue_type: QueueType) -> Result<(), BrokerError> {
     let channel = broker.channel().await?;
     let declared = declare(&channel, tenant, queue_type).await;
-    if channel.status().connected() {
-        let _ = channel.close(200, "declared".into()).await;
-    }
+    close_channel(&channel, "declared").await;
     declared
 }
 
@@ -126,7 +124,7 @@ impl Inspector {
             Some(channel) if self.asked < QUESTIONS_PER_CHANNEL => channel,
             worn => {
                 if let Some(channel) = worn {
-                    let _ = channel.close(200, "inspected".into()).await;
+                    close_channel(&channel, "inspected").await;
                 }
                 self.asked = 0;
                 self.broker.channel().await?
@@ -162,8 +160,8 @@ impl Inspector {
     }
 
     pub async fn close(self) {
-        if let Some(channel) = self.channel.filter(|c| c.status().connected()) {
-            let _ = channel.close(200, "inspected".into()).await;
+        if let Some(channel) = self.channel {
+            close_channel(&channel, "inspected").await;
         }
     }
 }

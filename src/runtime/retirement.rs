@@ -14,7 +14,7 @@ use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
 use crate::{
-    broker::{Broker, BrokerError, Inspector, TenantQueues, queues},
+    broker::{self, Broker, BrokerError, Inspector, TenantQueues, queues},
     config::OnTenantDelete,
     domain::tenant::TenantId,
     metrics::Metrics,
@@ -120,9 +120,7 @@ impl Retirement {
         }
         .await;
         // A failed guard has closed the channel already.
-        if channel.status().connected() {
-            let _ = channel.close(200, "retired".into()).await;
-        }
+        broker::close_channel(&channel, "retired").await;
         deleted?;
         match self.on_delete {
             OnTenantDelete::Drop => partitions::drop(&txn, tenant).await?,

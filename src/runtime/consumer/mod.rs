@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{Broker, BrokerError, Slot, queues},
+    broker::{self, Broker, BrokerError, Slot, queues},
     config::{Config, QueueType},
     store::messages::MessageWriter,
 };
@@ -273,9 +273,7 @@ impl Running {
                 self.pool.drain().await;
             }
         }
-        if self.channel.status().connected() {
-            let _ = self.channel.close(200, "consumer stopped".into()).await;
-        }
+        broker::close_channel(&self.channel, "consumer stopped").await;
     }
 }
 
