@@ -52,14 +52,11 @@ impl Runtime {
         consumers: (&mut JoinSet<&'static str>, &CancellationToken),
     ) -> Self {
         let instance = config.consumer.instance_id();
-        let broker = Broker::new(config.rabbitmq.connection_url(), format!("tenantmq ({instance})"));
+        let url = config.rabbitmq.connection_url();
+        let broker = Broker::new(url.clone(), format!("tenantmq ({instance})"));
         let (tasks, cancel) = background;
-        let consumer_connections = ConsumerConnections::new(
-            config.rabbitmq.connection_url(),
-            instance,
-            config.rabbitmq.channels_per_connection,
-            cancel.child_token(),
-        );
+        let consumer_connections =
+            ConsumerConnections::new(url, instance, config.rabbitmq.channels_per_connection, cancel.child_token());
         let registry = ConsumerRegistry::default();
         let connections = broker.subscribe();
         metrics.observe_broker(move || connections.borrow().as_ref().map(|connected| connected.generation));
