@@ -255,8 +255,9 @@ pub struct ConsumerConfig {
     /// while messages keep arriving, up to `batch_max_wait`. Zero: write what is there at once.
     #[serde(with = "humantime_serde")]
     pub batch_wait: Duration,
-    /// Longest a worker keeps a batch open, counted from its first message. Unset: 25 ms, or `batch_wait` if
-    /// that is longer (so a configuration from before this key stays valid).
+    /// Longest a batch stays open, counted from when its first message came to the instance (it may have
+    /// waited for a free worker already). Unset: 25 ms, or `batch_wait` if that is longer (so a configuration
+    /// from before this key stays valid).
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Option<Duration>,
     /// The reconciler compares desired and running consumers at least this often.

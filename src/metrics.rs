@@ -131,6 +131,7 @@ pub struct Metrics {
     reconciler_errors: Counter<u64>,
     persist_duration: Histogram<f64>,
     persist_batch_size: Histogram<u64>,
+    persist_delay: Histogram<f64>,
     http_requests: Counter<u64>,
     http_request_duration: Histogram<f64>,
     queue_depth_broker_calls: Counter<u64>,
@@ -167,6 +168,15 @@ impl Metrics {
                 .u64_histogram("tenantmq.persist.batch_size")
                 .with_description("Messages per batch write")
                 .with_boundaries(BATCH_SIZE_BUCKETS.to_vec())
+                .build(),
+            persist_delay: meter
+                .f64_histogram("tenantmq.message.persist_delay")
+                .with_unit("s")
+                .with_description(
+                    "Time from a message's delivery to this instance to its row committed: the batching window, \
+                     the wait for a write turn and the write",
+                )
+                .with_boundaries(PERSIST_SECONDS_BUCKETS.to_vec())
                 .build(),
             http_requests: meter
                 .u64_counter("tenantmq.http.requests")
@@ -213,6 +223,11 @@ impl Metrics {
     pub fn batch_persisted(&self, messages: usize, took: Duration) {
         self.persist_duration.record(took.as_secs_f64(), &[]);
         self.persist_batch_size.record(u64::try_from(messages).unwrap_or(u64::MAX), &[]);
+    }
+
+    /// A message's row is committed, `delay` after the broker delivered it to this instance.
+    pub fn message_persisted_after(&self, delay: Duration) {
+        self.persist_delay.record(delay.as_secs_f64(), &[]);
     }
 
     /// One HTTP request answered. `route` must be a route template (bounded), never a raw path.

@@ -243,3 +243,18 @@ pub fn claim(next: &AtomicU64, batch: u64, total: u64) -> Option<Range<u64>> {
     let start = next.fetch_add(batch, Ordering::Relaxed);
     (start < total).then(|| start..(start + batch).min(total))
 }
+
+/// The values of `series` (a metric's name with its labels, as `/metrics` writes them) from the service's
+/// `/metrics`.
+pub async fn metrics<const N: usize>(client: &reqwest::Client, base_url: &str, series: [&str; N]) -> Result<[f64; N]> {
+    let text = client.get(format!("{base_url}/metrics")).send().await?.error_for_status()?.text().await?;
+    let mut values = [0.0; N];
+    for (value, name) in values.iter_mut().zip(series) {
+        let line = text
+            .lines()
+            .find(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ')))
+            .with_context(|| format!("no {name} in /metrics"))?;
+        *value = line.rsplit_once(' ').context("a sample")?.1.parse()?;
+    }
+    Ok(values)
+}

@@ -50,8 +50,65 @@ pub struct Latencies {
     /// End-to-end msg/s of the closed-loop run the levels are shares of.
     pub max_rate: f64,
     pub idle: Samples,
-    /// `(share of the maximum, offered msg/s, samples)`.
-    pub levels: Vec<(f64, f64, Samples)>,
+    /// `(share of the maximum, offered msg/s, samples, the service's part)`.
+    pub levels: Vec<(f64, f64, Samples, InService)>,
+}
+
+/// The part of the latency spent inside the service, from each delivery to its row committed, as the
+/// service's `tenantmq_message_persist_delay_seconds` histogram counted it over a level, and the batch writes
+/// meanwhile (`tenantmq_persist_duration_seconds`, `tenantmq_persist_batch_size`).
+#[derive(Debug, Clone, Copy)]
+pub struct InService {
+    pub messages: f64,
+    pub seconds: f64,
+    pub within_25ms: f64,
+    pub within_50ms: f64,
+    pub writes: f64,
+    pub write_seconds: f64,
+}
+
+impl InService {
+    const SERIES: [&str; 6] = [
+        "tenantmq_message_persist_delay_seconds_count",
+        "tenantmq_message_persist_delay_seconds_sum",
+        "tenantmq_message_persist_delay_seconds_bucket{le=\"0.025\"}",
+        "tenantmq_message_persist_delay_seconds_bucket{le=\"0.05\"}",
+        "tenantmq_persist_duration_seconds_count",
+        "tenantmq_persist_duration_seconds_sum",
+    ];
+
+    async fn read(app: &RunningApp) -> Result<Self> {
+        let [messages, seconds, within_25ms, within_50ms, writes, write_seconds] =
+            env::metrics(&app.client, &app.base_url, Self::SERIES).await?;
+        Ok(Self { messages, seconds, within_25ms, within_50ms, writes, write_seconds })
+    }
+
+    fn since(self, before: Self) -> Self {
+        Self {
+            messages: self.messages - before.messages,
+            seconds: self.seconds - before.seconds,
+            within_25ms: self.within_25ms - before.within_25ms,
+            within_50ms: self.within_50ms - before.within_50ms,
+            writes: self.writes - before.writes,
+            write_seconds: self.write_seconds - before.write_seconds,
+        }
+    }
+
+    pub fn mean(&self) -> Duration {
+        Duration::from_secs_f64((self.seconds / self.messages.max(1.0)).max(0.0))
+    }
+
+    /// Rows per batch write, and a write's mean duration.
+    pub fn writes(&self) -> (f64, Duration) {
+        let writes = self.writes.max(1.0);
+        (self.messages / writes, Duration::from_secs_f64((self.write_seconds / writes).max(0.0)))
+    }
+
+    /// The shares of messages the service held at most 25 and 50 ms.
+    pub fn shares_within(&self) -> (f64, f64) {
+        let of = |count: f64| count / self.messages.max(1.0);
+        (of(self.within_25ms), of(self.within_50ms))
+    }
 }
 
 pub struct NoisyNeighbour {
@@ -116,9 +173,11 @@ async fn levels(
         eprintln!("latency: open loop at {:.0} % of the maximum ({rate:.0} msg/s)…", share * 100.0);
         env::settle(services).await?;
         let phase = format!("level{}", (share * 100.0) as u32);
+        let before = InService::read(app).await?;
         let sent =
             open_loop(connection, &tenants, rate, settings.level_duration, &phase, settings.payload_bytes).await?;
-        measured.push((share, rate, collect(app, &tenants, &phase, sent).await?));
+        let samples = collect(app, &tenants, &phase, sent).await?;
+        measured.push((share, rate, samples, InService::read(app).await?.since(before)));
     }
     Ok(Latencies { max_rate, idle, levels: measured })
 }
@@ -261,12 +320,17 @@ async fn open_loop(
     while started.elapsed() < duration {
         ticker.tick().await;
         let due = (started.elapsed().as_secs_f64() * rate) as u64;
-        while sent < due {
-            let tenant = tenants[(sent % tenants.len() as u64) as usize];
-            let confirm = publish(&channel, tenant, Uuid::now_v7(), phase, payload_bytes).await?;
+        // The millisecond's messages go out together, as from concurrent producers: awaiting each publish
+        // before the next would let a slow broker hold arrivals back (closing the loop), and would cost the
+        // measured machine a wake-up of the connection's I/O thread per message.
+        let publishes = (sent..due).map(|n| {
+            let tenant = tenants[(n % tenants.len() as u64) as usize];
+            publish(&channel, tenant, Uuid::now_v7(), phase, payload_bytes)
+        });
+        for confirm in futures_util::future::try_join_all(publishes).await? {
             confirms.send(confirm).ok().context("the confirm checker stopped")?;
-            sent += 1;
         }
+        sent = sent.max(due);
     }
     drop(confirms);
     checker.await??;

@@ -336,12 +336,8 @@ async fn time_page(client: &reqwest::Client, url: &str) -> Result<Samples> {
 
 /// `tenantmq_queue_depth_broker_calls_total` from the service's `/metrics`.
 async fn broker_calls(client: &reqwest::Client, base_url: &str) -> Result<f64> {
-    let text = client.get(format!("{base_url}/metrics")).send().await?.error_for_status()?.text().await?;
-    let line = text
-        .lines()
-        .find(|line| line.starts_with("tenantmq_queue_depth_broker_calls_total"))
-        .context("no tenantmq_queue_depth_broker_calls_total in /metrics")?;
-    Ok(line.rsplit_once(' ').context("a sample")?.1.parse()?)
+    let [calls] = env::metrics(client, base_url, ["tenantmq_queue_depth_broker_calls_total"]).await?;
+    Ok(calls)
 }
 
 /// `(tenant, command sent, consumer seen running)` per tenant.

@@ -41,6 +41,10 @@ impl MessageWriter {
         Self { pool, tenant, sql, metrics }
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Inserts the batch in one statement (one transaction); returns how many rows were new. Successful writes
     /// are measured (`tenantmq_persist_duration_seconds`, `tenantmq_persist_batch_size`).
     pub async fn insert(&self, messages: &[NewMessage]) -> Result<u64, sqlx::Error> {

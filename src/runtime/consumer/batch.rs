@@ -33,6 +33,12 @@ pub(super) struct Linger {
     pub(super) park_after: Duration,
 }
 
+/// When an item came into the channel: a batch closes at most `max_wait` after its oldest item came, so a
+/// delivery that already waited for a free worker is not held for a whole window more.
+pub(super) trait Arrived {
+    fn arrived(&self) -> tokio::time::Instant;
+}
+
 /// Counts the workers waiting for a first delivery, from when the wait begins until it ends.
 struct Waiting<'a>(&'a AtomicU16);
 
@@ -50,7 +56,8 @@ impl Drop for Waiting<'_> {
 }
 
 /// Takes up to `max` deliveries: waits for the first, then, while the batch is not full, lets more arrive for
-/// `linger.wait` and takes them, again as long as each wait brought more, until `linger.max_wait`. A lone
+/// `linger.wait` and takes them, again as long as each wait brought more, until `linger.max_wait` after the
+/// first one came into the channel (under load it may have waited there already). A lone
 /// message waits `wait` (a zero `wait` takes what is there and goes); under load batches fill up, which is
 /// what makes a write cheap per message. A resize
 /// can interrupt only the wait for the lock or for the first delivery, never a batch being gathered, so no
@@ -58,7 +65,7 @@ impl Drop for Waiting<'_> {
 ///
 /// While it waits for the lock or a first delivery, the worker is counted in `waiting`: the pool starts
 /// another worker for a delivery only when none is waiting.
-pub(super) async fn next_batch<T>(
+pub(super) async fn next_batch<T: Arrived>(
     receiver: &Mutex<mpsc::Receiver<T>>,
     desired: &mut watch::Receiver<Workers>,
     max: usize,
@@ -84,10 +91,10 @@ pub(super) async fn next_batch<T>(
     };
     drop(counted);
     let Some(first) = first else { return Next::Closed };
+    let closes = first.arrived() + linger.max_wait;
     let mut batch = Vec::with_capacity(max);
     batch.push(first);
     // Sleeping and then taking what arrived wakes this task once per wait instead of once per delivery.
-    let closes = tokio::time::Instant::now() + linger.max_wait;
     let mut full = take_ready(&mut receiver, &mut batch, max);
     while !full && !linger.wait.is_zero() {
         let before = batch.len();
@@ -124,6 +131,19 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
+
+    /// A bare number comes into the channel as it is taken.
+    impl Arrived for u32 {
+        fn arrived(&self) -> Instant {
+            Instant::now()
+        }
+    }
+
+    impl Arrived for (u32, Instant) {
+        fn arrived(&self) -> Instant {
+            self.1
+        }
+    }
 
     const LINGER: Linger = Linger {
         wait: Duration::from_millis(5),
@@ -183,6 +203,31 @@ mod tests {
         let Next::Batch(batch) = next else { panic!("expected a batch, got {next:?}") };
         // One every 2 ms for 25 ms, in order and without gaps.
         assert_eq!(batch, (0..=12).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_that_waited_a_window_for_a_worker_goes_with_what_is_ready() {
+        let (sender, receiver) = mpsc::channel(100);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let now = Instant::now();
+        let came = |ago: u64| now - Duration::from_millis(ago);
+        // Queued while every worker was busy: the oldest 30 ms ago, longer than the window.
+        for (n, ago) in [(0, 30), (1, 12), (2, 1)] {
+            sender.send((n, came(ago))).await.expect("open");
+        }
+        let producer = tokio::spawn(async move {
+            for n in 3..40 {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if sender.send((n, Instant::now())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (_size, mut desired) = pool_of(1);
+        let next = next_batch(&Mutex::new(receiver), &mut desired, 100, LINGER, &AtomicU16::new(0)).await;
+        producer.abort();
+        assert_eq!(now.elapsed(), Duration::ZERO, "held no longer");
+        assert_eq!(next, Next::Batch(vec![(0, came(30)), (1, came(12)), (2, came(1))]));
     }
 
     #[tokio::test(start_paused = true)]

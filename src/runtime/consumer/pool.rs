@@ -18,6 +18,7 @@ use lapin::{Channel, message::Delivery};
 use tokio::{
     sync::{Mutex, mpsc},
     task::JoinSet,
+    time::Instant,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +31,7 @@ use crate::{
 
 use super::{
     ConsumerSettings,
-    batch::{Linger, Next, next_batch},
+    batch::{Arrived, Linger, Next, next_batch},
     processing::{Outcome, process, settle},
 };
 
@@ -53,9 +54,21 @@ pub(super) struct WorkerContext {
     pub(super) waiting: AtomicU16,
 }
 
-/// A delivery on its way from the consumer to a worker. Boxed, because the channel allocates room for 32 of
-/// its items up front, for every tenant, busy or not.
-pub(super) type Handed = Box<Delivery>;
+/// A delivery on its way from the consumer to a worker, with when it arrived (for
+/// `tenantmq_message_persist_delay_seconds`). Boxed, because the channel allocates room for 32 of its items up
+/// front, for every tenant, busy or not.
+pub(super) type Handed = Box<Arrival>;
+
+pub(super) struct Arrival {
+    pub(super) delivery: Delivery,
+    pub(super) at: Instant,
+}
+
+impl Arrived for Handed {
+    fn arrived(&self) -> Instant {
+        self.at
+    }
+}
 
 pub(super) struct WorkerPool {
     pub(super) receiver: Arc<Mutex<mpsc::Receiver<Handed>>>,
@@ -198,12 +211,13 @@ pub(super) async fn worker(
         }
         match next_batch(&receiver, &mut desired, context.batch_size, context.linger, &context.waiting).await {
             Next::Batch(batch) => {
-                let batch = batch.into_iter().map(|delivery| *delivery).collect();
+                let (batch, arrivals): (Vec<_>, Vec<_>) =
+                    batch.into_iter().map(|arrival| (arrival.delivery, arrival.at)).unzip();
                 // Boxed: the write's state is large and needed only while a batch is written, and an idle
                 // tenant's workers would each carry it all the time (RSS per idle tenant).
                 let held_back = {
                     let _busy = context.runtime.busy_guard();
-                    Box::pin(process(batch, &context)).await
+                    Box::pin(process(batch, &arrivals, &context)).await
                 };
                 if held_back.is_empty() {
                     unavailable.reset();

@@ -6,6 +6,7 @@ use lapin::{
     options::{BasicAckOptions, BasicNackOptions},
 };
 use opentelemetry::trace::TraceContextExt;
+use tokio::time::Instant;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
@@ -34,7 +35,7 @@ use super::pool::WorkerContext;
 /// The `handle` span links to the trace context each message carries (its `publish` span): a batch holds
 /// messages of many traces, and a span has one parent, so links, not parenthood, join the traces.
 #[tracing::instrument(name = "handle", skip_all, fields(tenant = %context.runtime.tenant, messages = batch.len()))]
-pub(super) async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Vec<Delivery> {
+pub(super) async fn process(batch: Vec<Delivery>, arrivals: &[Instant], context: &WorkerContext) -> Vec<Delivery> {
     let span = tracing::Span::current();
     for delivery in &batch {
         let published = telemetry::extract(delivery.properties.headers().as_ref());
@@ -42,7 +43,7 @@ pub(super) async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Ve
         span.add_link(published.span().span_context().clone());
     }
     let tenant = context.runtime.tenant;
-    let Decoded { rows, accepted, mut failed } = Decoded::of(batch, tenant, context.max_payload_depth);
+    let Decoded { rows, accepted, mut failed } = Decoded::of(batch, arrivals, tenant, context.max_payload_depth);
     let mut held_back = Vec::new();
     // A row the database refuses fails alone; the rest of the batch commits. The tenant writes in its turn
     // (see `write_share`), so a tenant that floods cannot take every connection.
@@ -57,8 +58,10 @@ pub(super) async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Ve
         refusal_of[part.clone()].fill(Some(index));
     }
     let mut committed = Vec::with_capacity(rows.len());
-    for ((row, delivery), refusal) in rows.into_iter().zip(accepted).zip(refusal_of) {
+    let metrics = context.writer.metrics();
+    for ((row, (delivery, arrived)), refusal) in rows.into_iter().zip(accepted).zip(refusal_of) {
         let Some(error) = refusal.map(|index| &refused[index].1) else {
+            metrics.message_persisted_after(arrived.elapsed());
             committed.push(delivery);
             continue;
         };
@@ -89,25 +92,26 @@ pub(super) async fn process(batch: Vec<Delivery>, context: &WorkerContext) -> Ve
     held_back
 }
 
-/// A batch split into the rows to insert, with their deliveries, and the deliveries that cannot be rows.
+/// A batch split into the rows to insert, with their deliveries and when those arrived, and the deliveries
+/// that cannot be rows.
 struct Decoded {
     rows: Vec<NewMessage>,
-    accepted: Vec<Delivery>,
+    accepted: Vec<(Delivery, Instant)>,
     failed: Vec<(Uuid, Delivery, Failure)>,
 }
 
 impl Decoded {
-    fn of(batch: Vec<Delivery>, tenant: TenantId, max_depth: usize) -> Self {
+    fn of(batch: Vec<Delivery>, arrivals: &[Instant], tenant: TenantId, max_depth: usize) -> Self {
         let mut decoded = Self {
             rows: Vec::with_capacity(batch.len()),
             accepted: Vec::with_capacity(batch.len()),
             failed: Vec::new(),
         };
-        for delivery in batch {
+        for (delivery, &arrived) in batch.into_iter().zip(arrivals) {
             match decode(tenant, &delivery, max_depth) {
                 Ok(row) => {
                     decoded.rows.push(row);
-                    decoded.accepted.push(delivery);
+                    decoded.accepted.push((delivery, arrived));
                 }
                 Err(reason) => decoded.failed.push((row_id(tenant, &delivery), delivery, Failure::Permanent(reason))),
             }

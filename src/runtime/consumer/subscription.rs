@@ -10,9 +10,9 @@ use lapin::{
     options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions},
     types::FieldTable,
 };
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, time::Instant};
 
-use super::pool::Handed;
+use super::pool::{Arrival, Handed};
 use crate::{
     broker::TenantQueues,
     runtime::{acks::AckCoordinator, tenant_runtime::TenantRuntime},
@@ -51,7 +51,7 @@ pub(super) async fn enqueue(
 ) -> bool {
     runtime.delivery_received();
     acks.received(delivery.delivery_tag);
-    deliveries.send(Box::new(delivery)).await.is_ok()
+    deliveries.send(Box::new(Arrival { delivery, at: Instant::now() })).await.is_ok()
 }
 
 /// Cancels `consumer` and passes the deliveries it had already received to the pool. Fails when the stream
