@@ -211,13 +211,12 @@ pub(super) async fn worker(
         }
         match next_batch(&receiver, &mut desired, context.batch_size, context.linger, &context.waiting).await {
             Next::Batch(batch) => {
-                let (batch, arrivals): (Vec<_>, Vec<_>) =
-                    batch.into_iter().map(|arrival| (arrival.delivery, arrival.at)).unzip();
+                let batch = batch.into_iter().map(|arrival| *arrival).collect();
                 // Boxed: the write's state is large and needed only while a batch is written, and an idle
                 // tenant's workers would each carry it all the time (RSS per idle tenant).
                 let held_back = {
                     let _busy = context.runtime.busy_guard();
-                    Box::pin(process(batch, &arrivals, &context)).await
+                    Box::pin(process(batch, &context)).await
                 };
                 if held_back.is_empty() {
                     unavailable.reset();

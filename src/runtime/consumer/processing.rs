@@ -26,7 +26,7 @@ use crate::{
     runtime::failure::{self, Disposition, Failure, WriteFailure},
 };
 
-use super::pool::WorkerContext;
+use super::pool::{Arrival, WorkerContext};
 
 /// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
 /// queue or the DLQ (see [`failure`](crate::runtime::failure)). Returns what must go back to the queue because the
@@ -35,15 +35,15 @@ use super::pool::WorkerContext;
 /// The `handle` span links to the trace context each message carries (its `publish` span): a batch holds
 /// messages of many traces, and a span has one parent, so links, not parenthood, join the traces.
 #[tracing::instrument(name = "handle", skip_all, fields(tenant = %context.runtime.tenant, messages = batch.len()))]
-pub(super) async fn process(batch: Vec<Delivery>, arrivals: &[Instant], context: &WorkerContext) -> Vec<Delivery> {
+pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec<Delivery> {
     let span = tracing::Span::current();
-    for delivery in &batch {
+    for Arrival { delivery, .. } in &batch {
         let published = telemetry::extract(delivery.properties.headers().as_ref());
         // add_link ignores an invalid (absent) context.
         span.add_link(published.span().span_context().clone());
     }
     let tenant = context.runtime.tenant;
-    let Decoded { rows, accepted, mut failed } = Decoded::of(batch, arrivals, tenant, context.max_payload_depth);
+    let Decoded { rows, accepted, mut failed } = Decoded::of(batch, tenant, context.max_payload_depth);
     let mut held_back = Vec::new();
     // A row the database refuses fails alone; the rest of the batch commits. The tenant writes in its turn
     // (see `write_share`), so a tenant that floods cannot take every connection.
@@ -101,17 +101,17 @@ struct Decoded {
 }
 
 impl Decoded {
-    fn of(batch: Vec<Delivery>, arrivals: &[Instant], tenant: TenantId, max_depth: usize) -> Self {
+    fn of(batch: Vec<Arrival>, tenant: TenantId, max_depth: usize) -> Self {
         let mut decoded = Self {
             rows: Vec::with_capacity(batch.len()),
             accepted: Vec::with_capacity(batch.len()),
             failed: Vec::new(),
         };
-        for (delivery, &arrived) in batch.into_iter().zip(arrivals) {
+        for Arrival { delivery, at } in batch {
             match decode(tenant, &delivery, max_depth) {
                 Ok(row) => {
                     decoded.rows.push(row);
-                    decoded.accepted.push((delivery, arrived));
+                    decoded.accepted.push((delivery, at));
                 }
                 Err(reason) => decoded.failed.push((row_id(tenant, &delivery), delivery, Failure::Permanent(reason))),
             }
