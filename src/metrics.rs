@@ -173,7 +173,7 @@ impl Metrics {
                 .f64_histogram("tenantmq.message.persist_delay")
                 .with_unit("s")
                 .with_description(
-                    "Time from a message's delivery to this instance to its row committed: the batching window, \
+                    "Time from a delivery's arrival at this instance to its row committed: the batching window, \
                      the wait for a write turn and the write",
                 )
                 .with_boundaries(PERSIST_SECONDS_BUCKETS.to_vec())
