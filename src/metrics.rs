@@ -225,7 +225,7 @@ impl Metrics {
         self.persist_batch_size.record(u64::try_from(messages).unwrap_or(u64::MAX), &[]);
     }
 
-    /// A message's row is committed, `delay` after the broker delivered it to this instance.
+    /// A delivery's row is committed, `delay` after the delivery arrived at this instance.
     pub fn message_persisted_after(&self, delay: Duration) {
         self.persist_delay.record(delay.as_secs_f64(), &[]);
     }

@@ -58,7 +58,7 @@ pub struct Latencies {
 
 /// The part of the latency spent inside the service, from each delivery to its row committed, as the
 /// service's `tenantmq_message_persist_delay_seconds` histogram counted it over a level, and the batch writes
-/// meanwhile (`tenantmq_persist_duration_seconds`, `tenantmq_persist_batch_size`).
+/// meanwhile (`tenantmq_persist_duration_seconds`; rows per write are the delays counted over the writes).
 #[derive(Debug, Clone, Copy)]
 pub struct InService {
     pub messages: f64,
