@@ -214,8 +214,9 @@ pub struct DatabaseConfig {
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
     /// Most pool connections the workers of all tenants write with at once, shared fairly between the
-    /// tenants waiting (in proportion to their workers); the rest stay free for the API and the projectors.
-    /// Unset: three quarters of `max_connections` (at least 1).
+    /// tenants waiting (in proportion to their workers), one tenant holding at most all but a quarter of them;
+    /// the rest stay free for the API and the projectors. Unset: three quarters of `max_connections` (at
+    /// least 1).
     pub write_connections: Option<u32>,
 }
 

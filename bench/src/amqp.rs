@@ -16,7 +16,7 @@ use lapin::{
     types::FieldTable,
 };
 use sea_orm::sqlx;
-use tenantmq::{broker::queues::declare, config::QueueType, domain::tenant::TenantId, store::partitions};
+use tenantmq::{broker::queues::declare, config::QueueType, domain::tenant::TenantId};
 use tenantmq_testkit::DeclaredQueues;
 use tokio::{task::JoinSet, time::Instant};
 use uuid::Uuid;
@@ -185,7 +185,7 @@ pub async fn naive(services: &Services, tenants: usize, settings: ProducerSettin
     let queues = DeclaredQueues::of(&services.servers, &tenants);
     let setup = connection.create_channel().await?;
     for tenant in &tenants {
-        partitions::create(&db, *tenant).await?;
+        env::create_partition(&db, *tenant).await?;
         declare(&setup, *tenant, QueueType::Classic).await?;
     }
     let pool = db.get_postgres_connection_pool().clone();

@@ -6,10 +6,7 @@ use anyhow::{Context, Result};
 use sea_orm::sqlx;
 use tenantmq::{
     domain::tenant::TenantId,
-    store::{
-        messages::{MessageWriter, NewMessage},
-        partitions,
-    },
+    store::messages::{MessageWriter, NewMessage},
 };
 use tokio::{task::JoinSet, time::Instant};
 use uuid::Uuid;
@@ -41,7 +38,7 @@ pub async fn raw_database(services: &Services, settings: DbSettings) -> Result<R
 
     // COPY: one connection, one statement, text format, into a partition of its own.
     let tenant = TenantId::from_uuid(Uuid::now_v7());
-    partitions::create(&db, tenant).await?;
+    env::create_partition(&db, tenant).await?;
     let started = Instant::now();
     {
         let mut connection = pool.acquire().await?;
@@ -71,7 +68,7 @@ pub async fn raw_database(services: &Services, settings: DbSettings) -> Result<R
 
     // INSERT: the service's writer (unnest, ON CONFLICT DO NOTHING) with `writers` writers on another partition.
     let tenant = TenantId::from_uuid(Uuid::now_v7());
-    partitions::create(&db, tenant).await?;
+    env::create_partition(&db, tenant).await?;
     let writer = MessageWriter::new(pool.clone(), tenant, tenantmq::metrics::Metrics::new()?);
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();

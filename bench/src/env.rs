@@ -11,9 +11,9 @@ use std::{
 
 use anyhow::{Context, Result};
 use lapin::Connection;
-use sea_orm::{ConnectionTrait, DatabaseConnection};
+use sea_orm::{ConnectionTrait, DatabaseConnection, TransactionTrait};
 use serde_json::json;
-use tenantmq::{config::Config, domain::tenant::TenantId};
+use tenantmq::{config::Config, domain::tenant::TenantId, store::partitions};
 use tenantmq_testkit::{RunningApp, TestDatabase};
 use uuid::Uuid;
 
@@ -257,4 +257,12 @@ pub async fn metrics<const N: usize>(client: &reqwest::Client, base_url: &str, s
         *value = line.rsplit_once(' ').context("a sample")?.1.parse()?;
     }
     Ok(values)
+}
+
+/// Creates the tenant's partition of `messages`, as the service's projector does.
+pub async fn create_partition(db: &DatabaseConnection, tenant: TenantId) -> Result<()> {
+    let txn = db.begin().await?;
+    partitions::create(&txn, tenant).await?;
+    txn.commit().await?;
+    Ok(())
 }

@@ -52,8 +52,11 @@ pub enum AppError {
     #[error("the tenant was changed concurrently (expected version {expected}, found {actual}); retry")]
     Conflict { expected: i32, actual: i32 },
     /// The event is in the log, but the read model has not caught up within the wait.
-    #[error("the command was recorded at position {position}, but the read model has not caught up yet")]
-    ProjectionLagging { position: i64 },
+    #[error(
+        "the command on tenant {tenant} was recorded at position {position}, but the read model has not caught up \
+         yet; GET /tenants/{tenant} shows when it has"
+    )]
+    ProjectionLagging { tenant: TenantId, position: i64 },
     #[error("the broker did not confirm within {0:?}")]
     PublishTimeout(Duration),
     /// The broker returned the messages as unroutable even after the tenant's queues were declared.

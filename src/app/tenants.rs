@@ -168,7 +168,7 @@ impl Tenants {
         };
         match tokio::time::timeout(self.wait, done).await {
             Ok(true) => Ok(()),
-            _ => Err(AppError::ProjectionLagging { position }),
+            _ => Err(AppError::ProjectionLagging { tenant: id, position }),
         }
     }
 

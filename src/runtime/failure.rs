@@ -14,8 +14,8 @@ use crate::{broker::failure_headers::FailureRecord, store::messages};
 /// What a failed write of messages says about them, which decides what happens to them next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriteFailure {
-    /// The database cannot be reached or is shutting down: nothing is wrong with the messages; hold them
-    /// back until it is back, without counting an attempt.
+    /// The database cannot be reached or is shutting down, or the tenant's partition is not there yet:
+    /// nothing is wrong with the messages; hold them back until it is back, without counting an attempt.
     Unavailable,
     /// This write failed, another may not (a lock or statement timeout, a missing grant, a deadlock).
     Transient,
@@ -23,8 +23,6 @@ pub enum WriteFailure {
     /// [`MessageWriter::insert_isolating`](crate::store::messages::MessageWriter::insert_isolating) keeps it
     /// from failing the rest of its batch.
     Refused,
-    /// Retrying cannot help any row: the partition is gone (42P01, the tenant was deleted).
-    Permanent,
 }
 
 pub fn classify(error: &sqlx::Error) -> WriteFailure {
@@ -32,7 +30,9 @@ pub fn classify(error: &sqlx::Error) -> WriteFailure {
         return WriteFailure::Refused;
     }
     match (error, messages::sqlstate(error)) {
-        (_, Some("42P01")) => WriteFailure::Permanent,
+        // The partition is missing: a tenant's partition is dropped only once none of its consumers runs, so for
+        // a running one it is not created yet (its DDL waits for a lock, or the projector is behind).
+        (_, Some("42P01")) => WriteFailure::Unavailable,
         // Connection exceptions, shutdowns and resource exhaustion are about the server, not the data.
         (_, Some(code)) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
             WriteFailure::Unavailable

@@ -7,6 +7,11 @@
 //! has been idle starts at the current virtual time (it neither saved up credit while idle nor owes any).
 //! So a quiet tenant's write waits for at most the writes already running plus one turn, and a flooding
 //! tenant with many workers gets more turns, never all of them.
+//!
+//! Nor may one tenant hold every connection at once: a write can take long for reasons of its tenant alone (its
+//! partition locked by `VACUUM FULL` or an `ALTER TABLE`, a trigger, a row another transaction holds), and a
+//! tenant with more workers than there are connections would then stop every other tenant's writes. A quarter of
+//! the connections (rounded down) is held back from whichever tenant holds the rest.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -32,11 +37,12 @@ pub struct WriteShare {
 /// A write connection's turn; the next waiter gets it when this is dropped.
 pub struct WritePermit {
     share: WriteShare,
+    tenant: TenantId,
 }
 
 impl Drop for WritePermit {
     fn drop(&mut self) {
-        self.share.release();
+        self.share.release(self.tenant);
     }
 }
 
@@ -50,7 +56,7 @@ impl WriteShare {
         loop {
             let (sender, receiver) = oneshot::channel();
             if self.lock().arrive(tenant, workers, sender).is_some() {
-                return WritePermit { share: self.clone() };
+                return WritePermit { share: self.clone(), tenant };
             }
             // The scheduler keeps every sender until it grants through it, so this only fails if it was
             // dropped altogether; then queue again.
@@ -60,11 +66,11 @@ impl WriteShare {
         }
     }
 
-    fn release(&self) {
+    fn release(&self, tenant: TenantId) {
         // Handed over outside the lock: a waiter that gave up drops the permit, which releases it again.
-        let next = self.lock().release();
-        if let Some(waiter) = next {
-            let _ = waiter.send(WritePermit { share: self.clone() });
+        let next = self.lock().release(tenant);
+        if let Some((tenant, waiter)) = next {
+            let _ = waiter.send(WritePermit { share: self.clone(), tenant });
         }
     }
 
@@ -76,8 +82,12 @@ impl WriteShare {
 /// A tenant's place in the turn order.
 #[derive(Debug)]
 struct Queue<W> {
+    /// Its weight: the tenant's workers.
+    weight: u16,
     /// The virtual start tag of its next write.
     next_start: u64,
+    /// Its writes running now.
+    holding: usize,
     waiters: VecDeque<W>,
 }
 
@@ -85,72 +95,86 @@ struct Queue<W> {
 #[derive(Debug)]
 struct Scheduler<W> {
     free: usize,
-    /// Writers queued, of all tenants.
-    waiting: usize,
+    /// Most connections one tenant may hold at once: all but a quarter of them (rounded down).
+    most_per_tenant: usize,
     /// The start tag of the last write let through.
     now: u64,
-    queues: HashMap<TenantId, (u16, Queue<W>)>,
+    queues: HashMap<TenantId, Queue<W>>,
 }
 
 impl<W> Scheduler<W> {
     fn new(permits: usize) -> Self {
-        Self { free: permits.max(1), waiting: 0, now: 0, queues: HashMap::new() }
+        let permits = permits.max(1);
+        Self { free: permits, most_per_tenant: permits - permits / 4, now: 0, queues: HashMap::new() }
     }
 
     /// A writer of `tenant` arrives: gives it back when it may write at once, else queues it.
+    ///
+    /// A connection is free only while every waiter's tenant holds its most (a release hands a connection to
+    /// any other waiter), so a free one goes to this writer unless its own tenant holds its most too.
     fn arrive(&mut self, tenant: TenantId, workers: u16, waiter: W) -> Option<W> {
         let now = self.now;
-        let (weight, queue) =
-            self.queues.entry(tenant).or_insert_with(|| (workers, Queue { next_start: now, waiters: VecDeque::new() }));
-        *weight = workers.max(1);
+        let most = self.most_per_tenant;
+        let queue = self.queues.entry(tenant).or_insert_with(|| Queue {
+            weight: workers,
+            next_start: now,
+            holding: 0,
+            waiters: VecDeque::new(),
+        });
+        queue.weight = workers.max(1);
         if queue.waiters.is_empty() {
             // Idle tenants neither save up turns nor owe them.
             queue.next_start = queue.next_start.max(now);
         }
-        if self.free > 0 && self.waiting == 0 {
+        if self.free > 0 && queue.holding < most {
             self.free -= 1;
-            self.charge(tenant);
+            self.grant(tenant);
             return Some(waiter);
         }
         queue.waiters.push_back(waiter);
-        self.waiting += 1;
         None
     }
 
-    /// A write finished: the next waiter in turn order, or the connection becomes free.
-    fn release(&mut self) -> Option<W> {
+    /// A write of `tenant` finished: the next waiter in turn order among the tenants that may take another
+    /// connection, with its tenant, or the connection becomes free.
+    fn release(&mut self, tenant: TenantId) -> Option<(TenantId, W)> {
+        if let Some(queue) = self.queues.get_mut(&tenant) {
+            queue.holding = queue.holding.saturating_sub(1);
+        }
+        let most = self.most_per_tenant;
         let next = self
             .queues
             .iter()
-            .filter(|(_, (_, queue))| !queue.waiters.is_empty())
-            .min_by_key(|(tenant, (_, queue))| (queue.next_start, **tenant))
+            .filter(|(_, queue)| !queue.waiters.is_empty() && queue.holding < most)
+            .min_by_key(|(tenant, queue)| (queue.next_start, **tenant))
             .map(|(tenant, _)| *tenant);
-        let Some(tenant) = next else {
+        let Some(next) = next else {
             self.free += 1;
             self.forget_idle();
             return None;
         };
-        let waiter = self.queues.get_mut(&tenant).and_then(|(_, queue)| queue.waiters.pop_front());
-        self.waiting -= 1;
-        self.charge(tenant);
+        let waiter = self.queues.get_mut(&next).and_then(|queue| queue.waiters.pop_front());
+        self.grant(next);
         if self.queues.len() > FORGET_ABOVE {
             self.forget_idle();
         }
-        waiter
+        waiter.map(|waiter| (next, waiter))
     }
 
     /// Lets a write of `tenant` through: time moves to its start tag, and its next one comes later.
-    fn charge(&mut self, tenant: TenantId) {
-        if let Some((weight, queue)) = self.queues.get_mut(&tenant) {
+    fn grant(&mut self, tenant: TenantId) {
+        if let Some(queue) = self.queues.get_mut(&tenant) {
             self.now = self.now.max(queue.next_start);
-            queue.next_start += COST / u64::from(*weight);
+            queue.next_start += COST / u64::from(queue.weight);
+            queue.holding += 1;
         }
     }
 
-    /// Drops tenants with nobody waiting whose tag has been reached: they would start at `now` anyway.
+    /// Drops tenants with no write running or waiting whose tag has been reached: they would start at `now`
+    /// anyway.
     fn forget_idle(&mut self) {
         let now = self.now;
-        self.queues.retain(|_, (_, queue)| !queue.waiters.is_empty() || queue.next_start > now);
+        self.queues.retain(|_, queue| queue.holding > 0 || !queue.waiters.is_empty() || queue.next_start > now);
     }
 }
 
@@ -186,9 +210,9 @@ mod tests {
             if let Some(w) = scheduler.arrive(done, if done == ta { a } else { b }, done) {
                 running.push(w);
             }
-            if let Some(next) = scheduler.release() {
+            if let Some((next, w)) = scheduler.release(done) {
                 *got.entry(next).or_default() += 1;
-                running.push(next);
+                running.push(w);
             }
         }
         (got.get(&ta).copied().unwrap_or(0), got.get(&tb).copied().unwrap_or(0))
@@ -219,12 +243,12 @@ mod tests {
         }
         // The flood has had many turns before the quiet tenant shows up.
         for _ in 0..500 {
-            assert!(scheduler.release().is_some());
+            assert!(matches!(scheduler.release(flood), Some((holder, _)) if holder == flood));
             assert_eq!(scheduler.arrive(flood, 4, 9999), None);
         }
         assert_eq!(scheduler.arrive(quiet, 1, 7), None);
         let mut before = 0;
-        while scheduler.release() != Some(7) {
+        while scheduler.release(flood) != Some((quiet, 7)) {
             before += 1;
         }
         assert!(before <= 1, "the quiet tenant waited {before} turns of the flood");
@@ -235,30 +259,62 @@ mod tests {
         let mut scheduler = Scheduler::new(1);
         let (busy, idle) = (tenant(1), tenant(2));
         assert!(scheduler.arrive(idle, 1, 0).is_some());
-        assert_eq!(scheduler.release(), None);
+        assert_eq!(scheduler.release(idle), None);
         assert!(scheduler.arrive(busy, 1, 1).is_some());
         for i in 2..100 {
             assert_eq!(scheduler.arrive(busy, 1, i), None);
-            assert!(scheduler.release().is_some());
+            assert!(scheduler.release(busy).is_some());
         }
         // Back after 98 turns of the other: it alternates with it, it does not take 98 in a row.
         for i in 0..10 {
             assert_eq!(scheduler.arrive(idle, 1, 1000 + i), None);
             assert_eq!(scheduler.arrive(busy, 1, 2000 + i), None);
         }
-        let order: Vec<_> = (0..10).filter_map(|_| scheduler.release()).map(|w| w >= 2000).collect();
+        let mut holder = busy;
+        let mut order = Vec::new();
+        while let Some((next, w)) = scheduler.release(holder) {
+            holder = next;
+            order.push(w >= 2000);
+        }
+        assert_eq!(order.len(), 20);
         assert!(order.windows(3).all(|w| w.iter().any(|&busy| busy) && w.iter().any(|&busy| !busy)), "{order:?}");
     }
 
     #[test]
     fn connections_are_never_over_given_and_come_back_when_nobody_waits() {
         let mut scheduler = Scheduler::new(3);
-        let granted = (0..10).filter(|i| scheduler.arrive(tenant(*i % 2), 1, *i).is_some()).count();
-        assert_eq!(granted, 3);
-        let handed = (0..10).filter(|_| scheduler.release().is_some()).count();
+        let mut holders: Vec<TenantId> =
+            (0..10).filter_map(|i| scheduler.arrive(tenant(i % 2), 1, tenant(i % 2))).collect();
+        assert_eq!(holders.len(), 3);
+        let mut handed = 0;
+        while let Some(done) = holders.pop() {
+            if let Some((next, _)) = scheduler.release(done) {
+                handed += 1;
+                holders.insert(0, next);
+            }
+        }
         assert_eq!(handed, 7, "each finished write hands its connection to the next waiter");
         assert_eq!(scheduler.free, 3, "then they are free again");
-        assert!(scheduler.queues.is_empty() || scheduler.queues.values().all(|(_, q)| q.waiters.is_empty()));
+        assert!(scheduler.queues.values().all(|queue| queue.waiters.is_empty() && queue.holding == 0));
+    }
+
+    #[test]
+    fn a_tenant_whose_writes_hang_leaves_a_quarter_of_the_connections_to_the_others() {
+        let mut scheduler = Scheduler::new(15);
+        let (stuck, others) = (tenant(1), [tenant(2), tenant(3), tenant(4), tenant(5)]);
+        // 64 workers with a batch each, and every write waits for a lock that is not released.
+        let granted = (0..64).filter(|i| scheduler.arrive(stuck, 64, *i).is_some()).count();
+        assert_eq!(granted, 12, "all but a quarter of 15");
+        for other in &others[..3] {
+            assert!(scheduler.arrive(*other, 1, 100).is_some(), "another tenant writes at once");
+        }
+        assert_eq!(scheduler.arrive(others[3], 1, 200), None, "all 15 in use");
+        // A write of another tenant ends: its connection goes to the other tenant waiting, not to the stuck one.
+        assert_eq!(scheduler.release(others[0]), Some((others[3], 200)));
+        // When one of the stuck tenant's writes ends at last, it may have its connection back.
+        assert_eq!(scheduler.release(stuck).map(|(next, _)| next), Some(stuck));
+        let mut small = Scheduler::new(3);
+        assert_eq!((0..3).filter(|i| small.arrive(stuck, 8, *i).is_some()).count(), 3, "no quarter of 3 to keep");
     }
 
     #[tokio::test]

@@ -1,7 +1,7 @@
 //! DDL for the per-tenant partitions of `messages`. Identifiers come from [`TenantId`] (a parsed UUID), so
 //! they are safe to splice into SQL.
 
-use sea_orm::ConnectionTrait;
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
 use crate::domain::tenant::TenantId;
 
@@ -10,8 +10,17 @@ use super::{
     events::{scalar, stmt},
 };
 
-pub async fn create<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Result<(), StoreError> {
-    conn.execute_unprepared(&format!(
+/// How long partition DDL waits for its lock on `messages` before it fails (and its caller retries later).
+///
+/// Creating, dropping or detaching a partition takes an exclusive lock on `messages`, and while that request
+/// waits, every later reader and writer of any partition queues behind it. So a long transaction that read
+/// `messages` (an export, a `BEGIN` left open in psql) would, the moment a tenant is created or deleted, stop
+/// every tenant's writes and reads until it ends. With this bound they stop for at most this long per attempt.
+const DDL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
+
+pub async fn create(txn: &DatabaseTransaction, tenant: TenantId) -> Result<(), StoreError> {
+    txn.execute_unprepared(DDL_LOCK_TIMEOUT).await?;
+    txn.execute_unprepared(&format!(
         "CREATE TABLE IF NOT EXISTS {} PARTITION OF messages FOR VALUES IN ('{}')",
         tenant.partition_name(),
         tenant.as_uuid()
@@ -20,15 +29,17 @@ pub async fn create<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Result<()
     Ok(())
 }
 
-pub async fn drop<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Result<(), StoreError> {
-    conn.execute_unprepared(&format!("DROP TABLE IF EXISTS {}", tenant.partition_name())).await?;
+pub async fn drop(txn: &DatabaseTransaction, tenant: TenantId) -> Result<(), StoreError> {
+    txn.execute_unprepared(DDL_LOCK_TIMEOUT).await?;
+    txn.execute_unprepared(&format!("DROP TABLE IF EXISTS {}", tenant.partition_name())).await?;
     Ok(())
 }
 
 /// Detaches the partition, keeping its rows in a standalone table of the same name.
-pub async fn detach<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Result<(), StoreError> {
-    if is_attached(conn, tenant).await? {
-        conn.execute_unprepared(&format!("ALTER TABLE messages DETACH PARTITION {}", tenant.partition_name())).await?;
+pub async fn detach(txn: &DatabaseTransaction, tenant: TenantId) -> Result<(), StoreError> {
+    if is_attached(txn, tenant).await? {
+        txn.execute_unprepared(DDL_LOCK_TIMEOUT).await?;
+        txn.execute_unprepared(&format!("ALTER TABLE messages DETACH PARTITION {}", tenant.partition_name())).await?;
     }
     Ok(())
 }

@@ -406,3 +406,52 @@ async fn a_retry_queue_deleted_from_outside_is_declared_again_at_the_next_failur
     app.await_messages(&tenant, 1).await;
     app.stop().await;
 }
+
+/// A long transaction that read `messages` (an export, a `BEGIN` left open in psql) is still running when a
+/// tenant is created: the new partition's DDL waits for that reader, and without a bound on its wait every
+/// other tenant's inserts queue behind it until the reader ends. With the bound, the other tenant's messages
+/// are written while the reader stays. The newcomer's consumer runs before its partition exists: its message
+/// waits in its queue (it went to the DLQ before), and is written once the reader is gone.
+#[tokio::test]
+async fn a_long_reader_of_messages_does_not_stop_every_tenants_writes_when_a_tenant_is_created() {
+    let mut config = test_config();
+    config.projectors.command_wait = Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let busy = app.create_tenant_id("busy").await;
+    await_consumer(&broker, &busy).await;
+    let reader = sea_orm::Database::connect(app.config.database.url.clone()).await.expect("connect");
+    let reading = reader.begin().await.expect("begin");
+    reading.execute_unprepared("SELECT count(*) FROM messages").await.expect("a read of every partition");
+
+    // Recorded, and answered 503 naming the tenant once `projectors.command_wait` is over with the partition
+    // still waiting.
+    let newcomer = TenantId::generate().to_string();
+    let created = app.post_json("/tenants", &json!({ "id": newcomer, "name": "newcomer" })).await;
+    let problem = assert_problem(created, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert!(problem["detail"].as_str().is_some_and(|detail| detail.contains(&newcomer)), "{problem}");
+    let publish = |tenant: &str| app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 }));
+    for _ in 0..5 {
+        assert_eq!(publish(&busy).await.status(), StatusCode::ACCEPTED);
+    }
+    // Counted from /metrics: a count(*) of the rows would itself queue behind the DDL.
+    eventually(Duration::from_secs(20), "the busy tenant's messages written while the reader runs", || async {
+        (Scrape::of(&app).await.tenant("tenantmq_messages_persisted_total", &busy) == Some(5.0)).then_some(())
+    })
+    .await;
+    let partitions = "SELECT count(*) FROM pg_inherits WHERE inhparent = 'messages'::regclass";
+    assert_eq!(app.scalar_i64(partitions).await, 1, "the newcomer's partition waits for the reader");
+    await_consumer(&broker, &newcomer).await;
+    assert_eq!(publish(&newcomer).await.status(), StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(20), "a write of the newcomer's message tried and held back", || async {
+        let labels = [("tenant_id", newcomer.as_str()), ("reason", "transient")];
+        (Scrape::of(&app).await.value("tenantmq_messages_failed_total", &labels) >= Some(1.0)).then_some(())
+    })
+    .await;
+
+    reading.rollback().await.expect("rollback");
+    reader.close().await.expect("close");
+    app.await_messages(&newcomer, 1).await;
+    assert_eq!(queue_state(&broker, dlq(&newcomer)).await, Some((0, 0)), "nothing dead-lettered");
+    app.stop().await;
+}

@@ -193,20 +193,26 @@ async fn two_instances_share_one_tenants_rate() {
     first.stop().await;
 }
 
+/// A service with `write_connections` and batches of 10, and two tenants of the given names and workers; their ids.
+async fn competing(write_connections: u32, tenants: [(&str, u16); 2]) -> (TestApp, Vec<String>) {
+    let mut config = test_config();
+    config.database.write_connections = Some(write_connections);
+    config.consumer.batch_size = 10;
+    let app = TestApp::spawn_with(config).await;
+    let mut ids = Vec::new();
+    for (name, workers) in tenants {
+        let created = app.post_json("/tenants", &json!({ "name": name, "workers": workers })).await;
+        ids.push(created.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned());
+    }
+    (app, ids)
+}
+
 /// Two tenants compete for two write connections with full queues: the one with four times the workers gets
 /// about four times the writes, and the other keeps writing all along.
 #[tokio::test]
 async fn tenants_competing_for_the_database_get_shares_in_proportion_to_their_workers() {
     const MESSAGES: usize = 2000;
-    let mut config = test_config();
-    config.database.write_connections = Some(2);
-    config.consumer.batch_size = 10;
-    let app = TestApp::spawn_with(config).await;
-    let mut tenants = Vec::new();
-    for (name, workers) in [("many", 8), ("few", 2)] {
-        let created = app.post_json("/tenants", &json!({ "name": name, "workers": workers })).await;
-        tenants.push(created.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned());
-    }
+    let (app, tenants) = competing(2, [("many", 8), ("few", 2)]).await;
     let broker = amqp().await;
     let mut locks = Vec::new();
     for id in &tenants {
@@ -232,5 +238,40 @@ async fn tenants_competing_for_the_database_get_shares_in_proportion_to_their_wo
     let share = many as f64 / (many + few) as f64;
     assert!((0.65..=0.92).contains(&share), "8 against 2 workers should get about 80 %: {many} / {few}");
     assert!(few >= 60, "the tenant with fewer workers kept writing: {many} / {few}");
+    app.stop().await;
+}
+
+/// One tenant's writes hang (its partition is locked, as `VACUUM FULL` or an `ALTER TABLE` would lock it) while
+/// it has more workers than there are write connections: the other tenants keep a quarter of the connections,
+/// and go on writing until the lock ends, when the stuck tenant's messages are written too.
+#[tokio::test]
+async fn a_tenant_whose_writes_hang_cannot_hold_every_write_connection() {
+    let (app, tenants) = competing(4, [("stuck", 8), ("other", 1)]).await;
+    let (stuck, other) = (&tenants[0], &tenants[1]);
+    let broker = amqp().await;
+    for id in &tenants {
+        await_consumer(&broker, id).await;
+    }
+    let lock = lock_partition(&app.config.database.url, stuck).await;
+    assert_eq!(publish(&app, stuck, 200).await.status(), StatusCode::ACCEPTED);
+    // Its workers take batches and wait for the lock, as many as may hold a connection (3 of 4 with the
+    // quarter kept; all 4 without it).
+    let waiting_for_the_lock = "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'";
+    eventually(Duration::from_secs(20), "the stuck tenant's writes waiting", || async {
+        (app.scalar_i64(waiting_for_the_lock).await >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(publish(&app, other, 5).await.status(), StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(20), "the other tenant's messages written while the lock is held", || async {
+        (app.message_count(other).await == 5).then_some(())
+    })
+    .await;
+    assert_eq!(app.message_count(stuck).await, 0, "the lock still holds the stuck tenant's writes");
+    release(lock).await;
+    eventually(Duration::from_secs(30), "the stuck tenant's messages written after the lock", || async {
+        (app.message_count(stuck).await == 200).then_some(())
+    })
+    .await;
     app.stop().await;
 }

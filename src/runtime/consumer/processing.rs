@@ -74,7 +74,7 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec
         acknowledge_committed(&committed, context).await;
     }
     if !held_back.is_empty() {
-        tracing::warn!(%tenant, "the database is unavailable");
+        tracing::warn!(%tenant, "cannot write: the database is unavailable or the partition not created yet");
     }
     let stats = context.runtime.stats();
     for _ in &held_back {
@@ -123,7 +123,7 @@ impl Decoded {
 pub(super) fn write_failure(kind: WriteFailure, error: &sea_orm::sqlx::Error) -> Failure {
     let reason = format!("the database refused the message: {error}");
     match kind {
-        WriteFailure::Refused | WriteFailure::Permanent => Failure::Permanent(reason),
+        WriteFailure::Refused => Failure::Permanent(reason),
         WriteFailure::Unavailable | WriteFailure::Transient => Failure::Transient(reason),
     }
 }
