@@ -242,7 +242,8 @@ fn spawn_read_side(
 ) -> projectors::Projections {
     let settings =
         RunnerSettings { batch_size: config.projectors.batch_size, poll_interval: config.projectors.poll_interval };
-    let projections = projectors::spawn_all(tasks, db, store, TenantsProjector, PartitionsProjector, settings, stop);
+    let projections =
+        projectors::spawn_all(tasks, db, store, TenantsProjector, PartitionsProjector::Live, settings, stop);
     let progress = projections.clone();
     metrics.observe_projectors(move || progress.positions(), store.subscribe_head());
     let (visibility_lag, lag) = tokio::sync::watch::channel(Duration::ZERO);

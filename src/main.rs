@@ -17,7 +17,7 @@ use tenantmq::{
         audit::{ChainCheck, ChainedEvent, Intact},
         tenant::TenantId,
     },
-    projectors::{self, PartitionsProjector},
+    projectors,
     store::{
         audit::{self, ChainReader, Verdict},
         database::{self, MigrationDirection},
@@ -230,9 +230,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { check: false } => {
             let db = database::connect(&config.database).await.context("connecting to the database")?;
-            for (projector, position) in
-                projectors::replay_all(&db, PartitionsProjector, config.projectors.batch_size).await?
-            {
+            for (projector, position) in projectors::replay_all(&db, config.projectors.batch_size).await? {
                 println!("{projector}: rebuilt up to position {position}");
             }
             Ok(ExitCode::SUCCESS)

@@ -53,8 +53,8 @@ pub enum AppError {
     Conflict { expected: i32, actual: i32 },
     /// The event is in the log, but the read model has not caught up within the wait.
     #[error(
-        "the command on tenant {tenant} was recorded at position {position}, but the read model has not caught up \
-         yet; GET /tenants/{tenant} shows when it has"
+        "the command on tenant {tenant} was recorded at position {position}, but the read models have not caught \
+         up yet; it takes effect when they do"
     )]
     ProjectionLagging { tenant: TenantId, position: i64 },
     #[error("the broker did not confirm within {0:?}")]

@@ -279,13 +279,9 @@ fn spawn<P: Projector>(
 }
 
 /// Rebuilds every read model from the log (`tenantmq replay`). Returns each projector's final position.
-pub async fn replay_all(
-    db: &DatabaseConnection,
-    partitions: PartitionsProjector,
-    batch_size: u32,
-) -> Result<Vec<(&'static str, i64)>, StoreError> {
+pub async fn replay_all(db: &DatabaseConnection, batch_size: u32) -> Result<Vec<(&'static str, i64)>, StoreError> {
     Ok(vec![
         (TenantsProjector::NAME, replay(db, &TenantsProjector, batch_size).await?),
-        (PartitionsProjector::NAME, replay(db, &partitions, batch_size).await?),
+        (PartitionsProjector::NAME, replay(db, &PartitionsProjector::Replay, batch_size).await?),
     ])
 }

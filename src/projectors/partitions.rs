@@ -1,8 +1,9 @@
 //! One `messages` partition per tenant, created on TenantCreated. TenantDeleted leaves it: the runtime drops
 //! or detaches it once every consumer of the tenant has stopped (see `runtime::retirement`), since a
-//! projector cannot know what the consumers of every instance still write. Creating is idempotent, and skipped
-//! for a tenant the tenants read model already shows deleted, so a replay neither changes existing partitions
-//! nor brings back retired ones.
+//! projector cannot know what the consumers of every instance still write. Creating is idempotent. A replay
+//! skips tenants the tenants read model already shows deleted, so it neither changes existing partitions nor
+//! brings back retired ones; live, a deleted tenant still gets its partition, since it cannot have been retired
+//! without one (its creation may have waited for a lock until after the delete), and the retirement follows.
 
 use sea_orm::DatabaseTransaction;
 
@@ -13,8 +14,13 @@ use crate::{
 
 use super::Projector;
 
-#[derive(Debug, Clone, Copy)]
-pub struct PartitionsProjector;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionsProjector {
+    /// Following the log as it grows.
+    Live,
+    /// Rebuilding from the start (`tenantmq replay`).
+    Replay,
+}
 
 impl Projector for PartitionsProjector {
     const NAME: &'static str = "message_partitions";
@@ -22,7 +28,7 @@ impl Projector for PartitionsProjector {
     async fn apply(&self, txn: &DatabaseTransaction, event: &RecordedEvent) -> Result<(), StoreError> {
         let tenant = TenantId::from_uuid(event.stream_id);
         match event.decode::<TenantEvent>()? {
-            TenantEvent::Created { .. } if !partitions::is_deleted(txn, tenant).await? => {
+            TenantEvent::Created { .. } if *self == Self::Live || !partitions::is_deleted(txn, tenant).await? => {
                 partitions::create(txn, tenant).await
             }
             _ => Ok(()),

@@ -411,7 +411,8 @@ async fn a_retry_queue_deleted_from_outside_is_declared_again_at_the_next_failur
 /// tenant is created: the new partition's DDL waits for that reader, and without a bound on its wait every
 /// other tenant's inserts queue behind it until the reader ends. With the bound, the other tenant's messages
 /// are written while the reader stays. The newcomer's consumer runs before its partition exists: its message
-/// waits in its queue (it went to the DLQ before), and is written once the reader is gone.
+/// waits in its queue (it went to the DLQ before), and is written once the reader is gone. A tenant deleted before
+/// its partition could be created is retired all the same.
 #[tokio::test]
 async fn a_long_reader_of_messages_does_not_stop_every_tenants_writes_when_a_tenant_is_created() {
     let mut config = test_config();
@@ -449,9 +450,19 @@ async fn a_long_reader_of_messages_does_not_stop_every_tenants_writes_when_a_ten
     })
     .await;
 
+    // Created and deleted while its partition waits: it gets the partition all the same, so that it is retired.
+    let short_lived = TenantId::generate().to_string();
+    let _recorded = app.post_json("/tenants", &json!({ "id": short_lived, "name": "short-lived" })).await;
+    await_consumer(&broker, &short_lived).await;
+    let _recorded = app.delete(&format!("/tenants/{short_lived}")).await;
+
     reading.rollback().await.expect("rollback");
     reader.close().await.expect("close");
     app.await_messages(&newcomer, 1).await;
     assert_eq!(queue_state(&broker, dlq(&newcomer)).await, Some((0, 0)), "nothing dead-lettered");
+    eventually(Duration::from_secs(60), "the short-lived tenant retired, its queues deleted", || async {
+        queue_state(&broker, queue(&short_lived)).await.is_none().then_some(())
+    })
+    .await;
     app.stop().await;
 }

@@ -6,10 +6,7 @@ use std::time::{Duration, Instant};
 use reqwest::{Response, StatusCode};
 use sea_orm::ConnectionTrait;
 use serde_json::{Value, json};
-use tenantmq::{
-    projectors::{self, PartitionsProjector},
-    store::tenants::TenantReadModel,
-};
+use tenantmq::{projectors, store::tenants::TenantReadModel};
 use tenantmq_testkit::RunningApp;
 
 use crate::{
@@ -71,7 +68,7 @@ async fn limits_are_events_shown_with_their_source_replayed_and_in_the_history()
     let read_model = TenantReadModel::new(app.db.clone());
     let rows = read_model.all().await.expect("rows");
     app.db.execute_unprepared("UPDATE tenants SET publish_rate = 7, limits_set = false").await.expect("corrupt");
-    projectors::replay_all(&app.db, PartitionsProjector, 2).await.expect("replay");
+    projectors::replay_all(&app.db, 2).await.expect("replay");
     assert_eq!(read_model.all().await.expect("rows"), rows);
     app.stop().await;
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sea_orm::{ConnectionTrait, DatabaseTransaction, DbBackend, Statement};
 use serde_json::json;
 use tenantmq::{
-    projectors::{self, PartitionsProjector, Progress, Projector, RunnerSettings},
+    projectors::{self, Progress, Projector, RunnerSettings},
     store::{
         StoreError,
         events::{EventStore, RecordedEvent},
@@ -94,7 +94,7 @@ async fn replay_rebuilds_the_same_read_models() {
     assert_eq!(partitions_before, 2);
 
     app.db.execute_unprepared("UPDATE tenants SET name = 'corrupted', workers = 1").await.expect("corrupt");
-    let positions = projectors::replay_all(&app.db, PartitionsProjector, 2).await.expect("replay");
+    let positions = projectors::replay_all(&app.db, 2).await.expect("replay");
     let head = EventStore::new(app.db.clone()).head_position().await.expect("head");
     assert!(positions.iter().all(|(_, position)| *position == head), "{positions:?}");
     assert_eq!(read_model.all().await.expect("rows"), before, "rebuilt state equals the original");
