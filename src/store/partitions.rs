@@ -10,36 +10,36 @@ use super::{
     events::{scalar, stmt},
 };
 
-/// How long partition DDL waits for its lock on `messages` before it fails (and its caller retries later).
+/// Runs partition DDL in `txn`, waiting at most 1 s for its lock on `messages` before it fails (and its caller
+/// retries later).
 ///
 /// Creating, dropping or detaching a partition takes an exclusive lock on `messages`, and while that request
 /// waits, every later reader and writer of any partition queues behind it. So a long transaction that read
 /// `messages` (an export, a `BEGIN` left open in psql) would, the moment a tenant is created or deleted, stop
-/// every tenant's writes and reads until it ends. With this bound they stop for at most this long per attempt.
-const DDL_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '1s'";
-
-pub async fn create(txn: &DatabaseTransaction, tenant: TenantId) -> Result<(), StoreError> {
-    txn.execute_unprepared(DDL_LOCK_TIMEOUT).await?;
-    txn.execute_unprepared(&format!(
-        "CREATE TABLE IF NOT EXISTS {} PARTITION OF messages FOR VALUES IN ('{}')",
-        tenant.partition_name(),
-        tenant.as_uuid()
-    ))
-    .await?;
+/// every tenant's writes and reads until it ends. With this bound they stop for at most a second per attempt.
+async fn ddl(txn: &DatabaseTransaction, statement: &str) -> Result<(), StoreError> {
+    txn.execute_unprepared("SET LOCAL lock_timeout = '1s'").await?;
+    txn.execute_unprepared(statement).await?;
     Ok(())
 }
 
+pub async fn create(txn: &DatabaseTransaction, tenant: TenantId) -> Result<(), StoreError> {
+    let partition = tenant.partition_name();
+    ddl(
+        txn,
+        &format!("CREATE TABLE IF NOT EXISTS {partition} PARTITION OF messages FOR VALUES IN ('{}')", tenant.as_uuid()),
+    )
+    .await
+}
+
 pub async fn drop(txn: &DatabaseTransaction, tenant: TenantId) -> Result<(), StoreError> {
-    txn.execute_unprepared(DDL_LOCK_TIMEOUT).await?;
-    txn.execute_unprepared(&format!("DROP TABLE IF EXISTS {}", tenant.partition_name())).await?;
-    Ok(())
+    ddl(txn, &format!("DROP TABLE IF EXISTS {}", tenant.partition_name())).await
 }
 
 /// Detaches the partition, keeping its rows in a standalone table of the same name.
 pub async fn detach(txn: &DatabaseTransaction, tenant: TenantId) -> Result<(), StoreError> {
     if is_attached(txn, tenant).await? {
-        txn.execute_unprepared(DDL_LOCK_TIMEOUT).await?;
-        txn.execute_unprepared(&format!("ALTER TABLE messages DETACH PARTITION {}", tenant.partition_name())).await?;
+        ddl(txn, &format!("ALTER TABLE messages DETACH PARTITION {}", tenant.partition_name())).await?;
     }
     Ok(())
 }
