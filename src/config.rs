@@ -257,8 +257,9 @@ pub struct ConsumerConfig {
     #[serde(with = "humantime_serde")]
     pub batch_wait: Duration,
     /// Longest a batch stays open, counted from when its first message came to the instance (it may have
-    /// waited for a free worker already). Unset: 25 ms, or `batch_wait` if that is longer (so a configuration
-    /// from before this key stays valid).
+    /// waited for a free worker already). Unset: 10 ms, or `batch_wait` if that is longer (so a configuration
+    /// from before this key stays valid). Longer windows make larger, cheaper batches when messages stream in
+    /// and add their length to the latency.
     #[serde(with = "humantime_serde")]
     pub batch_max_wait: Option<Duration>,
     /// The reconciler compares desired and running consumers at least this often.
@@ -475,9 +476,9 @@ impl Default for ConsumerConfig {
 const MAX_BATCH_WAIT: Duration = Duration::from_secs(10);
 
 impl ConsumerConfig {
-    /// `batch_max_wait`, or its default: 25 ms, or `batch_wait` if that is longer.
+    /// `batch_max_wait`, or its default: 10 ms, or `batch_wait` if that is longer.
     pub fn batch_max_wait(&self) -> Duration {
-        self.batch_max_wait.unwrap_or(self.batch_wait.max(Duration::from_millis(25)))
+        self.batch_max_wait.unwrap_or(self.batch_wait.max(Duration::from_millis(10)))
     }
 
     pub fn instance_id(&self) -> String {
@@ -948,11 +949,11 @@ mod tests {
     }
 
     #[test]
-    fn batch_max_wait_defaults_to_25ms_or_batch_wait_if_longer() {
-        assert_eq!(with_waits(5, None).consumer.batch_max_wait(), Duration::from_millis(25));
+    fn batch_max_wait_defaults_to_10ms_or_batch_wait_if_longer() {
+        assert_eq!(with_waits(5, None).consumer.batch_max_wait(), Duration::from_millis(10));
         assert_eq!(with_waits(50, None).consumer.batch_max_wait(), Duration::from_millis(50));
         assert_eq!(with_waits(5, Some(100)).consumer.batch_max_wait(), Duration::from_millis(100));
-        assert_eq!(with_waits(50, None).validate().map_err(|e| e.to_string()), Ok(()), "a batch_wait above 25ms alone");
+        assert_eq!(with_waits(50, None).validate().map_err(|e| e.to_string()), Ok(()), "a batch_wait above 10ms alone");
         assert_eq!(with_waits(0, Some(0)).validate().map_err(|e| e.to_string()), Ok(()));
     }
 

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use futures_util::{FutureExt, StreamExt};
 use lapin::{
     BasicProperties, Confirmation, Connection,
+    message::Delivery,
     options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions},
     types::FieldTable,
 };
@@ -83,8 +84,21 @@ pub async fn produce(connection: &Connection, tenants: &[TenantId], settings: Pr
     Ok(())
 }
 
-fn bench_tenants(count: usize) -> Vec<TenantId> {
-    (0..count).map(|_| TenantId::from_uuid(Uuid::now_v7())).collect()
+/// `count` tenants that exist only on the broker: their queues declared as the service declares them, and
+/// deleted through the returned guard.
+pub async fn bench_queues(
+    services: &Services,
+    connection: &Connection,
+    count: usize,
+) -> Result<(Vec<TenantId>, DeclaredQueues)> {
+    let tenants: Vec<TenantId> = (0..count).map(|_| TenantId::from_uuid(Uuid::now_v7())).collect();
+    let queues = DeclaredQueues::of(&services.servers, &tenants);
+    let setup = connection.create_channel().await?;
+    for tenant in &tenants {
+        declare(&setup, *tenant, QueueType::Classic).await?;
+    }
+    let _ = setup.close(200, "declared".into()).await;
+    Ok((tenants, queues))
 }
 
 /// How the raw-broker consumers ack.
@@ -97,26 +111,22 @@ pub enum Acks {
     Multiple { batch: u64 },
 }
 
-/// Raw broker: the same queues (declared as the service declares them), producers as above, one consumer per
-/// queue with the service's prefetch (`workers × batch_size`) acking on receipt (see [`Acks`]). No database.
-pub async fn raw_broker(
-    services: &Services,
-    tenants: usize,
+/// One consumer per tenant queue with `prefetch` unacked deliveries, acking on receipt as `acks` says. No
+/// database. `on_received` sees what each ack covers as it arrives, before the ack. The consumers run until
+/// aborted; one ends early only on an error.
+pub async fn consume(
+    connection: &Connection,
+    tenants: &[TenantId],
     prefetch: u16,
     acks: Acks,
-    settings: ProducerSettings,
-) -> Result<f64> {
-    let connection = services.amqp().await?;
-    let tenants = bench_tenants(tenants);
-    let queues = DeclaredQueues::of(&services.servers, &tenants);
-    let setup = connection.create_channel().await?;
-    for tenant in &tenants {
-        declare(&setup, *tenant, QueueType::Classic).await?;
-    }
-    let acked = Arc::new(AtomicU64::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
+    on_received: impl Fn(&[Delivery]) + Clone + Send + 'static,
+) -> Result<JoinSet<Result<()>>> {
+    let batch = match acks {
+        Acks::EachDelivery => 1,
+        Acks::Multiple { batch } => batch.max(1),
+    };
     let mut consumers = JoinSet::new();
-    for tenant in &tenants {
+    for tenant in tenants {
         let channel = connection.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions { global: false }).await?;
         let mut consumer = channel
@@ -127,44 +137,66 @@ pub async fn raw_broker(
                 FieldTable::default(),
             )
             .await?;
-        let (acked, done) = (acked.clone(), done.clone());
-        let total = settings.messages;
+        let on_received = on_received.clone();
         consumers.spawn(async move {
+            let mut received = Vec::new();
             while let Some(delivery) = consumer.next().await {
-                let mut last = delivery?;
-                let mut received = 1;
-                if let Acks::Multiple { batch } = acks {
-                    // Take what is already there (no waiting), then ack it all at once.
-                    while received < batch {
-                        match consumer.next().now_or_never() {
-                            Some(Some(delivery)) => {
-                                last = delivery?;
-                                received += 1;
-                            }
-                            _ => break,
-                        }
+                received.push(delivery?);
+                // Take what is already there (no waiting), then ack it all at once.
+                while (received.len() as u64) < batch {
+                    match consumer.next().now_or_never() {
+                        Some(Some(delivery)) => received.push(delivery?),
+                        _ => break,
                     }
                 }
-                let multiple = received > 1;
-                last.acker.ack(BasicAckOptions { multiple }).await?;
-                if acked.fetch_add(received, Ordering::Relaxed) + received == total {
-                    done.notify_one();
+                on_received(&received);
+                let multiple = received.len() > 1;
+                if let Some(last) = received.last() {
+                    last.acker.ack(BasicAckOptions { multiple }).await?;
                 }
+                received.clear();
             }
-            Ok::<_, anyhow::Error>(())
+            Ok(())
         });
     }
+    Ok(consumers)
+}
+
+/// Raw broker: the same queues (declared as the service declares them), producers as above, one consumer per
+/// queue with the service's prefetch (`workers × batch_size`) acking on receipt (see [`Acks`]).
+pub async fn raw_broker(
+    services: &Services,
+    tenants: usize,
+    prefetch: u16,
+    acks: Acks,
+    settings: ProducerSettings,
+) -> Result<f64> {
+    let connection = services.amqp().await?;
+    let (tenants, queues) = bench_queues(services, &connection, tenants).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let total = settings.messages;
+    let counted = {
+        let (received, done) = (received.clone(), done.clone());
+        move |deliveries: &[Delivery]| {
+            let count = deliveries.len() as u64;
+            if received.fetch_add(count, Ordering::Relaxed) + count == total {
+                done.notify_one();
+            }
+        }
+    };
+    let mut consumers = consume(&connection, &tenants, prefetch, acks, counted).await?;
     let started = Instant::now();
-    let all_acked = done.notified();
+    let all_received = done.notified();
     produce(&connection, &tenants, settings).await?;
     tokio::select! {
-        acked = tokio::time::timeout(Duration::from_secs(600), all_acked) => {
-            acked.context("raw broker: not every message acked")?;
+        received = tokio::time::timeout(Duration::from_secs(600), all_received) => {
+            received.context("raw broker: not every message arrived")?;
         }
         // A consumer only ends early on an error: report it rather than wait for the timeout.
         Some(ended) = consumers.join_next() => {
             ended??;
-            anyhow::bail!("raw broker: a consumer ended before every message was acked");
+            anyhow::bail!("raw broker: a consumer ended before every message arrived");
         }
     }
     let elapsed = started.elapsed();
@@ -181,12 +213,9 @@ pub async fn naive(services: &Services, tenants: usize, settings: ProducerSettin
     let database = services.database("naive").await?;
     let db = tenantmq::prepare_database(&services.service_config(&database)).await.context("naive: database")?;
     let connection = services.amqp().await?;
-    let tenants = bench_tenants(tenants);
-    let queues = DeclaredQueues::of(&services.servers, &tenants);
-    let setup = connection.create_channel().await?;
+    let (tenants, queues) = bench_queues(services, &connection, tenants).await?;
     for tenant in &tenants {
         env::create_partition(&db, *tenant).await?;
-        declare(&setup, *tenant, QueueType::Classic).await?;
     }
     let pool = db.get_postgres_connection_pool().clone();
     let mut consumers = JoinSet::new();

@@ -1,5 +1,7 @@
 //! Latency from publish to row: one message at a time on an idle service, under open-loop load at shares of the
-//! measured maximum, and for a quiet tenant while another floods (the noisy neighbour).
+//! measured maximum, and for a quiet tenant while another floods (the noisy neighbour). Each open-loop level is
+//! followed by the broker alone at the same rate (publish → delivery to a consumer that writes nothing), to
+//! tell the service's part of the tail from the broker's.
 //!
 //! Each message carries the time it was due (`sent_us`, microseconds since the epoch): under open-loop load
 //! the time its rate schedules it for, so a publisher or broker that falls behind shows as latency; on the idle
@@ -8,11 +10,16 @@
 //! (`tenantmq_persist_duration_seconds`: 3 ms for one row, 8 ms for 8 under half load here), which these
 //! figures leave out.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Context, Result};
+use futures_util::FutureExt;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
+    message::Delivery,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
 use sea_orm::{ConnectionTrait, TransactionTrait};
@@ -23,7 +30,7 @@ use tokio::{sync::mpsc, time::Instant};
 use uuid::Uuid;
 
 use crate::{
-    amqp::{self, ProducerSettings},
+    amqp::{self, Acks, ProducerSettings},
     env::{self, Services},
     service,
     stats::{self, Samples},
@@ -52,8 +59,21 @@ pub struct Latencies {
     /// End-to-end msg/s of the closed-loop run the levels are shares of.
     pub max_rate: f64,
     pub idle: Samples,
-    /// `(share of the maximum, offered msg/s, samples, the service's part)`.
-    pub levels: Vec<(f64, f64, Samples, InService)>,
+    pub levels: Vec<Level>,
+}
+
+/// One open-loop level.
+pub struct Level {
+    /// Share of the maximum.
+    pub share: f64,
+    /// Offered msg/s.
+    pub rate: f64,
+    /// Publish → row.
+    pub samples: Samples,
+    pub in_service: InService,
+    /// Publish → delivery at the same rate into queues of their own, consumed with no database: the broker's
+    /// part, which the service cannot go under.
+    pub broker_alone: Samples,
 }
 
 /// The part of the latency spent inside the service, from each delivery to its row committed, as the
@@ -176,12 +196,62 @@ async fn levels(
         env::settle(services).await?;
         let phase = format!("level{}", (share * 100.0) as u32);
         let before = InService::read(app).await?;
-        let sent =
-            open_loop(connection, &tenants, rate, settings.level_duration, &phase, settings.payload_bytes).await?;
+        let sent = open_loop(services, &tenants, rate, settings.level_duration, &phase, settings.payload_bytes).await?;
         let samples = collect(app, &tenants, &phase, sent).await?;
-        measured.push((share, rate, samples, InService::read(app).await?.since(before)));
+        let in_service = InService::read(app).await?.since(before);
+        env::settle(services).await?;
+        let broker_alone = broker_alone(app, services, connection, tenants.len(), rate, settings).await?;
+        measured.push(Level { share, rate, samples, in_service, broker_alone });
     }
     Ok(Latencies { max_rate, idle, levels: measured })
+}
+
+/// The open loop at `rate` into `count` queues of their own, declared as the service declares them, with one
+/// consumer each that has the service's prefetch and acks on arrival like the raw broker: publish → delivery,
+/// with the same publisher, broker and machine as the service's level but no database and no service.
+async fn broker_alone(
+    app: &RunningApp,
+    services: &Services,
+    connection: &Connection,
+    count: usize,
+    rate: f64,
+    settings: LatencySettings,
+) -> Result<Samples> {
+    let (tenants, queues) = amqp::bench_queues(services, connection, count).await?;
+    let samples = Arc::new(Mutex::new(Samples::new()));
+    let record = {
+        let samples = samples.clone();
+        move |deliveries: &[Delivery]| {
+            let arrived_us = now_us().unwrap_or_default();
+            let mut samples = samples.lock().unwrap_or_else(|e| e.into_inner());
+            for delivery in deliveries {
+                let sent_us = serde_json::from_slice::<serde_json::Value>(&delivery.data)
+                    .ok()
+                    .and_then(|payload| payload["sent_us"].as_u64())
+                    .unwrap_or_default();
+                let latency = arrived_us.saturating_sub(u128::from(sent_us));
+                samples.push(Duration::from_micros(u64::try_from(latency).unwrap_or(u64::MAX)));
+            }
+        }
+    };
+    let prefetch = app.config.workers.get().saturating_mul(app.config.consumer.batch_size);
+    let acks = Acks::Multiple { batch: app.config.consumer.batch_size.into() };
+    let mut consumers = amqp::consume(connection, &tenants, prefetch, acks, record).await?;
+    let sent = open_loop(services, &tenants, rate, settings.level_duration, "broker", settings.payload_bytes).await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let arrived = || samples.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+    while arrived() < sent {
+        anyhow::ensure!(Instant::now() < deadline, "broker alone: the messages did not all arrive");
+        if let Some(Some(ended)) = consumers.join_next().now_or_never() {
+            ended??;
+            anyhow::bail!("broker alone: a consumer ended before every message arrived");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumers.abort_all();
+    queues.delete().await?;
+    let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    Ok(samples)
 }
 
 /// Tenant A, with the most workers, drains a queue of `flood` messages; B publishes at `quiet_rate` alone, then
@@ -199,7 +269,7 @@ async fn noisy_neighbour(
     let duration = settings.level_duration;
 
     eprintln!("noisy neighbour: the quiet tenant alone at {} msg/s…", settings.quiet_rate);
-    let sent = open_loop(connection, &[quiet], settings.quiet_rate, duration, "alone", settings.payload_bytes).await?;
+    let sent = open_loop(services, &[quiet], settings.quiet_rate, duration, "alone", settings.payload_bytes).await?;
     let quiet_alone = collect(app, &[quiet], "alone", sent).await?;
 
     eprintln!("noisy neighbour: {} messages queued for the flooding tenant, drained alone…", settings.flood);
@@ -234,21 +304,10 @@ async fn drain(
     amqp::produce(connection, &[tenant], producer).await?;
     let expected = i64::try_from(settings.flood)? * round;
     let started = Instant::now();
-    let quiet_publisher = quiet.map(|quiet| {
-        let connection = services.clone();
-        async move {
-            let connection = connection.amqp().await?;
-            // Until the drain is surely over: the rows counted are those of the drain's span.
-            open_loop(
-                &connection,
-                &[quiet],
-                settings.quiet_rate,
-                settings.level_duration,
-                "flood",
-                settings.payload_bytes,
-            )
-            .await
-        }
+    // Until the drain is surely over: the rows counted are those of the drain's span.
+    let quiet = quiet.map(|quiet| [quiet]);
+    let quiet_publisher = quiet.as_ref().map(|quiet| {
+        open_loop(services, quiet, settings.quiet_rate, settings.level_duration, "flood", settings.payload_bytes)
     });
     held.commit().await?;
     let quiet_sent = async {
@@ -300,50 +359,63 @@ async fn publish(
 
 /// Publishes at `rate` msg/s for `duration` whatever the service does (open loop), round-robin over the
 /// tenants, each message stamped with the time its rate made it due; returns how many it sent, all confirmed.
+///
+/// The publisher runs on a thread, runtime and connection of its own, as a producer process of its own would:
+/// on the runtime of the service in this process, its ticks would wait behind the service's tasks, and that
+/// wait would count as the service's latency.
 async fn open_loop(
-    connection: &Connection,
+    services: &Services,
     tenants: &[TenantId],
     rate: f64,
     duration: Duration,
     phase: &str,
     payload_bytes: usize,
 ) -> Result<u64> {
-    let channel = confirm_channel(connection).await?;
-    let (confirms, mut confirmed) = mpsc::unbounded_channel();
-    let checker = tokio::spawn(async move {
-        while let Some(confirm) = confirmed.recv().await {
-            let confirm: lapin::PublisherConfirm = confirm;
-            match confirm.await? {
-                Confirmation::Ack(None) => {}
-                other => anyhow::bail!("publish not confirmed: {other:?}"),
+    let (services, tenants, phase) = (services.clone(), tenants.to_vec(), phase.to_owned());
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
+            let connection = services.amqp().await?;
+            let channel = confirm_channel(&connection).await?;
+            let (confirms, mut confirmed) = mpsc::unbounded_channel();
+            let checker = tokio::spawn(async move {
+                while let Some(confirm) = confirmed.recv().await {
+                    let confirm: lapin::PublisherConfirm = confirm;
+                    match confirm.await? {
+                        Confirmation::Ack(None) => {}
+                        other => anyhow::bail!("publish not confirmed: {other:?}"),
+                    }
+                }
+                Ok(())
+            });
+            let started = Instant::now();
+            let started_us = now_us()?;
+            let due_us = |n: u64| started_us + (n as f64 * 1e6 / rate) as u128;
+            let mut ticker = tokio::time::interval(Duration::from_millis(1));
+            let mut sent: u64 = 0;
+            while started.elapsed() < duration {
+                ticker.tick().await;
+                let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                // The millisecond's messages go out together, as from concurrent producers: awaiting each
+                // publish before the next would cost the measured machine a wake-up of the connection's I/O
+                // thread per message. A tick that falls behind delays the next, but each message keeps the
+                // time it was due.
+                let publishes = (sent..due).map(|n| {
+                    let tenant = tenants[(n % tenants.len() as u64) as usize];
+                    publish(&channel, tenant, Uuid::now_v7(), due_us(n), &phase, payload_bytes)
+                });
+                for confirm in futures_util::future::try_join_all(publishes).await? {
+                    confirms.send(confirm).ok().context("the confirm checker stopped")?;
+                }
+                sent = sent.max(due);
             }
-        }
-        Ok(())
-    });
-    let started = Instant::now();
-    let started_us = now_us()?;
-    let due_us = |n: u64| started_us + (n as f64 * 1e6 / rate) as u128;
-    let mut ticker = tokio::time::interval(Duration::from_millis(1));
-    let mut sent: u64 = 0;
-    while started.elapsed() < duration {
-        ticker.tick().await;
-        let due = (started.elapsed().as_secs_f64() * rate) as u64;
-        // The millisecond's messages go out together, as from concurrent producers: awaiting each publish
-        // before the next would cost the measured machine a wake-up of the connection's I/O thread per
-        // message. A tick that falls behind delays the next, but each message keeps the time it was due.
-        let publishes = (sent..due).map(|n| {
-            let tenant = tenants[(n % tenants.len() as u64) as usize];
-            publish(&channel, tenant, Uuid::now_v7(), due_us(n), phase, payload_bytes)
-        });
-        for confirm in futures_util::future::try_join_all(publishes).await? {
-            confirms.send(confirm).ok().context("the confirm checker stopped")?;
-        }
-        sent = sent.max(due);
-    }
-    drop(confirms);
-    checker.await??;
-    let _ = channel.close(200, "done".into()).await;
-    Ok(sent)
+            drop(confirms);
+            checker.await??;
+            // The runtime, and the connection with it, ends here also when publishing failed.
+            let _ = connection.close(200, "done".into()).await;
+            Ok(sent)
+        })
+    })
+    .await?
 }
 
 /// A row's latency in microseconds: its insert transaction's start less the time stamped into its payload.
