@@ -11,7 +11,10 @@
 //! figures leave out.
 
 use std::{
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -218,19 +221,23 @@ async fn broker_alone(
     settings: LatencySettings,
 ) -> Result<Samples> {
     let (tenants, queues) = amqp::bench_queues(services, connection, count).await?;
-    let samples = Arc::new(Mutex::new(Samples::new()));
+    let arrivals = Arc::new(Mutex::new(Arrivals::default()));
     let record = {
-        let samples = samples.clone();
+        let arrivals = arrivals.clone();
         move |deliveries: &[Delivery]| {
             let arrived_us = now_us().unwrap_or_default();
-            let mut samples = samples.lock().unwrap_or_else(|e| e.into_inner());
+            let mut arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner());
             for delivery in deliveries {
                 let sent_us = serde_json::from_slice::<serde_json::Value>(&delivery.data)
                     .ok()
-                    .and_then(|payload| payload["sent_us"].as_u64())
-                    .unwrap_or_default();
-                let latency = arrived_us.saturating_sub(u128::from(sent_us));
-                samples.push(Duration::from_micros(u64::try_from(latency).unwrap_or(u64::MAX)));
+                    .and_then(|payload| payload["sent_us"].as_u64());
+                match sent_us {
+                    Some(sent_us) => {
+                        let latency = arrived_us.saturating_sub(u128::from(sent_us));
+                        arrivals.samples.push(Duration::from_micros(u64::try_from(latency).unwrap_or(u64::MAX)));
+                    }
+                    None => arrivals.unstamped += 1,
+                }
             }
         }
     };
@@ -239,7 +246,7 @@ async fn broker_alone(
     let mut consumers = amqp::consume(connection, &tenants, prefetch, acks, record).await?;
     let sent = open_loop(services, &tenants, rate, settings.level_duration, "broker", settings.payload_bytes).await?;
     let deadline = Instant::now() + Duration::from_secs(600);
-    let arrived = || samples.lock().unwrap_or_else(|e| e.into_inner()).len() as u64;
+    let arrived = || arrivals.lock().unwrap_or_else(|e| e.into_inner()).count();
     while arrived() < sent {
         anyhow::ensure!(Instant::now() < deadline, "broker alone: the messages did not all arrive");
         if let Some(Some(ended)) = consumers.join_next().now_or_never() {
@@ -250,8 +257,22 @@ async fn broker_alone(
     }
     consumers.abort_all();
     queues.delete().await?;
-    let samples = samples.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Ok(samples)
+    let arrivals = std::mem::take(&mut *arrivals.lock().unwrap_or_else(|e| e.into_inner()));
+    anyhow::ensure!(arrivals.unstamped == 0, "broker alone: {} messages without `sent_us`", arrivals.unstamped);
+    Ok(arrivals.samples)
+}
+
+/// What the broker-alone consumers received: the latencies, and messages without a readable stamp.
+#[derive(Default)]
+struct Arrivals {
+    samples: Samples,
+    unstamped: u64,
+}
+
+impl Arrivals {
+    fn count(&self) -> u64 {
+        self.samples.len() as u64 + self.unstamped
+    }
 }
 
 /// Tenant A, with the most workers, drains a queue of `flood` messages; B publishes at `quiet_rate` alone, then
@@ -372,50 +393,67 @@ async fn open_loop(
     payload_bytes: usize,
 ) -> Result<u64> {
     let (services, tenants, phase) = (services.clone(), tenants.to_vec(), phase.to_owned());
+    // The thread cannot be aborted: when this future is dropped (Ctrl-C, a failed part), the guard tells the
+    // loop to stop at its next tick instead of publishing into queues that are being deleted.
+    let stop = StopOnDrop::default();
+    let stopped = stop.0.clone();
     tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(async {
             let connection = services.amqp().await?;
-            let channel = confirm_channel(&connection).await?;
-            let (confirms, mut confirmed) = mpsc::unbounded_channel();
-            let checker = tokio::spawn(async move {
-                while let Some(confirm) = confirmed.recv().await {
-                    let confirm: lapin::PublisherConfirm = confirm;
-                    match confirm.await? {
-                        Confirmation::Ack(None) => {}
-                        other => anyhow::bail!("publish not confirmed: {other:?}"),
+            let sent = async {
+                let channel = confirm_channel(&connection).await?;
+                let (confirms, mut confirmed) = mpsc::unbounded_channel();
+                let checker = tokio::spawn(async move {
+                    while let Some(confirm) = confirmed.recv().await {
+                        let confirm: lapin::PublisherConfirm = confirm;
+                        match confirm.await? {
+                            Confirmation::Ack(None) => {}
+                            other => anyhow::bail!("publish not confirmed: {other:?}"),
+                        }
                     }
-                }
-                Ok(())
-            });
-            let started = Instant::now();
-            let started_us = now_us()?;
-            let due_us = |n: u64| started_us + (n as f64 * 1e6 / rate) as u128;
-            let mut ticker = tokio::time::interval(Duration::from_millis(1));
-            let mut sent: u64 = 0;
-            while started.elapsed() < duration {
-                ticker.tick().await;
-                let due = (started.elapsed().as_secs_f64() * rate) as u64;
-                // The millisecond's messages go out together, as from concurrent producers: awaiting each
-                // publish before the next would cost the measured machine a wake-up of the connection's I/O
-                // thread per message. A tick that falls behind delays the next, but each message keeps the
-                // time it was due.
-                let publishes = (sent..due).map(|n| {
-                    let tenant = tenants[(n % tenants.len() as u64) as usize];
-                    publish(&channel, tenant, Uuid::now_v7(), due_us(n), &phase, payload_bytes)
+                    Ok(())
                 });
-                for confirm in futures_util::future::try_join_all(publishes).await? {
-                    confirms.send(confirm).ok().context("the confirm checker stopped")?;
+                let started = Instant::now();
+                let started_us = now_us()?;
+                let due_us = |n: u64| started_us + (n as f64 * 1e6 / rate) as u128;
+                let mut ticker = tokio::time::interval(Duration::from_millis(1));
+                let mut sent: u64 = 0;
+                while started.elapsed() < duration && !stopped.load(Ordering::Relaxed) {
+                    ticker.tick().await;
+                    let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                    // The millisecond's messages go out together, as from concurrent producers: awaiting each
+                    // publish before the next would cost the measured machine a wake-up of the connection's I/O
+                    // thread per message. A tick that falls behind delays the next, but each message keeps the
+                    // time it was due.
+                    let publishes = (sent..due).map(|n| {
+                        let tenant = tenants[(n % tenants.len() as u64) as usize];
+                        publish(&channel, tenant, Uuid::now_v7(), due_us(n), &phase, payload_bytes)
+                    });
+                    for confirm in futures_util::future::try_join_all(publishes).await? {
+                        confirms.send(confirm).ok().context("the confirm checker stopped")?;
+                    }
+                    sent = sent.max(due);
                 }
-                sent = sent.max(due);
+                drop(confirms);
+                checker.await??;
+                Ok(sent)
             }
-            drop(confirms);
-            checker.await??;
-            // The runtime, and the connection with it, ends here also when publishing failed.
+            .await;
             let _ = connection.close(200, "done".into()).await;
-            Ok(sent)
+            sent
         })
     })
     .await?
+}
+
+/// Set when dropped.
+#[derive(Default)]
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 /// A row's latency in microseconds: its insert transaction's start less the time stamped into its payload.

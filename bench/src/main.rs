@@ -194,7 +194,9 @@ impl Throughput {
         let tenants = cli.tenants;
         if !self.broker.is_empty() {
             rows.push(row(
-                format!("raw broker: publish (confirms) → consume (acks), {tenants} queues, prefetch {prefetch}"),
+                format!(
+                    "raw broker: publish (confirms) → consume (acks on receipt), {tenants} queues, prefetch {prefetch}"
+                ),
                 rate(&self.broker),
                 "msg/s",
             ));
