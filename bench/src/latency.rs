@@ -241,7 +241,7 @@ async fn broker_alone(
             }
         }
     };
-    let prefetch = app.config.workers.get().saturating_mul(app.config.consumer.batch_size);
+    let prefetch = tenantmq::runtime::consumer::prefetch(app.config.workers.get(), app.config.consumer.batch_size);
     let acks = Acks::Multiple { batch: app.config.consumer.batch_size.into() };
     let mut consumers = amqp::consume(connection, &tenants, prefetch, acks, record).await?;
     let sent = open_loop(services, &tenants, rate, settings.level_duration, "broker", settings.payload_bytes).await?;

@@ -326,7 +326,7 @@ async fn run(cli: Cli) -> Result<()> {
 
     // Throughput: the broker ceilings, the naive baseline and the end-to-end AMQP run, interleaved round by
     // round, so that each round's ratios compare figures taken minutes apart at most.
-    let prefetch = workers.saturating_mul(batch_size);
+    let prefetch = tenantmq::runtime::consumer::prefetch(workers, batch_size);
     let mut figures = Throughput::default();
     for round in 1..=rounds {
         let mut round_figures = Round::default();

@@ -33,9 +33,10 @@ use super::{
 
 pub(crate) use self::processing::decode;
 pub use self::processing::row_id;
+pub use self::subscription::prefetch;
 use self::{
     pool::{Handed, WorkerPool},
-    subscription::{enqueue, handover, prefetch, subscribe},
+    subscription::{enqueue, handover, subscribe},
 };
 
 /// Settings every consumer shares.

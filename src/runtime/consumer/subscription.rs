@@ -20,7 +20,8 @@ use crate::{
 
 use super::{ConsumerError, ConsumerSettings};
 
-pub(super) fn prefetch(workers: u16, batch_size: u16) -> u16 {
+/// A consumer's prefetch: room for a full batch per worker.
+pub fn prefetch(workers: u16, batch_size: u16) -> u16 {
     workers.saturating_mul(batch_size).max(1)
 }
 
