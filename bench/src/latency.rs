@@ -226,16 +226,20 @@ async fn broker_alone(
         let arrivals = arrivals.clone();
         move |deliveries: &[Delivery]| {
             let arrived_us = now_us().unwrap_or_default();
+            // Parsed before taking the lock, which every consumer shares: a consumer waiting on it would show
+            // as the broker's latency.
+            let latencies: Vec<Option<Duration>> = deliveries
+                .iter()
+                .map(|delivery| {
+                    let payload = serde_json::from_slice::<serde_json::Value>(&delivery.data).ok()?;
+                    let latency = arrived_us.saturating_sub(u128::from(payload["sent_us"].as_u64()?));
+                    Some(Duration::from_micros(u64::try_from(latency).unwrap_or(u64::MAX)))
+                })
+                .collect();
             let mut arrivals = arrivals.lock().unwrap_or_else(|e| e.into_inner());
-            for delivery in deliveries {
-                let sent_us = serde_json::from_slice::<serde_json::Value>(&delivery.data)
-                    .ok()
-                    .and_then(|payload| payload["sent_us"].as_u64());
-                match sent_us {
-                    Some(sent_us) => {
-                        let latency = arrived_us.saturating_sub(u128::from(sent_us));
-                        arrivals.samples.push(Duration::from_micros(u64::try_from(latency).unwrap_or(u64::MAX)));
-                    }
+            for latency in latencies {
+                match latency {
+                    Some(latency) => arrivals.samples.push(latency),
                     None => arrivals.unstamped += 1,
                 }
             }
