@@ -130,12 +130,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, BodyError> {
     let value = parsed.map_err(|error| {
         let message = error.to_string();
         let path = track.path().to_string();
-        let field = if path != "." {
-            Some(path)
-        } else {
-            named_field(&message, "missing field `").or_else(|| named_field(&message, "unknown field `"))
-        };
-        let detail = if error.is_syntax() || error.is_eof() { format!("malformed JSON: {message}") } else { message };
+        let field = field_at(&path, &message);
+        // serde_json counts a number too large for any type as a syntax error; the JSON is well formed.
+        let malformed = (error.is_syntax() || error.is_eof()) && !message.starts_with("number out of range");
+        let detail = if malformed { format!("malformed JSON: {message}") } else { message };
         BodyError { status: StatusCode::BAD_REQUEST, field, detail }
     })?;
     deserializer.end().map_err(|e| BodyError {
@@ -166,6 +164,20 @@ pub fn from_object<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer:
     deserializer.deserialize_map(ObjectOnly(std::marker::PhantomData))
 }
 
+/// The field an error is about: the path to the bad value, or, for a field missing, given twice or not
+/// known, the object's path (where the error is raised) joined with the field's name.
+fn field_at(path: &str, message: &str) -> Option<String> {
+    let named = ["missing field `", "duplicate field `", "unknown field `"]
+        .into_iter()
+        .find_map(|prefix| named_field(message, prefix));
+    match (path, named) {
+        (".", named) => named,
+        // An unknown field's name is already the last step of its path.
+        (path, Some(name)) if path.rsplit('.').next() != Some(name.as_str()) => Some(format!("{path}.{name}")),
+        (path, _) => Some(path.to_owned()),
+    }
+}
+
 fn named_field(message: &str, prefix: &str) -> Option<String> {
     let rest = message.strip_prefix(prefix)?;
     rest.split('`').next().map(str::to_owned)
@@ -184,6 +196,14 @@ mod tests {
         name: String,
         workers: Option<i64>,
         nested: Option<Vec<u8>>,
+        items: Option<Vec<Item>>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Item {
+        payload: i64,
     }
 
     fn field_of(json: &str) -> Option<String> {
@@ -197,6 +217,24 @@ mod tests {
         assert_eq!(field_of(r#"{"name": "a", "wrokers": 2}"#).as_deref(), Some("wrokers"));
         assert_eq!(field_of(r#"{"name": "a", "nested": [1, "x"]}"#).as_deref(), Some("nested[1]"));
         assert_eq!(field_of(r#"{"name": 7}"#).as_deref(), Some("name"));
+    }
+
+    #[test]
+    fn a_field_given_twice_or_missing_in_a_nested_object_is_named_with_its_path() {
+        assert_eq!(field_of(r#"{"name": "a", "name": "b"}"#).as_deref(), Some("name"));
+        assert_eq!(
+            field_of(r#"{"name": "a", "items": [{"payload": 1, "payload": 2}]}"#).as_deref(),
+            Some("items[0].payload")
+        );
+        assert_eq!(field_of(r#"{"name": "a", "items": [{"payload": 1}, {}]}"#).as_deref(), Some("items[1].payload"));
+        assert_eq!(field_of(r#"{"name": "a", "items": [{"payload": 1, "x": 2}]}"#).as_deref(), Some("items[0].x"));
+    }
+
+    #[test]
+    fn a_number_out_of_range_is_not_called_malformed() {
+        let error = parse::<Body>(br#"{"name": "a", "workers": 1e400}"#).expect_err("out of range");
+        assert_eq!(error.field.as_deref(), Some("workers"));
+        assert!(error.detail.starts_with("number out of range"), "{}", error.detail);
     }
 
     #[test]

@@ -9,7 +9,14 @@ use poem_openapi::{
 };
 
 use super::document::RETRY_AFTER_SECONDS;
-use crate::{app::AppError, auth::AuthError, broker::BrokerError, domain::tenant::TenantError, store::StoreError};
+use crate::{
+    app::AppError,
+    auth::AuthError,
+    broker::BrokerError,
+    domain::tenant::TenantError,
+    runtime::failure::{self, WriteFailure},
+    store::{StoreError, messages},
+};
 
 /// The name of every path parameter in this API.
 const PATH_PARAMETER: &str = "id";
@@ -134,14 +141,7 @@ impl From<AuthError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
-        let unreachable = matches!(
-            &error,
-            StoreError::Database(sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_))
-                | StoreError::Sqlx(
-                    sea_orm::sqlx::Error::Io(_) | sea_orm::sqlx::Error::PoolTimedOut | sea_orm::sqlx::Error::PoolClosed
-                )
-        );
-        if unreachable {
+        if database_unavailable(&error) {
             tracing::warn!(%error, "database unavailable");
             Self::unavailable("the database is unavailable; retry later")
         } else {
@@ -149,6 +149,25 @@ impl From<StoreError> for ApiError {
             Self::internal()
         }
     }
+}
+
+/// Whether the database failed the request for reasons of its own that a retry may not meet: it cannot be
+/// reached, is shutting down or out of resources (see [`failure::classify`]), cancelled the statement
+/// (`database.statement_timeout`, 57014), could not take a lock in time (55P03), or rolled back a
+/// transaction that lost a race (class 40). Anything else is a fault of the service: 500.
+fn database_unavailable(error: &StoreError) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    let error = match error {
+        StoreError::Database(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => return true,
+        StoreError::Database(
+            DbErr::Query(RuntimeErr::SqlxError(error)) | DbErr::Exec(RuntimeErr::SqlxError(error)),
+        ) => &**error,
+        StoreError::Sqlx(error) => error,
+        _ => return false,
+    };
+    let retryable =
+        messages::sqlstate(error).is_some_and(|code| matches!(code, "57014" | "55P03") || code.starts_with("40"));
+    retryable || matches!(failure::classify(error), WriteFailure::Unavailable)
 }
 
 impl From<TenantError> for ApiError {

@@ -35,11 +35,15 @@ async fn peek(app: &TestApp, path: &str) -> Value {
 /// Holds a SHARE lock on the tenant's partition from a connection of the test's own: reads go on, inserts
 /// wait for it (and hit the service's statement timeout) until the lock is released.
 pub(crate) async fn lock_partition(database_url: &str, tenant: &str) -> PgConnection {
+    let partition = crate::helpers::partition(tenant);
+    hold_in_transaction(database_url, &format!("LOCK TABLE {partition} IN SHARE MODE")).await
+}
+
+/// Runs `sql` in a transaction left open, so that the locks it took stay held until [`release`].
+pub(crate) async fn hold_in_transaction(database_url: &str, sql: &str) -> PgConnection {
     let mut connection = PgConnection::connect(database_url).await.expect("lock connection");
     connection.execute("BEGIN").await.expect("begin");
-    let partition = crate::helpers::partition(tenant);
-    let lock = format!("LOCK TABLE {partition} IN SHARE MODE");
-    connection.execute(sea_orm::sqlx::AssertSqlSafe(lock)).await.expect("lock");
+    connection.execute(sea_orm::sqlx::AssertSqlSafe(sql.to_owned())).await.expect("lock");
     connection
 }
 

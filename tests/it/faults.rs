@@ -81,6 +81,41 @@ async fn a_graceful_stop_ends_when_the_broker_has_stopped_answering() {
     drop(proxy);
 }
 
+/// With the broker silent, a publish for a tenant with a backlog cap cannot hang on reading its queue's
+/// depth: it gives up on the depth and answers 503 within its publish timeout, as one without a cap does, and
+/// so does a second tenant's publish waiting for the same inspection channel.
+#[tokio::test]
+async fn with_the_broker_silent_publishes_of_capped_tenants_answer_503_in_time() {
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
+    config.rabbitmq.url = through_proxy;
+    config.rabbitmq.publish_timeout = Duration::from_secs(2);
+    config.shutdown_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let mut publishes = Vec::new();
+    for name in ["capped-1", "capped-2"] {
+        let tenant = app.create_tenant_id(name).await;
+        await_consumer(&broker, &tenant).await;
+        let limits =
+            app.put_json(&format!("/tenants/{tenant}/config/limits"), &json!({ "max_queue_depth": 100 })).await;
+        assert_eq!(limits.status(), StatusCode::OK);
+        publishes.push(format!("/tenants/{tenant}/messages"));
+    }
+
+    proxy.stall();
+    let started = std::time::Instant::now();
+    let answers = publishes.iter().map(|path| app.post_json(path, &json!({ "payload": { "stalled": true } })));
+    let answers = tokio::time::timeout(Duration::from_secs(15), futures_util::future::join_all(answers)).await;
+    let answers = answers.expect("publishes hung on the silent broker");
+    for answer in answers {
+        crate::helpers::assert_problem(answer, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    }
+    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    app.stop().await;
+    drop(proxy);
+}
+
 #[tokio::test]
 async fn while_the_broker_is_down_publishing_answers_503_readiness_fails_and_both_recover() {
     let mut config = test_config();

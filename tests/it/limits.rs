@@ -10,7 +10,7 @@ use tenantmq::{projectors, store::tenants::TenantReadModel};
 use tenantmq_testkit::RunningApp;
 
 use crate::{
-    dead_letters::{lock_partition, release},
+    dead_letters::{hold_in_transaction, lock_partition, release},
     helpers::{TestApp, amqp, assert_problem, await_consumer, eventually, slow_down_inserts, test_config},
 };
 
@@ -130,7 +130,8 @@ async fn a_tenant_whose_queue_holds_its_max_depth_gets_429_queue_full_until_it_d
     let created = app.post_json("/tenants", &json!({ "name": "deep", "workers": 1 })).await;
     let id = created.json::<Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
     await_consumer(&amqp().await, &id).await;
-    assert_eq!(app.put_json(&limits_path(&id), &json!({ "max_queue_depth": 5 })).await.status(), StatusCode::OK);
+    let limits = json!({ "max_queue_depth": 5, "publish_rate": 1000, "publish_burst": 25 });
+    assert_eq!(app.put_json(&limits_path(&id), &limits).await.status(), StatusCode::OK);
 
     // The one worker blocks on the locked partition with one prefetch (10); the rest stays ready in the queue.
     let lock = lock_partition(&app.config.database.url, &id).await;
@@ -140,9 +141,11 @@ async fn a_tenant_whose_queue_holds_its_max_depth_gets_429_queue_full_until_it_d
         (response.status() == StatusCode::TOO_MANY_REQUESTS).then_some(response)
     })
     .await;
-    assert!(refused.headers().contains_key("retry-after"));
+    assert_eq!(refused.headers()["retry-after"], "1");
     let problem = assert_problem(refused, StatusCode::TOO_MANY_REQUESTS, None).await;
     assert_eq!(problem["type"], "urn:tenantmq:problem:queue-full");
+    // A batch larger than the burst can never go in: it hears so now, not after waiting for the queue to drain.
+    assert_problem(publish(&app, &id, 26).await, StatusCode::BAD_REQUEST, Some("messages")).await;
 
     release(lock).await;
     eventually(Duration::from_secs(30), "publishes accepted once the queue drained", || async {
@@ -188,6 +191,91 @@ async fn two_instances_share_one_tenants_rate() {
     first.await_messages(&id, i64::try_from(accepted).expect("count")).await;
     second.stop().await.expect("second instance stopped");
     first.stop().await;
+}
+
+/// Publishes that lease at the same moment each get a remainder beyond what they need; an instance keeps at
+/// most one chunk of them, so what it admits next is bounded by what the shared bucket holds, plus one chunk.
+#[tokio::test]
+async fn an_instance_keeps_at_most_one_chunk_of_the_tokens_it_leased() {
+    const RATE: u32 = 1000;
+    const CHUNK: f64 = 50.0;
+    let app = TestApp::spawn().await;
+    let id = app.create_tenant_id("chunked").await;
+    let set = json!({ "publish_rate": RATE, "publish_burst": RATE });
+    assert_eq!(app.put_json(&limits_path(&id), &set).await.status(), StatusCode::OK);
+    let at_once = (0..40).map(|_| publish(&app, &id, 1));
+    let statuses: Vec<StatusCode> =
+        futures_util::future::join_all(at_once).await.iter().map(Response::status).collect();
+    assert!(statuses.contains(&StatusCode::ACCEPTED), "{statuses:?}");
+
+    let started = Instant::now();
+    let in_bucket = format!(
+        "SELECT least({RATE}, tokens + {RATE} * extract(epoch FROM clock_timestamp() - refilled_at))::bigint \
+         FROM publish_buckets WHERE tenant_id = '{id}'"
+    );
+    let in_bucket = app.scalar_i64(&in_bucket).await as f64;
+    let mut admitted = 0.0;
+    for _ in 0..200 {
+        match publish(&app, &id, 50).await.status() {
+            StatusCode::ACCEPTED => admitted += 50.0,
+            StatusCode::TOO_MANY_REQUESTS => break,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // +1: the bucket's reading was rounded.
+    let most = in_bucket + 1.0 + f64::from(RATE) * started.elapsed().as_secs_f64() + CHUNK;
+    assert!(admitted <= most, "{admitted} admitted; the bucket held {in_bucket}, so at most {most:.0}");
+    app.stop().await;
+}
+
+/// Refused, an instance remembers what the bucket held: until it can have refilled enough, a publish is
+/// refused at once without touching the bucket's row (here locked, so a lease would wait for it).
+#[tokio::test]
+async fn a_tenant_over_its_rate_is_refused_without_a_round_trip_to_the_bucket() {
+    let app = TestApp::spawn().await;
+    let id = app.create_tenant_id("hammering").await;
+    let set = json!({ "publish_rate": 1, "publish_burst": 5 });
+    assert_eq!(app.put_json(&limits_path(&id), &set).await.status(), StatusCode::OK);
+    assert_eq!(publish(&app, &id, 5).await.status(), StatusCode::ACCEPTED);
+    assert_eq!(publish(&app, &id, 5).await.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    let row = format!("SELECT 1 FROM publish_buckets WHERE tenant_id = '{id}' FOR UPDATE");
+    let lock = hold_in_transaction(&app.config.database.url, &row).await;
+    // Five tokens take five seconds to refill at 1/s.
+    let hammering = async {
+        for _ in 0..20 {
+            let refused = publish(&app, &id, 5).await;
+            let retry_after: u64 = refused.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+            assert!((1..=5).contains(&retry_after), "{retry_after}");
+            assert_problem(refused, StatusCode::TOO_MANY_REQUESTS, None).await;
+        }
+    };
+    let answered = tokio::time::timeout(Duration::from_secs(3), hammering).await;
+    release(lock).await;
+    assert!(answered.is_ok(), "refusals waited for the bucket's row");
+    app.stop().await;
+}
+
+/// A lease that waits past `database.statement_timeout` (the bucket's row locked from outside) is the
+/// database being unavailable for the moment: 503, not 500.
+#[tokio::test]
+async fn a_publish_whose_lease_times_out_in_the_database_answers_503() {
+    let mut config = test_config();
+    config.database.statement_timeout = Some(Duration::from_millis(200));
+    let app = TestApp::spawn_with(config).await;
+    let id = app.create_tenant_id("slow bucket").await;
+    let set = json!({ "publish_rate": 100, "publish_burst": 100 });
+    assert_eq!(app.put_json(&limits_path(&id), &set).await.status(), StatusCode::OK);
+    // The whole burst: the instance holds no tokens, so the next publish must lease.
+    assert_eq!(publish(&app, &id, 100).await.status(), StatusCode::ACCEPTED);
+
+    let row = format!("SELECT 1 FROM publish_buckets WHERE tenant_id = '{id}' FOR UPDATE");
+    let lock = hold_in_transaction(&app.config.database.url, &row).await;
+    let waited = publish(&app, &id, 1).await;
+    release(lock).await;
+    let problem = assert_problem(waited, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("database")), "{problem}");
+    app.stop().await;
 }
 
 /// A service with `write_connections` and batches of 10, and two tenants of the given names and workers; their ids.
