@@ -1,6 +1,6 @@
 //! A deleted tenant's retirement: once no instance runs a consumer of it any more, its queued messages are
 //! persisted (`partitions.on_tenant_delete: detach`) or discarded (`drop`), its queues deleted, and its
-//! partition dropped or detached.
+//! partition dropped or detached and its publish bucket forgotten.
 //!
 //! Every instance's reconciler tries, on each pass, for each deleted tenant whose partition is still attached
 //! (the database state is the record: see [`partitions::awaiting_retirement`]). A consumer of a deleted
@@ -21,7 +21,7 @@ use crate::{
     store::{
         StoreError,
         messages::{self, MessageWriter, NewMessage},
-        partitions,
+        partitions, publish_buckets,
     },
 };
 
@@ -126,6 +126,7 @@ impl Retirement {
             OnTenantDelete::Drop => partitions::drop(&txn, tenant).await?,
             OnTenantDelete::Detach => partitions::detach(&txn, tenant).await?,
         }
+        publish_buckets::forget(&txn, tenant).await?;
         txn.commit().await?;
         Ok(true)
     }

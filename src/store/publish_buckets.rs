@@ -51,3 +51,9 @@ pub async fn lease<C: ConnectionTrait>(
         None => Leased::Refused { available: 0.0 },
     })
 }
+
+/// Forgets a retired tenant's bucket (its id can never publish again).
+pub async fn forget<C: ConnectionTrait>(db: &C, tenant: TenantId) -> Result<(), StoreError> {
+    db.execute_raw(stmt("DELETE FROM publish_buckets WHERE tenant_id = $1", [tenant.as_uuid().into()])).await?;
+    Ok(())
+}

@@ -278,6 +278,27 @@ async fn a_publish_whose_lease_times_out_in_the_database_answers_503() {
     app.stop().await;
 }
 
+/// A deleted tenant's id never publishes again: its bucket goes with its partition.
+#[tokio::test]
+async fn a_retired_tenants_bucket_is_forgotten() {
+    let app = TestApp::spawn().await;
+    let id = app.create_tenant_id("short-lived").await;
+    let set = json!({ "publish_rate": 10 });
+    assert_eq!(app.put_json(&limits_path(&id), &set).await.status(), StatusCode::OK);
+    assert_eq!(publish(&app, &id, 1).await.status(), StatusCode::ACCEPTED);
+    let buckets = format!("SELECT count(*) FROM publish_buckets WHERE tenant_id = '{id}'");
+    assert_eq!(app.scalar_i64(&buckets).await, 1);
+
+    assert_eq!(app.delete(&format!("/tenants/{id}")).await.status(), StatusCode::NO_CONTENT);
+    let partition = format!("SELECT count(*) FROM pg_class WHERE relname = '{}'", crate::helpers::partition(&id));
+    eventually(Duration::from_secs(30), "the tenant retired", || async {
+        (app.scalar_i64(&partition).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(app.scalar_i64(&buckets).await, 0);
+    app.stop().await;
+}
+
 /// A service with `write_connections` and batches of 10, and two tenants of the given names and workers; their ids.
 async fn competing(write_connections: u32, tenants: [(&str, u16); 2]) -> (TestApp, Vec<String>) {
     let mut config = test_config();
