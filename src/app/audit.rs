@@ -108,7 +108,7 @@ impl Audit {
 
     /// The heads of up to `limit` streams after `after` (by stream id), and the last of them when more follow.
     pub async fn head_page(&self, after: Option<Uuid>, limit: u64) -> Result<(Vec<Head>, Option<Uuid>), AppError> {
-        let mut heads = audit::heads_after(&self.db, after.unwrap_or(Uuid::nil()), limit.saturating_add(1)).await?;
+        let mut heads = audit::heads_after(&self.db, after, limit.saturating_add(1)).await?;
         let more = heads.len() as u64 > limit;
         heads.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
         let continue_after = more.then(|| heads.last().map(|head| head.stream_id)).flatten();

@@ -44,7 +44,8 @@ pub async fn verify(db: &DatabaseConnection, stream: Option<Uuid>) -> Result<Ver
 pub struct ChainReader {
     snapshot: DatabaseTransaction,
     stream: Option<Uuid>,
-    /// The last `(stream id, version)` read; the nil UUID sorts before every stream.
+    /// The last `(stream id, version)` read; before the first read, the nil UUID and version 0, which sort
+    /// before every event (versions start at 1).
     after: (Uuid, i32),
     done: bool,
 }
@@ -145,15 +146,29 @@ pub async fn heads<C: ConnectionTrait>(conn: &C, stream: Option<Uuid>) -> Result
     rows.into_iter().map(head).collect()
 }
 
-/// The heads of up to `limit` streams whose id sorts after `after`, by stream id: [`heads`] a page at a time.
-pub async fn heads_after<C: ConnectionTrait>(conn: &C, after: Uuid, limit: u64) -> Result<Vec<Head>, StoreError> {
-    let rows = HeadRow::find_by_statement(stmt(
-        "SELECT DISTINCT ON (stream_id) stream_id, version, position, hash FROM events \
-         WHERE stream_id > $1 ORDER BY stream_id, version DESC LIMIT $2",
-        [after.into(), i64::try_from(limit).unwrap_or(i64::MAX).into()],
-    ))
-    .all(conn)
-    .await?;
+/// The heads of up to `limit` streams whose id sorts after `after` (from the first stream when `None`), by
+/// stream id: [`heads`] a page at a time.
+pub async fn heads_after<C: ConnectionTrait>(
+    conn: &C,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<Head>, StoreError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    // Without a cursor there is no lower bound: any id, the nil UUID included, may be a stream's. Two
+    // statements rather than one with `$1 IS NULL OR …`, so that each keeps its index range scan.
+    let statement = match after {
+        Some(after) => stmt(
+            "SELECT DISTINCT ON (stream_id) stream_id, version, position, hash FROM events \
+             WHERE stream_id > $1 ORDER BY stream_id, version DESC LIMIT $2",
+            [after.into(), limit.into()],
+        ),
+        None => stmt(
+            "SELECT DISTINCT ON (stream_id) stream_id, version, position, hash FROM events \
+             ORDER BY stream_id, version DESC LIMIT $1",
+            [limit.into()],
+        ),
+    };
+    let rows = HeadRow::find_by_statement(statement).all(conn).await?;
     rows.into_iter().map(head).collect()
 }
 

@@ -342,6 +342,39 @@ async fn a_tampered_event_is_found_by_the_verify_endpoint_at_its_position() {
     app.stop().await;
 }
 
+/// The nil UUID sorts before every other stream id: a page that starts at no cursor still includes its stream.
+#[tokio::test]
+async fn the_paged_check_and_heads_include_a_tenant_with_the_nil_id() {
+    let app = TestApp::spawn().await;
+    let nil = Uuid::nil().to_string();
+    let created = app.post_json("/tenants", &json!({ "id": nil, "name": "nil" })).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let other = app.create_tenant_id("after-nil").await;
+
+    let first = json_of(audited(&app, "/audit/head?limit=1").await).await;
+    assert_eq!(first["data"][0]["stream_id"], nil, "{first}");
+    let cursor = first["next_cursor"].as_str().expect("a cursor to the second stream");
+    let second = json_of(audited(&app, &format!("/audit/head?limit=1&cursor={cursor}")).await).await;
+    assert_eq!(second["data"][0]["stream_id"], other.as_str(), "{second}");
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let all = json_of(audited(&app, "/audit/verify").await).await;
+    assert_eq!((all["ok"].as_bool(), all["streams"].as_i64()), (Some(true), Some(2)), "{all}");
+
+    tamper(
+        &app,
+        &format!("UPDATE events SET data = jsonb_set(data, '{{name}}', '\"renamed\"') WHERE stream_id = '{nil}'"),
+    )
+    .await;
+    for path in ["/audit/verify", "/audit/verify?limit=1"] {
+        let verdict = json_of(audited(&app, path).await).await;
+        assert_eq!(verdict["ok"], false, "{path}: {verdict}");
+        let broken = &verdict["first_break"];
+        assert_eq!((broken["stream_id"].as_str(), broken["version"].as_i64()), (Some(nil.as_str()), Some(1)));
+        assert_eq!(broken["reason"], "hash_mismatch", "{verdict}");
+    }
+    app.stop().await;
+}
+
 /// Create, three concurrency changes, delete: the state after each event, asked by position and by time.
 #[tokio::test]
 async fn a_tenant_reads_as_it_was_at_every_version_of_its_stream() {
