@@ -48,7 +48,8 @@ pub struct ChainBreak {
     pub stream_id: Uuid,
     pub version: i32,
     /// `hash_mismatch` (the event was changed), `broken_link` (its `prev_hash` is not the previous event's
-    /// hash) or `version_gap` (an event before it is missing).
+    /// hash), `version_gap` (an event before it is missing) or `unreadable` (the event was changed so that it
+    /// cannot be encoded to be hashed: a hash that is not 32 bytes, JSON nested too deep).
     pub reason: String,
     /// The reason with the hashes or versions involved.
     pub detail: String,
@@ -60,6 +61,7 @@ impl From<Break> for ChainBreak {
             BreakReason::HashMismatch { .. } => "hash_mismatch",
             BreakReason::BrokenLink { .. } => "broken_link",
             BreakReason::VersionGap { .. } => "version_gap",
+            BreakReason::Unreadable(_) => "unreadable",
         };
         Self {
             position: broken.position,

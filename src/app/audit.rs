@@ -86,10 +86,11 @@ impl Audit {
     /// Checks the chains of up to `limit` streams after `after` (by stream id), each in a snapshot of its
     /// own, stopping at the first break. The head of an intact page is its newest event.
     pub async fn verify_streams(&self, after: Option<Uuid>, limit: u64) -> Result<StreamsChecked, AppError> {
-        let (streams, continue_after) = self.head_page(after, limit).await?;
+        let streams = audit::streams_after(&self.db, after, limit.saturating_add(1)).await?;
+        let (streams, continue_after) = page(streams, limit, |stream| *stream);
         let mut checked = Intact::default();
-        for stream in &streams {
-            match audit::verify(&self.db, Some(stream.stream_id)).await? {
+        for stream in streams {
+            match audit::verify(&self.db, Some(stream)).await? {
                 Verdict::Intact(intact) => {
                     checked.streams += intact.streams;
                     checked.events += intact.events;
@@ -108,11 +109,8 @@ impl Audit {
 
     /// The heads of up to `limit` streams after `after` (by stream id), and the last of them when more follow.
     pub async fn head_page(&self, after: Option<Uuid>, limit: u64) -> Result<(Vec<Head>, Option<Uuid>), AppError> {
-        let mut heads = audit::heads_after(&self.db, after, limit.saturating_add(1)).await?;
-        let more = heads.len() as u64 > limit;
-        heads.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        let continue_after = more.then(|| heads.last().map(|head| head.stream_id)).flatten();
-        Ok((heads, continue_after))
+        let heads = audit::heads_after(&self.db, after, limit.saturating_add(1)).await?;
+        Ok(page(heads, limit, |head| head.stream_id))
     }
 
     /// The tenant as it was at `at`: its stream folded with `evolve` up to that point. Before its first event
@@ -179,6 +177,14 @@ impl Audit {
             Ok(Some((json_lines(&chunk)?, (reader, None))))
         }))
     }
+}
+
+/// The first `limit` of `items` (read as `limit + 1`, by stream id), and the last stream kept when more follow.
+fn page<T>(mut items: Vec<T>, limit: u64, stream: impl Fn(&T) -> Uuid) -> (Vec<T>, Option<Uuid>) {
+    let more = items.len() as u64 > limit;
+    items.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let continue_after = more.then(|| items.last().map(stream)).flatten();
+    (items, continue_after)
 }
 
 /// Events as export lines, each ended by a newline.

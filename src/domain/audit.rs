@@ -256,6 +256,23 @@ pub enum BreakReason {
     /// The event's fields were changed after it was hashed.
     #[error("hash mismatch: stored {stored}, computed {computed}")]
     HashMismatch { stored: EventHash, computed: EventHash },
+    /// The stored event cannot even be encoded to be hashed: it was changed into something the service never
+    /// writes.
+    #[error("unreadable: {0}")]
+    Unreadable(Unreadable),
+}
+
+/// What makes a stored event impossible to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unreadable {
+    #[error("its hash is not 32 bytes")]
+    Hash,
+    #[error("its prev_hash is not 32 bytes")]
+    PrevHash,
+    #[error("its data cannot be written as canonical JSON (at most {MAX_JSON_DEPTH} levels deep)")]
+    Data,
+    #[error("its metadata cannot be written as canonical JSON (at most {MAX_JSON_DEPTH} levels deep)")]
+    Metadata,
 }
 
 /// The first event at which the chain is not intact.

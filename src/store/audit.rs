@@ -9,7 +9,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{StoreError, events::stmt};
-use crate::domain::audit::{Break, ChainCheck, ChainedEvent, EventHash, HashedFields, Head, Intact, canonical_json};
+use crate::domain::audit::{
+    Break, BreakReason, ChainCheck, ChainedEvent, EventHash, HashedFields, Head, Intact, Unreadable, canonical_json,
+};
 
 /// Events read per query: memory stays bounded however long the log is.
 const CHUNK: i64 = 1000;
@@ -27,12 +29,12 @@ pub async fn verify(db: &DatabaseConnection, stream: Option<Uuid>) -> Result<Ver
     let mut reader = ChainReader::open(db, stream).await?;
     let mut check = ChainCheck::new();
     loop {
-        let chunk = reader.next_chunk().await?;
-        if chunk.is_empty() {
+        let rows = reader.next_rows().await?;
+        if rows.is_empty() {
             return Ok(Verdict::Intact(check.finish()));
         }
-        for event in &chunk {
-            if let Err(broken) = check.push(event) {
+        for row in rows {
+            if let Err(broken) = chained(row).and_then(|event| check.push(&event)) {
                 return Ok(Verdict::Broken(broken));
             }
         }
@@ -73,8 +75,14 @@ impl ChainReader {
         Ok(Self { snapshot, stream, after: (stream.unwrap_or(Uuid::nil()), 0), done: false })
     }
 
-    /// The next events in order; empty once the chain is read.
+    /// The next events in order; empty once the chain is read. An event that cannot be encoded is an error
+    /// ([`verify`] reports it as a break instead).
     pub async fn next_chunk(&mut self) -> Result<Vec<ChainedEvent>, StoreError> {
+        let rows = self.next_rows().await?;
+        rows.into_iter().map(|row| chained(row).map_err(StoreError::Unreadable)).collect()
+    }
+
+    async fn next_rows(&mut self) -> Result<Vec<ChainRow>, StoreError> {
         if self.done {
             return Ok(Vec::new());
         }
@@ -100,29 +108,32 @@ impl ChainReader {
         if let Some(last) = rows.last() {
             self.after = (last.stream_id, last.version);
         }
-        rows.into_iter().map(chained).collect()
+        Ok(rows)
     }
 }
 
-fn chained(row: ChainRow) -> Result<ChainedEvent, StoreError> {
-    let malformed = StoreError::MalformedHash { stream_id: row.stream_id, version: row.version };
-    let (Some(prev_hash), Some(hash)) = (EventHash::from_slice(&row.prev_hash), EventHash::from_slice(&row.hash))
-    else {
-        return Err(malformed);
+/// The event as hashed, or a break at it when what is stored cannot be encoded: only a change behind the
+/// service's back makes one so, and the check names the event as it names any other change.
+fn chained(row: ChainRow) -> Result<ChainedEvent, Break> {
+    let unreadable = |what| Break {
+        position: row.position,
+        stream_id: row.stream_id,
+        version: row.version,
+        reason: BreakReason::Unreadable(what),
     };
-    Ok(ChainedEvent {
-        fields: HashedFields {
-            stream_id: row.stream_id,
-            version: row.version,
-            position: row.position,
-            event_type: row.event_type,
-            data: canonical_json(&row.data).map_err(StoreError::Encode)?,
-            metadata: canonical_json(&row.metadata).map_err(StoreError::Encode)?,
-            recorded_at: row.recorded_at,
-            prev_hash,
-        },
-        hash,
-    })
+    // PostgreSQL's text of a `jsonb` value is valid JSON: only its depth can make canonical JSON refuse it.
+    let fields = HashedFields {
+        stream_id: row.stream_id,
+        version: row.version,
+        position: row.position,
+        event_type: row.event_type,
+        data: canonical_json(&row.data).map_err(|_| unreadable(Unreadable::Data))?,
+        metadata: canonical_json(&row.metadata).map_err(|_| unreadable(Unreadable::Metadata))?,
+        recorded_at: row.recorded_at,
+        prev_hash: EventHash::from_slice(&row.prev_hash).ok_or_else(|| unreadable(Unreadable::PrevHash))?,
+    };
+    let hash = EventHash::from_slice(&row.hash).ok_or_else(|| unreadable(Unreadable::Hash))?;
+    Ok(ChainedEvent { fields, hash })
 }
 
 #[derive(FromQueryResult)]
@@ -170,6 +181,32 @@ pub async fn heads_after<C: ConnectionTrait>(
     };
     let rows = HeadRow::find_by_statement(statement).all(conn).await?;
     rows.into_iter().map(head).collect()
+}
+
+/// The ids of up to `limit` streams after `after` (from the first stream when `None`), in order: the streams
+/// of a page that is checked. Only ids, so that a head changed into something unreadable is found by the check
+/// of its stream rather than failing the listing.
+pub async fn streams_after<C: ConnectionTrait>(
+    conn: &C,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<Uuid>, StoreError> {
+    #[derive(FromQueryResult)]
+    struct StreamRow {
+        stream_id: Uuid,
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let statement = match after {
+        Some(after) => stmt(
+            "SELECT DISTINCT ON (stream_id) stream_id FROM events WHERE stream_id > $1 ORDER BY stream_id LIMIT $2",
+            [after.into(), limit.into()],
+        ),
+        None => {
+            stmt("SELECT DISTINCT ON (stream_id) stream_id FROM events ORDER BY stream_id LIMIT $1", [limit.into()])
+        }
+    };
+    let rows = StreamRow::find_by_statement(statement).all(conn).await?;
+    Ok(rows.into_iter().map(|row| row.stream_id).collect())
 }
 
 fn head(row: HeadRow) -> Result<Head, StoreError> {

@@ -27,6 +27,9 @@ pub enum StoreError {
     /// A stored `hash` or `prev_hash` is not 32 bytes (the log's check constraint was bypassed).
     #[error("the stored hash of stream {stream_id} version {version} is not 32 bytes")]
     MalformedHash { stream_id: uuid::Uuid, version: i32 },
+    /// A stored event that cannot be encoded to be hashed (changed behind the service's back).
+    #[error("the event at {0}")]
+    Unreadable(crate::domain::audit::Break),
     #[error("database error: {0}")]
     Database(#[from] DbErr),
     #[error("database error: {0}")]

@@ -375,6 +375,56 @@ async fn the_paged_check_and_heads_include_a_tenant_with_the_nil_id() {
     app.stop().await;
 }
 
+/// Events changed so that they cannot even be encoded for hashing are breaks at their position, as a changed
+/// field is: JSON nested deeper than canonical JSON allows, a stored hash that is not 32 bytes.
+#[tokio::test]
+async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
+    let app = TestApp::spawn().await;
+    app.create_tenant_id("bystander").await;
+    let id = tenant_with_three_events(&app).await;
+    let url = &app.config.database.url;
+    let second = position(&app, &id, 2).await;
+    tamper(
+        &app,
+        &format!(
+            "UPDATE events SET data = (repeat('[', 130) || repeat(']', 130))::jsonb \
+             WHERE stream_id = '{id}' AND version = 2"
+        ),
+    )
+    .await;
+    let first = position(&app, &id, 1).await;
+    // The first event's hash and the head's, so that the paged check also lists the stream without it.
+    let cut_hash = format!(
+        "ALTER TABLE events DROP CONSTRAINT events_hashes_are_sha256; \
+         UPDATE events SET hash = decode('00', 'hex') WHERE stream_id = '{id}' AND version IN (1, 3)"
+    );
+    for (tampering, (at, version)) in [(None, (second, 2)), (Some(cut_hash), (first, 1))] {
+        if let Some(sql) = tampering {
+            tamper(&app, &sql).await;
+        }
+        for path in [format!("/audit/verify?tenant_id={id}"), "/audit/verify?limit=1000".to_owned()] {
+            let verdict = json_of(audited(&app, &path).await).await;
+            assert_eq!(verdict["ok"], false, "{path}: {verdict}");
+            let broken = &verdict["first_break"];
+            assert_eq!((broken["position"].as_i64(), broken["version"].as_i64()), (Some(at), Some(version)));
+            assert_eq!(
+                (broken["stream_id"].as_str(), broken["reason"].as_str()),
+                (Some(id.as_str()), Some("unreadable"))
+            );
+        }
+        for args in [vec!["verify", "--tenant", id.as_str()], vec!["verify"]] {
+            let output = cli(&args, url).await;
+            assert_eq!(output.status.code(), Some(1), "{args:?}: {}", String::from_utf8_lossy(&output.stderr));
+            let shown = stdout(&output);
+            assert!(
+                shown.contains(&format!("NOT intact: position {at} (stream {id}, version {version}): ")),
+                "{shown}"
+            );
+        }
+    }
+    app.stop().await;
+}
+
 /// Create, three concurrency changes, delete: the state after each event, asked by position and by time.
 #[tokio::test]
 async fn a_tenant_reads_as_it_was_at_every_version_of_its_stream() {

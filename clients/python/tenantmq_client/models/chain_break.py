@@ -19,7 +19,8 @@ class ChainBreak:
         position (int): Global position of the first event that does not check.
         reason (str): `hash_mismatch` (the event was changed), `broken_link` (its `prev_hash` is not the previous
             event's
-            hash) or `version_gap` (an event before it is missing).
+            hash), `version_gap` (an event before it is missing) or `unreadable` (the event was changed so that it
+            cannot be encoded to be hashed: a hash that is not 32 bytes, JSON nested too deep).
         stream_id (UUID):
         version (int):
     """
