@@ -62,6 +62,8 @@ impl From<Break> for ChainBreak {
             BreakReason::BrokenLink { .. } => "broken_link",
             BreakReason::VersionGap { .. } => "version_gap",
             BreakReason::Unreadable(_) => "unreadable",
+            // Only the check of an export file finds this; the service checks each stream on its own.
+            BreakReason::OtherStream { .. } => "other_stream",
         };
         Self {
             position: broken.position,

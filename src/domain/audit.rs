@@ -260,6 +260,9 @@ pub enum BreakReason {
     /// writes.
     #[error("unreadable: {0}")]
     Unreadable(Unreadable),
+    /// In an export, which holds one stream: the event is of another stream than the events before it.
+    #[error("another stream: the events before it are of stream {expected}, and an export holds one stream")]
+    OtherStream { expected: Uuid },
 }
 
 /// What makes a stored event impossible to encode.
@@ -300,22 +303,33 @@ pub struct Intact {
 pub struct ChainCheck {
     last: Option<Head>,
     checked: Intact,
+    /// Whether every event must be of the first event's stream, as in an export.
+    one_stream: bool,
 }
 
 impl ChainCheck {
+    /// A check of the log: a stream id other than the last event's starts a new chain at version 1.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Checks the next event: a stream id other than the last one's starts a new chain at version 1.
+    /// A check of an export, which is one stream: an event of any other stream is a break.
+    pub fn one_stream() -> Self {
+        Self { one_stream: true, ..Self::default() }
+    }
+
+    /// Checks the next event.
     pub fn push(&mut self, event: &ChainedEvent) -> Result<(), Break> {
         let fields = &event.fields;
-        let (expected_version, expected_prev) = match self.last {
-            Some(last) if last.stream_id == fields.stream_id => (last.version.saturating_add(1), last.hash),
-            _ => (1, EventHash::GENESIS),
-        };
         let broken =
             |reason| Break { position: fields.position, stream_id: fields.stream_id, version: fields.version, reason };
+        let (expected_version, expected_prev) = match self.last {
+            Some(last) if last.stream_id == fields.stream_id => (last.version.saturating_add(1), last.hash),
+            Some(last) if self.one_stream => {
+                return Err(broken(BreakReason::OtherStream { expected: last.stream_id }));
+            }
+            _ => (1, EventHash::GENESIS),
+        };
         if fields.version != expected_version {
             return Err(broken(BreakReason::VersionGap { expected: expected_version }));
         }
@@ -512,8 +526,8 @@ mod tests {
         assert_eq!((broken.position, broken.reason), (4, BreakReason::VersionGap { expected: 1 }));
     }
 
-    #[test]
-    fn consecutive_streams_are_separate_chains() {
+    /// The test chain moved to the nil stream, 100 positions later, and hashed again.
+    fn other_stream() -> Vec<ChainedEvent> {
         let mut other = chain();
         for event in &mut other {
             event.fields.stream_id = Uuid::nil();
@@ -525,10 +539,38 @@ mod tests {
             event.hash = event.fields.hash();
             previous = event.hash;
         }
-        let all: Vec<ChainedEvent> = chain().into_iter().chain(other).collect();
+        other
+    }
+
+    #[test]
+    fn consecutive_streams_are_separate_chains() {
+        let all: Vec<ChainedEvent> = chain().into_iter().chain(other_stream()).collect();
         let intact = check(&all).expect("intact");
         assert_eq!((intact.streams, intact.events), (2, 6));
         assert_eq!(intact.head.map(|h| h.position), Some(109));
+    }
+
+    #[test]
+    fn an_export_holds_one_stream_and_breaks_at_the_first_event_of_another() {
+        let stream: Uuid = STREAM.parse().expect("a test uuid");
+        let mut check = ChainCheck::one_stream();
+        for event in &chain() {
+            check.push(event).expect("intact");
+        }
+        let broken = check.push(&other_stream()[0]).expect_err("another stream");
+        assert_eq!((broken.position, broken.stream_id, broken.version), (101, Uuid::nil(), 1));
+        assert_eq!(broken.reason, BreakReason::OtherStream { expected: stream });
+        assert!(broken.to_string().contains("another stream: "), "{broken}");
+        // Whichever stream comes first is the one.
+        let mut check = ChainCheck::one_stream();
+        check.push(&other_stream()[0]).expect("intact");
+        let broken = check.push(&chain()[0]).expect_err("another stream");
+        assert_eq!((broken.position, broken.reason), (1, BreakReason::OtherStream { expected: Uuid::nil() }));
+        let mut check = ChainCheck::one_stream();
+        for event in &chain() {
+            check.push(event).expect("intact");
+        }
+        assert_eq!(check.finish().streams, 1);
     }
 
     #[test]
