@@ -175,7 +175,8 @@ pub struct ChainedEvent {
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExportLine {
-    stream_id: Uuid,
+    /// Text, not parsed, so that a line must spell it as hashed (as `recorded_at`).
+    stream_id: String,
     version: i32,
     position: i64,
     event_type: String,
@@ -191,10 +192,18 @@ struct ExportLine {
 pub enum LineError {
     #[error("not an event: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("recorded_at is not an RFC 3339 time: {0}")]
-    RecordedAt(#[from] chrono::ParseError),
+    /// A field not written in the one form that is hashed (and that an auditor's own script reads).
+    #[error("{field} {found:?} is not {form}")]
+    Spelling { field: &'static str, found: String, form: &'static str },
     #[error("{0} is not 64 lowercase hex digits")]
     Hash(&'static str),
+}
+
+impl LineError {
+    fn spelling(field: &'static str, found: &str, form: &'static str) -> Self {
+        // Enough of a long value to recognize it.
+        Self::Spelling { field, found: found.chars().take(64).collect(), form }
+    }
 }
 
 impl ChainedEvent {
@@ -202,7 +211,7 @@ impl ChainedEvent {
     pub fn to_json_line(&self) -> Result<String, serde_json::Error> {
         let fields = &self.fields;
         serde_json::to_string(&ExportLine {
-            stream_id: fields.stream_id,
+            stream_id: fields.stream_id.hyphenated().to_string(),
             version: fields.version,
             position: fields.position,
             event_type: fields.event_type.clone(),
@@ -215,19 +224,36 @@ impl ChainedEvent {
     }
 
     /// Reads one line of an export; its data and metadata are canonicalized here, so the check below does not
-    /// trust the file's spelling of them.
+    /// trust the file's spelling of them. `stream_id` and `recorded_at` must be written exactly as they are
+    /// hashed: the file is what an auditor hashes without this code, so another spelling of the same value
+    /// (an uppercase UUID, a `+01:00` offset, nanoseconds) would verify here and fail there.
     pub fn from_json_line(line: &str) -> Result<Self, LineError> {
         let line: ExportLine = serde_json::from_str(line)?;
         let hash_field = |text: &str, name| EventHash::from_hex(text).ok_or(LineError::Hash(name));
+        let stream_id = Uuid::try_parse(&line.stream_id)
+            .ok()
+            .filter(|id| id.hyphenated().to_string() == line.stream_id)
+            .ok_or_else(|| LineError::spelling("stream_id", &line.stream_id, "a lowercase hyphenated UUID"))?;
+        let recorded_at = DateTime::parse_from_rfc3339(&line.recorded_at)
+            .ok()
+            .map(|time| time.with_timezone(&Utc))
+            .filter(|time| recorded_at_text(*time) == line.recorded_at)
+            .ok_or_else(|| {
+                LineError::spelling(
+                    "recorded_at",
+                    &line.recorded_at,
+                    "an RFC 3339 time in UTC with six fractional digits and `Z`, e.g. 2026-12-01T09:30:00.123456Z",
+                )
+            })?;
         Ok(Self {
             fields: HashedFields {
-                stream_id: line.stream_id,
+                stream_id,
                 version: line.version,
                 position: line.position,
                 event_type: line.event_type,
                 data: canonical_json(line.data.get())?,
                 metadata: canonical_json(line.metadata.get())?,
-                recorded_at: DateTime::parse_from_rfc3339(&line.recorded_at)?.with_timezone(&Utc),
+                recorded_at,
                 prev_hash: hash_field(&line.prev_hash, "prev_hash")?,
             },
             hash: hash_field(&line.hash, "hash")?,
@@ -585,6 +611,31 @@ mod tests {
         assert!(matches!(ChainedEvent::from_json_line(&upper), Err(LineError::Hash("hash"))));
         assert!(matches!(ChainedEvent::from_json_line(&line[1..]), Err(LineError::Json(_))));
         let late = line.replace("2026-12-01T09:30:00.123456Z", "yesterday");
-        assert!(matches!(ChainedEvent::from_json_line(&late), Err(LineError::RecordedAt(_))));
+        assert!(matches!(ChainedEvent::from_json_line(&late), Err(LineError::Spelling { field: "recorded_at", .. })));
+    }
+
+    #[test]
+    fn an_export_line_spells_its_stream_id_and_time_as_the_export_writes_them() {
+        let line = chain()[0].to_json_line().expect("a line");
+        let time = "2026-12-01T09:30:00.123456Z";
+        for (field, from, to) in [
+            ("stream_id", STREAM, STREAM.to_uppercase()),
+            ("stream_id", STREAM, STREAM.replace('-', "")),
+            ("stream_id", STREAM, format!("{{{STREAM}}}")),
+            ("stream_id", STREAM, format!("urn:uuid:{STREAM}")),
+            ("recorded_at", time, "2026-12-01T10:30:00.123456+01:00".to_owned()),
+            ("recorded_at", time, "2026-12-01T09:30:00.123456+00:00".to_owned()),
+            ("recorded_at", time, "2026-12-01T09:30:00.123456000Z".to_owned()),
+            ("recorded_at", time, "2026-12-01T09:30:00.1234560Z".to_owned()),
+            ("recorded_at", time, "2026-12-01t09:30:00.123456z".to_owned()),
+            ("recorded_at", time, "2026-12-01 09:30:00.123456Z".to_owned()),
+            ("recorded_at", time, "yesterday".to_owned()),
+        ] {
+            let edited = line.replacen(from, &to, 1);
+            assert_ne!(edited, line);
+            let error = ChainedEvent::from_json_line(&edited).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(error.starts_with(field), "{to}: {error:?}");
+            assert!(error.contains(&to), "{to}: {error:?}");
+        }
     }
 }
