@@ -281,7 +281,8 @@ fn describe(intact: &Intact) -> String {
 }
 
 /// Checks an export line by line, naming the first line that is not an event or breaks the chain (an event
-/// of a second stream breaks it: an export is one stream).
+/// of a second stream breaks it: an export is one stream). A file without events fails, as `verify --tenant`
+/// does for a stream without events.
 fn verify_file(path: &Path) -> ExitCode {
     let shown = path.display();
     let file = match File::open(path) {
@@ -305,7 +306,13 @@ fn verify_file(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    println!("{shown}: intact: {}", describe(&check.finish()));
+    let intact = check.finish();
+    // Nothing checked is no chain: an empty file (a failed download, say) must not pass for an intact one.
+    if intact.events == 0 {
+        eprintln!("tenantmq: {shown}: no events");
+        return ExitCode::FAILURE;
+    }
+    println!("{shown}: intact: {}", describe(&intact));
     ExitCode::SUCCESS
 }
 

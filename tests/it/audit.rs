@@ -425,6 +425,21 @@ async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
     app.stop().await;
 }
 
+/// An empty file holds no stream: nothing was checked, which is not an intact chain.
+#[tokio::test]
+async fn an_empty_file_does_not_verify() {
+    let file = std::env::temp_dir().join(format!("tenantmq-empty-{}.jsonl", Uuid::new_v4()));
+    std::fs::write(&file, "").expect("written");
+    let file_name = file.to_str().expect("utf-8 path").to_owned();
+    let args = ["--config", "/no/such/file.yaml", "verify", "--file", file_name.as_str()];
+    let output = cli(&args, "postgres://nobody@127.0.0.1:1/none").await;
+    std::fs::remove_file(&file).expect("file removed");
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("{file_name}: no events")), "{stderr}");
+    assert!(!stdout(&output).contains("intact"), "{}", stdout(&output));
+}
+
 /// Create, three concurrency changes, delete: the state after each event, asked by position and by time.
 #[tokio::test]
 async fn a_tenant_reads_as_it_was_at_every_version_of_its_stream() {
