@@ -146,6 +146,12 @@ impl Authenticator {
                 _ => AuthError::Invalid("malformed token".into()),
             })?
             .claims;
+        // The subject is recorded as the actor of every command the token issues, in `jsonb`, which cannot
+        // hold U+0000; other control characters garble logs. No identity provider names a caller so, and
+        // escaping would record an actor the token does not name, so the token is refused as malformed.
+        if claims.sub.chars().any(char::is_control) {
+            return Err(AuthError::Invalid("`sub` contains control characters".into()));
+        }
         let role = match (claims.role, claims.tenant_id) {
             (RoleClaim::Admin, _) => Role::Admin,
             (RoleClaim::Auditor, None) => Role::Auditor,
@@ -239,6 +245,13 @@ mod tests {
             jsonwebtoken::encode(&Header::default(), &no_tenant, &EncodingKey::from_secret(SECRET.as_bytes()))
                 .expect("encoded");
         assert!(matches!(auth.authenticate(Some(&bearer(&no_tenant))), Err(AuthError::Invalid(_))));
+        for subject in ["ops\u{0}", "ops\n", "\u{7f}", "\u{9b}31m"] {
+            let claims =
+                Claims { sub: subject.into(), iat: now, exp: now + 60, role: RoleClaim::Admin, tenant_id: None };
+            let token = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+                .expect("encoded");
+            assert!(matches!(auth.authenticate(Some(&bearer(&token))), Err(AuthError::Invalid(_))), "{subject:?}");
+        }
     }
 
     #[test]

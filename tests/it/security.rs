@@ -103,6 +103,12 @@ async fn every_endpoint_checks_the_token_and_its_tenant() {
             "tenant role without tenant_id",
             Some(token_with(&secret, &Claims { role: RoleClaim::Tenant, ..admin_claims.clone() })),
         ),
+        // PostgreSQL's jsonb, where the subject is recorded as the actor, refuses U+0000.
+        ("a NUL in the subject", Some(token_with(&secret, &Claims { sub: "ops\u{0}".into(), ..admin_claims.clone() }))),
+        (
+            "a control character in the subject",
+            Some(token_with(&secret, &Claims { sub: "ops\u{1b}[2J".into(), ..admin_claims.clone() })),
+        ),
         (
             "auditor role with a tenant_id",
             Some(token_with(
