@@ -4,6 +4,7 @@ use std::{collections::HashSet, time::Duration};
 
 use tenantmq::store::{
     StoreError,
+    audit::{self, Verdict},
     events::{EventMetadata, EventStore, NewEvent, read_all_after},
 };
 use uuid::Uuid;
@@ -18,6 +19,14 @@ fn event(n: usize) -> NewEvent {
     NewEvent { event_type: "TestEvent.v1".into(), data: serde_json::json!({ "n": n }) }
 }
 
+/// Checks the hash chain of the whole log: appends that raced (or lost a race) leave it intact.
+async fn assert_chain_intact(app: &TestApp, streams: u64, events: u64) {
+    match audit::verify(&app.db, None).await.expect("verified") {
+        Verdict::Intact(intact) => assert_eq!((intact.streams, intact.events), (streams, events)),
+        Verdict::Broken(broken) => panic!("the chain breaks after concurrent appends: {broken}"),
+    }
+}
+
 #[tokio::test]
 async fn append_with_a_stale_version_is_a_conflict() {
     let app = TestApp::spawn().await;
@@ -30,6 +39,7 @@ async fn append_with_a_stale_version_is_a_conflict() {
     let events = store.read_stream(stream, 0, 100).await.expect("read");
     assert_eq!(events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(events[0].metadata["actor"], "test");
+    assert_chain_intact(&app, 1, 2).await;
     app.stop().await;
 }
 
@@ -79,6 +89,7 @@ async fn a_tailing_reader_sees_every_event_once_in_order_under_concurrent_append
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), seen.len(), "no event twice");
     let tail = read_all_after(&app.db, before, 10_000).await.expect("read");
     assert_eq!(tail.len(), seen.len(), "the reader missed nothing");
+    assert_chain_intact(&app, APPENDERS as u64, (APPENDERS * EVENTS_EACH) as u64).await;
     app.stop().await;
 }
 
