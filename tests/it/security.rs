@@ -299,7 +299,14 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
         (
             c.post(app.url(&batch)).json(&json!({ "messages": [{ "payload": 1 }, {}] })),
             StatusCode::BAD_REQUEST,
-            Some("messages[1]"),
+            Some("messages[1].payload"),
+        ),
+        (
+            c.post(app.url(&batch))
+                .header("content-type", "application/json")
+                .body(r#"{"messages": [{"payload": 1, "payload": 2}]}"#),
+            StatusCode::BAD_REQUEST,
+            Some("messages[0].payload"),
         ),
         (
             c.post(app.url(&batch)).json(&json!({ "messages": [{ "payload": 1, "id": "bad" }] })),
