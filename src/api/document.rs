@@ -8,6 +8,8 @@ use std::{collections::HashMap, sync::OnceLock};
 
 use serde_json::{Map, Value, json};
 
+use super::principal::SECURITY_SCHEME;
+
 /// The error statuses each operation can answer, by operation id. 500 is possible everywhere (it is logged
 /// with the request id), 503 wherever a dependency is asked; 415 wherever a body is read.
 const OPERATION_ERRORS: &[(&str, &[u16])] = &[
@@ -90,8 +92,10 @@ fn complete(document: &mut Value) {
             schema["additionalProperties"] = Value::Bool(false);
         }
     }
+    // The name the operations' requirements use (the derive's): a requirement naming an undeclared scheme is
+    // invalid, and Swagger UI would send the token entered under Authorize with none of them.
     document["components"]["securitySchemes"] = json!({
-        "bearer": {
+        SECURITY_SCHEME: {
             "type": "http",
             "scheme": "bearer",
             "bearerFormat": "JWT",
@@ -100,7 +104,7 @@ fn complete(document: &mut Value) {
                             `tenant_id` (its own tenant only)"
         }
     });
-    document["security"] = json!([{ "bearer": [] }]);
+    document["security"] = json!([{ SECURITY_SCHEME: [] }]);
 }
 
 /// Drops the error responses the operation cannot answer and adds those the derive does not know (415), each
@@ -157,6 +161,27 @@ mod tests {
 
     fn parsed() -> Value {
         serde_json::from_str(document()).expect("the document is JSON")
+    }
+
+    /// OpenAPI: every scheme a requirement names must be declared, or clients and Swagger UI send no token.
+    #[test]
+    fn every_security_requirement_names_a_declared_scheme() {
+        let document = parsed();
+        let declared = document["components"]["securitySchemes"].as_object().expect("security schemes");
+        let operations =
+            document["paths"].as_object().expect("paths").values().flat_map(|path| {
+                path.as_object().expect("operations").values().map(|operation| &operation["security"])
+            });
+        let mut named = 0;
+        for requirements in operations.chain([&document["security"]]) {
+            for requirement in requirements.as_array().into_iter().flatten() {
+                for scheme in requirement.as_object().expect("a requirement").keys() {
+                    assert!(declared.contains_key(scheme), "{scheme} is not declared");
+                    named += 1;
+                }
+            }
+        }
+        assert!(named > 1, "the operations name their scheme");
     }
 
     #[test]

@@ -16,6 +16,9 @@ use super::AppState;
 /// tenant's record, read only) or `tenantmq token --tenant <id>` (one tenant's reads, publishes and dead
 /// letters); it is signed with the service's configured secret. Paste the
 /// token alone, without `Bearer `.
+/// The name of the bearer scheme in the OpenAPI document: the `rename` below.
+pub(super) const SECURITY_SCHEME: &str = "BearerAuth";
+
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "JWT", rename = "BearerAuth")]
 #[allow(dead_code)]
