@@ -120,6 +120,8 @@ impl Authenticator {
         };
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token that says it is not valid yet is not (jsonwebtoken checks `nbf` only when asked).
+        validation.validate_nbf = true;
         validation.leeway = config.leeway_seconds;
         Ok(Self { key: Some((key, validation)) })
     }
@@ -140,6 +142,7 @@ impl Authenticator {
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
+                ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (`nbf` is in the future)".into()),
                 ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
                     AuthError::Invalid("missing or malformed claims".into())
                 }
@@ -245,6 +248,14 @@ mod tests {
             jsonwebtoken::encode(&Header::default(), &no_tenant, &EncodingKey::from_secret(SECRET.as_bytes()))
                 .expect("encoded");
         assert!(matches!(auth.authenticate(Some(&bearer(&no_tenant))), Err(AuthError::Invalid(_))));
+        let early =
+            serde_json::json!({ "sub": "x", "iat": now, "nbf": now + 3600, "exp": now + 7200, "role": "admin" });
+        let early = jsonwebtoken::encode(&Header::default(), &early, &EncodingKey::from_secret(SECRET.as_bytes()))
+            .expect("encoded");
+        assert_eq!(
+            auth.authenticate(Some(&bearer(&early))),
+            Err(AuthError::Invalid("not valid yet (`nbf` is in the future)".into()))
+        );
         for subject in ["ops\u{0}", "ops\n", "\u{7f}", "\u{9b}31m"] {
             let claims =
                 Claims { sub: subject.into(), iat: now, exp: now + 60, role: RoleClaim::Admin, tenant_id: None };

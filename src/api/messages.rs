@@ -207,8 +207,9 @@ impl MessagesApi {
         id: Path<Uuid>,
         body: JsonBody<PublishRequest>,
     ) -> Result<PublishResponse, ApiError> {
-        storable(&body.0.payload, "payload", state.limits.payload_depth)?;
+        // Who may publish comes first: a caller who may not learns nothing about what it sent.
         let tenant = authorized(&principal, id.0)?;
+        storable(&body.0.payload, "payload", state.limits.payload_depth)?;
         let message = outgoing(body.0);
         let id = message.id;
         state.app.messages.publish(tenant, &[message]).await?;
@@ -265,6 +266,7 @@ impl MessagesApi {
     ) -> Result<PublishBatchResponse, ApiError> {
         principal.require_tenant(TenantId::from_uuid(id.0))?;
         let requests = body.0.messages;
+        let tenant = authorized(&principal, id.0)?;
         if requests.is_empty() || requests.len() > MAX_BATCH {
             return Err(ApiError::bad_request(
                 Some("messages"),
@@ -277,7 +279,6 @@ impl MessagesApi {
         for (index, request) in requests.iter().enumerate() {
             storable(&request.payload, &format!("messages[{index}].payload"), state.limits.payload_depth)?;
         }
-        let tenant = authorized(&principal, id.0)?;
         let messages: Vec<OutgoingMessage> = requests.into_iter().map(outgoing).collect();
         state.app.messages.publish(tenant, &messages).await?;
         Ok(PublishBatchResponse::Accepted(Json(PublishedBatch { ids: messages.iter().map(|m| m.id).collect() })))

@@ -152,6 +152,16 @@ async fn every_endpoint_checks_the_token_and_its_tenant() {
             }
         }
     }
+    // Whose tenant it is comes before what was sent: another tenant's token hears 403, not what is wrong with
+    // its payload.
+    let unstorable = json!({ "payload": "\u{0}" });
+    let batch = json!({ "messages": [unstorable.clone()] });
+    for (path, body) in
+        [(format!("/tenants/{a}/messages"), unstorable), (format!("/tenants/{a}/messages/batch"), batch)]
+    {
+        let response = send(Method::POST, &path, &Some(body), Some(&token_b)).await.expect("sent");
+        assert_problem(response, StatusCode::FORBIDDEN, None).await;
+    }
     assert_eq!(app.scalar_i64("SELECT count(*) FROM events").await, events_before, "no rejected command was recorded");
 
     for Endpoint { method, path, body, may } in endpoints(&a, &doomed) {
