@@ -171,19 +171,21 @@ pub async fn run<P: Projector>(
 pub async fn listen_for_appends(db: DatabaseConnection, store: EventStore, cancel: CancellationToken) {
     let mut backoff = Backoff::new();
     while !cancel.is_cancelled() {
-        let mut listener =
-            match sea_orm::sqlx::postgres::PgListener::connect_with(db.get_postgres_connection_pool()).await {
-                Ok(listener) => listener,
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, ?delay, "cannot open the NOTIFY listener; retrying");
-                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => continue }
-                }
-            };
-        if let Err(error) = listener.listen(NOTIFY_CHANNEL).await {
-            tracing::warn!(%error, "LISTEN failed; retrying");
-            continue;
-        }
+        // Either step can fail for as long as the server does (LISTEN on a standby in recovery, say): both wait.
+        let listening = async {
+            let mut listener =
+                sea_orm::sqlx::postgres::PgListener::connect_with(db.get_postgres_connection_pool()).await?;
+            listener.listen(NOTIFY_CHANNEL).await?;
+            Ok::<_, sea_orm::sqlx::Error>(listener)
+        };
+        let mut listener = match listening.await {
+            Ok(listener) => listener,
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, ?delay, "cannot listen for NOTIFY; retrying");
+                tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => continue }
+            }
+        };
         backoff.reset();
         loop {
             tokio::select! {

@@ -33,8 +33,16 @@ pub fn classify(error: &sqlx::Error) -> WriteFailure {
         // The partition is missing: a tenant's partition is dropped only once none of its consumers runs, so for
         // a running one it is not created yet (its DDL waits for a lock, or the projector is behind).
         (_, Some("42P01")) => WriteFailure::Unavailable,
-        // Connection exceptions, shutdowns and resource exhaustion are about the server, not the data.
-        (_, Some(code)) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
+        // Connection exceptions, shutdowns and resource exhaustion are about the server, not the data; so are a
+        // server that only reads (a standby after a failover, a disk-full read-only mode: 25006), credentials it
+        // no longer takes (class 28) and a database that is gone (3D000).
+        (_, Some(code))
+            if code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code.starts_with("28")
+                || matches!(code, "25006" | "3D000") =>
+        {
             WriteFailure::Unavailable
         }
         (

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use lapin::{BasicProperties, options::ConfirmSelectOptions};
 use reqwest::StatusCode;
+use sea_orm::sqlx::{Connection, Executor, PgConnection};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -14,6 +15,7 @@ use crate::{
         TestApp, amqp, await_consumer, await_exactly, eventually, publish_raw, queue, queue_state, scalar_i64,
         test_config,
     },
+    metrics::Scrape,
     proxy::Proxy,
 };
 
@@ -150,6 +152,49 @@ async fn while_the_broker_is_down_publishing_answers_503_readiness_fails_and_bot
     let accepted = app.post_json(&publish, &json!({ "payload": { "after": true } })).await;
     assert_eq!(accepted.status(), StatusCode::ACCEPTED);
     app.await_messages(&tenant, 1).await;
+    app.stop().await;
+}
+
+/// A database that only reads (a standby after a failover, a disk-full read-only mode) is unavailable, not a
+/// reason to retry: messages are held back without counting attempts, never dead-lettered, and written once
+/// it takes writes again.
+#[tokio::test]
+async fn a_read_only_database_holds_messages_back_instead_of_retrying_them() {
+    let mut config = test_config();
+    config.consumer.retry_delay = Duration::from_millis(50);
+    config.max_retries = 1;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("read-only").await;
+    await_consumer(&broker, &tenant).await;
+    // One session of the test's own: it outlives the others and can write after the default changes.
+    let mut admin = PgConnection::connect(&app.config.database.url).await.expect("admin session");
+    let mut run = async |sql: &str| {
+        admin.execute(sea_orm::sqlx::AssertSqlSafe(sql.to_owned())).await.expect(sql);
+    };
+    let database = app.config.database.url.rsplit('/').next().and_then(|name| name.split('?').next()).expect("a name");
+    // New sessions only read; ending the service's sessions makes its pools open new ones.
+    let sessions = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                    WHERE datname = current_database() AND pid <> pg_backend_pid()";
+    run(&format!("ALTER DATABASE \"{database}\" SET default_transaction_read_only = on")).await;
+    run(sessions).await;
+
+    for n in 0..5 {
+        let published = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": { "n": n } })).await;
+        assert_eq!(published.status(), StatusCode::ACCEPTED);
+    }
+    let labels = [("tenant_id", tenant.as_str()), ("reason", "transient")];
+    eventually(Duration::from_secs(30), "writes refused a few times", || async {
+        (Scrape::of(&app).await.value("tenantmq_messages_failed_total", &labels) >= Some(10.0)).then_some(())
+    })
+    .await;
+    let scrape = Scrape::of(&app).await;
+    assert_eq!(scrape.tenant("tenantmq_messages_retried_total", &tenant), Some(0.0), "held back, not retried");
+    assert_eq!(scrape.tenant("tenantmq_messages_dead_lettered_total", &tenant), Some(0.0));
+
+    run(&format!("ALTER DATABASE \"{database}\" RESET default_transaction_read_only")).await;
+    run(sessions).await;
+    await_exactly(&app.db, &tenant, 5, Duration::from_secs(60)).await;
     app.stop().await;
 }
 
