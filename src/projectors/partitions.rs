@@ -23,7 +23,7 @@ pub enum PartitionsProjector {
 }
 
 impl Projector for PartitionsProjector {
-    const NAME: &'static str = "message_partitions";
+    const NAME: &'static str = partitions::PROJECTOR;
 
     async fn apply(&self, txn: &DatabaseTransaction, event: &RecordedEvent) -> Result<(), StoreError> {
         let tenant = TenantId::from_uuid(event.stream_id);

@@ -10,6 +10,9 @@ use super::{
     events::{scalar, stmt},
 };
 
+/// The checkpoint name of the projector that creates the partitions (`projectors::partitions`).
+pub const PROJECTOR: &str = "message_partitions";
+
 /// Runs partition DDL in `txn`, waiting at most 1 s for its lock on `messages` before it fails (and its caller
 /// retries later).
 ///

@@ -3,9 +3,9 @@
 use std::num::NonZeroU32;
 
 use crate::domain::tenant::{Limits, TenantId};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::{StoreError, partitions};
+use super::{StoreError, events::stmt, partitions};
 
 pub mod entity {
     use sea_orm::entity::prelude::*;
@@ -124,17 +124,25 @@ impl TenantReadModel {
     }
 
     /// Ids of retired tenants: deleted, and their partition dropped or detached. Their queues must not exist
-    /// (those of a deleted tenant still awaiting retirement may hold messages to persist).
+    /// (those of a deleted tenant still awaiting retirement may hold messages to persist). A deleted tenant
+    /// whose creation the partitions projector has not reached yet has no partition because none was made: it
+    /// awaits its partition and then its retirement, so it is not among them. One statement, so that a tenant
+    /// deleted meanwhile is seen either way consistently.
     pub async fn retired_ids(&self) -> Result<Vec<TenantId>, StoreError> {
-        let awaiting = partitions::awaiting_retirement(&self.db).await?;
-        let ids: Vec<uuid::Uuid> = Tenants::find()
-            .select_only()
-            .column(entity::Column::Id)
-            .filter(entity::Column::Status.eq(entity::TenantStatus::Deleted))
-            .into_tuple()
-            .all(&self.db)
+        let rows = self
+            .db
+            .query_all_raw(stmt(
+                "SELECT t.id FROM tenants t \
+                 WHERE t.status = 'deleted' \
+                   AND t.created_position <= coalesce( \
+                       (SELECT position FROM projector_checkpoints WHERE name = $1), 0) \
+                   AND NOT EXISTS (SELECT 1 FROM pg_class c \
+                       JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'messages'::regclass \
+                       WHERE c.relname = 'messages_' || replace(t.id::text, '-', ''))",
+                [partitions::PROJECTOR.into()],
+            ))
             .await?;
-        Ok(ids.into_iter().map(TenantId::from_uuid).filter(|tenant| !awaiting.contains(tenant)).collect())
+        rows.iter().map(|row| Ok(TenantId::from_uuid(row.try_get::<uuid::Uuid>("", "id")?))).collect()
     }
 
     /// Every row, deleted ones included, ordered by id (for comparing states, e.g. after a replay).

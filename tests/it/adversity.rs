@@ -466,3 +466,55 @@ async fn a_long_reader_of_messages_does_not_stop_every_tenants_writes_when_a_ten
     .await;
     app.stop().await;
 }
+
+/// A tenant deleted while its partition waits for a long reader is not retired yet: its messages wait in its
+/// queue for the partition, then for the retirement. An instance that starts meanwhile (a restart, a rolling
+/// deploy) sweeps the queues of retired tenants; it must not take this one for retired and delete its queues
+/// with what they hold. With `detach`, every accepted message ends up in the archive.
+#[tokio::test]
+async fn an_instance_starting_while_a_deleted_tenant_awaits_its_partition_keeps_its_queued_messages() {
+    const MESSAGES: i64 = 10;
+    let mut config = test_config();
+    config.projectors.command_wait = Duration::from_secs(1);
+    config.partitions.on_tenant_delete = tenantmq::config::OnTenantDelete::Detach;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let reader = sea_orm::Database::connect(app.config.database.url.clone()).await.expect("connect");
+    let reading = reader.begin().await.expect("begin");
+    reading.execute_unprepared("SELECT count(*) FROM messages").await.expect("a read of every partition");
+
+    let tenant = TenantId::generate().to_string();
+    let _recorded = app.post_json("/tenants", &json!({ "id": tenant, "name": "waiting" })).await;
+    await_consumer(&broker, &tenant).await;
+    for i in 0..MESSAGES {
+        let published = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": i })).await;
+        assert_eq!(published.status(), StatusCode::ACCEPTED);
+    }
+    let _recorded = app.delete(&format!("/tenants/{tenant}")).await;
+
+    let mut second = tenantmq_testkit::RunningApp::start(app.config.clone()).await.expect("a second instance");
+    // A tenant created now gets a consumer from each instance; the second's comes after its sweep.
+    let marker = TenantId::generate().to_string();
+    // Recorded; its partition waits for the reader too.
+    let _recorded = app.post_json("/tenants", &json!({ "id": marker, "name": "marker" })).await;
+    eventually(Duration::from_secs(30), "both instances consuming", || async {
+        queue_state(&broker, queue(&marker)).await.filter(|(_, consumers)| *consumers == 2)
+    })
+    .await;
+    assert!(queue_state(&broker, queue(&tenant)).await.is_some(), "the waiting tenant's queue was swept");
+
+    reading.rollback().await.expect("rollback");
+    reader.close().await.expect("close");
+    let archive = crate::helpers::partition(&tenant);
+    let detached = format!(
+        "SELECT count(*) FROM pg_class c WHERE c.relname = '{archive}' \
+         AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)"
+    );
+    eventually(Duration::from_secs(60), "the tenant retired, its partition detached", || async {
+        (app.scalar_i64(&detached).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(app.scalar_i64(&format!("SELECT count(*) FROM {archive}")).await, MESSAGES, "every message archived");
+    second.stop().await.expect("second instance stopped");
+    app.stop().await;
+}
