@@ -14,7 +14,16 @@ use uuid::Uuid;
 
 use crate::{app::dead_letters::DeadLetter, auth::Principal};
 
-use super::{ApiTags, AppState, json_body::JsonBody, messages::authorized, pagination, problem::ApiError};
+use serde_json::value::RawValue;
+
+use super::{
+    ApiTags, AppState,
+    json_body::JsonBody,
+    json_text::JsonText,
+    messages::{JsonPayload, authorized, rfc3339_or_null},
+    pagination,
+    problem::ApiError,
+};
 
 /// How deep a peek may reach: each page reads every message before it, so deeper pages get slower. Replay
 /// or purge to get further.
@@ -24,7 +33,7 @@ pub const MAX_PEEK_DEPTH: u64 = 10_000;
 pub const MAX_REPLAY_IDS: usize = 1000;
 
 /// A message that failed for good.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, serde::Serialize)]
 pub struct DeadLetterMessage {
     /// The AMQP `message_id` (a UUID for everything this service dead-lettered); select it for a replay.
     #[oai(nullable)]
@@ -36,12 +45,14 @@ pub struct DeadLetterMessage {
     #[oai(nullable)]
     pub attempts: Option<u32>,
     #[oai(nullable)]
+    #[serde(serialize_with = "rfc3339_or_null")]
     pub first_failed_at: Option<DateTime<Utc>>,
     #[oai(nullable)]
+    #[serde(serialize_with = "rfc3339_or_null")]
     pub dead_lettered_at: Option<DateTime<Utc>>,
-    /// The body, when it is JSON.
+    /// The body, when it is JSON, as it was published (large numbers keep every digit).
     #[oai(nullable)]
-    pub payload: Option<serde_json::Value>,
+    pub payload: Option<JsonPayload>,
     /// The body as text (invalid UTF-8 replaced), when it is not JSON.
     #[oai(nullable)]
     pub body: Option<String>,
@@ -49,7 +60,10 @@ pub struct DeadLetterMessage {
 
 impl From<DeadLetter> for DeadLetterMessage {
     fn from(letter: DeadLetter) -> Self {
-        let payload = serde_json::from_slice(&letter.body).ok();
+        let payload = std::str::from_utf8(&letter.body)
+            .ok()
+            .and_then(|text| RawValue::from_string(text.to_owned()).ok())
+            .map(JsonPayload);
         let body = payload.is_none().then(|| String::from_utf8_lossy(&letter.body).into_owned());
         Self {
             id: letter.message_id,
@@ -64,7 +78,7 @@ impl From<DeadLetter> for DeadLetterMessage {
 }
 
 /// A page of dead letters, oldest first.
-#[derive(Debug, Object)]
+#[derive(Debug, Object, serde::Serialize)]
 pub struct DeadLetterPage {
     pub data: Vec<DeadLetterMessage>,
     /// Pass as `cursor` for the next page; `null` on the last page. The DLQ is a queue, not a table: a
@@ -124,7 +138,7 @@ impl DeadLettersApi {
         /// Page size, 1 to 1000 (default 50).
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
-    ) -> Result<Json<DeadLetterPage>, ApiError> {
+    ) -> Result<JsonText<DeadLetterPage>, ApiError> {
         let tenant = authorized(&principal, id.0)?;
         let limit = pagination::limit(limit.0)?;
         let scope = pagination::Listing::DeadLetters(tenant).to_string();
@@ -139,7 +153,7 @@ impl DeadLettersApi {
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let page = state.app.dead_letters.peek(tenant, to_usize(skip), to_usize(limit)).await?;
         let next_cursor = page.more.then(|| pagination::encode(&scope, skip + limit));
-        Ok(Json(DeadLetterPage { data: page.messages.into_iter().map(Into::into).collect(), next_cursor }))
+        Ok(JsonText(DeadLetterPage { data: page.messages.into_iter().map(Into::into).collect(), next_cursor }))
     }
 
     /// Move dead letters back to the tenant's queue: the selected ids, or all of them

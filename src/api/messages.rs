@@ -166,8 +166,22 @@ pub struct Message {
 }
 
 /// As poem-openapi writes a time, so the body is the same whichever writes it.
-fn rfc3339<S: serde::Serializer>(at: &chrono::DateTime<chrono::Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+pub(super) fn rfc3339<S: serde::Serializer>(
+    at: &chrono::DateTime<chrono::Utc>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&at.to_rfc3339())
+}
+
+/// [`rfc3339`] for a time that may be absent (`null`).
+pub(super) fn rfc3339_or_null<S: serde::Serializer>(
+    at: &Option<chrono::DateTime<chrono::Utc>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => rfc3339(at, serializer),
+        None => serializer.serialize_none(),
+    }
 }
 
 /// A page of messages, oldest first.

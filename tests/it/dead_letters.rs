@@ -52,6 +52,23 @@ pub(crate) async fn release(mut lock: PgConnection) {
     lock.close().await.expect("close");
 }
 
+/// A dead letter's JSON body is shown as it was published: a number too large for a double keeps every digit.
+#[tokio::test]
+async fn a_dead_letters_payload_is_shown_with_every_digit() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("exact").await;
+    await_consumer(&broker, &tenant).await;
+    let channel = broker.create_channel().await.expect("channel");
+    // JSON, but not storable (`jsonb` refuses U+0000): dead-lettered at once.
+    let body = br#"{"n": 12345678901234567890123, "bad": "\u0000"}"#;
+    publish_raw(&channel, &tenant, body, BasicProperties::default()).await;
+    await_dlq_depth(&broker, &tenant, 1).await;
+    let page = app.get(&format!("/tenants/{tenant}/dlq")).await.text().await.expect("text");
+    assert!(page.contains("12345678901234567890123"), "{page}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn messages_that_are_not_json_are_dead_lettered_with_a_reason_and_the_dlq_api_peeks_replays_and_purges() {
     let app = TestApp::spawn().await;

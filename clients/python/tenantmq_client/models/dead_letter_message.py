@@ -24,7 +24,7 @@ class DeadLetterMessage:
         first_failed_at (datetime.datetime | None | Unset):
         id (None | str | Unset): The AMQP `message_id` (a UUID for everything this service dead-lettered); select it for
             a replay.
-        payload (Any | Unset): The body, when it is JSON.
+        payload (Any | Unset): The body, when it is JSON, as it was published (large numbers keep every digit).
         reason (None | str | Unset): Why it failed last, e.g. `body is not JSON`.
     """
 
