@@ -157,9 +157,12 @@ pub struct ServerConfig {
     /// request on a kept-alive connection). A slower client is disconnected.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
-    /// A connection that moves no byte in either direction for this long is closed (any protocol).
+    /// A connection that moves no byte in either direction for this long is closed.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// How long a client may take to send a request's body, from its first byte to its last (408 after).
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
     /// Most client connections open at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
     /// What this instance does: everything, only the HTTP API, or only the consumers.
@@ -407,6 +410,7 @@ impl Default for ServerConfig {
             port: 8080,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             role: ServerRole::All,
         }
@@ -688,6 +692,7 @@ impl Config {
         let intervals = [
             ("server.header_read_timeout", self.server.header_read_timeout),
             ("server.idle_timeout", self.server.idle_timeout),
+            ("server.body_read_timeout", self.server.body_read_timeout),
             ("consumer.resync_interval", self.consumer.resync_interval),
             ("projectors.poll_interval", self.projectors.poll_interval),
             ("metrics.visibility_poll_interval", self.metrics.visibility_poll_interval),

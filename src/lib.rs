@@ -129,6 +129,7 @@ impl Application {
                 single: config.max_payload_bytes,
                 batch: config.max_batch_bytes,
                 payload_depth: config.max_payload_depth,
+                read_time: config.server.body_read_timeout,
             },
         };
 

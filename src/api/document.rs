@@ -11,21 +11,21 @@ use serde_json::{Map, Value, json};
 use super::principal::SECURITY_SCHEME;
 
 /// The error statuses each operation can answer, by operation id. 500 is possible everywhere (it is logged
-/// with the request id), 503 wherever a dependency is asked; 415 wherever a body is read.
+/// with the request id), 503 wherever a dependency is asked; 408 and 415 wherever a body is read.
 const OPERATION_ERRORS: &[(&str, &[u16])] = &[
-    ("createTenant", &[400, 401, 403, 409, 413, 415, 500, 503]),
+    ("createTenant", &[400, 401, 403, 408, 409, 413, 415, 500, 503]),
     ("listTenants", &[400, 401, 403, 500, 503]),
     ("getTenant", &[400, 401, 403, 404, 500, 503]),
     ("deleteTenant", &[400, 401, 403, 404, 409, 500, 503]),
-    ("setConcurrency", &[400, 401, 403, 404, 409, 413, 415, 500, 503]),
-    ("setTenantLimits", &[400, 401, 403, 404, 409, 413, 415, 500, 503]),
+    ("setConcurrency", &[400, 401, 403, 404, 408, 409, 413, 415, 500, 503]),
+    ("setTenantLimits", &[400, 401, 403, 404, 408, 409, 413, 415, 500, 503]),
     ("listTenantEvents", &[400, 401, 403, 404, 500, 503]),
-    ("publishMessage", &[400, 401, 403, 404, 413, 415, 429, 500, 503]),
-    ("publishMessages", &[400, 401, 403, 404, 413, 415, 429, 500, 503]),
+    ("publishMessage", &[400, 401, 403, 404, 408, 413, 415, 429, 500, 503]),
+    ("publishMessages", &[400, 401, 403, 404, 408, 413, 415, 429, 500, 503]),
     ("listMessages", &[400, 401, 403, 404, 500, 503]),
     ("listDeadLetters", &[400, 401, 403, 404, 500, 503]),
     ("purgeDeadLetters", &[400, 401, 403, 404, 500, 503]),
-    ("replayDeadLetters", &[400, 401, 403, 404, 413, 415, 500, 503]),
+    ("replayDeadLetters", &[400, 401, 403, 404, 408, 413, 415, 500, 503]),
     ("verifyChain", &[400, 401, 403, 404, 500, 503]),
     ("listStreamHeads", &[400, 401, 403, 404, 500, 503]),
     ("getTenantStateAsOf", &[400, 401, 403, 404, 500, 503]),
@@ -137,6 +137,7 @@ fn example(status: u16) -> Value {
         401 => ("unauthorized", "Unauthorized", "missing bearer token"),
         403 => ("forbidden", "Forbidden", "this token may only use its own tenant"),
         404 => ("not-found", "Not Found", "no tenant 01938f7e-2a8c-7b3e-9f1d-4c5b6a7d8e9f"),
+        408 => ("request-timeout", "Request Timeout", "the request body did not arrive within 30s"),
         409 => ("conflict", "Conflict", "the tenant already exists"),
         413 => ("payload-too-large", "Payload Too Large", "`payload` exceeds the limit of 262144 bytes"),
         415 => ("unsupported-media-type", "Unsupported Media Type", "expected `Content-Type: application/json`"),
@@ -211,6 +212,7 @@ mod tests {
                 assert_eq!(documented, expected, "{id}");
                 let has_body = operation["requestBody"].is_object();
                 assert_eq!(errors.contains(&415), has_body, "{id}: 415 exactly where a body is read");
+                assert_eq!(errors.contains(&408), has_body, "{id}: 408 exactly where a body is read");
             }
         }
         for (id, _) in OPERATION_ERRORS {

@@ -25,6 +25,8 @@ pub struct BodyLimits {
     pub single: usize,
     pub batch: usize,
     pub payload_depth: usize,
+    /// `server.body_read_timeout`: the longest a body may take to arrive.
+    pub read_time: Duration,
 }
 
 /// A JSON body; `BATCH` bodies get the batch size limit.
@@ -52,12 +54,14 @@ impl<T: DeserializeOwned + Send, const BATCH: bool> ParsePayload for JsonBody<T,
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        let limit = request.data::<BodyLimits>().map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single });
+        let limits = request.data::<BodyLimits>();
+        let limit = limits.map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single });
         let declared = request.header(poem::http::header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > drain_bound(limit)) {
             return Err(too_large(limit).into());
         }
-        let bytes = read_limited(body.take()?, limit).await?;
+        let read_time = limits.map_or(Duration::MAX, |l| l.read_time);
+        let bytes = read_limited(body.take()?, limit, read_time).await?;
         parse(&bytes).map(Self).map_err(Into::into)
     }
 }
@@ -81,19 +85,29 @@ fn too_large(limit: usize) -> BodyError {
     }
 }
 
-/// The whole body if it fits in `limit` bytes; past the limit, what follows is read and dropped (up to
+/// The whole body if it fits in `limit` bytes and arrives within `read_time` (else 408: a client cannot hold
+/// a request open by trickling its body); past the limit, what follows is read and dropped (up to
 /// [`drain_bound`], for at most [`DRAIN_TIME`]) and the answer is 413.
-async fn read_limited(body: poem::Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+async fn read_limited(body: poem::Body, limit: usize, read_time: Duration) -> Result<Vec<u8>, BodyError> {
     let mut chunks = std::pin::pin!(body.into_bytes_stream());
     let mut kept = Vec::new();
     let mut read = 0_usize;
     let mut draining_until = None;
+    let arrives_by = tokio::time::Instant::now().checked_add(read_time);
     loop {
-        let next = match draining_until {
+        let next = match [draining_until, arrives_by].into_iter().flatten().min() {
             None => chunks.next().await,
             Some(deadline) => match tokio::time::timeout_at(deadline, chunks.next()).await {
                 Ok(next) => next,
-                Err(_) => return Err(too_large(limit)),
+                // Over the limit already: that is the answer, however slow the rest.
+                Err(_) if draining_until.is_some() => return Err(too_large(limit)),
+                Err(_) => {
+                    return Err(BodyError {
+                        status: StatusCode::REQUEST_TIMEOUT,
+                        field: None,
+                        detail: format!("the request body did not arrive within {read_time:?}"),
+                    });
+                }
             },
         };
         let Some(chunk) = next else { break };

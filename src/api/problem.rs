@@ -56,6 +56,9 @@ pub enum ApiError {
     /// The command conflicts with the tenant's current state or with a concurrent command.
     #[oai(status = 409, content_type = "application/problem+json")]
     Conflict(Json<Problem>),
+    /// The request body did not arrive within `server.body_read_timeout`.
+    #[oai(status = 408, content_type = "application/problem+json")]
+    RequestTimeout(Json<Problem>),
     /// The request body is larger than `max_payload_bytes`.
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
@@ -255,6 +258,9 @@ pub async fn into_problem(error: poem::Error) -> Response {
         match e.status {
             StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::PayloadTooLarge(problem(e.status, "payload-too-large", e.detail.clone(), None))
+            }
+            StatusCode::REQUEST_TIMEOUT => {
+                ApiError::RequestTimeout(problem(e.status, "request-timeout", e.detail.clone(), None))
             }
             _ => ApiError::bad_request(e.field.as_deref(), e.detail.clone()),
         }

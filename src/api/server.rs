@@ -20,11 +20,8 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::body::Incoming;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
-};
+use hyper::{body::Incoming, server::conn::http1};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use poem::{
     Addr, Endpoint, EndpointExt, Response,
     endpoint::{DynEndpoint, ToDynEndpoint},
@@ -141,9 +138,12 @@ impl Connection {
                 Ok::<_, Infallible>(hyper::Response::<BoxBody<Bytes, io::Error>>::from(response))
             }
         });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-        let connection = builder.serve_connection_with_upgrades(io, service);
+        // HTTP/1.1 only: HTTP/2 without TLS has no header-read timeout, and a client's PINGs would count as
+        // activity, holding a connection forever without a request. TLS and HTTP/2 belong to the proxy in front.
+        let connection = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(io, service);
         tokio::pin!(connection);
         let idle = tokio::select! {
             _ = connection.as_mut() => return,

@@ -78,33 +78,56 @@ async fn closed_by_peer(stream: &mut TcpStream, deadline: tokio::time::Instant) 
     }
 }
 
+/// Writes `chunk` every 300 ms, as a client that is always active and never done; whether the service cut it
+/// off within 10 s.
+async fn cut_off_while_trickling(stream: &mut TcpStream, chunk: &[u8]) -> bool {
+    use tokio::io::AsyncWriteExt;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < give_up {
+        if stream.write_all(chunk).await.is_err()
+            || closed_by_peer(stream, tokio::time::Instant::now() + Duration::from_millis(300)).await
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Slow and idle clients cannot hold a connection: one trickling its headers, one trickling a body, one
+/// speaking HTTP/2 without TLS and sending PINGs (which hyper's HTTP/2 would answer forever: activity, but no
+/// request), and one silent.
 #[tokio::test]
-async fn a_client_slow_to_send_its_headers_and_an_idle_one_are_disconnected_on_time() {
+async fn slow_idle_and_pinging_clients_are_disconnected_on_time() {
     use tokio::io::AsyncWriteExt;
     let mut config = test_config();
     config.server.header_read_timeout = Duration::from_secs(1);
     config.server.idle_timeout = Duration::from_secs(2);
+    config.server.body_read_timeout = Duration::from_secs(2);
     let app = TestApp::spawn_with(config).await;
     let address = app.base_url.trim_start_matches("http://").to_owned();
 
-    // One header line every 300 ms: always active, never done.
     let mut slow = TcpStream::connect(&address).await.expect("connect");
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.expect("request line");
-    let give_up = tokio::time::Instant::now() + Duration::from_secs(10);
-    let mut cut = false;
-    while tokio::time::Instant::now() < give_up {
-        if slow.write_all(b"X-Slow: 1\r\n").await.is_err() {
-            cut = true;
-            break;
-        }
-        if closed_by_peer(&mut slow, tokio::time::Instant::now() + Duration::from_millis(300)).await {
-            cut = true;
-            break;
-        }
-    }
-    assert!(cut, "a client trickling its headers was still connected after 10 s (header_read_timeout: 1 s)");
+    assert!(
+        cut_off_while_trickling(&mut slow, b"X-Slow: 1\r\n").await,
+        "trickled headers outlived header_read_timeout"
+    );
 
-    // Connected, silent.
+    let mut uploading = TcpStream::connect(&address).await.expect("connect");
+    let head = format!(
+        "POST /tenants HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100000\r\n\r\n",
+        app.token(Role::Admin)
+    );
+    uploading.write_all(head.as_bytes()).await.expect("head");
+    assert!(cut_off_while_trickling(&mut uploading, b" ").await, "a trickled body outlived body_read_timeout");
+
+    let mut pinging = TcpStream::connect(&address).await.expect("connect");
+    // The HTTP/2 preface and an empty SETTINGS frame, then PING frames.
+    pinging.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.expect("preface");
+    let ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00pingping";
+    assert!(cut_off_while_trickling(&mut pinging, ping).await, "an HTTP/2 client sending PINGs held its connection");
+
     let mut idle = TcpStream::connect(&address).await.expect("connect");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     assert!(closed_by_peer(&mut idle, deadline).await, "an idle connection outlived idle_timeout (2 s) by 8 s");
