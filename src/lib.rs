@@ -194,6 +194,7 @@ impl Application {
         tracing::info!(%address, role = ?config.server.role, "serving");
         let routes = api::routes(state, config.server.role);
         let requested = Arc::new(OnceCell::new());
+        let stopping = shutdown.clone();
         let signal = {
             let requested = requested.clone();
             async move {
@@ -206,11 +207,22 @@ impl Application {
             idle_timeout: config.server.idle_timeout,
             max_connections: config.server.max_connections,
         };
-        let served = api::server::serve(listener, routes, limits, signal, config.shutdown_timeout).await;
+        // The consumers stop while the HTTP server drains, each with the whole budget: a request that takes it
+        // all (a slow upload) must not leave the consumers none, to be aborted mid-batch.
+        let serving = async {
+            let served = api::server::serve(listener, routes, limits, signal, config.shutdown_timeout).await;
+            // A server that ended by itself (its listener failed) stops the rest too.
+            stopping.cancel();
+            served
+        };
+        let consumers_stopped = async {
+            stopping.cancelled().await;
+            stop_consumers.cancel();
+            join_until(&mut consumer_tasks, Instant::now() + config.shutdown_timeout).await;
+        };
+        let (served, ()) = tokio::join!(serving, consumers_stopped);
         let deadline = requested.get().copied().unwrap_or_else(Instant::now) + config.shutdown_timeout;
 
-        stop_consumers.cancel();
-        join_until(&mut consumer_tasks, deadline).await;
         // The background loops stop before the broker connections close: their supervisors among them, which
         // would otherwise see a closing connection as a lost one and open another.
         background.cancel();
