@@ -120,13 +120,13 @@ impl Runtime {
             projection: projections.tenants.clone(),
             resync_interval: config.consumer.resync_interval,
             metrics: metrics.clone(),
-            retirement: retirement::Retirement {
+            retirement: Arc::new(retirement::Retirement {
                 db: db.clone(),
                 broker: self.broker.clone(),
                 on_delete: config.partitions.on_tenant_delete,
                 max_payload_depth: config.max_payload_depth,
                 metrics: metrics.clone(),
-            },
+            }),
         };
         let stop_consumers = stop_consumers.clone();
         tasks.spawn(async move {

@@ -5,12 +5,17 @@
 //! stalls the others; failed starts are retried with backoff. Each consumer gets a channel slot on a consumer
 //! connection with room ([`ConsumerConnections`]), so no start fails on a connection's channel limit.
 
-use std::{collections::HashMap, num::NonZeroU16, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU16,
+    sync::Arc,
+    time::Duration,
+};
 
 use sea_orm::sqlx::PgPool;
 use tokio::{
     sync::{mpsc, watch},
-    task::JoinSet,
+    task::{JoinHandle, JoinSet},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -43,7 +48,49 @@ pub struct Reconciler {
     pub projection: watch::Receiver<Progress>,
     pub resync_interval: Duration,
     pub metrics: Metrics,
-    pub retirement: Retirement,
+    pub retirement: Arc<Retirement>,
+}
+
+/// At most one retirement pass at a time; a pass wanted while one runs starts when it ends.
+#[derive(Default)]
+struct Retirements {
+    running: Option<JoinHandle<()>>,
+    wanted_again: bool,
+}
+
+impl Retirements {
+    fn wanted(&mut self, start: impl FnOnce() -> JoinHandle<()>) {
+        match &self.running {
+            Some(pass) if !pass.is_finished() => self.wanted_again = true,
+            _ => self.running = Some(start()),
+        }
+    }
+
+    /// Resolves when the running pass ends (never while none runs).
+    async fn finished(&mut self) {
+        match self.running.as_mut() {
+            Some(pass) => {
+                if let Err(error) = pass.await {
+                    tracing::error!(%error, "a retirement pass failed");
+                }
+                self.running = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// After a pass ended: the next one, if one was wanted meanwhile.
+    fn again(&mut self, start: impl FnOnce() -> JoinHandle<()>) {
+        if std::mem::take(&mut self.wanted_again) {
+            self.running = Some(start());
+        }
+    }
+
+    fn abort(&mut self) {
+        if let Some(pass) = self.running.take() {
+            pass.abort();
+        }
+    }
 }
 
 /// When tenants whose consumer failed may start again. A tenant is *due* (has a time) only while it waits
@@ -119,29 +166,57 @@ impl Reconciler {
         let mut connection = self.broker.subscribe();
         let mut projection = Some(self.projection.clone());
         let mut cleaned_up_deleted = false;
+        let mut retirements = Retirements::default();
         loop {
             if self.broker.is_connected() && !cleaned_up_deleted {
                 cleaned_up_deleted = self.delete_queues_of_deleted_tenants().await;
             }
             self.reconcile(&mut consumers, &mut tenants_of, &mut restarts, &mut generation, &shutdown).await;
+            if self.broker.is_connected() {
+                retirements.wanted(|| self.start_retirement());
+            }
             let wake_at = next_wake(
                 Instant::now(),
                 self.resync_interval,
                 self.broker.is_connected().then(|| restarts.next_due()).flatten(),
             );
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                () = projection_changed(&mut projection) => {}
-                _ = connection.changed() => restarts.clear(),
-                Some(ended) = consumers.join_next_with_id() => {
-                    self.consumer_ended(ended, &mut tenants_of, &mut restarts);
+            // A retirement pass that ends is not a reason to reconcile: waiting goes on (else the loop would
+            // reconcile and retire back to back).
+            let stop = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break true,
+                    () = projection_changed(&mut projection) => break false,
+                    _ = connection.changed() => {
+                        restarts.clear();
+                        break false;
+                    }
+                    Some(ended) = consumers.join_next_with_id() => {
+                        self.consumer_ended(ended, &mut tenants_of, &mut restarts);
+                        break false;
+                    }
+                    () = retirements.finished() => retirements.again(|| self.start_retirement()),
+                    _ = tokio::time::sleep_until(wake_at) => break false,
                 }
-                _ = tokio::time::sleep_until(wake_at) => {}
+            };
+            if stop {
+                break;
             }
         }
+        // Safe to cut short: a retirement commits its last step, the partition's DDL, or nothing.
+        retirements.abort();
         while let Some(ended) = consumers.join_next_with_id().await {
             self.consumer_ended(ended, &mut tenants_of, &mut restarts);
         }
+    }
+
+    /// A retirement pass in a task of its own: with `detach`, persisting a deleted tenant's queued messages
+    /// can take minutes, and must not hold up the starts, resizes and stops of every other tenant. It skips
+    /// the tenants this instance runs a consumer of when it starts; the retirement itself also waits for the
+    /// broker to show no consumer anywhere.
+    fn start_retirement(&self) -> JoinHandle<()> {
+        let running_here: HashSet<TenantId> = self.registry.all().iter().map(|running| running.tenant).collect();
+        let retirement = self.retirement.clone();
+        tokio::spawn(async move { retirement.retire_stopped(|tenant| running_here.contains(&tenant)).await })
     }
 
     async fn reconcile(
@@ -195,9 +270,6 @@ impl Reconciler {
         }
         self.registry.forget_stats_unless(|tenant| wanted.contains_key(tenant));
         restarts.retain(|tenant| wanted.contains_key(tenant));
-        if connected {
-            self.retirement.retire_stopped(|tenant| self.registry.get(tenant).is_some()).await;
-        }
     }
 
     fn start(

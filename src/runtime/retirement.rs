@@ -2,8 +2,8 @@
 //! persisted (`partitions.on_tenant_delete: detach`) or discarded (`drop`), its queues deleted, and its
 //! partition dropped or detached and its publish bucket forgotten.
 //!
-//! Every instance's reconciler tries, on each pass, for each deleted tenant whose partition is still attached
-//! (the database state is the record: see [`partitions::awaiting_retirement`]). A consumer of a deleted
+//! Every instance's reconciler tries, in a task of its own (one pass at a time), for each deleted tenant whose
+//! partition is still attached (the database state is the record: see [`partitions::awaiting_retirement`]). A consumer of a deleted
 //! tenant keeps its subscription until its pool has committed and acked what it held, so the broker's count
 //! of consumers on the tenant's queue reaches zero only when no instance writes for the tenant any more. One
 //! instance at a time retires a tenant, under a transaction-level advisory lock; the partition's DDL commits

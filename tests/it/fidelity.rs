@@ -311,6 +311,43 @@ async fn deleting_a_tenant_with_detach_archives_every_accepted_message() {
     app.stop().await;
 }
 
+/// A retirement that takes long (with `detach`, thousands of queued messages to persist through slow inserts)
+/// does not hold up the other tenants: one created meanwhile gets its consumer at once.
+#[tokio::test]
+async fn a_long_retirement_does_not_hold_up_the_other_tenants() {
+    let mut config = test_config();
+    config.partitions.on_tenant_delete = tenantmq::config::OnTenantDelete::Detach;
+    config.projectors.command_wait = Duration::from_secs(1);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let big = app.create_tenant_id("big").await;
+    await_consumer(&broker, &big).await;
+    // 100 rows per write of the retirement, a fifth of a second each: about 40 s for what stays queued.
+    slow_down_inserts(&app.db, &big, 0.2).await;
+    let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "i": i } })).collect();
+    for _ in 0..20 {
+        let response = app.post_json(&format!("/tenants/{big}/messages/batch"), &json!({ "messages": messages })).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    // Answered 503 once `command_wait` is over: the retirement is still persisting.
+    let _deleting = app.delete(&format!("/tenants/{big}")).await;
+    eventually(Duration::from_secs(30), "the retirement persisting the queue", || async {
+        let archived = app.scalar_i64(&format!("SELECT count(*) FROM {}", crate::helpers::partition(&big))).await;
+        let queued = queue_state(&broker, queue(&big)).await;
+        (archived > 0 && queued.is_some_and(|(ready, consumers)| ready > 1000 && consumers == 0)).then_some(())
+    })
+    .await;
+
+    let other = tenantmq::domain::tenant::TenantId::generate().to_string();
+    let _created = app.post_json("/tenants", &json!({ "id": other, "name": "other" })).await;
+    eventually(Duration::from_secs(10), "the new tenant's consumer while the retirement runs", || async {
+        queue_state(&broker, queue(&other)).await.filter(|(_, consumers)| *consumers > 0)
+    })
+    .await;
+    assert!(queue_state(&broker, queue(&big)).await.is_some(), "the retirement was still running");
+    app.stop().await;
+}
+
 /// With `drop`, the consumer has stopped (and its queue is gone) by the time DELETE answers, and a publish that
 /// starts after the answer gets 404, with no queue coming back.
 #[tokio::test]
