@@ -60,8 +60,11 @@ pub struct DeadLetterMessage {
 
 impl From<DeadLetter> for DeadLetterMessage {
     fn from(letter: DeadLetter) -> Self {
+        // JSON that any client's parser takes (no lone surrogate, no number past a double's range, at most 128
+        // levels): shown as the text it is, so large integers keep every digit; anything else as `body`.
         let payload = std::str::from_utf8(&letter.body)
             .ok()
+            .filter(|text| serde_json::from_str::<serde_json::Value>(text).is_ok())
             .and_then(|text| RawValue::from_string(text.to_owned()).ok())
             .map(JsonPayload);
         let body = payload.is_none().then(|| String::from_utf8_lossy(&letter.body).into_owned());

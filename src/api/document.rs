@@ -2,7 +2,7 @@
 //! document, completed with what its derives cannot say. Every operation shares one error type
 //! ([`ApiError`](super::problem::ApiError)), so the derive lists every error status on every operation; here
 //! each operation keeps only the statuses it can answer. Request bodies are parsed with serde and refuse
-//! unknown fields, which the derive does not write down. The bearer token is declared as a security scheme.
+//! unknown fields, which the derive does not write down. The whole document requires the bearer scheme the derive declares.
 
 use std::{collections::HashMap, sync::OnceLock};
 
@@ -92,18 +92,8 @@ fn complete(document: &mut Value) {
             schema["additionalProperties"] = Value::Bool(false);
         }
     }
-    // The name the operations' requirements use (the derive's): a requirement naming an undeclared scheme is
-    // invalid, and Swagger UI would send the token entered under Authorize with none of them.
-    document["components"]["securitySchemes"] = json!({
-        SECURITY_SCHEME: {
-            "type": "http",
-            "scheme": "bearer",
-            "bearerFormat": "JWT",
-            "description": "A token minted with `tenantmq token`: role `admin` (everything), `auditor` (reads \
-                            tenants, histories, states, exports and `/audit/*` of every tenant) or `tenant` with its \
-                            `tenant_id` (its own tenant only)"
-        }
-    });
+    // The derive declares the bearer scheme (its doc comment is what Swagger UI's Authorize dialog shows) and
+    // names it in every operation that needs a token; the document as a whole requires it too.
     document["security"] = json!([{ SECURITY_SCHEME: [] }]);
 }
 

@@ -10,15 +10,15 @@ use crate::auth::{AuthError, Principal};
 
 use super::AppState;
 
+/// The name of the bearer scheme in the OpenAPI document: the `rename` below.
+pub(super) const SECURITY_SCHEME: &str = "BearerAuth";
+
 // The bearer scheme of the OpenAPI document, so Swagger UI can authorize; its doc comment is what the
 // Authorize dialog shows.
 /// A JWT. Mint one with `tenantmq token --admin` (every operation), `tenantmq token --auditor` (every
 /// tenant's record, read only) or `tenantmq token --tenant <id>` (one tenant's reads, publishes and dead
 /// letters); it is signed with the service's configured secret. Paste the
 /// token alone, without `Bearer `.
-/// The name of the bearer scheme in the OpenAPI document: the `rename` below.
-pub(super) const SECURITY_SCHEME: &str = "BearerAuth";
-
 #[derive(SecurityScheme)]
 #[oai(ty = "bearer", bearer_format = "JWT", rename = "BearerAuth")]
 #[allow(dead_code)]
