@@ -2,7 +2,8 @@
 //! document, completed with what its derives cannot say. Every operation shares one error type
 //! ([`ApiError`](super::problem::ApiError)), so the derive lists every error status on every operation; here
 //! each operation keeps only the statuses it can answer. Request bodies are parsed with serde and refuse
-//! unknown fields, which the derive does not write down. The whole document requires the bearer scheme the derive declares.
+//! unknown fields, which the derive does not write down. The whole document requires the bearer scheme the
+//! derive declares.
 
 use std::{collections::HashMap, sync::OnceLock};
 

@@ -56,6 +56,21 @@ impl Local {
         Self { bucket, held: 0, until: now, short: None }
     }
 
+    /// The tenant's entry for this bucket: a new one if there was none, or if the limits changed (what was
+    /// leased or refused under the old ones says nothing now).
+    fn of(
+        leases: &mut HashMap<TenantId, Local>,
+        tenant: TenantId,
+        bucket: (NonZeroU32, NonZeroU32),
+        now: Instant,
+    ) -> &mut Self {
+        let local = leases.entry(tenant).or_insert_with(|| Self::new(bucket, now));
+        if local.bucket != bucket {
+            *local = Self::new(bucket, now);
+        }
+        local
+    }
+
     /// Most tokens the shared bucket can hold now, if a lease was refused since the last grant.
     fn at_most(&self, now: Instant) -> Option<f64> {
         let (rate, burst) = self.bucket;
@@ -140,11 +155,7 @@ impl Quotas {
         // The tokens held are taken out while the lease runs: concurrent publishes then lease their own.
         let (held, until) = {
             let mut leases = self.leases();
-            let local = leases.entry(tenant).or_insert_with(|| Local::new(bucket, now));
-            if local.bucket != bucket {
-                // The limits changed: what was leased or refused under the old ones says nothing now.
-                *local = Local::new(bucket, now);
-            }
+            let local = Local::of(&mut leases, tenant, bucket, now);
             let held = if local.until > now { local.held } else { 0 };
             if held >= count {
                 local.held = held - count;
@@ -164,10 +175,7 @@ impl Quotas {
         let leased = publish_buckets::lease(&self.db, tenant, bucket, wanted, most).await;
         let mut leases = self.leases();
         leases.retain(|_, local| local.live(now));
-        let local = leases.entry(tenant).or_insert_with(|| Local::new(bucket, now));
-        if local.bucket != bucket {
-            *local = Local::new(bucket, now);
-        }
+        let local = Local::of(&mut leases, tenant, bucket, now);
         match leased {
             Ok(Leased::Granted(granted)) => {
                 local.short = None;

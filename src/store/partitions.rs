@@ -87,15 +87,34 @@ pub async fn is_deleted<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Resul
 /// every consumer of theirs has stopped) is still to come. The state itself is the record, so a crash at any
 /// point leaves the retirement pending, and any instance finishes it.
 pub async fn awaiting_retirement<C: ConnectionTrait>(conn: &C) -> Result<Vec<TenantId>, StoreError> {
-    let rows = conn
-        .query_all_raw(stmt(
-            "SELECT t.id FROM tenants t \
-             JOIN pg_class c ON c.relname = 'messages_' || replace(t.id::text, '-', '') \
-             JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'messages'::regclass \
-             WHERE t.status = 'deleted'",
-            [],
-        ))
-        .await?;
+    deleted_tenants(conn, PARTITION_ATTACHED, []).await
+}
+
+/// Retired tenants: deleted, and their partition dropped or detached. A deleted tenant whose creation the
+/// partitions projector has not reached yet has no partition because none was made: it awaits its partition and
+/// then its retirement, so it is not among them. One statement, so that a tenant deleted meanwhile is seen
+/// either way consistently.
+pub async fn retired<C: ConnectionTrait>(conn: &C) -> Result<Vec<TenantId>, StoreError> {
+    let condition = format!(
+        "t.created_position <= coalesce((SELECT position FROM projector_checkpoints WHERE name = $1), 0) \
+         AND NOT {PARTITION_ATTACHED}"
+    );
+    deleted_tenants(conn, &condition, [PROJECTOR.into()]).await
+}
+
+/// Whether tenant `t`'s partition is attached to `messages`.
+const PARTITION_ATTACHED: &str = "EXISTS (SELECT 1 FROM pg_class c \
+     JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'messages'::regclass \
+     WHERE c.relname = 'messages_' || replace(t.id::text, '-', ''))";
+
+/// Deleted tenants `t` that meet `condition`.
+async fn deleted_tenants<C: ConnectionTrait, const N: usize>(
+    conn: &C,
+    condition: &str,
+    values: [sea_orm::Value; N],
+) -> Result<Vec<TenantId>, StoreError> {
+    let sql = format!("SELECT t.id FROM tenants t WHERE t.status = 'deleted' AND {condition}");
+    let rows = conn.query_all_raw(stmt(&sql, values)).await?;
     rows.iter().map(|row| Ok(TenantId::from_uuid(row.try_get::<uuid::Uuid>("", "id")?))).collect()
 }
 

@@ -3,9 +3,9 @@
 use std::num::NonZeroU32;
 
 use crate::domain::tenant::{Limits, TenantId};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 
-use super::{StoreError, events::stmt, partitions};
+use super::{StoreError, partitions};
 
 pub mod entity {
     use sea_orm::entity::prelude::*;
@@ -123,26 +123,10 @@ impl TenantReadModel {
         Ok(rows.into_iter().map(|(id, workers)| (TenantId::from_uuid(id), workers)).collect())
     }
 
-    /// Ids of retired tenants: deleted, and their partition dropped or detached. Their queues must not exist
-    /// (those of a deleted tenant still awaiting retirement may hold messages to persist). A deleted tenant
-    /// whose creation the partitions projector has not reached yet has no partition because none was made: it
-    /// awaits its partition and then its retirement, so it is not among them. One statement, so that a tenant
-    /// deleted meanwhile is seen either way consistently.
+    /// Ids of retired tenants ([`partitions::retired`]). Their queues must not exist (those of a deleted tenant
+    /// still awaiting retirement may hold messages to persist).
     pub async fn retired_ids(&self) -> Result<Vec<TenantId>, StoreError> {
-        let rows = self
-            .db
-            .query_all_raw(stmt(
-                "SELECT t.id FROM tenants t \
-                 WHERE t.status = 'deleted' \
-                   AND t.created_position <= coalesce( \
-                       (SELECT position FROM projector_checkpoints WHERE name = $1), 0) \
-                   AND NOT EXISTS (SELECT 1 FROM pg_class c \
-                       JOIN pg_inherits i ON i.inhrelid = c.oid AND i.inhparent = 'messages'::regclass \
-                       WHERE c.relname = 'messages_' || replace(t.id::text, '-', ''))",
-                [partitions::PROJECTOR.into()],
-            ))
-            .await?;
-        rows.iter().map(|row| Ok(TenantId::from_uuid(row.try_get::<uuid::Uuid>("", "id")?))).collect()
+        partitions::retired(&self.db).await
     }
 
     /// Every row, deleted ones included, ordered by id (for comparing states, e.g. after a replay).

@@ -193,6 +193,12 @@ async fn two_instances_share_one_tenants_rate() {
     first.stop().await;
 }
 
+/// Holds the tenant's bucket row locked, as a lease does while it runs, until [`release`].
+async fn lock_bucket(app: &RunningApp, tenant: &str) -> sea_orm::sqlx::PgConnection {
+    let row = format!("SELECT 1 FROM publish_buckets WHERE tenant_id = '{tenant}' FOR UPDATE");
+    hold_in_transaction(&app.config.database.url, &row).await
+}
+
 /// Publishes that lease at the same moment each get a remainder beyond what they need; an instance keeps at
 /// most one chunk of them, so what it admits next is bounded by what the shared bucket holds, plus one chunk.
 #[tokio::test]
@@ -239,8 +245,7 @@ async fn a_tenant_over_its_rate_is_refused_without_a_round_trip_to_the_bucket() 
     assert_eq!(publish(&app, &id, 5).await.status(), StatusCode::ACCEPTED);
     assert_eq!(publish(&app, &id, 5).await.status(), StatusCode::TOO_MANY_REQUESTS);
 
-    let row = format!("SELECT 1 FROM publish_buckets WHERE tenant_id = '{id}' FOR UPDATE");
-    let lock = hold_in_transaction(&app.config.database.url, &row).await;
+    let lock = lock_bucket(&app, &id).await;
     // Five tokens take five seconds to refill at 1/s.
     let hammering = async {
         for _ in 0..20 {
@@ -269,8 +274,7 @@ async fn a_publish_whose_lease_times_out_in_the_database_answers_503() {
     // The whole burst: the instance holds no tokens, so the next publish must lease.
     assert_eq!(publish(&app, &id, 100).await.status(), StatusCode::ACCEPTED);
 
-    let row = format!("SELECT 1 FROM publish_buckets WHERE tenant_id = '{id}' FOR UPDATE");
-    let lock = hold_in_transaction(&app.config.database.url, &row).await;
+    let lock = lock_bucket(&app, &id).await;
     let waited = publish(&app, &id, 1).await;
     release(lock).await;
     let problem = assert_problem(waited, StatusCode::SERVICE_UNAVAILABLE, None).await;
