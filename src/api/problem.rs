@@ -69,7 +69,8 @@ pub enum ApiError {
     /// A dependency (PostgreSQL, RabbitMQ) is unavailable or lagging; retry later.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
-    /// An unexpected error; details are in the service's log under the request id.
+    /// An unexpected error (`internal`; details are in the service's log under the request id), or an event
+    /// log changed outside the service (`log-damaged`).
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
 }
@@ -147,6 +148,19 @@ impl From<StoreError> for ApiError {
         if database_unavailable(&error) {
             tracing::warn!(%error, "database unavailable");
             Self::unavailable("the database is unavailable; retry later")
+        } else if matches!(
+            error,
+            StoreError::MalformedHash { .. } | StoreError::UndecodableEvent { .. } | StoreError::Unreadable(_)
+        ) {
+            // Still the service's fault, but one an operator must know apart from a bug: the log was edited.
+            tracing::error!(%error, "the event log was changed outside the service");
+            Self::Internal(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "log-damaged",
+                "the event log has been changed outside the service and cannot be read; the audit check \
+                 (GET /audit/verify) shows where",
+                None,
+            ))
         } else {
             tracing::error!(%error, "store error");
             Self::internal()

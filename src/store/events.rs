@@ -34,7 +34,7 @@ pub struct EventMetadata {
 }
 
 /// An event as stored in the log.
-#[derive(Debug, Clone, PartialEq, FromQueryResult)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RecordedEvent {
     pub position: i64,
     pub stream_id: Uuid,
@@ -90,8 +90,53 @@ pub struct Appended {
     pub last_version: i32,
 }
 
-const COLUMNS: &str = "position, stream_id, version, event_type, data, metadata, recorded_at, \
-                       encode(hash, 'hex') AS hash, encode(prev_hash, 'hex') AS prev_hash";
+/// `data` and `metadata` as text, parsed here: a value the log was changed to that the service cannot parse
+/// (nested deeper than its parser goes) is then an undecodable event at its position, not a failed query.
+const COLUMNS: &str = "position, stream_id, version, event_type, data::text AS data, metadata::text AS metadata, \
+                       recorded_at, encode(hash, 'hex') AS hash, encode(prev_hash, 'hex') AS prev_hash";
+
+#[derive(FromQueryResult)]
+struct StoredEvent {
+    position: i64,
+    stream_id: Uuid,
+    version: i32,
+    event_type: String,
+    data: String,
+    metadata: String,
+    recorded_at: DateTime<Utc>,
+    hash: String,
+    prev_hash: String,
+}
+
+impl TryFrom<StoredEvent> for RecordedEvent {
+    type Error = StoreError;
+
+    fn try_from(row: StoredEvent) -> Result<Self, StoreError> {
+        let parse = |text: &str| {
+            serde_json::from_str(text).map_err(|source| StoreError::UndecodableEvent {
+                position: row.position,
+                event_type: row.event_type.clone(),
+                source,
+            })
+        };
+        Ok(Self {
+            data: parse(&row.data)?,
+            metadata: parse(&row.metadata)?,
+            position: row.position,
+            stream_id: row.stream_id,
+            version: row.version,
+            event_type: row.event_type,
+            recorded_at: row.recorded_at,
+            hash: row.hash,
+            prev_hash: row.prev_hash,
+        })
+    }
+}
+
+/// The events a query over [`COLUMNS`] returns.
+async fn recorded<C: ConnectionTrait>(conn: &C, statement: Statement) -> Result<Vec<RecordedEvent>, StoreError> {
+    StoredEvent::find_by_statement(statement).all(conn).await?.into_iter().map(RecordedEvent::try_from).collect()
+}
 
 /// What an append reads under the lock, in one round trip: the stream's last version and hash, the time to
 /// record, the metadata and each event's data as PostgreSQL's text of their `jsonb` (the form the hash covers),
@@ -252,9 +297,7 @@ impl EventStore {
         let sql =
             format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3");
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        Ok(RecordedEvent::find_by_statement(stmt(&sql, [stream_id.into(), after_version.into(), limit.into()]))
-            .all(&self.db)
-            .await?)
+        recorded(&self.db, stmt(&sql, [stream_id.into(), after_version.into(), limit.into()])).await
     }
 
     /// The highest position in the log (0 when empty).
@@ -272,7 +315,7 @@ pub async fn read_all_after<C: ConnectionTrait>(
     limit: u32,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
     let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
-    Ok(RecordedEvent::find_by_statement(stmt(&sql, [position.into(), i64::from(limit).into()])).all(conn).await?)
+    recorded(conn, stmt(&sql, [position.into(), i64::from(limit).into()])).await
 }
 
 pub(crate) fn stmt<const N: usize>(sql: &str, values: [Value; N]) -> Statement {

@@ -399,6 +399,7 @@ async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
          UPDATE events SET hash = decode('00', 'hex') WHERE stream_id = '{id}' AND version IN (1, 3)"
     );
     for (tampering, (at, version)) in [(None, (second, 2)), (Some(cut_hash), (first, 1))] {
+        let hashes_cut = tampering.is_some();
         if let Some(sql) = tampering {
             tamper(&app, &sql).await;
         }
@@ -420,6 +421,22 @@ async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
                 shown.contains(&format!("NOT intact: position {at} (stream {id}, version {version}): ")),
                 "{shown}"
             );
+        }
+        // What cannot read the stream says why, and where to look, rather than an anonymous 500.
+        let commands = [
+            app.delete(&format!("/tenants/{id}")).await,
+            app.put_json(&format!("/tenants/{id}/config/concurrency"), &json!({ "workers": 2 })).await,
+            audited(&app, &format!("/tenants/{id}/state?at_position={}", position(&app, &id, 3).await)).await,
+        ];
+        let mut responses = Vec::from(commands);
+        if hashes_cut {
+            responses.push(audited(&app, &format!("/audit/head?tenant_id={id}")).await);
+        }
+        for response in responses {
+            let url = response.url().to_string();
+            assert_eq!(response.status(), 500, "{url}");
+            let problem: Value = response.json().await.expect("a problem document");
+            assert_eq!(problem["type"], "urn:tenantmq:problem:log-damaged", "{url}: {problem}");
         }
     }
     app.stop().await;

@@ -35,7 +35,7 @@ pub(crate) use self::processing::decode;
 pub use self::processing::row_id;
 pub use self::subscription::prefetch;
 use self::{
-    pool::{Handed, WorkerPool},
+    pool::{Handed, WorkerPanicked, WorkerPool},
     subscription::{enqueue, handover, subscribe},
 };
 
@@ -95,6 +95,8 @@ pub enum ConsumerError {
     /// redelivered.
     #[error("a cancelled consumer did not hand over its deliveries in time")]
     HandoverTimedOut,
+    #[error(transparent)]
+    WorkerPanicked(#[from] WorkerPanicked),
 }
 
 impl From<lapin::Error> for ConsumerError {
@@ -158,7 +160,9 @@ pub async fn run(
             },
             Some(exited) = running.pool.tasks.join_next_with_id() => {
                 let queued = running.queued();
-                running.pool.exited(exited, queued);
+                if let Err(panicked) = running.pool.exited(exited, queued) {
+                    break Err(panicked.into());
+                }
             }
             changed = connection.changed() => {
                 if changed.is_err() || connection.borrow_and_update().as_ref().map(|c| c.generation) != connected_on {

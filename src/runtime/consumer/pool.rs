@@ -142,25 +142,28 @@ impl WorkerPool {
         self.publish_running();
     }
 
-    /// A worker ended: it parked, retired or panicked. Starts others for deliveries still `queued`: a worker
-    /// may park in the moment one arrives.
-    pub(super) fn exited(&mut self, exited: Result<(tokio::task::Id, u16), tokio::task::JoinError>, queued: usize) {
-        self.forget(exited);
+    /// A worker ended: it parked or retired, and others start for deliveries still `queued` (a worker may park
+    /// in the moment one arrives); or it panicked, and the consumer must end (see [`WorkerPanicked`]).
+    pub(super) fn exited(
+        &mut self,
+        exited: Result<(tokio::task::Id, u16), tokio::task::JoinError>,
+        queued: usize,
+    ) -> Result<(), WorkerPanicked> {
+        self.forget(exited)?;
         self.offer(queued);
+        Ok(())
     }
 
-    fn forget(&mut self, exited: Result<(tokio::task::Id, u16), tokio::task::JoinError>) {
-        let id = match exited {
-            Ok((id, _)) => id,
-            Err(error) => {
-                tracing::error!(tenant = %self.context.runtime.tenant, %error, "a worker panicked");
-                error.id()
-            }
-        };
+    fn forget(&mut self, exited: Result<(tokio::task::Id, u16), tokio::task::JoinError>) -> Result<(), WorkerPanicked> {
+        let (id, ended) = worker_ended(exited);
+        if let Err(WorkerPanicked(error)) = &ended {
+            tracing::error!(tenant = %self.context.runtime.tenant, %error, "a worker panicked");
+        }
         if let Some(index) = self.ids.remove(&id) {
             self.live.remove(&index);
         }
         self.publish_running();
+        ended
     }
 
     /// The pool's size: its desired workers, running or parked, and the retiring ones still finishing a batch;
@@ -182,7 +185,8 @@ impl WorkerPool {
         loop {
             self.offer(self.unclaimed());
             let Some(exited) = self.tasks.join_next_with_id().await else { break };
-            self.forget(exited);
+            // Stopping already: the channel's close gives the broker back what the panicked worker held.
+            let _ = self.forget(exited);
         }
     }
 
@@ -190,6 +194,23 @@ impl WorkerPool {
     /// followed by another look).
     fn unclaimed(&self) -> usize {
         self.receiver.try_lock().map_or(0, |receiver| receiver.len())
+    }
+}
+
+/// A worker panicked with a batch in hand. Its deliveries stay in flight for good, so no `multiple` ack may
+/// pass them: every later commit would wait behind them until the prefetch is spent and the tenant stalls.
+/// Only closing the channel gives them back to the broker, so the consumer ends and is restarted.
+#[derive(Debug, thiserror::Error)]
+#[error("a worker panicked: {0}")]
+pub struct WorkerPanicked(String);
+
+/// Which worker ended, and whether it panicked.
+fn worker_ended(
+    exited: Result<(tokio::task::Id, u16), tokio::task::JoinError>,
+) -> (tokio::task::Id, Result<(), WorkerPanicked>) {
+    match exited {
+        Ok((id, _)) => (id, Ok(())),
+        Err(error) => (error.id(), Err(WorkerPanicked(error.to_string()))),
     }
 }
 
@@ -239,4 +260,24 @@ pub(super) async fn worker(
         }
     }
     index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_worker_is_told_apart_from_one_that_parked() {
+        let mut tasks = JoinSet::new();
+        let parked = tasks.spawn(async { 0_u16 }).id();
+        let panicked = tasks.spawn(async { panic!("a bug in a worker") }).id();
+        let mut ended = HashMap::new();
+        while let Some(exited) = tasks.join_next_with_id().await {
+            let (id, outcome) = worker_ended(exited);
+            ended.insert(id, outcome.map_err(|error| error.to_string()));
+        }
+        assert_eq!(ended[&parked], Ok(()));
+        let Err(error) = &ended[&panicked] else { panic!("a panic must end the consumer") };
+        assert!(error.contains("panicked"), "{error}");
+    }
 }
