@@ -19,7 +19,7 @@ use opentelemetry::{
     KeyValue,
     metrics::{Counter, Histogram, Meter, MeterProvider},
 };
-use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::metrics::{Instrument, SdkMeterProvider, Stream};
 use prometheus::{Encoder, TextEncoder};
 use tokio::sync::watch;
 
@@ -146,7 +146,7 @@ impl Metrics {
             .without_target_info()
             .build()
             .map_err(|e| prometheus::Error::Msg(e.to_string()))?;
-        let provider = SdkMeterProvider::builder().with_reader(exporter).build();
+        let provider = SdkMeterProvider::builder().with_reader(exporter).with_view(room_for_every_tenant).build();
         let meter = provider.meter("tenantmq");
         let metrics = Self {
             registry,
@@ -432,9 +432,65 @@ impl Metrics {
     }
 }
 
+/// Tenants one instance reports on before their series overflow.
+pub const TENANTS_WITH_SERIES: usize = 16_384;
+
+/// The SDK keeps 2,000 series per instrument by default and folds the rest into one
+/// `otel_metric_overflow="true"` series without a tenant: past about 700 tenants the queue gauges would lose
+/// theirs (three queues each). Per-tenant instruments get room for [`TENANTS_WITH_SERIES`], at the most series
+/// a tenant has in one (a series per queue).
+fn room_for_every_tenant(instrument: &Instrument) -> Option<Stream> {
+    let per_tenant = ["tenantmq.messages.", "tenantmq.workers.", "tenantmq.consumer.", "tenantmq.queue."];
+    per_tenant
+        .iter()
+        .any(|prefix| instrument.name().starts_with(prefix))
+        .then(|| Stream::builder().with_cardinality_limit(TENANTS_WITH_SERIES * QueueKind::ALL.len()).build().ok())
+        .flatten()
+}
+
 /// Reads one number of a tenant's snapshot.
 type ReadStat = fn(&TenantStatsSnapshot) -> u64;
 
 fn tenant_label(stats: &TenantStatsSnapshot) -> KeyValue {
     KeyValue::new("tenant_id", stats.tenant.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn every_tenant_keeps_its_own_series_far_past_the_sdks_default_limit() {
+        let metrics = Metrics::new().expect("metrics");
+        let tenants: Vec<TenantStatsSnapshot> = (0..2_500)
+            .map(|_| TenantStatsSnapshot {
+                tenant: TenantId::from_uuid(uuid::Uuid::now_v7()),
+                consumed: 1,
+                persisted: 1,
+                failed_transient: 0,
+                failed_permanent: 0,
+                retried: 0,
+                dead_lettered: 0,
+                workers_desired: 3,
+                workers_running: 3,
+                workers_busy: 0,
+                consumer_up: true,
+                unacked: 0,
+                queue_ready: [Some(1), Some(0), Some(0)],
+            })
+            .collect();
+        metrics.observe_tenants(move || tenants.clone());
+        let rendered = metrics.render();
+        assert!(!rendered.contains("otel_metric_overflow"), "no series may overflow");
+        for name in ["tenantmq_queue_messages_ready{", "tenantmq_messages_failed_total{", "tenantmq_workers_desired{"] {
+            let tenants: HashSet<&str> = rendered
+                .lines()
+                .filter(|line| line.starts_with(name))
+                .filter_map(|line| line.split("tenant_id=\"").nth(1)?.split('"').next())
+                .collect();
+            assert_eq!(tenants.len(), 2_500, "{name}");
+        }
+    }
 }
