@@ -124,6 +124,7 @@ impl Runtime {
                 db: db.clone(),
                 broker: self.broker.clone(),
                 on_delete: config.partitions.on_tenant_delete,
+                queue_type: config.rabbitmq.queue_type,
                 max_payload_depth: config.max_payload_depth,
                 metrics: metrics.clone(),
             }),

@@ -15,7 +15,7 @@ use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
 use crate::{
     broker::{self, Broker, BrokerError, Inspector, TenantQueues, queues},
-    config::OnTenantDelete,
+    config::{OnTenantDelete, QueueType},
     domain::tenant::TenantId,
     metrics::Metrics,
     store::{
@@ -58,6 +58,7 @@ pub struct Retirement {
     pub db: DatabaseConnection,
     pub broker: Broker,
     pub on_delete: OnTenantDelete,
+    pub queue_type: QueueType,
     pub max_payload_depth: usize,
     pub metrics: Metrics,
 }
@@ -100,15 +101,28 @@ impl Retirement {
         if self.inspect(&queues.queue).await?.is_some_and(|(_, consumers)| consumers > 0) {
             return Ok(false);
         }
+        let keep_messages = self.on_delete == OnTenantDelete::Detach;
+        if keep_messages {
+            for queue in [&queues.queue, &queues.retry] {
+                self.persist_queued(tenant, queue).await?;
+            }
+        }
         // A consumer that started since (a race with a reconciler that had not seen the delete yet), or, with
-        // `detach`, a message that arrived since, makes the delete fail; the next pass starts again.
-        let guard = match self.on_delete {
-            OnTenantDelete::Drop => QueueDeleteOptions { if_unused: true, ..QueueDeleteOptions::default() },
-            OnTenantDelete::Detach => {
+        // `detach`, a message that arrived since, makes the delete fail; the next pass starts again. The broker
+        // refuses these guards on quorum queues, and as an error of the whole connection (the one the API
+        // publishes on): there, a last look just before the delete stands in for them.
+        let guard = match self.queue_type {
+            QueueType::Classic => {
+                QueueDeleteOptions { if_unused: true, if_empty: keep_messages, ..QueueDeleteOptions::default() }
+            }
+            QueueType::Quorum => {
                 for queue in [&queues.queue, &queues.retry] {
-                    self.persist_queued(tenant, queue).await?;
+                    let in_use = |(ready, consumers)| consumers > 0 || (keep_messages && ready > 0);
+                    if self.inspect(queue).await?.is_some_and(in_use) {
+                        return Ok(false);
+                    }
                 }
-                QueueDeleteOptions { if_unused: true, if_empty: true, ..QueueDeleteOptions::default() }
+                QueueDeleteOptions::default()
             }
         };
         let channel = self.broker.channel().await?;

@@ -397,3 +397,37 @@ async fn with_quorum_queues_messages_become_rows_and_failures_reach_the_dlq() {
     app.await_messages(&tenant, 201).await;
     app.stop().await;
 }
+
+/// Deleting a tenant whose queues are quorum queues: the broker refuses `queue.delete` with `if-unused` or
+/// `if-empty` on them as a connection error, so a guarded delete would drop the connection the API publishes
+/// on, again at every retirement pass, and never retire the tenant.
+#[tokio::test]
+async fn with_quorum_queues_a_deleted_tenant_is_retired_without_losing_the_broker_connection() {
+    for on_delete in [tenantmq::config::OnTenantDelete::Drop, tenantmq::config::OnTenantDelete::Detach] {
+        let mut config = test_config();
+        config.rabbitmq.queue_type = tenantmq::config::QueueType::Quorum;
+        config.partitions.on_tenant_delete = on_delete;
+        let app = TestApp::spawn_with(config).await;
+        let broker = amqp().await;
+        let tenant = app.create_tenant_id("quorum-retired").await;
+        await_consumer(&broker, &tenant).await;
+        let messages: Vec<Value> = (0..20).map(|i| json!({ "payload": { "i": i } })).collect();
+        let published =
+            app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages })).await;
+        assert_eq!(published.status(), StatusCode::ACCEPTED);
+        app.await_messages(&tenant, 20).await;
+
+        assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT, "{on_delete:?}");
+        let gone = [queue(&tenant), retry_queue(&tenant), dlq(&tenant)];
+        for name in &gone {
+            assert_eq!(queue_state(&broker, name).await, None, "{on_delete:?}: {name} deleted before the 204");
+        }
+        let scrape = Scrape::of(&app).await;
+        assert_eq!(scrape.value("tenantmq_broker_reconnects_total", &[]), Some(0.0), "{on_delete:?}");
+        // The connection still publishes for the other tenants.
+        let other = app.create_tenant_id("quorum-bystander").await;
+        let published = app.post_json(&format!("/tenants/{other}/messages"), &json!({ "payload": 1 })).await;
+        assert_eq!(published.status(), StatusCode::ACCEPTED, "{on_delete:?}");
+        app.stop().await;
+    }
+}

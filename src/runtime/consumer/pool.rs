@@ -214,6 +214,13 @@ fn worker_ended(
     }
 }
 
+/// Hands deliveries back to the queue, for another consumer (or this one, after a restart) to take.
+async fn requeue(held_back: &[Arrival], context: &WorkerContext) {
+    for Arrival { delivery, .. } in held_back {
+        settle(delivery, Outcome::Requeue, context).await;
+    }
+}
+
 /// How long a worker waits for a delivery before its task ends.
 const PARK_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -232,28 +239,30 @@ pub(super) async fn worker(
         }
         match next_batch(&receiver, &mut desired, context.batch_size, context.linger, &context.waiting).await {
             Next::Batch(batch) => {
-                let batch = batch.into_iter().map(|arrival| *arrival).collect();
-                // Boxed: the write's state is large and needed only while a batch is written, and an idle
-                // tenant's workers would each carry it all the time (RSS per idle tenant).
-                let held_back = {
-                    let _busy = context.runtime.busy_guard();
-                    Box::pin(process(batch, &context)).await
-                };
-                if held_back.is_empty() {
-                    unavailable.reset();
-                    continue;
-                }
-                // Do not spin on a database that is down: pause, longer each time, before they come back.
-                tokio::select! {
-                    _ = context.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(unavailable.next_delay()) => {}
-                }
-                Box::pin(async {
-                    for delivery in &held_back {
-                        settle(delivery, Outcome::Requeue, &context).await;
+                let mut batch: Vec<Arrival> = batch.into_iter().map(|arrival| *arrival).collect();
+                loop {
+                    // Boxed: the write's state is large and needed only while a batch is written, and an idle
+                    // tenant's workers would each carry it all the time (RSS per idle tenant).
+                    let held_back = {
+                        let _busy = context.runtime.busy_guard();
+                        Box::pin(process(batch, &context)).await
+                    };
+                    if held_back.is_empty() {
+                        unavailable.reset();
+                        break;
                     }
-                })
-                .await;
+                    // Do not spin on a database that is down: pause, longer each time, then try again. The
+                    // worker keeps what it holds rather than handing it back: the broker would count each
+                    // return as a delivery, and a quorum queue dead-letters a message past its delivery
+                    // limit (20 by default since RabbitMQ 4.0), which an outage of minutes would reach.
+                    tokio::select! {
+                        _ = context.shutdown.cancelled() => {
+                            Box::pin(requeue(&held_back, &context)).await;
+                            break;
+                        }
+                        _ = tokio::time::sleep(unavailable.next_delay()) => batch = held_back,
+                    }
+                }
             }
             Next::Resized => {}
             Next::Closed | Next::Idle => break,

@@ -29,13 +29,14 @@ use crate::{
 use super::pool::{Arrival, WorkerContext};
 
 /// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
-/// queue or the DLQ (see [`failure`](crate::runtime::failure)). Returns what must go back to the queue because the
-/// database is unavailable (the caller pauses first, so a database that is down is not hammered).
+/// queue or the DLQ (see [`failure`](crate::runtime::failure)). Returns what is held back because the database
+/// is unavailable (or a failed message's copy could not be published), for the caller to try again after a
+/// pause, so that a database that is down is not hammered.
 ///
 /// The `handle` span links to the trace context each message carries (its `publish` span): a batch holds
 /// messages of many traces, and a span has one parent, so links, not parenthood, join the traces.
 #[tracing::instrument(name = "handle", skip_all, fields(tenant = %context.runtime.tenant, messages = batch.len()))]
-pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec<Delivery> {
+pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec<Arrival> {
     let span = tracing::Span::current();
     for Arrival { delivery, .. } in &batch {
         let published = telemetry::extract(delivery.properties.headers().as_ref());
@@ -65,9 +66,10 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec
             committed.push(delivery);
             continue;
         };
+        let arrival = Arrival { delivery, at: arrived };
         match failure::classify(error) {
-            WriteFailure::Unavailable => held_back.push(delivery),
-            kind => failed.push((row.id, delivery, write_failure(kind, error))),
+            WriteFailure::Unavailable => held_back.push(arrival),
+            kind => failed.push((row.id, arrival, write_failure(kind, error))),
         }
     }
     if !committed.is_empty() {
@@ -80,13 +82,13 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec
     for _ in &held_back {
         stats.failed(FailureReason::Transient);
     }
-    for (id, delivery, failure) in failed {
+    for (id, Arrival { delivery, at }, failure) in failed {
         stats.failed(match failure {
             Failure::Transient(_) => FailureReason::Transient,
             Failure::Permanent(_) => FailureReason::Permanent,
         });
         if let Err(delivery) = retry_or_dead_letter(delivery, id, &failure, context).await {
-            held_back.push(*delivery);
+            held_back.push(Arrival { delivery: *delivery, at });
         }
     }
     held_back
@@ -97,7 +99,7 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec
 struct Decoded {
     rows: Vec<NewMessage>,
     accepted: Vec<(Delivery, Instant)>,
-    failed: Vec<(Uuid, Delivery, Failure)>,
+    failed: Vec<(Uuid, Arrival, Failure)>,
 }
 
 impl Decoded {
@@ -113,7 +115,10 @@ impl Decoded {
                     decoded.rows.push(row);
                     decoded.accepted.push((delivery, at));
                 }
-                Err(reason) => decoded.failed.push((row_id(tenant, &delivery), delivery, Failure::Permanent(reason))),
+                Err(reason) => {
+                    let id = row_id(tenant, &delivery);
+                    decoded.failed.push((id, Arrival { delivery, at }, Failure::Permanent(reason)));
+                }
             }
         }
         decoded
