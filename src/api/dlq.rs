@@ -53,17 +53,24 @@ pub struct DeadLetterMessage {
     /// The body, when it is JSON, as it was published (large numbers keep every digit).
     #[oai(nullable)]
     pub payload: Option<JsonPayload>,
-    /// The body as text (invalid UTF-8 replaced), when it is not JSON.
+    /// The body as text (invalid UTF-8 replaced), when it is not JSON or is `truncated`.
     #[oai(nullable)]
     pub body: Option<String>,
+    /// The body's size in bytes.
+    pub size: u64,
+    /// Whether `body` shows only the first `max_payload_bytes` of a larger body (a replay moves the whole
+    /// message).
+    pub truncated: bool,
 }
 
 impl From<DeadLetter> for DeadLetterMessage {
     fn from(letter: DeadLetter) -> Self {
         // JSON that any client's parser takes (no lone surrogate, no number past a double's range, at most 128
         // levels): shown as the text it is, so large integers keep every digit; anything else as `body`.
+        let truncated = letter.truncated();
         let payload = std::str::from_utf8(&letter.body)
             .ok()
+            .filter(|_| !truncated)
             .filter(|text| serde_json::from_str::<serde_json::Value>(text).is_ok())
             .and_then(|text| RawValue::from_string(text.to_owned()).ok())
             .map(JsonPayload);
@@ -76,6 +83,8 @@ impl From<DeadLetter> for DeadLetterMessage {
             dead_lettered_at: letter.dead_lettered_at,
             payload,
             body,
+            size: u64::try_from(letter.size).unwrap_or(u64::MAX),
+            truncated,
         }
     }
 }
@@ -155,7 +164,8 @@ impl DeadLettersApi {
         }
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let page = state.app.dead_letters.peek(tenant, to_usize(skip), to_usize(limit)).await?;
-        let next_cursor = page.more.then(|| pagination::encode(&scope, skip + limit));
+        let shown = u64::try_from(page.messages.len()).unwrap_or(u64::MAX);
+        let next_cursor = page.more.then(|| pagination::encode(&scope, skip + shown));
         Ok(JsonText(DeadLetterPage { data: page.messages.into_iter().map(Into::into).collect(), next_cursor }))
     }
 

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use uuid::Uuid;
 
 use crate::{
-    broker::{Broker, DeadLetters},
+    broker::{Broker, DeadLetters, dead_letters::PeekBounds},
     domain::tenant::TenantId,
     store::tenants::TenantReadModel,
 };
@@ -22,11 +22,12 @@ pub struct DeadLetterQueues {
 }
 
 impl DeadLetterQueues {
-    pub fn new(tenants: TenantReadModel, broker: Broker) -> Self {
-        Self { tenants, queues: DeadLetters::new(broker) }
+    pub fn new(tenants: TenantReadModel, broker: Broker, bounds: PeekBounds) -> Self {
+        Self { tenants, queues: DeadLetters::new(broker, bounds) }
     }
 
-    /// Up to `limit` dead letters after the first `skip`, oldest first, leaving them in the queue.
+    /// Up to `limit` dead letters after the first `skip`, oldest first, leaving them in the queue (fewer when
+    /// their bodies fill a page: see [`PeekBounds`]).
     pub async fn peek(&self, tenant: TenantId, skip: usize, limit: usize) -> Result<DeadLetterPage, AppError> {
         require_live(&self.tenants, tenant).await?;
         Ok(self.queues.peek(tenant, skip, limit).await?)

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    broker::{Broker, BrokerError, Publisher},
+    broker::{Broker, BrokerError, Publisher, dead_letters::PeekBounds},
     config::Config,
     domain::tenant::{TenantError, TenantId},
     projectors::Projections,
@@ -128,7 +128,11 @@ impl App {
                 config.rabbitmq.publish_timeout,
                 config.read.max_page_bytes,
             ),
-            dead_letters: DeadLetterQueues::new(TenantReadModel::new(db.clone()), broker.clone()),
+            dead_letters: DeadLetterQueues::new(
+                TenantReadModel::new(db.clone()),
+                broker.clone(),
+                PeekBounds { max_page_bytes: config.read.max_page_bytes, max_body_bytes: config.max_payload_bytes },
+            ),
             audit: Audit::new(db.clone(), store.clone()),
             history: History::new(store),
             readiness: Readiness { db: db.clone(), broker: broker.clone(), projections },

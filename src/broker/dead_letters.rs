@@ -40,11 +40,19 @@ pub struct DeadLetter {
     pub attempts: Option<u32>,
     pub first_failed_at: Option<DateTime<Utc>>,
     pub dead_lettered_at: Option<DateTime<Utc>>,
+    /// The body, or its first [`PeekBounds::max_body_bytes`] when it is longer.
     pub body: Vec<u8>,
+    /// The whole body's length in bytes.
+    pub size: usize,
 }
 
-impl From<&Delivery> for DeadLetter {
-    fn from(delivery: &Delivery) -> Self {
+impl DeadLetter {
+    /// Whether `body` is only the start of the message's body.
+    pub fn truncated(&self) -> bool {
+        self.body.len() < self.size
+    }
+
+    fn of(delivery: &Delivery, max_body_bytes: usize) -> Self {
         let headers = delivery.properties.headers().as_ref().map(|h| h.inner());
         let header = |name: &str| headers.and_then(|h| h.get(name));
         let time = |name: &str| {
@@ -60,7 +68,8 @@ impl From<&Delivery> for DeadLetter {
             attempts,
             first_failed_at: time(FIRST_FAILED_AT_HEADER),
             dead_lettered_at: time(DEAD_LETTERED_AT_HEADER),
-            body: delivery.data.clone(),
+            body: delivery.data[..delivery.data.len().min(max_body_bytes)].to_vec(),
+            size: delivery.data.len(),
         }
     }
 }
@@ -91,16 +100,29 @@ pub struct DeadLetterPage {
     pub more: bool,
 }
 
+/// How much of a DLQ one peek may show. A dead letter's body can be anything an AMQP producer published (the
+/// broker takes up to 128 MiB by default): without these, a page of such bodies would be built whole in
+/// memory, several times over once escaped as JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct PeekBounds {
+    /// Most body bytes in one page (`read.max_page_bytes`); a page that reaches it ends early, and a page
+    /// always shows at least one message.
+    pub max_page_bytes: usize,
+    /// Most bytes shown of one body (`max_payload_bytes`, the largest body the API publishes).
+    pub max_body_bytes: usize,
+}
+
 #[derive(Clone)]
 pub struct DeadLetters {
     broker: Broker,
+    bounds: PeekBounds,
     /// One lock per tenant with an operation under way; an entry goes when its last holder does.
     locks: Arc<std::sync::Mutex<HashMap<TenantId, Weak<Mutex<()>>>>>,
 }
 
 impl DeadLetters {
-    pub fn new(broker: Broker) -> Self {
-        Self { broker, locks: Arc::default() }
+    pub fn new(broker: Broker, bounds: PeekBounds) -> Self {
+        Self { broker, bounds, locks: Arc::default() }
     }
 
     /// Waits for the tenant's earlier DLQ operations on this instance; other tenants' never block it.
@@ -120,24 +142,27 @@ impl DeadLetters {
         lock.lock_owned().await
     }
 
-    /// Up to `limit` messages after the first `skip`, oldest first, leaving them all in the queue.
+    /// Up to `limit` messages after the first `skip`, oldest first, leaving them all in the queue; fewer when
+    /// their bodies reach [`PeekBounds::max_page_bytes`].
     pub async fn peek(&self, tenant: TenantId, skip: usize, limit: usize) -> Result<DeadLetterPage, BrokerError> {
         let _serialized = self.serialize(tenant).await;
         let channel = self.broker.channel().await?;
         let queue = TenantQueues::of(tenant).dead_letters;
         let mut messages = Vec::with_capacity(limit);
         let mut more = false;
-        let mut taken = 0;
+        let (mut taken, mut page_bytes) = (0, 0_usize);
         while let Some(message) = get(&channel, &queue).await? {
             taken += 1;
             if taken <= skip {
                 continue;
             }
-            if messages.len() == limit {
+            if messages.len() == limit || page_bytes >= self.bounds.max_page_bytes {
                 more = true;
                 break;
             }
-            messages.push(DeadLetter::from(&message));
+            let letter = DeadLetter::of(&message, self.bounds.max_body_bytes);
+            page_bytes = page_bytes.saturating_add(letter.body.len());
+            messages.push(letter);
         }
         // Closing the channel returns every unacked message to its place in the queue.
         close(&channel).await;

@@ -236,3 +236,56 @@ async fn the_dlq_walkthrough_script_succeeds_against_a_running_service() {
     assert_eq!(app.scalar_i64("SELECT count(*) FROM messages").await, 0, "the demo tenant was deleted");
     app.stop().await;
 }
+
+/// A dead letter can be as large as the broker takes (any AMQP producer may publish one): a peek shows at most
+/// `max_payload_bytes` of each body and `read.max_page_bytes` per page, so a page of large bodies cannot
+/// exhaust the service's memory, and the next page starts where this one stopped.
+#[tokio::test]
+async fn a_peek_shows_the_start_of_large_bodies_and_ends_its_page_at_the_byte_bound() {
+    let mut config = crate::helpers::test_config();
+    config.max_payload_bytes = 1000;
+    config.read.max_page_bytes = 2500;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("large-dead-letters").await;
+    await_consumer(&broker, &tenant).await;
+    let channel = broker.create_channel().await.expect("channel");
+    for n in 0..5_u8 {
+        // Not JSON, so dead-lettered; 100 kB each, every byte the same so a cut shows.
+        let body = vec![b'a' + n; 100_000];
+        publish_raw(&channel, &tenant, &body, BasicProperties::default()).await;
+    }
+    await_dlq_depth(&broker, &tenant, 5).await;
+
+    let path = format!("/tenants/{tenant}/dlq");
+    let first = peek(&app, &path).await;
+    let letters = first["data"].as_array().expect("data");
+    assert_eq!(letters.len(), 3, "1,000 bytes shown of each, until 2,500 are reached");
+    for (n, letter) in letters.iter().enumerate() {
+        assert_eq!((letter["size"].as_u64(), letter["truncated"].as_bool()), (Some(100_000), Some(true)), "{n}");
+        let expected = char::from(b'a' + u8::try_from(n).expect("small")).to_string().repeat(1000);
+        assert_eq!(letter["body"].as_str(), Some(expected.as_str()));
+        assert_eq!(letter["payload"], Value::Null);
+    }
+    let cursor = first["next_cursor"].as_str().expect("a next page");
+    let second = peek(&app, &format!("{path}?cursor={cursor}")).await;
+    let starts: Vec<_> =
+        second["data"].as_array().expect("data").iter().map(|l| l["body"].as_str()?.get(..1)).collect();
+    assert_eq!(starts, [Some("d"), Some("e")], "the next page starts after the last one shown");
+    assert_eq!(second["next_cursor"], Value::Null);
+    assert_eq!(dlq_depth(&broker, &tenant).await, Some(5), "peeking takes nothing");
+
+    // A replay moves the whole message, not what a peek showed of it: back through the consumer (still not
+    // JSON), it is dead-lettered again, whole.
+    let dead_lettered_before = letters[0]["dead_lettered_at"].clone();
+    let replay = app.post_json(&format!("{path}/replay"), &json!({})).await;
+    assert_eq!(replay.status(), StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(30), "the replayed messages back in the DLQ", || async {
+        let page = peek(&app, &format!("{path}?limit=1")).await;
+        let letter = &page["data"][0];
+        let again = letter["id"] == letters[0]["id"] && letter["dead_lettered_at"] != dead_lettered_before;
+        (again && letter["size"].as_u64() == Some(100_000)).then_some(())
+    })
+    .await;
+    app.stop().await;
+}

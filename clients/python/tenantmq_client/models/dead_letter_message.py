@@ -18,8 +18,12 @@ class DeadLetterMessage:
     """A message that failed for good.
 
     Attributes:
+        size (int): The body's size in bytes.
+        truncated (bool): Whether `body` shows only the first `max_payload_bytes` of a larger body (a replay moves the
+            whole
+            message).
         attempts (int | None | Unset): How many times it failed.
-        body (None | str | Unset): The body as text (invalid UTF-8 replaced), when it is not JSON.
+        body (None | str | Unset): The body as text (invalid UTF-8 replaced), when it is not JSON or is `truncated`.
         dead_lettered_at (datetime.datetime | None | Unset):
         first_failed_at (datetime.datetime | None | Unset):
         id (None | str | Unset): The AMQP `message_id` (a UUID for everything this service dead-lettered); select it for
@@ -28,6 +32,8 @@ class DeadLetterMessage:
         reason (None | str | Unset): Why it failed last, e.g. `body is not JSON`.
     """
 
+    size: int
+    truncated: bool
     attempts: int | None | Unset = UNSET
     body: None | str | Unset = UNSET
     dead_lettered_at: datetime.datetime | None | Unset = UNSET
@@ -38,6 +44,10 @@ class DeadLetterMessage:
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        size = self.size
+
+        truncated = self.truncated
+
         attempts: int | None | Unset
         if isinstance(self.attempts, Unset):
             attempts = UNSET
@@ -82,7 +92,12 @@ class DeadLetterMessage:
 
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
-        field_dict.update({})
+        field_dict.update(
+            {
+                "size": size,
+                "truncated": truncated,
+            }
+        )
         if attempts is not UNSET:
             field_dict["attempts"] = attempts
         if body is not UNSET:
@@ -103,6 +118,9 @@ class DeadLetterMessage:
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
+        size = d.pop("size")
+
+        truncated = d.pop("truncated")
 
         def _parse_attempts(data: object) -> int | None | Unset:
             if data is None:
@@ -177,6 +195,8 @@ class DeadLetterMessage:
         reason = _parse_reason(d.pop("reason", UNSET))
 
         dead_letter_message = cls(
+            size=size,
+            truncated=truncated,
             attempts=attempts,
             body=body,
             dead_lettered_at=dead_lettered_at,
