@@ -478,6 +478,13 @@ impl Default for ConsumerConfig {
 
 /// Bounds both batch waits: a batch held longer only delays its messages.
 const MAX_BATCH_WAIT: Duration = Duration::from_secs(10);
+/// The longest per-message expiration RabbitMQ takes.
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
+const MIN_DATABASE_CONNECTIONS: u32 = 3;
+/// Far above what one process can serve, and far below where counting them could overflow.
+const MAX_CLIENT_CONNECTIONS: usize = 1_000_000;
+/// A day: a clock further off than that is not skew, and the token library adds it to the time unchecked.
+const MAX_LEEWAY_SECONDS: u64 = 86_400;
 
 impl ConsumerConfig {
     /// `batch_max_wait`, or its default: 10 ms, or `batch_wait` if that is longer.
@@ -704,10 +711,30 @@ impl Config {
         if self.max_batch_bytes < self.max_payload_bytes {
             return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
         }
+        // The listener of the projectors holds one connection for good, and the API and the projectors need
+        // one besides the writers: fewer leaves the instance waiting on its own pool, never ready.
+        if self.database.max_connections < MIN_DATABASE_CONNECTIONS {
+            return Err(ConfigError::new(
+                "database.max_connections",
+                format!("must be at least {MIN_DATABASE_CONNECTIONS}"),
+            ));
+        }
         if let Some(write) = self.database.write_connections
-            && !(1..=self.database.max_connections).contains(&write)
+            && !(1..=self.database.max_connections - 2).contains(&write)
         {
-            return Err(ConfigError::new("database.write_connections", "must be between 1 and max_connections"));
+            return Err(ConfigError::new(
+                "database.write_connections",
+                "must be between 1 and max_connections - 2 (the rest serve the API and the projectors)",
+            ));
+        }
+        if self.server.max_connections > MAX_CLIENT_CONNECTIONS {
+            return Err(ConfigError::new(
+                "server.max_connections",
+                format!("must be at most {MAX_CLIENT_CONNECTIONS}"),
+            ));
+        }
+        if self.auth.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(ConfigError::new("auth.leeway_seconds", format!("must be at most {MAX_LEEWAY_SECONDS}")));
         }
         let limits = &self.limits;
         Limits::parse(limits.publish_rate, limits.publish_burst, limits.max_queue_depth).map_err(|error| {
@@ -760,6 +787,11 @@ impl Config {
                 "consumer.retry_delay",
                 "must be greater than zero and at most retry_max_delay",
             ));
+        }
+        // A retry waits out a per-message expiration, which RabbitMQ takes in milliseconds up to 2^32 - 1;
+        // above it the broker closes the channel that published the retry, at every attempt.
+        if consumer.retry_max_delay > MAX_RETRY_DELAY {
+            return Err(ConfigError::new("consumer.retry_max_delay", "must be at most 49d 17h 2m 47s 295ms"));
         }
         Ok(())
     }
@@ -971,6 +1003,29 @@ mod tests {
         ] {
             let error = with_waits(wait, max_wait).validate().expect_err("invalid");
             assert_eq!(error.key, key, "{wait} {max_wait:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations_are_bounded_where_a_dependency_would_fail_on_them() {
+        type Change = fn(&mut Config);
+        let cases: [(Change, Option<&str>); 10] = [
+            (|c| c.database.max_connections = 2, Some("database.max_connections")),
+            (|c| c.database.max_connections = 3, None),
+            (|c| c.database.write_connections = Some(9), Some("database.write_connections")),
+            (|c| c.database.write_connections = Some(8), None),
+            (|c| c.server.max_connections = usize::MAX, Some("server.max_connections")),
+            (|c| c.auth.leeway_seconds = 9_999_999_999, Some("auth.leeway_seconds")),
+            (|c| c.auth.leeway_seconds = 86_400, None),
+            (|c| c.consumer.retry_max_delay = Duration::from_secs(60 * 86_400), Some("consumer.retry_max_delay")),
+            (|c| c.consumer.retry_max_delay = Duration::from_millis(u32::MAX.into()), None),
+            (|c| c.server.max_connections = 1_000_000, None),
+        ];
+        for (index, (change, refused)) in cases.into_iter().enumerate() {
+            let mut config = with_waits(5, None);
+            config.database.max_connections = 10;
+            change(&mut config);
+            assert_eq!(config.validate().map_err(|e| e.key).err().as_deref(), refused, "case {index}");
         }
     }
 

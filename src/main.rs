@@ -317,13 +317,30 @@ fn verify_file(path: &Path) -> ExitCode {
 }
 
 async fn export(config: &Config, tenant: uuid::Uuid, output: Option<&Path>) -> anyhow::Result<()> {
-    let db = database::connect(&config.database).await.context("connecting to the database")?;
-    let mut out: Box<dyn Write> = match output {
-        Some(path) => {
-            Box::new(BufWriter::new(File::create(path).with_context(|| format!("creating {}", path.display()))?))
-        }
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+    let Some(path) = output else {
+        return write_export(config, tenant, &mut BufWriter::new(std::io::stdout().lock())).await;
     };
+    // Written beside the file and renamed over it once complete: an export that fails (a mistyped tenant, a
+    // lost connection) leaves an earlier file as it was, never emptied or cut short.
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let written = async {
+        let file = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+        let mut out = BufWriter::new(file);
+        write_export(config, tenant, &mut out).await?;
+        out.into_inner().map_err(|e| e.into_error()).and_then(|file| file.sync_all()).context("writing the export")?;
+        std::fs::rename(&partial, path).with_context(|| format!("replacing {}", path.display()))
+    }
+    .await;
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written
+}
+
+async fn write_export(config: &Config, tenant: uuid::Uuid, out: &mut impl Write) -> anyhow::Result<()> {
+    let db = database::connect(&config.database).await.context("connecting to the database")?;
     let mut reader = ChainReader::open(&db, Some(tenant)).await?;
     let mut exported = 0_u64;
     loop {

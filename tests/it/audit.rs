@@ -196,6 +196,24 @@ async fn an_export_verifies_offline_and_one_edited_byte_is_named_by_its_line() {
     let broken = offline(&file_name).await;
     assert_eq!(broken.status.code(), Some(1));
     assert!(stdout(&broken).contains("NOT intact at line 1: not an event"), "{}", stdout(&broken));
+
+    // An export that fails (a mistyped tenant) leaves the file it would have replaced as it was.
+    std::fs::write(&file, &export).expect("restored");
+    let unknown = Uuid::new_v4().to_string();
+    let failed = cli(&["export", "--tenant", &unknown, "--output", &file_name], &app.config.database.url).await;
+    assert_eq!(failed.status.code(), Some(1));
+    assert_eq!(std::fs::read_to_string(&file).expect("still there"), export, "the earlier export is untouched");
+    let leftovers = std::fs::read_dir(std::env::temp_dir())
+        .expect("temp dir")
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{}.", file.file_name().expect("name").to_string_lossy()))
+        })
+        .count();
+    assert_eq!(leftovers, 0, "no partial file is left behind");
     std::fs::remove_file(&file).expect("export removed");
     app.stop().await;
 }
