@@ -113,6 +113,14 @@ pub struct Authenticator {
     key: Option<(DecodingKey, Validation)>,
 }
 
+/// The credentials of an `Authorization: Bearer …` header. The scheme's name is case-insensitive (RFC 9110), so
+/// `bearer` and `BEARER` name it too.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 impl Authenticator {
     pub fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
         let Some((algorithm, key)) = config.verification_key()? else {
@@ -132,12 +140,7 @@ impl Authenticator {
             return Ok(Principal { subject: "anonymous".into(), role: Role::Admin });
         };
         let header = authorization.ok_or(AuthError::Missing)?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| AuthError::Invalid("expected `Bearer <JWT>`".into()))?;
+        let token = bearer_token(header).ok_or_else(|| AuthError::Invalid("expected `Bearer <JWT>`".into()))?;
         let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
@@ -182,7 +185,7 @@ pub fn mint(config: &AuthConfig, subject: &str, role: Role, ttl: Duration) -> Re
         Role::Auditor => (RoleClaim::Auditor, None),
         Role::Tenant(tenant) => (RoleClaim::Tenant, Some(tenant.as_uuid())),
     };
-    let claims = Claims { sub: subject.to_owned(), iat: now, exp: now + ttl.as_secs(), role, tenant_id };
+    let claims = Claims { sub: subject.to_owned(), iat: now, exp: now.saturating_add(ttl.as_secs()), role, tenant_id };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(config.secret()?))
         .map_err(|e| ConfigError::new("auth.jwt_secret", e.to_string()))
 }
@@ -228,6 +231,13 @@ mod tests {
     }
 
     #[test]
+    fn a_token_minted_for_longer_than_time_goes_never_expires_rather_than_at_once() {
+        let minted = mint(&config(), "x", Role::Admin, Duration::MAX).expect("minted");
+        let auth = Authenticator::from_config(&config()).expect("valid config");
+        assert!(auth.authenticate(Some(&bearer(&minted))).is_ok());
+    }
+
+    #[test]
     fn bad_tokens_are_rejected_with_a_reason() {
         let auth = Authenticator::from_config(&config()).expect("valid config");
         assert_eq!(auth.authenticate(None), Err(AuthError::Missing));
@@ -240,7 +250,11 @@ mod tests {
         let expired = jsonwebtoken::encode(&Header::default(), &expired, &EncodingKey::from_secret(SECRET.as_bytes()))
             .expect("encoded");
         assert_eq!(auth.authenticate(Some(&bearer(&expired))), Err(AuthError::Expired));
-        for garbage in ["Bearer", "Basic abc", "Bearer not.a.jwt", "token"] {
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let minted = mint(&config(), "x", Role::Admin, Duration::from_secs(60)).expect("minted");
+            assert!(auth.authenticate(Some(&format!("{scheme} {minted}"))).is_ok(), "{scheme}");
+        }
+        for garbage in ["Bearer", "Basic abc", "Bearer not.a.jwt", "token", "Bearer ", "Bearerx.y.z"] {
             assert!(matches!(auth.authenticate(Some(garbage)), Err(AuthError::Invalid(_))), "{garbage}");
         }
         let no_tenant = Claims { sub: "x".into(), iat: now, exp: now + 60, role: RoleClaim::Tenant, tenant_id: None };

@@ -112,10 +112,8 @@ fn openapi_json() -> poem::Response {
 #[handler]
 fn metrics(state: Data<&AppState>, request: &poem::Request) -> poem::Result<poem::Response> {
     if let Some(token) = &state.metrics_token {
-        let presented = request
-            .header(poem::http::header::AUTHORIZATION)
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .unwrap_or_default();
+        let presented =
+            request.header(poem::http::header::AUTHORIZATION).and_then(crate::auth::bearer_token).unwrap_or_default();
         if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
             let error =
                 AuthError::Invalid("/metrics needs the bearer token configured as `metrics.bearer_token`".into());

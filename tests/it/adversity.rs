@@ -320,6 +320,10 @@ async fn metrics_can_require_a_bearer_token() {
         allowed.text().await.expect("text").contains(&tenant).then_some(())
     })
     .await;
+    // The scheme's name is case-insensitive, as for every other endpoint.
+    let lowercase =
+        reqwest::Client::new().get(app.url("/metrics")).header("authorization", "bearer scrape-token-0123456789");
+    assert_eq!(lowercase.send().await.expect("sent").status(), StatusCode::OK);
     app.stop().await;
 }
 
