@@ -403,20 +403,27 @@ fn healthcheck(file: Option<&Path>, path: &str) -> ExitCode {
     }
 }
 
-/// Sends `GET path` to the configured port (on loopback when the service listens on every address) and
-/// expects status 200 within a few seconds. Plain HTTP/1.0 over a socket: the probe needs no HTTP client.
+/// Sends `GET path` to the address the service binds (resolved as it resolves it; on loopback when that is
+/// every address) and expects status 200 within a few seconds. Plain HTTP/1.0 over a socket: the probe needs
+/// no HTTP client.
 fn probe(server: &ServerConfig, path: &str) -> Result<(), String> {
     use std::{
         io::{Read, Write},
-        net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+        net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs},
         time::Duration,
     };
     const TIMEOUT: Duration = Duration::from_secs(3);
-    let host = match server.host.parse::<IpAddr>() {
-        Ok(ip) if !ip.is_unspecified() => ip,
-        _ => IpAddr::V4(Ipv4Addr::LOCALHOST),
+    let bound = format!("{}:{}", server.host, server.port);
+    let address = bound
+        .to_socket_addrs()
+        .map_err(|e| format!("{bound}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{bound}: no address"))?;
+    let address = match address.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port()),
+        _ => address,
     };
-    let address = SocketAddr::new(host, server.port);
     let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(|e| format!("{address}: {e}"))?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;

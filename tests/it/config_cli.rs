@@ -174,6 +174,26 @@ async fn healthcheck_exits_0_while_the_service_is_ready_and_1_when_nothing_answe
     assert_eq!(output.status.code(), Some(2), "a bad server setting is still a configuration error");
 }
 
+/// The probe asks the address the service binds, IPv6 loopback written either way included (in brackets, it
+/// must be quoted in the environment, or it reads as a list).
+#[tokio::test]
+async fn healthcheck_finds_a_service_on_ipv6_loopback() {
+    for (host, in_environment) in [("[::1]", "\"[::1]\""), ("::1", "::1")] {
+        let mut config = crate::helpers::test_config();
+        config.server.host = host.into();
+        let app = crate::helpers::TestApp::spawn_with(config).await;
+        let port = app.base_url.rsplit_once(':').expect("host:port").1.to_owned();
+        let output = tokio::task::spawn_blocking(move || {
+            let env = [("TENANTMQ_SERVER__PORT", port.as_str()), ("TENANTMQ_SERVER__HOST", in_environment)];
+            tenantmq(&["healthcheck", "--path", "/healthz"], &env)
+        })
+        .await
+        .expect("probe ran");
+        assert!(output.status.success(), "{host}: {}", String::from_utf8_lossy(&output.stderr));
+        app.stop().await;
+    }
+}
+
 /// Every leaf key of `tenantmq config` (dotted), in order.
 fn config_keys(value: &Value, prefix: &str, keys: &mut Vec<String>) {
     match value.as_object() {
