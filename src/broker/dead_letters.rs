@@ -4,7 +4,7 @@
 //! channel: the broker puts them back where they were. A replay publishes a copy of each selected message to
 //! the main queue (confirmed) before acking it in the DLQ; unselected messages go back when the channel closes.
 //! Operations on one tenant's DLQ are serialized per instance, so two concurrent peeks do not hide messages
-//! from each other; other tenants' operations never wait for them. A replay takes at most
+//! from each other; other tenants' operations never wait for them. A replay moves at most
 //! [`REPLAY_MAX_MESSAGES`] messages and runs at most [`REPLAY_TIME_BUDGET`], then says it is not complete.
 
 use std::{
@@ -74,7 +74,9 @@ impl DeadLetter {
     }
 }
 
-/// Most messages one replay takes from the DLQ (replayed or passed over).
+/// Most messages one replay moves. Only those count: the messages a selective replay passes over go back to
+/// the head of the queue when it ends, so a bound on them would have every call look at the same ones again
+/// and never reach a selected message behind them. [`REPLAY_TIME_BUDGET`] bounds that walk.
 pub const REPLAY_MAX_MESSAGES: u32 = 10_000;
 
 /// Longest one replay runs before it stops and answers.
@@ -189,7 +191,7 @@ impl DeadLetters {
             if taken == depth || remaining.as_ref().is_some_and(HashSet::is_empty) {
                 break true;
             }
-            if taken == REPLAY_MAX_MESSAGES || tokio::time::Instant::now() >= deadline {
+            if replayed == REPLAY_MAX_MESSAGES || tokio::time::Instant::now() >= deadline {
                 break false;
             }
             let Some(delivery) = get(&channel, &queues.dead_letters).await? else { break true };

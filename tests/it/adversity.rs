@@ -190,12 +190,14 @@ async fn inspecting_a_tenant_whose_queue_is_missing_never_fails_another_tenants_
     app.stop().await;
 }
 
-async fn fill_dead_letters(broker: &lapin::Connection, tenant: &str, count: usize) {
+/// Publishes `count` JSON dead letters straight into the tenant's DLQ; their ids, in order.
+async fn fill_dead_letters(broker: &lapin::Connection, tenant: &str, count: usize) -> Vec<uuid::Uuid> {
     let channel = broker.create_channel().await.expect("channel");
     channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     let mut confirms = Vec::with_capacity(count);
-    for i in 0..count {
-        let properties = BasicProperties::default().with_message_id(uuid::Uuid::now_v7().to_string().into());
+    let ids: Vec<uuid::Uuid> = (0..count).map(|_| uuid::Uuid::now_v7()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let properties = BasicProperties::default().with_message_id(id.to_string().into());
         let body = serde_json::to_vec(&json!({ "dead": i })).expect("json");
         let confirm = channel
             .basic_publish("".into(), dlq(tenant).as_str().into(), BasicPublishOptions::default(), &body, properties)
@@ -207,6 +209,7 @@ async fn fill_dead_letters(broker: &lapin::Connection, tenant: &str, count: usiz
         confirm.await.expect("confirmed");
     }
     let _ = channel.close(200, "done".into()).await;
+    ids
 }
 
 #[tokio::test]
@@ -216,7 +219,7 @@ async fn dead_letter_operations_are_bounded_and_one_tenants_never_waits_for_anot
     let broker = amqp().await;
     await_consumer(&broker, &deep).await;
     await_consumer(&broker, &shallow).await;
-    fill_dead_letters(&broker, &deep, 11_000).await;
+    let deep_ids = fill_dead_letters(&broker, &deep, 11_000).await;
     fill_dead_letters(&broker, &shallow, 1).await;
 
     // A crafted cursor whose offset would wrap around the peek bound.
@@ -243,7 +246,25 @@ async fn dead_letter_operations_are_bounded_and_one_tenants_never_waits_for_anot
     let deep_page: Value = deep_peek.await.expect("deep peek").json().await.expect("page");
     assert_eq!(deep_page["data"].as_array().map(Vec::len), Some(1000));
 
-    // Replaying 11,000 dead letters takes more than one bounded call.
+    // A selected message behind the first 10,000 is reached (the ones passed over go back to the head).
+    let behind = deep_ids[10_500];
+    let mut calls = 0;
+    loop {
+        let selected: Value = app
+            .post_json(&format!("/tenants/{deep}/dlq/replay"), &json!({ "ids": [behind] }))
+            .await
+            .json()
+            .await
+            .expect("json");
+        calls += 1;
+        if selected["replayed"] == 1 {
+            break;
+        }
+        assert!(calls < 3, "the selected message is never reached: {selected}");
+    }
+    app.await_messages(&deep, 1).await;
+
+    // Replaying the other 10,999 dead letters takes more than one bounded call.
     let first: Value =
         app.post_json(&format!("/tenants/{deep}/dlq/replay"), &json!({})).await.json().await.expect("json");
     assert_eq!(first["complete"], false, "{first}");
@@ -260,7 +281,7 @@ async fn dead_letter_operations_are_bounded_and_one_tenants_never_waits_for_anot
         }
         assert!(calls < 20, "replays make no progress: {next}");
     }
-    assert_eq!(replayed, 11_000);
+    assert_eq!(replayed, 10_999);
     app.await_messages(&deep, 11_000).await;
     app.stop().await;
 }
