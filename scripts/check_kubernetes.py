@@ -63,6 +63,10 @@ def check_pod_monitor(where: str, spec: dict) -> None:
             {"port", "path"},
             {"interval", "scrapeTimeout", "scheme", "authorization", "relabelings", "metricRelabelings", "honorLabels"},
         )
+        # The alerts select job="tenantmq"; the Operator would name the job `<namespace>/<name>`.
+        jobs = [r.get("replacement") for r in dig(endpoint, "relabelings") or [] if r.get("targetLabel") == "job"]
+        if jobs != ["tenantmq"]:
+            fail(f"{where} podMetricsEndpoints[{index}]", "must relabel the job to `tenantmq`, as the alerts select it")
         authorization = dig(endpoint, "authorization")
         if authorization is not None:
             check_shape(f"{where} authorization", authorization, {"type", "credentials"}, set())

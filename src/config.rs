@@ -855,7 +855,9 @@ impl Config {
 
     /// `database.write_connections`, or its default.
     pub fn write_connections(&self) -> u32 {
-        self.database.write_connections.unwrap_or((self.database.max_connections * 3 / 4).max(1))
+        let max = self.database.max_connections;
+        // Three quarters, and never the two the listener and the API need: a small pool keeps them free too.
+        self.database.write_connections.unwrap_or((max * 3 / 4).min(max.saturating_sub(2)).max(1))
     }
 }
 
@@ -1003,6 +1005,15 @@ mod tests {
         ] {
             let error = with_waits(wait, max_wait).validate().expect_err("invalid");
             assert_eq!(error.key, key, "{wait} {max_wait:?}");
+        }
+    }
+
+    #[test]
+    fn writers_get_three_quarters_of_the_pool_and_never_the_last_two_connections() {
+        let mut config = Config::default();
+        for (max, writers) in [(3, 1), (4, 2), (5, 3), (8, 6), (20, 15)] {
+            config.database.max_connections = max;
+            assert_eq!(config.write_connections(), writers, "{max}");
         }
     }
 
