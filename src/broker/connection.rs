@@ -2,7 +2,7 @@
 //! connection, so whatever runs on it (publishing, or the consumers of [`ConsumerConnections`](super::ConsumerConnections))
 //! can start again.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use lapin::{Channel, Connection, ConnectionProperties, Event};
@@ -52,10 +52,13 @@ impl Broker {
         Ok(connected.connection.create_channel().await?)
     }
 
-    /// Keeps a connection up until `cancel`: connects with backoff, then waits for it to fail.
+    /// Keeps a connection up until `cancel`: connects with backoff, then waits for it to fail. A connection
+    /// that has seen [`channel_error_budget`] channels closed by the broker is replaced (see there): the new one
+    /// is announced first, and the old one closed after [`REPLACED_CONNECTION_GRACE`], so what runs on it ends.
     pub async fn supervise(self, cancel: CancellationToken) {
         let mut backoff = Backoff::new();
         let mut generation = 0;
+        let mut replaced: Option<Arc<Connection>> = None;
         while !cancel.is_cancelled() {
             let connection = tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -74,29 +77,47 @@ impl Broker {
             tracing::info!(generation, name = %self.name, "connected to RabbitMQ");
             let mut events = connection.events_listener();
             self.current.send_replace(Some(Connected { generation, connection: connection.clone() }));
+            if let Some(old) = replaced.take() {
+                tokio::spawn(async move {
+                    tokio::time::sleep(REPLACED_CONNECTION_GRACE).await;
+                    let _ = old.close(200, "replaced".into()).await;
+                });
+            }
+            let budget = channel_error_budget(connection.configuration().channel_max());
+            let mut closed_by_broker = 0;
             let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
+            let replace = loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     event = events.next() => match event {
                         // A soft error closes one channel only (e.g. a passive declare of a missing queue).
                         Some(Event::Error(error)) if is_channel_error(&error) => {
                             tracing::debug!(%error, "a channel was closed by the broker");
+                            closed_by_broker += 1;
+                            if closed_by_broker >= budget {
+                                tracing::info!(name = %self.name, closed_by_broker, "replacing the RabbitMQ connection");
+                                break true;
+                            }
                         }
                         Some(Event::Error(error)) => {
                             tracing::warn!(%error, name = %self.name, "RabbitMQ connection failed; reconnecting");
-                            break;
+                            break false;
                         }
                         Some(_) => {}
-                        None => break,
+                        None => break false,
                     },
                     _ = check.tick() => if !connection.status().connected() {
                         tracing::warn!(name = %self.name, "RabbitMQ connection is no longer connected; reconnecting");
-                        break;
+                        break false;
                     },
                 }
+            };
+            if replace {
+                // Still announced, and still serving, until its successor is.
+                replaced = Some(connection);
+            } else {
+                self.current.send_replace(None);
             }
-            self.current.send_replace(None);
         }
     }
 
@@ -111,5 +132,32 @@ impl Broker {
         {
             tracing::debug!(%error, "closing the RabbitMQ connection");
         }
+    }
+}
+
+/// How long a replaced connection stays open for what still runs on it (a publish waiting for its confirm, a
+/// consumer handing over) before it is closed.
+const REPLACED_CONNECTION_GRACE: Duration = Duration::from_secs(30);
+
+/// Channels the broker may close on one connection before it is replaced. lapin 4.12 never frees the number
+/// of a channel the broker closed (a passive declare of a missing queue, a guarded delete that fails): after
+/// `channel_max` of them no channel opens on the connection at all. A quarter of the numbers leaves the rest
+/// for the channels in use (publishing, or a consumer connection's `rabbitmq.channels_per_connection`).
+fn channel_error_budget(channel_max: u16) -> u32 {
+    // 0 is "no limit" in the protocol's negotiation.
+    let numbers = if channel_max == 0 { u16::MAX } else { channel_max };
+    (u32::from(numbers) / 4).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarter_of_the_channel_numbers_may_be_lost_to_broker_closes() {
+        assert_eq!(channel_error_budget(2047), 511);
+        assert_eq!(channel_error_budget(64), 16);
+        assert_eq!(channel_error_budget(2), 1);
+        assert_eq!(channel_error_budget(0), 16_383);
     }
 }

@@ -566,3 +566,30 @@ async fn an_instance_starting_while_a_deleted_tenant_awaits_its_partition_keeps_
     second.stop().await.expect("second instance stopped");
     app.stop().await;
 }
+
+/// lapin never frees the number of a channel the broker closed, so a connection on which the broker closed
+/// `channel_max` channels (here, a DLQ peek each: its queue was deleted from outside) could open none any more:
+/// every DLQ operation, tenant view and retirement then failed until a restart. The connection is replaced
+/// before that.
+#[tokio::test]
+async fn channels_the_broker_closes_never_use_up_the_connection() {
+    let mut config = test_config();
+    // A small channel_max, so that running out takes a few dozen closes rather than two thousand.
+    config.rabbitmq.url = format!("{}?channel_max=64", config.rabbitmq.url.split('?').next().expect("a URL"));
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let (healthy, broken) = (app.create_tenant_id("healthy").await, app.create_tenant_id("dlq-deleted").await);
+    await_consumer(&broker, &healthy).await;
+    await_consumer(&broker, &broken).await;
+    delete_queue(&broker, &dlq(&broken)).await;
+    for peek in 0..150 {
+        let response = app.get(&format!("/tenants/{broken}/dlq")).await;
+        assert_eq!(response.status(), StatusCode::OK, "peek {peek} of a DLQ that is gone");
+    }
+    let response = app.get(&format!("/tenants/{healthy}/dlq")).await;
+    assert_eq!(response.status(), StatusCode::OK, "the healthy tenant's DLQ");
+    let published = app.post_json(&format!("/tenants/{healthy}/messages"), &json!({ "payload": 1 })).await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    app.await_messages(&healthy, 1).await;
+    app.stop().await;
+}
