@@ -91,10 +91,12 @@ impl Telemetry {
 }
 
 /// Dependencies' log lines that are always kept out, whatever the level asked for: lapin logs every message
-/// the broker returns, body and all, as a warning (tenants' data stays out of the log); sqlx logs PostgreSQL's
-/// NOTICEs, such as "relation … already exists, skipping" from every idempotent migration step, as info
-/// (PostgreSQL's warnings and errors still show).
-const SILENCED: &[&str] = &["lapin::returned_messages=off", "sqlx::postgres::notice=warn"];
+/// the broker returns, body and all, as a warning (tenants' data stays out of the log), and every channel the
+/// broker closes as an error, though most are expected (a queue probed that does not exist) and the service
+/// logs each with what it means (the connection's supervisor at debug, the operation that failed where it
+/// matters); sqlx logs PostgreSQL's NOTICEs, such as "relation … already exists, skipping" from every
+/// idempotent migration step, as info (PostgreSQL's warnings and errors still show).
+const SILENCED: &[&str] = &["lapin::returned_messages=off", "lapin::channel=off", "sqlx::postgres::notice=warn"];
 
 /// The log filter: `RUST_LOG` when set, else `log.level`, with [`SILENCED`] on top.
 pub fn log_filter(level: &str) -> EnvFilter {
