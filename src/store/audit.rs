@@ -1,14 +1,16 @@
 //! The hash chain of the stored log (docs/audit.md): checking one stream or every stream, reading it in chunks
 //! of bounded size, and the head of each stream.
 
-use chrono::{DateTime, Utc};
 use sea_orm::{
     AccessMode, ConnectionTrait, DatabaseConnection, DatabaseTransaction, FromQueryResult, IsolationLevel,
     TransactionTrait,
 };
 use uuid::Uuid;
 
-use super::{StoreError, events::stmt};
+use super::{
+    StoreError,
+    events::{STORED_COLUMNS, StoredEvent, stmt},
+};
 use crate::domain::audit::{
     Break, BreakReason, ChainCheck, ChainedEvent, EventHash, HashedFields, Head, Intact, Unreadable, canonical_json,
 };
@@ -52,23 +54,6 @@ pub struct ChainReader {
     done: bool,
 }
 
-#[derive(FromQueryResult)]
-struct ChainRow {
-    position: i64,
-    stream_id: Uuid,
-    version: i32,
-    event_type: String,
-    data: String,
-    metadata: String,
-    recorded_at: DateTime<Utc>,
-    prev_hash: Vec<u8>,
-    hash: Vec<u8>,
-}
-
-/// `data` and `metadata` as PostgreSQL's text of their `jsonb`, which keeps every number's digits.
-const CHAIN_COLUMNS: &str = "position, stream_id, version, event_type, data::text AS data, \
-                             metadata::text AS metadata, recorded_at, prev_hash, hash";
-
 impl ChainReader {
     pub async fn open(db: &DatabaseConnection, stream: Option<Uuid>) -> Result<Self, StoreError> {
         let snapshot = db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?;
@@ -82,7 +67,7 @@ impl ChainReader {
         rows.into_iter().map(|row| chained(row).map_err(StoreError::Unreadable)).collect()
     }
 
-    async fn next_rows(&mut self) -> Result<Vec<ChainRow>, StoreError> {
+    async fn next_rows(&mut self) -> Result<Vec<StoredEvent>, StoreError> {
         if self.done {
             return Ok(Vec::new());
         }
@@ -90,20 +75,20 @@ impl ChainReader {
         let statement = match self.stream {
             Some(stream) => stmt(
                 &format!(
-                    "SELECT {CHAIN_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 \
+                    "SELECT {STORED_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 \
                      ORDER BY version LIMIT $3"
                 ),
                 [stream.into(), after_version.into(), CHUNK.into()],
             ),
             None => stmt(
                 &format!(
-                    "SELECT {CHAIN_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2) \
+                    "SELECT {STORED_COLUMNS} FROM events WHERE (stream_id, version) > ($1, $2) \
                      ORDER BY stream_id, version LIMIT $3"
                 ),
                 [after_stream.into(), after_version.into(), CHUNK.into()],
             ),
         };
-        let rows = ChainRow::find_by_statement(statement).all(&self.snapshot).await?;
+        let rows = StoredEvent::find_by_statement(statement).all(&self.snapshot).await?;
         self.done = i64::try_from(rows.len()).unwrap_or(i64::MAX) < CHUNK;
         if let Some(last) = rows.last() {
             self.after = (last.stream_id, last.version);
@@ -114,7 +99,7 @@ impl ChainReader {
 
 /// The event as hashed, or a break at it when what is stored cannot be encoded: only a change behind the
 /// service's back makes one so, and the check names the event as it names any other change.
-fn chained(row: ChainRow) -> Result<ChainedEvent, Break> {
+fn chained(row: StoredEvent) -> Result<ChainedEvent, Break> {
     let unreadable = |what| Break {
         position: row.position,
         stream_id: row.stream_id,

@@ -90,22 +90,24 @@ pub struct Appended {
     pub last_version: i32,
 }
 
-/// `data` and `metadata` as text, parsed here: a value the log was changed to that the service cannot parse
-/// (nested deeper than its parser goes) is then an undecodable event at its position, not a failed query.
-const COLUMNS: &str = "position, stream_id, version, event_type, data::text AS data, metadata::text AS metadata, \
-                       recorded_at, encode(hash, 'hex') AS hash, encode(prev_hash, 'hex') AS prev_hash";
+/// An event's columns as stored: `data` and `metadata` as PostgreSQL's text of their `jsonb` (which keeps every
+/// number's digits, and is what the hash covers), parsed here: a value the log was changed to that the service
+/// cannot parse (nested deeper than its parser goes) is then an undecodable event at its position, not a
+/// failed query.
+pub(super) const STORED_COLUMNS: &str = "position, stream_id, version, event_type, data::text AS data, \
+                                         metadata::text AS metadata, recorded_at, prev_hash, hash";
 
 #[derive(FromQueryResult)]
-struct StoredEvent {
-    position: i64,
-    stream_id: Uuid,
-    version: i32,
-    event_type: String,
-    data: String,
-    metadata: String,
-    recorded_at: DateTime<Utc>,
-    hash: String,
-    prev_hash: String,
+pub(super) struct StoredEvent {
+    pub(super) position: i64,
+    pub(super) stream_id: Uuid,
+    pub(super) version: i32,
+    pub(super) event_type: String,
+    pub(super) data: String,
+    pub(super) metadata: String,
+    pub(super) recorded_at: DateTime<Utc>,
+    pub(super) prev_hash: Vec<u8>,
+    pub(super) hash: Vec<u8>,
 }
 
 impl TryFrom<StoredEvent> for RecordedEvent {
@@ -127,13 +129,13 @@ impl TryFrom<StoredEvent> for RecordedEvent {
             version: row.version,
             event_type: row.event_type,
             recorded_at: row.recorded_at,
-            hash: row.hash,
-            prev_hash: row.prev_hash,
+            hash: hex::encode(&row.hash),
+            prev_hash: hex::encode(&row.prev_hash),
         })
     }
 }
 
-/// The events a query over [`COLUMNS`] returns.
+/// The events a query over [`STORED_COLUMNS`] returns.
 async fn recorded<C: ConnectionTrait>(conn: &C, statement: Statement) -> Result<Vec<RecordedEvent>, StoreError> {
     StoredEvent::find_by_statement(statement).all(conn).await?.into_iter().map(RecordedEvent::try_from).collect()
 }
@@ -294,8 +296,9 @@ impl EventStore {
         after_version: i32,
         limit: u64,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql =
-            format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3");
+        let sql = format!(
+            "SELECT {STORED_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3"
+        );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         recorded(&self.db, stmt(&sql, [stream_id.into(), after_version.into(), limit.into()])).await
     }
@@ -314,7 +317,7 @@ pub async fn read_all_after<C: ConnectionTrait>(
     position: i64,
     limit: u32,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+    let sql = format!("SELECT {STORED_COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
     recorded(conn, stmt(&sql, [position.into(), i64::from(limit).into()])).await
 }
 
