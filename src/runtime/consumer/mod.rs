@@ -124,10 +124,18 @@ pub async fn run(
     // The connection can die without every consumer stream hearing of it: follow the supervisor's view too.
     // A connection just opened for this slot (or reconnecting) is waited for rather than failed on.
     let mut connection = broker.subscribe();
-    let connected_on = tokio::select! {
-        _ = shutdown.cancelled() => return Ok(ConsumerEnd::ShutDown),
-        connected = connection.wait_for(Option::is_some) => {
-            connected.map_err(|_| ConsumerError::ConnectionLost)?.as_ref().map(|c| c.generation)
+    let connected_on = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(ConsumerEnd::ShutDown),
+            // Deleted before it could start: nothing is declared or held, and the tenant's queues must not come
+            // back (another instance may have retired it meanwhile). A resize is read at the start.
+            Some(command) = control.recv() => match command {
+                Control::Delete => return Ok(ConsumerEnd::Deleted),
+                Control::Resize => {}
+            },
+            connected = connection.wait_for(Option::is_some) => {
+                break connected.map_err(|_| ConsumerError::ConnectionLost)?.as_ref().map(|c| c.generation);
+            }
         }
     };
     // The rarely taken steps are boxed, so that an idle consumer's task stays small (RSS per idle tenant).
@@ -284,3 +292,37 @@ impl Running {
 
 /// How long workers may take to finish once the channel is gone.
 const DRAIN_AFTER_CONNECTION_LOSS: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        broker::ConsumerConnections,
+        domain::tenant::{TenantId, Workers},
+        metrics::Metrics,
+        runtime::tenant_stats::TenantStats,
+    };
+
+    /// Its connection never comes (nothing listens on port 1): the delete must still end it, at once.
+    #[tokio::test]
+    async fn a_consumer_waiting_for_its_connection_ends_when_its_tenant_is_deleted() {
+        let stop = CancellationToken::new();
+        let connections = ConsumerConnections::new("amqp://127.0.0.1:1/%2f".into(), "test".into(), 8, stop.clone());
+        let tenant = TenantId::from_uuid(uuid::Uuid::now_v7());
+        let workers = Workers::new(std::num::NonZeroU16::MIN);
+        let (control, commands) = mpsc::unbounded_channel();
+        let runtime =
+            Arc::new(TenantRuntime::new(tenant, workers, control.clone(), Arc::new(TenantStats::new(workers))));
+        let pool = sea_orm::sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy pool");
+        let writer = MessageWriter::new(pool, tenant, Metrics::new().expect("metrics"));
+        let settings = Arc::new(ConsumerSettings::from_config(&Config::default()));
+        let slot = connections.take_slot();
+        let consumer = tokio::spawn(run(runtime, commands, slot, writer, settings, 1, stop.clone()));
+        control.send(Control::Resize).expect("sent");
+        control.send(Control::Delete).expect("sent");
+        let ended = tokio::time::timeout(Duration::from_secs(5), consumer).await;
+        stop.cancel();
+        let ended = ended.expect("the consumer ended on the delete").expect("the consumer task");
+        assert!(matches!(ended, Ok(ConsumerEnd::Deleted)), "{ended:?}");
+    }
+}
