@@ -320,8 +320,14 @@ async fn export(config: &Config, tenant: uuid::Uuid, output: Option<&Path>) -> a
     let Some(path) = output else {
         return write_export(config, tenant, &mut BufWriter::new(std::io::stdout().lock())).await;
     };
-    // Written beside the file and renamed over it once complete: an export that fails (a mistyped tenant, a
-    // lost connection) leaves an earlier file as it was, never emptied or cut short.
+    // A device or a pipe (`/dev/stdout`) is written as it is: there is no earlier file to keep.
+    if std::fs::metadata(path).is_ok_and(|metadata| !metadata.is_file()) {
+        let device = File::create(path).with_context(|| format!("opening {}", path.display()))?;
+        return write_export(config, tenant, &mut BufWriter::new(device)).await;
+    }
+    // Written beside the file (the file a link points to) and renamed over it once complete: an export that
+    // fails (a mistyped tenant, a lost connection) leaves an earlier file as it was, never emptied or cut short.
+    let path = &std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);

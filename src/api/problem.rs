@@ -150,7 +150,7 @@ impl From<StoreError> for ApiError {
             Self::unavailable("the database is unavailable; retry later")
         } else if matches!(
             error,
-            StoreError::MalformedHash { .. } | StoreError::UndecodableEvent { .. } | StoreError::Unreadable(_)
+            StoreError::MalformedHash { .. } | StoreError::UnparsableEvent { .. } | StoreError::Unreadable(_)
         ) {
             // Still the service's fault, but one an operator must know apart from a bug: the log was edited.
             tracing::error!(%error, "the event log was changed outside the service");

@@ -53,40 +53,48 @@ impl Broker {
     }
 
     /// Keeps a connection up until `cancel`: connects with backoff, then waits for it to fail. A connection
-    /// that has seen [`channel_error_budget`] channels closed by the broker is replaced (see there): the new one
-    /// is announced first, and the old one closed after [`REPLACED_CONNECTION_GRACE`], so what runs on it ends.
+    /// that has seen [`channel_error_budget`] channels closed by the broker is replaced (see there): its
+    /// successor is connected while it still serves, then announced, and the old one closed after
+    /// [`REPLACED_CONNECTION_GRACE`] (or at `cancel`), so what runs on it ends first. If the successor cannot
+    /// connect, the old connection goes on serving, watched as before, and the replacement is tried again later.
     pub async fn supervise(self, cancel: CancellationToken) {
         let mut backoff = Backoff::new();
         let mut generation = 0;
-        let mut replaced: Option<Arc<Connection>> = None;
+        let mut successor: Option<Arc<Connection>> = None;
         while !cancel.is_cancelled() {
-            let connection = tokio::select! {
-                _ = cancel.cancelled() => return,
-                connected = Connection::connect(&self.url, self.properties()) => connected,
-            };
-            let connection = match connection {
-                Ok(connection) => Arc::new(connection),
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, ?delay, name = %self.name, "cannot connect to RabbitMQ; retrying");
-                    tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => continue }
+            let connection = match successor.take() {
+                Some(connection) => connection,
+                None => {
+                    let connected = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        connected = Connection::connect(&self.url, self.properties()) => connected,
+                    };
+                    match connected {
+                        Ok(connection) => Arc::new(connection),
+                        Err(error) => {
+                            let delay = backoff.next_delay();
+                            tracing::warn!(%error, ?delay, name = %self.name, "cannot connect to RabbitMQ; retrying");
+                            tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => continue }
+                        }
+                    }
                 }
             };
             backoff.reset();
             generation += 1;
             tracing::info!(generation, name = %self.name, "connected to RabbitMQ");
             let mut events = connection.events_listener();
-            self.current.send_replace(Some(Connected { generation, connection: connection.clone() }));
-            if let Some(old) = replaced.take() {
+            let replaced = self.current.send_replace(Some(Connected { generation, connection: connection.clone() }));
+            if let Some(old) = replaced.map(|replaced| replaced.connection) {
+                let cancel = cancel.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(REPLACED_CONNECTION_GRACE).await;
+                    tokio::select! { _ = cancel.cancelled() => {}, _ = tokio::time::sleep(REPLACED_CONNECTION_GRACE) => {} }
                     let _ = old.close(200, "replaced".into()).await;
                 });
             }
             let budget = channel_error_budget(connection.configuration().channel_max());
             let mut closed_by_broker = 0;
             let mut check = tokio::time::interval(std::time::Duration::from_secs(1));
-            let replace = loop {
+            loop {
                 tokio::select! {
                     _ = cancel.cancelled() => return,
                     event = events.next() => match event {
@@ -94,28 +102,36 @@ impl Broker {
                         Some(Event::Error(error)) if is_channel_error(&error) => {
                             tracing::debug!(%error, "a channel was closed by the broker");
                             closed_by_broker += 1;
-                            if closed_by_broker >= budget {
-                                tracing::info!(name = %self.name, closed_by_broker, "replacing the RabbitMQ connection");
-                                break true;
+                            if closed_by_broker < budget {
+                                continue;
+                            }
+                            match Connection::connect(&self.url, self.properties()).await {
+                                Ok(next) => {
+                                    tracing::info!(name = %self.name, closed_by_broker, "replacing the RabbitMQ connection");
+                                    successor = Some(Arc::new(next));
+                                    break;
+                                }
+                                Err(error) => {
+                                    // Half the budget again before the next try: there is room left until all of it.
+                                    tracing::warn!(%error, name = %self.name, "cannot connect a replacement; trying again later");
+                                    closed_by_broker = budget / 2;
+                                }
                             }
                         }
                         Some(Event::Error(error)) => {
                             tracing::warn!(%error, name = %self.name, "RabbitMQ connection failed; reconnecting");
-                            break false;
+                            break;
                         }
                         Some(_) => {}
-                        None => break false,
+                        None => break,
                     },
                     _ = check.tick() => if !connection.status().connected() {
                         tracing::warn!(name = %self.name, "RabbitMQ connection is no longer connected; reconnecting");
-                        break false;
+                        break;
                     },
                 }
-            };
-            if replace {
-                // Still announced, and still serving, until its successor is.
-                replaced = Some(connection);
-            } else {
+            }
+            if successor.is_none() {
                 self.current.send_replace(None);
             }
         }

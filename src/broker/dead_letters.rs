@@ -76,8 +76,12 @@ impl DeadLetter {
 
 /// Most messages one replay moves. Only those count: the messages a selective replay passes over go back to
 /// the head of the queue when it ends, so a bound on them would have every call look at the same ones again
-/// and never reach a selected message behind them. [`REPLAY_TIME_BUDGET`] bounds that walk.
+/// and never reach a selected message behind them. [`REPLAY_MAX_PASSED_OVER`] and [`REPLAY_TIME_BUDGET`]
+/// bound that walk.
 pub const REPLAY_MAX_MESSAGES: u32 = 10_000;
+
+/// Most messages one selective replay passes over, held unacked on its channel until it ends.
+pub const REPLAY_MAX_PASSED_OVER: u32 = 100_000;
 
 /// Longest one replay runs before it stops and answers.
 pub const REPLAY_TIME_BUDGET: Duration = Duration::from_secs(10);
@@ -191,7 +195,11 @@ impl DeadLetters {
             if taken == depth || remaining.as_ref().is_some_and(HashSet::is_empty) {
                 break true;
             }
-            if replayed == REPLAY_MAX_MESSAGES || tokio::time::Instant::now() >= deadline {
+            let passed_over = taken - replayed;
+            if replayed == REPLAY_MAX_MESSAGES
+                || passed_over == REPLAY_MAX_PASSED_OVER
+                || tokio::time::Instant::now() >= deadline
+            {
                 break false;
             }
             let Some(delivery) = get(&channel, &queues.dead_letters).await? else { break true };

@@ -92,7 +92,7 @@ pub struct Appended {
 
 /// An event's columns as stored: `data` and `metadata` as PostgreSQL's text of their `jsonb` (which keeps every
 /// number's digits, and is what the hash covers), parsed here: a value the log was changed to that the service
-/// cannot parse (nested deeper than its parser goes) is then an undecodable event at its position, not a
+/// cannot parse (nested deeper than its parser goes) is then an unparsable event at its position, not a
 /// failed query.
 pub(super) const STORED_COLUMNS: &str = "position, stream_id, version, event_type, data::text AS data, \
                                          metadata::text AS metadata, recorded_at, prev_hash, hash";
@@ -115,11 +115,7 @@ impl TryFrom<StoredEvent> for RecordedEvent {
 
     fn try_from(row: StoredEvent) -> Result<Self, StoreError> {
         let parse = |text: &str| {
-            serde_json::from_str(text).map_err(|source| StoreError::UndecodableEvent {
-                position: row.position,
-                event_type: row.event_type.clone(),
-                source,
-            })
+            serde_json::from_str(text).map_err(|source| StoreError::UnparsableEvent { position: row.position, source })
         };
         Ok(Self {
             data: parse(&row.data)?,

@@ -19,6 +19,10 @@ pub enum StoreError {
     /// Another writer appended to the stream first (optimistic concurrency).
     #[error("the stream is at version {actual}, not the expected {expected}")]
     VersionConflict { expected: i32, actual: i32 },
+    /// A stored event's `data` or `metadata` cannot be parsed (changed behind the service's back: nested
+    /// deeper than its parser goes).
+    #[error("event at position {position} cannot be parsed: {source}")]
+    UnparsableEvent { position: i64, source: serde_json::Error },
     /// An event in the log could not be decoded into the domain's events.
     #[error("event at position {position} ({event_type}) cannot be decoded: {source}")]
     UndecodableEvent { position: i64, event_type: String, source: serde_json::Error },

@@ -214,6 +214,10 @@ async fn an_export_verifies_offline_and_one_edited_byte_is_named_by_its_line() {
         })
         .count();
     assert_eq!(leftovers, 0, "no partial file is left behind");
+    // A device or pipe is written as it is (there is nothing beside it to rename).
+    let piped = cli(&["export", "--tenant", &id, "--output", "/dev/stdout"], &app.config.database.url).await;
+    assert!(piped.status.success(), "{}", String::from_utf8_lossy(&piped.stderr));
+    assert_eq!(stdout(&piped), export, "the same export, on the pipe");
     std::fs::remove_file(&file).expect("export removed");
     app.stop().await;
 }

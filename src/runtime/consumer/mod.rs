@@ -195,6 +195,8 @@ struct Running {
     deliveries: mpsc::Sender<Handed>,
     acks: Arc<AckCoordinator>,
     pool: WorkerPool,
+    /// Cancelled when this consumer stops: workers then hand back what they hold instead of keeping it.
+    stopping: CancellationToken,
     /// Whether the current subscription has already been cancelled (and its stream drained, or given up on).
     handed_over: bool,
 }
@@ -220,6 +222,7 @@ impl Running {
         let capacity = 2 * prefetch(u16::MAX, settings.batch_size) as usize;
         let (deliveries, receiver) = mpsc::channel(capacity);
         let acks = Arc::new(AckCoordinator::new(channel.clone()));
+        let stopping = shutdown.child_token();
         let pool = WorkerPool::new(
             receiver,
             runtime.clone(),
@@ -227,7 +230,7 @@ impl Running {
             channel.clone(),
             acks.clone(),
             &settings,
-            shutdown.clone(),
+            stopping.clone(),
         );
         pool.resized();
         Ok(Self {
@@ -240,6 +243,7 @@ impl Running {
             deliveries,
             acks,
             pool,
+            stopping,
             handed_over: false,
         })
     }
@@ -269,6 +273,7 @@ impl Running {
     /// tenant keeps its subscription until then (see [`run`]).
     async fn stop(mut self, deleted: bool) {
         self.runtime.set_state(ConsumerState::Stopping);
+        self.stopping.cancel();
         if self.channel.status().connected() && !self.handed_over && !deleted {
             let _ = handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await;
         }

@@ -32,7 +32,7 @@ use crate::{
 use super::{
     ConsumerSettings,
     batch::{Arrived, Linger, Next, next_batch},
-    processing::{Outcome, process, settle},
+    processing::{Outcome, Unsettled, process, settle},
 };
 
 /// What every worker of one tenant shares.
@@ -49,7 +49,8 @@ pub(super) struct WorkerContext {
     pub(super) batch_size: usize,
     pub(super) linger: Linger,
     pub(super) write_share: WriteShare,
-    pub(super) shutdown: CancellationToken,
+    /// Cancelled when the consumer stops, for whatever reason (a child of the service's shutdown).
+    pub(super) stopping: CancellationToken,
     /// Workers waiting for a first delivery (see [`next_batch`]).
     pub(super) waiting: AtomicU16,
 }
@@ -89,7 +90,7 @@ impl WorkerPool {
         channel: Channel,
         acks: Arc<AckCoordinator>,
         settings: &ConsumerSettings,
-        shutdown: CancellationToken,
+        stopping: CancellationToken,
     ) -> Self {
         let context = Arc::new(WorkerContext {
             queues: TenantQueues::of(runtime.tenant),
@@ -108,7 +109,7 @@ impl WorkerPool {
                 park_after: PARK_AFTER.max(2 * settings.batch_max_wait),
             },
             write_share: settings.write_share.clone(),
-            shutdown,
+            stopping,
             waiting: AtomicU16::new(0),
         });
         Self {
@@ -210,7 +211,9 @@ fn worker_ended(
 ) -> (tokio::task::Id, Result<(), WorkerPanicked>) {
     match exited {
         Ok((id, _)) => (id, Ok(())),
-        Err(error) => (error.id(), Err(WorkerPanicked(error.to_string()))),
+        Err(error) if error.is_panic() => (error.id(), Err(WorkerPanicked(error.to_string()))),
+        // Aborted by the consumer's stop.
+        Err(error) => (error.id(), Ok(())),
     }
 }
 
@@ -243,25 +246,35 @@ pub(super) async fn worker(
                 loop {
                     // Boxed: the write's state is large and needed only while a batch is written, and an idle
                     // tenant's workers would each carry it all the time (RSS per idle tenant).
-                    let held_back = {
+                    let Unsettled { unwritten, unmoved } = {
                         let _busy = context.runtime.busy_guard();
                         Box::pin(process(batch, &context)).await
                     };
-                    if held_back.is_empty() {
+                    if unwritten.is_empty() && unmoved.is_empty() {
                         unavailable.reset();
                         break;
                     }
-                    // Do not spin on a database that is down: pause, longer each time, then try again. The
-                    // worker keeps what it holds rather than handing it back: the broker would count each
-                    // return as a delivery, and a quorum queue dead-letters a message past its delivery
-                    // limit (20 by default since RabbitMQ 4.0), which an outage of minutes would reach.
-                    tokio::select! {
-                        _ = context.shutdown.cancelled() => {
-                            Box::pin(requeue(&held_back, &context)).await;
-                            break;
-                        }
-                        _ = tokio::time::sleep(unavailable.next_delay()) => batch = held_back,
+                    // Do not spin on a database or broker that fails: pause, longer each time.
+                    let stopping = tokio::select! {
+                        _ = context.stopping.cancelled() => true,
+                        _ = tokio::time::sleep(unavailable.next_delay()) => false,
+                    };
+                    // A failed message whose copy could not be published goes back to the queue: held here, it
+                    // would hold back the acks of every later delivery of the tenant.
+                    Box::pin(requeue(&unmoved, &context)).await;
+                    // What the database could not take is kept and tried again rather than handed back: the
+                    // broker counts each return as a delivery, and a quorum queue dead-letters a message past
+                    // its delivery limit (20 by default since RabbitMQ 4.0), which an outage of minutes would
+                    // reach. Unless the consumer stops (for any reason) or its channel is gone: then it goes
+                    // back (on a dead channel, the broker has it back already).
+                    if stopping || !context.channel.status().connected() {
+                        Box::pin(requeue(&unwritten, &context)).await;
+                        break;
                     }
+                    if unwritten.is_empty() {
+                        break;
+                    }
+                    batch = unwritten;
                 }
             }
             Next::Resized => {}
@@ -276,16 +289,20 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_panicked_worker_is_told_apart_from_one_that_parked() {
+    async fn a_panicked_worker_is_told_apart_from_one_that_parked_or_was_aborted() {
         let mut tasks = JoinSet::new();
         let parked = tasks.spawn(async { 0_u16 }).id();
         let panicked = tasks.spawn(async { panic!("a bug in a worker") }).id();
+        let aborted = tasks.spawn(std::future::pending::<u16>());
+        let aborted_id = aborted.id();
+        aborted.abort();
         let mut ended = HashMap::new();
         while let Some(exited) = tasks.join_next_with_id().await {
             let (id, outcome) = worker_ended(exited);
             ended.insert(id, outcome.map_err(|error| error.to_string()));
         }
         assert_eq!(ended[&parked], Ok(()));
+        assert_eq!(ended[&aborted_id], Ok(()), "a worker the consumer's stop aborted did not panic");
         let Err(error) = &ended[&panicked] else { panic!("a panic must end the consumer") };
         assert!(error.contains("panicked"), "{error}");
     }

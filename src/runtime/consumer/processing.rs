@@ -29,14 +29,13 @@ use crate::{
 use super::pool::{Arrival, WorkerContext};
 
 /// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
-/// queue or the DLQ (see [`failure`](crate::runtime::failure)). Returns what is held back because the database
-/// is unavailable (or a failed message's copy could not be published), for the caller to try again after a
-/// pause, so that a database that is down is not hammered.
+/// queue or the DLQ (see [`failure`](crate::runtime::failure)). Returns what it could not settle, for the caller
+/// to deal with after a pause, so that a database or broker that fails is not hammered.
 ///
 /// The `handle` span links to the trace context each message carries (its `publish` span): a batch holds
 /// messages of many traces, and a span has one parent, so links, not parenthood, join the traces.
 #[tracing::instrument(name = "handle", skip_all, fields(tenant = %context.runtime.tenant, messages = batch.len()))]
-pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec<Arrival> {
+pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Unsettled {
     let span = tracing::Span::current();
     for Arrival { delivery, .. } in &batch {
         let published = telemetry::extract(delivery.properties.headers().as_ref());
@@ -45,7 +44,7 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec
     }
     let tenant = context.runtime.tenant;
     let Decoded { rows, accepted, mut failed } = Decoded::of(batch, tenant, context.max_payload_depth);
-    let mut held_back = Vec::new();
+    let mut unsettled = Unsettled::default();
     // A row the database refuses fails alone; the rest of the batch commits. The tenant writes in its turn
     // (see `write_share`), so a tenant that floods cannot take every connection.
     let refused = if rows.is_empty() {
@@ -68,18 +67,18 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec
         };
         let arrival = Arrival { delivery, at: arrived };
         match failure::classify(error) {
-            WriteFailure::Unavailable => held_back.push(arrival),
+            WriteFailure::Unavailable => unsettled.unwritten.push(arrival),
             kind => failed.push((row.id, arrival, write_failure(kind, error))),
         }
     }
     if !committed.is_empty() {
         acknowledge_committed(&committed, context).await;
     }
-    if !held_back.is_empty() {
+    if !unsettled.unwritten.is_empty() {
         tracing::warn!(%tenant, "cannot write: the database is unavailable or the partition not created yet");
     }
     let stats = context.runtime.stats();
-    for _ in &held_back {
+    for _ in &unsettled.unwritten {
         stats.failed(FailureReason::Transient);
     }
     for (id, Arrival { delivery, at }, failure) in failed {
@@ -88,10 +87,19 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Vec
             Failure::Permanent(_) => FailureReason::Permanent,
         });
         if let Err(delivery) = retry_or_dead_letter(delivery, id, &failure, context).await {
-            held_back.push(Arrival { delivery: *delivery, at });
+            unsettled.unmoved.push(Arrival { delivery: *delivery, at });
         }
     }
-    held_back
+    unsettled
+}
+
+/// What a batch left unsettled.
+#[derive(Default)]
+pub(super) struct Unsettled {
+    /// Not written: the database is unavailable, or the tenant's partition not created yet.
+    pub(super) unwritten: Vec<Arrival>,
+    /// Failed, and their copy for the retry queue or the DLQ could not be published.
+    pub(super) unmoved: Vec<Arrival>,
 }
 
 /// A batch split into the rows to insert, with their deliveries and when those arrived, and the deliveries
