@@ -17,7 +17,7 @@ impl History {
     }
 
     /// Up to `limit` events of the tenant's stream after version `after_version`, oldest first. A tenant
-    /// that never existed has no events at all.
+    /// that never existed has no events at all, whatever the cursor says.
     pub async fn events(
         &self,
         tenant: TenantId,
@@ -25,7 +25,11 @@ impl History {
         limit: u64,
     ) -> Result<Vec<RecordedEvent>, AppError> {
         let events = self.events.read_stream(tenant.as_uuid(), after_version, limit).await?;
-        if events.is_empty() && after_version == 0 {
+        // Past the end of a stream is an empty page; a stream that is not there at all (a cursor made up for a
+        // tenant that never existed) is no tenant.
+        let exists = !events.is_empty()
+            || (after_version > 0 && !self.events.read_stream(tenant.as_uuid(), 0, 1).await?.is_empty());
+        if !exists {
             return Err(AppError::NoSuchTenant(tenant));
         }
         Ok(events)

@@ -53,6 +53,15 @@ async fn tenant_lifecycle_create_get_reconfigure_delete_and_history() {
     assert_eq!(events[0]["metadata"]["actor"], "tests", "the token's subject");
     assert!(events[1]["metadata"]["request_id"].as_str().is_some_and(|r| !r.is_empty()));
     assert!(history["next_cursor"].is_null());
+
+    // Past the end of a stream is an empty page; a cursor made up for a tenant that never existed is a 404.
+    let (id, never) = (TenantId::from_uuid(id.parse().expect("uuid")), TenantId::from_uuid(Uuid::now_v7()));
+    for (tenant, expected) in [(id, StatusCode::OK), (never, StatusCode::NOT_FOUND)] {
+        let cursor =
+            tenantmq::api::pagination::encode(&tenantmq::api::pagination::Listing::Events(tenant).to_string(), 5);
+        let page = app.get(&format!("/tenants/{tenant}/events?cursor={cursor}")).await;
+        assert_eq!(page.status(), expected, "{tenant}");
+    }
     app.stop().await;
 }
 
