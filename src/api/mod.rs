@@ -14,6 +14,7 @@ mod messages;
 pub mod pagination;
 mod principal;
 pub(crate) mod problem;
+mod query;
 pub(crate) mod request_context;
 pub mod server;
 mod tenants;
@@ -86,6 +87,7 @@ pub fn routes(state: AppState, role: ServerRole) -> impl Endpoint {
         routes.nest("/", OpenApiService::new(HealthApi, "tenantmq", env!("CARGO_PKG_VERSION")))
     };
     routes
+        .around(query::refuse_repeated_parameters)
         .around(instrumentation::middleware)
         .catch_all_error(problem::into_problem)
         .around(request_context::middleware)

@@ -329,6 +329,13 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
         (c.get(app.url("/tenants?limit=1001")), StatusCode::BAD_REQUEST, Some("limit")),
         (c.get(app.url("/tenants?limit=abc")), StatusCode::BAD_REQUEST, Some("limit")),
         (c.get(app.url("/tenants?limit=99999999999999999999")), StatusCode::BAD_REQUEST, Some("limit")),
+        // A parameter given twice: neither is guessed at.
+        (c.get(app.url("/tenants?limit=5&limit=1000")), StatusCode::BAD_REQUEST, Some("limit")),
+        (
+            c.get(app.url(&format!("/messages?tenant_id={existing}&tenant_id={other}"))),
+            StatusCode::BAD_REQUEST,
+            Some("tenant_id"),
+        ),
         (c.get(app.url("/tenants?cursor=garbage")), StatusCode::BAD_REQUEST, Some("cursor")),
         (
             c.get(app.url(&format!("/tenants/{existing}/events?cursor=garbage"))),
