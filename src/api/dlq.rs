@@ -105,15 +105,8 @@ pub struct DeadLetterPage {
 #[oai(deny_unknown_fields)]
 pub struct ReplayRequest {
     /// The ids to move back to the tenant's queue (at most 1000); leave out to replay every dead letter.
-    #[oai(validator(min_items = 1, max_items = 1000))]
-    #[serde(default, deserialize_with = "present")]
+    #[oai(nullable, validator(min_items = 1, max_items = 1000))]
     pub ids: Option<Vec<Uuid>>,
-}
-
-/// A field that may be left out but not given as `null`: a client that sends `"ids": null` for "none" must
-/// not replay every dead letter.
-fn present<'de, D: serde::Deserializer<'de>, T: serde::Deserialize<'de>>(value: D) -> Result<Option<T>, D::Error> {
-    T::deserialize(value).map(Some)
 }
 
 #[derive(Debug, Object)]

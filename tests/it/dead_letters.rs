@@ -125,11 +125,12 @@ async fn messages_that_are_not_json_are_dead_lettered_with_a_reason_and_the_dlq_
     })
     .await;
 
-    for selection in [json!([]), Value::Null] {
-        let replay = app.post_json(&format!("{path}/replay"), &json!({ "ids": selection })).await;
-        assert_problem(replay, StatusCode::BAD_REQUEST, Some("ids")).await;
-    }
-    assert_eq!(dlq_depth(&broker, &tenant).await, Some(3), "`null` selects nothing, not everything");
+    assert_problem(
+        app.post_json(&format!("{path}/replay"), &json!({ "ids": [] })).await,
+        StatusCode::BAD_REQUEST,
+        Some("ids"),
+    )
+    .await;
     assert_problem(app.get(&format!("{path}?cursor=bogus")).await, StatusCode::BAD_REQUEST, Some("cursor")).await;
 
     assert_eq!(app.delete(&path).await.status(), StatusCode::NO_CONTENT);
