@@ -136,7 +136,7 @@ impl Application {
         raise_open_files_limit(&config);
         let address = format!("{}:{}", config.server.host, config.server.port);
         let bind_error = |source| StartupError::Bind { address: address.clone(), source };
-        let listener = TcpListener::bind(&address).await.map_err(bind_error)?;
+        let listener = listen(&address).await.map_err(bind_error)?;
         let address = listener.local_addr().map_err(bind_error)?;
         Ok(Self {
             listener,
@@ -296,4 +296,29 @@ pub async fn prepare_database(config: &Config) -> Result<DatabaseConnection, Sto
         database::migrate(&config.database.url, MigrationDirection::Up).await?;
     }
     Ok(db)
+}
+
+/// Connections the kernel completes and queues for the server before it refuses more (capped by the
+/// system's `net.core.somaxconn`). The standard library's (and tokio's) 128 overflows under a burst of clients
+/// connecting at once: every connection past it waits out a SYN retransmit, a second or more.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the first address `address` resolves to that can be bound, as `TcpListener::bind` does, with
+/// [`LISTEN_BACKLOG`].
+async fn listen(address: &str) -> io::Result<TcpListener> {
+    let mut failed = io::Error::new(io::ErrorKind::AddrNotAvailable, "the address resolves to nothing");
+    for address in tokio::net::lookup_host(address).await? {
+        let bound = (|| {
+            let socket =
+                if address.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+            socket.set_reuseaddr(true)?;
+            socket.bind(address)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(error) => failed = error,
+        }
+    }
+    Err(failed)
 }
