@@ -218,8 +218,8 @@ fn worker_ended(
 }
 
 /// Hands deliveries back to the queue, for another consumer (or this one, after a restart) to take.
-async fn requeue(held_back: &[Arrival], context: &WorkerContext) {
-    for Arrival { delivery, .. } in held_back {
+async fn requeue(deliveries: &[Delivery], context: &WorkerContext) {
+    for delivery in deliveries {
         settle(delivery, Outcome::Requeue, context).await;
     }
 }
@@ -268,6 +268,7 @@ pub(super) async fn worker(
                     // reach. Unless the consumer stops (for any reason) or its channel is gone: then it goes
                     // back (on a dead channel, the broker has it back already).
                     if stopping || !context.channel.status().connected() {
+                        let unwritten: Vec<Delivery> = unwritten.into_iter().map(|arrival| arrival.delivery).collect();
                         Box::pin(requeue(&unwritten, &context)).await;
                         break;
                     }

@@ -65,10 +65,9 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Uns
             committed.push(delivery);
             continue;
         };
-        let arrival = Arrival { delivery, at: arrived };
         match failure::classify(error) {
-            WriteFailure::Unavailable => unsettled.unwritten.push(arrival),
-            kind => failed.push((row.id, arrival, write_failure(kind, error))),
+            WriteFailure::Unavailable => unsettled.unwritten.push(Arrival { delivery, at: arrived }),
+            kind => failed.push((row.id, delivery, write_failure(kind, error))),
         }
     }
     if !committed.is_empty() {
@@ -81,13 +80,13 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Uns
     for _ in &unsettled.unwritten {
         stats.failed(FailureReason::Transient);
     }
-    for (id, Arrival { delivery, at }, failure) in failed {
+    for (id, delivery, failure) in failed {
         stats.failed(match failure {
             Failure::Transient(_) => FailureReason::Transient,
             Failure::Permanent(_) => FailureReason::Permanent,
         });
         if let Err(delivery) = retry_or_dead_letter(delivery, id, &failure, context).await {
-            unsettled.unmoved.push(Arrival { delivery: *delivery, at });
+            unsettled.unmoved.push(*delivery);
         }
     }
     unsettled
@@ -96,10 +95,11 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Uns
 /// What a batch left unsettled.
 #[derive(Default)]
 pub(super) struct Unsettled {
-    /// Not written: the database is unavailable, or the tenant's partition not created yet.
+    /// Not written: the database is unavailable, or the tenant's partition not created yet. Tried again, so
+    /// they keep when they arrived.
     pub(super) unwritten: Vec<Arrival>,
-    /// Failed, and their copy for the retry queue or the DLQ could not be published.
-    pub(super) unmoved: Vec<Arrival>,
+    /// Failed, and their copy for the retry queue or the DLQ could not be published: they go back to the queue.
+    pub(super) unmoved: Vec<Delivery>,
 }
 
 /// A batch split into the rows to insert, with their deliveries and when those arrived, and the deliveries
@@ -107,7 +107,7 @@ pub(super) struct Unsettled {
 struct Decoded {
     rows: Vec<NewMessage>,
     accepted: Vec<(Delivery, Instant)>,
-    failed: Vec<(Uuid, Arrival, Failure)>,
+    failed: Vec<(Uuid, Delivery, Failure)>,
 }
 
 impl Decoded {
@@ -123,10 +123,7 @@ impl Decoded {
                     decoded.rows.push(row);
                     decoded.accepted.push((delivery, at));
                 }
-                Err(reason) => {
-                    let id = row_id(tenant, &delivery);
-                    decoded.failed.push((id, Arrival { delivery, at }, Failure::Permanent(reason)));
-                }
+                Err(reason) => decoded.failed.push((row_id(tenant, &delivery), delivery, Failure::Permanent(reason))),
             }
         }
         decoded
