@@ -480,7 +480,10 @@ impl Default for ConsumerConfig {
 const MAX_BATCH_WAIT: Duration = Duration::from_secs(10);
 /// The longest per-message expiration RabbitMQ takes.
 const MAX_RETRY_DELAY: Duration = Duration::from_millis(u32::MAX as u64);
-const MIN_DATABASE_CONNECTIONS: u32 = 3;
+/// Pool connections never given to the writers: the projectors' listener holds one for good, and the API and
+/// the projectors need one more.
+const RESERVED_CONNECTIONS: u32 = 2;
+const MIN_DATABASE_CONNECTIONS: u32 = RESERVED_CONNECTIONS + 1;
 /// Far above what one process can serve, and far below where counting them could overflow.
 const MAX_CLIENT_CONNECTIONS: usize = 1_000_000;
 /// A day: a clock further off than that is not skew, and the token library adds it to the time unchecked.
@@ -711,8 +714,7 @@ impl Config {
         if self.max_batch_bytes < self.max_payload_bytes {
             return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
         }
-        // The listener of the projectors holds one connection for good, and the API and the projectors need
-        // one besides the writers: fewer leaves the instance waiting on its own pool, never ready.
+        // Fewer leaves the instance waiting on its own pool, never ready (see RESERVED_CONNECTIONS).
         if self.database.max_connections < MIN_DATABASE_CONNECTIONS {
             return Err(ConfigError::new(
                 "database.max_connections",
@@ -720,7 +722,7 @@ impl Config {
             ));
         }
         if let Some(write) = self.database.write_connections
-            && !(1..=self.database.max_connections - 2).contains(&write)
+            && !(1..=self.database.max_connections - RESERVED_CONNECTIONS).contains(&write)
         {
             return Err(ConfigError::new(
                 "database.write_connections",
@@ -856,8 +858,8 @@ impl Config {
     /// `database.write_connections`, or its default.
     pub fn write_connections(&self) -> u32 {
         let max = self.database.max_connections;
-        // Three quarters, and never the two the listener and the API need: a small pool keeps them free too.
-        self.database.write_connections.unwrap_or((max * 3 / 4).min(max.saturating_sub(2)).max(1))
+        // Three quarters, and never the reserved ones: a small pool keeps them free too.
+        self.database.write_connections.unwrap_or((max * 3 / 4).min(max.saturating_sub(RESERVED_CONNECTIONS)).max(1))
     }
 }
 
