@@ -409,28 +409,42 @@ fn healthcheck(file: Option<&Path>, path: &str) -> ExitCode {
     }
 }
 
-/// Sends `GET path` to the address the service binds (resolved as it resolves it; on loopback when that is
-/// every address) and expects status 200 within a few seconds. Plain HTTP/1.0 over a socket: the probe needs
-/// no HTTP client.
+/// Sends `GET path` to the address the service binds and expects status 200 within a few seconds. The
+/// service binds the first address `host:port` resolves to that it can bind, so the probe tries them in the
+/// same order until one connects (on loopback where the address is every address).
 fn probe(server: &ServerConfig, path: &str) -> Result<(), String> {
+    use std::net::ToSocketAddrs;
+    let bound = format!("{}:{}", server.host, server.port);
+    let addresses = bound.to_socket_addrs().map_err(|e| format!("{bound}: {e}"))?;
+    probe_first_answering(addresses, path).map_err(|e| format!("{bound}: {e}"))
+}
+
+/// [`probe`] on the first of `addresses` that accepts a connection. Plain HTTP/1.0 over a socket: the probe
+/// needs no HTTP client.
+fn probe_first_answering(addresses: impl Iterator<Item = std::net::SocketAddr>, path: &str) -> Result<(), String> {
     use std::{
         io::{Read, Write},
-        net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs},
+        net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
         time::Duration,
     };
     const TIMEOUT: Duration = Duration::from_secs(3);
-    let bound = format!("{}:{}", server.host, server.port);
-    let address = bound
-        .to_socket_addrs()
-        .map_err(|e| format!("{bound}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{bound}: no address"))?;
-    let address = match address.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port()),
-        _ => address,
-    };
-    let mut stream = TcpStream::connect_timeout(&address, TIMEOUT).map_err(|e| format!("{address}: {e}"))?;
+    let mut refused = "no address".to_owned();
+    let mut connected = None;
+    for address in addresses {
+        let address = match address.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), address.port()),
+            IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), address.port()),
+            _ => address,
+        };
+        match TcpStream::connect_timeout(&address, TIMEOUT) {
+            Ok(stream) => {
+                connected = Some(stream);
+                break;
+            }
+            Err(error) => refused = format!("{address}: {error}"),
+        }
+    }
+    let mut stream = connected.ok_or(refused)?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
@@ -464,4 +478,52 @@ async fn wait_for_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::probe_first_answering;
+    use std::{
+        io::{Read, Write},
+        net::{SocketAddr, TcpListener},
+        thread,
+    };
+
+    /// An address on which nothing listens: a port the kernel just handed out and took back.
+    fn refusing_address() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        listener.local_addr().expect("a bound listener has an address")
+    }
+
+    /// A listener that answers one request with `status_line`.
+    fn answering_once(status_line: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let address = listener.local_addr().expect("a bound listener has an address");
+        thread::spawn(move || {
+            if let Ok((mut stream, _)) = listener.accept() {
+                let mut request = [0; 256];
+                let _ = stream.read(&mut request);
+                let _ = write!(stream, "{status_line}\r\nContent-Length: 0\r\n\r\n");
+            }
+        });
+        address
+    }
+
+    /// The service binds the first address it can, which need not be the first the name resolves to (`localhost`
+    /// as `::1` where IPv6 is off): the probe must find it behind one that refuses.
+    #[test]
+    fn the_probe_tries_every_address_until_one_connects() {
+        let addresses = [refusing_address(), answering_once("HTTP/1.1 200 OK")];
+        assert_eq!(probe_first_answering(addresses.into_iter(), "/healthz"), Ok(()));
+    }
+
+    #[test]
+    fn the_probe_fails_on_an_answer_other_than_200_and_when_nothing_listens() {
+        let unready = [answering_once("HTTP/1.1 503 Service Unavailable")];
+        let answer = probe_first_answering(unready.into_iter(), "/readyz");
+        assert!(answer.as_ref().is_err_and(|e| e.contains("503")), "{answer:?}");
+        let nothing = refusing_address();
+        let answer = probe_first_answering([nothing].into_iter(), "/readyz");
+        assert!(answer.as_ref().is_err_and(|e| e.contains(&nothing.to_string())), "{answer:?}");
+    }
 }
