@@ -22,7 +22,7 @@ use lapin::{
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
-use crate::domain::tenant::TenantId;
+use crate::domain::{message_id, tenant::TenantId};
 
 use super::{
     Broker, BrokerError,
@@ -204,7 +204,8 @@ impl DeadLetters {
             }
             let Some(delivery) = get(&channel, &queues.dead_letters).await? else { break true };
             taken += 1;
-            let id = delivery.properties.message_id().as_ref().and_then(|id| Uuid::try_parse(id.as_str()).ok());
+            let sent_id = delivery.properties.message_id().as_ref().map(|id| id.as_str());
+            let id = sent_id.and_then(|id| Uuid::try_parse(id).ok());
             let selected = match (&mut remaining, id) {
                 (None, _) => true,
                 (Some(remaining), Some(id)) => remaining.remove(&id),
@@ -213,7 +214,9 @@ impl DeadLetters {
             if !selected {
                 continue;
             }
-            let id = id.unwrap_or_else(Uuid::now_v7);
+            // The id its row has or will have, so a replay of a message already stored (its commit's ack lost
+            // before the broker dead-lettered it) or replayed twice finds that row.
+            let id = message_id::row_id(tenant, sent_id);
             let properties = failure_headers::replay_copy(&delivery, id);
             match publish_confirmed(&channel, &queues.queue, &delivery.data, properties).await {
                 Ok(()) => {

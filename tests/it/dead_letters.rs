@@ -289,3 +289,43 @@ async fn a_peek_shows_the_start_of_large_bodies_and_ends_its_page_at_the_byte_bo
     .await;
     app.stop().await;
 }
+
+/// A message the broker dead-lettered on its own keeps the `message_id` its producer gave it, which need not be
+/// a UUID; its row may already be stored (the commit's ack was lost and the redeliveries ran out). Replayed,
+/// twice even, it must land on that row, not on a fresh id.
+#[tokio::test]
+async fn replaying_a_dead_letter_named_by_its_producer_finds_the_row_it_already_has() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("named").await;
+    await_consumer(&broker, &tenant).await;
+    let channel = broker.create_channel().await.expect("channel");
+    let named = || BasicProperties::default().with_message_id("order-17".into());
+    publish_raw(&channel, &tenant, br#"{"order":17}"#, named()).await;
+    app.await_messages(&tenant, 1).await;
+
+    for replay in 1..=2 {
+        channel
+            .basic_publish(
+                "".into(),
+                dlq(&tenant).as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                br#"{"order":17}"#,
+                named(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("sent");
+        await_dlq_depth(&broker, &tenant, 1).await;
+        let replayed = app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({})).await;
+        assert_eq!(replayed.json::<Value>().await.expect("json")["replayed"], 1);
+        eventually(Duration::from_secs(20), "the replayed copy written", || async {
+            let persisted = Scrape::of(&app).await.tenant("tenantmq_messages_persisted_total", &tenant);
+            (persisted == Some(1.0 + f64::from(replay))).then_some(())
+        })
+        .await;
+        assert_eq!(app.message_count(&tenant).await, 1, "replay {replay} stored a second row");
+    }
+    app.stop().await;
+}

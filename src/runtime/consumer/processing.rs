@@ -11,7 +11,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::{
-    domain::{payload, tenant::TenantId},
+    domain::{message_id, payload, tenant::TenantId},
     metrics::FailureReason,
     store::messages::NewMessage,
     telemetry,
@@ -184,31 +184,10 @@ pub(super) async fn retry_or_dead_letter(
     Ok(())
 }
 
-/// The namespace of the UUIDv5 row ids of messages whose `message_id` is not a UUID.
-pub(super) const MESSAGE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x6f1d_0c2e_9a57_4b1e_8d3c_5e2a_71f4_c0b9);
-
-/// A delivery's row id, the same for every delivery of the same message, so a redelivery or a retried copy
-/// finds its row:
-/// - a `message_id` that is a UUID is the id;
-/// - any other non-empty `message_id` gives UUIDv5 of `<tenant id>/<message_id>` in [`MESSAGE_ID_NAMESPACE`];
-/// - without a `message_id` nothing identifies the message across deliveries: it is at-least-once, and its id
-///   is a fresh UUIDv7 stamped as version 8 (time-ordered still), so the row shows it.
+/// A delivery's row id ([`message_id::row_id`] of its `message_id`), the same for every delivery of the same
+/// message, so a redelivery or a retried copy finds its row.
 pub fn row_id(tenant: TenantId, delivery: &Delivery) -> Uuid {
-    match delivery.properties.message_id().as_ref().map(|id| id.as_str()).filter(|id| !id.is_empty()) {
-        Some(message_id) => Uuid::try_parse(message_id).unwrap_or_else(|_| named_row_id(tenant, message_id)),
-        None => uuid::Builder::from_custom_bytes(Uuid::now_v7().into_bytes()).into_uuid(),
-    }
-}
-
-pub(super) fn named_row_id(tenant: TenantId, message_id: &str) -> Uuid {
-    use sha1::{Digest, Sha1};
-    let mut hasher = Sha1::new();
-    hasher.update(MESSAGE_ID_NAMESPACE.as_bytes());
-    hasher.update(format!("{tenant}/{message_id}").as_bytes());
-    let digest = hasher.finalize();
-    let mut bytes = [0; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    uuid::Builder::from_sha1_bytes(bytes).into_uuid()
+    message_id::row_id(tenant, delivery.properties.message_id().as_ref().map(|id| id.as_str()))
 }
 
 /// The id is [`row_id`]; the body must be JSON that `jsonb` can store.
