@@ -82,12 +82,17 @@ async fn apply_batch<P: Projector>(
 }
 
 /// Rebuilds the projector's read model from the start of the log in one transaction, holding its checkpoint
-/// lock throughout so that running instances wait rather than interleave.
-pub async fn replay<P: Projector>(db: &DatabaseConnection, projector: &P, batch_size: u32) -> Result<i64, StoreError> {
+/// lock throughout so that running instances wait rather than interleave. The projector is made from the
+/// checkpoint the rebuild starts from: how far the live projector had come.
+pub async fn replay<P: Projector>(
+    db: &DatabaseConnection,
+    projector: impl FnOnce(i64) -> P,
+    batch_size: u32,
+) -> Result<i64, StoreError> {
     let txn = db.begin().await?;
-    checkpoints::lock(&txn, P::NAME).await?;
+    let projector = projector(checkpoints::lock(&txn, P::NAME).await?);
     projector.reset(&txn).await?;
-    let position = rebuild(&txn, projector, i64::MAX, batch_size).await?;
+    let position = rebuild(&txn, &projector, i64::MAX, batch_size).await?;
     checkpoints::save(&txn, P::NAME, position).await?;
     txn.commit().await?;
     Ok(position)
@@ -283,7 +288,10 @@ fn spawn<P: Projector>(
 /// Rebuilds every read model from the log (`tenantmq replay`). Returns each projector's final position.
 pub async fn replay_all(db: &DatabaseConnection, batch_size: u32) -> Result<Vec<(&'static str, i64)>, StoreError> {
     Ok(vec![
-        (TenantsProjector::NAME, replay(db, &TenantsProjector, batch_size).await?),
-        (PartitionsProjector::NAME, replay(db, &PartitionsProjector::Replay, batch_size).await?),
+        (TenantsProjector::NAME, replay(db, |_| TenantsProjector, batch_size).await?),
+        (
+            PartitionsProjector::NAME,
+            replay(db, |live_reached| PartitionsProjector::Replay { live_reached }, batch_size).await?,
+        ),
     ])
 }

@@ -1,9 +1,11 @@
 //! One `messages` partition per tenant, created on TenantCreated. TenantDeleted leaves it: the runtime drops
 //! or detaches it once every consumer of the tenant has stopped (see `runtime::retirement`), since a
-//! projector cannot know what the consumers of every instance still write. Creating is idempotent. A replay
-//! skips tenants the tenants read model already shows deleted, so it neither changes existing partitions nor
-//! brings back retired ones; live, a deleted tenant still gets its partition, since it cannot have been retired
-//! without one (its creation may have waited for a lock until after the delete), and the retirement follows.
+//! projector cannot know what the consumers of every instance still write. Creating is idempotent. Live, a
+//! deleted tenant still gets its partition, since it cannot have been retired without one (its creation may
+//! have waited for a lock until after the delete), and the retirement follows. A replay skips the deleted
+//! tenants the live projector had passed, so it brings back no retired partition, and makes the partitions
+//! still owed, those of deleted tenants included: without one, a tenant would look retired before its
+//! retirement ran.
 
 use sea_orm::DatabaseTransaction;
 
@@ -18,8 +20,24 @@ use super::Projector;
 pub enum PartitionsProjector {
     /// Following the log as it grows.
     Live,
-    /// Rebuilding from the start (`tenantmq replay`).
-    Replay,
+    /// Rebuilding from the start (`tenantmq replay`), with the live projector's checkpoint when it began.
+    Replay { live_reached: i64 },
+}
+
+impl PartitionsProjector {
+    /// Whether the tenant created at `position` gets a partition: always live; in a replay unless it is deleted
+    /// and the live projector had passed its creation (so its partition was made, and may be retired since).
+    async fn owes_partition(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: TenantId,
+        position: i64,
+    ) -> Result<bool, StoreError> {
+        match *self {
+            Self::Live => Ok(true),
+            Self::Replay { live_reached } => Ok(position > live_reached || !partitions::is_deleted(txn, tenant).await?),
+        }
+    }
 }
 
 impl Projector for PartitionsProjector {
@@ -28,7 +46,7 @@ impl Projector for PartitionsProjector {
     async fn apply(&self, txn: &DatabaseTransaction, event: &RecordedEvent) -> Result<(), StoreError> {
         let tenant = TenantId::from_uuid(event.stream_id);
         match event.decode::<TenantEvent>()? {
-            TenantEvent::Created { .. } if *self == Self::Live || !partitions::is_deleted(txn, tenant).await? => {
+            TenantEvent::Created { .. } if self.owes_partition(txn, tenant, event.position).await? => {
                 partitions::create(txn, tenant).await
             }
             _ => Ok(()),
