@@ -7,6 +7,7 @@ use poem_openapi::{
     error::{ParseParamError, ParsePathError},
     payload::Json,
 };
+use uuid::Uuid;
 
 use super::document::RETRY_AFTER_SECONDS;
 use crate::{
@@ -36,6 +37,10 @@ pub struct Problem {
     /// The request field (body property or parameter) the problem is about.
     #[oai(skip_serializing_if_is_none)]
     pub field: Option<String>,
+    /// With type `recorded`: the tenant the recorded command is about (for a create without `id`, the id the
+    /// new tenant was given).
+    #[oai(skip_serializing_if_is_none)]
+    pub tenant_id: Option<Uuid>,
 }
 
 /// The error responses of every operation.
@@ -66,7 +71,11 @@ pub enum ApiError {
     /// (`queue-full`); retry after `Retry-After` seconds.
     #[oai(status = 429, content_type = "application/problem+json")]
     TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
-    /// A dependency (PostgreSQL, RabbitMQ) is unavailable or lagging; retry later.
+    /// A dependency (PostgreSQL, RabbitMQ) is unavailable (`unavailable`): retry after `Retry-After` seconds.
+    /// Or, for a tenant command, the command was recorded but the read models have not caught up within the
+    /// wait (`recorded`): it takes effect without being sent again, and its tenant can be read after
+    /// `Retry-After` seconds. Sending again a create without `id` would create a second tenant; `tenant_id`
+    /// names the one recorded.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
     /// An unexpected error (`internal`; details are in the service's log under the request id), or an event
@@ -82,6 +91,7 @@ fn problem(status: StatusCode, kind: &str, detail: impl Into<String>, field: Opt
         status: status.as_u16(),
         detail: detail.into(),
         field: field.map(str::to_owned),
+        tenant_id: None,
     })
 }
 
@@ -206,7 +216,10 @@ impl From<AppError> for ApiError {
             e @ (AppError::NoSuchTenant(_) | AppError::TenantDeleted) => Self::not_found(e.to_string()),
             AppError::Rejected(e) => e.into(),
             e @ AppError::Conflict { .. } => Self::conflict(e.to_string()),
-            e @ AppError::ProjectionLagging { .. } => Self::unavailable(e.to_string()),
+            e @ AppError::ProjectionLagging { tenant, .. } => {
+                let Json(problem) = problem(StatusCode::SERVICE_UNAVAILABLE, "recorded", e.to_string(), None);
+                Self::Unavailable(Json(Problem { tenant_id: Some(tenant.as_uuid()), ..problem }))
+            }
             AppError::PublishTimeout(limit) => {
                 Self::unavailable(format!("the message broker did not confirm within {limit:?}; retry"))
             }

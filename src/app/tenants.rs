@@ -154,14 +154,16 @@ impl Tenants {
     #[tracing::instrument(name = "command", skip_all, fields(tenant = %id, command = command.name(), request_id = %metadata.request_id))]
     async fn handle(&self, id: TenantId, command: TenantCommand, metadata: &EventMetadata) -> Result<(), AppError> {
         let deleting = command == TenantCommand::Delete;
-        let (state, version) = self.load(id).await?;
+        let (state, version, last_position) = self.load(id).await?;
         let events = crate::domain::tenant::decide(&state, command, &self.policy)?;
-        if events.is_empty() {
-            return Ok(());
-        }
-        let encoded = events.iter().map(NewEvent::encode).collect::<Result<Vec<_>, _>>()?;
-        let appended = self.store.append(id.as_uuid(), version, &encoded, metadata).await?;
-        let position = appended.last_position;
+        // A command that changes nothing answers from the read model too, which must have caught up with what
+        // the log says (an earlier command, perhaps the same one answered `recorded`, may not be in it yet).
+        let position = if events.is_empty() {
+            last_position
+        } else {
+            let encoded = events.iter().map(NewEvent::encode).collect::<Result<Vec<_>, _>>()?;
+            self.store.append(id.as_uuid(), version, &encoded, metadata).await?.last_position
+        };
         let done = async {
             // False if a projector stopped (shutting down).
             self.projections.wait_for(position).await && (!deleting || self.await_retirement(id).await)
@@ -190,15 +192,14 @@ impl Tenants {
         }
     }
 
-    /// Folds the tenant's stream into its current state and version.
-    async fn load(&self, id: TenantId) -> Result<(Tenant, i32), AppError> {
+    /// Folds the tenant's stream into its current state and version, with the position of its last event.
+    async fn load(&self, id: TenantId) -> Result<(Tenant, i32, i64), AppError> {
         let recorded = self.store.read_stream(id.as_uuid(), 0, u64::MAX).await?;
-        let mut state = Tenant::Absent;
-        let mut version = 0;
+        let (mut state, mut version, mut position) = (Tenant::Absent, 0, 0);
         for event in &recorded {
             state = evolve(state, &event.decode::<TenantEvent>()?);
-            version = event.version;
+            (version, position) = (event.version, event.position);
         }
-        Ok((state, version))
+        Ok((state, version, position))
     }
 }

@@ -499,6 +499,7 @@ async fn a_long_reader_of_messages_does_not_stop_every_tenants_writes_when_a_ten
     let created = app.post_json("/tenants", &json!({ "id": newcomer, "name": "newcomer" })).await;
     let problem = assert_problem(created, StatusCode::SERVICE_UNAVAILABLE, None).await;
     assert!(problem["detail"].as_str().is_some_and(|detail| detail.contains(&newcomer)), "{problem}");
+    assert_eq!((&problem["type"], &problem["tenant_id"]), (&json!("urn:tenantmq:problem:recorded"), &json!(newcomer)));
     let publish = |tenant: &str| app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 }));
     for _ in 0..5 {
         assert_eq!(publish(&busy).await.status(), StatusCode::ACCEPTED);
@@ -532,6 +533,39 @@ async fn a_long_reader_of_messages_does_not_stop_every_tenants_writes_when_a_ten
         queue_state(&broker, queue(&short_lived)).await.is_none().then_some(())
     })
     .await;
+    app.stop().await;
+}
+
+/// A command answered `recorded` (in the log, its read model late) is safe to send again: a change that is
+/// already in the log answers once the read model shows it, not from the read model as it was (it answered
+/// 200 with the old workers); and a create without `id` names the tenant it recorded, so that a client
+/// reads that one rather than creating a second.
+#[tokio::test]
+async fn a_command_answered_recorded_and_sent_again_answers_what_the_log_says() {
+    let mut config = test_config();
+    config.projectors.command_wait = Duration::from_secs(1);
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("resent").await;
+    let checkpoint = "SELECT position FROM projector_checkpoints WHERE name = 'tenants' FOR UPDATE";
+    let projector_held = crate::dead_letters::hold_in_transaction(&app.config.database.url, checkpoint).await;
+
+    let concurrency = format!("/tenants/{tenant}/config/concurrency");
+    for attempt in ["first", "again"] {
+        let answer = app.put_json(&concurrency, &json!({ "workers": 5 })).await;
+        let problem = assert_problem(answer, StatusCode::SERVICE_UNAVAILABLE, None).await;
+        assert_eq!(problem["type"], "urn:tenantmq:problem:recorded", "{attempt}: {problem}");
+        assert_eq!(problem["tenant_id"], tenant, "{attempt}: {problem}");
+    }
+    let created = app.post_json("/tenants", &json!({ "name": "no-id" })).await;
+    let problem = assert_problem(created, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    let recorded = problem["tenant_id"].as_str().expect("the recorded tenant's id").to_owned();
+
+    crate::dead_letters::release(projector_held).await;
+    let answer = app.put_json(&concurrency, &json!({ "workers": 5 })).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.json::<Value>().await.expect("json")["workers"], 5);
+    let created: Value = app.get(&format!("/tenants/{recorded}")).await.json().await.expect("json");
+    assert_eq!(created["name"], "no-id", "{created}");
     app.stop().await;
 }
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any, TypeVar
+from uuid import UUID
 
 from attrs import define as _attrs_define
 from attrs import field as _attrs_field
@@ -21,6 +22,9 @@ class Problem:
         title (str): A short summary of the kind of problem.
         type_ (str): Identifies the kind of problem; stable, for clients to match on.
         field (str | Unset): The request field (body property or parameter) the problem is about.
+        tenant_id (UUID | Unset): With type `recorded`: the tenant the recorded command is about (for a create without
+            `id`, the id the
+            new tenant was given).
     """
 
     detail: str
@@ -28,6 +32,7 @@ class Problem:
     title: str
     type_: str
     field: str | Unset = UNSET
+    tenant_id: UUID | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -41,6 +46,10 @@ class Problem:
 
         field = self.field
 
+        tenant_id: str | Unset = UNSET
+        if not isinstance(self.tenant_id, Unset):
+            tenant_id = str(self.tenant_id)
+
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
         field_dict.update(
@@ -53,6 +62,8 @@ class Problem:
         )
         if field is not UNSET:
             field_dict["field"] = field
+        if tenant_id is not UNSET:
+            field_dict["tenant_id"] = tenant_id
 
         return field_dict
 
@@ -69,12 +80,20 @@ class Problem:
 
         field = d.pop("field", UNSET)
 
+        _tenant_id = d.pop("tenant_id", UNSET)
+        tenant_id: UUID | Unset
+        if isinstance(_tenant_id, Unset):
+            tenant_id = UNSET
+        else:
+            tenant_id = UUID(_tenant_id)
+
         problem = cls(
             detail=detail,
             status=status,
             title=title,
             type_=type_,
             field=field,
+            tenant_id=tenant_id,
         )
 
         problem.additional_properties = d
