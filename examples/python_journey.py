@@ -1,7 +1,7 @@
 """A tenant's whole journey through the generated Python client (clients/python).
 
 Creates a tenant, publishes one message and a batch, pages every message to the end (the last page
-included), changes the tenant's concurrency and limits, reads its events, lists, replays and purges its
+included), changes the tenant's concurrency and limits, reads and exports its events, lists, replays and purges its
 dead-letter queue, and deletes it. Exits non-zero at the first step that does not do what the API promises.
 
     PYTHONPATH=clients/python TENANTMQ_URL=http://127.0.0.1:8080 TENANTMQ_TOKEN=$(tenantmq token --admin) \
@@ -10,12 +10,14 @@ dead-letter queue, and deletes it. Exits non-zero at the first step that does no
 CI runs it through scripts/with-service.sh, which sets both variables.
 """
 
+import json
 import os
 import sys
 import time
 import uuid
 
 from tenantmq_client import AuthenticatedClient
+from tenantmq_client.api.audit import export_tenant_events
 from tenantmq_client.api.dead_letters import list_dead_letters, purge_dead_letters, replay_dead_letters
 from tenantmq_client.api.events import list_tenant_events
 from tenantmq_client.api.messages import list_messages, publish_message, publish_messages
@@ -37,6 +39,7 @@ from tenantmq_client.models import (
     Tenant,
     TenantDetails,
 )
+from tenantmq_client.types import File
 
 BATCH = 120
 PAGE = 25
@@ -100,6 +103,12 @@ def main():
         if kinds != ["TenantCreated.v1", "ConcurrencySet.v1", "TenantLimitsSet.v1"] or events.next_cursor is not None:
             sys.exit(f"events are {kinds}")
         print(f"events: {', '.join(kinds)}")
+
+        export = expect(export_tenant_events.sync(tenant.id, client=client), File)
+        exported = [json.loads(line) for line in export.payload.read().splitlines()]
+        if [line["event_type"] for line in exported] != kinds or not all(line.get("hash") for line in exported):
+            sys.exit(f"the export holds {exported}")
+        print(f"export: {len(exported)} hashed lines")
 
         dead = expect(list_dead_letters.sync(tenant.id, client=client), DeadLetterPage)
         replayed = expect(
