@@ -79,5 +79,39 @@ async fn a_tenants_whole_life_through_the_generated_rust_client() {
     client.delete_tenant(&tenant.id).await.expect("deleted");
     let gone = client.get_tenant(&tenant.id).await.expect_err("a deleted tenant is not found");
     assert_eq!(gone.status(), Some(reqwest::StatusCode::NOT_FOUND));
+    let tenantmq_client::Error::ErrorResponse(problem) = gone else { panic!("not a problem document: {gone:?}") };
+    assert_eq!(problem.type_, "urn:tenantmq:problem:not-found");
+    app.stop().await;
+}
+
+/// Error answers are problem documents (`application/problem+json`); the client decodes them into
+/// `types::Problem`, so a caller can tell one problem from another (`rate-limited` from `queue-full`) and find
+/// the field a 400 names, without parsing the body by hand.
+#[tokio::test]
+async fn the_generated_rust_client_decodes_problem_documents() {
+    let app = TestApp::spawn().await;
+    let client = tenantmq_client::with_token(&app.base_url, &app.token(Role::Admin)).expect("a client");
+    let request = types::CreateTenantRequest { name: "problems".parse().expect("a name"), workers: None, id: None };
+    let tenant = client.create_tenant(&request).await.expect("created").into_inner();
+
+    let over = (0..=1000).map(|n| types::PublishRequest { payload: serde_json::json!(n), id: None });
+    let batch = types::PublishBatchRequest { messages: over.collect() };
+    let refused = client.publish_messages(&tenant.id, &batch).await.expect_err("a batch over 1,000 is refused");
+    let tenantmq_client::Error::ErrorResponse(problem) = refused else { panic!("not a problem: {refused:?}") };
+    assert_eq!((problem.status, problem.type_.as_str()), (400, "urn:tenantmq:problem:invalid-request"));
+    assert_eq!(problem.field.as_deref(), Some("messages"));
+
+    let limits = types::SetLimitsRequest {
+        publish_rate: NonZeroU64::new(1),
+        publish_burst: NonZeroU64::new(1),
+        max_queue_depth: None,
+    };
+    client.set_tenant_limits(&tenant.id, &limits).await.expect("limited");
+    let one = types::PublishRequest { payload: serde_json::json!(1), id: None };
+    client.publish_message(&tenant.id, &one).await.expect("the burst admits one");
+    let limited = client.publish_message(&tenant.id, &one).await.expect_err("the rate is spent");
+    let tenantmq_client::Error::ErrorResponse(problem) = limited else { panic!("not a problem: {limited:?}") };
+    assert_eq!((problem.status, problem.type_.as_str()), (429, "urn:tenantmq:problem:rate-limited"));
+    assert!(problem.headers().contains_key("retry-after"), "{:?}", problem.headers());
     app.stop().await;
 }
