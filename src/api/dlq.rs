@@ -93,8 +93,10 @@ impl From<DeadLetter> for DeadLetterMessage {
 #[derive(Debug, Object, serde::Serialize)]
 pub struct DeadLetterPage {
     pub data: Vec<DeadLetterMessage>,
-    /// Pass as `cursor` for the next page; `null` on the last page. The DLQ is a queue, not a table: a
-    /// replay or purge between two pages shifts what the cursor points at.
+    /// Pass as `cursor` for the next page; `null` on the last page, which is also the one that reaches 10,000
+    /// messages deep: a peek goes no deeper (the tenant's `runtime.dlq_depth` tells how many there are;
+    /// replay or purge to see further). The DLQ is a queue, not a table: a replay or purge between two pages
+    /// shifts what the cursor points at.
     #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
@@ -155,17 +157,19 @@ impl DeadLettersApi {
         let limit = pagination::limit(limit.0)?;
         let scope = pagination::Listing::DeadLetters(tenant).to_string();
         let skip = pagination::decode_key(cursor.0.as_deref(), &scope, |key| key.parse::<u64>().ok())?.unwrap_or(0);
-        // Checked: a crafted cursor must not wrap around the bound.
-        if skip.checked_add(limit).is_none_or(|reach| reach > MAX_PEEK_DEPTH) {
+        // No cursor handed out points this deep: only a crafted one does.
+        if skip >= MAX_PEEK_DEPTH {
             return Err(ApiError::bad_request(
                 Some("cursor"),
                 format!("a peek reaches at most {MAX_PEEK_DEPTH} messages deep; replay or purge to see further"),
             ));
         }
+        // A page ends at the bound, and is the last.
+        let limit = limit.min(MAX_PEEK_DEPTH - skip);
         let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let page = state.app.dead_letters.peek(tenant, to_usize(skip), to_usize(limit)).await?;
-        let shown = u64::try_from(page.messages.len()).unwrap_or(u64::MAX);
-        let next_cursor = page.more.then(|| pagination::encode(&scope, skip + shown));
+        let reached = skip + u64::try_from(page.messages.len()).unwrap_or(u64::MAX);
+        let next_cursor = (page.more && reached < MAX_PEEK_DEPTH).then(|| pagination::encode(&scope, reached));
         Ok(JsonText(DeadLetterPage { data: page.messages.into_iter().map(Into::into).collect(), next_cursor }))
     }
 

@@ -21,9 +21,11 @@ class DeadLetterPage:
 
     Attributes:
         data (list[DeadLetterMessage]):
-        next_cursor (None | str | Unset): Pass as `cursor` for the next page; `null` on the last page. The DLQ is a
-            queue, not a table: a
-            replay or purge between two pages shifts what the cursor points at.
+        next_cursor (None | str | Unset): Pass as `cursor` for the next page; `null` on the last page, which is also the
+            one that reaches 10,000
+            messages deep: a peek goes no deeper (the tenant's `runtime.dlq_depth` tells how many there are;
+            replay or purge to see further). The DLQ is a queue, not a table: a replay or purge between two pages
+            shifts what the cursor points at.
     """
 
     data: list[DeadLetterMessage]
