@@ -6,7 +6,8 @@
 //! Only one instance asks the broker: the one holding the poller's lock in PostgreSQL
 //! ([`PollerLease`]). It writes the depths into `queue_depths`, and every instance (itself included) reads
 //! that table once per interval. The broker's load grows with the tenants, not with tenants × instances; when
-//! the poller stops, its lock goes with its session and another instance takes over at its next interval.
+//! the poller stops, its lock goes with its session, and when it loses the broker it gives the lock up:
+//! another instance takes over at its next interval.
 
 use std::{
     sync::{
@@ -60,7 +61,14 @@ impl QueueDepthPoller {
 
     async fn pass(&self, lease: &mut PollerLease) {
         let tenants = self.registry.tenants_with_stats();
-        let polling = lease.hold(&self.pool).await;
+        // An instance that cannot reach the broker would record every depth as unknown, for every instance:
+        // it leaves the polling to one that can.
+        let polling = if self.broker.is_connected() {
+            lease.hold(&self.pool).await
+        } else {
+            lease.release().await;
+            false
+        };
         self.polling.store(polling, Ordering::Relaxed);
         if polling {
             // A pass that hangs on a half-dead connection must not stop the next one.

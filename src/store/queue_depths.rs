@@ -56,6 +56,20 @@ impl PollerLease {
         Ok(held)
     }
 
+    /// Gives the lock up, for another instance to take at its next interval: this one cannot read the broker.
+    /// If the unlock fails, the session goes, and the lock with it.
+    pub async fn release(&mut self) {
+        if !std::mem::take(&mut self.held) {
+            return;
+        }
+        let Some(connection) = self.connection.as_mut() else { return };
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)").bind(POLLER_LOCK).execute(&mut *connection).await;
+        if let Err(error) = unlocked {
+            tracing::warn!(%error, "cannot give up the queue depth poller's lock; closing its connection");
+            self.connection = None;
+        }
+    }
+
     /// Records what the poller read: every polled tenant's depths, now; tenants no longer polled are removed.
     /// Written on the lock's connection, so only the holder writes.
     pub async fn publish(&mut self, depths: &[(TenantId, Depths)]) -> Result<(), StoreError> {

@@ -184,3 +184,44 @@ async fn one_instance_polls_queue_depths_for_all_and_another_takes_over_when_it_
     }
     first.stop().await;
 }
+
+/// The poller loses the broker but keeps its database: it must give the polling up, or it goes on recording
+/// every depth as unknown, and the series vanish on every instance (an autoscaler reading them sees no backlog).
+#[tokio::test]
+async fn a_poller_that_loses_the_broker_leaves_the_polling_to_an_instance_that_has_it() {
+    const DEAD_LETTERS: usize = 3;
+    let mut config = fast_polling();
+    let (proxy, through_proxy) = crate::proxy::Proxy::in_front_of(&config.rabbitmq.url).await;
+    let direct = std::mem::replace(&mut config.rabbitmq.url, through_proxy);
+    let first = TestApp::spawn_with(config).await;
+    eventually(Duration::from_secs(30), "the first instance to poll", || async {
+        (Scrape::of(&first).await.value("tenantmq_queue_depth_poller", &[]) == Some(1.0)).then_some(())
+    })
+    .await;
+    let mut second_config = first.config.clone();
+    second_config.rabbitmq.url = direct;
+    let mut second = RunningApp::start(second_config).await.expect("a second instance on the same database");
+    let tenant = first.create_tenant_id("poller-cut-off").await;
+    let broker = amqp().await;
+    eventually(Duration::from_secs(30), "a consumer on each instance", || async {
+        queue_state(&broker, queue(&tenant)).await.filter(|(_, consumers)| *consumers == 2)
+    })
+    .await;
+
+    proxy.take_down();
+    let channel = broker.create_channel().await.expect("channel");
+    for _ in 0..DEAD_LETTERS {
+        publish_raw(&channel, &tenant, b"not json", BasicProperties::default()).await;
+    }
+    let expected = Some(DEAD_LETTERS as f64);
+    eventually(Duration::from_secs(30), "the second instance polls and both export the depth", || async {
+        let scrapes = [Scrape::of(&first).await, Scrape::of(&second).await];
+        let depth = |s: &Scrape| s.value("tenantmq_queue_messages_ready", &[("tenant_id", &tenant), ("queue", "dlq")]);
+        let pollers: Vec<_> = scrapes.iter().map(|s| s.value("tenantmq_queue_depth_poller", &[])).collect();
+        (pollers == [Some(0.0), Some(1.0)] && scrapes.iter().all(|s| depth(s) == expected)).then_some(())
+    })
+    .await;
+    second.stop().await.expect("second instance stopped");
+    first.stop().await;
+    drop(proxy);
+}
