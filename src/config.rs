@@ -276,6 +276,10 @@ pub struct ConsumerConfig {
     /// Longest delay between two retries.
     #[serde(with = "humantime_serde")]
     pub retry_max_delay: Duration,
+    /// How long this instance may be unable to read the database before it stops its consumers, handing back
+    /// what they hold for instances that can write it; they start again once it can read.
+    #[serde(with = "humantime_serde")]
+    pub database_outage_grace: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -472,6 +476,7 @@ impl Default for ConsumerConfig {
             instance_id: None,
             retry_delay: Duration::from_secs(1),
             retry_max_delay: Duration::from_secs(60),
+            database_outage_grace: Duration::from_secs(30),
         }
     }
 }
@@ -704,6 +709,7 @@ impl Config {
             ("server.idle_timeout", self.server.idle_timeout),
             ("server.body_read_timeout", self.server.body_read_timeout),
             ("consumer.resync_interval", self.consumer.resync_interval),
+            ("consumer.database_outage_grace", self.consumer.database_outage_grace),
             ("projectors.poll_interval", self.projectors.poll_interval),
             ("metrics.visibility_poll_interval", self.metrics.visibility_poll_interval),
             ("metrics.queue_poll_interval", self.metrics.queue_poll_interval),

@@ -74,10 +74,12 @@ pub enum ReconcilerAction {
     Stop,
     /// A consumer failed and is scheduled for a restart.
     Restart,
+    /// The database was unreachable for `consumer.database_outage_grace`: a consumer stopped until it is back.
+    Pause,
 }
 
 impl ReconcilerAction {
-    const ALL: [Self; 4] = [Self::Start, Self::Resize, Self::Stop, Self::Restart];
+    const ALL: [Self; 5] = [Self::Start, Self::Resize, Self::Stop, Self::Restart, Self::Pause];
 
     const fn as_str(self) -> &'static str {
         match self {
@@ -85,6 +87,7 @@ impl ReconcilerAction {
             Self::Resize => "resize",
             Self::Stop => "stop",
             Self::Restart => "restart",
+            Self::Pause => "pause",
         }
     }
 }

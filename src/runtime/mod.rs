@@ -119,6 +119,7 @@ impl Runtime {
             settings: Arc::new(consumer::ConsumerSettings::from_config(config)),
             projection: projections.tenants.clone(),
             resync_interval: config.consumer.resync_interval,
+            database_outage_grace: config.consumer.database_outage_grace,
             metrics: metrics.clone(),
             retirement: Arc::new(retirement::Retirement {
                 db: db.clone(),

@@ -47,6 +47,8 @@ pub struct Reconciler {
     pub settings: Arc<ConsumerSettings>,
     pub projection: watch::Receiver<Progress>,
     pub resync_interval: Duration,
+    /// How long the desired runtime may be unreadable before the consumers are paused.
+    pub database_outage_grace: Duration,
     pub metrics: Metrics,
     pub retirement: Arc<Retirement>,
 }
@@ -167,11 +169,14 @@ impl Reconciler {
         let mut projection = Some(self.projection.clone());
         let mut cleaned_up_deleted = false;
         let mut retirements = Retirements::default();
+        let mut database_lost_since = None;
         loop {
             if self.broker.is_connected() && !cleaned_up_deleted {
                 cleaned_up_deleted = self.delete_queues_of_deleted_tenants().await;
             }
-            self.reconcile(&mut consumers, &mut tenants_of, &mut restarts, &mut generation, &shutdown).await;
+            let reconciled =
+                self.reconcile(&mut consumers, &mut tenants_of, &mut restarts, &mut generation, &shutdown).await;
+            self.pause_if_database_lost(reconciled, &mut database_lost_since);
             if self.broker.is_connected() {
                 retirements.wanted(|| self.start_retirement());
             }
@@ -219,6 +224,30 @@ impl Reconciler {
         tokio::spawn(async move { retirement.retire_stopped(|tenant| running_here.contains(&tenant)).await })
     }
 
+    /// While the database cannot be read, workers keep what they cannot write and try again; this instance's
+    /// consumers stay subscribed, so the broker sends them nothing new. But another instance may reach the
+    /// database: past `database_outage_grace`, the consumers stop and hand back what they hold, for it. They
+    /// start again at the first pass that reads the desired runtime.
+    fn pause_if_database_lost(&self, reconciled: bool, lost_since: &mut Option<Instant>) {
+        if reconciled {
+            *lost_since = None;
+            return;
+        }
+        let since = *lost_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.database_outage_grace {
+            return;
+        }
+        for running in self.registry.all() {
+            if running.state() != ConsumerState::Stopping {
+                tracing::warn!(tenant = %running.tenant, "pausing: the database has been unreachable since {:?} ago", since.elapsed());
+                running.set_state(ConsumerState::Stopping);
+                running.send(Control::Pause);
+                self.metrics.reconciler_action(ReconcilerAction::Pause);
+            }
+        }
+    }
+
+    /// Returns whether it could read the desired runtime.
     async fn reconcile(
         &self,
         consumers: &mut JoinSet<ConsumerResult>,
@@ -226,13 +255,13 @@ impl Reconciler {
         restarts: &mut RestartSchedule,
         generation: &mut u64,
         shutdown: &CancellationToken,
-    ) {
+    ) -> bool {
         let desired = match self.tenants.desired_runtime().await {
             Ok(desired) => desired,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the desired runtime; retrying at the next resync");
                 self.metrics.reconciler_error(ReconcilerError::DesiredState);
-                return;
+                return false;
             }
         };
         let connected = self.broker.is_connected();
@@ -270,6 +299,7 @@ impl Reconciler {
         }
         self.registry.forget_stats_unless(|tenant| wanted.contains_key(tenant));
         restarts.retain(|tenant| wanted.contains_key(tenant));
+        true
     }
 
     fn start(

@@ -36,6 +36,8 @@ pub enum Control {
     Resize,
     /// The tenant was deleted: stop, and delete its queues.
     Delete,
+    /// This instance cannot reach the database: stop, handing back what is held, until it can.
+    Pause,
 }
 
 /// One running tenant: shared by its consumer task (which updates it) and the API (which reads it).

@@ -257,3 +257,44 @@ async fn the_database_down_under_load_holds_messages_back_and_every_message_is_a
     direct.close().await.expect("closed");
     app.stop().await;
 }
+
+/// One of two instances loses the database, the other keeps it. The cut-off one's workers keep what they
+/// cannot write, so its share of the messages waited for the whole outage; past
+/// `consumer.database_outage_grace` it now stops its consumers and hands that share back, and the other
+/// instance writes every message while the outage lasts. Its consumers come back with the database.
+#[tokio::test]
+async fn an_instance_cut_off_from_the_database_hands_its_messages_to_one_that_is_not() {
+    const MESSAGES: usize = 200;
+    let mut config = test_config();
+    config.consumer.database_outage_grace = Duration::from_secs(1);
+    config.consumer.resync_interval = Duration::from_millis(200);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("cut-off").await;
+    let (proxy, through_proxy) = Proxy::in_front_of(&app.config.database.url).await;
+    let mut cut_off_config = app.config.clone();
+    cut_off_config.database.url = through_proxy;
+    let mut cut_off = tenantmq_testkit::RunningApp::start(cut_off_config).await.expect("a second instance");
+    let consumers = |expected: u32| {
+        let (broker, tenant) = (&broker, &tenant);
+        async move {
+            eventually(Duration::from_secs(30), &format!("{expected} consumers"), || async {
+                queue_state(broker, queue(tenant)).await.filter(|(_, consumers)| *consumers == expected)
+            })
+            .await
+        }
+    };
+    consumers(2).await;
+
+    proxy.take_down();
+    publish_directly(&broker, &tenant, MESSAGES).await;
+    await_exactly(&app.db, &tenant, i64::try_from(MESSAGES).expect("count"), Duration::from_secs(30)).await;
+    consumers(1).await;
+    let paused = Scrape::of(&cut_off).await.value("tenantmq_reconciler_actions_total", &[("action", "pause")]);
+    assert_eq!(paused, Some(1.0));
+
+    proxy.restore();
+    consumers(2).await;
+    cut_off.stop().await.expect("the second instance stopped");
+    app.stop().await;
+}

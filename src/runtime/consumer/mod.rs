@@ -81,6 +81,9 @@ pub enum ConsumerEnd {
     Deleted,
     /// The service is shutting down.
     ShutDown,
+    /// This instance could not reach the database for `consumer.database_outage_grace`: what the pool held
+    /// went back to the queue, for instances that can write it; the reconciler starts it again once it can.
+    Paused,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +134,7 @@ pub async fn run(
             // back (another instance may have retired it meanwhile). A resize is read at the start.
             Some(command) = control.recv() => match command {
                 Control::Delete => return Ok(ConsumerEnd::Deleted),
+                Control::Pause => return Ok(ConsumerEnd::Paused),
                 Control::Resize => {}
             },
             connected = connection.wait_for(Option::is_some) => {
@@ -150,6 +154,7 @@ pub async fn run(
                     break Err(error);
                 },
                 Control::Delete => break Ok(ConsumerEnd::Deleted),
+                Control::Pause => break Ok(ConsumerEnd::Paused),
             },
             delivery = running.consumer.next() => match delivery {
                 Some(Ok(delivery)) => {
