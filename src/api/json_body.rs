@@ -55,7 +55,8 @@ impl<T: DeserializeOwned + Send, const BATCH: bool> ParsePayload for JsonBody<T,
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let limits = request.data::<BodyLimits>();
-        let limit = limits.map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single });
+        let limit =
+            limits.map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single.saturating_add(ENVELOPE_BYTES) });
         let declared = request.header(poem::http::header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > drain_bound(limit)) {
             return Err(too_large(limit).into());
@@ -65,6 +66,10 @@ impl<T: DeserializeOwned + Send, const BATCH: bool> ParsePayload for JsonBody<T,
         parse(&bytes).map(Self).map_err(Into::into)
     }
 }
+
+/// Room in a single body for what surrounds the payload (`{"payload": …, "id": "…"}`): `max_payload_bytes`
+/// bounds the payload itself, as in a batch, where the handler checks it.
+const ENVELOPE_BYTES: usize = 4096;
 
 /// An over-limit body up to four times the limit, and at least up to 16 MiB, is read to its end and discarded
 /// before the 413 goes out. Most HTTP clients write the whole body before they read the answer: cut off

@@ -19,7 +19,7 @@ use crate::{
 
 use super::{
     ApiTags, AppState,
-    json_body::{JsonBody, from_object},
+    json_body::{BodyLimits, JsonBody, from_object},
     json_text::JsonText,
     pagination,
     problem::ApiError,
@@ -80,7 +80,9 @@ pub struct PublishRequest {
     /// The message: any JSON value PostgreSQL `jsonb` can store (nested at most `max_payload_depth` deep, no
     /// `\u0000`, no lone surrogate, numbers within `numeric`'s range), stored as `jsonb`.
     pub payload: JsonPayload,
-    /// Idempotency key: publishing the same id again never makes a second row. A new UUIDv7 when absent.
+    /// Idempotency key, per tenant: publishing the same id again never makes a second row, whatever its
+    /// payload (the first stored stays, later ones are accepted and dropped). Set it to retry a publish safely
+    /// after an error or a timeout. A new UUIDv7 when absent.
     #[oai(nullable, skip_serializing_if_is_none)]
     pub id: Option<Uuid>,
 }
@@ -223,7 +225,7 @@ impl MessagesApi {
     ) -> Result<PublishResponse, ApiError> {
         // Who may publish comes first: a caller who may not learns nothing about what it sent.
         let tenant = authorized(&principal, id.0)?;
-        storable(&body.0.payload, "payload", state.limits.payload_depth)?;
+        storable(&body.0.payload, "payload", state.limits)?;
         let message = outgoing(body.0);
         let id = message.id;
         state.app.messages.publish(tenant, &[message]).await?;
@@ -287,11 +289,8 @@ impl MessagesApi {
                 format!("a batch holds 1 to {MAX_BATCH} messages, got {}", requests.len()),
             ));
         }
-        if let Some(index) = requests.iter().position(|r| r.payload.0.get().len() > state.limits.single) {
-            return Err(ApiError::payload_too_large_field(format!("messages[{index}].payload"), state.limits.single));
-        }
         for (index, request) in requests.iter().enumerate() {
-            storable(&request.payload, &format!("messages[{index}].payload"), state.limits.payload_depth)?;
+            storable(&request.payload, &format!("messages[{index}].payload"), state.limits)?;
         }
         let messages: Vec<OutgoingMessage> = requests.into_iter().map(outgoing).collect();
         state.app.messages.publish(tenant, &messages).await?;
@@ -300,8 +299,14 @@ impl MessagesApi {
 }
 
 /// Refuses, naming `field`, a payload that `jsonb` cannot store: accepting it would only make a dead letter.
-fn storable(payload: &JsonPayload, field: &str, max_depth: usize) -> Result<(), ApiError> {
-    payload::check(payload.0.get(), max_depth).map_err(|error| ApiError::bad_request(Some(field), error.to_string()))
+/// A payload within `max_payload_bytes` (its JSON text, the same for a single message and a batch's item) that
+/// `jsonb` can store.
+fn storable(payload: &JsonPayload, field: &str, limits: BodyLimits) -> Result<(), ApiError> {
+    let text = payload.0.get();
+    if text.len() > limits.single {
+        return Err(ApiError::payload_too_large_field(field.to_owned(), limits.single));
+    }
+    payload::check(text, limits.payload_depth).map_err(|error| ApiError::bad_request(Some(field), error.to_string()))
 }
 
 fn outgoing(request: PublishRequest) -> OutgoingMessage {

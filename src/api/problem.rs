@@ -64,14 +64,17 @@ pub enum ApiError {
     /// The request body did not arrive within `server.body_read_timeout`.
     #[oai(status = 408, content_type = "application/problem+json")]
     RequestTimeout(Json<Problem>),
-    /// The request body is larger than `max_payload_bytes`.
+    /// A payload is larger than `max_payload_bytes` (`field` names it), or the body larger than the service
+    /// reads (`max_batch_bytes` for a batch).
     #[oai(status = 413, content_type = "application/problem+json")]
     PayloadTooLarge(Json<Problem>),
     /// The tenant is over its publish rate (`rate-limited`) or its queue holds its `max_queue_depth`
     /// (`queue-full`); retry after `Retry-After` seconds.
     #[oai(status = 429, content_type = "application/problem+json")]
     TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
-    /// A dependency (PostgreSQL, RabbitMQ) is unavailable (`unavailable`): retry after `Retry-After` seconds.
+    /// A dependency (PostgreSQL, RabbitMQ) is unavailable (`unavailable`): retry after `Retry-After` seconds
+    /// (a publish may have reached the queue before the failure: give messages an `id` so that a retry stores
+    /// each once).
     /// Or, for a tenant command, the command was recorded but the read models have not caught up within the
     /// wait (`recorded`): it takes effect without being sent again, and its tenant can be read after
     /// `Retry-After` seconds. Sending again a create without `id` would create a second tenant; `tenant_id`

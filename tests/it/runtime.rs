@@ -326,9 +326,20 @@ async fn publishing_to_an_unknown_or_deleted_tenant_is_404_and_oversized_is_413(
     let response = app.post_json(&format!("/tenants/{unknown}/messages"), &json!({ "payload": 1 })).await;
     crate::helpers::assert_problem(response, StatusCode::NOT_FOUND, None).await;
 
+    // `max_payload_bytes` bounds a payload's JSON text alone, alike for one message and a batch's item: a string
+    // of max − 2 characters (with its quotes, max bytes) fits both ways (a single message's body, which holds
+    // more than the payload, was refused).
+    let largest = "x".repeat(app.config.max_payload_bytes - 2);
+    for (path, body) in [
+        ("messages", json!({ "payload": largest })),
+        ("messages/batch", json!({ "messages": [{ "payload": largest }] })),
+    ] {
+        let response = app.post_json(&format!("/tenants/{tenant}/{path}"), &body).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{path}: {}", response.text().await.unwrap_or_default());
+    }
     let huge = "x".repeat(app.config.max_payload_bytes);
     let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": huge })).await;
-    crate::helpers::assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, None).await;
+    crate::helpers::assert_problem(response, StatusCode::PAYLOAD_TOO_LARGE, Some("payload")).await;
     let response = app
         .post_json(
             &format!("/tenants/{tenant}/messages/batch"),

@@ -22,8 +22,10 @@ class PublishRequest:
         payload (Any): The message: any JSON value PostgreSQL `jsonb` can store (nested at most `max_payload_depth`
             deep, no
             `\u0000`, no lone surrogate, numbers within `numeric`'s range), stored as `jsonb`.
-        id (None | Unset | UUID): Idempotency key: publishing the same id again never makes a second row. A new UUIDv7
-            when absent.
+        id (None | Unset | UUID): Idempotency key, per tenant: publishing the same id again never makes a second row,
+            whatever its
+            payload (the first stored stays, later ones are accepted and dropped). Set it to retry a publish safely
+            after an error or a timeout. A new UUIDv7 when absent.
     """
 
     payload: Any
