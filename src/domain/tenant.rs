@@ -258,9 +258,12 @@ pub enum TenantEvent {
 }
 
 impl TenantEvent {
+    /// The type name of [`TenantEvent::Created`].
+    pub const CREATED: &'static str = "TenantCreated.v1";
+
     pub const fn event_type(&self) -> &'static str {
         match self {
-            Self::Created { .. } => "TenantCreated.v1",
+            Self::Created { .. } => Self::CREATED,
             Self::ConcurrencySet { .. } => "ConcurrencySet.v1",
             Self::LimitsSet(_) => "TenantLimitsSet.v1",
             Self::Deleted {} => "TenantDeleted.v1",

@@ -44,6 +44,11 @@ impl Projector for PartitionsProjector {
     const NAME: &'static str = partitions::PROJECTOR;
 
     async fn apply(&self, txn: &DatabaseTransaction, event: &RecordedEvent) -> Result<(), StoreError> {
+        // Only creations matter here: any other event, one of a type a newer release added included, is
+        // passed over undecoded, so that it cannot stop the partitions of the tenants created after it.
+        if event.event_type != TenantEvent::CREATED {
+            return Ok(());
+        }
         let tenant = TenantId::from_uuid(event.stream_id);
         match event.decode::<TenantEvent>()? {
             TenantEvent::Created { .. } if self.owes_partition(txn, tenant, event.position).await? => {

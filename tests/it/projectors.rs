@@ -101,3 +101,35 @@ async fn replay_rebuilds_the_same_read_models() {
     assert_eq!(app.scalar_i64(partitions).await, partitions_before);
     app.stop().await;
 }
+
+/// An event of a type this release does not know (written by a newer one, in a rolling deploy or before a
+/// rollback) must not stop the partitions projector: it makes partitions from creations only, and a tenant
+/// created after such an event still gets its partition, so its consumer can write.
+#[tokio::test]
+async fn an_event_of_an_unknown_type_does_not_stop_the_partitions_of_later_tenants() {
+    let mut config = crate::helpers::test_config();
+    config.projectors.command_wait = Duration::from_secs(1);
+    let app = TestApp::spawn_with(config).await;
+    let metadata = tenantmq::store::events::EventMetadata {
+        actor: "a newer release".into(),
+        request_id: "r".into(),
+        correlation_id: "r".into(),
+        trace_id: None,
+    };
+    let renamed = tenantmq::store::events::NewEvent { event_type: "TenantRenamed.v1".into(), data: json!({}) };
+    let store = EventStore::new(app.db.clone());
+    store.append(uuid::Uuid::now_v7(), 0, &[renamed], &metadata).await.expect("appended");
+    // Answered 503 `recorded` at most: the tenants read model does stop at the unknown event.
+    let later = uuid::Uuid::now_v7();
+    let _recorded = app.post_json("/tenants", &json!({ "id": later, "name": "later" })).await;
+    let partition = format!(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+         WHERE i.inhparent = 'messages'::regclass AND c.relname = '{}'",
+        crate::helpers::partition(&later.to_string())
+    );
+    eventually(Duration::from_secs(20), "the later tenant's partition", || async {
+        (app.scalar_i64(&partition).await == 1).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
