@@ -1,6 +1,10 @@
 //! The `tenants` read model.
 
-use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter, sea_query::Expr};
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, DatabaseTransaction, EntityTrait, QueryFilter,
+    sea_query::{Expr, OnConflict},
+};
 
 use crate::{
     domain::tenant::TenantEvent,
@@ -39,7 +43,10 @@ impl Projector for TenantsProjector {
                     publish_burst: Set(None),
                     max_queue_depth: Set(None),
                 })
-                .exec(txn)
+                // Applied again (a checkpoint lost or reset by hand), a creation leaves the row alone: the events
+                // after it set what they set again, and the model converges instead of the projector stopping.
+                .on_conflict(OnConflict::column(entity::Column::Id).do_nothing().to_owned())
+                .exec_without_returning(txn)
                 .await?;
             }
             TenantEvent::ConcurrencySet { workers, .. } => {

@@ -133,3 +133,28 @@ async fn an_event_of_an_unknown_type_does_not_stop_the_partitions_of_later_tenan
     .await;
     app.stop().await;
 }
+
+/// A checkpoint lost (deleted by hand, or a projector renamed) makes the projector apply the log again from the
+/// start onto the rows it made: a creation applied again must not stop it (a duplicate key, retried forever);
+/// the read model converges to what it was, and commands go on.
+#[tokio::test]
+async fn a_projector_whose_checkpoint_is_lost_applies_the_log_again_and_converges() {
+    let app = TestApp::spawn().await;
+    let a = app.create_tenant_id("a").await;
+    app.put_json(&format!("/tenants/{a}/config/concurrency"), &json!({ "workers": 7 })).await;
+    let read_model = TenantReadModel::new(app.db.clone());
+    let before = read_model.all().await.expect("rows");
+
+    app.db.execute_unprepared("DELETE FROM projector_checkpoints WHERE name = 'tenants'").await.expect("lost");
+    let head = EventStore::new(app.db.clone()).head_position().await.expect("head");
+    eventually(Duration::from_secs(20), "the tenants projector back at the head", || async {
+        let at =
+            app.scalar_i64("SELECT COALESCE((SELECT position FROM projector_checkpoints WHERE name = 'tenants'), 0)");
+        (at.await == head).then_some(())
+    })
+    .await;
+    assert_eq!(read_model.all().await.expect("rows"), before);
+    let resized = app.put_json(&format!("/tenants/{a}/config/concurrency"), &json!({ "workers": 2 })).await;
+    assert_eq!(resized.status(), reqwest::StatusCode::OK);
+    app.stop().await;
+}
