@@ -84,6 +84,7 @@ fn complete(document: &mut Value) {
             if let Some(errors) = statuses.get(id.as_str()) {
                 keep_errors(operation, errors);
             }
+            declare_common_headers(operation);
         }
     }
     let schemas = &mut document["components"]["schemas"];
@@ -117,6 +118,28 @@ fn keep_errors(operation: &mut Value, errors: &[u16]) {
                     "required": true,
                     "schema": { "type": "integer", "format": "int32" }
                 }
+            });
+        }
+    }
+}
+
+/// Headers the request-context and authentication middleware add to answers, which no derive sees: every
+/// answer's `X-Request-Id`, and a 401's `WWW-Authenticate`.
+fn declare_common_headers(operation: &mut Value) {
+    let Some(responses) = operation["responses"].as_object_mut() else { return };
+    for (status, response) in responses {
+        response["headers"]["X-Request-Id"] = json!({
+            "description": "The request's id: the client's `X-Request-Id` when it sent a printable one of at most 128 \
+                characters, else a new UUIDv7. The service's log and traces, and the events a command records, \
+                carry it, with `X-Correlation-Id` (the client's, else this id); quote it when reporting a 500.",
+            "required": true,
+            "schema": { "type": "string" }
+        });
+        if status == "401" {
+            response["headers"]["WWW-Authenticate"] = json!({
+                "description": "`Bearer`: the scheme the service takes",
+                "required": true,
+                "schema": { "type": "string" }
             });
         }
     }
@@ -209,6 +232,26 @@ mod tests {
         for (id, _) in OPERATION_ERRORS {
             assert!(seen.iter().any(|s| s == id), "{id} is listed but is not an operation");
         }
+    }
+
+    /// Every answer carries `X-Request-Id` (the middleware sets it) and every 401 `WWW-Authenticate`.
+    #[test]
+    fn every_answer_declares_the_headers_the_middleware_sets() {
+        let document = parsed();
+        let mut unauthorized = 0;
+        for operations in document["paths"].as_object().expect("paths").values() {
+            for operation in operations.as_object().expect("operations").values() {
+                for (status, response) in operation["responses"].as_object().expect("responses") {
+                    let id = &operation["operationId"];
+                    assert!(response["headers"]["X-Request-Id"].is_object(), "{id} {status}");
+                    if status == "401" {
+                        assert!(response["headers"]["WWW-Authenticate"].is_object(), "{id} {status}");
+                        unauthorized += 1;
+                    }
+                }
+            }
+        }
+        assert!(unauthorized > 0, "operations answer 401");
     }
 
     #[test]
