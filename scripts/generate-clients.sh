@@ -16,9 +16,8 @@ if [ "${1:-}" = "--check" ]; then
 fi
 rm -rf "$target"
 # A part of the document the generator cannot express (it warns and leaves it out) fails the run.
-generated=$(openapi-python-client generate --path docs/openapi.json --config clients/python/generator.yaml \
-    --meta none --output-path "$target" 2>&1)
-if grep -qi "warning" <<<"$generated"; then
+if ! generated=$(openapi-python-client generate --path docs/openapi.json --config clients/python/generator.yaml \
+    --meta none --output-path "$target" 2>&1) || grep -qi "warning" <<<"$generated"; then
     echo "$generated" >&2
     exit 1
 fi

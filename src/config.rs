@@ -276,8 +276,8 @@ pub struct ConsumerConfig {
     /// Longest delay between two retries.
     #[serde(with = "humantime_serde")]
     pub retry_max_delay: Duration,
-    /// How long this instance may be unable to read the database before it stops its consumers, handing back
-    /// what they hold for instances that can write it; they start again once it can read.
+    /// How long this instance may be unable to reach the database before it stops its consumers of queues
+    /// another instance also consumes, handing back what they hold for that one; they start again once it can.
     #[serde(with = "humantime_serde")]
     pub database_outage_grace: Duration,
 }

@@ -15,7 +15,7 @@ use crate::{
     auth::AuthError,
     broker::BrokerError,
     domain::tenant::TenantError,
-    runtime::failure::{self, WriteFailure},
+    runtime::failure,
     store::{StoreError, messages},
 };
 
@@ -75,10 +75,11 @@ pub enum ApiError {
     /// A dependency (PostgreSQL, RabbitMQ) is unavailable (`unavailable`): retry after `Retry-After` seconds
     /// (a publish may have reached the queue before the failure: give messages an `id` so that a retry stores
     /// each once).
-    /// Or, for a tenant command, the command was recorded but the read models have not caught up within the
-    /// wait (`recorded`): it takes effect without being sent again, and its tenant can be read after
-    /// `Retry-After` seconds. Sending again a create without `id` would create a second tenant; `tenant_id`
-    /// names the one recorded.
+    /// Or, for a tenant command, its outcome is in the event log but the read models (or a delete's
+    /// retirement) have not caught up within the wait (`recorded`): it takes effect as they do, without being
+    /// sent again; read the tenant in `tenant_id` to see it. Sent again, a command is answered from the log (a
+    /// create with the same `id` is a 409, a delete a 404), except a create without `id`, which would record a
+    /// second tenant.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>),
     /// An unexpected error (`internal`; details are in the service's log under the request id), or an event
@@ -186,18 +187,11 @@ impl From<StoreError> for ApiError {
 /// (`database.statement_timeout`, 57014), could not take a lock in time (55P03), or rolled back a
 /// transaction that lost a race (class 40). Anything else is a fault of the service: 500.
 fn database_unavailable(error: &StoreError) -> bool {
-    use sea_orm::{DbErr, RuntimeErr};
-    let error = match error {
-        StoreError::Database(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => return true,
-        StoreError::Database(
-            DbErr::Query(RuntimeErr::SqlxError(error)) | DbErr::Exec(RuntimeErr::SqlxError(error)),
-        ) => &**error,
-        StoreError::Sqlx(error) => error,
-        _ => return false,
-    };
-    let retryable =
-        messages::sqlstate(error).is_some_and(|code| matches!(code, "57014" | "55P03") || code.starts_with("40"));
-    retryable || matches!(failure::classify(error), WriteFailure::Unavailable)
+    let retryable = error
+        .sqlx()
+        .and_then(messages::sqlstate)
+        .is_some_and(|code| matches!(code, "57014" | "55P03") || code.starts_with("40"));
+    retryable || failure::database_unreachable(error)
 }
 
 impl From<TenantError> for ApiError {

@@ -47,6 +47,15 @@ mod tests {
         assert_ne!(named, row_id(other, Some("order-17")), "names are per tenant");
     }
 
+    /// Pinned: rows already stored carry these ids, so the namespace and the name's form may never change
+    /// (the same as Python's `uuid.uuid5(namespace, "<tenant id>/order-17")`).
+    #[test]
+    fn a_named_id_is_the_standard_uuid_v5_of_tenant_slash_name() {
+        let tenant = TenantId::from_uuid(Uuid::from_u128(0x0192_f4c0_5c1a_7b3e_8d4f_1a2b_3c4d_5e6f));
+        let expected = Uuid::from_u128(0xe536_f505_6329_59fe_92e8_dad4_a9fe_028d);
+        assert_eq!(row_id(tenant, Some("order-17")), expected);
+    }
+
     #[test]
     fn without_a_message_id_every_delivery_gets_a_fresh_version_8_id() {
         let tenant = TenantId::generate();

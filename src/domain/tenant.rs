@@ -260,6 +260,8 @@ pub enum TenantEvent {
 impl TenantEvent {
     /// The type name of [`TenantEvent::Created`].
     pub const CREATED: &'static str = "TenantCreated.v1";
+    /// What the type name of a creation starts with, in any version.
+    pub const CREATED_PREFIX: &'static str = "TenantCreated.";
 
     pub const fn event_type(&self) -> &'static str {
         match self {

@@ -45,8 +45,10 @@ impl Projector for PartitionsProjector {
 
     async fn apply(&self, txn: &DatabaseTransaction, event: &RecordedEvent) -> Result<(), StoreError> {
         // Only creations matter here: any other event, one of a type a newer release added included, is
-        // passed over undecoded, so that it cannot stop the partitions of the tenants created after it.
-        if event.event_type != TenantEvent::CREATED {
+        // passed over undecoded, so that it cannot stop the partitions of the tenants created after it. A
+        // creation of a version this release does not know stops the projector (it cannot be decoded): passed
+        // over, its tenant would get no partition, and would look retired once deleted.
+        if !event.event_type.starts_with(TenantEvent::CREATED_PREFIX) {
             return Ok(());
         }
         let tenant = TenantId::from_uuid(event.stream_id);

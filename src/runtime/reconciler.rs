@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
-    broker::{Broker, ConsumerConnections, queues},
+    broker::{Broker, ConsumerConnections, Inspector, queues},
     domain::tenant::{TenantId, Workers},
     metrics::{Metrics, ReconcilerAction, ReconcilerError},
     projectors::Progress,
@@ -31,12 +31,16 @@ use crate::{
 
 use super::{
     consumer::{self, ConsumerEnd, ConsumerError, ConsumerSettings},
+    failure,
     registry::ConsumerRegistry,
     retirement::Retirement,
     tenant_runtime::{ConsumerState, Control, TenantRuntime},
 };
 
 type ConsumerResult = (TenantId, Result<ConsumerEnd, ConsumerError>);
+
+/// The longest a read of the desired runtime may take before the database counts as unreachable.
+const DESIRED_STATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Reconciler {
     pub registry: ConsumerRegistry,
@@ -174,9 +178,9 @@ impl Reconciler {
             if self.broker.is_connected() && !cleaned_up_deleted {
                 cleaned_up_deleted = self.delete_queues_of_deleted_tenants().await;
             }
-            let reconciled =
+            let reached =
                 self.reconcile(&mut consumers, &mut tenants_of, &mut restarts, &mut generation, &shutdown).await;
-            self.pause_if_database_lost(reconciled, &mut database_lost_since);
+            self.pause_if_database_lost(reached, &mut database_lost_since).await;
             if self.broker.is_connected() {
                 retirements.wanted(|| self.start_retirement());
             }
@@ -224,12 +228,14 @@ impl Reconciler {
         tokio::spawn(async move { retirement.retire_stopped(|tenant| running_here.contains(&tenant)).await })
     }
 
-    /// While the database cannot be read, workers keep what they cannot write and try again; this instance's
-    /// consumers stay subscribed, so the broker sends them nothing new. But another instance may reach the
-    /// database: past `database_outage_grace`, the consumers stop and hand back what they hold, for it. They
-    /// start again at the first pass that reads the desired runtime.
-    fn pause_if_database_lost(&self, reconciled: bool, lost_since: &mut Option<Instant>) {
-        if reconciled {
+    /// While the database cannot be reached, workers keep what they cannot write and try again; this
+    /// instance's consumers stay subscribed, so the broker sends them nothing new. But another instance may
+    /// reach the database: past `database_outage_grace`, each consumer whose queue has another consumer (one of
+    /// another instance) stops and hands back what it holds, for that one. A consumer alone on its queue stays:
+    /// handing back would only count a delivery (which a quorum queue's delivery limit counts against the
+    /// message). They start again at the first pass that reads the desired runtime.
+    async fn pause_if_database_lost(&self, reached: bool, lost_since: &mut Option<Instant>) {
+        if reached {
             *lost_since = None;
             return;
         }
@@ -237,17 +243,24 @@ impl Reconciler {
         if since.elapsed() < self.database_outage_grace {
             return;
         }
+        let mut inspector = Inspector::new(&self.broker);
         for running in self.registry.all() {
-            if running.state() != ConsumerState::Stopping {
-                tracing::warn!(tenant = %running.tenant, "pausing: the database has been unreachable since {:?} ago", since.elapsed());
+            if running.state() == ConsumerState::Stopping {
+                continue;
+            }
+            let shared =
+                inspector.counts(&running.tenant.queue_name()).await.is_some_and(|(_, consumers)| consumers > 1);
+            if shared {
+                tracing::warn!(tenant = %running.tenant, unreachable_for = ?since.elapsed(), "pausing: the database is unreachable from this instance");
                 running.set_state(ConsumerState::Stopping);
                 running.send(Control::Pause);
                 self.metrics.reconciler_action(ReconcilerAction::Pause);
             }
         }
+        inspector.close().await;
     }
 
-    /// Returns whether it could read the desired runtime.
+    /// Returns false if the database could not be reached to read the desired runtime.
     async fn reconcile(
         &self,
         consumers: &mut JoinSet<ConsumerResult>,
@@ -256,10 +269,19 @@ impl Reconciler {
         generation: &mut u64,
         shutdown: &CancellationToken,
     ) -> bool {
-        let desired = match self.tenants.desired_runtime().await {
-            Ok(desired) => desired,
-            Err(error) => {
+        // Bounded twice: the server cancels a read that waits for a lock (an answer: the database is there),
+        // and a database that does not answer at all (a network partition) would otherwise hold this loop
+        // until the kernel gives up on the connection, minutes later.
+        let read = self.tenants.desired_runtime(DESIRED_STATE_TIMEOUT / 2);
+        let desired = match tokio::time::timeout(DESIRED_STATE_TIMEOUT, read).await {
+            Ok(Ok(desired)) => desired,
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot read the desired runtime; retrying at the next resync");
+                self.metrics.reconciler_error(ReconcilerError::DesiredState);
+                return !failure::database_unreachable(&error);
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?DESIRED_STATE_TIMEOUT, "the desired runtime took too long to read; retrying at the next resync");
                 self.metrics.reconciler_error(ReconcilerError::DesiredState);
                 return false;
             }

@@ -39,3 +39,17 @@ pub enum StoreError {
     #[error("database error: {0}")]
     Sqlx(#[from] sea_orm::sqlx::Error),
 }
+
+impl StoreError {
+    /// The driver's error a query or statement failed with, if that is what happened.
+    pub fn sqlx(&self) -> Option<&sea_orm::sqlx::Error> {
+        use sea_orm::RuntimeErr;
+        match self {
+            Self::Database(DbErr::Query(RuntimeErr::SqlxError(error)) | DbErr::Exec(RuntimeErr::SqlxError(error))) => {
+                Some(error)
+            }
+            Self::Sqlx(error) => Some(error),
+            _ => None,
+        }
+    }
+}

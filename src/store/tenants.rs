@@ -1,9 +1,12 @@
 //! The `tenants` read model: the entity, and the queries the API reads it with.
 
-use std::num::NonZeroU32;
+use std::{num::NonZeroU32, time::Duration};
 
 use crate::domain::tenant::{Limits, TenantId};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+};
 
 use super::{StoreError, partitions};
 
@@ -110,16 +113,21 @@ impl TenantReadModel {
             .await?)
     }
 
-    /// The desired runtime: every live tenant with its pool size.
-    pub async fn desired_runtime(&self) -> Result<Vec<(TenantId, i32)>, StoreError> {
+    /// The desired runtime: every live tenant with its pool size. The server cancels the read after `limit`
+    /// (a lock on `tenants` held that long), so that a database that answers is told apart from one that
+    /// does not.
+    pub async fn desired_runtime(&self, limit: Duration) -> Result<Vec<(TenantId, i32)>, StoreError> {
+        let txn = self.db.begin().await?;
+        txn.execute_unprepared(&format!("SET LOCAL statement_timeout = {}", limit.as_millis())).await?;
         let rows: Vec<(uuid::Uuid, i32)> = Tenants::find()
             .select_only()
             .column(entity::Column::Id)
             .column(entity::Column::Workers)
             .filter(entity::Column::Status.eq(entity::TenantStatus::Active))
             .into_tuple()
-            .all(&self.db)
+            .all(&txn)
             .await?;
+        txn.commit().await?;
         Ok(rows.into_iter().map(|(id, workers)| (TenantId::from_uuid(id), workers)).collect())
     }
 

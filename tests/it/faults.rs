@@ -264,6 +264,17 @@ async fn the_database_down_under_load_holds_messages_back_and_every_message_is_a
 /// instance writes every message while the outage lasts. Its consumers come back with the database.
 #[tokio::test]
 async fn an_instance_cut_off_from_the_database_hands_its_messages_to_one_that_is_not() {
+    cut_off_instance_hands_back(Proxy::take_down).await;
+}
+
+/// The same when the database stops answering instead of refusing (a network partition): the read of the
+/// desired runtime and the writes in flight would each wait until the kernel gives up on the connection.
+#[tokio::test]
+async fn an_instance_whose_database_stops_answering_hands_its_messages_to_one_that_is_not() {
+    cut_off_instance_hands_back(Proxy::stall).await;
+}
+
+async fn cut_off_instance_hands_back(fault: fn(&Proxy)) {
     const MESSAGES: usize = 200;
     let mut config = test_config();
     config.consumer.database_outage_grace = Duration::from_secs(1);
@@ -275,26 +286,61 @@ async fn an_instance_cut_off_from_the_database_hands_its_messages_to_one_that_is
     let mut cut_off_config = app.config.clone();
     cut_off_config.database.url = through_proxy;
     let mut cut_off = tenantmq_testkit::RunningApp::start(cut_off_config).await.expect("a second instance");
-    let consumers = |expected: u32| {
-        let (broker, tenant) = (&broker, &tenant);
-        async move {
-            eventually(Duration::from_secs(30), &format!("{expected} consumers"), || async {
-                queue_state(broker, queue(tenant)).await.filter(|(_, consumers)| *consumers == expected)
-            })
-            .await
-        }
-    };
-    consumers(2).await;
+    await_consumers(&broker, &tenant, 2).await;
 
-    proxy.take_down();
+    fault(&proxy);
     publish_directly(&broker, &tenant, MESSAGES).await;
-    await_exactly(&app.db, &tenant, i64::try_from(MESSAGES).expect("count"), Duration::from_secs(30)).await;
-    consumers(1).await;
+    await_exactly(&app.db, &tenant, i64::try_from(MESSAGES).expect("count"), Duration::from_secs(60)).await;
+    await_consumers(&broker, &tenant, 1).await;
     let paused = Scrape::of(&cut_off).await.value("tenantmq_reconciler_actions_total", &[("action", "pause")]);
     assert_eq!(paused, Some(1.0));
 
     proxy.restore();
-    consumers(2).await;
+    await_consumers(&broker, &tenant, 2).await;
     cut_off.stop().await.expect("the second instance stopped");
     app.stop().await;
+}
+
+/// A database that answers, only slowly (a lock on `tenants` held past the grace: an `ALTER TABLE`, a
+/// `VACUUM FULL`), is not an outage: the read of the desired runtime is cancelled by the server and tried
+/// again, and no consumer stops, while the messages go on being written (they do not touch `tenants`).
+#[tokio::test]
+async fn a_lock_on_the_tenants_table_pauses_no_consumer() {
+    const MESSAGES: usize = 100;
+    let mut config = test_config();
+    config.consumer.database_outage_grace = Duration::from_secs(1);
+    config.consumer.resync_interval = Duration::from_millis(200);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("locked-out").await;
+    let mut second = tenantmq_testkit::RunningApp::start(app.config.clone()).await.expect("a second instance");
+    await_consumers(&broker, &tenant, 2).await;
+
+    let lock = crate::dead_letters::hold_in_transaction(
+        &app.config.database.url,
+        "LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE",
+    )
+    .await;
+    publish_directly(&broker, &tenant, MESSAGES).await;
+    await_exactly(&app.db, &tenant, i64::try_from(MESSAGES).expect("count"), Duration::from_secs(30)).await;
+    // Two failed reads of the desired runtime (the server cancels each after 5 s) at least a grace apart.
+    eventually(Duration::from_secs(30), "two reads of the desired runtime to fail", || async {
+        let failed = Scrape::of(&second).await.value("tenantmq_reconciler_errors_total", &[("kind", "desired_state")]);
+        failed.filter(|failed| *failed >= 2.0)
+    })
+    .await;
+    for instance in [&*app, &second] {
+        let paused = Scrape::of(instance).await.value("tenantmq_reconciler_actions_total", &[("action", "pause")]);
+        assert_eq!(paused, Some(0.0), "a consumer paused");
+    }
+    crate::dead_letters::release(lock).await;
+    second.stop().await.expect("the second instance stopped");
+    app.stop().await;
+}
+
+async fn await_consumers(broker: &lapin::Connection, tenant: &str, expected: u32) {
+    eventually(Duration::from_secs(60), &format!("{expected} consumers"), || async {
+        queue_state(broker, queue(tenant)).await.filter(|(_, consumers)| *consumers == expected)
+    })
+    .await;
 }

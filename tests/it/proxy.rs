@@ -76,8 +76,12 @@ impl Proxy {
         self.stalled.send_replace(true);
     }
 
+    /// Lets new connections through again, and ends a stall (cutting the connections it silenced).
     pub fn restore(&self) {
         self.up.send_replace(true);
+        if self.stalled.send_replace(false) {
+            self.cut();
+        }
     }
 
     /// `url` split before its `host:port`: what comes before, and the `host:port`.

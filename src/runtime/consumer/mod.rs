@@ -184,7 +184,7 @@ pub async fn run(
             }
         }
     };
-    Box::pin(running.stop(matches!(ended, Ok(ConsumerEnd::Deleted)))).await;
+    Box::pin(running.stop(&ended)).await;
     ended
 }
 
@@ -276,22 +276,27 @@ impl Running {
 
     /// Stops taking deliveries, lets the workers settle what they hold, and closes the channel. A deleted
     /// tenant keeps its subscription until then (see [`run`]).
-    async fn stop(mut self, deleted: bool) {
+    async fn stop(mut self, ended: &Result<ConsumerEnd, ConsumerError>) {
+        let deleted = matches!(ended, Ok(ConsumerEnd::Deleted));
+        let database_lost = matches!(ended, Ok(ConsumerEnd::Paused));
         self.runtime.set_state(ConsumerState::Stopping);
         self.stopping.cancel();
-        if self.channel.status().connected() && !self.handed_over && !deleted {
+        // Paused, what the subscription still holds goes back with the channel: workers could not write it.
+        if self.channel.status().connected() && !self.handed_over && !deleted && !database_lost {
             let _ = handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await;
         }
         // Workers for what the channel still holds: they take it, then find the channel closed.
         self.pool.offer(self.queued());
         drop(self.deliveries);
-        if self.channel.status().connected() {
+        if self.channel.status().connected() && !database_lost {
             self.pool.drain().await;
         } else {
             // Settling on a dead channel can wait forever, and is pointless: the broker requeues whatever was
-            // unacked. Give the workers a moment to finish their inserts (idempotent), then stop them.
+            // unacked; so can a write to a database that stalls (until the kernel gives up on the connection).
+            // Give the workers a moment to finish their inserts (idempotent), then stop them: closing the
+            // channel hands back what they held.
             if tokio::time::timeout(DRAIN_AFTER_CONNECTION_LOSS, self.pool.drain()).await.is_err() {
-                tracing::warn!(tenant = %self.runtime.tenant, "workers did not finish after the connection was lost; stopping them");
+                tracing::warn!(tenant = %self.runtime.tenant, "workers did not finish in time; stopping them");
                 self.pool.tasks.abort_all();
                 self.pool.drain().await;
             }
