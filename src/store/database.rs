@@ -72,20 +72,43 @@ pub enum MigrationDirection {
     Down,
 }
 
+/// How long a migration's statement waits for a table's lock before it gives up. While a schema change waits
+/// for its lock (behind a long transaction, say), every later reader and writer of that table queues behind
+/// it: bounded, they wait at most this long per attempt.
+const MIGRATION_LOCK_WAIT: Duration = Duration::from_secs(5);
+/// Attempts of a migration whose lock wait ran out, a [`MIGRATION_LOCK_WAIT`] apart: about two minutes.
+const MIGRATION_ATTEMPTS: u32 = 12;
+
 /// Runs migrations under a session advisory lock so that instances starting together do not race.
 /// Applies (or rolls back one) migration on a connection of its own, without the pool's
-/// `database.statement_timeout`: a schema change that waits for a lock or rewrites a table must not be cut off
-/// half way by a timeout meant for the service's own statements.
+/// `database.statement_timeout`: a schema change that rewrites a table must not be cut off half way by a
+/// timeout meant for the service's own statements. Its wait for a lock is bounded ([`MIGRATION_LOCK_WAIT`]);
+/// each migration is one transaction, so one that gave up is tried again from its start.
 pub async fn migrate(url: &str, direction: MigrationDirection) -> Result<(), StoreError> {
     let mut lock = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
     sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
     let mut options = ConnectOptions::new(url.to_owned());
-    options.max_connections(1).sqlx_logging(false);
+    let lock_wait = format!("{}ms", MIGRATION_LOCK_WAIT.as_millis());
+    options
+        .max_connections(1)
+        .sqlx_logging(false)
+        .map_sqlx_postgres_opts(move |opts| opts.options([("lock_timeout", lock_wait.as_str())]));
     let result = match Database::connect(options).await {
         Ok(db) => {
-            let migrated = match direction {
-                MigrationDirection::Up => Migrator::up(&db, None).await,
-                MigrationDirection::Down => Migrator::down(&db, Some(1)).await,
+            let mut attempt = 1;
+            let migrated = loop {
+                let migrated = match direction {
+                    MigrationDirection::Up => Migrator::up(&db, None).await,
+                    MigrationDirection::Down => Migrator::down(&db, Some(1)).await,
+                };
+                match migrated {
+                    Err(error) if attempt < MIGRATION_ATTEMPTS && waited_out_a_lock(&error) => {
+                        tracing::warn!(%error, attempt, "a migration could not take a lock in time; trying again");
+                        tokio::time::sleep(MIGRATION_LOCK_WAIT).await;
+                        attempt += 1;
+                    }
+                    migrated => break migrated,
+                }
             };
             let _ = db.close().await;
             migrated
@@ -95,6 +118,17 @@ pub async fn migrate(url: &str, direction: MigrationDirection) -> Result<(), Sto
     sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
     lock.close().await?;
     Ok(result?)
+}
+
+/// Whether a migration failed on `lock_timeout` (SQLSTATE 55P03; the migrator may hand the error on as text).
+fn waited_out_a_lock(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(error)) | DbErr::Query(RuntimeErr::SqlxError(error)) => {
+            super::messages::sqlstate(error) == Some("55P03")
+        }
+        other => other.to_string().contains("lock timeout"),
+    }
 }
 
 /// Each known migration with whether it has been applied.

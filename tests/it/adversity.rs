@@ -690,3 +690,44 @@ async fn channels_the_broker_closes_never_use_up_the_connection() {
     app.await_messages(&healthy, 1).await;
     app.stop().await;
 }
+
+/// A schema change waits for its table's lock behind a long transaction (a `BEGIN` left open in psql), and
+/// while it waits every later reader and writer of that table queues behind it: a release's migration would
+/// stop the service until that transaction ends. Its wait is bounded: a later reader gets through once it runs
+/// out, and the migration is tried again until the transaction is gone.
+#[tokio::test]
+async fn a_migration_waiting_behind_a_long_reader_does_not_hold_back_the_readers_after_it() {
+    use tenantmq::store::database::{self, MigrationDirection};
+    let config = test_config();
+    let url = config.database.url.clone();
+    let test_database = crate::helpers::adopt_database(&config);
+    database::create_database_if_missing(&url).await.expect("database created");
+    database::migrate(&url, MigrationDirection::Up).await.expect("migrated");
+    let db = database::connect(&config.database).await.expect("connected");
+    // Undone down to the migration that alters `tenants` (the limits' columns).
+    let altered =
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'tenants' AND column_name = 'publish_rate'";
+    while scalar_i64(&db, altered).await > 0 {
+        database::migrate(&url, MigrationDirection::Down).await.expect("a migration rolled back");
+    }
+
+    let reader = crate::dead_letters::hold_in_transaction(&url, "SELECT count(*) FROM tenants").await;
+    let migrating = tokio::spawn({
+        let url = url.clone();
+        async move { database::migrate(&url, MigrationDirection::Up).await }
+    });
+    let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
+                   WHERE c.relname = 'tenants' AND NOT l.granted";
+    eventually(Duration::from_secs(30), "the migration waiting for its lock", || async {
+        (scalar_i64(&db, waiting).await > 0).then_some(())
+    })
+    .await;
+    let later = tokio::time::timeout(Duration::from_secs(30), scalar_i64(&db, "SELECT count(*) FROM tenants")).await;
+    // Asserted once the migration is done: failing before, it would leave its transaction open on `tenants`.
+    crate::dead_letters::release(reader).await;
+    migrating.await.expect("the migration's task").expect("migrated once the reader is gone");
+    assert!(later.is_ok(), "a read of tenants stayed queued behind the waiting migration");
+    assert_eq!(scalar_i64(&db, altered).await, 1);
+    db.close().await.expect("closed");
+    crate::helpers::remove_database(test_database).await;
+}
