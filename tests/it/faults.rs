@@ -276,10 +276,7 @@ async fn an_instance_whose_database_stops_answering_hands_its_messages_to_one_th
 
 async fn cut_off_instance_hands_back(fault: fn(&Proxy)) {
     const MESSAGES: usize = 200;
-    let mut config = test_config();
-    config.consumer.database_outage_grace = Duration::from_secs(1);
-    config.consumer.resync_interval = Duration::from_millis(200);
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_with(quick_to_pause()).await;
     let broker = amqp().await;
     let tenant = app.create_tenant_id("cut-off").await;
     let (proxy, through_proxy) = Proxy::in_front_of(&app.config.database.url).await;
@@ -307,10 +304,7 @@ async fn cut_off_instance_hands_back(fault: fn(&Proxy)) {
 #[tokio::test]
 async fn a_lock_on_the_tenants_table_pauses_no_consumer() {
     const MESSAGES: usize = 100;
-    let mut config = test_config();
-    config.consumer.database_outage_grace = Duration::from_secs(1);
-    config.consumer.resync_interval = Duration::from_millis(200);
-    let app = TestApp::spawn_with(config).await;
+    let app = TestApp::spawn_with(quick_to_pause()).await;
     let broker = amqp().await;
     let tenant = app.create_tenant_id("locked-out").await;
     let mut second = tenantmq_testkit::RunningApp::start(app.config.clone()).await.expect("a second instance");
@@ -336,6 +330,14 @@ async fn a_lock_on_the_tenants_table_pauses_no_consumer() {
     crate::dead_letters::release(lock).await;
     second.stop().await.expect("the second instance stopped");
     app.stop().await;
+}
+
+/// Two instances started from this share their queues; one that loses the database pauses within a second.
+fn quick_to_pause() -> tenantmq::config::Config {
+    let mut config = test_config();
+    config.consumer.database_outage_grace = Duration::from_secs(1);
+    config.consumer.resync_interval = Duration::from_millis(200);
+    config
 }
 
 async fn await_consumers(broker: &lapin::Connection, tenant: &str, expected: u32) {
