@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use sea_orm::sqlx::PgPool;
+use sea_orm::sqlx::{Connection, PgConnection, PgPool};
 use tokio::{
     sync::{mpsc, watch},
     task::{JoinHandle, JoinSet},
@@ -31,7 +31,6 @@ use crate::{
 
 use super::{
     consumer::{self, ConsumerEnd, ConsumerError, ConsumerSettings},
-    failure,
     registry::ConsumerRegistry,
     retirement::Retirement,
     tenant_runtime::{ConsumerState, Control, TenantRuntime},
@@ -55,6 +54,12 @@ pub struct Reconciler {
     pub database_outage_grace: Duration,
     pub metrics: Metrics,
     pub retirement: Arc<Retirement>,
+}
+
+/// This instance lost the database: since when, and which tenants' consumers have been looked at for a pause.
+struct DatabaseLost {
+    since: Instant,
+    looked_at: HashSet<TenantId>,
 }
 
 /// At most one retirement pass at a time; a pass wanted while one runs starts when it ends.
@@ -173,14 +178,13 @@ impl Reconciler {
         let mut projection = Some(self.projection.clone());
         let mut cleaned_up_deleted = false;
         let mut retirements = Retirements::default();
-        let mut database_lost_since = None;
+        let mut database_lost = None;
         loop {
             if self.broker.is_connected() && !cleaned_up_deleted {
                 cleaned_up_deleted = self.delete_queues_of_deleted_tenants().await;
             }
-            let reached =
-                self.reconcile(&mut consumers, &mut tenants_of, &mut restarts, &mut generation, &shutdown).await;
-            self.pause_if_database_lost(reached, &mut database_lost_since).await;
+            let read = self.reconcile(&mut consumers, &mut tenants_of, &mut restarts, &mut generation, &shutdown).await;
+            self.pause_if_database_lost(read, &mut database_lost).await;
             if self.broker.is_connected() {
                 retirements.wanted(|| self.start_retirement());
             }
@@ -233,25 +237,28 @@ impl Reconciler {
     /// reach the database: past `database_outage_grace`, each consumer whose queue has another consumer (one of
     /// another instance) stops and hands back what it holds, for that one. A consumer alone on its queue stays:
     /// handing back would only count a delivery (which a quorum queue's delivery limit counts against the
-    /// message). They start again at the first pass that reads the desired runtime.
-    async fn pause_if_database_lost(&self, reached: bool, lost_since: &mut Option<Instant>) {
-        if reached {
-            *lost_since = None;
+    /// message). Each is looked at once per outage. They start again at the first pass that reads the desired
+    /// runtime.
+    async fn pause_if_database_lost(&self, read: bool, lost: &mut Option<DatabaseLost>) {
+        // A read that failed on a database that answers (a lock held on `tenants`, a pool busy to the last
+        // connection) is no outage.
+        if read || self.database_answers().await {
+            *lost = None;
             return;
         }
-        let since = *lost_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < self.database_outage_grace {
+        let lost = lost.get_or_insert_with(|| DatabaseLost { since: Instant::now(), looked_at: HashSet::new() });
+        if lost.since.elapsed() < self.database_outage_grace {
             return;
         }
         let mut inspector = Inspector::new(&self.broker);
         for running in self.registry.all() {
-            if running.state() == ConsumerState::Stopping {
+            if running.state() == ConsumerState::Stopping || !lost.looked_at.insert(running.tenant) {
                 continue;
             }
             let shared =
                 inspector.counts(&running.tenant.queue_name()).await.is_some_and(|(_, consumers)| consumers > 1);
             if shared {
-                tracing::warn!(tenant = %running.tenant, unreachable_for = ?since.elapsed(), "pausing: the database is unreachable from this instance");
+                tracing::warn!(tenant = %running.tenant, unreachable_for = ?lost.since.elapsed(), "pausing: the database is unreachable from this instance");
                 running.set_state(ConsumerState::Stopping);
                 running.send(Control::Pause);
                 self.metrics.reconciler_action(ReconcilerAction::Pause);
@@ -260,7 +267,19 @@ impl Reconciler {
         inspector.close().await;
     }
 
-    /// Returns false if the database could not be reached to read the desired runtime.
+    /// Whether a connection of its own (the pool's may all be busy) reaches the database and gets an answer
+    /// within half of [`DESIRED_STATE_TIMEOUT`].
+    async fn database_answers(&self) -> bool {
+        let options = self.pool.connect_options();
+        let ask = async {
+            let mut connection = PgConnection::connect_with(&options).await?;
+            sea_orm::sqlx::query("SELECT 1").execute(&mut connection).await?;
+            connection.close().await
+        };
+        matches!(tokio::time::timeout(DESIRED_STATE_TIMEOUT / 2, ask).await, Ok(Ok(())))
+    }
+
+    /// Returns whether it could read the desired runtime.
     async fn reconcile(
         &self,
         consumers: &mut JoinSet<ConsumerResult>,
@@ -269,16 +288,16 @@ impl Reconciler {
         generation: &mut u64,
         shutdown: &CancellationToken,
     ) -> bool {
-        // Bounded twice: the server cancels a read that waits for a lock (an answer: the database is there),
-        // and a database that does not answer at all (a network partition) would otherwise hold this loop
-        // until the kernel gives up on the connection, minutes later.
+        // Bounded twice: the server cancels a read that waits for a lock, and a database that does not answer
+        // at all (a network partition) would otherwise hold this loop until the kernel gives up on the
+        // connection, minutes later.
         let read = self.tenants.desired_runtime(DESIRED_STATE_TIMEOUT / 2);
         let desired = match tokio::time::timeout(DESIRED_STATE_TIMEOUT, read).await {
             Ok(Ok(desired)) => desired,
             Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot read the desired runtime; retrying at the next resync");
                 self.metrics.reconciler_error(ReconcilerError::DesiredState);
-                return !failure::database_unreachable(&error);
+                return false;
             }
             Err(_) => {
                 tracing::warn!(timeout = ?DESIRED_STATE_TIMEOUT, "the desired runtime took too long to read; retrying at the next resync");

@@ -4,7 +4,7 @@ use std::{str::FromStr, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     sqlx::{
         self, Connection, PgConnection,
         postgres::{PgConnectOptions, PgDatabaseError},
@@ -83,20 +83,23 @@ const MIGRATION_ATTEMPTS: u32 = 12;
 /// Applies (or rolls back one) migration on a connection of its own, without the pool's
 /// `database.statement_timeout`: a schema change that rewrites a table must not be cut off half way by a
 /// timeout meant for the service's own statements. Its wait for a lock is bounded ([`MIGRATION_LOCK_WAIT`]);
-/// each migration is one transaction, so one that gave up is tried again from its start.
+/// each migration is one transaction (the migrator's default on PostgreSQL, which every migration here keeps:
+/// one that opted out would be tried again half applied), so one that gave up is tried again from its start.
 pub async fn migrate(url: &str, direction: MigrationDirection) -> Result<(), StoreError> {
     let mut lock = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
     sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
     let mut options = ConnectOptions::new(url.to_owned());
-    let lock_wait = format!("{}ms", MIGRATION_LOCK_WAIT.as_millis());
-    options
-        .max_connections(1)
-        .sqlx_logging(false)
-        .map_sqlx_postgres_opts(move |opts| opts.options([("lock_timeout", lock_wait.as_str())]));
+    options.max_connections(1).sqlx_logging(false);
+    // Set on the session rather than sent as a startup option, which PgBouncer refuses; the migrator runs on
+    // this pool's one connection.
+    let bound_lock_wait = format!("SET lock_timeout = {}", MIGRATION_LOCK_WAIT.as_millis());
     let result = match Database::connect(options).await {
         Ok(db) => {
             let mut attempt = 1;
             let migrated = loop {
+                if let Err(error) = db.execute_unprepared(&bound_lock_wait).await {
+                    break Err(error);
+                }
                 let migrated = match direction {
                     MigrationDirection::Up => Migrator::up(&db, None).await,
                     MigrationDirection::Down => Migrator::down(&db, Some(1)).await,

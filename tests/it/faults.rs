@@ -298,6 +298,32 @@ async fn cut_off_instance_hands_back(fault: fn(&Proxy)) {
     app.stop().await;
 }
 
+/// An instance alone on its queues keeps what it holds through an outage of any length: handing it back
+/// would only count a delivery against each message, with nobody else to take it.
+#[tokio::test]
+async fn an_instance_alone_on_its_queues_pauses_nothing_when_it_loses_the_database() {
+    let mut config = quick_to_pause();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.database.url).await;
+    config.database.url = through_proxy;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("alone").await;
+    await_consumers(&broker, &tenant, 1).await;
+
+    proxy.take_down();
+    // Passes that could not reach the database, over several times the grace.
+    eventually(Duration::from_secs(30), "ten failed reads of the desired runtime", || async {
+        let failed = Scrape::of(&app).await.value("tenantmq_reconciler_errors_total", &[("kind", "desired_state")]);
+        failed.filter(|failed| *failed >= 10.0)
+    })
+    .await;
+    let paused = Scrape::of(&app).await.value("tenantmq_reconciler_actions_total", &[("action", "pause")]);
+    assert_eq!(paused, Some(0.0));
+    assert_eq!(queue_state(&broker, queue(&tenant)).await.map(|(_, consumers)| consumers), Some(1));
+    proxy.restore();
+    app.stop().await;
+}
+
 /// A database that answers, only slowly (a lock on `tenants` held past the grace: an `ALTER TABLE`, a
 /// `VACUUM FULL`), is not an outage: the read of the desired runtime is cancelled by the server and tried
 /// again, and no consumer stops, while the messages go on being written (they do not touch `tenants`).
