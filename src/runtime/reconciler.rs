@@ -38,6 +38,10 @@ use super::{
 
 type ConsumerResult = (TenantId, Result<ConsumerEnd, ConsumerError>);
 
+/// Resync intervals between two sweeps of retired tenants' queues (10 minutes by default): a consumer that
+/// started just as another instance retired its tenant may have declared them again.
+const RETIRED_SWEEP_EVERY: u32 = 120;
+
 /// The longest a read of the desired runtime may take before the database counts as unreachable.
 const DESIRED_STATE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -176,12 +180,13 @@ impl Reconciler {
         let mut generation = 0_u64;
         let mut connection = self.broker.subscribe();
         let mut projection = Some(self.projection.clone());
-        let mut cleaned_up_deleted = false;
+        let mut swept_at: Option<Instant> = None;
         let mut retirements = Retirements::default();
         let mut database_lost = None;
         loop {
-            if self.broker.is_connected() && !cleaned_up_deleted {
-                cleaned_up_deleted = self.delete_queues_of_deleted_tenants().await;
+            let sweep_due = swept_at.is_none_or(|at| at.elapsed() >= self.resync_interval * RETIRED_SWEEP_EVERY);
+            if self.broker.is_connected() && sweep_due && self.delete_queues_of_deleted_tenants().await {
+                swept_at = Some(Instant::now());
             }
             let read = self.reconcile(&mut consumers, &mut tenants_of, &mut restarts, &mut generation, &shutdown).await;
             self.pause_if_database_lost(read, &mut database_lost).await;

@@ -442,3 +442,30 @@ async fn with_quorum_queues_a_deleted_tenant_is_retired_without_losing_the_broke
         app.stop().await;
     }
 }
+
+/// A consumer that starts just as another instance retires its tenant declares the tenant's queues again
+/// after they were deleted; nothing was left to delete them but an instance's next start. The reconciler
+/// sweeps retired tenants' queues every 120 resync intervals too.
+#[tokio::test]
+async fn queues_of_a_retired_tenant_declared_again_are_swept() {
+    let mut config = test_config();
+    config.consumer.resync_interval = Duration::from_millis(100);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("declared-again").await;
+    await_consumer(&broker, &tenant).await;
+    assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
+    assert_eq!(queue_state(&broker, queue(&tenant)).await, None, "deleted with the tenant");
+
+    let channel = broker.create_channel().await.expect("channel");
+    let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
+    channel
+        .queue_declare(queue(&tenant).as_str().into(), durable, lapin::types::FieldTable::default())
+        .await
+        .expect("declared again");
+    eventually(Duration::from_secs(60), "the retired tenant's queue swept", || async {
+        queue_state(&broker, queue(&tenant)).await.is_none().then_some(())
+    })
+    .await;
+    app.stop().await;
+}
