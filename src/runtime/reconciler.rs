@@ -26,7 +26,7 @@ use crate::{
     domain::tenant::{TenantId, Workers},
     metrics::{Metrics, ReconcilerAction, ReconcilerError},
     projectors::Progress,
-    store::{messages::MessageWriter, tenants::TenantReadModel},
+    store::{messages::MessageWriter, publish_buckets, tenants::TenantReadModel},
 };
 
 use super::{
@@ -185,7 +185,7 @@ impl Reconciler {
         let mut database_lost = None;
         loop {
             let sweep_due = swept_at.is_none_or(|at| at.elapsed() >= self.resync_interval * RETIRED_SWEEP_EVERY);
-            if self.broker.is_connected() && sweep_due && self.delete_queues_of_deleted_tenants().await {
+            if self.broker.is_connected() && sweep_due && self.sweep_retired_tenants().await {
                 swept_at = Some(Instant::now());
             }
             let read = self.reconcile(&mut consumers, &mut tenants_of, &mut restarts, &mut generation, &shutdown).await;
@@ -400,9 +400,14 @@ impl Reconciler {
         }
     }
 
-    /// Deleted tenants whose consumer was not running here when they were deleted may still have queues.
-    /// Returns whether the sweep completed.
-    async fn delete_queues_of_deleted_tenants(&self) -> bool {
+    /// Deleted tenants whose consumer was not running here when they were deleted may still have queues, and a
+    /// publish that raced a delete may have left a rate-limit bucket. Returns whether the sweep completed.
+    async fn sweep_retired_tenants(&self) -> bool {
+        if let Err(error) = publish_buckets::forget_deleted(&self.retirement.db).await {
+            tracing::warn!(%error, "cannot forget the rate-limit buckets of deleted tenants");
+            self.metrics.reconciler_error(ReconcilerError::QueueSweep);
+            return false;
+        }
         let deleted = match self.tenants.retired_ids().await {
             Ok(deleted) => deleted,
             Err(error) => {

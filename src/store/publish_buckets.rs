@@ -57,3 +57,13 @@ pub async fn forget<C: ConnectionTrait>(db: &C, tenant: TenantId) -> Result<(), 
     db.execute_raw(stmt("DELETE FROM publish_buckets WHERE tenant_id = $1", [tenant.as_uuid().into()])).await?;
     Ok(())
 }
+
+/// Forgets the buckets of every deleted tenant, which no publish takes tokens from: a publish that raced the
+/// delete may have made one again after its retirement forgot it.
+pub async fn forget_deleted<C: ConnectionTrait>(db: &C) -> Result<(), StoreError> {
+    db.execute_unprepared(
+        "DELETE FROM publish_buckets b USING tenants t WHERE t.id = b.tenant_id AND t.status = 'deleted'",
+    )
+    .await?;
+    Ok(())
+}

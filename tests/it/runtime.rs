@@ -469,3 +469,22 @@ async fn queues_of_a_retired_tenant_declared_again_are_swept() {
     .await;
     app.stop().await;
 }
+
+/// A publish that raced a delete may make the tenant's rate-limit bucket again after its retirement forgot
+/// it; the sweep forgets it too.
+#[tokio::test]
+async fn a_rate_limit_bucket_made_again_after_a_retirement_is_swept() {
+    let mut config = test_config();
+    config.consumer.resync_interval = Duration::from_millis(100);
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("raced").await;
+    assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
+    let made_again = format!("INSERT INTO publish_buckets VALUES ('{tenant}', 10, now())");
+    sea_orm::ConnectionTrait::execute_unprepared(&app.db, &made_again).await.expect("a bucket made again");
+    let buckets = format!("SELECT count(*) FROM publish_buckets WHERE tenant_id = '{tenant}'");
+    eventually(Duration::from_secs(60), "the deleted tenant's bucket forgotten", || async {
+        (app.scalar_i64(&buckets).await == 0).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
