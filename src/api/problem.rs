@@ -15,7 +15,7 @@ use crate::{
     auth::AuthError,
     broker::BrokerError,
     domain::tenant::TenantError,
-    runtime::failure,
+    runtime::failure::{self, WriteFailure},
     store::{StoreError, messages},
 };
 
@@ -187,11 +187,15 @@ impl From<StoreError> for ApiError {
 /// (`database.statement_timeout`, 57014), could not take a lock in time (55P03), or rolled back a
 /// transaction that lost a race (class 40). Anything else is a fault of the service: 500.
 fn database_unavailable(error: &StoreError) -> bool {
-    let retryable = error
-        .sqlx()
-        .and_then(messages::sqlstate)
-        .is_some_and(|code| matches!(code, "57014" | "55P03") || code.starts_with("40"));
-    retryable || failure::database_unreachable(error)
+    use sea_orm::DbErr;
+    if matches!(error, StoreError::Database(DbErr::Conn(_) | DbErr::ConnectionAcquire(_))) {
+        return true;
+    }
+    error.sqlx().is_some_and(|error| {
+        let retryable =
+            messages::sqlstate(error).is_some_and(|code| matches!(code, "57014" | "55P03") || code.starts_with("40"));
+        retryable || failure::classify(error) == WriteFailure::Unavailable
+    })
 }
 
 impl From<TenantError> for ApiError {

@@ -7,12 +7,9 @@
 
 use std::time::Duration;
 
-use sea_orm::{DbErr, sqlx};
+use sea_orm::sqlx;
 
-use crate::{
-    broker::failure_headers::FailureRecord,
-    store::{StoreError, messages},
-};
+use crate::{broker::failure_headers::FailureRecord, store::messages};
 
 /// What a failed write of messages says about them, which decides what happens to them next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,15 +55,6 @@ pub fn classify(error: &sqlx::Error) -> WriteFailure {
             _,
         ) => WriteFailure::Unavailable,
         _ => WriteFailure::Transient,
-    }
-}
-
-/// Whether the database cannot be reached or cannot serve at all ([`WriteFailure::Unavailable`], or no
-/// connection to be had), as opposed to one statement timing out or losing a race.
-pub fn database_unreachable(error: &StoreError) -> bool {
-    match error {
-        StoreError::Database(DbErr::Conn(_) | DbErr::ConnectionAcquire(_)) => true,
-        error => error.sqlx().is_some_and(|error| classify(error) == WriteFailure::Unavailable),
     }
 }
 

@@ -114,8 +114,8 @@ impl TenantReadModel {
     }
 
     /// The desired runtime: every live tenant with its pool size. The server cancels the read after `limit`
-    /// (a lock on `tenants` held that long), so that a database that answers is told apart from one that
-    /// does not.
+    /// (a lock on `tenants` held that long): a read its client gave up on would wait there for the lock,
+    /// holding a server connection, a new one at each pass.
     pub async fn desired_runtime(&self, limit: Duration) -> Result<Vec<(TenantId, i32)>, StoreError> {
         let txn = self.db.begin().await?;
         txn.execute_unprepared(&format!("SET LOCAL statement_timeout = {}", limit.as_millis())).await?;

@@ -448,13 +448,8 @@ async fn with_quorum_queues_a_deleted_tenant_is_retired_without_losing_the_broke
 /// sweeps retired tenants' queues every 120 resync intervals too.
 #[tokio::test]
 async fn queues_of_a_retired_tenant_declared_again_are_swept() {
-    let mut config = test_config();
-    config.consumer.resync_interval = Duration::from_millis(100);
-    let app = TestApp::spawn_with(config).await;
     let broker = amqp().await;
-    let tenant = app.create_tenant_id("declared-again").await;
-    await_consumer(&broker, &tenant).await;
-    assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
+    let (app, tenant) = retired_with_quick_sweeps(&broker, "declared-again").await;
     assert_eq!(queue_state(&broker, queue(&tenant)).await, None, "deleted with the tenant");
 
     let channel = broker.create_channel().await.expect("channel");
@@ -474,11 +469,7 @@ async fn queues_of_a_retired_tenant_declared_again_are_swept() {
 /// it; the sweep forgets it too.
 #[tokio::test]
 async fn a_rate_limit_bucket_made_again_after_a_retirement_is_swept() {
-    let mut config = test_config();
-    config.consumer.resync_interval = Duration::from_millis(100);
-    let app = TestApp::spawn_with(config).await;
-    let tenant = app.create_tenant_id("raced").await;
-    assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
+    let (app, tenant) = retired_with_quick_sweeps(&amqp().await, "raced").await;
     let made_again = format!("INSERT INTO publish_buckets VALUES ('{tenant}', 10, now())");
     sea_orm::ConnectionTrait::execute_unprepared(&app.db, &made_again).await.expect("a bucket made again");
     let buckets = format!("SELECT count(*) FROM publish_buckets WHERE tenant_id = '{tenant}'");
@@ -487,4 +478,16 @@ async fn a_rate_limit_bucket_made_again_after_a_retirement_is_swept() {
     })
     .await;
     app.stop().await;
+}
+
+/// A service whose retired-tenant sweep comes every 12 s (120 resyncs of 100 ms), and a tenant it ran a
+/// consumer of, deleted (204: retired).
+async fn retired_with_quick_sweeps(broker: &lapin::Connection, name: &str) -> (TestApp, String) {
+    let mut config = test_config();
+    config.consumer.resync_interval = Duration::from_millis(100);
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id(name).await;
+    await_consumer(broker, &tenant).await;
+    assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
+    (app, tenant)
 }
