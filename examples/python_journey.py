@@ -1,8 +1,8 @@
 """A tenant's whole journey through the generated Python client (clients/python).
 
 Creates a tenant, publishes one message and a batch, pages every message to the end (the last page
-included), changes the tenant's concurrency and limits, reads and exports its events, lists, replays and purges its
-dead-letter queue, and deletes it. Exits non-zero at the first step that does not do what the API promises.
+included), changes the tenant's concurrency and limits, reads its events and its state as of its creation,
+exports its events, lists, replays and purges its dead-letter queue, and deletes it. Exits non-zero at the first step that does not do what the API promises.
 
     PYTHONPATH=clients/python TENANTMQ_URL=http://127.0.0.1:8080 TENANTMQ_TOKEN=$(tenantmq token --admin) \
         python3 examples/python_journey.py
@@ -17,7 +17,7 @@ import time
 import uuid
 
 from tenantmq_client import AuthenticatedClient
-from tenantmq_client.api.audit import export_tenant_events
+from tenantmq_client.api.audit import export_tenant_events, get_tenant_state_as_of
 from tenantmq_client.api.dead_letters import list_dead_letters, purge_dead_letters, replay_dead_letters
 from tenantmq_client.api.events import list_tenant_events
 from tenantmq_client.api.messages import list_messages, publish_message, publish_messages
@@ -38,6 +38,7 @@ from tenantmq_client.models import (
     SetLimitsRequest,
     Tenant,
     TenantDetails,
+    TenantState,
 )
 from tenantmq_client.types import File
 
@@ -103,6 +104,12 @@ def main():
         if kinds != ["TenantCreated.v1", "ConcurrencySet.v1", "TenantLimitsSet.v1"] or events.next_cursor is not None:
             sys.exit(f"events are {kinds}")
         print(f"events: {', '.join(kinds)}")
+
+        created_at = events.data[0].recorded_at
+        then = expect(get_tenant_state_as_of.sync(tenant.id, client=client, at=created_at), TenantState)
+        if (then.version, then.workers) != (1, 2):
+            sys.exit(f"as of {created_at.isoformat()} the tenant was {then}")
+        print(f"as of its creation: version {then.version}, {then.workers} workers")
 
         export = expect(export_tenant_events.sync(tenant.id, client=client), File)
         exported = [json.loads(line) for line in export.payload.read().splitlines()]

@@ -315,6 +315,9 @@ pub struct PartitionConfig {
 pub struct ReadConfig {
     /// Most payload bytes in one page of `GET /messages`; a page that reaches it ends early, with a cursor.
     pub max_page_bytes: usize,
+    /// Longest one DLQ replay call runs before it answers `complete: false`.
+    #[serde(with = "humantime_serde")]
+    pub replay_time_budget: Duration,
 }
 
 /// The limits of every tenant that has none set of its own (`PUT /tenants/{id}/config/limits`); unset is
@@ -527,7 +530,7 @@ impl Default for PartitionConfig {
 
 impl Default for ReadConfig {
     fn default() -> Self {
-        Self { max_page_bytes: 4 * 1024 * 1024 }
+        Self { max_page_bytes: 4 * 1024 * 1024, replay_time_budget: Duration::from_secs(10) }
     }
 }
 
@@ -710,6 +713,7 @@ impl Config {
             ("server.body_read_timeout", self.server.body_read_timeout),
             ("consumer.resync_interval", self.consumer.resync_interval),
             ("consumer.database_outage_grace", self.consumer.database_outage_grace),
+            ("read.replay_time_budget", self.read.replay_time_budget),
             ("projectors.poll_interval", self.projectors.poll_interval),
             ("metrics.visibility_poll_interval", self.metrics.visibility_poll_interval),
             ("metrics.queue_poll_interval", self.metrics.queue_poll_interval),

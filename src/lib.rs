@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::AppState,
     app::App,
-    broker::{Broker, ConsumerConnections},
     config::Config,
     projectors::{PartitionsProjector, RunnerSettings, TenantsProjector},
     runtime::Runtime,
@@ -60,8 +59,7 @@ pub struct Application {
     config: Config,
     state: AppState,
     db: DatabaseConnection,
-    broker: Broker,
-    consumer_connections: ConsumerConnections,
+    runtime: Runtime,
     /// The reconciler and the consumers: stopped first, while the broker connections are still up to ack.
     consumer_tasks: JoinSet<&'static str>,
     stop_consumers: CancellationToken,
@@ -144,8 +142,7 @@ impl Application {
             config,
             state,
             db,
-            broker: runtime.broker,
-            consumer_connections: runtime.consumer_connections,
+            runtime,
             consumer_tasks,
             stop_consumers,
             background_tasks,
@@ -183,8 +180,7 @@ impl Application {
             config,
             state,
             db,
-            broker,
-            consumer_connections,
+            runtime,
             mut consumer_tasks,
             stop_consumers,
             mut background_tasks,
@@ -228,10 +224,7 @@ impl Application {
         background.cancel();
         // A broker that stopped answering would never confirm the close: give it until the deadline (and a
         // moment), then let the process end, which closes the sockets anyway.
-        let closing = async {
-            consumer_connections.close().await;
-            broker.close().await;
-        };
+        let closing = runtime.close_connections();
         if tokio::time::timeout_at(deadline.max(Instant::now() + CLOSE_GRACE), closing).await.is_err() {
             tracing::warn!("the broker did not confirm closing the connections in time; leaving them");
         }

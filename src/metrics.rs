@@ -335,26 +335,41 @@ impl Metrics {
             .build();
     }
 
-    /// Registers the broker connection's state: `generation` is the current connection's number (each
-    /// connection gets the next one), `None` while disconnected.
-    pub fn observe_broker(&self, generation: impl Fn() -> Option<u64> + Clone + Send + Sync + 'static) {
-        let connection = generation.clone();
+    /// Registers the state of the broker connections other than the consumers': `generations` gives each
+    /// one's current connection number (each reconnect gets the next one), `None` while it is down; `blocked`,
+    /// whether the broker blocks the publishing one.
+    pub fn observe_broker<const N: usize>(
+        &self,
+        generations: impl Fn() -> [Option<u64>; N] + Clone + Send + Sync + 'static,
+        blocked: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
+        let connected = generations.clone();
         self.meter
             .u64_observable_gauge("tenantmq.broker.connected")
-            .with_description("1 while the RabbitMQ connection is up, else 0")
-            .with_callback(move |observer| observer.observe(connection().is_some().into(), &[]))
+            .with_description("1 while the RabbitMQ connections (publishing, and the one that manages queues) are up")
+            .with_callback(move |observer| observer.observe(connected().iter().all(Option::is_some).into(), &[]))
             .build();
-        // Reconnects are the highest generation seen minus the first connection; remembered while
-        // disconnected.
-        let highest_generation = Arc::new(AtomicU64::new(0));
+        self.meter
+            .u64_observable_gauge("tenantmq.broker.blocked")
+            .with_description(
+                "1 while RabbitMQ blocks this instance's publishing connection (a memory or disk alarm: publishes \
+                 answer 503), else 0",
+            )
+            .with_callback(move |observer| observer.observe(blocked().into(), &[]))
+            .build();
+        // Reconnects are each connection's highest generation seen minus its first; remembered while it is down.
+        let highest: Arc<[AtomicU64; N]> = Arc::new(std::array::from_fn(|_| AtomicU64::new(0)));
         self.meter
             .u64_observable_counter("tenantmq.broker.reconnects")
-            .with_description("Times the RabbitMQ connection was re-established")
+            .with_description("Times a RabbitMQ connection (other than the consumers') was re-established")
             .with_callback(move |observer| {
-                if let Some(current) = generation() {
-                    highest_generation.fetch_max(current, Ordering::Relaxed);
-                }
-                observer.observe(highest_generation.load(Ordering::Relaxed).saturating_sub(1), &[]);
+                let reconnects = generations().into_iter().zip(highest.iter()).map(|(current, highest)| {
+                    if let Some(current) = current {
+                        highest.fetch_max(current, Ordering::Relaxed);
+                    }
+                    highest.load(Ordering::Relaxed).saturating_sub(1)
+                });
+                observer.observe(reconnects.sum(), &[]);
             })
             .build();
     }

@@ -1,12 +1,16 @@
 //! The auditor's view of the log (docs/audit.md): checking the hash chain, the streams' heads to record
 //! elsewhere, a tenant as it was at a position or time, and a tenant's history as an export file.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use poem::{Body, web::Data};
 use poem_openapi::{
     ApiResponse, Object, OpenApi,
     param::{Path, Query},
     payload::{Binary, Json},
+    registry::MetaSchemaRef,
+    types::{ParseError, ParseFromParameter, ParseResult, Type},
 };
 use uuid::Uuid;
 
@@ -20,6 +24,40 @@ use crate::{
 };
 
 use super::{ApiTags, AppState, pagination, problem::ApiError, tenants::TenantLimits};
+
+/// A time in a query string, RFC 3339 (`date-time` in the document, so that generated clients take their
+/// language's time type); the problem names the format expected when it is not one.
+pub struct Rfc3339(DateTime<Utc>);
+
+impl Type for Rfc3339 {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Self;
+
+    fn name() -> Cow<'static, str> {
+        <DateTime<Utc> as Type>::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        <DateTime<Utc> as Type>::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&Self> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self> + 'a> {
+        Box::new(std::iter::once(self))
+    }
+}
+
+impl ParseFromParameter for Rfc3339 {
+    fn parse_from_parameter(value: &str) -> ParseResult<Self> {
+        DateTime::parse_from_rfc3339(value)
+            .map(|time| Self(time.with_timezone(&Utc)))
+            .map_err(|e| ParseError::custom(format!("not an RFC 3339 time such as 2026-12-01T09:30:00Z ({e})")))
+    }
+}
 
 /// The newest event of a stream: record it elsewhere, and a later check shows whether the stream still ends
 /// there.
@@ -253,7 +291,7 @@ impl AuditApi {
         #[oai(validator(minimum(value = "1")))]
         at_position: Query<Option<i64>>,
         /// A time, RFC 3339, e.g. `2026-12-01T09:30:00Z` (in a URL, write the `+` of an offset as `%2B`).
-        at: Query<Option<String>>,
+        at: Query<Option<Rfc3339>>,
     ) -> Result<Json<TenantState>, ApiError> {
         let tenant = TenantId::from_uuid(id.0);
         principal.require_record_of(tenant)?;
@@ -265,13 +303,7 @@ impl AuditApi {
                     format!("`at_position` must be 1 or more, got {position}"),
                 ));
             }
-            (None, Some(time)) => AsOf::Time(
-                DateTime::parse_from_rfc3339(&time)
-                    .map_err(|e| {
-                        ApiError::bad_request(Some("at"), format!("invalid `at`: not an RFC 3339 time ({e})"))
-                    })?
-                    .with_timezone(&Utc),
-            ),
+            (None, Some(Rfc3339(time))) => AsOf::Time(time),
             (Some(_), Some(_)) => {
                 return Err(ApiError::bad_request(Some("at"), "give `at_position` or `at`, not both"));
             }

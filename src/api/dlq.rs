@@ -117,7 +117,7 @@ pub struct ReplayResult {
     pub replayed: u32,
     /// Selected ids that were not in the DLQ; listed only when `complete`.
     pub not_found: Vec<Uuid>,
-    /// `false` when the replay stopped at its bound (10,000 messages moved, or 10 s) before it went through
+    /// `false` when the replay stopped at its bound (10,000 messages moved, or `read.replay_time_budget`, 10 s by default) before it went through
     /// the whole DLQ: replay again to continue.
     pub complete: bool,
 }

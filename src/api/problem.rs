@@ -227,6 +227,10 @@ impl From<AppError> for ApiError {
             AppError::Unroutable | AppError::Broker(BrokerError::Refused) => {
                 Self::unavailable("the message broker refused the message; retry")
             }
+            // Logged once by the connection's supervisor, not at each refused publish.
+            AppError::Broker(BrokerError::Blocked) => Self::unavailable(
+                "the message broker is blocking publishers (a memory or disk alarm); nothing was published; retry",
+            ),
             e @ AppError::RateLimited { retry_after } => {
                 let problem = problem(StatusCode::TOO_MANY_REQUESTS, "rate-limited", e.to_string(), None);
                 Self::TooManyRequests(problem, u32::try_from(retry_after.as_secs().max(1)).unwrap_or(u32::MAX))

@@ -1,12 +1,12 @@
 //! A live tenant's dead letters: peek, replay, purge (see [`crate::broker::dead_letters`] for how a queue is
 //! peeked without losing messages).
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::Arc};
 
 use uuid::Uuid;
 
 use crate::{
-    broker::{Broker, DeadLetters, dead_letters::PeekBounds},
+    broker::{Broker, DeadLetters, Publisher, dead_letters::DeadLetterBounds},
     domain::tenant::TenantId,
     store::tenants::TenantReadModel,
 };
@@ -22,12 +22,13 @@ pub struct DeadLetterQueues {
 }
 
 impl DeadLetterQueues {
-    pub fn new(tenants: TenantReadModel, broker: Broker, bounds: PeekBounds) -> Self {
-        Self { tenants, queues: DeadLetters::new(broker, bounds) }
+    /// `brokers`: the connection that reads the DLQs, and the publisher replays go through.
+    pub fn new(tenants: TenantReadModel, brokers: (Broker, Arc<Publisher>), bounds: DeadLetterBounds) -> Self {
+        Self { tenants, queues: DeadLetters::new(brokers, bounds) }
     }
 
     /// Up to `limit` dead letters after the first `skip`, oldest first, leaving them in the queue (fewer when
-    /// their bodies fill a page: see [`PeekBounds`]).
+    /// their bodies fill a page: see [`DeadLetterBounds`]).
     pub async fn peek(&self, tenant: TenantId, skip: usize, limit: usize) -> Result<DeadLetterPage, AppError> {
         require_live(&self.tenants, tenant).await?;
         Ok(self.queues.peek(tenant, skip, limit).await?)

@@ -32,13 +32,13 @@ pub struct Messages {
 impl Messages {
     pub fn new(
         db: DatabaseConnection,
-        publisher: Publisher,
+        publisher: Arc<Publisher>,
         quotas: Quotas,
         publish_timeout: Duration,
         max_page_bytes: usize,
     ) -> Self {
         let tenants = TenantReadModel::new(db.clone());
-        Self { tenants, publisher: Arc::new(publisher), quotas: Arc::new(quotas), db, publish_timeout, max_page_bytes }
+        Self { tenants, publisher, quotas: Arc::new(quotas), db, publish_timeout, max_page_bytes }
     }
 
     /// Publishes persistent messages to the live tenant's queue, within its limits (all of them or none), and

@@ -15,7 +15,7 @@ use std::time::Duration;
 use sea_orm::DatabaseConnection;
 
 use crate::{
-    broker::{Broker, BrokerError, Publisher, dead_letters::PeekBounds},
+    broker::{Broker, BrokerError, dead_letters::DeadLetterBounds},
     config::Config,
     domain::tenant::{TenantError, TenantId},
     projectors::Projections,
@@ -111,7 +111,6 @@ impl App {
         runtime: &Runtime,
     ) -> Self {
         let broker = &runtime.broker;
-        let publisher = Publisher::new(broker.clone(), config.rabbitmq.publisher_channels, config.rabbitmq.queue_type);
         Self {
             tenants: Tenants::new(
                 store.clone(),
@@ -123,19 +122,23 @@ impl App {
             ),
             messages: Messages::new(
                 db.clone(),
-                publisher,
+                runtime.publisher.clone(),
                 Quotas::new(db.clone(), broker, config.default_limits()),
                 config.rabbitmq.publish_timeout,
                 config.read.max_page_bytes,
             ),
             dead_letters: DeadLetterQueues::new(
                 TenantReadModel::new(db.clone()),
-                broker.clone(),
-                PeekBounds { max_page_bytes: config.read.max_page_bytes, max_body_bytes: config.max_payload_bytes },
+                (broker.clone(), runtime.publisher.clone()),
+                DeadLetterBounds {
+                    max_page_bytes: config.read.max_page_bytes,
+                    max_body_bytes: config.max_payload_bytes,
+                    replay_time_budget: config.read.replay_time_budget,
+                },
             ),
             audit: Audit::new(db.clone(), store.clone()),
             history: History::new(store),
-            readiness: Readiness { db: db.clone(), broker: broker.clone(), projections },
+            readiness: Readiness { db: db.clone(), brokers: [broker.clone(), runtime.publishing.clone()], projections },
         }
     }
 }
@@ -144,7 +147,8 @@ impl App {
 #[derive(Clone)]
 pub struct Readiness {
     pub db: DatabaseConnection,
-    pub broker: Broker,
+    /// The connection that manages queues and the publishing one.
+    pub brokers: [Broker; 2],
     pub projections: Projections,
 }
 
@@ -167,7 +171,7 @@ impl Readiness {
         ReadinessReport {
             // A database that is down can make a ping wait for the pool's acquire timeout: answer sooner.
             database: tokio::time::timeout(PING_TIMEOUT, self.db.ping()).await.is_ok_and(|pinged| pinged.is_ok()),
-            broker: self.broker.is_connected(),
+            broker: self.brokers.iter().all(Broker::is_connected),
             projectors: self.projections.all_caught_up(),
         }
     }

@@ -47,6 +47,12 @@ impl Broker {
         self.current().is_some()
     }
 
+    /// Whether the broker has blocked the connection from publishing (`connection.blocked`, sent while a
+    /// memory or disk alarm lasts).
+    pub fn is_blocked(&self) -> bool {
+        self.current().is_some_and(|connected| connected.connection.status().blocked())
+    }
+
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         let connected = self.current().ok_or(BrokerError::Unavailable)?;
         Ok(connected.connection.create_channel().await?)
@@ -121,6 +127,12 @@ impl Broker {
                         Some(Event::Error(error)) => {
                             tracing::warn!(%error, name = %self.name, "RabbitMQ connection failed; reconnecting");
                             break;
+                        }
+                        Some(Event::ConnectionBlocked(reason)) => {
+                            tracing::warn!(%reason, name = %self.name, "RabbitMQ blocks publishing on this connection");
+                        }
+                        Some(Event::ConnectionUnblocked) => {
+                            tracing::info!(name = %self.name, "RabbitMQ unblocked publishing on this connection");
                         }
                         Some(_) => {}
                         None => break,

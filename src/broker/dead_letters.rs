@@ -5,7 +5,7 @@
 //! the main queue (confirmed) before acking it in the DLQ; unselected messages go back when the channel closes.
 //! Operations on one tenant's DLQ are serialized per instance, so two concurrent peeks do not hide messages
 //! from each other; other tenants' operations never wait for them. A replay moves at most
-//! [`REPLAY_MAX_MESSAGES`] messages and runs at most [`REPLAY_TIME_BUDGET`], then says it is not complete.
+//! [`REPLAY_MAX_MESSAGES`] messages and runs at most `read.replay_time_budget`, then says it is not complete.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicGetOptions, ConfirmSelectOptions, QueuePurgeOptions},
+    options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions},
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
@@ -28,7 +28,7 @@ use super::{
     Broker, BrokerError,
     failure_headers::{self, ATTEMPTS_HEADER, DEAD_LETTERED_AT_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER},
     is_not_found,
-    publish::publish_confirmed,
+    publish::Publisher,
     queues::{TenantQueues, inspect},
 };
 
@@ -40,7 +40,7 @@ pub struct DeadLetter {
     pub attempts: Option<u32>,
     pub first_failed_at: Option<DateTime<Utc>>,
     pub dead_lettered_at: Option<DateTime<Utc>>,
-    /// The body, or its first [`PeekBounds::max_body_bytes`] when it is longer.
+    /// The body, or its first [`DeadLetterBounds::max_body_bytes`] when it is longer.
     pub body: Vec<u8>,
     /// The whole body's length in bytes.
     pub size: usize,
@@ -76,15 +76,12 @@ impl DeadLetter {
 
 /// Most messages one replay moves. Only those count: the messages a selective replay passes over go back to
 /// the head of the queue when it ends, so a bound on them would have every call look at the same ones again
-/// and never reach a selected message behind them. [`REPLAY_MAX_PASSED_OVER`] and [`REPLAY_TIME_BUDGET`]
+/// and never reach a selected message behind them. [`REPLAY_MAX_PASSED_OVER`] and [`DeadLetterBounds::replay_time_budget`]
 /// bound that walk.
 pub const REPLAY_MAX_MESSAGES: u32 = 10_000;
 
 /// Most messages one selective replay passes over, held unacked on its channel until it ends.
 pub const REPLAY_MAX_PASSED_OVER: u32 = 100_000;
-
-/// Longest one replay runs before it stops and answers.
-pub const REPLAY_TIME_BUDGET: Duration = Duration::from_secs(10);
 
 /// What a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,29 +103,34 @@ pub struct DeadLetterPage {
     pub more: bool,
 }
 
-/// How much of a DLQ one peek may show. A dead letter's body can be anything an AMQP producer published (the
-/// broker takes up to 128 MiB by default): without these, a page of such bodies would be built whole in
-/// memory, several times over once escaped as JSON.
+/// How much of a DLQ one peek may show, and how long one replay may run. A dead letter's body can be
+/// anything an AMQP producer published (the broker takes up to 128 MiB by default): without the byte bounds,
+/// a page of such bodies would be built whole in memory, several times over once escaped as JSON.
 #[derive(Debug, Clone, Copy)]
-pub struct PeekBounds {
+pub struct DeadLetterBounds {
     /// Most body bytes in one page (`read.max_page_bytes`); a page that reaches it ends early, and a page
     /// always shows at least one message.
     pub max_page_bytes: usize,
     /// Most bytes shown of one body (`max_payload_bytes`, the largest body the API publishes).
     pub max_body_bytes: usize,
+    /// Longest one replay runs before it stops and answers (`read.replay_time_budget`). A selective replay
+    /// reaches the messages it can walk past in that time: the ones it passes over go back to the head.
+    pub replay_time_budget: Duration,
 }
 
 #[derive(Clone)]
 pub struct DeadLetters {
     broker: Broker,
-    bounds: PeekBounds,
+    /// Replays publish here, never on `broker`: see [`Runtime::publishing`](crate::runtime::Runtime::publishing).
+    publisher: Arc<Publisher>,
+    bounds: DeadLetterBounds,
     /// One lock per tenant with an operation under way; an entry goes when its last holder does.
     locks: Arc<std::sync::Mutex<HashMap<TenantId, Weak<Mutex<()>>>>>,
 }
 
 impl DeadLetters {
-    pub fn new(broker: Broker, bounds: PeekBounds) -> Self {
-        Self { broker, bounds, locks: Arc::default() }
+    pub fn new((broker, publisher): (Broker, Arc<Publisher>), bounds: DeadLetterBounds) -> Self {
+        Self { broker, publisher, bounds, locks: Arc::default() }
     }
 
     /// Waits for the tenant's earlier DLQ operations on this instance; other tenants' never block it.
@@ -149,7 +151,7 @@ impl DeadLetters {
     }
 
     /// Up to `limit` messages after the first `skip`, oldest first, leaving them all in the queue; fewer when
-    /// their bodies reach [`PeekBounds::max_page_bytes`].
+    /// their bodies reach [`DeadLetterBounds::max_page_bytes`].
     pub async fn peek(&self, tenant: TenantId, skip: usize, limit: usize) -> Result<DeadLetterPage, BrokerError> {
         let _serialized = self.serialize(tenant).await;
         let channel = self.broker.channel().await?;
@@ -181,13 +183,12 @@ impl DeadLetters {
     pub async fn replay(&self, tenant: TenantId, selection: Option<HashSet<Uuid>>) -> Result<Replayed, BrokerError> {
         let _serialized = self.serialize(tenant).await;
         let channel = self.broker.channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let queues = TenantQueues::of(tenant);
         let Some((depth, _)) = inspect(&channel, &queues.dead_letters).await? else {
             close(&channel).await;
             return Ok(Replayed { replayed: 0, not_found: selection.into_iter().flatten().collect(), complete: true });
         };
-        let deadline = tokio::time::Instant::now() + REPLAY_TIME_BUDGET;
+        let deadline = tokio::time::Instant::now() + self.bounds.replay_time_budget;
         let mut remaining = selection;
         let mut replayed = 0;
         let mut taken = 0;
@@ -218,18 +219,27 @@ impl DeadLetters {
             // before the broker dead-lettered it) or replayed twice finds that row.
             let id = message_id::row_id(tenant, sent_id);
             let properties = failure_headers::replay_copy(&delivery, id);
-            match publish_confirmed(&channel, &queues.queue, &delivery.data, properties).await {
-                Ok(()) => {
+            // Bounded: the first publish after the broker raised an alarm waits until it ends.
+            let publish = self.publisher.publish_unless_blocked(&queues.queue, &delivery.data, properties);
+            let error = match tokio::time::timeout_at(deadline, publish).await {
+                Ok(Ok(())) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     replayed += 1;
+                    continue;
                 }
-                Err(error) => {
-                    // Stop: the message stays in the DLQ (unacked, returned on close).
-                    tracing::warn!(%tenant, %error, "replay stopped: cannot publish to the main queue");
-                    close(&channel).await;
-                    return Err(BrokerError::Unavailable);
-                }
+                Ok(Err(error)) => error,
+                Err(_) => BrokerError::Unavailable,
+            };
+            // Stop: the message stays in the DLQ (unacked, returned on close). What was replayed is told.
+            tracing::warn!(%tenant, %error, "replay stopped: cannot publish to the main queue");
+            if replayed > 0 {
+                break false;
             }
+            close(&channel).await;
+            return Err(match error {
+                BrokerError::Blocked => BrokerError::Blocked,
+                _ => BrokerError::Unavailable,
+            });
         };
         close(&channel).await;
         let not_found = if complete { remaining.into_iter().flatten().collect() } else { Vec::new() };

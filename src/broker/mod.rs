@@ -23,6 +23,11 @@ pub enum BrokerError {
     Amqp(#[from] lapin::Error),
     #[error("the broker refused the message or could not route it to its queue")]
     Refused,
+    /// The broker has blocked the connection from publishing (a memory or disk alarm). Nothing was sent: a
+    /// publish started now would wait in the client's buffer and reach the queue whenever the alarm ends,
+    /// long after its caller was told it failed.
+    #[error("the broker is blocking publishers (a resource alarm)")]
+    Blocked,
 }
 
 /// Closes `channel` if it is still open. A channel the broker already closed, or a close that fails, leaves

@@ -96,6 +96,7 @@ impl Publisher {
     /// Publishes persistent JSON messages to the tenant's queue, carrying the current trace context, and
     /// waits for every confirm. Returns the indices of those returned as unroutable (the queue is missing).
     pub async fn send(&self, tenant: TenantId, messages: &[&OutgoingMessage]) -> Result<Vec<usize>, BrokerError> {
+        self.refuse_if_blocked()?;
         let channel = self.channel().await?;
         let timestamp = chrono::Utc::now().timestamp().try_into().unwrap_or_default();
         // The current span's context (W3C `traceparent`), so each message's handling joins the request's trace.
@@ -114,6 +115,30 @@ impl Publisher {
         });
         let with_properties = with_properties.collect();
         publish_all(&channel, &tenant.queue_name(), with_properties).await
+    }
+
+    /// Publishes one message and waits for its confirm, as [`publish_confirmed`]; while the broker blocks
+    /// publishers, sends nothing and fails at once (for a caller that gives up, such as a request).
+    pub async fn publish_unless_blocked(
+        &self,
+        queue: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), BrokerError> {
+        self.refuse_if_blocked()?;
+        self.publish(queue, body, properties).await
+    }
+
+    /// Publishes one message and waits for its confirm, as [`publish_confirmed`]. While the broker blocks
+    /// publishers, the message waits in the client until the block ends, and so does the caller.
+    pub async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) -> Result<(), BrokerError> {
+        publish_confirmed(&self.channel().await?, queue, body, properties).await
+    }
+
+    /// A publish started while the broker blocks publishers would wait in the client's buffer and reach the
+    /// queue whenever the block ends, long after a caller who gave up was told it failed: refuse it instead.
+    fn refuse_if_blocked(&self) -> Result<(), BrokerError> {
+        if self.broker.is_blocked() { Err(BrokerError::Blocked) } else { Ok(()) }
     }
 
     /// Declares the tenant's queues (for a publish that found them missing).

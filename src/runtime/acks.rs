@@ -5,7 +5,10 @@
 //! still writing. So the coordinator knows every delivery in flight (registered in delivery order, before a
 //! worker can see it) and acks, in one frame, every committed tag below the oldest one still in flight.
 //! Committed deliveries above it wait for it, and go with the next ack. Deliveries settled one by one
-//! (moved to the retry queue or the DLQ, requeued) stop holding the others back once settled.
+//! (moved to the retry queue or the DLQ, requeued) stop holding the others back once settled. One whose
+//! settling may take long (its copy for the retry queue or the DLQ waits for the broker) is set aside: no
+//! `multiple` ack may reach it, so each committed tag above it is acked alone meanwhile, as above a skipped
+//! tag (below).
 //!
 //! A delivery that was never registered (a handover that timed out left it in the old consumer's stream)
 //! has no row and never will: no `multiple` ack may reach it. Tags on a channel are consecutive, so a jump
@@ -34,6 +37,8 @@ struct InFlight {
     last_received: u64,
     /// The lowest tag skipped in registration (never delivered to the pool), if any.
     first_skipped: Option<u64>,
+    /// Out of the workers' hands, to be settled alone later.
+    set_aside: BTreeSet<u64>,
 }
 
 /// One `basic.ack` frame.
@@ -58,16 +63,17 @@ impl InFlight {
     }
 
     /// The acks that are safe now, and forgets what they cover: one `multiple` ack for the committed tags
-    /// below both the oldest delivery in flight and the first skipped tag, and a single ack for each committed
-    /// tag above a skipped one.
+    /// below the oldest delivery in flight, the first skipped tag and the first set aside, and a single ack
+    /// for each committed tag above a skipped or set-aside one.
     fn take_acks(&mut self) -> Vec<Ack> {
+        let alone_from = self.first_skipped.into_iter().chain(self.set_aside.first().copied()).min();
         let oldest = self.outstanding.first().copied().unwrap_or(u64::MAX);
-        let barrier = oldest.min(self.first_skipped.unwrap_or(u64::MAX));
+        let barrier = oldest.min(alone_from.unwrap_or(u64::MAX));
         let held = self.committed.split_off(&barrier);
         let covered = std::mem::replace(&mut self.committed, held);
         let mut acks: Vec<Ack> = covered.last().map(|&tag| Ack { tag, multiple: true }).into_iter().collect();
-        if let Some(skipped) = self.first_skipped {
-            let alone = self.committed.split_off(&skipped);
+        if let Some(from) = alone_from {
+            let alone = self.committed.split_off(&from);
             acks.extend(alone.into_iter().map(|tag| Ack { tag, multiple: false }));
         }
         acks
@@ -90,23 +96,38 @@ impl AckCoordinator {
 
     /// Their rows are committed: ack them, now or with a later ack.
     pub async fn committed(&self, tags: impl IntoIterator<Item = u64>) -> Result<(), lapin::Error> {
-        let _sending = self.sending.lock().await;
-        let acks = {
-            let mut state = self.state();
+        self.update(|state| {
             for tag in tags {
                 state.commit(tag);
             }
-            state.take_acks()
-        };
-        self.send(acks).await
+        })
+        .await
     }
 
     /// Acked, rejected or requeued on its own: it no longer holds back the acks of later deliveries.
     pub async fn settled_alone(&self, tag: u64) -> Result<(), lapin::Error> {
+        self.update(|state| {
+            state.outstanding.remove(&tag);
+            state.set_aside.remove(&tag);
+        })
+        .await
+    }
+
+    /// To be settled alone, later: the acks of later deliveries no longer wait for it.
+    pub async fn set_aside(&self, tag: u64) -> Result<(), lapin::Error> {
+        self.update(|state| {
+            if state.outstanding.remove(&tag) {
+                state.set_aside.insert(tag);
+            }
+        })
+        .await
+    }
+
+    async fn update(&self, change: impl FnOnce(&mut InFlight)) -> Result<(), lapin::Error> {
         let _sending = self.sending.lock().await;
         let acks = {
             let mut state = self.state();
-            state.outstanding.remove(&tag);
+            change(&mut state);
             state.take_acks()
         };
         self.send(acks).await
@@ -167,6 +188,21 @@ mod tests {
         assert_eq!(commit(&mut state, &[4, 6]), multiple(4));
         state.outstanding.remove(&5);
         assert_eq!(state.take_acks(), multiple(6));
+    }
+
+    #[test]
+    fn deliveries_above_one_set_aside_are_acked_alone_until_it_is_settled() {
+        let mut state = received(1..=4);
+        assert_eq!(commit(&mut state, &[2]), []);
+        // 1 failed; its copy waits for the broker.
+        state.outstanding.remove(&1);
+        state.set_aside.insert(1);
+        assert_eq!(state.take_acks(), [Ack { tag: 2, multiple: false }]);
+        assert_eq!(commit(&mut state, &[3]), [Ack { tag: 3, multiple: false }]);
+        // Its copy confirmed, 1 is acked alone: `multiple` acks come back.
+        state.set_aside.remove(&1);
+        assert_eq!(commit(&mut state, &[4]), multiple(4));
+        assert!(state.committed.is_empty());
     }
 
     /// A resize's handover timed out with tags 4 and 5 still in the old consumer's stream: they were never

@@ -19,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{Broker, ConsumerConnections},
+    broker::{Broker, ConsumerConnections, Publisher},
     config::Config,
     metrics::Metrics,
     projectors::Projections,
@@ -31,18 +31,23 @@ pub use registry::ConsumerRegistry;
 /// Handles to the running runtime, for the API and for shutdown.
 #[derive(Clone)]
 pub struct Runtime {
-    /// Publishing, queue inspection and retirement.
+    /// Declaring, inspecting, reading and deleting queues; it never publishes (see `publishing`).
     pub broker: Broker,
+    /// Every publish of this instance: the API's, DLQ replays, and the consumers' retry and dead-letter
+    /// copies. RabbitMQ blocks a connection that publishes during a memory or disk alarm; on a connection of
+    /// their own, publishes never hold back a delete, a DLQ read or a consumer's acks while it lasts.
+    pub publishing: Broker,
+    pub publisher: Arc<Publisher>,
     /// Where the tenants' consumers run.
     pub consumer_connections: ConsumerConnections,
     pub registry: ConsumerRegistry,
 }
 
 impl Runtime {
-    /// Spawns the broker supervisor into `background` (it must outlive the consumers) and, where the role
+    /// Spawns the broker connections' supervisors into `background` (they must outlive the consumers) and, where the role
     /// runs consumers (`server.role`), the queue depth poller into `background` and the reconciler into
     /// `consumers` (stopped first on shutdown, through `stop_consumers`). An `api` instance keeps the broker
-    /// connection for publishing and an empty registry.
+    /// connections for publishing and managing queues, and an empty registry.
     pub fn spawn(
         config: &Config,
         db: &DatabaseConnection,
@@ -54,28 +59,47 @@ impl Runtime {
         let instance = config.consumer.instance_id();
         let url = config.rabbitmq.connection_url();
         let broker = Broker::new(url.clone(), format!("tenantmq ({instance})"));
+        let publishing = Broker::new(url.clone(), format!("tenantmq publishing ({instance})"));
+        let publisher = Arc::new(Publisher::new(
+            publishing.clone(),
+            config.rabbitmq.publisher_channels,
+            config.rabbitmq.queue_type,
+        ));
         let (tasks, cancel) = background;
         let consumer_connections =
             ConsumerConnections::new(url, instance, config.rabbitmq.channels_per_connection, cancel.child_token());
         let registry = ConsumerRegistry::default();
-        let connections = broker.subscribe();
-        metrics.observe_broker(move || connections.borrow().as_ref().map(|connected| connected.generation));
+        let connections = [broker.subscribe(), publishing.subscribe()];
+        let blocked = publishing.clone();
+        metrics.observe_broker(
+            move || connections.each_ref().map(|c| c.borrow().as_ref().map(|connected| connected.generation)),
+            move || blocked.is_blocked(),
+        );
         let consumer_connections_status = consumer_connections.clone();
         metrics.observe_consumer_connections(move || consumer_connections_status.status());
         let stats = registry.clone();
         metrics.observe_tenants(move || stats.snapshot());
-        let (supervisor, stop) = (broker.clone(), cancel.clone());
-        tasks.spawn(async move {
-            supervisor.supervise(stop).await;
-            "broker connection"
-        });
-        if !config.server.role.runs_consumers() {
-            return Self { broker, consumer_connections, registry };
+        for (supervisor, name) in [(broker.clone(), "broker connection"), (publishing.clone(), "publishing connection")]
+        {
+            let stop = cancel.clone();
+            tasks.spawn(async move {
+                supervisor.supervise(stop).await;
+                name
+            });
         }
-        let runtime = Self { broker, consumer_connections, registry };
+        let runtime = Self { broker, publishing, publisher, consumer_connections, registry };
+        if !config.server.role.runs_consumers() {
+            return runtime;
+        }
         runtime.spawn_queue_depth_poller(config, db, metrics, (tasks, cancel));
         runtime.spawn_reconciler(config, db, projections, metrics, consumers);
         runtime
+    }
+
+    /// Closes the broker connections (once the consumers have stopped): the consumers', then the others.
+    pub async fn close_connections(&self) {
+        self.consumer_connections.close().await;
+        tokio::join!(self.publishing.close(), self.broker.close());
     }
 
     fn spawn_queue_depth_poller(
@@ -116,7 +140,7 @@ impl Runtime {
             consumer_connections: self.consumer_connections.clone(),
             tenants: TenantReadModel::new(db.clone()),
             pool: db.get_postgres_connection_pool().clone(),
-            settings: Arc::new(consumer::ConsumerSettings::from_config(config)),
+            settings: Arc::new(consumer::ConsumerSettings::from_config(config, self.publisher.clone())),
             projection: projections.tenants.clone(),
             resync_interval: config.consumer.resync_interval,
             database_outage_grace: config.consumer.database_outage_grace,

@@ -214,7 +214,10 @@ async fn fill_dead_letters(broker: &lapin::Connection, tenant: &str, count: usiz
 
 #[tokio::test]
 async fn dead_letter_operations_are_bounded_and_one_tenants_never_waits_for_anothers() {
-    let app = TestApp::spawn().await;
+    let mut config = test_config();
+    // Walking to the selected message takes over 10,000 `basic.get`s: room for them on a busy machine.
+    config.read.replay_time_budget = Duration::from_secs(60);
+    let app = TestApp::spawn_with(config).await;
     let (deep, shallow) = (app.create_tenant_id("deep").await, app.create_tenant_id("shallow").await);
     let broker = amqp().await;
     await_consumer(&broker, &deep).await;

@@ -545,6 +545,7 @@ async fn a_tenant_reads_as_it_was_at_every_version_of_its_stream() {
         ("?at_position=99999999999999999999", "at_position"),
         ("?at=yesterday", "at"),
         ("?at=2026-13-01T00:00:00Z", "at"),
+        ("?at=2026-12-01T09:30:00", "at"),
     ] {
         assert_problem(app.get(&format!("/tenants/{id}/state{query}")).await, StatusCode::BAD_REQUEST, Some(field))
             .await;

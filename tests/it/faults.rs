@@ -155,6 +155,127 @@ async fn while_the_broker_is_down_publishing_answers_503_readiness_fails_and_bot
     app.stop().await;
 }
 
+/// A service whose broker connections go through a proxy that can block publishers as a RabbitMQ memory or
+/// disk alarm does (see `proxy.rs`).
+async fn spawn_behind_an_alarm() -> (TestApp, Proxy) {
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of_broker(&config.rabbitmq.url).await;
+    config.rabbitmq.url = through_proxy;
+    config.rabbitmq.publish_timeout = Duration::from_secs(2);
+    (TestApp::spawn_with(config).await, proxy)
+}
+
+async fn one_worker_tenant(app: &TestApp, name: &str) -> String {
+    let created = app.create_tenant_from(&json!({ "name": name, "workers": 1 })).await;
+    created["id"].as_str().expect("id").to_owned()
+}
+
+async fn blocked_reported(app: &TestApp, blocked: bool) {
+    let expected = Some(if blocked { 1.0 } else { 0.0 });
+    eventually(Duration::from_secs(10), &format!("tenantmq_broker_blocked {expected:?}"), || async {
+        (Scrape::of(app).await.value("tenantmq_broker_blocked", &[]) == expected).then_some(())
+    })
+    .await;
+}
+
+/// While RabbitMQ blocks publishers, a publish answers 503 at once and sends nothing. It used to wait for
+/// the publish timeout with its message in the client's buffer, and the message reached the queue when the
+/// alarm ended, long after the client had been told to retry: a retry without an `id` made a second row.
+/// Only the first publish of an alarm still does so: the broker blocks a connection, and says so, when it
+/// publishes. What does not publish goes on meanwhile: publishes used to share their connection with DLQ
+/// reads and deletes, and RabbitMQ stops reading a blocked connection, so those hung too.
+#[tokio::test]
+async fn while_the_broker_blocks_publishers_a_refused_publish_never_arrives_and_reads_and_deletes_go_on() {
+    let (app, proxy) = spawn_behind_an_alarm().await;
+    let broker = amqp().await;
+    // One worker: rows are committed in the order the queue delivers them.
+    let tenant = one_worker_tenant(&app, "blocked").await;
+    let deleted = app.create_tenant_id("deleted-while-blocked").await;
+    await_consumer(&broker, &tenant).await;
+    let publish = format!("/tenants/{tenant}/messages");
+    assert_eq!(app.post_json(&publish, &json!({ "payload": 1 })).await.status(), StatusCode::ACCEPTED);
+    app.await_messages(&tenant, 1).await;
+
+    proxy.block_publishing(true);
+    let first = app.post_json(&publish, &json!({ "payload": 2 })).await;
+    let problem = crate::helpers::assert_problem(first, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("did not confirm")), "{problem}");
+    blocked_reported(&app, true).await;
+    let refused = app.post_json(&publish, &json!({ "payload": 3 })).await;
+    let problem = crate::helpers::assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("blocking publishers")), "{problem}");
+    assert_eq!(app.get(&format!("/tenants/{tenant}/dlq")).await.status(), StatusCode::OK);
+    assert_eq!(app.delete(&format!("/tenants/{deleted}")).await.status(), StatusCode::NO_CONTENT);
+
+    proxy.block_publishing(false);
+    blocked_reported(&app, false).await;
+    assert_eq!(app.post_json(&publish, &json!({ "payload": 4 })).await.status(), StatusCode::ACCEPTED);
+    let with_payload =
+        |payload: i32| format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}' AND payload = '{payload}'");
+    eventually(Duration::from_secs(20), "the publish after the block as a row", || async {
+        (app.scalar_i64(&with_payload(4)).await == 1).then_some(())
+    })
+    .await;
+    assert_eq!(app.scalar_i64(&with_payload(2)).await, 1, "the publish that timed out reached the queue after all");
+    assert_eq!(app.scalar_i64(&with_payload(3)).await, 0, "the refused message reached the queue after the block");
+    assert_eq!(app.message_count(&tenant).await, 3);
+    app.stop().await;
+}
+
+/// A failed message's copy for the DLQ, published while RabbitMQ blocks publishers, waits without holding
+/// back its tenant's other messages or any other tenant. It used to go out on the consumers' connection,
+/// which the broker then stopped reading, so no tenant's acks got through and no backlog drained (the very
+/// backlog a memory alarm wants drained) until the alarm ended.
+#[tokio::test]
+async fn a_dead_letter_published_while_the_broker_blocks_publishers_holds_back_nothing_else() {
+    let (app, proxy) = spawn_behind_an_alarm().await;
+    let broker = amqp().await;
+    // One worker: the copy must not hold it up either.
+    let failing = one_worker_tenant(&app, "failing-while-blocked").await;
+    let draining = app.create_tenant_id("draining-while-blocked").await;
+    for tenant in [&failing, &draining] {
+        await_consumer(&broker, tenant).await;
+    }
+
+    proxy.block_publishing(true);
+    let channel = broker.create_channel().await.expect("channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let properties = BasicProperties::default().with_message_id(Uuid::now_v7().to_string().into());
+    publish_raw(&channel, &failing, b"not JSON", properties).await;
+    let failed = [("tenant_id", failing.as_str()), ("reason", "permanent")];
+    eventually(Duration::from_secs(20), "the message that is not JSON to fail", || async {
+        (Scrape::of(&app).await.value("tenantmq_messages_failed_total", &failed) == Some(1.0)).then_some(())
+    })
+    .await;
+    // Over three prefetches' worth (3 workers, batches of 100) for the other tenant, and a prefetch's worth
+    // (1 worker) behind the failed message: they drain only while the consumers' connection goes on acking.
+    publish_directly(&broker, &draining, 1000).await;
+    publish_directly(&broker, &failing, 200).await;
+    await_exactly(&app.db, &draining, 1000, Duration::from_secs(60)).await;
+    await_exactly(&app.db, &failing, 200, Duration::from_secs(60)).await;
+    let dead_letters = || async { queue_state(&broker, crate::helpers::dlq(&failing)).await };
+    assert_eq!(dead_letters().await, Some((0, 0)), "published while blocked");
+
+    proxy.block_publishing(false);
+    eventually(Duration::from_secs(20), "the dead letter to arrive once the block ends", || async {
+        (dead_letters().await == Some((1, 0))).then_some(())
+    })
+    .await;
+
+    // A replay while publishers are blocked moves nothing, and says why (once an API publish has been told
+    // of the block).
+    proxy.block_publishing(true);
+    let first = app.post_json(&format!("/tenants/{draining}/messages"), &json!({ "payload": "first" })).await;
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    blocked_reported(&app, true).await;
+    let replay = app.post_json(&format!("/tenants/{failing}/dlq/replay"), &json!({})).await;
+    let problem = crate::helpers::assert_problem(replay, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert!(problem["detail"].as_str().is_some_and(|d| d.contains("blocking publishers")), "{problem}");
+    assert_eq!(dead_letters().await, Some((1, 0)));
+    proxy.block_publishing(false);
+    app.stop().await;
+}
+
 /// A database that only reads (a standby after a failover, a disk-full read-only mode) is unavailable, not a
 /// reason to retry: messages are held back without counting attempts, never dead-lettered nor redelivered,
 /// and written once it takes writes again.

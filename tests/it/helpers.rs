@@ -126,9 +126,12 @@ impl TestApp {
 
     /// Creates a tenant and returns its JSON.
     pub async fn create_tenant(&self, name: &str) -> Value {
-        tenantmq_testkit::create_tenant(&self.client, &self.base_url, &json!({ "name": name }))
-            .await
-            .expect("tenant created")
+        self.create_tenant_from(&json!({ "name": name })).await
+    }
+
+    /// Creates a tenant from a request body and returns its JSON.
+    pub async fn create_tenant_from(&self, body: &Value) -> Value {
+        tenantmq_testkit::create_tenant(&self.client, &self.base_url, body).await.expect("tenant created")
     }
 
     /// Creates a tenant and returns its id.

@@ -1,13 +1,20 @@
 //! A TCP proxy the test controls, toxiproxy-style: it forwards connections to a real service until the test
 //! cuts them or takes it down, so a test can break *its own* service's connections without disturbing the
-//! tests running beside it.
+//! tests running beside it. In front of RabbitMQ it can also tell its connections that the broker blocks
+//! publishing, as RabbitMQ does during a memory or disk alarm, which would block every test's publishers.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use tokio::{
-    io::copy_bidirectional,
+    io::{AsyncRead, AsyncReadExt, AsyncWriteExt, copy_bidirectional},
     net::{TcpListener, TcpStream},
-    sync::watch,
+    sync::{Notify, mpsc, watch},
     task::JoinHandle,
 };
 
@@ -19,18 +26,31 @@ pub struct Proxy {
     up: Arc<watch::Sender<bool>>,
     /// Once true, open connections go silent: held open, nothing forwarded (a peer that stopped answering).
     stalled: Arc<watch::Sender<bool>>,
+    /// In front of RabbitMQ: whether publishers are blocked.
+    publishing_blocked: Arc<watch::Sender<bool>>,
     listener: JoinHandle<()>,
+}
+
+/// What the proxy forwards.
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    /// Bytes as they come.
+    Tcp,
+    /// AMQP 0-9-1, the broker's side frame by frame, so that a frame can be slipped in between two.
+    Amqp,
 }
 
 impl Proxy {
     /// Forwards to `upstream` (`host:port`).
-    pub async fn start(upstream: &str) -> Self {
+    async fn start(upstream: &str, protocol: Protocol) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
         let address = listener.local_addr().expect("proxy address");
         let cuts = Arc::new(watch::Sender::new(0_u64));
         let up = Arc::new(watch::Sender::new(true));
         let stalled = Arc::new(watch::Sender::new(false));
+        let publishing_blocked = Arc::new(watch::Sender::new(false));
         let (upstream, cuts_, up_, stalled_) = (upstream.to_owned(), cuts.clone(), up.clone(), stalled.clone());
+        let blocked_ = publishing_blocked.clone();
         let listener = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 // Subscribe first: `take_down` marks the proxy down before it cuts, so a connection either
@@ -42,11 +62,18 @@ impl Proxy {
                 }
                 let upstream = upstream.clone();
                 let mut stall = stalled_.subscribe();
+                let blocked = blocked_.subscribe();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
                     let mut client = client;
+                    let forward = async {
+                        match protocol {
+                            Protocol::Tcp => drop(copy_bidirectional(&mut client, &mut server).await),
+                            Protocol::Amqp => relay_amqp(&mut client, &mut server, blocked).await,
+                        }
+                    };
                     let stalled = tokio::select! {
-                        _ = copy_bidirectional(&mut client, &mut server) => false,
+                        () = forward => false,
                         _ = cut.changed() => false,
                         stalled = stall.wait_for(|stalled| *stalled) => stalled.is_ok(),
                     };
@@ -57,7 +84,13 @@ impl Proxy {
                 });
             }
         });
-        Self { address, cuts, up, stalled, listener }
+        Self { address, cuts, up, stalled, publishing_blocked, listener }
+    }
+
+    /// In front of RabbitMQ ([`Proxy::in_front_of_broker`]): blocks publishers as a memory alarm would, or
+    /// ends the block (see [`relay_amqp`]).
+    pub fn block_publishing(&self, blocked: bool) {
+        self.publishing_blocked.send_replace(blocked);
     }
 
     /// Closes every open connection (as a broker or database restart would); new ones are let through.
@@ -93,8 +126,17 @@ impl Proxy {
 
     /// Starts a proxy in front of the service `url` points at; returns it and `url` rewritten to go through it.
     pub async fn in_front_of(url: &str) -> (Self, String) {
+        Self::in_front_of_with(url, Protocol::Tcp).await
+    }
+
+    /// [`Proxy::in_front_of`] a RabbitMQ `url`, able to [block publishing](Proxy::block_publishing).
+    pub async fn in_front_of_broker(url: &str) -> (Self, String) {
+        Self::in_front_of_with(url, Protocol::Amqp).await
+    }
+
+    async fn in_front_of_with(url: &str, protocol: Protocol) -> (Self, String) {
         let (prefix, upstream) = Self::split_authority(url);
-        let proxy = Self::start(&upstream).await;
+        let proxy = Self::start(&upstream, protocol).await;
         let rest = &url[prefix.len() + upstream.len()..];
         let through = format!("{prefix}{}{rest}", proxy.address);
         (proxy, through)
@@ -106,4 +148,110 @@ impl Drop for Proxy {
         self.listener.abort();
         self.cut();
     }
+}
+
+/// Forwards an AMQP 0-9-1 connection frame by frame, as RabbitMQ treats publishers during an alarm: while
+/// `blocked`, a connection that publishes is no longer read from (its frames wait here until the block ends)
+/// and is told so (`connection.blocked`, then `connection.unblocked` when the block ends). A connection that
+/// does not publish meanwhile is neither stopped nor told.
+async fn relay_amqp(client: &mut TcpStream, server: &mut TcpStream, blocked: watch::Receiver<bool>) {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    let published_while_blocked = AtomicBool::new(false);
+    let publishing = Notify::new();
+    let upstream = async {
+        let mut protocol_header = [0; 8];
+        if client_read.read_exact(&mut protocol_header).await.is_err()
+            || server_write.write_all(&protocol_header).await.is_err()
+        {
+            return;
+        }
+        let mut blocked = blocked.clone();
+        while let Some(frame) = read_frame(&mut client_read).await {
+            if is_publish(&frame) && *blocked.borrow_and_update() {
+                published_while_blocked.store(true, Ordering::Relaxed);
+                publishing.notify_one();
+                if blocked.wait_for(|blocked| !*blocked).await.is_err() {
+                    return;
+                }
+                published_while_blocked.store(false, Ordering::Relaxed);
+            }
+            if server_write.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    // The broker's frames are read apart from writing them, so that a change never cuts a read in half.
+    let (to_client, mut from_server) = mpsc::channel::<Vec<u8>>(16);
+    let read_frames = async move {
+        while let Some(frame) = read_frame(&mut server_read).await {
+            if to_client.send(frame).await.is_err() {
+                return;
+            }
+        }
+    };
+    let write_frames = async {
+        let mut blocked = blocked.clone();
+        let mut told_blocked = false;
+        loop {
+            tokio::select! {
+                frame = from_server.recv() => match frame {
+                    Some(frame) => if client_write.write_all(&frame).await.is_err() {
+                        return;
+                    },
+                    None => return,
+                },
+                changed = blocked.changed() => if changed.is_err() {
+                    return;
+                },
+                () = publishing.notified() => {}
+            }
+            let still_blocked = *blocked.borrow_and_update();
+            if !still_blocked {
+                published_while_blocked.store(false, Ordering::Relaxed);
+            }
+            let tell_blocked = still_blocked && published_while_blocked.load(Ordering::Relaxed);
+            if tell_blocked != told_blocked {
+                told_blocked = tell_blocked;
+                if client_write.write_all(&connection_blocked_frame(tell_blocked)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = upstream => {}
+        () = read_frames => {}
+        () = write_frames => {}
+    }
+}
+
+/// The next frame: type (1 byte), channel (2), payload size (4), the payload and the frame end (1).
+async fn read_frame(from: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut frame = vec![0; 7];
+    from.read_exact(&mut frame).await.ok()?;
+    let size = u32::from_be_bytes([frame[3], frame[4], frame[5], frame[6]]) as usize;
+    frame.resize(7 + size + 1, 0);
+    from.read_exact(&mut frame[7..]).await.ok()?;
+    Some(frame)
+}
+
+/// A method frame of `basic.publish` (class 60, method 40).
+fn is_publish(frame: &[u8]) -> bool {
+    frame[0] == 1 && frame.get(7..11) == Some(&[0, 60, 0, 40])
+}
+
+/// `connection.blocked` (class 10, method 60, with a reason) or `connection.unblocked` (10, 61), on channel 0.
+fn connection_blocked_frame(blocked: bool) -> Vec<u8> {
+    let mut payload = vec![0, 10, 0, if blocked { 60 } else { 61 }];
+    if blocked {
+        let reason = b"low on memory (the test proxy)";
+        payload.push(reason.len() as u8);
+        payload.extend_from_slice(reason);
+    }
+    let mut frame = vec![1, 0, 0];
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend(payload);
+    frame.push(0xCE);
+    frame
 }

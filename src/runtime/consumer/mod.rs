@@ -14,12 +14,12 @@ mod subscription;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use lapin::{Channel, options::ConfirmSelectOptions};
+use lapin::Channel;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    broker::{self, Broker, BrokerError, Slot, queues},
+    broker::{self, Broker, BrokerError, Publisher, Slot, queues},
     config::{Config, QueueType},
     store::messages::MessageWriter,
 };
@@ -52,10 +52,13 @@ pub struct ConsumerSettings {
     pub max_payload_depth: usize,
     /// The write connections every tenant's workers share, fairly (`database.write_connections`).
     pub write_share: WriteShare,
+    /// Where failed messages' copies go to the retry queue or the DLQ: not on the consumers' connections,
+    /// which RabbitMQ would block from acking while a memory or disk alarm lasts.
+    pub publisher: Arc<Publisher>,
 }
 
 impl ConsumerSettings {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, publisher: Arc<Publisher>) -> Self {
         Self {
             queue_type: config.rabbitmq.queue_type,
             batch_size: config.consumer.batch_size,
@@ -69,6 +72,7 @@ impl ConsumerSettings {
             },
             max_payload_depth: config.max_payload_depth,
             write_share: WriteShare::new(usize::try_from(config.write_connections()).unwrap_or(usize::MAX)),
+            publisher,
         }
     }
 }
@@ -219,7 +223,6 @@ impl Running {
     ) -> Result<Self, ConsumerError> {
         queues::declare_apart(broker, runtime.tenant, settings.queue_type).await?;
         let channel = broker.channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
         let consumer = subscribe(&channel, &runtime, &settings, generation, 0).await?;
         runtime.set_state(ConsumerState::Running);
         // Never full in practice: the broker keeps at most one prefetch per consumer unacked, and at most two
@@ -301,6 +304,15 @@ impl Running {
                 self.pool.drain().await;
             }
         }
+        // Copies of failed messages still under way get as long as workers on a lost connection; then what
+        // they held goes back to the queue with the channel.
+        let mover = self.pool.context.moving.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take_mover();
+        if let Some(mut mover) = mover
+            && tokio::time::timeout(DRAIN_AFTER_CONNECTION_LOSS, &mut mover).await.is_err()
+        {
+            tracing::warn!(tenant = %self.runtime.tenant, "failed messages could not be moved in time; they go back to the queue");
+            mover.abort();
+        }
         broker::close_channel(&self.channel, "consumer stopped").await;
     }
 }
@@ -330,7 +342,9 @@ mod tests {
             Arc::new(TenantRuntime::new(tenant, workers, control.clone(), Arc::new(TenantStats::new(workers))));
         let pool = sea_orm::sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy pool");
         let writer = MessageWriter::new(pool, tenant, Metrics::new().expect("metrics"));
-        let settings = Arc::new(ConsumerSettings::from_config(&Config::default()));
+        let nowhere = Broker::new("amqp://127.0.0.1:1/%2f".into(), "test".into());
+        let publisher = Arc::new(Publisher::new(nowhere, 1, crate::config::QueueType::Classic));
+        let settings = Arc::new(ConsumerSettings::from_config(&Config::default(), publisher));
         let slot = connections.take_slot();
         let consumer = tokio::spawn(run(runtime, commands, slot, writer, settings, 1, stop.clone()));
         control.send(Control::Resize).expect("sent");

@@ -25,22 +25,27 @@ use tokio_util::sync::CancellationToken;
 use crate::{backoff::Backoff, config::QueueType, store::messages::MessageWriter};
 
 use crate::{
-    broker::TenantQueues,
+    broker::{Publisher, TenantQueues},
     runtime::{acks::AckCoordinator, failure::RetryPolicy, tenant_runtime::TenantRuntime, write_share::WriteShare},
 };
 
 use super::{
     ConsumerSettings,
     batch::{Arrived, Linger, Next, next_batch},
-    processing::{Outcome, Unsettled, process, settle},
+    processing::{Moving, Outcome, process, settle},
 };
 
 /// What every worker of one tenant shares.
 pub(super) struct WorkerContext {
     pub(super) runtime: Arc<TenantRuntime>,
     pub(super) writer: MessageWriter,
-    /// The consumer's channel, in confirm mode: failed messages are republished on it.
+    /// The consumer's channel: deliveries are acked on it.
     pub(super) channel: Channel,
+    /// Publishes failed messages' copies (see [`ConsumerSettings::publisher`]).
+    pub(super) publisher: Arc<Publisher>,
+    /// Failed messages' copies waiting to be published, each with its delivery set aside, and the task
+    /// publishing them (see [`move_aside`](super::processing::move_aside)).
+    pub(super) moving: std::sync::Mutex<Moving>,
     pub(super) acks: Arc<AckCoordinator>,
     pub(super) queues: TenantQueues,
     pub(super) queue_type: QueueType,
@@ -109,6 +114,8 @@ impl WorkerPool {
                 park_after: PARK_AFTER.max(2 * settings.batch_max_wait),
             },
             write_share: settings.write_share.clone(),
+            publisher: settings.publisher.clone(),
+            moving: std::sync::Mutex::default(),
             stopping,
             waiting: AtomicU16::new(0),
         });
@@ -246,22 +253,19 @@ pub(super) async fn worker(
                 loop {
                     // Boxed: the write's state is large and needed only while a batch is written, and an idle
                     // tenant's workers would each carry it all the time (RSS per idle tenant).
-                    let Unsettled { unwritten, unmoved } = {
+                    let unwritten = {
                         let _busy = context.runtime.busy_guard();
                         Box::pin(process(batch, &context)).await
                     };
-                    if unwritten.is_empty() && unmoved.is_empty() {
+                    if unwritten.is_empty() {
                         unavailable.reset();
                         break;
                     }
-                    // Do not spin on a database or broker that fails: pause, longer each time.
+                    // Do not spin on a database that fails: pause, longer each time.
                     let stopping = tokio::select! {
                         _ = context.stopping.cancelled() => true,
                         _ = tokio::time::sleep(unavailable.next_delay()) => false,
                     };
-                    // A failed message whose copy could not be published goes back to the queue: held here, it
-                    // would hold back the acks of every later delivery of the tenant.
-                    Box::pin(requeue(&unmoved, &context)).await;
                     // What the database could not take is kept and tried again rather than handed back: the
                     // broker counts each return as a delivery, and a quorum queue dead-letters a message past
                     // its delivery limit (20 by default since RabbitMQ 4.0), which an outage of minutes would
@@ -270,9 +274,6 @@ pub(super) async fn worker(
                     if stopping || !context.channel.status().connected() {
                         let unwritten: Vec<Delivery> = unwritten.into_iter().map(|arrival| arrival.delivery).collect();
                         Box::pin(requeue(&unwritten, &context)).await;
-                        break;
-                    }
-                    if unwritten.is_empty() {
                         break;
                     }
                     batch = unwritten;

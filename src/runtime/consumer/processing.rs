@@ -1,16 +1,23 @@
 //! Processing a batch: decoding deliveries into rows, the insert, and settling each delivery (ack after
 //! the commit, retry, dead letter or hold back while the database is unavailable); the row id rule.
 
+use std::{
+    collections::VecDeque,
+    sync::{Arc, PoisonError},
+};
+
 use lapin::{
+    BasicProperties,
     message::Delivery,
     options::{BasicAckOptions, BasicNackOptions},
 };
 use opentelemetry::trace::TraceContextExt;
-use tokio::time::Instant;
+use tokio::{task::JoinHandle, time::Instant};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::{
+    backoff::Backoff,
     domain::{message_id, payload, tenant::TenantId},
     metrics::FailureReason,
     store::messages::NewMessage,
@@ -21,7 +28,7 @@ use crate::{
     broker::{
         BrokerError,
         failure_headers::{self, FailureRecord},
-        publish, queues,
+        queues,
     },
     runtime::failure::{self, Disposition, Failure, WriteFailure},
 };
@@ -29,13 +36,13 @@ use crate::{
 use super::pool::{Arrival, WorkerContext};
 
 /// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
-/// queue or the DLQ (see [`failure`](crate::runtime::failure)). Returns what it could not settle, for the caller
-/// to deal with after a pause, so that a database or broker that fails is not hammered.
+/// queue or the DLQ (see [`failure`](crate::runtime::failure)). Returns what the database could not take, for
+/// the caller to try again after a pause, so that a database that fails is not hammered.
 ///
 /// The `handle` span links to the trace context each message carries (its `publish` span): a batch holds
 /// messages of many traces, and a span has one parent, so links, not parenthood, join the traces.
 #[tracing::instrument(name = "handle", skip_all, fields(tenant = %context.runtime.tenant, messages = batch.len()))]
-pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Unsettled {
+pub(super) async fn process(batch: Vec<Arrival>, context: &Arc<WorkerContext>) -> Vec<Arrival> {
     let span = tracing::Span::current();
     for Arrival { delivery, .. } in &batch {
         let published = telemetry::extract(delivery.properties.headers().as_ref());
@@ -44,7 +51,9 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Uns
     }
     let tenant = context.runtime.tenant;
     let Decoded { rows, accepted, mut failed } = Decoded::of(batch, tenant, context.max_payload_depth);
-    let mut unsettled = Unsettled::default();
+    // Not written: the database is unavailable, or the tenant's partition not created yet. Tried again, so
+    // they keep when they arrived.
+    let mut unwritten = Vec::new();
     // A row the database refuses fails alone; the rest of the batch commits. The tenant writes in its turn
     // (see `write_share`), so a tenant that floods cannot take every connection.
     let refused = if rows.is_empty() {
@@ -66,18 +75,18 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Uns
             continue;
         };
         match failure::classify(error) {
-            WriteFailure::Unavailable => unsettled.unwritten.push(Arrival { delivery, at: arrived }),
+            WriteFailure::Unavailable => unwritten.push(Arrival { delivery, at: arrived }),
             kind => failed.push((row.id, delivery, write_failure(kind, error))),
         }
     }
     if !committed.is_empty() {
         acknowledge_committed(&committed, context).await;
     }
-    if !unsettled.unwritten.is_empty() {
+    if !unwritten.is_empty() {
         tracing::warn!(%tenant, "cannot write: the database is unavailable or the partition not created yet");
     }
     let stats = context.runtime.stats();
-    for _ in &unsettled.unwritten {
+    for _ in &unwritten {
         stats.failed(FailureReason::Transient);
     }
     for (id, delivery, failure) in failed {
@@ -85,21 +94,9 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &WorkerContext) -> Uns
             Failure::Transient(_) => FailureReason::Transient,
             Failure::Permanent(_) => FailureReason::Permanent,
         });
-        if let Err(delivery) = retry_or_dead_letter(delivery, id, &failure, context).await {
-            unsettled.unmoved.push(*delivery);
-        }
+        move_aside(delivery, id, &failure, context).await;
     }
-    unsettled
-}
-
-/// What a batch left unsettled.
-#[derive(Default)]
-pub(super) struct Unsettled {
-    /// Not written: the database is unavailable, or the tenant's partition not created yet. Tried again, so
-    /// they keep when they arrived.
-    pub(super) unwritten: Vec<Arrival>,
-    /// Failed, and their copy for the retry queue or the DLQ could not be published: they go back to the queue.
-    pub(super) unmoved: Vec<Delivery>,
+    unwritten
 }
 
 /// A batch split into the rows to insert, with their deliveries and when those arrived, and the deliveries
@@ -139,49 +136,108 @@ pub(super) fn write_failure(kind: WriteFailure, error: &sea_orm::sqlx::Error) ->
 }
 
 /// Moves a failed message to the retry queue or the DLQ, by the retry policy and the attempts it carries.
-/// Gives the delivery back when the copy could not be published (it must then be requeued).
-pub(super) async fn retry_or_dead_letter(
-    delivery: Delivery,
-    id: Uuid,
-    failure: &Failure,
-    context: &WorkerContext,
-) -> Result<(), Box<Delivery>> {
-    let tenant = context.runtime.tenant;
+/// The copy is published apart from the worker, which goes on with its batches, and the delivery is set aside
+/// meanwhile: later deliveries are acked without waiting for it. It is acked once the broker confirms the
+/// copy. While RabbitMQ blocks publishers (a memory or disk alarm) the copy waits for the end of the block;
+/// one that cannot be published (the publishing connection down, the queue deleted from outside) is tried
+/// again, without handing the delivery back, which the broker would count as a delivery. Until the consumer
+/// stops: then what could not be moved goes back to the queue with the channel's close.
+pub(super) async fn move_aside(delivery: Delivery, id: Uuid, failure: &Failure, context: &Arc<WorkerContext>) {
     let previous = FailureRecord::read(delivery.properties.headers().as_ref());
     let record = FailureRecord::after(previous, failure.reason(), chrono::Utc::now());
     let disposition = context.retry.decide(failure, &record);
     let (queue, properties) = match disposition {
         Disposition::Retry { after } => {
-            (&context.queues.retry, failure_headers::retry_copy(&delivery, id, &record, after))
+            (context.queues.retry.clone(), failure_headers::retry_copy(&delivery, id, &record, after))
         }
         Disposition::DeadLetter => {
             let now = chrono::Utc::now();
-            (&context.queues.dead_letters, failure_headers::dead_letter_copy(&delivery, id, &record, now))
+            (context.queues.dead_letters.clone(), failure_headers::dead_letter_copy(&delivery, id, &record, now))
         }
     };
-    if let Err(error) = publish::publish_confirmed(&context.channel, queue, &delivery.data, properties).await {
-        tracing::warn!(%tenant, %error, "cannot move a failed message; it goes back to the queue");
+    if let Err(error) = context.acks.set_aside(delivery.delivery_tag).await {
+        // The channel is gone: the broker redelivers, and the insert is idempotent.
+        tracing::debug!(%error, "could not ack committed deliveries");
+    }
+    let copy = FailedCopy { delivery, id, queue, properties, disposition, record };
+    let mut moving = context.moving.lock().unwrap_or_else(PoisonError::into_inner);
+    moving.queue.push_back(copy);
+    if moving.mover.is_none() {
+        let mover = context.clone();
+        moving.mover = Some(tokio::spawn(async move { move_copies(&mover).await }));
+    }
+}
+
+/// A failed message on its way to the retry queue or the DLQ.
+pub(super) struct FailedCopy {
+    delivery: Delivery,
+    id: Uuid,
+    queue: String,
+    properties: BasicProperties,
+    disposition: Disposition,
+    record: FailureRecord,
+}
+
+/// The copies waiting to be published, one after the other (in the order the messages failed, which is the
+/// order a DLQ shows them in), and the task publishing them. No task runs while none waits: an idle tenant
+/// costs nothing.
+#[derive(Default)]
+pub(super) struct Moving {
+    queue: VecDeque<FailedCopy>,
+    mover: Option<JoinHandle<()>>,
+}
+
+impl Moving {
+    /// The task publishing copies, if one runs; none starts after this (for the consumer's stop, once its
+    /// workers have ended).
+    pub(super) fn take_mover(&mut self) -> Option<JoinHandle<()>> {
+        self.mover.take()
+    }
+}
+
+/// Publishes the waiting copies in turn, each acked once confirmed, until none waits.
+async fn move_copies(context: &WorkerContext) {
+    let tenant = context.runtime.tenant;
+    loop {
+        let next = {
+            let mut moving = context.moving.lock().unwrap_or_else(PoisonError::into_inner);
+            let next = moving.queue.pop_front();
+            if next.is_none() {
+                moving.mover = None;
+            }
+            next
+        };
+        let Some(FailedCopy { delivery, id, queue, properties, disposition, record }) = next else { return };
+        publish_copy(&delivery, &queue, properties, context).await;
+        match disposition {
+            Disposition::Retry { after } => {
+                context.runtime.stats().retried();
+                tracing::info!(%tenant, %id, attempts = record.attempts, ?after, reason = record.reason, "retrying later");
+            }
+            Disposition::DeadLetter => {
+                tracing::warn!(%tenant, %id, attempts = record.attempts, reason = record.reason, "dead-lettered");
+                context.runtime.stats().dead_lettered();
+            }
+        }
+        settle(&delivery, Outcome::Moved, context).await;
+    }
+}
+
+/// Publishes a failed message's copy to `queue`, trying again with backoff until the broker confirms it.
+async fn publish_copy(delivery: &Delivery, queue: &str, properties: BasicProperties, context: &WorkerContext) {
+    let tenant = context.runtime.tenant;
+    let mut backoff = Backoff::new();
+    while let Err(error) = context.publisher.publish(queue, &delivery.data, properties.clone()).await {
+        tracing::warn!(%tenant, %error, "cannot move a failed message yet; trying again");
         if matches!(error, BrokerError::Refused) {
             // The retry or dead-letter queue was deleted from outside (the consumer notices only its own
-            // queue going): declare them again, or the message could only ever be held back.
+            // queue going): declare them again.
             if let Err(error) = queues::declare(&context.channel, tenant, context.queue_type).await {
                 tracing::warn!(%tenant, %error, "cannot declare the tenant's queues again");
             }
         }
-        return Err(Box::new(delivery));
+        tokio::time::sleep(backoff.next_delay()).await;
     }
-    match disposition {
-        Disposition::Retry { after } => {
-            context.runtime.stats().retried();
-            tracing::info!(%tenant, %id, attempts = record.attempts, ?after, reason = record.reason, "retrying later");
-        }
-        Disposition::DeadLetter => {
-            tracing::warn!(%tenant, %id, attempts = record.attempts, reason = record.reason, "dead-lettered");
-            context.runtime.stats().dead_lettered();
-        }
-    }
-    settle(&delivery, Outcome::Moved, context).await;
-    Ok(())
 }
 
 /// A delivery's row id ([`message_id::row_id`] of its `message_id`), the same for every delivery of the same

@@ -14,8 +14,8 @@ T = TypeVar("T", bound="ReplayResult")
 class ReplayResult:
     """
     Attributes:
-        complete (bool): `false` when the replay stopped at its bound (10,000 messages moved, or 10 s) before it went
-            through
+        complete (bool): `false` when the replay stopped at its bound (10,000 messages moved, or
+            `read.replay_time_budget`, 10 s by default) before it went through
             the whole DLQ: replay again to continue.
         not_found (list[UUID]): Selected ids that were not in the DLQ; listed only when `complete`.
         replayed (int): How many messages went back to the tenant's queue (with their failure history cleared).

@@ -1,3 +1,4 @@
+import datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote
@@ -16,13 +17,16 @@ def _get_kwargs(
     id: UUID,
     *,
     at_position: int | Unset = UNSET,
-    at: str | Unset = UNSET,
+    at: datetime.datetime | Unset = UNSET,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {}
 
     params["at_position"] = at_position
 
-    params["at"] = at
+    json_at: str | Unset = UNSET
+    if not isinstance(at, Unset):
+        json_at = at.isoformat()
+    params["at"] = json_at
 
     params = {k: v for k, v in params.items() if v is not UNSET and v is not None}
 
@@ -97,7 +101,7 @@ def sync_detailed(
     *,
     client: AuthenticatedClient,
     at_position: int | Unset = UNSET,
-    at: str | Unset = UNSET,
+    at: datetime.datetime | Unset = UNSET,
 ) -> Response[Problem | TenantState]:
     """A tenant as it was at a position of the log or a time, deleted tenants included (admin, auditor, own
     tenant)
@@ -108,7 +112,7 @@ def sync_detailed(
     Args:
         id (UUID):
         at_position (int | Unset):
-        at (str | Unset):
+        at (datetime.datetime | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -136,7 +140,7 @@ def sync(
     *,
     client: AuthenticatedClient,
     at_position: int | Unset = UNSET,
-    at: str | Unset = UNSET,
+    at: datetime.datetime | Unset = UNSET,
 ) -> Problem | TenantState | None:
     """A tenant as it was at a position of the log or a time, deleted tenants included (admin, auditor, own
     tenant)
@@ -147,7 +151,7 @@ def sync(
     Args:
         id (UUID):
         at_position (int | Unset):
-        at (str | Unset):
+        at (datetime.datetime | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -170,7 +174,7 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
     at_position: int | Unset = UNSET,
-    at: str | Unset = UNSET,
+    at: datetime.datetime | Unset = UNSET,
 ) -> Response[Problem | TenantState]:
     """A tenant as it was at a position of the log or a time, deleted tenants included (admin, auditor, own
     tenant)
@@ -181,7 +185,7 @@ async def asyncio_detailed(
     Args:
         id (UUID):
         at_position (int | Unset):
-        at (str | Unset):
+        at (datetime.datetime | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
@@ -207,7 +211,7 @@ async def asyncio(
     *,
     client: AuthenticatedClient,
     at_position: int | Unset = UNSET,
-    at: str | Unset = UNSET,
+    at: datetime.datetime | Unset = UNSET,
 ) -> Problem | TenantState | None:
     """A tenant as it was at a position of the log or a time, deleted tenants included (admin, auditor, own
     tenant)
@@ -218,7 +222,7 @@ async def asyncio(
     Args:
         id (UUID):
         at_position (int | Unset):
-        at (str | Unset):
+        at (datetime.datetime | Unset):
 
     Raises:
         errors.UnexpectedStatus: If the server returns an undocumented status code and Client.raise_on_unexpected_status is True.
