@@ -703,16 +703,10 @@ async fn a_migration_waiting_behind_a_long_reader_does_not_hold_back_the_readers
     use tenantmq::store::database::{self, MigrationDirection};
     let config = test_config();
     let url = config.database.url.clone();
-    let test_database = crate::helpers::adopt_database(&config);
-    database::create_database_if_missing(&url).await.expect("database created");
-    database::migrate(&url, MigrationDirection::Up).await.expect("migrated");
-    let db = database::connect(&config.database).await.expect("connected");
     // Undone down to the migration that alters `tenants` (the limits' columns).
+    let (test_database, db) = crate::helpers::database_before_column(&config, "tenants", "publish_rate").await;
     let altered =
         "SELECT count(*) FROM information_schema.columns WHERE table_name = 'tenants' AND column_name = 'publish_rate'";
-    while scalar_i64(&db, altered).await > 0 {
-        database::migrate(&url, MigrationDirection::Down).await.expect("a migration rolled back");
-    }
 
     let reader = crate::dead_letters::hold_in_transaction(&url, "SELECT count(*) FROM tenants").await;
     let migrating = tokio::spawn({

@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     config_cli::tenantmq,
-    helpers::{TestApp, adopt_database, assert_problem, remove_database, scalar_i64, test_config},
+    helpers::{TestApp, assert_problem, database_before_column, remove_database, test_config},
 };
 
 /// Runs the binary against `database_url` off the runtime's thread (the service under test shares it).
@@ -226,17 +226,8 @@ async fn an_export_verifies_offline_and_one_edited_byte_is_named_by_its_line() {
 async fn the_backfill_chains_events_recorded_before_the_migration() {
     let config: Config = test_config();
     let url = config.database.url.clone();
-    // Dropped with the test, also when it panics.
-    let test_database = adopt_database(&config);
-    database::create_database_if_missing(&url).await.expect("database created");
-    database::migrate(&url, MigrationDirection::Up).await.expect("migrated");
-    // Rolled back one migration at a time until the hash chain's is undone (the migrations after it first).
-    let db = database::connect(&config.database).await.expect("connected");
-    let chained =
-        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'events' AND column_name = 'hash'";
-    while scalar_i64(&db, chained).await > 0 {
-        database::migrate(&url, MigrationDirection::Down).await.expect("a migration rolled back");
-    }
+    // Dropped with the test, also when it panics; rolled back until the hash chain's migration is undone.
+    let (test_database, db) = database_before_column(&config, "events", "hash").await;
     let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
     // As the service appended before the chain existed; JSON that canonicalization has to get right.
     db.execute_unprepared(&format!(

@@ -66,6 +66,24 @@ pub async fn remove_database(database: TestDatabase) {
     database.remove().await.expect("test database and its tenants' queues removed");
 }
 
+/// The configuration's database (adopted, see [`adopt_database`]) migrated up, then rolled back one migration
+/// at a time until `table` has no `column`: the schema as it was before the migration that added it.
+pub async fn database_before_column(config: &Config, table: &str, column: &str) -> (TestDatabase, DatabaseConnection) {
+    use tenantmq::store::database::{self, MigrationDirection};
+    let url = &config.database.url;
+    let test_database = adopt_database(config);
+    database::create_database_if_missing(url).await.expect("database created");
+    database::migrate(url, MigrationDirection::Up).await.expect("migrated");
+    let db = database::connect(&config.database).await.expect("connected");
+    let present = format!(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = '{table}' AND column_name = '{column}'"
+    );
+    while scalar_i64(&db, &present).await > 0 {
+        database::migrate(url, MigrationDirection::Down).await.expect("a migration rolled back");
+    }
+    (test_database, db)
+}
+
 fn database_name(config: &Config) -> &str {
     tenantmq_testkit::database_name(&config.database.url).expect("a test database URL")
 }
