@@ -26,11 +26,28 @@ async fn ddl(txn: &DatabaseTransaction, statement: &str) -> Result<(), StoreErro
     Ok(())
 }
 
+/// Makes the tenant's partition, or attaches it again if a table of its name stands alone: one detached by
+/// hand keeps taking the tenant's rows (the workers and reads name the partition), but `messages` no longer
+/// shows them, and `IF NOT EXISTS` alone would leave it so while reporting the partition made.
 pub async fn create(txn: &DatabaseTransaction, tenant: TenantId) -> Result<(), StoreError> {
     let partition = tenant.partition_name();
-    ddl(
+    let values = format!("FOR VALUES IN ('{}')", tenant.as_uuid());
+    let statement = if stands_alone(txn, &partition).await? {
+        format!("ALTER TABLE messages ATTACH PARTITION {partition} {values}")
+    } else {
+        format!("CREATE TABLE IF NOT EXISTS {partition} PARTITION OF messages {values}")
+    };
+    ddl(txn, &statement).await
+}
+
+/// Whether a table of this name exists and is no partition.
+async fn stands_alone(txn: &DatabaseTransaction, table: &str) -> Result<bool, StoreError> {
+    scalar(
         txn,
-        &format!("CREATE TABLE IF NOT EXISTS {partition} PARTITION OF messages FOR VALUES IN ('{}')", tenant.as_uuid()),
+        stmt(
+            "SELECT coalesce((SELECT NOT relispartition FROM pg_class WHERE oid = to_regclass($1)), false) AS value",
+            [table.into()],
+        ),
     )
     .await
 }
