@@ -1,6 +1,6 @@
-//! Projectors turn the event log into read models. Each runs in its own task: it locks its checkpoint row,
-//! applies the next batch of events and saves the checkpoint in the same transaction, so every event is
-//! applied exactly once per read model, however many instances run it.
+//! Projectors turn the event log into read models. Each runs in its own task: once a read shows events past its
+//! checkpoint, it locks its checkpoint row, applies the next batch of events and saves the checkpoint in the
+//! same transaction, so every event is applied exactly once per read model, however many instances run it.
 
 pub mod check;
 mod partitions;
@@ -56,6 +56,9 @@ async fn step<P: Projector>(
     projector: &P,
     batch_size: u32,
 ) -> Result<(i64, usize), StoreError> {
+    if let Some(position) = checkpoints::at_head(db, P::NAME).await? {
+        return Ok((position, 0));
+    }
     let txn = db.begin().await?;
     let from = checkpoints::lock(&txn, P::NAME).await?;
     let (to, applied) = apply_batch(&txn, projector, from, batch_size).await?;

@@ -23,6 +23,21 @@ pub async fn lock(txn: &DatabaseTransaction, projector: &str) -> Result<i64, Sto
     .await
 }
 
+/// The projector's checkpoint if it has reached the head of the log, read without a lock. A runner asks this
+/// before each step, so that a projector with nothing to apply (every poll of an idle service) takes no row
+/// lock, no transaction id and writes nothing, and keeps polling quietly on a database that only reads.
+pub async fn at_head<C: ConnectionTrait>(conn: &C, projector: &str) -> Result<Option<i64>, StoreError> {
+    scalar(
+        conn,
+        stmt(
+            "SELECT (SELECT position FROM projector_checkpoints WHERE name = $1 \
+                       AND position >= (SELECT coalesce(max(position), 0) FROM events)) AS value",
+            [projector.into()],
+        ),
+    )
+    .await
+}
+
 pub async fn save(txn: &DatabaseTransaction, projector: &str, position: i64) -> Result<(), StoreError> {
     txn.execute_raw(stmt(
         "UPDATE projector_checkpoints SET position = $2, updated_at = now() WHERE name = $1",

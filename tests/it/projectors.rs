@@ -167,3 +167,29 @@ async fn a_projector_whose_checkpoint_is_lost_applies_the_log_again_and_converge
     assert_eq!(resized.status(), reqwest::StatusCode::OK);
     app.stop().await;
 }
+
+/// A projector with nothing to apply finds that out with a read: it does not lock its checkpoint (which takes a
+/// transaction id and writes the row) at every poll of an idle service, and a checkpoint locked meanwhile (a
+/// `replay --check`, a transaction left open) holds no idle projector's connection waiting. Before, each poll
+/// of each projector queued behind such a lock.
+#[tokio::test]
+async fn an_idle_projector_polls_without_locking_its_checkpoint() {
+    let mut config = crate::helpers::test_config();
+    config.projectors.poll_interval = Duration::from_millis(50);
+    let app = TestApp::spawn_with(config).await;
+    app.create_tenant("idle").await;
+    let lock = crate::dead_letters::hold_in_transaction(
+        &app.config.database.url,
+        "SELECT * FROM projector_checkpoints FOR UPDATE",
+    )
+    .await;
+    let waiting = "SELECT count(*) FROM pg_stat_activity \
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'";
+    // Absence can only be watched for: twenty polls of each projector.
+    for _ in 0..20 {
+        assert_eq!(app.scalar_i64(waiting).await, 0, "a connection waits for the lock on a checkpoint");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    crate::dead_letters::release(lock).await;
+    app.stop().await;
+}
