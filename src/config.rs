@@ -241,9 +241,12 @@ pub struct RabbitMqConfig {
     /// Most tenant consumers (one channel each) on one connection; more tenants open more connections. Keep it
     /// below the broker's `channel_max` (2047 by default).
     pub channels_per_connection: u16,
-    /// Largest AMQP frame the service asks the broker for (the broker's own limit still applies). Each
-    /// connection keeps two buffers of 32 frames, so this sets a connection's memory: 1 MiB at 16 KiB, 8 MiB
-    /// at RabbitMQ's default of 128 KiB. A `frame_max` in `url` takes precedence.
+    /// Largest AMQP frame the service asks the broker for (the broker's own limit still applies): RabbitMQ's
+    /// default, 128 KiB. Keep it at least the broker's `frame_max`: RabbitMQ never splits a message's headers
+    /// over frames and delivers headers as large as a producer's frame size, and a header frame larger than
+    /// a connection agreed to closes that connection, with every tenant consumer on it. Each connection
+    /// keeps two buffers of 32 frames (8 MiB at 128 KiB, taken as they fill). A `frame_max` in `url` takes
+    /// precedence.
     pub frame_max: u32,
     /// How long a publish waits for the broker's confirm before answering 503.
     #[serde(with = "humantime_serde")]
@@ -463,7 +466,7 @@ impl Default for RabbitMqConfig {
             queue_type: QueueType::Classic,
             publisher_channels: 4,
             channels_per_connection: 1000,
-            frame_max: 16 * 1024,
+            frame_max: 128 * 1024,
             publish_timeout: Duration::from_secs(10),
         }
     }
@@ -1055,15 +1058,15 @@ mod tests {
     #[test]
     fn the_frame_size_goes_into_the_broker_url_unless_the_url_names_one() {
         let mut rabbitmq = RabbitMqConfig { url: "amqp://guest:guest@rabbit:5672/%2f".into(), ..Default::default() };
-        assert_eq!(rabbitmq.connection_url(), "amqp://guest:guest@rabbit:5672/%2f?frame_max=16384");
+        assert_eq!(rabbitmq.connection_url(), "amqp://guest:guest@rabbit:5672/%2f?frame_max=131072");
         rabbitmq.url.push_str("?heartbeat=30");
-        assert_eq!(rabbitmq.connection_url(), "amqp://guest:guest@rabbit:5672/%2f?heartbeat=30&frame_max=16384");
+        assert_eq!(rabbitmq.connection_url(), "amqp://guest:guest@rabbit:5672/%2f?heartbeat=30&frame_max=131072");
         rabbitmq.url = "amqps://rabbit/vhost?frame_max=131072&heartbeat=30".into();
         assert_eq!(rabbitmq.connection_url(), rabbitmq.url);
         rabbitmq.url = "amqp://rabbit/vhost?heartbeat=30#main".into();
-        assert_eq!(rabbitmq.connection_url(), "amqp://rabbit/vhost?heartbeat=30&frame_max=16384#main");
+        assert_eq!(rabbitmq.connection_url(), "amqp://rabbit/vhost?heartbeat=30&frame_max=131072#main");
         rabbitmq.url = "amqp://rabbit/vhost?max_frame_max=1".into();
-        assert_eq!(rabbitmq.connection_url(), "amqp://rabbit/vhost?max_frame_max=1&frame_max=16384");
+        assert_eq!(rabbitmq.connection_url(), "amqp://rabbit/vhost?max_frame_max=1&frame_max=131072");
 
         let mut config = with_waits(5, None);
         for (frame_max, valid) in [(4095, false), (4096, true), (1024 * 1024, true), (1024 * 1024 + 1, false)] {

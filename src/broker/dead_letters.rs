@@ -218,7 +218,7 @@ impl DeadLetters {
             // The id its row has or will have, so a replay of a message already stored (its commit's ack lost
             // before the broker dead-lettered it) or replayed twice finds that row.
             let id = message_id::row_id(tenant, sent_id);
-            let properties = failure_headers::replay_copy(&delivery, id);
+            let properties = failure_headers::replay_copy(&delivery, id, self.publisher.header_bytes_carried());
             // Bounded: the first publish after the broker raised an alarm waits until it ends.
             let publish = self.publisher.publish_unless_blocked(&queues.queue, &delivery.data, properties);
             let error = match tokio::time::timeout_at(deadline, publish).await {

@@ -21,6 +21,9 @@ pub const REASON_HEADER: &str = "x-tenantmq-reason";
 /// When it was dead-lettered (RFC 3339); only on messages in a DLQ.
 pub const DEAD_LETTERED_AT_HEADER: &str = "x-tenantmq-dead-lettered-at";
 
+/// On a copy that left its original's headers behind: how many bytes they took encoded.
+pub const HEADERS_LEFT_OUT_HEADER: &str = "x-tenantmq-headers-left-out";
+
 /// Reasons are for people; a body is not copied into them, but keep a bound anyway.
 const MAX_REASON_CHARS: usize = 500;
 
@@ -89,17 +92,39 @@ pub(super) fn text(value: &AMQPValue) -> Option<String> {
     }
 }
 
+/// How many bytes of its original's headers a copy carries at most: half the frame size of the connection
+/// it is published on. RabbitMQ never splits a message's headers over frames, and it closes the connection
+/// of a client that sends a frame larger than the size they agreed, so a copy carrying headers near the frame
+/// size would close the publishing connection (every tenant's publishes), again at each try. The other half
+/// leaves room for the failure history, the other properties and what the broker adds when it
+/// dead-letters the copy (`x-death`), which its readers must still be able to take in.
+pub fn header_bytes_carried(frame_max: u32) -> usize {
+    usize::try_from(frame_max / 2).unwrap_or(usize::MAX)
+}
+
 /// A copy of `delivery` for the retry queue, carrying `record`, that expires (back into the main queue)
 /// after `after`. The copy gets `id` as its message id when the original had no UUID one, so a retried
 /// message keeps a stable id (and exactly-once rows).
-pub fn retry_copy(delivery: &Delivery, id: Uuid, record: &FailureRecord, after: Duration) -> BasicProperties {
+pub fn retry_copy(
+    delivery: &Delivery,
+    id: Uuid,
+    record: &FailureRecord,
+    after: Duration,
+    max_header_bytes: usize,
+) -> BasicProperties {
     let millis = after.as_millis().max(1).to_string();
-    with_record(delivery, id, record).with_expiration(millis.into())
+    with_record(delivery, id, record, max_header_bytes).with_expiration(millis.into())
 }
 
 /// A copy of `delivery` for the DLQ, carrying `record` and the time, selectable by its (UUID) id for a replay.
-pub fn dead_letter_copy(delivery: &Delivery, id: Uuid, record: &FailureRecord, at: DateTime<Utc>) -> BasicProperties {
-    let properties = with_record(delivery, id, record);
+pub fn dead_letter_copy(
+    delivery: &Delivery,
+    id: Uuid,
+    record: &FailureRecord,
+    at: DateTime<Utc>,
+    max_header_bytes: usize,
+) -> BasicProperties {
+    let properties = with_record(delivery, id, record, max_header_bytes);
     let mut headers = properties.headers().clone().unwrap_or_default();
     headers.insert(DEAD_LETTERED_AT_HEADER.into(), AMQPValue::LongString(rfc3339(at).into()));
     properties.with_headers(headers)
@@ -107,11 +132,10 @@ pub fn dead_letter_copy(delivery: &Delivery, id: Uuid, record: &FailureRecord, a
 
 /// A copy of a dead letter for its way back to the main queue: its failure history cleared, so it gets a
 /// fresh set of retries.
-pub fn replay_copy(delivery: &Delivery, id: Uuid) -> BasicProperties {
+pub fn replay_copy(delivery: &Delivery, id: Uuid, max_header_bytes: usize) -> BasicProperties {
     let properties = copy_properties(&delivery.properties, id);
-    let Some(headers) = properties.headers().clone() else { return properties };
     let mut cleared = FieldTable::default();
-    for (name, value) in headers.inner() {
+    for (name, value) in carried_headers(delivery.properties.headers().as_ref(), max_header_bytes).inner() {
         if ![ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER, DEAD_LETTERED_AT_HEADER].contains(&name.as_str()) {
             cleared.insert(name.clone(), value.clone());
         }
@@ -119,10 +143,29 @@ pub fn replay_copy(delivery: &Delivery, id: Uuid) -> BasicProperties {
     properties.with_headers(cleared)
 }
 
-fn with_record(delivery: &Delivery, id: Uuid, record: &FailureRecord) -> BasicProperties {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+fn with_record(delivery: &Delivery, id: Uuid, record: &FailureRecord, max_header_bytes: usize) -> BasicProperties {
+    let mut headers = carried_headers(delivery.properties.headers().as_ref(), max_header_bytes);
     record.write(&mut headers);
     copy_properties(&delivery.properties, id).with_headers(headers)
+}
+
+/// The original's headers, or, if they take more than `max_bytes` encoded ([`header_bytes_carried`]), only
+/// how many bytes they took.
+fn carried_headers(original: Option<&FieldTable>, max_bytes: usize) -> FieldTable {
+    let Some(headers) = original else { return FieldTable::default() };
+    let size = encoded_size(headers);
+    if size <= max_bytes {
+        return headers.clone();
+    }
+    let mut left_out = FieldTable::default();
+    left_out.insert(HEADERS_LEFT_OUT_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(size).unwrap_or(i64::MAX)));
+    left_out
+}
+
+/// A header table's size as it goes on the wire.
+fn encoded_size(headers: &FieldTable) -> usize {
+    cookie_factory::gen_simple(lapin::types::generation::gen_field_table(headers), Vec::new())
+        .map_or(usize::MAX, |bytes| bytes.len())
 }
 
 /// The original's properties without its expiration and user id (a copy is a new publish by this service),
@@ -139,9 +182,6 @@ fn copy_properties(original: &BasicProperties, id: Uuid) -> BasicProperties {
     }
     if let Some(v) = original.content_encoding() {
         copy = copy.with_content_encoding(v.clone());
-    }
-    if let Some(v) = original.headers() {
-        copy = copy.with_headers(v.clone());
     }
     if let Some(v) = original.priority() {
         copy = copy.with_priority(*v);
@@ -181,6 +221,29 @@ mod tests {
         assert_eq!((later.attempts, later.first_failed_at, later.reason.len()), (2, first, MAX_REASON_CHARS));
         assert!(FailureRecord::read(Some(&FieldTable::default())).is_none());
         assert!(FailureRecord::read(None).is_none());
+    }
+
+    /// Headers over the bound would make a copy's header frame too large for the publishing connection.
+    #[test]
+    fn a_copy_carries_its_originals_headers_up_to_half_a_frame_and_otherwise_their_size() {
+        let bound = header_bytes_carried(131_072);
+        assert_eq!(bound, 65_536);
+        let with_value = |bytes: usize| {
+            let mut headers = FieldTable::default();
+            headers.insert("big".into(), AMQPValue::LongString("x".repeat(bytes).into()));
+            headers
+        };
+        // The table's length (4), the name (1 + 3), the type tag (1), the string's length (4), the string.
+        let overhead = 4 + 4 + 1 + 4;
+        let at_bound = with_value(bound - overhead);
+        assert_eq!(encoded_size(&at_bound), bound);
+        assert_eq!(carried_headers(Some(&at_bound), bound), at_bound);
+
+        let over = with_value(bound - overhead + 1);
+        let carried = carried_headers(Some(&over), bound);
+        assert_eq!(carried.inner().len(), 1, "{carried:?}");
+        assert_eq!(carried.inner().get(HEADERS_LEFT_OUT_HEADER), Some(&AMQPValue::LongLongInt(65_537)));
+        assert_eq!(carried_headers(None, bound), FieldTable::default());
     }
 
     #[test]

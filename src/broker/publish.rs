@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{config::QueueType, domain::tenant::TenantId, telemetry};
 
-use super::{Broker, BrokerError, queues};
+use super::{Broker, BrokerError, failure_headers, queues};
 
 /// Publishes each message to `queue` through the default exchange with `mandatory`, then awaits every confirm
 /// (pipelined, on a channel in confirm mode). Returns the indices of the messages the broker returned as
@@ -74,6 +74,13 @@ impl Publisher {
     pub fn new(broker: Broker, channels: u16, queue_type: QueueType) -> Self {
         let slots = (0..channels.max(1)).map(|_| Mutex::new(None)).collect();
         Self { broker, slots, next: AtomicUsize::new(0), queue_type }
+    }
+
+    /// How many bytes of a failed message's headers its copies carry
+    /// ([`failure_headers::header_bytes_carried`]), by the frame size the publishing connection agreed.
+    pub fn header_bytes_carried(&self) -> usize {
+        let frame_max = self.broker.current().map_or(0, |connected| connected.connection.configuration().frame_max());
+        failure_headers::header_bytes_carried(frame_max.max(lapin::protocol::constants::FRAME_MIN_SIZE))
     }
 
     /// A confirm channel from the pool, reopened when its connection or the channel itself has gone.

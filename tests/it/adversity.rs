@@ -8,7 +8,8 @@ use std::{
 
 use lapin::{
     BasicProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
+    options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
+    types::{AMQPValue, FieldTable},
 };
 use reqwest::StatusCode;
 use sea_orm::{ConnectionTrait, TransactionTrait};
@@ -727,4 +728,58 @@ async fn a_migration_waiting_behind_a_long_reader_does_not_hold_back_the_readers
     assert_eq!(scalar_i64(&db, altered).await, 1);
     db.close().await.expect("closed");
     crate::helpers::remove_database(test_database).await;
+}
+
+/// RabbitMQ never splits a message's headers over frames: it delivers them in one frame as large as the
+/// producer's frame size allowed, whatever the consumer's connection agreed to, and lapin closes a connection
+/// that receives a frame over its agreed size. A producer publishing straight to its queue with 60 KB of
+/// headers (the service agreed to 16 KiB frames) closed the consumer connection of every tenant on it, again
+/// each time its consumer came back. And a failed message's copy carrying headers near the frame size closed
+/// the publishing connection, at every try. The service now agrees to the broker's frame size, and a copy
+/// leaves out headers that large.
+#[tokio::test]
+async fn headers_as_large_as_the_broker_takes_close_no_connection() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("large-headers").await;
+    let bystander = app.create_tenant_id("bystander").await;
+    await_consumer(&broker, &tenant).await;
+    await_consumer(&broker, &bystander).await;
+    let channel = broker.create_channel().await.expect("channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let with_header = |bytes: usize| {
+        let mut headers = FieldTable::default();
+        headers.insert("big".into(), AMQPValue::LongString("x".repeat(bytes).into()));
+        BasicProperties::default().with_headers(headers)
+    };
+    crate::helpers::publish_raw(&channel, &tenant, br#"{"large": "headers"}"#, with_header(60_000)).await;
+    app.await_messages(&tenant, 1).await;
+
+    // Not JSON, so dead-lettered; its headers fit a 128 KiB frame, but not with the failure history added.
+    crate::helpers::publish_raw(&channel, &tenant, b"not json", with_header(131_000)).await;
+    eventually(Duration::from_secs(30), "the dead letter", || async {
+        (queue_state(&broker, dlq(&tenant)).await.map(|(ready, _)| ready) == Some(1)).then_some(())
+    })
+    .await;
+    let dead = channel
+        .basic_get(dlq(&tenant).as_str().into(), BasicGetOptions::default())
+        .await
+        .expect("basic.get")
+        .expect("the dead letter");
+    let headers = dead.delivery.properties.headers().clone().unwrap_or_default();
+    assert!(!headers.inner().contains_key("big"), "the copy carries the large header");
+    assert!(headers.inner().contains_key("x-tenantmq-headers-left-out"), "{:?}", headers.inner().keys());
+    dead.delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("returned");
+
+    let published = app.post_json(&format!("/tenants/{bystander}/messages"), &json!({ "payload": 1 })).await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    app.await_messages(&bystander, 1).await;
+    let scrape = Scrape::of(&app).await;
+    assert_eq!(scrape.value("tenantmq_broker_reconnects_total", &[]), Some(0.0), "the publishing connection closed");
+    assert_eq!(
+        scrape.value("tenantmq_reconciler_errors_total", &[("kind", "consumer_failed")]).unwrap_or(0.0),
+        0.0,
+        "a consumer failed"
+    );
+    app.stop().await;
 }

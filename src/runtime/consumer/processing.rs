@@ -146,13 +146,17 @@ pub(super) async fn move_aside(delivery: Delivery, id: Uuid, failure: &Failure, 
     let previous = FailureRecord::read(delivery.properties.headers().as_ref());
     let record = FailureRecord::after(previous, failure.reason(), chrono::Utc::now());
     let disposition = context.retry.decide(failure, &record);
+    let carried = context.publisher.header_bytes_carried();
     let (queue, properties) = match disposition {
         Disposition::Retry { after } => {
-            (context.queues.retry.clone(), failure_headers::retry_copy(&delivery, id, &record, after))
+            (context.queues.retry.clone(), failure_headers::retry_copy(&delivery, id, &record, after, carried))
         }
         Disposition::DeadLetter => {
             let now = chrono::Utc::now();
-            (context.queues.dead_letters.clone(), failure_headers::dead_letter_copy(&delivery, id, &record, now))
+            (
+                context.queues.dead_letters.clone(),
+                failure_headers::dead_letter_copy(&delivery, id, &record, now, carried),
+            )
         }
     };
     if let Err(error) = context.acks.set_aside(delivery.delivery_tag).await {
