@@ -144,7 +144,24 @@ fn main() -> ExitCode {
     };
     match without_runtime(&cli.command, &config) {
         Some(exit) => exit,
-        None => with_runtime(cli.command, config),
+        None => {
+            size_thread_stacks(&config);
+            with_runtime(cli.command, config)
+        }
+    }
+}
+
+/// Gives every thread the process starts a stack for the deepest headers a message can bring
+/// ([`tenantmq::config::RabbitMqConfig::thread_stack_bytes`]): with the default 2 MiB, one message whose headers nested 2,000
+/// levels deep overflowed lapin's I/O thread and aborted the process, again at each redelivery. lapin starts
+/// its threads itself, so the size goes through `RUST_MIN_STACK`, which the standard library reads when the
+/// first thread starts; tokio's threads take it too. A `RUST_MIN_STACK` set by the operator is kept.
+fn size_thread_stacks(config: &Config) {
+    if std::env::var_os("RUST_MIN_STACK").is_none() {
+        let bytes = config.rabbitmq.thread_stack_bytes().to_string();
+        // SAFETY: no other thread runs yet (the async runtime starts after this), so none reads the
+        // environment meanwhile.
+        unsafe { std::env::set_var("RUST_MIN_STACK", bytes) };
     }
 }
 

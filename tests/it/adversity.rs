@@ -783,3 +783,41 @@ async fn headers_as_large_as_the_broker_takes_close_no_connection() {
     );
     app.stop().await;
 }
+
+/// lapin parses a message's headers recursively, a stack frame per level of nesting, on its connection's I/O
+/// thread, and one 128 KiB frame holds headers nested some 26,000 levels deep (5 bytes a level). A producer
+/// publishing straight to its queue with headers nested 2,000 deep overflowed that thread's default 2 MiB
+/// stack and aborted the whole service, again at each redelivery. The binary now gives its threads a stack for
+/// the deepest headers its frame size holds in its release build (26,000 levels, checked by hand). The debug
+/// build this test runs takes some ten times the stack a level, so the test nests 3,000 levels: more than the
+/// release build took on the default stack, and well within what the debug build gets now.
+#[tokio::test]
+async fn headers_nested_thousands_of_levels_deep_do_not_abort_the_service() {
+    let config = test_config();
+    let database = create_database(&config).await;
+    let (mut instance, log) = processes::start_logged(&config).await;
+    let tenant = instance.create_tenant(&admin_token(&config), &json!({ "name": "deep-headers" })).await;
+    let broker = amqp().await;
+    await_consumer(&broker, &tenant).await;
+    let headers = crate::raw_amqp::nested_headers(3_000);
+    let url = &config.rabbitmq.url;
+    crate::raw_amqp::publish_with_encoded_headers(url, &queue(&tenant), &headers, br#"{"deep": true}"#).await;
+    // Not JSON: dead-lettered, its copy without the headers.
+    crate::raw_amqp::publish_with_encoded_headers(url, &queue(&tenant), &headers, b"not json").await;
+
+    let db = sea_orm::Database::connect(&config.database.url).await.expect("database");
+    eventually(Duration::from_secs(60), "the row and the dead letter", || {
+        let exited = instance.child.try_wait().expect("wait");
+        assert!(exited.is_none(), "the service exited ({exited:?}); its log:\n{}", log.read());
+        let (db, broker, tenant) = (&db, &broker, &tenant);
+        async move {
+            let rows = scalar_i64(db, "SELECT count(*) FROM messages").await;
+            let dead = queue_state(broker, dlq(tenant)).await.map(|(ready, _)| ready);
+            (rows == 1 && dead == Some(1)).then_some(())
+        }
+    })
+    .await;
+    db.close().await.expect("close");
+    processes::signal_logged(instance, "-TERM", Some(&log)).await;
+    remove_database(database).await;
+}

@@ -17,6 +17,7 @@ mod openapi;
 mod processes;
 mod projectors;
 mod proxy;
+mod raw_amqp;
 mod read_side;
 mod roles;
 mod runtime;

@@ -108,7 +108,7 @@ pub async fn start_with(config: &Config, launch: Launch) -> Instance {
     };
     let log = launch.log.map_or_else(Stdio::null, Stdio::from);
     command.current_dir(env!("CARGO_MANIFEST_DIR")).stdout(Stdio::null()).stderr(log);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTMQ_")) {
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("TENANTMQ_") || k == "RUST_MIN_STACK") {
         command.env_remove(key);
     }
     command
