@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 
-use super::{BrokerError, is_channel_error};
+use super::{BrokerError, is_channel_error, is_undecodable};
 
 /// A live connection and its sequence number (each reconnect gets a new one).
 #[derive(Clone)]
@@ -20,17 +20,26 @@ pub struct Connected {
     pub connection: Arc<Connection>,
 }
 
+/// Called when the connection fails on a message it cannot read ([`is_undecodable`]).
+pub type OnUndecodable = Arc<dyn Fn() + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Broker {
     url: String,
     /// The connection name the broker shows (`rabbitmqctl list_connections client_properties`).
     name: Arc<str>,
     current: watch::Sender<Option<Connected>>,
+    on_undecodable: Option<OnUndecodable>,
 }
 
 impl Broker {
     pub fn new(url: String, name: String) -> Self {
-        Self { url, name: name.into(), current: watch::Sender::new(None) }
+        Self { url, name: name.into(), current: watch::Sender::new(None), on_undecodable: None }
+    }
+
+    /// A broker whose supervisor calls `hook` each time the connection fails on a message it cannot read.
+    pub fn with_undecodable_hook(url: String, name: String, hook: OnUndecodable) -> Self {
+        Self { on_undecodable: Some(hook), ..Self::new(url, name) }
     }
 
     /// Announces every connect and disconnect.
@@ -126,6 +135,9 @@ impl Broker {
                         }
                         Some(Event::Error(error)) => {
                             tracing::warn!(%error, name = %self.name, "RabbitMQ connection failed; reconnecting");
+                            if let Some(hook) = self.on_undecodable.as_ref().filter(|_| is_undecodable(&error)) {
+                                hook();
+                            }
                             break;
                         }
                         Some(Event::ConnectionBlocked(reason)) => {

@@ -3,41 +3,106 @@
 //! [`Slot`] on the first connection with room (opening another connection when all are full) and gives it
 //! back when it ends, so no consumer ever opens a channel on a full connection. Each connection is supervised
 //! on its own, so when one drops only the consumers on it stop and start again.
+//!
+//! A message the client cannot read (a `message-id` that is not UTF-8, a header of an unknown type) fails
+//! the whole connection it arrives on, with every tenant consumer on it, and again each time it is delivered:
+//! RabbitMQ passes it on as it was published. So when a connection fails that way, its tenants are moved
+//! apart, half of them to one new connection and half to another, which keep to themselves. The half that
+//! holds the message fails again and is halved again, until its tenant is alone on a connection: after about
+//! log2 of the tenants on the connection failures, the message fails no one else.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex, Weak},
+};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
+use crate::domain::tenant::TenantId;
+
 use super::Broker;
 
-/// Channel slots per connection: which connection has room.
+/// Channel slots per connection: which connection has room, and who holds its slots.
 #[derive(Debug)]
 struct Slots {
     per_connection: usize,
-    /// Slots taken, per connection.
-    taken: Vec<usize>,
+    /// Per connection: the tenants holding its slots (a tenant may hold two for a moment, while its old
+    /// consumer ends and its new one starts).
+    holders: Vec<HashMap<TenantId, usize>>,
+    /// Per connection: the tenants that took a slot on it since it last failed on a message it could not read.
+    /// A consumer may have ended, and given its slot back, before the failure is reported.
+    members: Vec<HashSet<TenantId>>,
+    /// Per connection: whether it is kept for tenants moved apart ([`Slots::move_apart`]).
+    kept_apart: Vec<bool>,
+    /// Tenants moved apart, and the connection each keeps to.
+    apart: HashMap<TenantId, usize>,
 }
 
 impl Slots {
     fn new(per_connection: usize) -> Self {
-        Self { per_connection: per_connection.max(1), taken: Vec::new() }
+        Self {
+            per_connection: per_connection.max(1),
+            holders: Vec::new(),
+            members: Vec::new(),
+            kept_apart: Vec::new(),
+            apart: HashMap::new(),
+        }
     }
 
-    /// The first connection with a free slot; `taken.len()` (a connection to open) when all are full. Filling
-    /// the lowest connections first keeps the number of connections at what the consumers need.
-    fn take(&mut self) -> usize {
-        let index = self.taken.iter().position(|&taken| taken < self.per_connection).unwrap_or(self.taken.len());
-        if index == self.taken.len() {
-            self.taken.push(0);
-        }
-        self.taken[index] += 1;
+    fn taken(&self, index: usize) -> usize {
+        self.holders[index].values().sum()
+    }
+
+    /// The tenant's connection if it was moved apart; else the first connection with a free slot that is not
+    /// kept apart, or `len` (a connection to open) when all are full. Filling the lowest connections first
+    /// keeps the number of connections at what the consumers need.
+    fn take(&mut self, tenant: TenantId) -> usize {
+        let index = self.apart.get(&tenant).copied().unwrap_or_else(|| {
+            (0..self.holders.len())
+                .find(|&index| !self.kept_apart[index] && self.taken(index) < self.per_connection)
+                .unwrap_or_else(|| self.add(false))
+        });
+        *self.holders[index].entry(tenant).or_default() += 1;
+        self.members[index].insert(tenant);
         index
     }
 
-    fn release(&mut self, index: usize) {
-        if let Some(taken) = self.taken.get_mut(index) {
-            *taken = taken.saturating_sub(1);
+    fn add(&mut self, kept_apart: bool) -> usize {
+        self.holders.push(HashMap::new());
+        self.members.push(HashSet::new());
+        self.kept_apart.push(kept_apart);
+        self.holders.len() - 1
+    }
+
+    fn release(&mut self, index: usize, tenant: TenantId) {
+        if let Some(holders) = self.holders.get_mut(index)
+            && let Some(count) = holders.get_mut(&tenant)
+        {
+            *count -= 1;
+            if *count == 0 {
+                holders.remove(&tenant);
+            }
         }
+    }
+
+    /// Connection `index` failed on a message it could not read: its tenants move, half to each of two new
+    /// connections kept apart (their consumers start there when they start again). A tenant alone on its
+    /// connection stays, and the connection is kept for it. Returns how many connections were added.
+    fn move_apart(&mut self, index: usize) -> usize {
+        let Some(members) = self.members.get_mut(index) else { return 0 };
+        let mut tenants: Vec<TenantId> = members.drain().collect();
+        if tenants.len() <= 1 {
+            self.kept_apart[index] = true;
+            self.apart.extend(tenants.into_iter().map(|tenant| (tenant, index)));
+            return 0;
+        }
+        tenants.sort_unstable();
+        let half = tenants.len().div_ceil(2);
+        for part in tenants.chunks(half) {
+            let to = self.add(true);
+            self.apart.extend(part.iter().map(|&tenant| (tenant, to)));
+        }
+        2
     }
 }
 
@@ -55,6 +120,39 @@ struct Shared {
     stop: CancellationToken,
 }
 
+impl Shared {
+    /// Opens (and supervises) the connections slots were added for. Must be called on the runtime.
+    fn open_added(self: &Arc<Self>, state: &mut State) {
+        while state.connections.len() < state.slots.holders.len() {
+            let index = state.connections.len();
+            let name = format!("tenantmq consumers #{} ({})", index + 1, self.instance);
+            let shared = Arc::downgrade(self);
+            let hook = Arc::new(move || Self::failed_undecodable(&shared, index));
+            let broker = Broker::with_undecodable_hook(self.url.clone(), name, hook);
+            self.supervisors.spawn(broker.clone().supervise(self.stop.clone()));
+            state.connections.push(broker);
+        }
+    }
+
+    fn failed_undecodable(shared: &Weak<Self>, index: usize) {
+        let Some(shared) = shared.upgrade() else { return };
+        let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let members: Vec<TenantId> = state.slots.members.get(index).into_iter().flatten().copied().collect();
+        let connection = index + 1;
+        if let [tenant] = members[..] {
+            tracing::error!(connection, %tenant, "a message in this tenant's queue cannot be read: its consumer fails each time it is delivered");
+        } else {
+            tracing::warn!(
+                connection,
+                tenants = members.len(),
+                "a consumer connection failed on a message it cannot read; moving its tenants apart"
+            );
+        }
+        state.slots.move_apart(index);
+        shared.open_added(&mut state);
+    }
+}
+
 /// The consumer connections of this instance, opened as the consumers need them.
 #[derive(Clone)]
 pub struct ConsumerConnections {
@@ -70,19 +168,14 @@ impl ConsumerConnections {
         }
     }
 
-    /// A channel slot on a connection with room, opening (and supervising) a new connection when every one is
+    /// A channel slot for the tenant's consumer: on the connection its tenants were moved apart to, if they
+    /// were; else on a connection with room, opening (and supervising) a new connection when every one is
     /// full. Must be called on the runtime.
-    pub fn take_slot(&self) -> Slot {
+    pub fn take_slot(&self, tenant: TenantId) -> Slot {
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        let index = state.slots.take();
-        if index == state.connections.len() {
-            let name = format!("tenantmq consumers #{} ({})", index + 1, self.shared.instance);
-            let broker = Broker::new(self.shared.url.clone(), name);
-            let (supervisor, stop) = (broker.clone(), self.shared.stop.clone());
-            self.shared.supervisors.spawn(supervisor.supervise(stop));
-            state.connections.push(broker);
-        }
-        Slot { connections: self.clone(), index, broker: state.connections[index].clone() }
+        let index = state.slots.take(tenant);
+        self.shared.open_added(&mut state);
+        Slot { connections: self.clone(), index, tenant, broker: state.connections[index].clone() }
     }
 
     /// Per connection: its number (from 1) and whether it is up.
@@ -102,8 +195,8 @@ impl ConsumerConnections {
         }
     }
 
-    fn release(&self, index: usize) {
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).slots.release(index);
+    fn release(&self, index: usize, tenant: TenantId) {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).slots.release(index, tenant);
     }
 }
 
@@ -111,6 +204,7 @@ impl ConsumerConnections {
 pub struct Slot {
     connections: ConsumerConnections,
     index: usize,
+    tenant: TenantId,
     broker: Broker,
 }
 
@@ -123,7 +217,7 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.connections.release(self.index);
+        self.connections.release(self.index, self.tenant);
     }
 }
 
@@ -131,43 +225,89 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
+    fn tenants(count: usize) -> Vec<TenantId> {
+        let mut tenants: Vec<TenantId> = (0..count).map(|_| TenantId::generate()).collect();
+        tenants.sort_unstable();
+        tenants
+    }
+
     #[test]
     fn slots_fill_the_lowest_connection_with_room_and_never_exceed_the_limit() {
         let mut slots = Slots::new(2);
-        let taken: Vec<usize> = (0..5).map(|_| slots.take()).collect();
+        let t = tenants(8);
+        let taken: Vec<usize> = t[..5].iter().map(|&tenant| slots.take(tenant)).collect();
         assert_eq!(taken, [0, 0, 1, 1, 2]);
-        slots.release(0);
+        slots.release(0, t[0]);
         // The freed slot is used before the half-empty last connection.
-        assert_eq!(slots.take(), 0);
-        assert_eq!(slots.take(), 2);
-        assert_eq!(slots.take(), 3);
-        assert!(slots.taken.iter().all(|&taken| taken <= 2), "{:?}", slots.taken);
+        assert_eq!(slots.take(t[5]), 0);
+        assert_eq!(slots.take(t[6]), 2);
+        assert_eq!(slots.take(t[7]), 3);
+        assert!((0..slots.holders.len()).all(|index| slots.taken(index) <= 2), "{:?}", slots.holders);
     }
 
     #[test]
     fn a_released_connection_is_reused_and_no_connection_is_added_while_one_has_room() {
         let mut slots = Slots::new(3);
-        let first: Vec<usize> = (0..6).map(|_| slots.take()).collect();
+        let t = tenants(9);
+        let first: Vec<usize> = t[..6].iter().map(|&tenant| slots.take(tenant)).collect();
         assert_eq!(first, [0, 0, 0, 1, 1, 1]);
-        for _ in 0..3 {
-            slots.release(1);
+        for &tenant in &t[3..6] {
+            slots.release(1, tenant);
         }
-        assert_eq!((0..3).map(|_| slots.take()).collect::<Vec<_>>(), [1, 1, 1]);
-        assert_eq!(slots.taken, [3, 3]);
+        assert_eq!(t[6..].iter().map(|&tenant| slots.take(tenant)).collect::<Vec<_>>(), [1, 1, 1]);
         // Releasing what was never taken (or a connection that does not exist) changes nothing.
-        slots.release(7);
-        assert_eq!(slots.taken, [3, 3]);
+        slots.release(7, t[0]);
+        slots.release(0, t[8]);
+        assert_eq!((slots.taken(0), slots.taken(1)), (3, 3));
+    }
+
+    /// A message that fails every connection it reaches: halving the failed connection's tenants again and
+    /// again leaves its tenant alone in log2 steps, and the others on connections it never reaches.
+    #[test]
+    fn the_tenants_of_a_connection_failing_on_a_message_are_halved_until_the_message_fails_only_its_own() {
+        let mut slots = Slots::new(1000);
+        let t = tenants(9);
+        let mut on: HashMap<TenantId, usize> = t.iter().map(|&tenant| (tenant, slots.take(tenant))).collect();
+        let culprit = t[0];
+        let mut failures = 0;
+        loop {
+            let failed = on[&culprit];
+            failures += 1;
+            let before = slots.holders.len();
+            let added = slots.move_apart(failed);
+            assert_eq!(slots.holders.len(), before + added);
+            // The consumers of the failed connection end and start again, where they are placed now.
+            let moved: Vec<TenantId> = on.iter().filter(|(_, index)| **index == failed).map(|(t, _)| *t).collect();
+            for tenant in moved {
+                slots.release(failed, tenant);
+                on.insert(tenant, slots.take(tenant));
+            }
+            if added == 0 {
+                break;
+            }
+        }
+        // 9 tenants: 5, 3, 2, 1 on the culprit's connection, then the failure that finds it alone.
+        assert_eq!(failures, 5);
+        let alone = on[&culprit];
+        assert_eq!(on.values().filter(|&&index| index == alone).count(), 1, "{on:?}");
+        assert!(slots.kept_apart[alone]);
+        // A new tenant never joins a connection kept apart, and the culprit keeps to its own.
+        let newcomer = TenantId::generate();
+        assert_eq!(slots.take(newcomer), 0, "the emptied first connection takes newcomers");
+        slots.release(alone, culprit);
+        assert_eq!(slots.take(culprit), alone);
     }
 
     #[tokio::test]
     async fn dropping_a_slot_gives_it_back() {
         let connections =
             ConsumerConnections::new("amqp://127.0.0.1:1/%2f".into(), "test".into(), 1, CancellationToken::new());
-        let first = connections.take_slot();
-        let second = connections.take_slot();
+        let t = tenants(3);
+        let first = connections.take_slot(t[0]);
+        let second = connections.take_slot(t[1]);
         assert_eq!((first.index, second.index), (0, 1));
         drop(first);
-        let third = connections.take_slot();
+        let third = connections.take_slot(t[2]);
         assert_eq!(third.index, 0);
         assert_eq!(connections.status().len(), 2, "no third connection while one has room");
         connections.close().await;

@@ -43,6 +43,19 @@ fn is_channel_error(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))
 }
 
+/// The connection failed on a frame the client could not read: a message whose properties do not decode (a
+/// `message-id` that is not UTF-8, a header of an unknown type) or that came in a frame over the agreed size.
+/// RabbitMQ passes such a message on as it was published, so it fails every connection it is delivered on.
+fn is_undecodable(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ParsingError(_) => true,
+        lapin::ErrorKind::ProtocolError(e) => {
+            matches!(e.kind(), lapin::protocol::AMQPErrorKind::Hard(lapin::protocol::AMQPHardError::FRAMEERROR))
+        }
+        _ => false,
+    }
+}
+
 /// The broker answered NOT_FOUND (a queue that does not exist); it has closed the channel.
 fn is_not_found(error: &lapin::Error) -> bool {
     matches!(

@@ -365,7 +365,7 @@ impl Reconciler {
         self.registry.insert(runtime.clone());
         let writer = MessageWriter::new(self.pool.clone(), tenant, self.metrics.clone());
         // The slot goes with the task: it is given back when the consumer has ended and closed its channel.
-        let slot = self.consumer_connections.take_slot();
+        let slot = self.consumer_connections.take_slot(tenant);
         let (settings, shutdown) = (self.settings.clone(), shutdown.clone());
         let handle = consumers.spawn(async move {
             let ended = consumer::run(runtime, commands, slot, writer, settings, generation, shutdown).await;

@@ -821,3 +821,49 @@ async fn headers_nested_thousands_of_levels_deep_do_not_abort_the_service() {
     processes::signal_logged(instance, "-TERM", Some(&log)).await;
     remove_database(database).await;
 }
+
+/// lapin fails the whole connection on a message it cannot read, and RabbitMQ passes such a message on as it
+/// was published: one whose `message-id` is not UTF-8, published straight to a tenant's queue, failed the
+/// consumer connection of every tenant on it, again at each restart of its tenant's consumer. The tenants of
+/// a connection that fails that way are now halved onto connections of their own, again and again, until the
+/// message fails only its own tenant's.
+#[tokio::test]
+async fn a_message_the_client_cannot_read_fails_only_its_own_tenants_consumer() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let culprit = app.create_tenant_id("unreadable").await;
+    let bystander = app.create_tenant_id("bystander").await;
+    await_consumer(&broker, &culprit).await;
+    await_consumer(&broker, &bystander).await;
+    crate::raw_amqp::publish_with_message_id(&app.config.rabbitmq.url, &queue(&culprit), b"\xff\xfe", b"{}").await;
+
+    // Each start of a consumer gives it a new tag, and a stopped one has none. Once the two are apart, the
+    // culprit's consumer fails again and again alone: three failures in a row while the bystander's consumer
+    // runs on with its tag. (Before, each failure stopped the bystander's consumer for its restart delay, at
+    // least 100 ms: the polls see its tag go.)
+    let bystander_tag = || {
+        let path = format!("/tenants/{bystander}");
+        let app = &app;
+        async move { app.get(&path).await.json::<Value>().await.expect("tenant JSON")["runtime"]["consumer_tag"].clone() }
+    };
+    let failures = || async {
+        let scrape = Scrape::of(&app).await;
+        scrape.value("tenantmq_reconciler_errors_total", &[("kind", "consumer_failed")]).unwrap_or(0.0)
+    };
+    let (mut tag, mut failures_since) = (bystander_tag().await, failures().await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "the culprit's failures still restart the bystander");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = bystander_tag().await;
+        if now.is_null() || now != tag {
+            (tag, failures_since) = (now, failures().await);
+        } else if failures().await - failures_since >= 3.0 {
+            break;
+        }
+    }
+    let published = app.post_json(&format!("/tenants/{bystander}/messages"), &json!({ "payload": 1 })).await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    app.await_messages(&bystander, 1).await;
+    app.stop().await;
+}

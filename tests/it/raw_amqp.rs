@@ -34,9 +34,21 @@ pub fn nested_headers(depth: usize) -> Vec<u8> {
     table
 }
 
-/// Publishes `body` to `queue` through the default exchange, with `headers` (an encoded field table) as its
-/// only property, then closes the connection: the broker answers the close once it has routed the message.
+/// Publishes `body` to `queue` with `headers` (an encoded field table) as its only property.
 pub async fn publish_with_encoded_headers(url: &str, queue: &str, headers: &[u8], body: &[u8]) {
+    publish_with_properties(url, queue, (0x2000, headers), body).await;
+}
+
+/// Publishes `body` to `queue` with a `message-id` of these bytes, UTF-8 or not, as its only property.
+pub async fn publish_with_message_id(url: &str, queue: &str, id: &[u8], body: &[u8]) {
+    let mut property = vec![u8::try_from(id.len()).expect("a short string")];
+    property.extend_from_slice(id);
+    publish_with_properties(url, queue, (0x0080, &property), body).await;
+}
+
+/// Publishes `body` to `queue` through the default exchange with `properties` (their flags, and their values
+/// encoded in order), then closes the connection: the broker answers the close once it has routed the message.
+async fn publish_with_properties(url: &str, queue: &str, (flags, properties): (u16, &[u8]), body: &[u8]) {
     let uri = AMQPUri::from_str(url).expect("an AMQP URL");
     let mut stream = TcpStream::connect((uri.authority.host.as_str(), uri.authority.port)).await.expect("connect");
     stream.write_all(b"AMQP\x00\x00\x09\x01").await.expect("protocol header");
@@ -66,8 +78,8 @@ pub async fn publish_with_encoded_headers(url: &str, queue: &str, headers: &[u8]
     send_method(&mut stream, 1, (60, 40), &publish).await;
     let mut content_header = [60_u16.to_be_bytes(), 0_u16.to_be_bytes()].concat();
     content_header.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    content_header.extend_from_slice(&0x2000_u16.to_be_bytes());
-    content_header.extend_from_slice(headers);
+    content_header.extend_from_slice(&flags.to_be_bytes());
+    content_header.extend_from_slice(properties);
     send_frame(&mut stream, FRAME_HEADER, 1, &content_header).await;
     send_frame(&mut stream, FRAME_BODY, 1, body).await;
 

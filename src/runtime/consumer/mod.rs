@@ -345,7 +345,7 @@ mod tests {
         let nowhere = Broker::new("amqp://127.0.0.1:1/%2f".into(), "test".into());
         let publisher = Arc::new(Publisher::new(nowhere, 1, crate::config::QueueType::Classic));
         let settings = Arc::new(ConsumerSettings::from_config(&Config::default(), publisher));
-        let slot = connections.take_slot();
+        let slot = connections.take_slot(tenant);
         let consumer = tokio::spawn(run(runtime, commands, slot, writer, settings, 1, stop.clone()));
         control.send(Control::Resize).expect("sent");
         control.send(Control::Delete).expect("sent");
