@@ -455,9 +455,17 @@ impl RabbitMqConfig {
     pub fn thread_stack_bytes(&self) -> usize {
         const STACK_PER_FRAME_BYTE: usize = 512;
         const AT_LEAST: usize = 8 * 1024 * 1024;
-        let named = self.connection_url().parse::<lapin::uri::AMQPUri>().ok().and_then(|uri| uri.query.frame_max);
-        let frame_max = usize::try_from(named.unwrap_or(self.frame_max)).unwrap_or(usize::MAX);
+        let frame_max = usize::try_from(self.effective_frame_max()).unwrap_or(usize::MAX);
         frame_max.saturating_mul(STACK_PER_FRAME_BYTE).max(AT_LEAST)
+    }
+
+    /// The frame size asked for: `url`'s `frame_max` if it names one, else `frame_max`.
+    pub fn effective_frame_max(&self) -> u32 {
+        self.url_frame_max().unwrap_or(self.frame_max)
+    }
+
+    fn url_frame_max(&self) -> Option<u32> {
+        self.url.parse::<lapin::uri::AMQPUri>().ok().and_then(|uri| uri.query.frame_max)
     }
 
     /// `url` with `frame_max` added to its query, unless it names one itself.
@@ -781,10 +789,17 @@ impl Config {
         if !(self.rabbitmq.url.starts_with("amqp://") || self.rabbitmq.url.starts_with("amqps://")) {
             return Err(ConfigError::new("rabbitmq.url", "must be an amqp:// or amqps:// URL"));
         }
-        if !(RabbitMqConfig::MIN_FRAME..=RabbitMqConfig::MAX_FRAME).contains(&self.rabbitmq.frame_max) {
+        // A `frame_max` in the URL wins, so it is held to the same bounds (0, "no limit", included: the
+        // thread stacks are sized by it).
+        let key = if self.rabbitmq.url_frame_max().is_some() { "rabbitmq.url" } else { "rabbitmq.frame_max" };
+        if !(RabbitMqConfig::MIN_FRAME..=RabbitMqConfig::MAX_FRAME).contains(&self.rabbitmq.effective_frame_max()) {
             return Err(ConfigError::new(
-                "rabbitmq.frame_max",
-                format!("must be between {} and {} bytes", RabbitMqConfig::MIN_FRAME, RabbitMqConfig::MAX_FRAME),
+                key,
+                format!(
+                    "frame_max must be between {} and {} bytes",
+                    RabbitMqConfig::MIN_FRAME,
+                    RabbitMqConfig::MAX_FRAME
+                ),
             ));
         }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint
@@ -1088,6 +1103,15 @@ mod tests {
         assert_eq!(rabbitmq.thread_stack_bytes(), 512 * 1024 * 1024, "the URL's frame size wins");
         rabbitmq.url = "amqp://rabbit/%2f?frame_max=4096".into();
         assert_eq!(rabbitmq.thread_stack_bytes(), 8 * 1024 * 1024, "never below 8 MiB");
+
+        let mut config = with_waits(5, None);
+        for url_frame_max in [0, 4095, 1024 * 1024 + 1] {
+            config.rabbitmq.url = format!("amqp://rabbit/%2f?frame_max={url_frame_max}");
+            let refused = config.validate().map_err(|e| e.key).err();
+            assert_eq!(refused.as_deref(), Some("rabbitmq.url"), "{url_frame_max}");
+        }
+        config.rabbitmq.url = "amqp://rabbit/%2f?frame_max=65536".into();
+        assert!(config.validate().is_ok());
 
         let mut config = with_waits(5, None);
         for (frame_max, valid) in [(4095, false), (4096, true), (1024 * 1024, true), (1024 * 1024 + 1, false)] {

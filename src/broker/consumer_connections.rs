@@ -12,8 +12,9 @@
 //! log2 of the tenants on the connection failures, the message fails no one else.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex, Weak},
+    time::{Duration, Instant},
 };
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -29,9 +30,10 @@ struct Slots {
     /// Per connection: the tenants holding its slots (a tenant may hold two for a moment, while its old
     /// consumer ends and its new one starts).
     holders: Vec<HashMap<TenantId, usize>>,
-    /// Per connection: the tenants that took a slot on it since it last failed on a message it could not read.
-    /// A consumer may have ended, and given its slot back, before the failure is reported.
-    members: Vec<HashSet<TenantId>>,
+    /// Per connection: tenants that gave their last slot back, and when. A consumer may end, and give its
+    /// slot back, just before its connection's failure is reported: it counts among the connection's tenants
+    /// for [`Slots::RECENT`].
+    departed: Vec<HashMap<TenantId, Instant>>,
     /// Per connection: whether it is kept for tenants moved apart ([`Slots::move_apart`]).
     kept_apart: Vec<bool>,
     /// Tenants moved apart, and the connection each keeps to.
@@ -43,7 +45,7 @@ impl Slots {
         Self {
             per_connection: per_connection.max(1),
             holders: Vec::new(),
-            members: Vec::new(),
+            departed: Vec::new(),
             kept_apart: Vec::new(),
             apart: HashMap::new(),
         }
@@ -63,13 +65,13 @@ impl Slots {
                 .unwrap_or_else(|| self.add(false))
         });
         *self.holders[index].entry(tenant).or_default() += 1;
-        self.members[index].insert(tenant);
+        self.departed[index].remove(&tenant);
         index
     }
 
     fn add(&mut self, kept_apart: bool) -> usize {
         self.holders.push(HashMap::new());
-        self.members.push(HashSet::new());
+        self.departed.push(HashMap::new());
         self.kept_apart.push(kept_apart);
         self.holders.len() - 1
     }
@@ -81,28 +83,51 @@ impl Slots {
             *count -= 1;
             if *count == 0 {
                 holders.remove(&tenant);
+                let now = Instant::now();
+                self.departed[index].retain(|_, at| now.duration_since(*at) < Self::RECENT);
+                self.departed[index].insert(tenant, now);
             }
         }
     }
 
-    /// Connection `index` failed on a message it could not read: its tenants move, half to each of two new
-    /// connections kept apart (their consumers start there when they start again). A tenant alone on its
-    /// connection stays, and the connection is kept for it. Returns how many connections were added.
+    /// How long a tenant that gave its slot back still counts among its connection's tenants.
+    const RECENT: Duration = Duration::from_secs(5);
+
+    /// The tenants on connection `index`: those holding a slot, and those that gave theirs back recently.
+    fn members(&self, index: usize) -> Vec<TenantId> {
+        let (Some(holders), Some(departed)) = (self.holders.get(index), self.departed.get(index)) else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let recent = departed.iter().filter(|(_, at)| now.duration_since(**at) < Self::RECENT).map(|(t, _)| t);
+        let mut members: Vec<TenantId> = holders.keys().chain(recent).copied().collect();
+        members.sort_unstable();
+        members.dedup();
+        members
+    }
+
+    /// Connection `index` failed on a message it could not read: its tenants ([`Slots::members`]) move, half
+    /// to each of two new connections kept apart (their consumers start there when they start again), and the
+    /// connection, left empty, takes newcomers again. A tenant alone on its connection stays, and the
+    /// connection is kept for it. Returns how many connections were added.
     fn move_apart(&mut self, index: usize) -> usize {
-        let Some(members) = self.members.get_mut(index) else { return 0 };
-        let mut tenants: Vec<TenantId> = members.drain().collect();
-        if tenants.len() <= 1 {
-            self.kept_apart[index] = true;
-            self.apart.extend(tenants.into_iter().map(|tenant| (tenant, index)));
-            return 0;
+        let tenants = self.members(index);
+        match tenants[..] {
+            [] => 0,
+            [tenant] => {
+                self.kept_apart[index] = true;
+                self.apart.insert(tenant, index);
+                0
+            }
+            _ => {
+                for part in tenants.chunks(tenants.len().div_ceil(2)) {
+                    let to = self.add(true);
+                    self.apart.extend(part.iter().map(|&tenant| (tenant, to)));
+                }
+                self.kept_apart[index] = false;
+                2
+            }
         }
-        tenants.sort_unstable();
-        let half = tenants.len().div_ceil(2);
-        for part in tenants.chunks(half) {
-            let to = self.add(true);
-            self.apart.extend(part.iter().map(|&tenant| (tenant, to)));
-        }
-        2
     }
 }
 
@@ -137,7 +162,7 @@ impl Shared {
     fn failed_undecodable(shared: &Weak<Self>, index: usize) {
         let Some(shared) = shared.upgrade() else { return };
         let mut state = shared.state.lock().unwrap_or_else(|e| e.into_inner());
-        let members: Vec<TenantId> = state.slots.members.get(index).into_iter().flatten().copied().collect();
+        let members = state.slots.members(index);
         let connection = index + 1;
         if let [tenant] = members[..] {
             tracing::error!(connection, %tenant, "a message in this tenant's queue cannot be read: its consumer fails each time it is delivered");
@@ -291,6 +316,10 @@ mod tests {
         let alone = on[&culprit];
         assert_eq!(on.values().filter(|&&index| index == alone).count(), 1, "{on:?}");
         assert!(slots.kept_apart[alone]);
+        // No connection is kept apart for no one: one the culprit's half left takes newcomers again.
+        for index in 0..slots.holders.len() {
+            assert!(!slots.kept_apart[index] || slots.taken(index) > 0, "connection {index} kept apart, empty");
+        }
         // A new tenant never joins a connection kept apart, and the culprit keeps to its own.
         let newcomer = TenantId::generate();
         assert_eq!(slots.take(newcomer), 0, "the emptied first connection takes newcomers");

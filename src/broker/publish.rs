@@ -12,7 +12,11 @@ use lapin::{
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
-use crate::{config::QueueType, domain::tenant::TenantId, telemetry};
+use crate::{
+    config::{QueueType, RabbitMqConfig},
+    domain::tenant::TenantId,
+    telemetry,
+};
 
 use super::{Broker, BrokerError, failure_headers, queues};
 
@@ -68,19 +72,23 @@ pub struct Publisher {
     slots: Vec<Mutex<Option<(u64, Channel)>>>,
     next: AtomicUsize,
     queue_type: QueueType,
+    /// The frame size its connection asks for ([`RabbitMqConfig::effective_frame_max`]).
+    frame_max: u32,
 }
 
 impl Publisher {
-    pub fn new(broker: Broker, channels: u16, queue_type: QueueType) -> Self {
-        let slots = (0..channels.max(1)).map(|_| Mutex::new(None)).collect();
-        Self { broker, slots, next: AtomicUsize::new(0), queue_type }
+    /// `rabbitmq.publisher_channels` confirm channels on `broker`, opened as they are first used.
+    pub fn new(broker: Broker, rabbitmq: &RabbitMqConfig) -> Self {
+        let slots = (0..rabbitmq.publisher_channels.max(1)).map(|_| Mutex::new(None)).collect();
+        let (queue_type, frame_max) = (rabbitmq.queue_type, rabbitmq.effective_frame_max());
+        Self { broker, slots, next: AtomicUsize::new(0), queue_type, frame_max }
     }
 
     /// How many bytes of a failed message's headers its copies carry
-    /// ([`failure_headers::header_bytes_carried`]), by the frame size the publishing connection agreed.
+    /// ([`failure_headers::header_bytes_carried`]), by the frame size the connection asks for (the broker's
+    /// own may be smaller, but then no producer could send it larger headers either).
     pub fn header_bytes_carried(&self) -> usize {
-        let frame_max = self.broker.current().map_or(0, |connected| connected.connection.configuration().frame_max());
-        failure_headers::header_bytes_carried(frame_max.max(lapin::protocol::constants::FRAME_MIN_SIZE))
+        failure_headers::header_bytes_carried(self.frame_max)
     }
 
     /// A confirm channel from the pool, reopened when its connection or the channel itself has gone.

@@ -60,11 +60,7 @@ impl Runtime {
         let url = config.rabbitmq.connection_url();
         let broker = Broker::new(url.clone(), format!("tenantmq ({instance})"));
         let publishing = Broker::new(url.clone(), format!("tenantmq publishing ({instance})"));
-        let publisher = Arc::new(Publisher::new(
-            publishing.clone(),
-            config.rabbitmq.publisher_channels,
-            config.rabbitmq.queue_type,
-        ));
+        let publisher = Arc::new(Publisher::new(publishing.clone(), &config.rabbitmq));
         let (tasks, cancel) = background;
         let consumer_connections =
             ConsumerConnections::new(url, instance, config.rabbitmq.channels_per_connection, cancel.child_token());

@@ -26,13 +26,15 @@ async fn ddl(txn: &DatabaseTransaction, statement: &str) -> Result<(), StoreErro
     Ok(())
 }
 
-/// Makes the tenant's partition, or attaches it again if a table of its name stands alone: one detached by
-/// hand keeps taking the tenant's rows (the workers and reads name the partition), but `messages` no longer
-/// shows them, and `IF NOT EXISTS` alone would leave it so while reporting the partition made.
+/// Makes the tenant's partition, or, for a live tenant, attaches it again if a table of its name stands alone:
+/// one detached by hand keeps taking the tenant's rows (the workers and reads name the partition), but
+/// `messages` no longer shows them, and `IF NOT EXISTS` alone would leave it so while reporting the partition
+/// made. A deleted tenant's standalone table is its archive (`partitions.on_tenant_delete: detach`): a
+/// creation applied again (a checkpoint reset) leaves it be.
 pub async fn create(txn: &DatabaseTransaction, tenant: TenantId) -> Result<(), StoreError> {
     let partition = tenant.partition_name();
     let values = format!("FOR VALUES IN ('{}')", tenant.as_uuid());
-    let statement = if stands_alone(txn, &partition).await? {
+    let statement = if stands_alone(txn, &partition).await? && !is_deleted(txn, tenant).await? {
         format!("ALTER TABLE messages ATTACH PARTITION {partition} {values}")
     } else {
         format!("CREATE TABLE IF NOT EXISTS {partition} PARTITION OF messages {values}")

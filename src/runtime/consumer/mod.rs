@@ -343,7 +343,7 @@ mod tests {
         let pool = sea_orm::sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/none").expect("a lazy pool");
         let writer = MessageWriter::new(pool, tenant, Metrics::new().expect("metrics"));
         let nowhere = Broker::new("amqp://127.0.0.1:1/%2f".into(), "test".into());
-        let publisher = Arc::new(Publisher::new(nowhere, 1, crate::config::QueueType::Classic));
+        let publisher = Arc::new(Publisher::new(nowhere, &crate::config::RabbitMqConfig::default()));
         let settings = Arc::new(ConsumerSettings::from_config(&Config::default(), publisher));
         let slot = connections.take_slot(tenant);
         let consumer = tokio::spawn(run(runtime, commands, slot, writer, settings, 1, stop.clone()));
