@@ -730,6 +730,21 @@ async fn a_migration_waiting_behind_a_long_reader_does_not_hold_back_the_readers
     crate::helpers::remove_database(test_database).await;
 }
 
+/// A service with these tenants, each with its consumer running (all on one consumer connection), and a
+/// connection of the test's own to the broker.
+async fn consuming_tenants<const N: usize>(names: [&str; N]) -> (TestApp, lapin::Connection, [String; N]) {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let mut tenants = Vec::with_capacity(N);
+    for name in names {
+        let tenant = app.create_tenant_id(name).await;
+        await_consumer(&broker, &tenant).await;
+        tenants.push(tenant);
+    }
+    let tenants = tenants.try_into().unwrap_or_else(|_| unreachable!("one per name"));
+    (app, broker, tenants)
+}
+
 /// RabbitMQ never splits a message's headers over frames: it delivers them in one frame as large as the
 /// producer's frame size allowed, whatever the consumer's connection agreed to, and lapin closes a connection
 /// that receives a frame over its agreed size. A producer publishing straight to its queue with 60 KB of
@@ -739,12 +754,7 @@ async fn a_migration_waiting_behind_a_long_reader_does_not_hold_back_the_readers
 /// leaves out headers that large.
 #[tokio::test]
 async fn headers_as_large_as_the_broker_takes_close_no_connection() {
-    let app = TestApp::spawn().await;
-    let broker = amqp().await;
-    let tenant = app.create_tenant_id("large-headers").await;
-    let bystander = app.create_tenant_id("bystander").await;
-    await_consumer(&broker, &tenant).await;
-    await_consumer(&broker, &bystander).await;
+    let (app, broker, [tenant, bystander]) = consuming_tenants(["large-headers", "bystander"]).await;
     let channel = broker.create_channel().await.expect("channel");
     channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     let with_header = |bytes: usize| {
@@ -829,12 +839,7 @@ async fn headers_nested_thousands_of_levels_deep_do_not_abort_the_service() {
 /// message fails only its own tenant's.
 #[tokio::test]
 async fn a_message_the_client_cannot_read_fails_only_its_own_tenants_consumer() {
-    let app = TestApp::spawn().await;
-    let broker = amqp().await;
-    let culprit = app.create_tenant_id("unreadable").await;
-    let bystander = app.create_tenant_id("bystander").await;
-    await_consumer(&broker, &culprit).await;
-    await_consumer(&broker, &bystander).await;
+    let (app, _broker, [culprit, bystander]) = consuming_tenants(["unreadable", "bystander"]).await;
     crate::raw_amqp::publish_with_message_id(&app.config.rabbitmq.url, &queue(&culprit), b"\xff\xfe", b"{}").await;
 
     // Each start of a consumer gives it a new tag, and a stopped one has none. Once the two are apart, the
