@@ -16,7 +16,10 @@ use figment::{
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::tenant::{Limits, Policy, Workers};
+use crate::domain::{
+    payload::PayloadLimits,
+    tenant::{Limits, Policy, Workers},
+};
 
 /// The file read on every start when it exists, relative to the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "config/default.yaml";
@@ -892,6 +895,11 @@ impl Config {
     }
 
     /// The limits of tenants without their own (validated by [`Config::load`]; unlimited if invalid).
+    /// What a message's body must keep to (`max_payload_bytes`, `max_payload_depth`).
+    pub fn payload_limits(&self) -> PayloadLimits {
+        PayloadLimits { max_bytes: self.max_payload_bytes, max_depth: self.max_payload_depth }
+    }
+
     pub fn default_limits(&self) -> Limits {
         let limits = &self.limits;
         Limits::parse(limits.publish_rate, limits.publish_burst, limits.max_queue_depth).unwrap_or_default()

@@ -23,6 +23,14 @@ pub enum Unstorable {
 const MAX_INTEGER_DIGITS: i64 = 131_072;
 /// … and at most this many after it (`NUMERIC_DSCALE_MAX`).
 const MAX_FRACTION_DIGITS: i64 = 16_383;
+/// What a message's body must keep to, over AMQP as through the API: its JSON text at most `max_bytes` long
+/// (`max_payload_bytes`), its arrays and objects nested at most `max_depth` deep (`max_payload_depth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PayloadLimits {
+    pub max_bytes: usize,
+    pub max_depth: usize,
+}
+
 /// PostgreSQL refuses a longer exponent outright (`PG_INT32_MAX / 2`).
 const MAX_EXPONENT: i64 = 1_073_741_823;
 

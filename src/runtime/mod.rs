@@ -146,7 +146,7 @@ impl Runtime {
                 broker: self.broker.clone(),
                 on_delete: config.partitions.on_tenant_delete,
                 queue_type: config.rabbitmq.queue_type,
-                max_payload_depth: config.max_payload_depth,
+                payload_limits: config.payload_limits(),
                 metrics: metrics.clone(),
             }),
         };

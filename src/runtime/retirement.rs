@@ -16,7 +16,7 @@ use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 use crate::{
     broker::{self, Broker, BrokerError, Inspector, TenantQueues, queues},
     config::{OnTenantDelete, QueueType},
-    domain::tenant::TenantId,
+    domain::{payload::PayloadLimits, tenant::TenantId},
     metrics::Metrics,
     store::{
         StoreError,
@@ -59,7 +59,7 @@ pub struct Retirement {
     pub broker: Broker,
     pub on_delete: OnTenantDelete,
     pub queue_type: QueueType,
-    pub max_payload_depth: usize,
+    pub payload_limits: PayloadLimits,
     pub metrics: Metrics,
 }
 
@@ -174,7 +174,7 @@ impl Retirement {
                 let rows: Vec<NewMessage> = deliveries
                     .iter()
                     .filter_map(|delivery| {
-                        consumer::decode(tenant, delivery, self.max_payload_depth)
+                        consumer::decode(tenant, delivery, self.payload_limits)
                             .inspect_err(|reason| tracing::warn!(%tenant, reason, "discarding a queued message"))
                             .ok()
                     })

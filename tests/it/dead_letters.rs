@@ -69,6 +69,29 @@ async fn a_dead_letters_payload_is_shown_with_every_digit() {
     app.stop().await;
 }
 
+/// A producer publishing straight to the queue may send a body as large as the broker takes (128 MiB by
+/// default). One over `max_payload_bytes` is dead-lettered at once, as the API would answer 413, instead of
+/// becoming a row that large; one of exactly the limit is stored.
+#[tokio::test]
+async fn a_body_over_max_payload_bytes_published_over_amqp_is_dead_lettered() {
+    let mut config = test_config();
+    config.max_payload_bytes = 1024;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("over-the-limit").await;
+    await_consumer(&broker, &tenant).await;
+    let channel = broker.create_channel().await.expect("channel");
+    let json_string_of = |bytes: usize| format!("\"{}\"", "x".repeat(bytes - 2));
+    publish_raw(&channel, &tenant, json_string_of(1024).as_bytes(), BasicProperties::default()).await;
+    publish_raw(&channel, &tenant, json_string_of(1025).as_bytes(), BasicProperties::default()).await;
+    app.await_messages(&tenant, 1).await;
+    await_dlq_depth(&broker, &tenant, 1).await;
+    let page = peek(&app, &format!("/tenants/{tenant}/dlq")).await;
+    let reason = page["data"][0]["reason"].as_str().unwrap_or_default();
+    assert_eq!(reason, "the body is 1025 bytes, more than max_payload_bytes (1024)", "{page}");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn messages_that_are_not_json_are_dead_lettered_with_a_reason_and_the_dlq_api_peeks_replays_and_purges() {
     let app = TestApp::spawn().await;

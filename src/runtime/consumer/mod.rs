@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     broker::{self, Broker, BrokerError, Publisher, Slot, queues},
     config::{Config, QueueType},
+    domain::payload::PayloadLimits,
     store::messages::MessageWriter,
 };
 
@@ -48,8 +49,9 @@ pub struct ConsumerSettings {
     pub batch_max_wait: Duration,
     pub instance_id: String,
     pub retry: RetryPolicy,
-    /// `max_payload_depth`: deeper bodies are dead-lettered without an insert.
-    pub max_payload_depth: usize,
+    /// `max_payload_bytes` and `max_payload_depth`: larger or deeper bodies are dead-lettered without an
+    /// insert.
+    pub payload_limits: PayloadLimits,
     /// The write connections every tenant's workers share, fairly (`database.write_connections`).
     pub write_share: WriteShare,
     /// Where failed messages' copies go to the retry queue or the DLQ: not on the consumers' connections,
@@ -70,7 +72,7 @@ impl ConsumerSettings {
                 delay: config.consumer.retry_delay,
                 max_delay: config.consumer.retry_max_delay,
             },
-            max_payload_depth: config.max_payload_depth,
+            payload_limits: config.payload_limits(),
             write_share: WriteShare::new(usize::try_from(config.write_connections()).unwrap_or(usize::MAX)),
             publisher,
         }

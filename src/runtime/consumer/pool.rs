@@ -22,7 +22,7 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{backoff::Backoff, config::QueueType, store::messages::MessageWriter};
+use crate::{backoff::Backoff, config::QueueType, domain::payload::PayloadLimits, store::messages::MessageWriter};
 
 use crate::{
     broker::{Publisher, TenantQueues},
@@ -50,7 +50,7 @@ pub(super) struct WorkerContext {
     pub(super) queues: TenantQueues,
     pub(super) queue_type: QueueType,
     pub(super) retry: RetryPolicy,
-    pub(super) max_payload_depth: usize,
+    pub(super) payload_limits: PayloadLimits,
     pub(super) batch_size: usize,
     pub(super) linger: Linger,
     pub(super) write_share: WriteShare,
@@ -105,7 +105,7 @@ impl WorkerPool {
             acks,
             retry: settings.retry,
             queue_type: settings.queue_type,
-            max_payload_depth: settings.max_payload_depth,
+            payload_limits: settings.payload_limits,
             batch_size: settings.batch_size.into(),
             linger: Linger {
                 wait: settings.batch_wait,

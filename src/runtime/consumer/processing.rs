@@ -18,7 +18,11 @@ use uuid::Uuid;
 
 use crate::{
     backoff::Backoff,
-    domain::{message_id, payload, tenant::TenantId},
+    domain::{
+        message_id,
+        payload::{self, PayloadLimits},
+        tenant::TenantId,
+    },
     metrics::FailureReason,
     store::messages::NewMessage,
     telemetry,
@@ -50,7 +54,7 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &Arc<WorkerContext>) -
         span.add_link(published.span().span_context().clone());
     }
     let tenant = context.runtime.tenant;
-    let Decoded { rows, accepted, mut failed } = Decoded::of(batch, tenant, context.max_payload_depth);
+    let Decoded { rows, accepted, mut failed } = Decoded::of(batch, tenant, context.payload_limits);
     // Not written: the database is unavailable, or the tenant's partition not created yet. Tried again, so
     // they keep when they arrived.
     let mut unwritten = Vec::new();
@@ -108,14 +112,14 @@ struct Decoded {
 }
 
 impl Decoded {
-    fn of(batch: Vec<Arrival>, tenant: TenantId, max_depth: usize) -> Self {
+    fn of(batch: Vec<Arrival>, tenant: TenantId, limits: PayloadLimits) -> Self {
         let mut decoded = Self {
             rows: Vec::with_capacity(batch.len()),
             accepted: Vec::with_capacity(batch.len()),
             failed: Vec::new(),
         };
         for Arrival { delivery, at } in batch {
-            match decode(tenant, &delivery, max_depth) {
+            match decode(tenant, &delivery, limits) {
                 Ok(row) => {
                     decoded.rows.push(row);
                     decoded.accepted.push((delivery, at));
@@ -250,12 +254,21 @@ pub fn row_id(tenant: TenantId, delivery: &Delivery) -> Uuid {
     message_id::row_id(tenant, delivery.properties.message_id().as_ref().map(|id| id.as_str()))
 }
 
-/// The id is [`row_id`]; the body must be JSON that `jsonb` can store.
-pub(crate) fn decode(tenant: TenantId, delivery: &Delivery, max_depth: usize) -> Result<NewMessage, String> {
+/// The id is [`row_id`]; the body must be JSON that `jsonb` can store, within `limits`. A producer publishing
+/// straight to the queue may send a body as large as the broker takes: one over `max_payload_bytes` fails, as
+/// it would through the API, instead of becoming a row that large.
+pub(crate) fn decode(tenant: TenantId, delivery: &Delivery, limits: PayloadLimits) -> Result<NewMessage, String> {
     let id = row_id(tenant, delivery);
+    if delivery.data.len() > limits.max_bytes {
+        return Err(format!(
+            "the body is {} bytes, more than max_payload_bytes ({})",
+            delivery.data.len(),
+            limits.max_bytes
+        ));
+    }
     let text = std::str::from_utf8(&delivery.data).map_err(|_| "body is not UTF-8".to_owned())?;
     serde_json::from_str::<serde::de::IgnoredAny>(text).map_err(|_| "body is not JSON".to_owned())?;
-    payload::check(text, max_depth).map_err(|error| error.to_string())?;
+    payload::check(text, limits.max_depth).map_err(|error| error.to_string())?;
     Ok(NewMessage { id, payload: text.to_owned() })
 }
 
