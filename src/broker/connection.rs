@@ -67,6 +67,19 @@ impl Broker {
         Ok(connected.connection.create_channel().await?)
     }
 
+    /// A channel on a connection of its own, for one operation that takes messages out of a queue (a DLQ read
+    /// or replay, a retirement's drain): a message the client cannot read fails the connection it is delivered
+    /// on ([`is_undecodable`]), so it fails that operation and no other work. The connection closes when it is
+    /// dropped.
+    pub async fn channel_apart(&self) -> Result<(Connection, Channel), BrokerError> {
+        let properties = ConnectionProperties::default().with_connection_name(format!("{} reading", self.name).into());
+        let connection = tokio::time::timeout(CONNECT_APART_TIMEOUT, Connection::connect(&self.url, properties))
+            .await
+            .map_err(|_| BrokerError::Unavailable)??;
+        let channel = connection.create_channel().await?;
+        Ok((connection, channel))
+    }
+
     /// Keeps a connection up until `cancel`: connects with backoff, then waits for it to fail. A connection
     /// that has seen [`channel_error_budget`] channels closed by the broker is replaced (see there): its
     /// successor is connected while it still serves, then announced, and the old one closed after
@@ -174,6 +187,9 @@ impl Broker {
         }
     }
 }
+
+/// The longest [`Broker::channel_apart`] waits for its connection.
+const CONNECT_APART_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a replaced connection stays open for what still runs on it (a publish waiting for its confirm, a
 /// consumer handing over) before it is closed.

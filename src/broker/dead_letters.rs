@@ -6,6 +6,9 @@
 //! Operations on one tenant's DLQ are serialized per instance, so two concurrent peeks do not hide messages
 //! from each other; other tenants' operations never wait for them. A replay moves at most
 //! [`REPLAY_MAX_MESSAGES`] messages and runs at most `read.replay_time_budget`, then says it is not complete.
+//! A peek or a replay reads on a connection of its own ([`Broker::channel_apart`]): a dead letter the client
+//! cannot read fails the connection it is delivered on, and must not fail the one every tenant's deletes and
+//! queue inspections use.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,7 +20,7 @@ use chrono::{DateTime, Utc};
 use lapin::{
     Channel,
     message::Delivery,
-    options::{BasicAckOptions, BasicGetOptions, QueuePurgeOptions},
+    options::{BasicAckOptions, QueuePurgeOptions},
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
@@ -154,7 +157,7 @@ impl DeadLetters {
     /// their bodies reach [`DeadLetterBounds::max_page_bytes`].
     pub async fn peek(&self, tenant: TenantId, skip: usize, limit: usize) -> Result<DeadLetterPage, BrokerError> {
         let _serialized = self.serialize(tenant).await;
-        let channel = self.broker.channel().await?;
+        let (_apart, channel) = self.broker.channel_apart().await?;
         let queue = TenantQueues::of(tenant).dead_letters;
         let mut messages = Vec::with_capacity(limit);
         let mut more = false;
@@ -182,7 +185,7 @@ impl DeadLetters {
     /// the replay starts are considered, so one that fails again during the replay is not replayed twice.
     pub async fn replay(&self, tenant: TenantId, selection: Option<HashSet<Uuid>>) -> Result<Replayed, BrokerError> {
         let _serialized = self.serialize(tenant).await;
-        let channel = self.broker.channel().await?;
+        let (_apart, channel) = self.broker.channel_apart().await?;
         let queues = TenantQueues::of(tenant);
         let Some((depth, _)) = inspect(&channel, &queues.dead_letters).await? else {
             close(&channel).await;
@@ -263,10 +266,9 @@ impl DeadLetters {
 
 /// The next message, unacked; `None` when the queue is empty or does not exist.
 async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, BrokerError> {
-    match channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await {
-        Ok(message) => Ok(message.map(|m| m.delivery)),
-        Err(error) if is_not_found(&error) => Ok(None),
-        Err(error) => Err(error.into()),
+    match super::get_unacked(channel, queue).await {
+        Err(BrokerError::Amqp(error)) if is_not_found(&error) => Ok(None),
+        got => got,
     }
 }
 

@@ -38,6 +38,22 @@ pub async fn close_channel(channel: &lapin::Channel, reason: &str) {
     }
 }
 
+/// Takes the next message of `queue` without acking it. Bounded: when a message the client cannot read fails
+/// the connection ([`is_undecodable`]), lapin never answers the `basic.get` in flight.
+pub async fn get_unacked(
+    channel: &lapin::Channel,
+    queue: &str,
+) -> Result<Option<lapin::message::Delivery>, BrokerError> {
+    let options = lapin::options::BasicGetOptions { no_ack: false };
+    match tokio::time::timeout(GET_TIMEOUT, channel.basic_get(queue.into(), options)).await {
+        Ok(got) => Ok(got?.map(|message| message.delivery)),
+        Err(_) => Err(BrokerError::Unavailable),
+    }
+}
+
+/// The longest a `basic.get` may take; a broker answers one in milliseconds.
+const GET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A soft AMQP error: the broker closed a channel, the connection stays up.
 fn is_channel_error(error: &lapin::Error) -> bool {
     matches!(error.kind(), lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(_)))

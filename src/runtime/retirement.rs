@@ -10,7 +10,7 @@
 //! last, so a failure or a crash at any step leaves the retirement pending, to be done again from the start.
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, QueueDeleteOptions};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
 use crate::{
@@ -159,14 +159,14 @@ impl Retirement {
         if self.inspect(queue).await?.is_none() {
             return Ok(());
         }
-        let channel = self.broker.channel().await?;
+        let (_apart, channel) = self.broker.channel_apart().await?;
         let writer = MessageWriter::new(self.db.get_postgres_connection_pool().clone(), tenant, self.metrics.clone());
         let persisted = async {
             loop {
                 let mut deliveries = Vec::with_capacity(PERSIST_BATCH);
                 while deliveries.len() < PERSIST_BATCH {
-                    match channel.basic_get(queue.into(), BasicGetOptions { no_ack: false }).await? {
-                        Some(message) => deliveries.push(message.delivery),
+                    match broker::get_unacked(&channel, queue).await? {
+                        Some(delivery) => deliveries.push(delivery),
                         None => break,
                     }
                 }

@@ -69,6 +69,32 @@ async fn a_dead_letters_payload_is_shown_with_every_digit() {
     app.stop().await;
 }
 
+/// A dead letter the client cannot read (a `message-id` that is not UTF-8, from a producer allowed to write to
+/// the DLQ, or dead-lettered by RabbitMQ 4's delivery limit on quorum queues after failing its consumer's
+/// connection 20 times) fails the connection it is delivered on. DLQ reads used the connection every
+/// tenant's deletes and queue inspections use: each read of that DLQ dropped it. They read on a connection of
+/// their own now, and a purge, which reads nothing, still empties the DLQ.
+#[tokio::test]
+async fn a_dead_letter_the_client_cannot_read_fails_only_the_reads_of_its_dlq() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("unreadable-dead-letter").await;
+    await_consumer(&broker, &tenant).await;
+    crate::raw_amqp::publish_with_message_id(&app.config.rabbitmq.url, &dlq(&tenant), b"\xff\xfe", b"{}").await;
+    let path = format!("/tenants/{tenant}/dlq");
+    assert_eq!(app.get(&path).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let replay = app.post_json(&format!("{path}/replay"), &json!({})).await;
+    assert_eq!(replay.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A shared connection that failed is connected again within milliseconds: give it the time to show.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let scrape = Scrape::of(&app).await;
+    assert_eq!(scrape.value("tenantmq_broker_reconnects_total", &[]), Some(0.0), "a shared connection failed");
+    let purged = app.delete(&path).await;
+    assert_eq!(purged.status(), StatusCode::NO_CONTENT);
+    assert_eq!(queue_state(&broker, dlq(&tenant)).await.map(|(ready, _)| ready), Some(0));
+    app.stop().await;
+}
+
 /// A producer publishing straight to the queue may send a body as large as the broker takes (128 MiB by
 /// default). One over `max_payload_bytes` is dead-lettered at once, as the API would answer 413, instead of
 /// becoming a row that large; one of exactly the limit is stored.
