@@ -4,7 +4,7 @@
 //! back when it ends, so no consumer ever opens a channel on a full connection. Each connection is supervised
 //! on its own, so when one drops only the consumers on it stop and start again.
 //!
-//! A message the client cannot read (a `message-id` that is not UTF-8, a header of an unknown type) fails
+//! A message the client cannot read (a `message-id` or a header name that is not UTF-8) fails
 //! the whole connection it arrives on, with every tenant consumer on it, and again each time it is delivered:
 //! RabbitMQ passes it on as it was published. So when a connection fails that way, its tenants are moved
 //! apart, half of them to one new connection and half to another, which keep to themselves. The half that

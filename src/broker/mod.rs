@@ -60,7 +60,7 @@ fn is_channel_error(error: &lapin::Error) -> bool {
 }
 
 /// The connection failed on a frame the client could not read: a message whose properties do not decode (a
-/// `message-id` that is not UTF-8, a header of an unknown type) or that came in a frame over the agreed size.
+/// `message-id` or a header name that is not UTF-8) or that came in a frame over the agreed size.
 /// RabbitMQ passes such a message on as it was published, so it fails every connection it is delivered on.
 fn is_undecodable(error: &lapin::Error) -> bool {
     match error.kind() {
