@@ -473,11 +473,10 @@ impl RabbitMqConfig {
 
     /// `url` with `frame_max` added to its query, unless it names one itself.
     pub fn connection_url(&self) -> String {
-        let (address, fragment) = self.url.split_once('#').map_or((self.url.as_str(), None), |(a, f)| (a, Some(f)));
-        let query = address.split_once('?').map_or("", |(_, query)| query);
-        if query.split('&').any(|pair| pair.split('=').next() == Some("frame_max")) {
+        if self.url_frame_max().is_some() {
             return self.url.clone();
         }
+        let (address, fragment) = self.url.split_once('#').map_or((self.url.as_str(), None), |(a, f)| (a, Some(f)));
         let separator = if address.contains('?') { '&' } else { '?' };
         let fragment = fragment.map_or_else(String::new, |fragment| format!("#{fragment}"));
         format!("{address}{separator}frame_max={}{fragment}", self.frame_max)

@@ -152,10 +152,11 @@ fn main() -> ExitCode {
 }
 
 /// Gives every thread the process starts a stack for the deepest headers a message can bring
-/// ([`tenantmq::config::RabbitMqConfig::thread_stack_bytes`]): with the default 2 MiB, one message whose headers nested 2,000
-/// levels deep overflowed lapin's I/O thread and aborted the process, again at each redelivery. lapin starts
-/// its threads itself, so the size goes through `RUST_MIN_STACK`, which the standard library reads when the
-/// first thread starts; tokio's threads take it too. A `RUST_MIN_STACK` set by the operator is kept.
+/// ([`tenantmq::config::RabbitMqConfig::thread_stack_bytes`]): with the default 2 MiB, one message whose
+/// headers nested 2,000 levels deep overflowed lapin's I/O thread and aborted the process, again at each
+/// redelivery. lapin starts its threads itself, so the size goes through `RUST_MIN_STACK`, which the standard
+/// library reads when the first thread starts; tokio's threads take it too. A `RUST_MIN_STACK` set by the
+/// operator is kept.
 fn size_thread_stacks(config: &Config) {
     if std::env::var_os("RUST_MIN_STACK").is_none() {
         let bytes = config.rabbitmq.thread_stack_bytes().to_string();
