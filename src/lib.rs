@@ -70,7 +70,7 @@ pub struct Application {
     shutdown: CancellationToken,
 }
 
-/// How long closing the broker connections may take past the shutdown deadline.
+/// How long closing the broker connections, and then the database pool, may each take past the shutdown deadline.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 fn warn_about_auth(config: &Config) {
@@ -229,8 +229,15 @@ impl Application {
             tracing::warn!("the broker did not confirm closing the connections in time; leaving them");
         }
         join_until(&mut background_tasks, deadline.max(Instant::now() + Duration::from_secs(1))).await;
-        if let Err(error) = db.close_by_ref().await {
-            tracing::warn!(%error, "closing the database pool");
+        // The pool's close waits for every connection to come back, and a write stopped while it waited for a
+        // lock keeps its connection until the lock is released, which may be never: give them until the
+        // deadline (and a moment), then let the process end, which closes the sockets anyway.
+        match tokio::time::timeout_at(deadline.max(Instant::now() + CLOSE_GRACE), db.close_by_ref()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "closing the database pool"),
+            Err(_) => {
+                tracing::warn!("database connections still busy at the deadline (waiting for a lock?); leaving them")
+            }
         }
         tracing::info!("stopped");
         served

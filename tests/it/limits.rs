@@ -11,7 +11,10 @@ use tenantmq_testkit::RunningApp;
 
 use crate::{
     dead_letters::{hold_in_transaction, lock_partition, release},
-    helpers::{TestApp, amqp, assert_problem, await_consumer, eventually, slow_down_inserts, test_config},
+    helpers::{
+        TestApp, amqp, assert_problem, await_consumer, eventually, queue, queue_state, slow_down_inserts, test_config,
+    },
+    proxy::Proxy,
 };
 
 async fn json_of(response: Response) -> Value {
@@ -305,7 +308,15 @@ async fn a_retired_tenants_bucket_is_forgotten() {
 
 /// A service with `write_connections` and batches of 10, and two tenants of the given names and workers; their ids.
 async fn competing(write_connections: u32, tenants: [(&str, u16); 2]) -> (TestApp, Vec<String>) {
-    let mut config = test_config();
+    competing_with(test_config(), write_connections, tenants).await
+}
+
+/// [`competing`], on the given configuration.
+async fn competing_with(
+    mut config: tenantmq::config::Config,
+    write_connections: u32,
+    tenants: [(&str, u16); 2],
+) -> (TestApp, Vec<String>) {
     config.database.write_connections = Some(write_connections);
     config.consumer.batch_size = 10;
     let app = TestApp::spawn_with(config).await;
@@ -366,10 +377,8 @@ async fn a_tenant_whose_writes_hang_cannot_hold_every_write_connection() {
     assert_eq!(publish(&app, stuck, 200).await.status(), StatusCode::ACCEPTED);
     // Its workers take batches and wait for the lock, as many as may hold a connection (3 of 4 with the
     // quarter kept; all 4 without it).
-    let waiting_for_the_lock = "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'";
     eventually(Duration::from_secs(20), "the stuck tenant's writes waiting", || async {
-        (app.scalar_i64(waiting_for_the_lock).await >= 3).then_some(())
+        (writes_waiting_for_a_lock(&app).await >= 3).then_some(())
     })
     .await;
     assert_eq!(publish(&app, other, 5).await.status(), StatusCode::ACCEPTED);
@@ -383,5 +392,81 @@ async fn a_tenant_whose_writes_hang_cannot_hold_every_write_connection() {
         (app.message_count(stuck).await == 200).then_some(())
     })
     .await;
+    app.stop().await;
+}
+
+/// Inserts of messages waiting for a lock, on the service's database.
+async fn writes_waiting_for_a_lock(app: &TestApp) -> i64 {
+    app.scalar_i64(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'",
+    )
+    .await
+}
+
+/// Nor when its consumer's connection is lost meanwhile. The consumer stops its workers after a moment, but
+/// their writes go on waiting for the lock, each on its connection: they still count against the tenant's
+/// share, so the restarted consumer's workers wait for a turn rather than take more connections; and the
+/// consumer comes back at once rather than waiting for them, with workers started for what it still held.
+#[tokio::test]
+async fn a_tenant_whose_writes_hang_holds_no_more_connections_after_its_consumer_is_cut_off() {
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
+    config.rabbitmq.url = through_proxy;
+    let (app, tenants) = competing_with(config, 4, [("stuck", 8), ("other", 1)]).await;
+    let (stuck, other) = (&tenants[0], &tenants[1]);
+    let broker = amqp().await;
+    for id in &tenants {
+        await_consumer(&broker, id).await;
+    }
+    let lock = lock_partition(&app.config.database.url, stuck).await;
+    // One at a time: the workers take them in small batches as they come, and once all 8 hold one (3 writing,
+    // 5 waiting for a turn), the rest wait in the consumer for a worker.
+    for _ in 0..40 {
+        assert_eq!(publish(&app, stuck, 1).await.status(), StatusCode::ACCEPTED);
+    }
+    eventually(Duration::from_secs(20), "the stuck tenant's writes waiting", || async {
+        (writes_waiting_for_a_lock(&app).await >= 3).then_some(())
+    })
+    .await;
+
+    proxy.cut();
+    eventually(Duration::from_secs(30), "the stuck tenant's consumer back, holding its 40 messages", || async {
+        queue_state(&broker, queue(stuck)).await.filter(|&(ready, consumers)| consumers == 1 && ready == 0)
+    })
+    .await;
+    assert_eq!(publish(&app, other, 5).await.status(), StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(20), "the other tenant's messages written while the lock is held", || async {
+        (app.message_count(other).await == 5).then_some(())
+    })
+    .await;
+    let waiting = writes_waiting_for_a_lock(&app).await;
+    assert_eq!(waiting, 3, "the stuck tenant writes on 3 of the 4 write connections, its share, and no more");
+    assert_eq!(app.message_count(stuck).await, 0, "the lock still holds the stuck tenant's writes");
+    release(lock).await;
+    app.await_messages(stuck, 40).await;
+    app.stop().await;
+}
+
+/// A graceful stop ends on time while writes wait for a lock that is never released: the pool's close would
+/// wait for their connections forever.
+#[tokio::test]
+async fn a_graceful_stop_ends_on_time_while_writes_wait_for_a_lock() {
+    let mut config = test_config();
+    config.shutdown_timeout = Duration::from_secs(2);
+    let mut app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("locked out").await;
+    await_consumer(&broker, &tenant).await;
+    let lock = lock_partition(&app.config.database.url, &tenant).await;
+    assert_eq!(publish(&app, &tenant, 20).await.status(), StatusCode::ACCEPTED);
+    eventually(Duration::from_secs(20), "the tenant's writes waiting", || async {
+        (writes_waiting_for_a_lock(&app).await >= 1).then_some(())
+    })
+    .await;
+
+    let stopped = tokio::time::timeout(Duration::from_secs(20), app.stop_service()).await;
+    assert!(stopped.is_ok(), "the service did not stop within 20 s of a stop, with a shutdown timeout of 2 s");
+    release(lock).await;
     app.stop().await;
 }

@@ -290,20 +290,22 @@ impl Running {
         if self.channel.status().connected() && !self.handed_over && !deleted && !database_lost {
             let _ = handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await;
         }
-        // Workers for what the channel still holds: they take it, then find the channel closed.
-        self.pool.offer(self.queued());
-        drop(self.deliveries);
         if self.channel.status().connected() && !database_lost {
+            // Workers for what the channel still holds: they write it and ack it.
+            self.pool.offer(self.queued());
+            drop(self.deliveries);
             self.pool.drain().await;
         } else {
             // Settling on a dead channel can wait forever, and is pointless: the broker requeues whatever was
-            // unacked; so can a write to a database that stalls (until the kernel gives up on the connection).
-            // Give the workers a moment to finish their inserts (idempotent), then stop them: closing the
-            // channel hands back what they held.
-            if tokio::time::timeout(DRAIN_AFTER_CONNECTION_LOSS, self.pool.drain()).await.is_err() {
+            // unacked; so can a write to a database that stalls (until the kernel gives up on the connection),
+            // or that waits for a lock. Give the running workers a moment to finish their inserts (idempotent),
+            // then stop them; closing the channel hands back what they held, and what no worker took. A worker
+            // started for that now could only wait as long, and would keep the consumer from its restart.
+            drop(self.deliveries);
+            if tokio::time::timeout(DRAIN_AFTER_CONNECTION_LOSS, self.pool.join()).await.is_err() {
                 tracing::warn!(tenant = %self.runtime.tenant, "workers did not finish in time; stopping them");
                 self.pool.tasks.abort_all();
-                self.pool.drain().await;
+                self.pool.join().await;
             }
         }
         // Copies of failed messages still under way get as long as workers on a lost connection; then what

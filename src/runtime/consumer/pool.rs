@@ -186,6 +186,16 @@ impl WorkerPool {
         self.context.runtime.set_running(u16::try_from(size).unwrap_or(u16::MAX));
     }
 
+    /// Waits for the running workers to end, starting none for what the channel still holds: that goes back to
+    /// the broker with the channel.
+    pub(super) async fn join(&mut self) {
+        self.draining = true;
+        while let Some(exited) = self.tasks.join_next_with_id().await {
+            // Stopping already: the channel's close gives the broker back what a panicked worker held.
+            let _ = self.forget(exited);
+        }
+    }
+
     /// Waits for workers to take and settle everything the channel still holds (its sender is dropped first),
     /// starting them as needed: a worker may have parked just as the last deliveries came.
     pub(super) async fn drain(&mut self) {

@@ -3,6 +3,7 @@
 
 use std::{
     collections::VecDeque,
+    ops::Range,
     sync::{Arc, PoisonError},
 };
 
@@ -13,6 +14,7 @@ use lapin::{
 };
 use opentelemetry::trace::TraceContextExt;
 use tokio::{task::JoinHandle, time::Instant};
+use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
@@ -24,7 +26,8 @@ use crate::{
         tenant::TenantId,
     },
     metrics::FailureReason,
-    store::messages::NewMessage,
+    runtime::write_share::WritePermit,
+    store::messages::{MessageWriter, NewMessage},
     telemetry,
 };
 
@@ -60,11 +63,11 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &Arc<WorkerContext>) -
     let mut unwritten = Vec::new();
     // A row the database refuses fails alone; the rest of the batch commits. The tenant writes in its turn
     // (see `write_share`), so a tenant that floods cannot take every connection.
-    let refused = if rows.is_empty() {
-        Vec::new()
+    let (rows, refused) = if rows.is_empty() {
+        (rows, Vec::new())
     } else {
-        let _turn = context.write_share.acquire(tenant, context.runtime.desired().get()).await;
-        context.writer.insert_isolating(&rows).await
+        let turn = context.write_share.acquire(tenant, context.runtime.desired().get()).await;
+        write_in_turn(turn, context.writer.clone(), rows).await
     };
     let mut refusal_of = vec![None; rows.len()];
     for (index, (part, _)) in refused.iter().enumerate() {
@@ -101,6 +104,33 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &Arc<WorkerContext>) -
         move_aside(delivery, id, &failure, context).await;
     }
     unwritten
+}
+
+/// Writes `rows` in `turn`, in a task of its own, and hands them back with what was refused. A worker may be
+/// stopped mid-write (its consumer lost its channel, or the database), and a statement dropped half way keeps
+/// its connection busy until the statement ends, which a lock can make last as long as it is held. Given
+/// back at that moment, the turn would let the tenant take connections beyond its share at each such stop;
+/// so the write goes on to its end, holding it.
+async fn write_in_turn(
+    turn: WritePermit,
+    writer: MessageWriter,
+    rows: Vec<NewMessage>,
+) -> (Vec<NewMessage>, Vec<(Range<usize>, sea_orm::sqlx::Error)>) {
+    let write = tokio::spawn(
+        async move {
+            let refused = writer.insert_isolating(&rows).await;
+            drop(turn);
+            (rows, refused)
+        }
+        .in_current_span(),
+    );
+    match write.await {
+        Ok(written) => written,
+        // Cancelled only with the runtime, which ends this worker too.
+        Err(error) => {
+            std::panic::resume_unwind(error.try_into_panic().unwrap_or_else(|error| Box::new(error.to_string())))
+        }
+    }
 }
 
 /// A batch split into the rows to insert, with their deliveries and when those arrived, and the deliveries
