@@ -241,8 +241,8 @@ pub struct RabbitMqConfig {
     pub queue_type: QueueType,
     /// Confirm channels kept for publishing.
     pub publisher_channels: u16,
-    /// Most tenant consumers (one channel each) on one connection; more tenants open more connections. Keep it
-    /// below the broker's `channel_max` (2047 by default).
+    /// Most tenant consumers (one channel each) on one connection; more tenants open more connections. At
+    /// most three quarters of the broker's `channel_max` (2047 by default) are used, whatever is set here.
     pub channels_per_connection: u16,
     /// Largest AMQP frame the service asks the broker for (the broker's own limit still applies): RabbitMQ's
     /// default, 128 KiB. Keep it at least the broker's `frame_max`: RabbitMQ never splits a message's headers

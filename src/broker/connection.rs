@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 
-use super::{BrokerError, is_channel_error, is_undecodable};
+use super::{BrokerError, answered, is_channel_error, is_undecodable};
 
 /// A live connection and its sequence number (each reconnect gets a new one).
 #[derive(Clone)]
@@ -56,6 +56,12 @@ impl Broker {
         self.current().is_some()
     }
 
+    /// How many channels the current connection may have in use at once, if it is up: the `channel_max` the
+    /// broker granted, less the numbers the supervisor lets broker closes take ([`channel_error_budget`]).
+    pub fn usable_channels(&self) -> Option<usize> {
+        self.current().map(|connected| usable_channels(connected.connection.configuration().channel_max()))
+    }
+
     /// Whether the broker has blocked the connection from publishing (`connection.blocked`, sent while a
     /// memory or disk alarm lasts).
     pub fn is_blocked(&self) -> bool {
@@ -64,7 +70,7 @@ impl Broker {
 
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         let connected = self.current().ok_or(BrokerError::Unavailable)?;
-        Ok(connected.connection.create_channel().await?)
+        Ok(answered(connected.connection.create_channel()).await??)
     }
 
     /// A channel on a connection of its own, for one operation that takes messages out of a queue (a DLQ read
@@ -76,7 +82,7 @@ impl Broker {
         let connection = tokio::time::timeout(CONNECT_APART_TIMEOUT, Connection::connect(&self.url, properties))
             .await
             .map_err(|_| BrokerError::Unavailable)??;
-        let channel = connection.create_channel().await?;
+        let channel = answered(connection.create_channel()).await??;
         Ok((connection, channel))
     }
 
@@ -200,9 +206,19 @@ const REPLACED_CONNECTION_GRACE: Duration = Duration::from_secs(30);
 /// `channel_max` of them no channel opens on the connection at all. A quarter of the numbers leaves the rest
 /// for the channels in use (publishing, or a consumer connection's `rabbitmq.channels_per_connection`).
 fn channel_error_budget(channel_max: u16) -> u32 {
+    (u32::from(channel_numbers(channel_max)) / 4).max(1)
+}
+
+/// The channels a connection granted `channel_max` may have in use while it is kept: the numbers that
+/// [`channel_error_budget`] leaves.
+fn usable_channels(channel_max: u16) -> usize {
+    let numbers = u32::from(channel_numbers(channel_max));
+    usize::try_from(numbers.saturating_sub(channel_error_budget(channel_max))).unwrap_or(usize::MAX).max(1)
+}
+
+fn channel_numbers(channel_max: u16) -> u16 {
     // 0 is "no limit" in the protocol's negotiation.
-    let numbers = if channel_max == 0 { u16::MAX } else { channel_max };
-    (u32::from(numbers) / 4).max(1)
+    if channel_max == 0 { u16::MAX } else { channel_max }
 }
 
 #[cfg(test)]
@@ -213,6 +229,10 @@ mod tests {
     fn a_quarter_of_the_channel_numbers_may_be_lost_to_broker_closes() {
         assert_eq!(channel_error_budget(2047), 511);
         assert_eq!(channel_error_budget(64), 16);
+        assert_eq!(usable_channels(2047), 1536);
+        assert_eq!(usable_channels(8), 6);
+        assert_eq!(usable_channels(1), 1, "a channel the broker allows is used");
+        assert_eq!(usable_channels(0), 49152, "0 is no limit: the protocol's numbers");
         assert_eq!(channel_error_budget(2), 1);
         assert_eq!(channel_error_budget(0), 16_383);
     }

@@ -1,8 +1,9 @@
 //! The connections the tenants' consumers run on. A consumer holds one channel, and a connection carries at
-//! most `rabbitmq.channels_per_connection` of them, well below the broker's `channel_max`: a consumer takes a
-//! [`Slot`] on the first connection with room (opening another connection when all are full) and gives it
-//! back when it ends, so no consumer ever opens a channel on a full connection. Each connection is supervised
-//! on its own, so when one drops only the consumers on it stop and start again.
+//! most `rabbitmq.channels_per_connection` of them, and never more than the broker lets it use (three
+//! quarters of the `channel_max` it grants, see [`Broker::usable_channels`]): a consumer takes a [`Slot`] on
+//! the first connection with room (opening another connection when all are full) and gives it back when it
+//! ends, so no consumer ever opens a channel on a full connection. Each connection is supervised on its own,
+//! so when one drops only the consumers on it stop and start again.
 //!
 //! A message the client cannot read (a `message-id` or a header name that is not UTF-8) fails
 //! the whole connection it arrives on, with every tenant consumer on it, and again each time it is delivered:
@@ -26,6 +27,9 @@ use super::Broker;
 /// Channel slots per connection: which connection has room, and who holds its slots.
 #[derive(Debug)]
 struct Slots {
+    /// `rabbitmq.channels_per_connection`.
+    configured: usize,
+    /// What a connection takes: the configured number, or fewer if the broker allows fewer ([`Slots::fit`]).
     per_connection: usize,
     /// Per connection: the tenants holding its slots (a tenant may hold two for a moment, while its old
     /// consumer ends and its new one starts).
@@ -43,12 +47,24 @@ struct Slots {
 impl Slots {
     fn new(per_connection: usize) -> Self {
         Self {
+            configured: per_connection.max(1),
             per_connection: per_connection.max(1),
             holders: Vec::new(),
             departed: Vec::new(),
             kept_apart: Vec::new(),
             apart: HashMap::new(),
         }
+    }
+
+    /// Fits the slots per connection to the channels the broker lets a connection use; the new number if it
+    /// changed. Connections already holding more keep their consumers (the broker let them open), and
+    /// take no one until they are below it.
+    fn fit(&mut self, usable_channels: usize) -> Option<usize> {
+        let fitted = self.configured.min(usable_channels).max(1);
+        (fitted != self.per_connection).then(|| {
+            self.per_connection = fitted;
+            fitted
+        })
     }
 
     fn taken(&self, index: usize) -> usize {
@@ -137,6 +153,9 @@ struct State {
 
 struct Shared {
     url: String,
+    /// A connection to the same broker that is up before any consumer starts (the service's own): it tells
+    /// how many channels the broker grants a connection before a consumer connection is open.
+    reference: Broker,
     /// Names the connections, so that an operator can tell them apart on the broker.
     instance: String,
     state: Mutex<State>,
@@ -183,12 +202,18 @@ pub struct ConsumerConnections {
 }
 
 impl ConsumerConnections {
-    /// Connections are supervised until `stop` (or [`close`](Self::close)).
-    pub fn new(url: String, instance: String, channels_per_connection: u16, stop: CancellationToken) -> Self {
+    /// Connections are supervised until `stop` (or [`close`](Self::close)). `reference` is a connection to the
+    /// same broker, see [`Shared::reference`].
+    pub fn new(
+        url: String,
+        instance: String,
+        channels_per_connection: u16,
+        reference: Broker,
+        stop: CancellationToken,
+    ) -> Self {
         let state = State { slots: Slots::new(channels_per_connection.into()), connections: Vec::new() };
-        Self {
-            shared: Arc::new(Shared { url, instance, state: Mutex::new(state), supervisors: TaskTracker::new(), stop }),
-        }
+        let supervisors = TaskTracker::new();
+        Self { shared: Arc::new(Shared { url, instance, reference, state: Mutex::new(state), supervisors, stop }) }
     }
 
     /// A channel slot for the tenant's consumer: on the connection its tenants were moved apart to, if they
@@ -196,6 +221,25 @@ impl ConsumerConnections {
     /// full. Must be called on the runtime.
     pub fn take_slot(&self, tenant: TenantId) -> Slot {
         let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        // A broker that grants fewer channels (its `channel_max`) would refuse the channels past them, and their
+        // tenants would never consume. Every connection to it is granted the same.
+        let granted =
+            std::iter::once(&self.shared.reference).chain(&state.connections).find_map(Broker::usable_channels);
+        if let Some(per_connection) = granted.and_then(|usable| state.slots.fit(usable)) {
+            let configured = state.slots.configured;
+            if per_connection < configured {
+                tracing::warn!(
+                    per_connection,
+                    configured,
+                    "RabbitMQ grants fewer channels per connection than rabbitmq.channels_per_connection: consumer connections take fewer tenants each"
+                );
+            } else {
+                tracing::info!(
+                    per_connection,
+                    "consumer connections take rabbitmq.channels_per_connection tenants each again"
+                );
+            }
+        }
         let index = state.slots.take(tenant);
         self.shared.open_added(&mut state);
         Slot { connections: self.clone(), index, tenant, broker: state.connections[index].clone() }
@@ -326,10 +370,22 @@ mod tests {
         assert_eq!(slots.take(culprit), alone);
     }
 
+    #[test]
+    fn slots_per_connection_fit_the_channels_the_broker_grants() {
+        let mut slots = Slots::new(1000);
+        assert_eq!(slots.fit(1536), None, "the broker grants more than configured");
+        assert_eq!(slots.fit(6), Some(6));
+        let taken: Vec<usize> = tenants(12).into_iter().map(|tenant| slots.take(tenant)).collect();
+        assert_eq!(taken, [[0; 6], [1; 6]].concat());
+        assert_eq!(slots.fit(1536), Some(1000), "a broker granting more again");
+        assert_eq!(slots.take(tenants(1)[0]), 0);
+    }
+
     #[tokio::test]
     async fn dropping_a_slot_gives_it_back() {
-        let connections =
-            ConsumerConnections::new("amqp://127.0.0.1:1/%2f".into(), "test".into(), 1, CancellationToken::new());
+        let nowhere = "amqp://127.0.0.1:1/%2f".to_owned();
+        let reference = Broker::new(nowhere.clone(), "test".into());
+        let connections = ConsumerConnections::new(nowhere, "test".into(), 1, reference, CancellationToken::new());
         let t = tenants(3);
         let first = connections.take_slot(t[0]);
         let second = connections.take_slot(t[1]);

@@ -254,11 +254,12 @@ impl DeadLetters {
         let _serialized = self.serialize(tenant).await;
         let channel = self.broker.channel().await?;
         let queue = TenantQueues::of(tenant).dead_letters;
-        let purged = match channel.queue_purge(queue.as_str().into(), QueuePurgeOptions::default()).await {
-            Ok(count) => count,
-            Err(error) if is_not_found(&error) => 0,
-            Err(error) => return Err(error.into()),
-        };
+        let purged =
+            match super::answered(channel.queue_purge(queue.as_str().into(), QueuePurgeOptions::default())).await? {
+                Ok(count) => count,
+                Err(error) if is_not_found(&error) => 0,
+                Err(error) => return Err(error.into()),
+            };
         close(&channel).await;
         Ok(purged)
     }
@@ -273,9 +274,5 @@ async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, BrokerE
 }
 
 async fn close(channel: &Channel) {
-    if channel.status().connected()
-        && let Err(error) = channel.close(200, "done".into()).await
-    {
-        tracing::debug!(%error, "closing a dead-letter channel");
-    }
+    super::close_channel(channel, "done").await;
 }

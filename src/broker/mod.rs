@@ -2,6 +2,8 @@
 //! confirms, the failure history messages carry in their headers, and dead-letter queue operations. Nothing
 //! here decides what to do about a tenant; it only speaks AMQP.
 
+use std::time::Duration;
+
 mod connection;
 mod consumer_connections;
 pub mod dead_letters;
@@ -30,29 +32,35 @@ pub enum BrokerError {
     Blocked,
 }
 
-/// Closes `channel` if it is still open. A channel the broker already closed, or a close that fails, leaves
-/// nothing to do: the broker requeues whatever the channel held unacked either way.
+/// The longest the service waits for the broker's answer to a channel's open, close, or a question about a
+/// queue. A broker that stopped answering (its connection open, silent) would otherwise hold whoever asked, a
+/// request among them, until the heartbeats give up on the connection, or forever.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `request`'s answer, or [`BrokerError::Unavailable`] when none comes within [`ANSWER_TIMEOUT`].
+pub async fn answered<T>(request: impl Future<Output = lapin::Result<T>>) -> Result<lapin::Result<T>, BrokerError> {
+    tokio::time::timeout(ANSWER_TIMEOUT, request).await.map_err(|_| BrokerError::Unavailable)
+}
+
+/// Closes `channel` if it is still open. A channel the broker already closed, or a close that fails or is
+/// not confirmed in time, leaves nothing to do: the broker requeues whatever the channel held unacked either
+/// way.
 pub async fn close_channel(channel: &lapin::Channel, reason: &str) {
     if channel.status().connected() {
-        let _ = channel.close(200, reason.into()).await;
+        let _ = answered(channel.close(200, reason.into())).await;
     }
 }
 
-/// Takes the next message of `queue` without acking it. Bounded: when a message the client cannot read fails
-/// the connection ([`is_undecodable`]), lapin never answers the `basic.get` in flight.
+/// Takes the next message of `queue` without acking it. Bounded ([`answered`]): besides a silent broker, when
+/// a message the client cannot read fails the connection ([`is_undecodable`]), lapin never answers the
+/// `basic.get` in flight.
 pub async fn get_unacked(
     channel: &lapin::Channel,
     queue: &str,
 ) -> Result<Option<lapin::message::Delivery>, BrokerError> {
     let options = lapin::options::BasicGetOptions { no_ack: false };
-    match tokio::time::timeout(GET_TIMEOUT, channel.basic_get(queue.into(), options)).await {
-        Ok(got) => Ok(got?.map(|message| message.delivery)),
-        Err(_) => Err(BrokerError::Unavailable),
-    }
+    Ok(answered(channel.basic_get(queue.into(), options)).await??.map(|message| message.delivery))
 }
-
-/// The longest a `basic.get` may take; a broker answers one in milliseconds.
-const GET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A soft AMQP error: the broker closed a channel, the connection stays up.
 fn is_channel_error(error: &lapin::Error) -> bool {

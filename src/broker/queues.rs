@@ -90,7 +90,7 @@ pub async fn delete(channel: &Channel, tenant: TenantId) -> Result<(), BrokerErr
 /// Message and consumer counts of a queue, without creating it (`None` when it does not exist).
 pub async fn inspect(channel: &Channel, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-    match channel.queue_declare(queue.into(), passive, FieldTable::default()).await {
+    match super::answered(channel.queue_declare(queue.into(), passive, FieldTable::default())).await? {
         Ok(declared) => Ok(Some((declared.message_count(), declared.consumer_count()))),
         Err(error) if is_not_found(&error) => Ok(None),
         Err(error) => Err(error.into()),
@@ -150,7 +150,14 @@ impl Inspector {
     /// The depths of the tenant's three queues and the consumers of its main queue.
     pub async fn tenant(&mut self, tenant: TenantId) -> QueueCounts {
         let queues = TenantQueues::of(tenant);
-        let main = self.counts(&queues.queue).await;
+        // A broker that cannot answer about one queue will not about the next: the counts are unknown, at once.
+        let main = match self.try_counts(&queues.queue).await {
+            Ok(main) => main,
+            Err(error) => {
+                tracing::debug!(%error, %tenant, "cannot read the tenant's queue counts");
+                return QueueCounts::default();
+            }
+        };
         QueueCounts {
             ready: main.map(|(messages, _)| messages),
             consumers: main.map(|(_, consumers)| consumers),

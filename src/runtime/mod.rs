@@ -62,8 +62,13 @@ impl Runtime {
         let publishing = Broker::new(url.clone(), format!("tenantmq publishing ({instance})"));
         let publisher = Arc::new(Publisher::new(publishing.clone(), &config.rabbitmq));
         let (tasks, cancel) = background;
-        let consumer_connections =
-            ConsumerConnections::new(url, instance, config.rabbitmq.channels_per_connection, cancel.child_token());
+        let consumer_connections = ConsumerConnections::new(
+            url,
+            instance,
+            config.rabbitmq.channels_per_connection,
+            broker.clone(),
+            cancel.child_token(),
+        );
         let registry = ConsumerRegistry::default();
         let connections = [broker.subscribe(), publishing.subscribe()];
         let blocked = publishing.clone();

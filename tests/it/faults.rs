@@ -118,6 +118,44 @@ async fn with_the_broker_silent_publishes_of_capped_tenants_answer_503_in_time()
     drop(proxy);
 }
 
+/// With the broker silent, every request that asks it something answers in time: a tenant's details with
+/// its queue counts unknown, dead-letter reads and purges with 503; none waits until the connection's idle
+/// timeout drops it unanswered.
+#[tokio::test]
+async fn with_the_broker_silent_requests_that_ask_it_answer_in_time() {
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
+    config.rabbitmq.url = through_proxy;
+    config.shutdown_timeout = Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("asks a silent broker").await;
+    await_consumer(&broker, &tenant).await;
+
+    proxy.stall();
+    let started = std::time::Instant::now();
+    let (details, dead_letters, purge) = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join3(
+            app.get(&format!("/tenants/{tenant}")),
+            app.get(&format!("/tenants/{tenant}/dlq")),
+            app.delete(&format!("/tenants/{tenant}/dlq")),
+        ),
+    )
+    .await
+    .expect("requests hung on the silent broker");
+    assert_eq!(details.status(), StatusCode::OK);
+    let details: serde_json::Value = details.json().await.expect("tenant JSON");
+    assert_eq!(details["runtime"]["queues"]["ready"], serde_json::Value::Null, "{details}");
+    crate::helpers::assert_problem(dead_letters, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    crate::helpers::assert_problem(purge, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    // The read gives up on connecting after 10 s; the purge waits for it (a tenant's DLQ operations take
+    // turns), then for its channel, 5 s.
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    app.stop().await;
+    drop(proxy);
+}
+
 #[tokio::test]
 async fn while_the_broker_is_down_publishing_answers_503_readiness_fails_and_both_recover() {
     let mut config = test_config();

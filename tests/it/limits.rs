@@ -15,6 +15,7 @@ use crate::{
         TestApp, amqp, assert_problem, await_consumer, eventually, queue, queue_state, slow_down_inserts, test_config,
     },
     proxy::Proxy,
+    scale_out::consumer_tag,
 };
 
 async fn json_of(response: Response) -> Value {
@@ -430,9 +431,17 @@ async fn a_tenant_whose_writes_hang_holds_no_more_connections_after_its_consumer
     })
     .await;
 
+    let cut_off = consumer_tag(&app, stuck).await.expect("a running consumer's tag");
     proxy.cut();
     eventually(Duration::from_secs(30), "the stuck tenant's consumer back, holding its 40 messages", || async {
-        queue_state(&broker, queue(stuck)).await.filter(|&(ready, consumers)| consumers == 1 && ready == 0)
+        let tag = consumer_tag(&app, stuck).await.filter(|tag| *tag != cut_off)?;
+        queue_state(&broker, queue(stuck)).await.filter(|&(ready, consumers)| consumers == 1 && ready == 0)?;
+        Some(tag)
+    })
+    .await;
+    // The publishing connection was cut too.
+    eventually(Duration::from_secs(30), "the service ready again", || async {
+        (app.get("/readyz").await.status() == StatusCode::OK).then_some(())
     })
     .await;
     assert_eq!(publish(&app, other, 5).await.status(), StatusCode::ACCEPTED);

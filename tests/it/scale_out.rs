@@ -51,7 +51,8 @@ async fn consumer_connections(instance: &str) -> BTreeMap<u32, BrokerConnection>
     connections
 }
 
-async fn consumer_tag(app: &TestApp, tenant: &str) -> Option<String> {
+/// The tag of the tenant's consumer on this instance, if one runs.
+pub(crate) async fn consumer_tag(app: &TestApp, tenant: &str) -> Option<String> {
     let details: Value = app.get(&format!("/tenants/{tenant}")).await.json().await.expect("tenant JSON");
     details["runtime"]["consumer_tag"].as_str().map(str::to_owned)
 }
@@ -119,6 +120,42 @@ async fn consumers_spread_over_connections_and_a_closed_one_restarts_only_its_ow
     }
     for tenant in &tenants {
         app.await_messages(tenant, 1).await;
+    }
+    app.stop().await;
+}
+
+/// A broker that grants fewer channels per connection than `rabbitmq.channels_per_connection` (its
+/// `channel_max`; here the client asks for 8, which is negotiated the same way): consumer connections take
+/// the 6 tenants each that leaves in use (a quarter of the numbers is kept for channels the broker closes),
+/// instead of refusing every tenant's channel past the 8th, whose consumers never ran.
+#[tokio::test]
+async fn a_broker_granting_fewer_channels_gets_fewer_consumers_per_connection() {
+    const TENANTS: usize = 10;
+    let mut config = test_config();
+    config.rabbitmq.url = format!("{}?channel_max=8", config.rabbitmq.url);
+    let app = TestApp::spawn_with(config).await;
+    let mut tenants = Vec::new();
+    for i in 0..TENANTS {
+        tenants.push(app.create_tenant_id(&format!("granted-{i}")).await);
+    }
+    eventually(Duration::from_secs(60), "a running consumer for each of the ten", || async {
+        for tenant in &tenants {
+            consumer_tag(&app, tenant).await?;
+        }
+        Some(())
+    })
+    .await;
+    for tenant in &tenants {
+        let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 })).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+    }
+    for tenant in &tenants {
+        app.await_messages(tenant, 1).await;
+    }
+    let scrape = Scrape::of(&app).await;
+    for connection in ["1", "2"] {
+        let up = scrape.value("tenantmq_broker_consumer_connection_up", &[("connection", connection)]);
+        assert_eq!(up, Some(1.0), "connection #{connection}");
     }
     app.stop().await;
 }

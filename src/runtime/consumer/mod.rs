@@ -338,7 +338,9 @@ mod tests {
     #[tokio::test]
     async fn a_consumer_waiting_for_its_connection_ends_when_its_tenant_is_deleted() {
         let stop = CancellationToken::new();
-        let connections = ConsumerConnections::new("amqp://127.0.0.1:1/%2f".into(), "test".into(), 8, stop.clone());
+        let nowhere = "amqp://127.0.0.1:1/%2f".to_owned();
+        let reference = crate::broker::Broker::new(nowhere.clone(), "test".into());
+        let connections = ConsumerConnections::new(nowhere, "test".into(), 8, reference, stop.clone());
         let tenant = TenantId::from_uuid(uuid::Uuid::now_v7());
         let workers = Workers::new(std::num::NonZeroU16::MIN);
         let (control, commands) = mpsc::unbounded_channel();
