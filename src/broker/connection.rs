@@ -70,7 +70,7 @@ impl Broker {
 
     pub async fn channel(&self) -> Result<Channel, BrokerError> {
         let connected = self.current().ok_or(BrokerError::Unavailable)?;
-        Ok(answered(connected.connection.create_channel()).await??)
+        Ok(connected.connection.create_channel().await?)
     }
 
     /// A channel on a connection of its own, for one operation that takes messages out of a queue (a DLQ read

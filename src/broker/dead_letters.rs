@@ -252,14 +252,15 @@ impl DeadLetters {
     /// Drops every message in the DLQ; returns how many there were.
     pub async fn purge(&self, tenant: TenantId) -> Result<u32, BrokerError> {
         let _serialized = self.serialize(tenant).await;
-        let channel = self.broker.channel().await?;
+        // Only the channel's open is bounded: a large queue's purge may take long, and the broker finishes it
+        // anyway.
+        let channel = super::answered(self.broker.channel()).await??;
         let queue = TenantQueues::of(tenant).dead_letters;
-        let purged =
-            match super::answered(channel.queue_purge(queue.as_str().into(), QueuePurgeOptions::default())).await? {
-                Ok(count) => count,
-                Err(error) if is_not_found(&error) => 0,
-                Err(error) => return Err(error.into()),
-            };
+        let purged = match channel.queue_purge(queue.as_str().into(), QueuePurgeOptions::default()).await {
+            Ok(count) => count,
+            Err(error) if is_not_found(&error) => 0,
+            Err(error) => return Err(error.into()),
+        };
         close(&channel).await;
         Ok(purged)
     }
@@ -273,6 +274,12 @@ async fn get(channel: &Channel, queue: &str) -> Result<Option<Delivery>, BrokerE
     }
 }
 
+/// Closes a dead-letter channel, which returns what it holds unacked to the queue. Waits for the broker's
+/// confirmation, for the tenant's next operation to find those messages back in place, but not past
+/// [`REQUEUE_TIMEOUT`]: a silent broker must not hold the request (and the tenant's next ones) for good.
 async fn close(channel: &Channel) {
-    super::close_channel(channel, "done").await;
+    let _ = tokio::time::timeout(REQUEUE_TIMEOUT, super::close_channel(channel, "done")).await;
 }
+
+/// Ample for the broker to requeue the most messages a replay can hold unacked ([`REPLAY_MAX_PASSED_OVER`]).
+const REQUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);

@@ -32,22 +32,22 @@ pub enum BrokerError {
     Blocked,
 }
 
-/// The longest the service waits for the broker's answer to a channel's open, close, or a question about a
-/// queue. A broker that stopped answering (its connection open, silent) would otherwise hold whoever asked, a
-/// request among them, until the heartbeats give up on the connection, or forever.
+/// The longest a request's question to the broker (a channel to ask on, a queue's counts, a `basic.get`, a
+/// channel's close) waits for the answer: a broker that stopped answering (its connection open, silent) would
+/// otherwise hold the request until the heartbeats give up on the connection, or forever. Consumers are not
+/// bounded this way: thousands starting at once may wait longer for their channels, and heartbeats end them.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// `request`'s answer, or [`BrokerError::Unavailable`] when none comes within [`ANSWER_TIMEOUT`].
-pub async fn answered<T>(request: impl Future<Output = lapin::Result<T>>) -> Result<lapin::Result<T>, BrokerError> {
+pub async fn answered<T, E>(request: impl Future<Output = Result<T, E>>) -> Result<Result<T, E>, BrokerError> {
     tokio::time::timeout(ANSWER_TIMEOUT, request).await.map_err(|_| BrokerError::Unavailable)
 }
 
-/// Closes `channel` if it is still open. A channel the broker already closed, or a close that fails or is
-/// not confirmed in time, leaves nothing to do: the broker requeues whatever the channel held unacked either
-/// way.
+/// Closes `channel` if it is still open. A channel the broker already closed, or a close that fails, leaves
+/// nothing to do: the broker requeues whatever the channel held unacked either way.
 pub async fn close_channel(channel: &lapin::Channel, reason: &str) {
     if channel.status().connected() {
-        let _ = answered(channel.close(200, reason.into())).await;
+        let _ = channel.close(200, reason.into()).await;
     }
 }
 

@@ -124,10 +124,10 @@ impl Inspector {
             Some(channel) if self.asked < QUESTIONS_PER_CHANNEL => channel,
             worn => {
                 if let Some(channel) = worn {
-                    close_channel(&channel, "inspected").await;
+                    close(&channel).await;
                 }
                 self.asked = 0;
-                self.broker.channel().await?
+                super::answered(self.broker.channel()).await??
             }
         };
         self.asked += 1;
@@ -150,27 +150,34 @@ impl Inspector {
     /// The depths of the tenant's three queues and the consumers of its main queue.
     pub async fn tenant(&mut self, tenant: TenantId) -> QueueCounts {
         let queues = TenantQueues::of(tenant);
-        // A broker that cannot answer about one queue will not about the next: the counts are unknown, at once.
-        let main = match self.try_counts(&queues.queue).await {
-            Ok(main) => main,
-            Err(error) => {
-                tracing::debug!(%error, %tenant, "cannot read the tenant's queue counts");
-                return QueueCounts::default();
-            }
-        };
-        QueueCounts {
-            ready: main.map(|(messages, _)| messages),
-            consumers: main.map(|(_, consumers)| consumers),
-            retrying: self.counts(&queues.retry).await.map(|(messages, _)| messages),
-            dead_letters: self.counts(&queues.dead_letters).await.map(|(messages, _)| messages),
+        let mut counts = QueueCounts::default();
+        // A broker that cannot answer about one queue will not about the next: the rest stay unknown, at once.
+        let asked: Result<(), BrokerError> = async {
+            let main = self.try_counts(&queues.queue).await?;
+            counts.ready = main.map(|(messages, _)| messages);
+            counts.consumers = main.map(|(_, consumers)| consumers);
+            counts.retrying = self.try_counts(&queues.retry).await?.map(|(messages, _)| messages);
+            counts.dead_letters = self.try_counts(&queues.dead_letters).await?.map(|(messages, _)| messages);
+            Ok(())
         }
+        .await;
+        if let Err(error) = asked {
+            tracing::debug!(%error, %tenant, "cannot read the tenant's queue counts");
+        }
+        counts
     }
 
     pub async fn close(self) {
         if let Some(channel) = self.channel {
-            close_channel(&channel, "inspected").await;
+            close(&channel).await;
         }
     }
+}
+
+/// Closes an inspector's channel, waiting at most [`ANSWER_TIMEOUT`](super::ANSWER_TIMEOUT) for the broker
+/// to confirm: it holds no message.
+async fn close(channel: &Channel) {
+    let _ = tokio::time::timeout(super::ANSWER_TIMEOUT, close_channel(channel, "inspected")).await;
 }
 
 /// A tenant's queue depths as the broker reports them (`None`: the queue is missing or unreadable).
