@@ -64,18 +64,24 @@ async fn broker_connections_cut_under_load_come_back_by_themselves_and_every_mes
     app.stop().await;
 }
 
-/// A broker that stops answering (its connections open, silent) cannot hold a graceful stop forever: the
-/// service gives up on the close handshake once `shutdown_timeout` has passed.
-#[tokio::test]
-async fn a_graceful_stop_ends_when_the_broker_has_stopped_answering() {
+/// A service whose broker connections go through a proxy (and whose stop takes 2 s at most), with one tenant
+/// consuming; its id.
+async fn consuming_through_a_proxy(name: &str) -> (TestApp, Proxy, String) {
     let mut config = test_config();
     let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
     config.rabbitmq.url = through_proxy;
     config.shutdown_timeout = Duration::from_secs(2);
     let app = TestApp::spawn_with(config).await;
-    let broker = amqp().await;
-    let tenant = app.create_tenant_id("silent broker").await;
-    await_consumer(&broker, &tenant).await;
+    let tenant = app.create_tenant_id(name).await;
+    await_consumer(&amqp().await, &tenant).await;
+    (app, proxy, tenant)
+}
+
+/// A broker that stops answering (its connections open, silent) cannot hold a graceful stop forever: the
+/// service gives up on the close handshake once `shutdown_timeout` has passed.
+#[tokio::test]
+async fn a_graceful_stop_ends_when_the_broker_has_stopped_answering() {
+    let (app, proxy, _) = consuming_through_a_proxy("silent broker").await;
 
     proxy.stall();
     let stopped = tokio::time::timeout(Duration::from_secs(30), app.stop()).await;
@@ -123,14 +129,7 @@ async fn with_the_broker_silent_publishes_of_capped_tenants_answer_503_in_time()
 /// timeout drops it unanswered.
 #[tokio::test]
 async fn with_the_broker_silent_requests_that_ask_it_answer_in_time() {
-    let mut config = test_config();
-    let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
-    config.rabbitmq.url = through_proxy;
-    config.shutdown_timeout = Duration::from_secs(2);
-    let app = TestApp::spawn_with(config).await;
-    let broker = amqp().await;
-    let tenant = app.create_tenant_id("asks a silent broker").await;
-    await_consumer(&broker, &tenant).await;
+    let (app, proxy, tenant) = consuming_through_a_proxy("asks a silent broker").await;
 
     proxy.stall();
     let started = std::time::Instant::now();
