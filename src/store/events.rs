@@ -22,6 +22,12 @@ use crate::domain::audit::{EventHash, HashedFields, canonical_json};
 pub const NOTIFY_CHANNEL: &str = "tenantmq_events";
 const APPEND_LOCK: i64 = 0x6576_656e_7473; // "events"
 
+/// How long an append or a stream's read waits for a lock before it fails (55P03, answered 503, nothing
+/// recorded): behind an operator's exclusive lock on `events` (a `VACUUM FULL`, `CLUSTER` or `ALTER TABLE`),
+/// a command would otherwise wait as long as the lock is held, and past the HTTP idle timeout be closed
+/// unanswered. Appends wait for one another on [`APPEND_LOCK`] too, a few milliseconds each.
+const LOG_LOCK_WAIT: &str = "SET LOCAL lock_timeout = '10s'";
+
 /// Who caused an event and in answer to what: stored with every event for auditors.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct EventMetadata {
@@ -241,6 +247,7 @@ impl EventStore {
         let metadata = serde_json::to_value(metadata).map_err(StoreError::Encode)?;
         let data = serde_json::Value::Array(events.iter().map(|event| event.data.clone()).collect());
         let txn = self.db.begin().await?;
+        txn.execute_unprepared(LOG_LOCK_WAIT).await?;
         txn.execute_raw(stmt("SELECT pg_advisory_xact_lock($1)", [APPEND_LOCK.into()])).await?;
         let tips =
             StreamTip::find_by_statement(stmt(STREAM_TIP, [stream_id.into(), metadata.clone().into(), data.into()]))
@@ -285,7 +292,8 @@ impl EventStore {
         Ok(appended)
     }
 
-    /// One stream's events with version > `after_version`, oldest first.
+    /// One stream's events with version > `after_version`, oldest first. Its wait for a lock is bounded by
+    /// [`LOG_LOCK_WAIT`], as an append's is: it serves commands and requests.
     pub async fn read_stream(
         &self,
         stream_id: Uuid,
@@ -296,7 +304,11 @@ impl EventStore {
             "SELECT {STORED_COLUMNS} FROM events WHERE stream_id = $1 AND version > $2 ORDER BY version LIMIT $3"
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        recorded(&self.db, stmt(&sql, [stream_id.into(), after_version.into(), limit.into()])).await
+        let txn = self.db.begin().await?;
+        txn.execute_unprepared(LOG_LOCK_WAIT).await?;
+        let events = recorded(&txn, stmt(&sql, [stream_id.into(), after_version.into(), limit.into()])).await?;
+        txn.commit().await?;
+        Ok(events)
     }
 
     /// The highest position in the log (0 when empty).

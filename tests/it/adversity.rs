@@ -872,3 +872,35 @@ async fn a_message_the_client_cannot_read_fails_only_its_own_tenants_consumer() 
     app.await_messages(&bystander, 1).await;
     app.stop().await;
 }
+
+/// An exclusive lock on the event log held from outside (an operator's `VACUUM FULL`, `CLUSTER` or `ALTER
+/// TABLE events`): commands and history reads answer 503 once they have waited 10 s for it, recording
+/// nothing, instead of waiting as long as it is held; once it ends, the command sent again is recorded.
+#[tokio::test]
+async fn commands_behind_an_exclusive_lock_on_the_event_log_answer_503_in_time_and_record_nothing() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant_id("before the lock").await;
+    let lock = crate::dead_letters::hold_in_transaction(&app.config.database.url, "LOCK TABLE events").await;
+
+    let started = std::time::Instant::now();
+    let (created, history) = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join(
+            app.post_json("/tenants", &json!({ "name": "behind the lock" })),
+            app.get(&format!("/tenants/{tenant}/events")),
+        ),
+    )
+    .await
+    .expect("requests waited for the lock");
+    assert_problem(created, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert_problem(history, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert!(started.elapsed() >= Duration::from_secs(9), "gave up before the bound: {:?}", started.elapsed());
+    crate::dead_letters::release(lock).await;
+
+    let recorded = "SELECT count(*) FROM events WHERE data::text LIKE '%behind the lock%'";
+    assert_eq!(app.scalar_i64(recorded).await, 0, "the command answered 503 recorded nothing");
+    let created = app.post_json("/tenants", &json!({ "name": "behind the lock" })).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(app.scalar_i64(recorded).await, 1, "recorded when sent again");
+    app.stop().await;
+}
