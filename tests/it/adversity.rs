@@ -873,34 +873,39 @@ async fn a_message_the_client_cannot_read_fails_only_its_own_tenants_consumer() 
     app.stop().await;
 }
 
-/// An exclusive lock on the event log held from outside (an operator's `VACUUM FULL`, `CLUSTER` or `ALTER
-/// TABLE events`): commands and history reads answer 503 once they have waited 10 s for it, recording
-/// nothing, instead of waiting as long as it is held; once it ends, the command sent again is recorded.
+/// Locks on the event log held from outside (an operator's `VACUUM FULL`, `CLUSTER` or `ALTER TABLE events`,
+/// a `CREATE INDEX` on it): a command answers 503 once its append has waited 10 s for one, recording
+/// nothing, and a history read likewise, instead of waiting as long as the lock is held; once it ends, the
+/// command sent again is recorded.
 #[tokio::test]
-async fn commands_behind_an_exclusive_lock_on_the_event_log_answer_503_in_time_and_record_nothing() {
+async fn requests_behind_a_lock_on_the_event_log_answer_503_in_time_and_record_nothing() {
     let app = TestApp::spawn().await;
     let tenant = app.create_tenant_id("before the lock").await;
-    let lock = crate::dead_letters::hold_in_transaction(&app.config.database.url, "LOCK TABLE events").await;
+    let url = &app.config.database.url;
 
-    let started = std::time::Instant::now();
-    let (created, history) = tokio::time::timeout(
-        Duration::from_secs(30),
-        futures_util::future::join(
-            app.post_json("/tenants", &json!({ "name": "behind the lock" })),
-            app.get(&format!("/tenants/{tenant}/events")),
-        ),
-    )
-    .await
-    .expect("requests waited for the lock");
+    // Reads go on, writes wait: the command reads its stream, then its append waits.
+    let lock = crate::dead_letters::hold_in_transaction(url, "LOCK TABLE events IN SHARE MODE").await;
+    let created = answered_after_the_lock_wait(app.post_json("/tenants", &json!({ "name": "behind the lock" }))).await;
     assert_problem(created, StatusCode::SERVICE_UNAVAILABLE, None).await;
-    assert_problem(history, StatusCode::SERVICE_UNAVAILABLE, None).await;
-    assert!(started.elapsed() >= Duration::from_secs(9), "gave up before the bound: {:?}", started.elapsed());
     crate::dead_letters::release(lock).await;
-
     let recorded = "SELECT count(*) FROM events WHERE data::text LIKE '%behind the lock%'";
     assert_eq!(app.scalar_i64(recorded).await, 0, "the command answered 503 recorded nothing");
+
+    let lock = crate::dead_letters::hold_in_transaction(url, "LOCK TABLE events").await;
+    let history = answered_after_the_lock_wait(app.get(&format!("/tenants/{tenant}/events"))).await;
+    assert_problem(history, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    crate::dead_letters::release(lock).await;
+
     let created = app.post_json("/tenants", &json!({ "name": "behind the lock" })).await;
     assert_eq!(created.status(), StatusCode::CREATED);
     assert_eq!(app.scalar_i64(recorded).await, 1, "recorded when sent again");
     app.stop().await;
+}
+
+/// `request`'s answer, which must come once the service gave up waiting for a lock (10 s), and not much later.
+async fn answered_after_the_lock_wait(request: impl Future<Output = reqwest::Response>) -> reqwest::Response {
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(30), request).await.expect("waited for the lock");
+    assert!(started.elapsed() >= Duration::from_secs(9), "gave up before the bound: {:?}", started.elapsed());
+    answer
 }
