@@ -893,12 +893,12 @@ impl Config {
         Policy { default_workers: Workers::new(self.workers), max_workers: Workers::new(self.max_workers) }
     }
 
-    /// The limits of tenants without their own (validated by [`Config::load`]; unlimited if invalid).
     /// What a message's body must keep to (`max_payload_bytes`, `max_payload_depth`).
     pub fn payload_limits(&self) -> PayloadLimits {
         PayloadLimits { max_bytes: self.max_payload_bytes, max_depth: self.max_payload_depth }
     }
 
+    /// The limits of tenants without their own (validated by [`Config::load`]; unlimited if invalid).
     pub fn default_limits(&self) -> Limits {
         let limits = &self.limits;
         Limits::parse(limits.publish_rate, limits.publish_burst, limits.max_queue_depth).unwrap_or_default()

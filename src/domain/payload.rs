@@ -19,10 +19,6 @@ pub enum Unstorable {
     NumberOutOfRange,
 }
 
-/// `numeric` holds at most this many digits before the decimal point (its weight is an `int16` in base 10000).
-const MAX_INTEGER_DIGITS: i64 = 131_072;
-/// … and at most this many after it (`NUMERIC_DSCALE_MAX`).
-const MAX_FRACTION_DIGITS: i64 = 16_383;
 /// What a message's body must keep to, over AMQP as through the API: its JSON text at most `max_bytes` long
 /// (`max_payload_bytes`), its arrays and objects nested at most `max_depth` deep (`max_payload_depth`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +27,10 @@ pub struct PayloadLimits {
     pub max_depth: usize,
 }
 
+/// `numeric` holds at most this many digits before the decimal point (its weight is an `int16` in base 10000).
+const MAX_INTEGER_DIGITS: i64 = 131_072;
+/// … and at most this many after it (`NUMERIC_DSCALE_MAX`).
+const MAX_FRACTION_DIGITS: i64 = 16_383;
 /// PostgreSQL refuses a longer exponent outright (`PG_INT32_MAX / 2`).
 const MAX_EXPONENT: i64 = 1_073_741_823;
 
