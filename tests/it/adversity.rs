@@ -689,9 +689,7 @@ async fn channels_the_broker_closes_never_use_up_the_connection() {
     }
     let response = app.get(&format!("/tenants/{healthy}/dlq")).await;
     assert_eq!(response.status(), StatusCode::OK, "the healthy tenant's DLQ");
-    let published = app.post_json(&format!("/tenants/{healthy}/messages"), &json!({ "payload": 1 })).await;
-    assert_eq!(published.status(), StatusCode::ACCEPTED);
-    app.await_messages(&healthy, 1).await;
+    app.assert_consuming([&healthy]).await;
     app.stop().await;
 }
 
@@ -781,9 +779,7 @@ async fn headers_as_large_as_the_broker_takes_close_no_connection() {
     assert!(headers.inner().contains_key("x-tenantmq-headers-left-out"), "{:?}", headers.inner().keys());
     dead.delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await.expect("returned");
 
-    let published = app.post_json(&format!("/tenants/{bystander}/messages"), &json!({ "payload": 1 })).await;
-    assert_eq!(published.status(), StatusCode::ACCEPTED);
-    app.await_messages(&bystander, 1).await;
+    app.assert_consuming([&bystander]).await;
     let scrape = Scrape::of(&app).await;
     assert_eq!(scrape.value("tenantmq_broker_reconnects_total", &[]), Some(0.0), "the publishing connection closed");
     assert_eq!(
@@ -867,9 +863,7 @@ async fn a_message_the_client_cannot_read_fails_only_its_own_tenants_consumer() 
             break;
         }
     }
-    let published = app.post_json(&format!("/tenants/{bystander}/messages"), &json!({ "payload": 1 })).await;
-    assert_eq!(published.status(), StatusCode::ACCEPTED);
-    app.await_messages(&bystander, 1).await;
+    app.assert_consuming([&bystander]).await;
     app.stop().await;
 }
 

@@ -211,6 +211,20 @@ impl TestApp {
         self.scalar_i64(&format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}'")).await
     }
 
+    /// Publishes one message to each tenant through the API, then waits for each one's row: they all still
+    /// consume.
+    pub async fn assert_consuming<T: AsRef<str>>(&self, tenants: impl IntoIterator<Item = T>) {
+        let tenants: Vec<T> = tenants.into_iter().collect();
+        for tenant in &tenants {
+            let tenant = tenant.as_ref();
+            let response = self.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 })).await;
+            assert_eq!(response.status(), StatusCode::ACCEPTED, "a publish to {tenant}");
+        }
+        for tenant in &tenants {
+            self.await_messages(tenant.as_ref(), 1).await;
+        }
+    }
+
     /// Waits until the tenant's partition holds `expected` rows, and checks it stays there.
     pub async fn await_messages(&self, tenant: &str, expected: i64) {
         eventually(Duration::from_secs(60), &format!("{expected} rows for tenant {tenant}"), || async {

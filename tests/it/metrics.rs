@@ -293,9 +293,7 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
 
     let app = TestApp::spawn_with(fast_polling()).await;
     let tenant = app.create_tenant_id("observed").await;
-    let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 })).await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    app.await_messages(&tenant, 1).await;
+    app.assert_consuming([&tenant]).await;
     let scrape = eventually(Duration::from_secs(20), "the queue depths to be polled", || async {
         let scrape = Scrape::of(&app).await;
         scrape.value("tenantmq_queue_messages_ready", &[("tenant_id", &tenant), ("queue", "main")]).map(|_| scrape)

@@ -7,8 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use lapin::BasicProperties;
-use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::Value;
 use tenantmq_testkit::RunningApp;
 use uuid::Uuid;
 
@@ -114,13 +113,7 @@ async fn consumers_spread_over_connections_and_a_closed_one_restarts_only_its_ow
     assert_eq!(restarted, 2, "only the consumers on the closed connection started again");
 
     // And every consumer consumes.
-    for tenant in &tenants {
-        let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 })).await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-    }
-    for tenant in &tenants {
-        app.await_messages(tenant, 1).await;
-    }
+    app.assert_consuming(&tenants).await;
     app.stop().await;
 }
 
@@ -145,13 +138,7 @@ async fn a_broker_granting_fewer_channels_gets_fewer_consumers_per_connection() 
         Some(())
     })
     .await;
-    for tenant in &tenants {
-        let response = app.post_json(&format!("/tenants/{tenant}/messages"), &json!({ "payload": 1 })).await;
-        assert_eq!(response.status(), StatusCode::ACCEPTED);
-    }
-    for tenant in &tenants {
-        app.await_messages(tenant, 1).await;
-    }
+    app.assert_consuming(&tenants).await;
     let scrape = Scrape::of(&app).await;
     for connection in ["1", "2"] {
         let up = scrape.value("tenantmq_broker_consumer_connection_up", &[("connection", connection)]);
