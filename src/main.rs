@@ -465,7 +465,9 @@ fn probe_first_answering(addresses: impl Iterator<Item = std::net::SocketAddr>, 
     let mut stream = connected.ok_or(refused)?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
     stream.set_write_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+    // One write: a request sent in pieces can meet a server that answered and closed after the first.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    stream.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
     stream.take(1024).read_to_end(&mut answer).map_err(|e| e.to_string())?;
     let answer = String::from_utf8_lossy(&answer);
@@ -513,14 +515,21 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 1))
     }
 
-    /// A listener that answers one request with `status_line`.
+    /// A listener that answers one request with `status_line` once it has read the request's head: closing
+    /// with part of the request unread would reset the connection, and the probe would see that instead.
     fn answering_once(status_line: &'static str) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let address = listener.local_addr().expect("a bound listener has an address");
         thread::spawn(move || {
             if let Ok((mut stream, _)) = listener.accept() {
-                let mut request = [0; 256];
-                let _ = stream.read(&mut request);
+                let mut request = Vec::new();
+                let mut chunk = [0; 256];
+                while !request.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => request.extend_from_slice(&chunk[..read]),
+                    }
+                }
                 let _ = write!(stream, "{status_line}\r\nContent-Length: 0\r\n\r\n");
             }
         });
