@@ -54,13 +54,15 @@ async fn an_idle_service_neither_spins_nor_queries_in_a_loop_after_a_queue_is_de
     let transactions = "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
                         WHERE datname = current_database()";
     let (cpu_before, xacts_before) = (instance.cpu_time(), scalar_i64(&db, transactions).await);
-    let window = Duration::from_secs(5);
+    let window = Duration::from_secs(10);
     tokio::time::sleep(window).await;
     let (cpu, xacts) = (instance.cpu_time() - cpu_before, scalar_i64(&db, transactions).await - xacts_before);
-    // Idle work: projector polls (1 s), a resync (5 s). A spinning loop burns a third of a core and runs
-    // about a thousand transactions a second. (The release binary idles under 1 %; this is the debug build.)
-    assert!(cpu < window * 3 / 100, "idle CPU over {window:?}: {cpu:?} (more than 3 % of a core)");
-    assert!(xacts < 100, "{xacts} transactions in {window:?} while idle");
+    // Idle work: projector polls (1 s), resyncs (5 s). A spinning loop burns a third of a core and runs about
+    // a thousand transactions a second. (The release binary idles under 1 %; this is the debug build.) The
+    // bounds leave room for a busy machine and for counts PostgreSQL reports late (an idle backend's up to
+    // 10 s late), which may include the restart's.
+    assert!(cpu < window * 5 / 100, "idle CPU over {window:?}: {cpu:?} (more than 5 % of a core)");
+    assert!(xacts < 200, "{xacts} transactions in {window:?} while idle");
     db.close().await.expect("close");
     processes::signal(instance, "-TERM").await;
     remove_database(database).await;
@@ -460,7 +462,7 @@ async fn only_a_transaction_left_open_in_the_service_database_holds_pages_back_a
 #[tokio::test]
 async fn a_retry_queue_deleted_from_outside_is_declared_again_at_the_next_failure() {
     let mut config = test_config();
-    config.database.statement_timeout = Some(Duration::from_millis(300));
+    config.database.statement_timeout = Some(Duration::from_secs(1));
     let app = TestApp::spawn_with(config).await;
     let tenant = app.create_tenant_id("retry-gone").await;
     let broker = amqp().await;

@@ -192,7 +192,7 @@ async fn messages_that_are_not_json_are_dead_lettered_with_a_reason_and_the_dlq_
 #[tokio::test]
 async fn a_transient_failure_is_retried_with_a_delay_and_succeeds_once_the_fault_is_lifted() {
     let mut config = test_config();
-    config.database.statement_timeout = Some(Duration::from_millis(500));
+    config.database.statement_timeout = Some(Duration::from_secs(1));
     config.consumer.retry_delay = Duration::from_millis(500);
     config.max_retries = 100;
     let app = TestApp::spawn_with(config).await;
@@ -220,7 +220,7 @@ async fn a_transient_failure_is_retried_with_a_delay_and_succeeds_once_the_fault
 #[tokio::test]
 async fn a_fault_that_outlasts_the_retries_dead_letters_and_a_replay_persists_each_message_once() {
     let mut config = test_config();
-    config.database.statement_timeout = Some(Duration::from_millis(300));
+    config.database.statement_timeout = Some(Duration::from_secs(1));
     config.consumer.retry_delay = Duration::from_millis(200);
     config.max_retries = 2;
     let app = TestApp::spawn_with(config).await;
@@ -243,11 +243,15 @@ async fn a_fault_that_outlasts_the_retries_dead_letters_and_a_replay_persists_ea
         assert!(ids["ids"].as_array().expect("ids").contains(&letter["id"]), "{letter}");
     }
     assert_eq!(app.message_count(&tenant).await, 0);
-    let scrape = Scrape::of(&app).await;
+    // A dead letter is counted once the broker confirms it, which can come after the DLQ shows it.
+    let scrape = eventually(Duration::from_secs(20), "two dead letters counted", || async {
+        let scrape = Scrape::of(&app).await;
+        (scrape.tenant("tenantmq_messages_dead_lettered_total", &tenant) == Some(2.0)).then_some(scrape)
+    })
+    .await;
     let transient = scrape.value("tenantmq_messages_failed_total", &[("tenant_id", &tenant), ("reason", "transient")]);
     assert_eq!(transient, Some(6.0), "three failed attempts each");
     assert_eq!(scrape.tenant("tenantmq_messages_retried_total", &tenant), Some(4.0));
-    assert_eq!(scrape.tenant("tenantmq_messages_dead_lettered_total", &tenant), Some(2.0));
 
     release(lock).await;
     let replay = app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({})).await;

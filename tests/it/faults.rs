@@ -119,7 +119,8 @@ async fn with_the_broker_silent_publishes_of_capped_tenants_answer_503_in_time()
     for answer in answers {
         crate::helpers::assert_problem(answer, StatusCode::SERVICE_UNAVAILABLE, None).await;
     }
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    // Seconds to spare for a busy machine: what matters is an answer long before the idle timeout (60 s).
+    assert!(started.elapsed() < Duration::from_secs(12), "took {:?}", started.elapsed());
     app.stop().await;
     drop(proxy);
 }
@@ -149,8 +150,8 @@ async fn with_the_broker_silent_requests_that_ask_it_answer_in_time() {
     crate::helpers::assert_problem(dead_letters, StatusCode::SERVICE_UNAVAILABLE, None).await;
     crate::helpers::assert_problem(purge, StatusCode::SERVICE_UNAVAILABLE, None).await;
     // The read gives up on connecting after 10 s; the purge waits for it (a tenant's DLQ operations take
-    // turns), then for its channel, 5 s.
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    // turns), then for its channel, 5 s: 15 s, and seconds to spare for a busy machine.
+    assert!(started.elapsed() < Duration::from_secs(25), "took {:?}", started.elapsed());
     app.stop().await;
     drop(proxy);
 }
@@ -389,19 +390,15 @@ async fn the_database_down_under_load_holds_messages_back_and_every_message_is_a
     })
     .await;
     publishing.await.expect("publisher");
-    // A statement sent just before the cut may still commit on the server: take the count once it settles.
-    let settled = async {
-        let mut last = scalar_i64(&direct, &count).await;
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = scalar_i64(&direct, &count).await;
-            if now == last {
-                return now;
-            }
-            last = now;
-        }
-    };
-    let stalled = tokio::time::timeout(Duration::from_secs(20), settled).await.expect("the row count settles");
+    // A statement sent just before the cut may still commit on the server: take the count once no statement
+    // of the service's runs any more.
+    let running = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND backend_type = 'client backend' AND state <> 'idle' AND pid <> pg_backend_pid()";
+    eventually(Duration::from_secs(20), "the service's last statements to end", || async {
+        (scalar_i64(&direct, running).await == 0).then_some(())
+    })
+    .await;
+    let stalled = scalar_i64(&direct, &count).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // the outage lasts a while: workers back off meanwhile
     assert_eq!(scalar_i64(&direct, &count).await, stalled, "nothing is written while the database is unreachable");
 

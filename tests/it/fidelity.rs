@@ -322,8 +322,9 @@ async fn a_long_retirement_does_not_hold_up_the_other_tenants() {
     let broker = amqp().await;
     let big = app.create_tenant_id("big").await;
     await_consumer(&broker, &big).await;
-    // 100 rows per write of the retirement, a fifth of a second each: about 40 s for what stays queued.
-    slow_down_inserts(&app.db, &big, 0.2).await;
+    // 100 rows per write of the retirement, 0.4 s each: over a minute for what stays queued, far longer than
+    // the new tenant's consumer may take to start on a busy machine.
+    slow_down_inserts(&app.db, &big, 0.4).await;
     let messages: Vec<Value> = (0..1000).map(|i| json!({ "payload": { "i": i } })).collect();
     for _ in 0..20 {
         let response = app.post_json(&format!("/tenants/{big}/messages/batch"), &json!({ "messages": messages })).await;
@@ -340,7 +341,7 @@ async fn a_long_retirement_does_not_hold_up_the_other_tenants() {
 
     let other = tenantmq::domain::tenant::TenantId::generate().to_string();
     let _created = app.post_json("/tenants", &json!({ "id": other, "name": "other" })).await;
-    eventually(Duration::from_secs(10), "the new tenant's consumer while the retirement runs", || async {
+    eventually(Duration::from_secs(20), "the new tenant's consumer while the retirement runs", || async {
         queue_state(&broker, queue(&other)).await.filter(|(_, consumers)| *consumers > 0)
     })
     .await;

@@ -28,10 +28,14 @@ async fn a_tenant_gets_a_queue_with_one_consumer_and_deletion_removes_queue_and_
     .await;
     assert!(queue_state(&broker, &dlq(&tenant)).await.is_some(), "the dead-letter queue is declared too");
     assert!(queue_state(&broker, &retry_queue(&tenant)).await.is_some(), "the retry queue is declared too");
-    let details: Value = app.get(&format!("/tenants/{tenant}")).await.json().await.expect("json");
-    assert_eq!(details["runtime"]["consumer_state"], "running");
-    assert_eq!(details["runtime"]["running_workers"], 3);
-    assert_eq!(details["runtime"]["queue_consumers"], 1);
+    // The broker shows the consumer a moment before the service has its consume-ok.
+    eventually(Duration::from_secs(20), "the tenant's details to show it consuming", || async {
+        let details: Value = app.get(&format!("/tenants/{tenant}")).await.json().await.expect("json");
+        let runtime = &details["runtime"];
+        (runtime["consumer_state"] == "running" && runtime["running_workers"] == 3 && runtime["queue_consumers"] == 1)
+            .then_some(())
+    })
+    .await;
 
     assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
     eventually(Duration::from_secs(20), "the tenant's queues to be deleted", || async {
@@ -185,11 +189,14 @@ async fn a_body_that_is_not_json_is_dead_lettered_not_persisted_and_not_requeued
     assert_eq!(queue_state(&broker, &queue(&tenant)).await.map(|(ready, _)| ready), Some(0), "nothing requeued");
     assert_eq!(app.message_count(&tenant).await, 1);
 
-    let metrics = app.get("/metrics").await.text().await.expect("metrics text");
-    let series = |name: &str| format!("{name}{{tenant_id=\"{tenant}\"}}");
-    assert!(metrics.contains(&format!("{} 1\n", series("tenantmq_messages_persisted_total"))), "{metrics}");
-    assert!(metrics.contains(&format!("{} 3\n", series("tenantmq_messages_dead_lettered_total"))), "{metrics}");
-    assert!(metrics.contains("tenantmq_reconciler_actions_total{action=\"start\"} 1\n"), "{metrics}");
+    // A dead letter is counted once the broker confirms it, which can come after the DLQ shows it.
+    let scrape = eventually(Duration::from_secs(20), "three dead letters counted", || async {
+        let scrape = Scrape::of(&app).await;
+        (scrape.tenant("tenantmq_messages_dead_lettered_total", &tenant) == Some(3.0)).then_some(scrape)
+    })
+    .await;
+    assert_eq!(scrape.tenant("tenantmq_messages_persisted_total", &tenant), Some(1.0));
+    assert_eq!(scrape.value("tenantmq_reconciler_actions_total", &[("action", "start")]), Some(1.0));
     app.stop().await;
 }
 
@@ -370,7 +377,7 @@ async fn publishing_to_an_unknown_or_deleted_tenant_is_404_and_oversized_is_413(
 async fn with_quorum_queues_messages_become_rows_and_failures_reach_the_dlq() {
     let mut config = test_config();
     config.rabbitmq.queue_type = tenantmq::config::QueueType::Quorum;
-    config.database.statement_timeout = Some(Duration::from_millis(300));
+    config.database.statement_timeout = Some(Duration::from_secs(1));
     config.consumer.retry_delay = Duration::from_millis(300);
     let app = TestApp::spawn_with(config).await;
     let broker = amqp().await;

@@ -47,7 +47,7 @@ async fn a_published_message_carries_the_callers_trace_in_its_amqp_headers() {
     let mut config = test_config();
     // The partition is locked, so the insert times out and, with no retries, the message is dead-lettered:
     // it then waits in the DLQ with its headers, where the test can read it.
-    config.database.statement_timeout = Some(Duration::from_millis(300));
+    config.database.statement_timeout = Some(Duration::from_secs(1));
     config.max_retries = 0;
     let app = TestApp::spawn_with(config).await;
     let broker = amqp().await;
