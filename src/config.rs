@@ -324,6 +324,10 @@ pub struct ReadConfig {
     /// Longest one DLQ replay call runs before it answers `complete: false`.
     #[serde(with = "humantime_serde")]
     pub replay_time_budget: Duration,
+    /// Most of one tenant's message pages read from the database at once; more wait for one to finish (up to
+    /// 5 s, then 503), holding no connection. Behind a lock on the tenant's partition, its readers hold at
+    /// most this many of the pool's connections (each page is waited for at most 10 s, then 503).
+    pub max_concurrent_per_tenant: usize,
 }
 
 /// The limits of every tenant that has none set of its own (`PUT /tenants/{id}/config/limits`); unset is
@@ -557,7 +561,11 @@ impl Default for PartitionConfig {
 
 impl Default for ReadConfig {
     fn default() -> Self {
-        Self { max_page_bytes: 4 * 1024 * 1024, replay_time_budget: Duration::from_secs(10) }
+        Self {
+            max_page_bytes: 4 * 1024 * 1024,
+            replay_time_budget: Duration::from_secs(10),
+            max_concurrent_per_tenant: 2,
+        }
     }
 }
 
@@ -725,6 +733,7 @@ impl Config {
             ("max_payload_bytes", self.max_payload_bytes as u64),
             ("max_payload_depth", self.max_payload_depth as u64),
             ("read.max_page_bytes", self.read.max_page_bytes as u64),
+            ("read.max_concurrent_per_tenant", self.read.max_concurrent_per_tenant as u64),
             ("rabbitmq.publisher_channels", self.rabbitmq.publisher_channels.into()),
             ("rabbitmq.channels_per_connection", self.rabbitmq.channels_per_connection.into()),
             ("consumer.batch_size", self.consumer.batch_size.into()),

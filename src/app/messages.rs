@@ -1,6 +1,11 @@
 //! Publishing to a tenant's queue, and reading its persisted messages back a page at a time.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use sea_orm::DatabaseConnection;
 
@@ -15,7 +20,13 @@ pub use crate::{
     store::messages::{MessageKey, MessageRow, Page},
 };
 
-use super::{AppError, Quotas, require_live};
+use super::{AppError, Quotas, ReadSlots, require_live};
+
+/// The longest a page read is waited for: a page is milliseconds of work, and one that waits longer waits
+/// for a lock on the tenant's partition (an operator's `VACUUM FULL`, `CLUSTER` or `ALTER TABLE` on it) or
+/// for an overloaded database. It then answers 503 rather than wait as long as the lock is held, and past the
+/// HTTP idle timeout be closed unanswered.
+pub const PAGE_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct Messages {
@@ -27,6 +38,8 @@ pub struct Messages {
     publish_timeout: Duration,
     /// `read.max_page_bytes`: most payload bytes in a page.
     max_page_bytes: usize,
+    /// `read.max_concurrent_per_tenant`: a tenant's page reads that may hold a database connection at once.
+    read_slots: Arc<ReadSlots>,
 }
 
 impl Messages {
@@ -35,10 +48,11 @@ impl Messages {
         publisher: Arc<Publisher>,
         quotas: Quotas,
         publish_timeout: Duration,
-        max_page_bytes: usize,
+        (max_page_bytes, read_slots): (usize, ReadSlots),
     ) -> Self {
         let tenants = TenantReadModel::new(db.clone());
-        Self { tenants, publisher, quotas: Arc::new(quotas), db, publish_timeout, max_page_bytes }
+        let (quotas, read_slots) = (Arc::new(quotas), Arc::new(read_slots));
+        Self { tenants, publisher, quotas, db, publish_timeout, max_page_bytes, read_slots }
     }
 
     /// Publishes persistent messages to the live tenant's queue, within its limits (all of them or none), and
@@ -70,9 +84,52 @@ impl Messages {
     }
 
     /// Up to `limit` of the live tenant's messages after `after`, in commit order, ending early at
-    /// `read.max_page_bytes` of payloads.
+    /// `read.max_page_bytes` of payloads. Read in one of the tenant's [`ReadSlots`], and waited for at most
+    /// [`PAGE_WAIT`].
     pub async fn page(&self, tenant: TenantId, after: MessageKey, limit: u64) -> Result<Page, AppError> {
         require_live(&self.tenants, tenant).await?;
-        Ok(messages::page(&self.db, tenant, after, limit, self.max_page_bytes).await?)
+        let slot = self.read_slots.acquire(tenant).await?;
+        let (db, max_page_bytes) = (self.db.clone(), self.max_page_bytes);
+        let mut read = Unabandoned(Some(Box::pin(async move {
+            let _slot = slot;
+            messages::page(&db, tenant, after, limit, max_page_bytes).await
+        })));
+        match tokio::time::timeout(PAGE_WAIT, &mut read).await {
+            Ok(page) => Ok(page?),
+            Err(_) => Err(AppError::PageReadsWaiting),
+        }
+    }
+}
+
+/// A read that, given up on (its wait over, or its request dropped when the client went), finishes in a task
+/// of its own: it keeps its connection until its statement ends, behind a lock as long as the lock, and so
+/// keeps its slot until then too. Awaited to the end, it runs in the request's task.
+struct Unabandoned<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+where
+    F::Output: Send + 'static;
+
+impl<F: Future + Send + 'static> Future for Unabandoned<F>
+where
+    F::Output: Send + 'static,
+{
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let read = self.0.as_mut().expect("not polled after completion");
+        let output = std::task::ready!(read.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for Unabandoned<F>
+where
+    F::Output: Send + 'static,
+{
+    fn drop(&mut self) {
+        // Outside a runtime (the process ending) there is nothing left to finish it for.
+        if let (Some(read), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(read);
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod dead_letters;
 pub mod history;
 pub mod messages;
 pub mod quotas;
+pub mod read_slots;
 pub mod tenants;
 
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub use dead_letters::DeadLetterQueues;
 pub use history::History;
 pub use messages::Messages;
 pub use quotas::Quotas;
+pub use read_slots::ReadSlots;
 pub use tenants::Tenants;
 
 /// How long readiness waits for the database to answer.
@@ -71,6 +73,13 @@ pub enum AppError {
     /// A batch that no bucket of the tenant's size could ever admit.
     #[error("a batch of {size} messages is more than the tenant's publish_burst of {burst}: split it")]
     BatchOverBurst { size: u32, burst: u32 },
+    /// The page read, or one of the tenant's page-read slots, was waited for too long: its reads wait for the
+    /// database.
+    #[error(
+        "the tenant's page reads are waiting for the database (a lock on its messages, or an overloaded \
+         database); retry"
+    )]
+    PageReadsWaiting,
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -125,7 +134,10 @@ impl App {
                 runtime.publisher.clone(),
                 Quotas::new(db.clone(), broker, config.default_limits()),
                 config.rabbitmq.publish_timeout,
-                config.read.max_page_bytes,
+                (
+                    config.read.max_page_bytes,
+                    ReadSlots::new(config.read.max_concurrent_per_tenant, read_slots::SLOT_WAIT),
+                ),
             ),
             dead_letters: DeadLetterQueues::new(
                 TenantReadModel::new(db.clone()),

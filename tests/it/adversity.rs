@@ -905,3 +905,114 @@ async fn answered_after_the_lock_wait(request: impl Future<Output = reqwest::Res
     assert!(started.elapsed() >= Duration::from_secs(9), "gave up before the bound: {:?}", started.elapsed());
     answer
 }
+
+/// A lock on one tenant's partition (an operator's `VACUUM FULL`, `CLUSTER` or `ALTER TABLE` on it) while its
+/// clients keep reading pages: at most `read.max_concurrent_per_tenant` of its reads hold a connection, so
+/// every other tenant's pages and messages, and readiness, go on; each of its readers answers 503 in time,
+/// none is left hanging. Before, its readers took the whole pool and every request of every tenant failed.
+#[tokio::test]
+async fn readers_of_a_locked_tenant_hold_at_most_its_read_slots_and_every_other_tenant_goes_on() {
+    const READERS: usize = 12;
+    let app = TestApp::spawn().await;
+    assert!(READERS > app.config.database.max_connections as usize, "enough readers to take the whole pool");
+    let other = app.create_tenant_id("other").await;
+    let locked = LockedPartition::of(&app, "locked").await;
+
+    let started = std::time::Instant::now();
+    let readers: Vec<_> = (0..READERS).map(|_| tokio::spawn(app.get(&locked.page))).collect();
+    eventually(Duration::from_secs(10), "the locked tenant's reads waiting for the lock", || async {
+        (locked.reads_waiting().await > 0).then_some(())
+    })
+    .await;
+
+    let page = app.get(&format!("/messages?tenant_id={other}")).await;
+    assert_eq!(page.status(), StatusCode::OK, "another tenant's page");
+    app.assert_consuming([&other]).await;
+    assert_eq!(app.get("/readyz").await.status(), StatusCode::OK);
+    let slots = app.config.read.max_concurrent_per_tenant as i64;
+    assert!(locked.reads_waiting().await <= slots, "at most {slots} of its reads hold a connection");
+
+    for reader in readers {
+        let answer = tokio::time::timeout(Duration::from_secs(30), reader).await.expect("answered").expect("reader");
+        assert_problem(answer, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    }
+    // Each waits up to 5 s for a slot, and a read in a slot is waited for up to 10 s.
+    assert!(started.elapsed() < Duration::from_secs(20), "the readers answered after {:?}", started.elapsed());
+    locked.release_and_read(&app).await;
+    app.stop().await;
+}
+
+/// Clients that give up on a page behind a lock (a short timeout, then the next try) leave reads waiting on
+/// the server: each keeps its tenant's slot until its statement ends, or every try would leave one more
+/// connection waiting for the lock, until the pool, then the server's connections, ran out.
+#[tokio::test]
+async fn a_reader_that_gives_up_leaves_its_read_holding_its_slot_until_it_ends() {
+    let app = TestApp::spawn().await;
+    let locked = LockedPartition::of(&app, "locked").await;
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().expect("client");
+    let token = app.token(Role::Admin);
+    for _ in 0..6 {
+        let tried = impatient.get(app.url(&locked.page)).bearer_auth(&token).send().await;
+        assert!(tried.is_err_and(|error| error.is_timeout()), "the page waits for the lock");
+    }
+    let slots = app.config.read.max_concurrent_per_tenant as i64;
+    eventually(Duration::from_secs(10), "the given-up reads waiting for the lock", || async {
+        (locked.reads_waiting().await == slots).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // a read started late would show by now
+    assert_eq!(locked.reads_waiting().await, slots, "only the reads in the slots wait");
+    locked.release_and_read(&app).await;
+    app.stop().await;
+}
+
+/// A tenant with one message, its partition locked exclusively by a transaction left open.
+struct LockedPartition {
+    /// Its page, as an admin asks for it.
+    page: String,
+    partition: String,
+    lock: sea_orm::sqlx::PgConnection,
+    /// A connection of the test's own: the service's pool is what is at stake.
+    observer: sea_orm::DatabaseConnection,
+}
+
+impl LockedPartition {
+    async fn of(app: &TestApp, name: &str) -> Self {
+        let tenant = app.create_tenant_id(name).await;
+        app.assert_consuming([&tenant]).await;
+        let partition = crate::helpers::partition(&tenant);
+        let url = &app.config.database.url;
+        let lock =
+            crate::dead_letters::hold_in_transaction(url, &format!("LOCK TABLE {partition} IN ACCESS EXCLUSIVE MODE"))
+                .await;
+        let observer = sea_orm::Database::connect(url).await.expect("observer");
+        Self { page: format!("/messages?tenant_id={tenant}"), partition, lock, observer }
+    }
+
+    /// The service's statements waiting for the lock.
+    async fn reads_waiting(&self) -> i64 {
+        statements_waiting_on(&self.observer, &self.partition).await
+    }
+
+    /// Ends the lock; then the waiting reads end and the tenant's page shows its message.
+    async fn release_and_read(self, app: &TestApp) {
+        let Self { page, partition, lock, observer } = self;
+        crate::dead_letters::release(lock).await;
+        let page: Value = app.get(&page).await.json().await.expect("page");
+        assert_eq!(page["data"].as_array().map(Vec::len), Some(1), "{page}");
+        eventually(Duration::from_secs(10), "the waiting reads to end", || async {
+            (statements_waiting_on(&observer, &partition).await == 0).then_some(())
+        })
+        .await;
+        observer.close().await.expect("close");
+    }
+}
+
+/// Statements of this database's other sessions waiting for a lock that name `table`.
+async fn statements_waiting_on(observer: &sea_orm::DatabaseConnection, table: &str) -> i64 {
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND wait_event_type = 'Lock' AND query LIKE '%{table}%'"
+    );
+    scalar_i64(observer, &waiting).await
+}

@@ -106,7 +106,11 @@ def sync_detailed(
      A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page
     to
     the end, then keep polling with the last cursor you received to get new messages as they land: no
-    message is skipped or repeated, even while workers commit out of order.
+    message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
+    few
+    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database (a lock on the
+    tenant's
+    messages) answers 503 within seconds.
 
     Args:
         tenant_id (UUID | Unset):
@@ -146,7 +150,11 @@ def sync(
      A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page
     to
     the end, then keep polling with the last cursor you received to get new messages as they land: no
-    message is skipped or repeated, even while workers commit out of order.
+    message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
+    few
+    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database (a lock on the
+    tenant's
+    messages) answers 503 within seconds.
 
     Args:
         tenant_id (UUID | Unset):
@@ -181,7 +189,11 @@ async def asyncio_detailed(
      A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page
     to
     the end, then keep polling with the last cursor you received to get new messages as they land: no
-    message is skipped or repeated, even while workers commit out of order.
+    message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
+    few
+    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database (a lock on the
+    tenant's
+    messages) answers 503 within seconds.
 
     Args:
         tenant_id (UUID | Unset):
@@ -219,7 +231,11 @@ async def asyncio(
      A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page
     to
     the end, then keep polling with the last cursor you received to get new messages as they land: no
-    message is skipped or repeated, even while workers commit out of order.
+    message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
+    few
+    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database (a lock on the
+    tenant's
+    messages) answers 503 within seconds.
 
     Args:
         tenant_id (UUID | Unset):
