@@ -326,8 +326,12 @@ pub struct ReadConfig {
     pub replay_time_budget: Duration,
     /// Most of one tenant's message pages read from the database at once; more wait for one to finish (up to
     /// 5 s, then 503), holding no connection. Behind a lock on the tenant's partition, its readers hold at
-    /// most this many of the pool's connections (each page is waited for at most 10 s, then 503).
+    /// most this many of the pool's connections.
     pub max_concurrent_per_tenant: usize,
+    /// The longest a page of `GET /messages` is waited for, its wait for a slot included; then it answers 503
+    /// while its read finishes in the background, still in its slot.
+    #[serde(with = "humantime_serde")]
+    pub page_timeout: Duration,
 }
 
 /// The limits of every tenant that has none set of its own (`PUT /tenants/{id}/config/limits`); unset is
@@ -565,6 +569,7 @@ impl Default for ReadConfig {
             max_page_bytes: 4 * 1024 * 1024,
             replay_time_budget: Duration::from_secs(10),
             max_concurrent_per_tenant: 2,
+            page_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -750,6 +755,7 @@ impl Config {
             ("consumer.resync_interval", self.consumer.resync_interval),
             ("consumer.database_outage_grace", self.consumer.database_outage_grace),
             ("read.replay_time_budget", self.read.replay_time_budget),
+            ("read.page_timeout", self.read.page_timeout),
             ("projectors.poll_interval", self.projectors.poll_interval),
             ("metrics.visibility_poll_interval", self.metrics.visibility_poll_interval),
             ("metrics.queue_poll_interval", self.metrics.queue_poll_interval),
@@ -774,6 +780,10 @@ impl Config {
                 "database.write_connections",
                 "must be between 1 and max_connections - 2 (the rest serve the API and the projectors)",
             ));
+        }
+        // More would not bound anything: a tenant's readers could hold the whole pool.
+        if self.read.max_concurrent_per_tenant > self.database.max_connections as usize {
+            return Err(ConfigError::new("read.max_concurrent_per_tenant", "must be at most database.max_connections"));
         }
         if self.server.max_connections > MAX_CLIENT_CONNECTIONS {
             return Err(ConfigError::new(
@@ -1080,9 +1090,13 @@ mod tests {
     #[test]
     fn sizes_and_durations_are_bounded_where_a_dependency_would_fail_on_them() {
         type Change = fn(&mut Config);
-        let cases: [(Change, Option<&str>); 10] = [
+        let cases: [(Change, Option<&str>); 14] = [
             (|c| c.database.max_connections = 2, Some("database.max_connections")),
             (|c| c.database.max_connections = 3, None),
+            (|c| c.read.max_concurrent_per_tenant = 0, Some("read.max_concurrent_per_tenant")),
+            (|c| c.read.max_concurrent_per_tenant = 11, Some("read.max_concurrent_per_tenant")),
+            (|c| c.read.max_concurrent_per_tenant = 10, None),
+            (|c| c.read.page_timeout = Duration::ZERO, Some("read.page_timeout")),
             (|c| c.database.write_connections = Some(9), Some("database.write_connections")),
             (|c| c.database.write_connections = Some(8), None),
             (|c| c.server.max_connections = usize::MAX, Some("server.max_connections")),

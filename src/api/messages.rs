@@ -237,8 +237,8 @@ impl MessagesApi {
     /// A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page to
     /// the end, then keep polling with the last cursor you received to get new messages as they land: no
     /// message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a few
-    /// at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database (a lock on the tenant's
-    /// messages) answers 503 within seconds.
+    /// at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
+    /// `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
     #[oai(path = "/messages", method = "get", operation_id = "listMessages")]
     async fn list(
         &self,

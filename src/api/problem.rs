@@ -72,7 +72,8 @@ pub enum ApiError {
     /// (`queue-full`); retry after `Retry-After` seconds.
     #[oai(status = 429, content_type = "application/problem+json")]
     TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
-    /// A dependency (PostgreSQL, RabbitMQ) is unavailable (`unavailable`): retry after `Retry-After` seconds
+    /// A dependency (PostgreSQL, RabbitMQ) is unavailable, or a page waited too long for the database
+    /// (`unavailable`): retry after `Retry-After` seconds
     /// (a publish may have reached the queue before the failure: give messages an `id` so that a retry stores
     /// each once).
     /// Or, for a tenant command, its outcome is in the event log but the read models (or a delete's

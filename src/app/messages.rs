@@ -11,6 +11,7 @@ use sea_orm::DatabaseConnection;
 
 use crate::{
     broker::Publisher,
+    config::ReadConfig,
     domain::tenant::TenantId,
     store::{messages, tenants::TenantReadModel},
 };
@@ -20,13 +21,7 @@ pub use crate::{
     store::messages::{MessageKey, MessageRow, Page},
 };
 
-use super::{AppError, Quotas, ReadSlots, require_live};
-
-/// The longest a page read is waited for: a page is milliseconds of work, and one that waits longer waits
-/// for a lock on the tenant's partition (an operator's `VACUUM FULL`, `CLUSTER` or `ALTER TABLE` on it) or
-/// for an overloaded database. It then answers 503 rather than wait as long as the lock is held, and past the
-/// HTTP idle timeout be closed unanswered.
-pub const PAGE_WAIT: Duration = Duration::from_secs(10);
+use super::{AppError, Quotas, read_slots::ReadSlots, require_live};
 
 #[derive(Clone)]
 pub struct Messages {
@@ -40,6 +35,8 @@ pub struct Messages {
     max_page_bytes: usize,
     /// `read.max_concurrent_per_tenant`: a tenant's page reads that may hold a database connection at once.
     read_slots: Arc<ReadSlots>,
+    /// `read.page_timeout`: the longest a page is waited for, its wait for a slot included.
+    page_timeout: Duration,
 }
 
 impl Messages {
@@ -48,11 +45,18 @@ impl Messages {
         publisher: Arc<Publisher>,
         quotas: Quotas,
         publish_timeout: Duration,
-        (max_page_bytes, read_slots): (usize, ReadSlots),
+        read: &ReadConfig,
     ) -> Self {
-        let tenants = TenantReadModel::new(db.clone());
-        let (quotas, read_slots) = (Arc::new(quotas), Arc::new(read_slots));
-        Self { tenants, publisher, quotas, db, publish_timeout, max_page_bytes, read_slots }
+        Self {
+            tenants: TenantReadModel::new(db.clone()),
+            publisher,
+            quotas: Arc::new(quotas),
+            db,
+            publish_timeout,
+            max_page_bytes: read.max_page_bytes,
+            read_slots: Arc::new(ReadSlots::new(read.max_concurrent_per_tenant)),
+            page_timeout: read.page_timeout,
+        }
     }
 
     /// Publishes persistent messages to the live tenant's queue, within its limits (all of them or none), and
@@ -84,31 +88,36 @@ impl Messages {
     }
 
     /// Up to `limit` of the live tenant's messages after `after`, in commit order, ending early at
-    /// `read.max_page_bytes` of payloads. Read in one of the tenant's [`ReadSlots`], and waited for at most
-    /// [`PAGE_WAIT`].
+    /// `read.max_page_bytes` of payloads. Read in one of the tenant's [`ReadSlots`]; waited for, the wait
+    /// for the slot included, at most `read.page_timeout`: a page is milliseconds of work, and one that takes
+    /// longer waits for a lock on the tenant's partition (an operator's `VACUUM FULL`, `CLUSTER` or `ALTER
+    /// TABLE` on it) or for an overloaded database. It then answers 503 rather than wait as long as the lock
+    /// is held, and past the HTTP idle timeout be closed unanswered.
     pub async fn page(&self, tenant: TenantId, after: MessageKey, limit: u64) -> Result<Page, AppError> {
         require_live(&self.tenants, tenant).await?;
-        let slot = self.read_slots.acquire(tenant).await?;
+        let deadline = tokio::time::Instant::now() + self.page_timeout;
+        let waited = || {
+            tracing::warn!(%tenant, timeout = ?self.page_timeout, "a page read waited too long for the database; answered 503");
+            AppError::PageReadsWaiting
+        };
+        let slot = self.read_slots.acquire(tenant, deadline).await.ok_or_else(waited)?;
         let (db, max_page_bytes) = (self.db.clone(), self.max_page_bytes);
-        let mut read = Unabandoned(Some(Box::pin(async move {
+        let mut read = DetachOnDrop(Some(Box::pin(async move {
             let _slot = slot;
             messages::page(&db, tenant, after, limit, max_page_bytes).await
         })));
-        match tokio::time::timeout(PAGE_WAIT, &mut read).await {
-            Ok(page) => Ok(page?),
-            Err(_) => Err(AppError::PageReadsWaiting),
-        }
+        Ok(tokio::time::timeout_at(deadline, &mut read).await.map_err(|_| waited())??)
     }
 }
 
 /// A read that, given up on (its wait over, or its request dropped when the client went), finishes in a task
 /// of its own: it keeps its connection until its statement ends, behind a lock as long as the lock, and so
 /// keeps its slot until then too. Awaited to the end, it runs in the request's task.
-struct Unabandoned<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+struct DetachOnDrop<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
 where
     F::Output: Send + 'static;
 
-impl<F: Future + Send + 'static> Future for Unabandoned<F>
+impl<F: Future + Send + 'static> Future for DetachOnDrop<F>
 where
     F::Output: Send + 'static,
 {
@@ -122,12 +131,16 @@ where
     }
 }
 
-impl<F: Future + Send + 'static> Drop for Unabandoned<F>
+impl<F: Future + Send + 'static> Drop for DetachOnDrop<F>
 where
     F::Output: Send + 'static,
 {
     fn drop(&mut self) {
-        // Outside a runtime (the process ending) there is nothing left to finish it for.
+        // A read that panicked cannot go on. Outside a runtime there is nothing left to finish it for (a runtime
+        // shutting down drops what is spawned on it).
+        if std::thread::panicking() {
+            return;
+        }
         if let (Some(read), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
             runtime.spawn(read);
         }

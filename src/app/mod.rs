@@ -33,7 +33,6 @@ pub use dead_letters::DeadLetterQueues;
 pub use history::History;
 pub use messages::Messages;
 pub use quotas::Quotas;
-pub use read_slots::ReadSlots;
 pub use tenants::Tenants;
 
 /// How long readiness waits for the database to answer.
@@ -134,10 +133,7 @@ impl App {
                 runtime.publisher.clone(),
                 Quotas::new(db.clone(), broker, config.default_limits()),
                 config.rabbitmq.publish_timeout,
-                (
-                    config.read.max_page_bytes,
-                    ReadSlots::new(config.read.max_concurrent_per_tenant, read_slots::SLOT_WAIT),
-                ),
+                &config.read,
             ),
             dead_letters: DeadLetterQueues::new(
                 TenantReadModel::new(db.clone()),

@@ -936,7 +936,7 @@ async fn readers_of_a_locked_tenant_hold_at_most_its_read_slots_and_every_other_
         let answer = tokio::time::timeout(Duration::from_secs(30), reader).await.expect("answered").expect("reader");
         assert_problem(answer, StatusCode::SERVICE_UNAVAILABLE, None).await;
     }
-    // Each waits up to 5 s for a slot, and a read in a slot is waited for up to 10 s.
+    // Each is waited for at most `read.page_timeout` (10 s), its wait for a slot included.
     assert!(started.elapsed() < Duration::from_secs(20), "the readers answered after {:?}", started.elapsed());
     locked.release_and_read(&app).await;
     app.stop().await;
@@ -944,7 +944,8 @@ async fn readers_of_a_locked_tenant_hold_at_most_its_read_slots_and_every_other_
 
 /// Clients that give up on a page behind a lock (a short timeout, then the next try) leave reads waiting on
 /// the server: each keeps its tenant's slot until its statement ends, or every try would leave one more
-/// connection waiting for the lock, until the pool, then the server's connections, ran out.
+/// connection waiting for the lock, until the pool, then the server's connections, ran out. (The server
+/// learns that a client went when the connection closes: the request is then dropped.)
 #[tokio::test]
 async fn a_reader_that_gives_up_leaves_its_read_holding_its_slot_until_it_ends() {
     let app = TestApp::spawn().await;

@@ -108,9 +108,8 @@ def sync_detailed(
     the end, then keep polling with the last cursor you received to get new messages as they land: no
     message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
     few
-    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database (a lock on the
-    tenant's
-    messages) answers 503 within seconds.
+    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
+    `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
 
     Args:
         tenant_id (UUID | Unset):
@@ -152,9 +151,8 @@ def sync(
     the end, then keep polling with the last cursor you received to get new messages as they land: no
     message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
     few
-    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database (a lock on the
-    tenant's
-    messages) answers 503 within seconds.
+    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
+    `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
 
     Args:
         tenant_id (UUID | Unset):
@@ -191,9 +189,8 @@ async def asyncio_detailed(
     the end, then keep polling with the last cursor you received to get new messages as they land: no
     message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
     few
-    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database (a lock on the
-    tenant's
-    messages) answers 503 within seconds.
+    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
+    `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
 
     Args:
         tenant_id (UUID | Unset):
@@ -233,9 +230,8 @@ async def asyncio(
     the end, then keep polling with the last cursor you received to get new messages as they land: no
     message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
     few
-    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database (a lock on the
-    tenant's
-    messages) answers 503 within seconds.
+    at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
+    `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
 
     Args:
         tenant_id (UUID | Unset):
