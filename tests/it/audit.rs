@@ -389,12 +389,15 @@ async fn the_paged_check_and_heads_include_a_tenant_with_the_nil_id() {
 }
 
 /// Events changed so that they cannot even be encoded for hashing are breaks at their position, as a changed
-/// field is: JSON nested deeper than canonical JSON allows, a stored hash that is not 32 bytes.
+/// field is: JSON nested deeper than canonical JSON allows, a stored hash that is not 32 bytes. A command
+/// that reads the damaged event (on an instance that had not read the stream yet) answers `log-damaged`;
+/// one on an instance that had folded the stream before reads only the events after it, and goes on.
 #[tokio::test]
 async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
     let app = TestApp::spawn().await;
     app.create_tenant_id("bystander").await;
     let id = tenant_with_three_events(&app).await;
+    let mut fresh = tenantmq_testkit::RunningApp::start(app.config.clone()).await.expect("a second instance");
     let url = &app.config.database.url;
     let second = position(&app, &id, 2).await;
     tamper(
@@ -406,10 +409,11 @@ async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
     )
     .await;
     let first = position(&app, &id, 1).await;
-    // The first event's hash and the head's, so that the paged check also lists the stream without it.
+    // The first event's hash and the head's (version 4 by then), so that the paged check also lists the
+    // stream without it.
     let cut_hash = format!(
         "ALTER TABLE events DROP CONSTRAINT events_hashes_are_sha256; \
-         UPDATE events SET hash = decode('00', 'hex') WHERE stream_id = '{id}' AND version IN (1, 3)"
+         UPDATE events SET hash = decode('00', 'hex') WHERE stream_id = '{id}' AND version IN (1, 4)"
     );
     for (tampering, (at, version)) in [(None, (second, 2)), (Some(cut_hash), (first, 1))] {
         let hashes_cut = tampering.is_some();
@@ -436,9 +440,10 @@ async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
             );
         }
         // What cannot read the stream says why, and where to look, rather than an anonymous 500.
+        let concurrency = format!("/tenants/{id}/config/concurrency");
         let commands = [
-            app.delete(&format!("/tenants/{id}")).await,
-            app.put_json(&format!("/tenants/{id}/config/concurrency"), &json!({ "workers": 2 })).await,
+            fresh.client.delete(fresh.url(&format!("/tenants/{id}"))).send().await.expect("sent"),
+            fresh.client.put(fresh.url(&concurrency)).json(&json!({ "workers": 2 })).send().await.expect("sent"),
             audited(&app, &format!("/tenants/{id}/state?at_position={}", position(&app, &id, 3).await)).await,
         ];
         let mut responses = Vec::from(commands);
@@ -451,7 +456,13 @@ async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
             let problem: Value = response.json().await.expect("a problem document");
             assert_eq!(problem["type"], "urn:tenantmq:problem:log-damaged", "{url}: {problem}");
         }
+        if !hashes_cut {
+            // This instance folded the stream to version 2 before the damage: it reads only version 3 on.
+            let folded_before = app.put_json(&concurrency, &json!({ "workers": 6 })).await;
+            assert_eq!(folded_before.status(), StatusCode::OK, "reads only what follows its fold");
+        }
     }
+    fresh.stop().await.expect("stopped");
     app.stop().await;
 }
 
