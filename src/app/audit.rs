@@ -83,8 +83,8 @@ impl Audit {
         }
     }
 
-    /// Checks the chains of up to `limit` streams after `after` (by stream id), each in a snapshot of its
-    /// own, stopping at the first break. The head of an intact page is its newest event.
+    /// Checks the chains of up to `limit` streams after `after` (by stream id), each read from its start to
+    /// its end as it grows, stopping at the first break. The head of an intact page is its newest event.
     pub async fn verify_streams(&self, after: Option<Uuid>, limit: u64) -> Result<StreamsChecked, AppError> {
         let streams = audit::streams_after(&self.db, after, limit.saturating_add(1)).await?;
         let (streams, continue_after) = page(streams, limit, |stream| *stream);
@@ -154,8 +154,8 @@ impl Audit {
         })
     }
 
-    /// The tenant's whole stream as JSON Lines, the lines `tenantmq export` writes, read in chunks from one
-    /// snapshot as the stream is consumed (only one chunk is held at a time). A tenant that never existed is
+    /// The tenant's whole stream as JSON Lines, the lines `tenantmq export` writes, read a chunk at a time as
+    /// the stream is consumed (only one chunk is held at a time, and no connection in between). A tenant that never existed is
     /// an error before the first byte.
     pub async fn export(
         &self,

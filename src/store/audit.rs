@@ -26,7 +26,7 @@ pub enum Verdict {
     Broken(Break),
 }
 
-/// Checks the chain of one stream, or of every stream, in one snapshot of the log.
+/// Checks the chain of one stream, or of every stream in one snapshot of the log (see [`ChainReader`]).
 pub async fn verify(db: &DatabaseConnection, stream: Option<Uuid>) -> Result<Verdict, StoreError> {
     let mut reader = ChainReader::open(db, stream).await?;
     let mut check = ChainCheck::new();
@@ -43,10 +43,16 @@ pub async fn verify(db: &DatabaseConnection, stream: Option<Uuid>) -> Result<Ver
     }
 }
 
-/// Reads the chain of one stream or of every stream (by stream id, then version) in chunks, all from one
-/// repeatable-read snapshot, so appends that commit meanwhile are not half seen.
+/// Reads the chain of one stream or of every stream (by stream id, then version) in chunks.
+///
+/// Every stream is read from one repeatable-read snapshot, so that appends to streams already passed that
+/// commit meanwhile are not half seen. One stream is read a chunk at a time on the pool, holding no
+/// connection in between: it only grows at its end, so each chunk follows on the last, and an export
+/// streamed to a slow client (hours for a long history at a few KB/s) must not hold a connection, or a
+/// snapshot that keeps VACUUM from cleaning up, for all that time (25 slow exports of one tenant's history
+/// took the whole pool).
 pub struct ChainReader {
-    snapshot: DatabaseTransaction,
+    source: Source,
     stream: Option<Uuid>,
     /// The last `(stream id, version)` read; before the first read, the nil UUID and version 0, which sort
     /// before every event (versions start at 1).
@@ -54,10 +60,20 @@ pub struct ChainReader {
     done: bool,
 }
 
+enum Source {
+    Snapshot(DatabaseTransaction),
+    Pool(DatabaseConnection),
+}
+
 impl ChainReader {
     pub async fn open(db: &DatabaseConnection, stream: Option<Uuid>) -> Result<Self, StoreError> {
-        let snapshot = db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?;
-        Ok(Self { snapshot, stream, after: (stream.unwrap_or(Uuid::nil()), 0), done: false })
+        let source = match stream {
+            Some(_) => Source::Pool(db.clone()),
+            None => Source::Snapshot(
+                db.begin_with_config(Some(IsolationLevel::RepeatableRead), Some(AccessMode::ReadOnly)).await?,
+            ),
+        };
+        Ok(Self { source, stream, after: (stream.unwrap_or(Uuid::nil()), 0), done: false })
     }
 
     /// The next events in order; empty once the chain is read. An event that cannot be encoded is an error
@@ -88,7 +104,10 @@ impl ChainReader {
                 [after_stream.into(), after_version.into(), CHUNK.into()],
             ),
         };
-        let rows = StoredEvent::find_by_statement(statement).all(&self.snapshot).await?;
+        let rows = match &self.source {
+            Source::Snapshot(snapshot) => StoredEvent::find_by_statement(statement).all(snapshot).await?,
+            Source::Pool(db) => StoredEvent::find_by_statement(statement).all(db).await?,
+        };
         self.done = i64::try_from(rows.len()).unwrap_or(i64::MAX) < CHUNK;
         if let Some(last) = rows.last() {
             self.after = (last.stream_id, last.version);
