@@ -183,7 +183,11 @@ impl Tenants {
             last_position
         } else {
             let encoded = events.iter().map(NewEvent::encode).collect::<Result<Vec<_>, _>>()?;
-            self.store.append(id.as_uuid(), version, &encoded, metadata).await?.last_position
+            let appended = self.store.append(id.as_uuid(), version, &encoded, metadata).await?;
+            if deleting {
+                self.forget(id);
+            }
+            appended.last_position
         };
         let done = async {
             // False if a projector stopped (shutting down).
@@ -244,7 +248,9 @@ impl Tenants {
         }
         // Only live tenants the log has are kept (a command for an id never used, or for a deleted tenant, must
         // not grow the map), and a load that raced with another of the same tenant keeps the further fold.
-        if folded.version > 0 && !matches!(folded.state, Tenant::Deleted(_)) {
+        if matches!(folded.state, Tenant::Deleted(_)) {
+            self.forget(id);
+        } else if folded.version > 0 {
             let mut known = known();
             let kept = known.entry(id).or_default();
             if folded.version > kept.version {
@@ -252,5 +258,10 @@ impl Tenants {
             }
         }
         Ok(folded)
+    }
+
+    /// Drops the tenant's fold: it was deleted, and its id is never used again.
+    fn forget(&self, id: TenantId) {
+        self.folded.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
     }
 }
