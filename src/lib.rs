@@ -11,6 +11,7 @@ pub mod auth;
 pub(crate) mod backoff;
 pub mod broker;
 pub mod config;
+pub(crate) mod detach;
 pub mod domain;
 pub mod metrics;
 pub mod projectors;

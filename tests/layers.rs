@@ -14,6 +14,7 @@ use std::{
 const LAYERS: &[(&str, u8)] = &[
     ("domain", 0),
     ("backoff", 0),
+    ("detach", 0),
     ("config", 1),
     ("telemetry", 2),
     ("metrics", 2),

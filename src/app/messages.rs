@@ -1,17 +1,13 @@
 //! Publishing to a tenant's queue, and reading its persisted messages back a page at a time.
 
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
 
 use crate::{
     broker::Publisher,
     config::ReadConfig,
+    detach::DetachOnDrop,
     domain::tenant::TenantId,
     store::{messages, tenants::TenantReadModel},
 };
@@ -102,47 +98,12 @@ impl Messages {
         };
         let slot = self.read_slots.acquire(tenant, deadline).await.ok_or_else(waited)?;
         let (db, max_page_bytes) = (self.db.clone(), self.max_page_bytes);
-        let mut read = DetachOnDrop(Some(Box::pin(async move {
+        // Given up on (the deadline, or the client gone), the read finishes detached, still in its slot: its
+        // connection waits until its statement ends, behind a lock as long as the lock.
+        let mut read = DetachOnDrop::new(async move {
             let _slot = slot;
             messages::page(&db, tenant, after, limit, max_page_bytes).await
-        })));
+        });
         Ok(tokio::time::timeout_at(deadline, &mut read).await.map_err(|_| waited())??)
-    }
-}
-
-/// A read that, given up on (its wait over, or its request dropped when the client went), finishes in a task
-/// of its own: it keeps its connection until its statement ends, behind a lock as long as the lock, and so
-/// keeps its slot until then too. Awaited to the end, it runs in the request's task.
-struct DetachOnDrop<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
-where
-    F::Output: Send + 'static;
-
-impl<F: Future + Send + 'static> Future for DetachOnDrop<F>
-where
-    F::Output: Send + 'static,
-{
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let read = self.0.as_mut().expect("not polled after completion");
-        let output = std::task::ready!(read.as_mut().poll(cx));
-        self.0 = None;
-        Poll::Ready(output)
-    }
-}
-
-impl<F: Future + Send + 'static> Drop for DetachOnDrop<F>
-where
-    F::Output: Send + 'static,
-{
-    fn drop(&mut self) {
-        // A read that panicked cannot go on. Outside a runtime there is nothing left to finish it for (a runtime
-        // shutting down drops what is spawned on it).
-        if std::thread::panicking() {
-            return;
-        }
-        if let (Some(read), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
-            runtime.spawn(read);
-        }
     }
 }

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use crate::{
     backoff::Backoff,
+    detach::DetachOnDrop,
     domain::{
         message_id,
         payload::{self, PayloadLimits},
@@ -106,31 +107,25 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &Arc<WorkerContext>) -
     unwritten
 }
 
-/// Writes `rows` in `turn`, in a task of its own, and hands them back with what was refused. A worker may be
-/// stopped mid-write (its consumer lost its channel, or the database), and a statement dropped half way keeps
-/// its connection busy until the statement ends, which a lock can make last as long as it is held. Given
-/// back at that moment, the turn would let the tenant take connections beyond its share at each such stop;
-/// so the write goes on to its end, holding it.
+/// Writes `rows` in `turn`, and hands them back with what was refused. A worker may be stopped mid-write (its
+/// consumer lost its channel, or the database), and a statement dropped half way keeps its connection busy
+/// until the statement ends, which a lock can make last as long as it is held. Given back at that moment, the
+/// turn would let the tenant take connections beyond its share at each such stop; so the write then goes on
+/// to its end detached, holding it.
 async fn write_in_turn(
     turn: WritePermit,
     writer: MessageWriter,
     rows: Vec<NewMessage>,
 ) -> (Vec<NewMessage>, Vec<(Range<usize>, sea_orm::sqlx::Error)>) {
-    let write = tokio::spawn(
+    DetachOnDrop::new(
         async move {
             let refused = writer.insert_isolating(&rows).await;
             drop(turn);
             (rows, refused)
         }
         .in_current_span(),
-    );
-    match write.await {
-        Ok(written) => written,
-        // Cancelled only with the runtime, which ends this worker too.
-        Err(error) => {
-            std::panic::resume_unwind(error.try_into_panic().unwrap_or_else(|error| Box::new(error.to_string())))
-        }
-    }
+    )
+    .await
 }
 
 /// A batch split into the rows to insert, with their deliveries and when those arrived, and the deliveries
