@@ -324,8 +324,8 @@ pub struct ReadConfig {
     /// Longest one DLQ replay call runs before it answers `complete: false`.
     #[serde(with = "humantime_serde")]
     pub replay_time_budget: Duration,
-    /// Most of one tenant's message pages read from the database at once; more wait for one to finish (up to
-    /// 5 s, then 503), holding no connection. Behind a lock on the tenant's partition, its readers hold at
+    /// Most of one tenant's message pages read from the database at once; more wait for one to finish (within
+    /// `page_timeout`, then 503), holding no connection. Behind a lock on the tenant's partition, its readers hold at
     /// most this many of the pool's connections.
     pub max_concurrent_per_tenant: usize,
     /// The longest a page of `GET /messages` is waited for, its wait for a slot included; then it answers 503

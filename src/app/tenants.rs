@@ -224,11 +224,12 @@ impl Tenants {
         let known = || self.folded.lock().unwrap_or_else(PoisonError::into_inner);
         let mut folded = known().get(&id).cloned().unwrap_or_default();
         // The fold's last event is read again, to be compared.
-        let mut after = (folded.version - 1).max(0);
+        let mut check_tip = folded.version > 0;
+        let mut after = if check_tip { folded.version - 1 } else { 0 };
         loop {
             let recorded = self.store.read_stream(id.as_uuid(), after, LOAD_CHUNK).await?;
             let mut events = recorded.iter().peekable();
-            if folded.version > 0 && after == folded.version - 1 {
+            if std::mem::take(&mut check_tip) {
                 let tip = events
                     .next_if(|e| (e.version, e.position, &e.hash) == (folded.version, folded.position, &folded.hash));
                 if tip.is_none() {
