@@ -158,8 +158,12 @@ impl From<TenantRow> for Tenant {
 /// What is running for a tenant on this instance.
 #[derive(Debug, Clone, Object)]
 pub struct TenantRuntimeView {
-    /// `starting`, `running`, `stopping`, or `stopped` (no consumer on this instance right now).
+    /// `starting`, `running`, `stopping`, `restarting` (this instance's consumer failed and starts again after
+    /// a pause: see `consumer_failure`), or `stopped` (no consumer on this instance right now).
     pub consumer_state: String,
+    /// While `consumer_state` is `restarting`: why the consumer failed, and when it starts again.
+    #[oai(nullable)]
+    pub consumer_failure: Option<ConsumerFailureView>,
     /// Workers in the pool now (follows `workers` after a change).
     pub running_workers: u16,
     /// Workers handling a batch right now.
@@ -181,11 +185,42 @@ pub struct TenantRuntimeView {
     pub dlq_depth: Option<u32>,
 }
 
+/// Why a tenant's consumer is not running on this instance, while it waits to start again.
+#[derive(Debug, Clone, Object)]
+pub struct ConsumerFailureView {
+    /// `access_refused` (the broker refused the subscription: another client consumes the queue exclusively,
+    /// or the broker user may not read it), `queue_arguments_differ` (the queue exists with other arguments
+    /// than the service declares: someone else declared it; delete it, or declare it as the service does),
+    /// `subscription_cancelled` (the broker ended the subscription: the queue was deleted, or its leader
+    /// moved), `connection_lost`, `handover_timed_out` (a resize could not hand deliveries over in time),
+    /// `panicked` or `broker_error` (the service's log has the details). More may be added.
+    pub reason: String,
+    pub failed_at: DateTime<Utc>,
+    /// The earliest the consumer starts again; it waits longer while this instance has no broker
+    /// connection.
+    pub restart_at: DateTime<Utc>,
+    /// Failures in a row; each waits twice as long as the one before, up to 10 s. A run of a minute starts
+    /// the count again.
+    pub failures_in_a_row: u32,
+}
+
 impl From<TenantStatus> for TenantRuntimeView {
     fn from(status: TenantStatus) -> Self {
         let consumer = status.consumer.as_ref();
+        let failure = status.failure.as_ref();
+        let state = match (consumer, failure) {
+            (Some(consumer), _) => consumer.state.as_str(),
+            (None, Some(_)) => "restarting",
+            (None, None) => "stopped",
+        };
         Self {
-            consumer_state: consumer.map_or("stopped", |c| c.state.as_str()).to_owned(),
+            consumer_state: state.to_owned(),
+            consumer_failure: failure.map(|failure| ConsumerFailureView {
+                reason: failure.reason.as_str().to_owned(),
+                failed_at: failure.failed_at,
+                restart_at: failure.restart_at,
+                failures_in_a_row: failure.in_a_row,
+            }),
             running_workers: consumer.map_or(0, |c| c.running_workers),
             busy_workers: consumer.map_or(0, |c| c.busy_workers),
             consumer_tag: consumer.map(|c| c.consumer_tag.clone()).filter(|tag| !tag.is_empty()),

@@ -12,7 +12,7 @@ use crate::{
     broker::{Broker, Inspector, QueueCounts},
     domain::tenant::{Limits, Policy, Tenant, TenantCommand, TenantEvent, TenantId, evolve},
     projectors::Projections,
-    runtime::{ConsumerRegistry, tenant_runtime::ConsumerState},
+    runtime::{ConsumerRegistry, registry::ConsumerFailure, tenant_runtime::ConsumerState},
     store::{
         events::{EventMetadata, EventStore, NewEvent},
         partitions,
@@ -45,6 +45,8 @@ struct Folded {
 pub struct TenantStatus {
     /// `None`: no consumer on this instance right now.
     pub consumer: Option<ConsumerStatus>,
+    /// Why there is none, while it waits to start again after a failure.
+    pub failure: Option<ConsumerFailure>,
     pub queues: QueueCounts,
 }
 
@@ -163,10 +165,11 @@ impl Tenants {
             busy_workers: running.busy(),
             consumer_tag: running.consumer_tag(),
         });
+        let failure = if consumer.is_none() { self.registry.failure(id) } else { None };
         let mut inspector = Inspector::new(&self.broker);
         let queues = inspector.tenant(id).await;
         inspector.close().await;
-        Ok((tenant, TenantStatus { consumer, queues }))
+        Ok((tenant, TenantStatus { consumer, failure, queues }))
     }
 
     /// Handles `command` for tenant `id`. Returns once every read model reflects the outcome (the tenants row,

@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use chrono::Utc;
 use sea_orm::sqlx::{Connection, PgConnection, PgPool};
 use tokio::{
     sync::{mpsc, watch},
@@ -31,7 +32,7 @@ use crate::{
 
 use super::{
     consumer::{self, ConsumerEnd, ConsumerError, ConsumerSettings},
-    registry::ConsumerRegistry,
+    registry::{ConsumerFailure, ConsumerRegistry, FailureReason},
     retirement::Retirement,
     tenant_runtime::{ConsumerState, Control, TenantRuntime},
 };
@@ -121,22 +122,26 @@ struct Restart {
     due: Option<Instant>,
     started: Option<Instant>,
     backoff: Backoff,
+    /// Failures since the last stable run.
+    in_a_row: u32,
 }
 
 impl RestartSchedule {
     /// A consumer that ran at least this long before it failed starts again from the shortest delay.
     const STABLE: Duration = Duration::from_secs(60);
 
-    /// Records a failure; returns the delay before the tenant may start again.
-    fn failed(&mut self, tenant: TenantId, now: Instant) -> Duration {
+    /// Records a failure; returns the delay before the tenant may start again, and the failures in a row.
+    fn failed(&mut self, tenant: TenantId, now: Instant) -> (Duration, u32) {
         let restart = self.tenants.entry(tenant).or_default();
         if restart.started.is_some_and(|started| now.duration_since(started) >= Self::STABLE) {
             restart.backoff.reset();
+            restart.in_a_row = 0;
         }
         let delay = restart.backoff.next_delay();
         restart.due = Some(now + delay);
         restart.started = None;
-        delay
+        restart.in_a_row += 1;
+        (delay, restart.in_a_row)
     }
 
     fn may_start(&self, tenant: TenantId, now: Instant) -> bool {
@@ -344,6 +349,7 @@ impl Reconciler {
             }
         }
         self.registry.forget_stats_unless(|tenant| wanted.contains_key(tenant));
+        self.registry.forget_failures_unless(|tenant| wanted.contains_key(tenant));
         restarts.retain(|tenant| wanted.contains_key(tenant));
         true
     }
@@ -381,23 +387,31 @@ impl Reconciler {
         restarts: &mut RestartSchedule,
     ) {
         let (id, outcome) = match ended {
-            Ok((id, (_, outcome))) => (id, outcome.map_err(|e| e.to_string())),
-            Err(error) => (error.id(), Err(format!("consumer task panicked: {error}"))),
+            Ok((id, (_, outcome))) => (id, outcome.map_err(|e| (e.reason(), e.to_string()))),
+            Err(error) => (error.id(), Err((FailureReason::Panicked, format!("consumer task panicked: {error}")))),
         };
         let Some(tenant) = tenants_of.remove(&id) else { return };
-        self.registry.remove(tenant);
         match outcome {
             Ok(end) => {
                 tracing::info!(%tenant, ?end, "consumer ended");
                 restarts.ended(tenant);
             }
-            Err(error) => {
-                let delay = restarts.failed(tenant, Instant::now());
-                tracing::warn!(%tenant, %error, ?delay, "consumer failed; restarting after a pause");
+            Err((reason, error)) => {
+                let (delay, in_a_row) = restarts.failed(tenant, Instant::now());
+                let failed_at = Utc::now();
+                // The delay is at most the backoff's longest: neither step can fail.
+                let restart_at = chrono::Duration::from_std(delay)
+                    .ok()
+                    .and_then(|delay| failed_at.checked_add_signed(delay))
+                    .unwrap_or(failed_at);
+                // Before the runtime goes: a reader that finds no consumer finds why.
+                self.registry.failed(tenant, ConsumerFailure { reason, failed_at, restart_at, in_a_row });
+                tracing::warn!(%tenant, %error, ?delay, in_a_row, "consumer failed; restarting after a pause");
                 self.metrics.reconciler_action(ReconcilerAction::Restart);
                 self.metrics.reconciler_error(ReconcilerError::ConsumerFailed);
             }
         }
+        self.registry.remove(tenant);
     }
 
     /// Deleted tenants whose consumer was not running here when they were deleted may still have queues, and a
@@ -464,7 +478,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_restarted_consumer_sets_no_wake_up_time() {
         let (mut schedule, tenant, now) = (RestartSchedule::default(), tenant(), Instant::now());
-        let delay = schedule.failed(tenant, now);
+        let (delay, _) = schedule.failed(tenant, now);
         assert!(!schedule.may_start(tenant, now));
         assert_eq!(schedule.next_due(), Some(now + delay));
         tokio::time::advance(delay).await;
@@ -477,12 +491,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn repeated_failures_back_off_further_and_a_stable_run_resets() {
+    async fn repeated_failures_back_off_further_and_are_counted_and_a_stable_run_resets_both() {
         let (mut schedule, tenant) = (RestartSchedule::default(), tenant());
         let first = schedule.failed(tenant, Instant::now());
+        assert_eq!(first.1, 1);
         schedule.started(tenant, Instant::now());
         let second = schedule.failed(tenant, Instant::now());
-        assert!(second > first, "{second:?} after {first:?}");
+        assert!(second.0 > first.0, "{second:?} after {first:?}");
+        assert_eq!(second.1, 2);
         schedule.started(tenant, Instant::now());
         tokio::time::advance(RestartSchedule::STABLE).await;
         assert_eq!(schedule.failed(tenant, Instant::now()), first);

@@ -7,6 +7,8 @@ use std::{
     sync::{Arc, RwLock},
 };
 
+use chrono::{DateTime, Utc};
+
 use crate::{
     domain::tenant::{TenantId, Workers},
     metrics::TenantStatsSnapshot,
@@ -14,11 +16,58 @@ use crate::{
 
 use super::{tenant_runtime::TenantRuntime, tenant_stats::TenantStats};
 
-/// The registry of running tenants, and of the stats of every tenant this instance has consumed for.
+/// The registry of running tenants, of those whose consumer failed and waits to start again, and of the stats
+/// of every tenant this instance has consumed for.
 #[derive(Clone, Default)]
 pub struct ConsumerRegistry {
     tenants: Arc<RwLock<HashMap<TenantId, Arc<TenantRuntime>>>>,
+    failed: Arc<RwLock<HashMap<TenantId, ConsumerFailure>>>,
     stats: Arc<RwLock<HashMap<TenantId, Arc<TenantStats>>>>,
+}
+
+/// Why a consumer failed, in terms an operator can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// The broker refused the subscription: another client consumes the queue exclusively, or the broker user
+    /// may not read it.
+    AccessRefused,
+    /// The tenant's queue exists with other arguments than the service declares (declared by someone else).
+    QueueArgumentsDiffer,
+    /// The broker ended the subscription: the queue was deleted, or its leader moved.
+    SubscriptionCancelled,
+    /// The consumer's broker connection closed.
+    ConnectionLost,
+    /// A resize could not hand the old subscription's deliveries over in time.
+    HandoverTimedOut,
+    /// A worker or the consumer panicked (a bug: the log has it).
+    Panicked,
+    /// Any other error from the broker (the log has it).
+    BrokerError,
+}
+
+impl FailureReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::AccessRefused => "access_refused",
+            Self::QueueArgumentsDiffer => "queue_arguments_differ",
+            Self::SubscriptionCancelled => "subscription_cancelled",
+            Self::ConnectionLost => "connection_lost",
+            Self::HandoverTimedOut => "handover_timed_out",
+            Self::Panicked => "panicked",
+            Self::BrokerError => "broker_error",
+        }
+    }
+}
+
+/// A tenant whose consumer failed on this instance and has not started again yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerFailure {
+    pub reason: FailureReason,
+    pub failed_at: DateTime<Utc>,
+    /// The earliest the consumer starts again (later while this instance has no broker connection).
+    pub restart_at: DateTime<Utc>,
+    /// Failures in a row, without a run of a minute in between.
+    pub in_a_row: u32,
 }
 
 impl ConsumerRegistry {
@@ -62,7 +111,23 @@ impl ConsumerRegistry {
         self.read().values().cloned().collect()
     }
 
+    /// Why the tenant's consumer is not running here, while it waits to start again.
+    pub fn failure(&self, tenant: TenantId) -> Option<ConsumerFailure> {
+        self.failed.read().unwrap_or_else(|e| e.into_inner()).get(&tenant).cloned()
+    }
+
+    pub(super) fn failed(&self, tenant: TenantId, failure: ConsumerFailure) {
+        self.failed.write().unwrap_or_else(|e| e.into_inner()).insert(tenant, failure);
+    }
+
+    /// Forgets the failures of tenants that are not `wanted` (deleted while their consumer waited).
+    pub(super) fn forget_failures_unless(&self, wanted: impl Fn(&TenantId) -> bool) {
+        self.failed.write().unwrap_or_else(|e| e.into_inner()).retain(|tenant, _| wanted(tenant));
+    }
+
+    /// A consumer starts: it is no longer waiting after a failure.
     pub(super) fn insert(&self, runtime: Arc<TenantRuntime>) {
+        self.failed.write().unwrap_or_else(|e| e.into_inner()).remove(&runtime.tenant);
         self.write().insert(runtime.tenant, runtime);
     }
 

@@ -8,7 +8,10 @@ use std::{
 
 use lapin::{
     BasicProperties,
-    options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeleteOptions},
+    options::{
+        BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
     types::{AMQPValue, FieldTable},
 };
 use reqwest::StatusCode;
@@ -66,6 +69,55 @@ async fn an_idle_service_neither_spins_nor_queries_in_a_loop_after_a_queue_is_de
     db.close().await.expect("close");
     processes::signal(instance, "-TERM").await;
     remove_database(database).await;
+}
+
+/// Another application (or an operator) declared the tenant's queue first, with arguments of its own: the
+/// consumer cannot start. Before, the tenant's details said `stopped`, as if nothing were meant to run; now
+/// they say it is restarting, why, and when it tries again, until the queue is fixed.
+#[tokio::test]
+async fn a_consumer_that_cannot_start_shows_as_restarting_with_its_reason_until_the_queue_is_fixed() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let channel = broker.create_channel().await.expect("channel");
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongInt(5));
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    channel.queue_declare(queue(&id).as_str().into(), durable, arguments).await.expect("queue declared");
+    let _ = channel.close(200, "done".into()).await;
+    let created = app.post_json("/tenants", &json!({ "name": "squatted", "id": id })).await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+
+    let path = format!("/tenants/{id}");
+    let runtime = |at_least: u64| {
+        let details = app.get(&path);
+        async move {
+            let details: Value = details.await.json().await.expect("json");
+            let runtime = details["runtime"].clone();
+            let failures = runtime["consumer_failure"]["failures_in_a_row"].as_u64().unwrap_or(0);
+            (runtime["consumer_state"] == "restarting" && failures >= at_least).then_some(runtime)
+        }
+    };
+    let failing = eventually(Duration::from_secs(20), "a second failure in a row", || runtime(2)).await;
+    let failure = &failing["consumer_failure"];
+    assert_eq!(failure["reason"], "queue_arguments_differ", "{failing}");
+    let at =
+        |field: &str| chrono::DateTime::parse_from_rfc3339(failure[field].as_str().expect(field)).expect("a timestamp");
+    assert!(at("restart_at") > at("failed_at"), "{failing}");
+    assert_eq!(failing["running_workers"], 0);
+
+    delete_queue(&broker, &queue(&id)).await;
+    let running = eventually(Duration::from_secs(30), "the consumer running", || {
+        let details = app.get(&path);
+        async move {
+            let details: Value = details.await.json().await.expect("json");
+            (details["runtime"]["consumer_state"] == "running").then(|| details["runtime"].clone())
+        }
+    })
+    .await;
+    assert_eq!(running["consumer_failure"], Value::Null, "{running}");
+    await_consumer(&broker, &id).await;
+    app.stop().await;
 }
 
 /// Reads until the peer closes the connection (or resets it); `false` if it is still open at `deadline`.

@@ -14,7 +14,10 @@ mod subscription;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use lapin::Channel;
+use lapin::{
+    Channel,
+    protocol::{AMQPErrorKind, AMQPSoftError},
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -28,6 +31,7 @@ use crate::{
 use super::{
     acks::AckCoordinator,
     failure::RetryPolicy,
+    registry::FailureReason,
     tenant_runtime::{ConsumerState, Control, TenantRuntime},
     write_share::WriteShare,
 };
@@ -106,6 +110,27 @@ pub enum ConsumerError {
     HandoverTimedOut,
     #[error(transparent)]
     WorkerPanicked(#[from] WorkerPanicked),
+}
+
+impl ConsumerError {
+    /// Why the consumer failed, as the tenant's runtime view shows it while the consumer waits to start again.
+    pub fn reason(&self) -> FailureReason {
+        match self {
+            Self::Broker(BrokerError::Amqp(error)) => match error.kind() {
+                lapin::ErrorKind::ProtocolError(error) => match error.kind() {
+                    AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => FailureReason::AccessRefused,
+                    AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => FailureReason::QueueArgumentsDiffer,
+                    _ => FailureReason::BrokerError,
+                },
+                _ => FailureReason::BrokerError,
+            },
+            Self::Broker(_) => FailureReason::BrokerError,
+            Self::CancelledByBroker => FailureReason::SubscriptionCancelled,
+            Self::ConnectionLost => FailureReason::ConnectionLost,
+            Self::HandoverTimedOut => FailureReason::HandoverTimedOut,
+            Self::WorkerPanicked(_) => FailureReason::Panicked,
+        }
+    }
 }
 
 impl From<lapin::Error> for ConsumerError {
@@ -333,6 +358,19 @@ mod tests {
         metrics::Metrics,
         runtime::tenant_stats::TenantStats,
     };
+
+    #[test]
+    fn a_refusal_by_the_broker_is_named_by_its_code() {
+        let refused = |kind| {
+            let error = lapin::protocol::AMQPError::new(AMQPErrorKind::Soft(kind), "from the broker".into());
+            ConsumerError::from(lapin::Error::from(lapin::ErrorKind::ProtocolError(error))).reason()
+        };
+        assert_eq!(refused(AMQPSoftError::ACCESSREFUSED), FailureReason::AccessRefused);
+        assert_eq!(refused(AMQPSoftError::PRECONDITIONFAILED), FailureReason::QueueArgumentsDiffer);
+        assert_eq!(refused(AMQPSoftError::NOTFOUND), FailureReason::BrokerError);
+        assert_eq!(ConsumerError::CancelledByBroker.reason(), FailureReason::SubscriptionCancelled);
+        assert_eq!(ConsumerError::Broker(BrokerError::Unavailable).reason(), FailureReason::BrokerError);
+    }
 
     /// Its connection never comes (nothing listens on port 1): the delete must still end it, at once.
     #[tokio::test]

@@ -1,6 +1,7 @@
 """Contains all the data models used in inputs/outputs"""
 
 from .chain_break import ChainBreak
+from .consumer_failure_view import ConsumerFailureView
 from .create_tenant_request import CreateTenantRequest
 from .dead_letter_message import DeadLetterMessage
 from .dead_letter_page import DeadLetterPage
@@ -27,6 +28,9 @@ from .tenant_details import TenantDetails
 from .tenant_limits import TenantLimits
 from .tenant_page import TenantPage
 from .tenant_runtime_view import TenantRuntimeView
+from .tenant_runtime_view_consumer_failure_type_1 import (
+    TenantRuntimeViewConsumerFailureType1,
+)
 from .tenant_state import TenantState
 from .tenant_state_limits_type_1 import TenantStateLimitsType1
 from .verification import Verification
@@ -35,6 +39,7 @@ from .verification_head import VerificationHead
 
 __all__ = (
     "ChainBreak",
+    "ConsumerFailureView",
     "CreateTenantRequest",
     "DeadLetterMessage",
     "DeadLetterPage",
@@ -61,6 +66,7 @@ __all__ = (
     "TenantLimits",
     "TenantPage",
     "TenantRuntimeView",
+    "TenantRuntimeViewConsumerFailureType1",
     "TenantState",
     "TenantStateLimitsType1",
     "Verification",

@@ -1,12 +1,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from attrs import define as _attrs_define
 from attrs import field as _attrs_field
 
 from ..types import UNSET, Unset
+
+if TYPE_CHECKING:
+    from ..models.tenant_runtime_view_consumer_failure_type_1 import (
+        TenantRuntimeViewConsumerFailureType1,
+    )
+
 
 T = TypeVar("T", bound="TenantRuntimeView")
 
@@ -17,8 +23,12 @@ class TenantRuntimeView:
 
     Attributes:
         busy_workers (int): Workers handling a batch right now.
-        consumer_state (str): `starting`, `running`, `stopping`, or `stopped` (no consumer on this instance right now).
+        consumer_state (str): `starting`, `running`, `stopping`, `restarting` (this instance's consumer failed and
+            starts again after
+            a pause: see `consumer_failure`), or `stopped` (no consumer on this instance right now).
         running_workers (int): Workers in the pool now (follows `workers` after a change).
+        consumer_failure (None | TenantRuntimeViewConsumerFailureType1 | Unset): While `consumer_state` is `restarting`:
+            why the consumer failed, and when it starts again.
         consumer_tag (None | str | Unset): This instance's consumer tag (instance, tenant, generation).
         dlq_depth (int | None | Unset): Messages in the tenant's dead-letter queue.
         queue_consumers (int | None | Unset): Consumers on the tenant's queue, across all instances.
@@ -29,6 +39,7 @@ class TenantRuntimeView:
     busy_workers: int
     consumer_state: str
     running_workers: int
+    consumer_failure: None | TenantRuntimeViewConsumerFailureType1 | Unset = UNSET
     consumer_tag: None | str | Unset = UNSET
     dlq_depth: int | None | Unset = UNSET
     queue_consumers: int | None | Unset = UNSET
@@ -37,11 +48,23 @@ class TenantRuntimeView:
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        from ..models.tenant_runtime_view_consumer_failure_type_1 import (
+            TenantRuntimeViewConsumerFailureType1,
+        )
+
         busy_workers = self.busy_workers
 
         consumer_state = self.consumer_state
 
         running_workers = self.running_workers
+
+        consumer_failure: dict[str, Any] | None | Unset
+        if isinstance(self.consumer_failure, Unset):
+            consumer_failure = UNSET
+        elif isinstance(self.consumer_failure, TenantRuntimeViewConsumerFailureType1):
+            consumer_failure = self.consumer_failure.to_dict()
+        else:
+            consumer_failure = self.consumer_failure
 
         consumer_tag: None | str | Unset
         if isinstance(self.consumer_tag, Unset):
@@ -82,6 +105,8 @@ class TenantRuntimeView:
                 "running_workers": running_workers,
             }
         )
+        if consumer_failure is not UNSET:
+            field_dict["consumer_failure"] = consumer_failure
         if consumer_tag is not UNSET:
             field_dict["consumer_tag"] = consumer_tag
         if dlq_depth is not UNSET:
@@ -97,12 +122,37 @@ class TenantRuntimeView:
 
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
+        from ..models.tenant_runtime_view_consumer_failure_type_1 import (
+            TenantRuntimeViewConsumerFailureType1,
+        )
+
         d = dict(src_dict)
         busy_workers = d.pop("busy_workers")
 
         consumer_state = d.pop("consumer_state")
 
         running_workers = d.pop("running_workers")
+
+        def _parse_consumer_failure(
+            data: object,
+        ) -> None | TenantRuntimeViewConsumerFailureType1 | Unset:
+            if data is None:
+                return data
+            if isinstance(data, Unset):
+                return data
+            try:
+                if not isinstance(data, dict):
+                    raise TypeError()
+                consumer_failure_type_1 = (
+                    TenantRuntimeViewConsumerFailureType1.from_dict(data)
+                )
+
+                return consumer_failure_type_1
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            return cast(None | TenantRuntimeViewConsumerFailureType1 | Unset, data)
+
+        consumer_failure = _parse_consumer_failure(d.pop("consumer_failure", UNSET))
 
         def _parse_consumer_tag(data: object) -> None | str | Unset:
             if data is None:
@@ -153,6 +203,7 @@ class TenantRuntimeView:
             busy_workers=busy_workers,
             consumer_state=consumer_state,
             running_workers=running_workers,
+            consumer_failure=consumer_failure,
             consumer_tag=consumer_tag,
             dlq_depth=dlq_depth,
             queue_consumers=queue_consumers,
