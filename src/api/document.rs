@@ -37,7 +37,7 @@ const OPERATION_ERRORS: &[(&str, &[u16])] = &[
 const PUBLIC_OPERATIONS: &[&str] = &["healthz", "readyz"];
 
 /// How long a client should wait before retrying a 503, in seconds (`Retry-After`).
-pub const RETRY_AFTER_SECONDS: u32 = 1;
+pub const RETRY_AFTER_SECONDS: u16 = 1;
 
 /// The document as JSON text.
 pub fn document() -> &'static str {
@@ -111,11 +111,20 @@ fn keep_errors(operation: &mut Value, errors: &[u16]) {
             json!({ "description": "The request has no `Content-Type: application/json`.", "content": problem_content })
         });
         response["content"]["application/problem+json"]["example"] = example(status);
-        if status == 429 || status == 503 {
+        // Every 429 says when to retry; a 503 too, except a `recorded` one, which must not be sent again.
+        let retry_after = match status {
+            429 => Some(("Seconds to wait before retrying", true)),
+            503 => Some((
+                "Seconds to wait before retrying; absent on a `recorded` problem, whose command must not be sent again",
+                false,
+            )),
+            _ => None,
+        };
+        if let Some((description, required)) = retry_after {
             response["headers"] = json!({
                 "Retry-After": {
-                    "description": "Seconds to wait before retrying",
-                    "required": true,
+                    "description": description,
+                    "required": required,
                     "schema": { "type": "integer", "format": "int32" }
                 }
             });

@@ -80,9 +80,9 @@ pub enum ApiError {
     /// retirement) have not caught up within the wait (`recorded`): it takes effect as they do, without being
     /// sent again; read the tenant in `tenant_id` to see it. Sent again, a command is answered from the log (a
     /// create with the same `id` is a 409, a delete a 404), except a create without `id`, which would record a
-    /// second tenant.
+    /// second tenant: so a `recorded` answer has no `Retry-After`.
     #[oai(status = 503, content_type = "application/problem+json")]
-    Unavailable(Json<Problem>),
+    Unavailable(Json<Problem>, #[oai(header = "Retry-After")] Option<u16>),
     /// An unexpected error (`internal`; details are in the service's log under the request id), or an event
     /// log changed outside the service (`log-damaged`).
     #[oai(status = 500, content_type = "application/problem+json")]
@@ -123,7 +123,10 @@ impl ApiError {
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::Unavailable(problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail, None))
+        Self::Unavailable(
+            problem(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail, None),
+            Some(RETRY_AFTER_SECONDS),
+        )
     }
 
     pub fn internal() -> Self {
@@ -220,7 +223,8 @@ impl From<AppError> for ApiError {
             e @ AppError::Conflict { .. } => Self::conflict(e.to_string()),
             e @ AppError::ProjectionLagging { tenant, .. } => {
                 let Json(problem) = problem(StatusCode::SERVICE_UNAVAILABLE, "recorded", e.to_string(), None);
-                Self::Unavailable(Json(Problem { tenant_id: Some(tenant.as_uuid()), ..problem }))
+                // No `Retry-After`: the command must not be sent again (see the variant).
+                Self::Unavailable(Json(Problem { tenant_id: Some(tenant.as_uuid()), ..problem }), None)
             }
             AppError::PublishTimeout(limit) => {
                 Self::unavailable(format!("the message broker did not confirm within {limit:?}; retry"))
@@ -238,7 +242,7 @@ impl From<AppError> for ApiError {
             }
             e @ AppError::QueueFull { .. } => {
                 let problem = problem(StatusCode::TOO_MANY_REQUESTS, "queue-full", e.to_string(), None);
-                Self::TooManyRequests(problem, RETRY_AFTER_SECONDS)
+                Self::TooManyRequests(problem, RETRY_AFTER_SECONDS.into())
             }
             e @ AppError::BatchOverBurst { .. } => Self::bad_request(Some("messages"), e.to_string()),
             e @ AppError::PageReadsWaiting => Self::unavailable(e.to_string()),
@@ -274,8 +278,9 @@ impl poem::error::ResponseError for BodyError {
 /// Turns any error that reaches the top of the router into a problem document: parameter and body parse errors
 /// name their field, poem's own errors (404 route, 405, 415) keep their status, and 5xx never leak details.
 pub async fn into_problem(error: poem::Error) -> Response {
+    // The API's own errors (503s carry their `Retry-After`, or none for `recorded`).
     if error.is_from_response() {
-        return with_retry_after(error.into_response());
+        return error.into_response();
     }
     let response = if let Some(e) = error.downcast_ref::<AuthError>() {
         ApiError::from(e.clone())
@@ -308,19 +313,11 @@ pub async fn into_problem(error: poem::Error) -> Response {
             return problem_response(problem(status, &kind, error.to_string(), None), status);
         }
     };
-    let mut response = with_retry_after(response.into_response());
+    let mut response = response.into_response();
     if response.status() == StatusCode::UNAUTHORIZED {
         response
             .headers_mut()
             .insert(poem::http::header::WWW_AUTHENTICATE, poem::http::HeaderValue::from_static("Bearer"));
-    }
-    response
-}
-
-/// A 503 says when to try again.
-fn with_retry_after(mut response: Response) -> Response {
-    if response.status() == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(poem::http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.into());
     }
     response
 }

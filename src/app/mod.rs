@@ -52,10 +52,11 @@ pub enum AppError {
     /// Another command on the same tenant was appended first.
     #[error("the tenant was changed concurrently (expected version {expected}, found {actual}); retry")]
     Conflict { expected: i32, actual: i32 },
-    /// The event is in the log, but the read model has not caught up within the wait.
+    /// The command's outcome is in the log (its events, or for a command that changes nothing, the events it
+    /// found), but the read models have not caught up to `position` within the wait.
     #[error(
-        "the command on tenant {tenant} was recorded at position {position}, but the read models have not caught \
-         up yet; it takes effect when they do"
+        "the outcome of the command on tenant {tenant} is in the event log (up to position {position}), but the \
+         read models have not caught up yet; it takes effect when they do, without being sent again"
     )]
     ProjectionLagging { tenant: TenantId, position: i64 },
     #[error("the broker did not confirm within {0:?}")]

@@ -599,8 +599,8 @@ async fn a_long_reader_of_messages_does_not_stop_every_tenants_writes_when_a_ten
 
 /// A command answered `recorded` (in the log, its read model late) is safe to send again: a change that is
 /// already in the log answers once the read model shows it, not from the read model as it was (it answered
-/// 200 with the old workers); and a create without `id` names the tenant it recorded, so that a client
-/// reads that one rather than creating a second.
+/// 200 with the old workers); and a create without `id` names the tenant it recorded, and gives no
+/// `Retry-After`, so that a client reads that one rather than creating a second.
 #[tokio::test]
 async fn a_command_answered_recorded_and_sent_again_answers_what_the_log_says() {
     let mut config = test_config();
@@ -618,6 +618,8 @@ async fn a_command_answered_recorded_and_sent_again_answers_what_the_log_says() 
         assert_eq!(problem["tenant_id"], tenant, "{attempt}: {problem}");
     }
     let created = app.post_json("/tenants", &json!({ "name": "no-id" })).await;
+    // A client that honours `Retry-After` on a 503 would send it again, and record a second tenant.
+    assert!(created.headers().get("retry-after").is_none(), "{:?}", created.headers());
     let problem = assert_problem(created, StatusCode::SERVICE_UNAVAILABLE, None).await;
     let recorded = problem["tenant_id"].as_str().expect("the recorded tenant's id").to_owned();
 
@@ -934,7 +936,10 @@ async fn requests_behind_a_lock_on_the_event_log_answer_503_in_time_and_record_n
     // Reads go on, writes wait: the command reads its stream, then its append waits.
     let lock = crate::dead_letters::hold_in_transaction(url, "LOCK TABLE events IN SHARE MODE").await;
     let created = answered_after_the_lock_wait(app.post_json("/tenants", &json!({ "name": "behind the lock" }))).await;
-    assert_problem(created, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    // Nothing was recorded: unlike a `recorded` 503, this one says when to try again.
+    assert_eq!(created.headers()["retry-after"], "1");
+    let problem = assert_problem(created, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert_eq!(problem["type"], "urn:tenantmq:problem:unavailable");
     crate::dead_letters::release(lock).await;
     let recorded = "SELECT count(*) FROM events WHERE data::text LIKE '%behind the lock%'";
     assert_eq!(app.scalar_i64(recorded).await, 0, "the command answered 503 recorded nothing");
