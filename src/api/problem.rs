@@ -129,6 +129,10 @@ impl ApiError {
         )
     }
 
+    fn log_damaged(detail: &str) -> Self {
+        Self::Internal(problem(StatusCode::INTERNAL_SERVER_ERROR, "log-damaged", detail, None))
+    }
+
     pub fn internal() -> Self {
         Self::Internal(problem(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -172,13 +176,17 @@ impl From<StoreError> for ApiError {
         ) {
             // Still the service's fault, but one an operator must know apart from a bug: the log was edited.
             tracing::error!(%error, "the event log was changed outside the service");
-            Self::Internal(problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "log-damaged",
+            Self::log_damaged(
                 "the event log has been changed outside the service and cannot be read; the audit check \
                  (GET /audit/verify) shows where",
-                None,
-            ))
+            )
+        } else if matches!(error, StoreError::UndecodableEvent { .. }) {
+            // An event of a type or shape this release does not know: edited, or written by a newer release.
+            tracing::error!(%error, "the event log holds an event this release cannot read");
+            Self::log_damaged(
+                "the event log holds an event this release cannot read: changed outside the service (the audit \
+                 check, GET /audit/verify, shows where) or written by a newer release",
+            )
         } else {
             tracing::error!(%error, "store error");
             Self::internal()

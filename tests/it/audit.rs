@@ -460,6 +460,40 @@ async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
     app.stop().await;
 }
 
+/// An event edited so that it still parses but no longer decodes (its workers a string) is a hash mismatch
+/// to the checks; whatever must decide on it says the log is damaged, where it answered an anonymous 500.
+#[tokio::test]
+async fn an_event_edited_past_what_the_domain_reads_answers_log_damaged_not_internal() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    let mut fresh = tenantmq_testkit::RunningApp::start(app.config.clone()).await.expect("a second instance");
+    tamper(
+        &app,
+        &format!(
+            "UPDATE events SET data = jsonb_set(data, '{{workers}}', '\"many\"') \
+             WHERE stream_id = '{id}' AND version = 2"
+        ),
+    )
+    .await;
+
+    let verdict = json_of(audited(&app, &format!("/audit/verify?tenant_id={id}")).await).await;
+    assert_eq!(verdict["first_break"]["version"], 2, "{verdict}");
+    assert_eq!(verdict["first_break"]["reason"], "hash_mismatch", "{verdict}");
+    let concurrency = fresh.url(&format!("/tenants/{id}/config/concurrency"));
+    let responses = [
+        fresh.client.put(concurrency).json(&json!({ "workers": 2 })).send().await.expect("sent"),
+        audited(&app, &format!("/tenants/{id}/state?at_position={}", position(&app, &id, 3).await)).await,
+    ];
+    for response in responses {
+        let url = response.url().to_string();
+        assert_eq!(response.status(), 500, "{url}");
+        let problem: Value = response.json().await.expect("a problem document");
+        assert_eq!(problem["type"], "urn:tenantmq:problem:log-damaged", "{url}: {problem}");
+    }
+    fresh.stop().await.expect("stopped");
+    app.stop().await;
+}
+
 /// An empty file holds no stream: nothing was checked, which is not an intact chain.
 #[tokio::test]
 async fn an_empty_file_does_not_verify() {
