@@ -259,7 +259,8 @@ pub enum CreateTenantResponse {
 #[derive(Debug, ApiResponse)]
 pub enum DeleteTenantResponse {
     /// Deleted: its consumers stopped after finishing what they held, then its partition was dropped (or
-    /// detached); its events stay in the log. A publish from now on gets 404.
+    /// detached) and its queues deleted, its dead-letter queue too (read or replay dead letters first); its
+    /// events stay in the log. A publish from now on gets 404.
     #[oai(status = 204)]
     Deleted,
 }
