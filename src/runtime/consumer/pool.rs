@@ -22,7 +22,10 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{backoff::Backoff, config::QueueType, domain::payload::PayloadLimits, store::messages::MessageWriter};
+use crate::{
+    backoff::Backoff, config::QueueType, domain::payload::PayloadLimits, metrics::FailureReason,
+    store::messages::MessageWriter,
+};
 
 use crate::{
     broker::{Publisher, TenantQueues},
@@ -260,6 +263,7 @@ pub(super) async fn worker(
         match next_batch(&receiver, &mut desired, context.batch_size, context.linger, &context.waiting).await {
             Next::Batch(batch) => {
                 let mut batch: Vec<Arrival> = batch.into_iter().map(|arrival| *arrival).collect();
+                let mut counted = false;
                 loop {
                     // Boxed: the write's state is large and needed only while a batch is written, and an idle
                     // tenant's workers would each carry it all the time (RSS per idle tenant).
@@ -270,6 +274,14 @@ pub(super) async fn worker(
                     if unwritten.is_empty() {
                         unavailable.reset();
                         break;
+                    }
+                    // A delivery held back counts as one failed attempt, however many tries the outage takes:
+                    // else a minute's outage would count each message a dozen times against one consumed.
+                    if !counted {
+                        for _ in &unwritten {
+                            context.runtime.stats().failed(FailureReason::Transient);
+                        }
+                        counted = true;
                     }
                     // Do not spin on a database that fails: pause, longer each time.
                     let stopping = tokio::select! {

@@ -45,7 +45,8 @@ use super::pool::{Arrival, WorkerContext};
 
 /// Persists a batch and settles what it can: ack after commit; a message that failed goes to the retry
 /// queue or the DLQ (see [`failure`](crate::runtime::failure)). Returns what the database could not take, for
-/// the caller to try again after a pause, so that a database that fails is not hammered.
+/// the caller to try again after a pause, so that a database that fails is not hammered (and to count as
+/// failed once, not at each try).
 ///
 /// The `handle` span links to the trace context each message carries (its `publish` span): a batch holds
 /// messages of many traces, and a span has one parent, so links, not parenthood, join the traces.
@@ -94,9 +95,6 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &Arc<WorkerContext>) -
         tracing::warn!(%tenant, "cannot write: the database is unavailable or the partition not created yet");
     }
     let stats = context.runtime.stats();
-    for _ in &unwritten {
-        stats.failed(FailureReason::Transient);
-    }
     for (id, delivery, failure) in failed {
         stats.failed(match failure {
             Failure::Transient(_) => FailureReason::Transient,
