@@ -19,6 +19,7 @@ import yaml
 
 KUBERNETES_VERSION = "1.33.0"
 FOLDER = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
+ALERT_TESTS = FOLDER.parent / "monitoring" / "prometheus" / "alerts.test.yml"
 
 errors: list[str] = []
 
@@ -94,11 +95,18 @@ def check_scaled_object(where: str, spec: dict) -> None:
                 {"serverAddress", "query", "threshold"},
                 {"activationThreshold", "ignoreNullValues", "namespace", "authModes"},
             )
-            # KEDA reads these as strings; a YAML number is refused when the ScaledObject is applied.
+            # KEDA reads these as strings; a YAML number or boolean is refused when the ScaledObject is applied.
             for key in ("threshold", "activationThreshold"):
                 value = dig(metadata, key)
                 if value is not None and not (isinstance(value, str) and re.fullmatch(r"\d+(\.\d+)?", value)):
                     fail(where, f"triggers[{index}].metadata.{key} must be a number in quotes")
+            ignore_null = dig(metadata, "ignoreNullValues")
+            if ignore_null is not None and ignore_null not in ("true", "false"):
+                fail(where, f"triggers[{index}].metadata.ignoreNullValues must be \"true\" or \"false\" in quotes")
+            # The query's cases are unit-tested by promtool: the test must hold the query as it is deployed.
+            query = dig(metadata, "query")
+            if query not in ALERT_TESTS.read_text():
+                fail(where, f"triggers[{index}].metadata.query is not the one tested in {ALERT_TESTS}")
 
 
 # Per custom resource: the fields its spec must have, those it may have besides, and the check of the rest.
