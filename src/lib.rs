@@ -260,7 +260,7 @@ fn spawn_read_side(
         projectors::spawn_all(tasks, db, store, TenantsProjector, PartitionsProjector::Live, settings, stop);
     let progress = projections.clone();
     metrics.observe_projectors(move || progress.positions(), store.subscribe_head());
-    let (visibility_lag, lag) = tokio::sync::watch::channel(Duration::ZERO);
+    let (visibility_lag, lag) = tokio::sync::watch::channel(Some(Duration::ZERO));
     metrics.observe_read_visibility(lag);
     let (db, interval, stop) = (db.clone(), config.metrics.visibility_poll_interval, stop.clone());
     tasks.spawn(async move {

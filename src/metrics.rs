@@ -428,15 +428,19 @@ impl Metrics {
     }
 
     /// Registers how long the read side's visibility horizon has been held back (see
-    /// [`crate::store::visibility`]).
-    pub fn observe_read_visibility(&self, lag: watch::Receiver<Duration>) {
+    /// [`crate::store::visibility`]); `None` (the horizon cannot be read) leaves the series out.
+    pub fn observe_read_visibility(&self, lag: watch::Receiver<Option<Duration>>) {
         self.meter
             .f64_observable_gauge("tenantmq.read.visibility_lag")
             .with_unit("s")
             .with_description(
                 "How long the oldest transaction running in the service's database has held back what message pages show",
             )
-            .with_callback(move |observer| observer.observe(lag.borrow().as_secs_f64(), &[]))
+            .with_callback(move |observer| {
+                if let Some(lag) = *lag.borrow() {
+                    observer.observe(lag.as_secs_f64(), &[]);
+                }
+            })
             .build();
     }
 

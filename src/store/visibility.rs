@@ -79,11 +79,12 @@ async fn horizon(db: &DatabaseConnection) -> Result<(u64, u64), StoreError> {
     }
 }
 
-/// Samples the horizon every `interval` until `cancel`, publishing the lag on `lag`.
+/// Samples the horizon every `interval` until `cancel`, publishing the lag on `lag`: `None` while the horizon
+/// cannot be read, so that a lag measured before is not reported as if it still held.
 pub async fn watch_horizon(
     db: DatabaseConnection,
     interval: Duration,
-    lag: watch::Sender<Duration>,
+    lag: watch::Sender<Option<Duration>>,
     cancel: CancellationToken,
 ) {
     let mut history = HorizonHistory::default();
@@ -96,9 +97,12 @@ pub async fn watch_horizon(
         }
         match horizon(&db).await {
             Ok((xmin, xmax)) => {
-                lag.send_replace(history.observe(Instant::now(), xmin, xmax));
+                lag.send_replace(Some(history.observe(Instant::now(), xmin, xmax)));
             }
-            Err(error) => tracing::debug!(%error, "cannot read the visibility horizon"),
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the visibility horizon");
+                lag.send_replace(None);
+            }
         }
     }
 }

@@ -423,6 +423,31 @@ async fn the_database_down_under_load_holds_messages_back_and_every_message_is_a
     app.stop().await;
 }
 
+/// A lag measured before the database went away is not reported as if it still held: the alert on it kept
+/// firing through an outage, whatever became of the transaction. The series goes while the horizon cannot be
+/// read, and comes back with the database.
+#[tokio::test]
+async fn the_read_visibility_lag_is_not_reported_while_the_database_is_unreachable() {
+    let mut config = test_config();
+    let direct_url = config.database.url.clone();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.database.url).await;
+    config.database.url = through_proxy;
+    config.metrics.visibility_poll_interval = Duration::from_millis(200);
+    let app = TestApp::spawn_with(config).await;
+    let mut open = PgConnection::connect(&direct_url).await.expect("a session of the test's own");
+    open.execute("BEGIN; SELECT pg_current_xact_id();").await.expect("a transaction left open");
+    let lag = async || Scrape::of(&app).await.value("tenantmq_read_visibility_lag_seconds", &[]);
+    eventually(Duration::from_secs(30), "the lag to show", || async { (lag().await >= Some(1.0)).then_some(()) }).await;
+
+    proxy.take_down();
+    eventually(Duration::from_secs(30), "the lag to go", || async { lag().await.is_none().then_some(()) }).await;
+    proxy.restore();
+    eventually(Duration::from_secs(30), "the lag back", || async { lag().await.is_some().then_some(()) }).await;
+    open.execute("ROLLBACK").await.expect("rolled back");
+    open.close().await.expect("closed");
+    app.stop().await;
+}
+
 /// One of two instances loses the database, the other keeps it. The cut-off one's workers keep what they
 /// cannot write, so its share of the messages waited for the whole outage; past
 /// `consumer.database_outage_grace` it now stops its consumers and hands that share back, and the other
