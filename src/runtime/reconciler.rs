@@ -337,7 +337,7 @@ impl Reconciler {
                     restarts.started(tenant, now);
                     self.start(tenant, workers, *generation, consumers, tenants_of, shutdown);
                 }
-                None => {}
+                None => self.registry.set_desired(tenant, workers),
             }
         }
         for running in self.registry.all() {

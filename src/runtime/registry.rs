@@ -80,6 +80,14 @@ impl ConsumerRegistry {
         stats.entry(tenant).or_insert_with(|| Arc::new(TenantStats::new(workers))).clone()
     }
 
+    /// A tenant with no consumer here (waiting to restart, or for the broker) still reports the workers it is
+    /// meant to have, if it reports at all.
+    pub(super) fn set_desired(&self, tenant: TenantId, workers: Workers) {
+        if let Some(stats) = self.stats.read().unwrap_or_else(|e| e.into_inner()).get(&tenant) {
+            stats.set_desired(workers);
+        }
+    }
+
     /// Tenants with stats: the ones `/metrics` reports.
     pub fn tenants_with_stats(&self) -> Vec<(TenantId, Arc<TenantStats>)> {
         let stats = self.stats.read().unwrap_or_else(|e| e.into_inner());

@@ -423,6 +423,36 @@ async fn the_database_down_under_load_holds_messages_back_and_every_message_is_a
     app.stop().await;
 }
 
+/// While the broker is away no consumer runs, and none starts: the workers a tenant is meant to have still
+/// follow a change, where the metric kept the number from before the outage.
+#[tokio::test]
+async fn a_tenants_desired_workers_follow_a_change_while_its_consumer_cannot_run() {
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
+    config.rabbitmq.url = through_proxy;
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("resized-offline").await;
+    await_consumer(&amqp().await, &tenant).await;
+    let desired = async || Scrape::of(&app).await.tenant("tenantmq_workers_desired", &tenant);
+    assert_eq!(desired().await, Some(3.0));
+
+    proxy.take_down();
+    let path = format!("/tenants/{tenant}");
+    eventually(Duration::from_secs(20), "the consumer to fail", || async {
+        let details: serde_json::Value = app.get(&path).await.json().await.expect("json");
+        (details["runtime"]["consumer_state"] == "restarting").then_some(())
+    })
+    .await;
+    let resized = app.put_json(&format!("{path}/config/concurrency"), &json!({ "workers": 7 })).await;
+    assert_eq!(resized.status(), StatusCode::OK);
+    eventually(Duration::from_secs(20), "the desired workers to follow", || async {
+        (desired().await == Some(7.0)).then_some(())
+    })
+    .await;
+    proxy.restore();
+    app.stop().await;
+}
+
 /// A lag measured before the database went away is not reported as if it still held: the alert on it kept
 /// firing through an outage, whatever became of the transaction. The series goes while the horizon cannot be
 /// read, and comes back with the database.
