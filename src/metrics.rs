@@ -58,6 +58,8 @@ pub struct TenantStatsSnapshot {
     pub workers_desired: u16,
     pub workers_running: u16,
     pub workers_busy: u16,
+    /// Of the busy workers, those waiting for a write turn.
+    pub workers_waiting_for_write: u16,
     /// Whether this instance's consumer of the tenant is consuming.
     pub consumer_up: bool,
     /// Deliveries this instance holds and has not settled yet.
@@ -292,12 +294,17 @@ impl Metrics {
 
     /// Worker, consumer and queue gauges per tenant.
     fn observe_tenant_gauges(&self, tenants: impl Fn() -> Vec<TenantStatsSnapshot> + Clone + Send + Sync + 'static) {
-        let gauges: [(&'static str, &'static str, ReadStat); 5] = [
+        let gauges: [(&'static str, &'static str, ReadStat); 6] = [
             ("tenantmq.workers.desired", "Worker pool size the tenant is configured with", |s| {
                 s.workers_desired.into()
             }),
             ("tenantmq.workers.running", "Workers in the tenant's pool on this instance", |s| s.workers_running.into()),
-            ("tenantmq.workers.busy", "Workers writing a batch right now on this instance", |s| s.workers_busy.into()),
+            ("tenantmq.workers.busy", "Workers handling a batch right now on this instance", |s| s.workers_busy.into()),
+            (
+                "tenantmq.workers.waiting_for_write",
+                "Of the busy workers, those waiting for the tenant's turn at the shared write connections",
+                |s| s.workers_waiting_for_write.into(),
+            ),
             ("tenantmq.consumer.up", "1 while the tenant's consumer consumes on this instance, else 0", |s| {
                 s.consumer_up.into()
             }),
@@ -498,6 +505,7 @@ mod tests {
                 workers_desired: 3,
                 workers_running: 3,
                 workers_busy: 0,
+                workers_waiting_for_write: 0,
                 consumer_up: true,
                 unacked: 0,
                 queue_ready: [Some(1), Some(0), Some(0)],

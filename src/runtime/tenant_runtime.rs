@@ -51,6 +51,8 @@ pub struct TenantRuntime {
     desired: watch::Sender<Workers>,
     running: AtomicU16,
     busy: AtomicU16,
+    /// Of the busy workers, those waiting for the tenant's turn at the shared write connections.
+    waiting_for_write: AtomicU16,
     state: Mutex<ConsumerState>,
     consumer_tag: Mutex<String>,
     control: mpsc::UnboundedSender<Control>,
@@ -71,6 +73,7 @@ impl TenantRuntime {
             desired: watch::Sender::new(workers),
             running: AtomicU16::new(0),
             busy: AtomicU16::new(0),
+            waiting_for_write: AtomicU16::new(0),
             state: Mutex::new(ConsumerState::Starting),
             consumer_tag: Mutex::new(String::new()),
             control,
@@ -123,9 +126,17 @@ impl TenantRuntime {
     }
 
     /// Marks a worker busy until the guard drops.
-    pub(super) fn busy_guard(&self) -> BusyGuard<'_> {
-        self.busy.fetch_add(1, Ordering::Relaxed);
-        BusyGuard(&self.busy)
+    pub(super) fn busy_guard(&self) -> CountGuard<'_> {
+        CountGuard::new(&self.busy)
+    }
+
+    pub fn waiting_for_write(&self) -> u16 {
+        self.waiting_for_write.load(Ordering::Relaxed)
+    }
+
+    /// Marks a busy worker as waiting for a write turn until the guard drops.
+    pub(super) fn waiting_for_write_guard(&self) -> CountGuard<'_> {
+        CountGuard::new(&self.waiting_for_write)
     }
 
     pub fn state(&self) -> ConsumerState {
@@ -150,9 +161,17 @@ impl TenantRuntime {
     }
 }
 
-pub(super) struct BusyGuard<'a>(&'a AtomicU16);
+/// Counts its holder in a gauge for as long as it lives.
+pub(super) struct CountGuard<'a>(&'a AtomicU16);
 
-impl Drop for BusyGuard<'_> {
+impl<'a> CountGuard<'a> {
+    fn new(count: &'a AtomicU16) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for CountGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

@@ -92,6 +92,7 @@ impl TenantStats {
             workers_desired: self.desired.load(Ordering::Relaxed),
             workers_running: runtime.map_or(0, TenantRuntime::running),
             workers_busy: runtime.map_or(0, TenantRuntime::busy),
+            workers_waiting_for_write: runtime.map_or(0, TenantRuntime::waiting_for_write),
             consumer_up: runtime.is_some_and(|r| r.state() == ConsumerState::Running),
             unacked: runtime.map_or(0, TenantRuntime::unacked),
             queue_ready: std::array::from_fn(|i| u64::try_from(self.queue_ready[i].load(Ordering::Relaxed)).ok()),

@@ -14,6 +14,7 @@ use crate::{
     helpers::{
         TestApp, amqp, assert_problem, await_consumer, eventually, queue, queue_state, slow_down_inserts, test_config,
     },
+    metrics::Scrape,
     proxy::Proxy,
     scale_out::consumer_tag,
 };
@@ -382,6 +383,14 @@ async fn a_tenant_whose_writes_hang_cannot_hold_every_write_connection() {
     // quarter kept; all 4 without it).
     eventually(Duration::from_secs(20), "the stuck tenant's writes waiting", || async {
         (writes_waiting_for_a_lock(&app).await >= 3).then_some(())
+    })
+    .await;
+    // Every worker is busy, but five of them only wait for a turn: more workers would not write more.
+    eventually(Duration::from_secs(20), "the workers beyond the share waiting for a turn", || async {
+        let scrape = Scrape::of(&app).await;
+        let gauge = |name| scrape.tenant(name, stuck);
+        (gauge("tenantmq_workers_busy") == Some(8.0) && gauge("tenantmq_workers_waiting_for_write") == Some(5.0))
+            .then_some(())
     })
     .await;
     assert_eq!(publish(&app, other, 5).await.status(), StatusCode::ACCEPTED);

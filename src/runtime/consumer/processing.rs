@@ -68,7 +68,10 @@ pub(super) async fn process(batch: Vec<Arrival>, context: &Arc<WorkerContext>) -
     let (rows, refused) = if rows.is_empty() {
         (rows, Vec::new())
     } else {
-        let turn = context.write_share.acquire(tenant, context.runtime.desired().get()).await;
+        let turn = {
+            let _waiting = context.runtime.waiting_for_write_guard();
+            context.write_share.acquire(tenant, context.runtime.desired().get()).await
+        };
         write_in_turn(turn, context.writer.clone(), rows).await
     };
     let mut refusal_of = vec![None; rows.len()];
