@@ -28,6 +28,7 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
     let started = Instant::now();
     let method = method_label(request.method());
     let metrics = request.data::<AppState>().map(|state| state.metrics.clone());
+    let path = request.uri().path().to_owned();
     let request_id = request.extensions().get::<RequestContext>().map(|c| c.request_id.clone()).unwrap_or_default();
     let span = tracing::info_span!("http.request", method, route = Empty, status = Empty, %request_id);
     // A caller's `traceparent` makes this request a child of its span, so the caller's trace continues here
@@ -49,7 +50,9 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
             (problem::into_problem(error).await, route)
         }
     };
-    let route = route.as_deref().unwrap_or(UNMATCHED_ROUTE);
+    // An answer given before routing (a repeated query parameter) has no pattern; a path that matches no
+    // documented route is a 404 of poem's.
+    let route = route.as_deref().or_else(|| documented_route_of(&path)).unwrap_or(UNMATCHED_ROUTE);
     if response.status() == StatusCode::METHOD_NOT_ALLOWED {
         // Only here is the matched route at hand. Routes outside the document (`/metrics`, `/docs`) are GET.
         let allow = document::allowed_methods(route).unwrap_or("GET");
@@ -107,6 +110,26 @@ fn documented_names() -> &'static HashMap<String, String> {
     })
 }
 
+/// The documented route `path` falls on, each `{name}` segment matching any one segment; where two match,
+/// the one with more literal segments.
+fn documented_route_of(path: &str) -> Option<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    documented_names()
+        .values()
+        .filter_map(|route| {
+            let parts: Vec<&str> = route.split('/').collect();
+            let placeholder = |part: &str| part.starts_with('{') && part.ends_with('}');
+            let fits = parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(part, segment)| if placeholder(part) { !segment.is_empty() } else { part == segment });
+            fits.then(|| (parts.iter().filter(|part| !placeholder(part)).count(), route.as_str()))
+        })
+        .max_by_key(|&(literals, _)| literals)
+        .map(|(_, route)| route)
+}
+
 fn positional_forms(paths: Vec<String>) -> HashMap<String, String> {
     paths
         .into_iter()
@@ -132,6 +155,17 @@ fn positional_forms(paths: Vec<String>) -> HashMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_answered_before_routing_is_counted_under_its_documented_route() {
+        let id = "0190b2a4-7f2e-7c3a-9d1e-2f4b6c8d0e1f";
+        assert_eq!(documented_route_of(&format!("/tenants/{id}/events")), Some("/tenants/{id}/events"));
+        assert_eq!(documented_route_of(&format!("/tenants/{id}")), Some("/tenants/{id}"));
+        assert_eq!(documented_route_of("/tenants"), Some("/tenants"));
+        assert_eq!(documented_route_of("/audit/verify"), Some("/audit/verify"));
+        assert_eq!(documented_route_of("/tenants//messages"), None);
+        assert_eq!(documented_route_of("/nowhere"), None);
+    }
 
     #[test]
     fn route_templates_use_openapi_parameter_syntax() {

@@ -96,6 +96,9 @@ async fn message_counters_match_what_was_published_and_worker_gauges_match_the_t
     const PUBLISHED: f64 = (SINGLES + BATCH) as f64;
     let app = TestApp::spawn_with(fast_polling()).await;
     let tenant = app.create_tenant_id("counted").await;
+    // Refused before routing: counted under its route, not as `unmatched`.
+    let repeated = app.get(&format!("/tenants/{tenant}/events?limit=1&limit=2")).await;
+    assert_eq!(repeated.status(), StatusCode::BAD_REQUEST);
     let messages: Vec<Value> = (0..BATCH).map(|i| json!({ "payload": { "i": i } })).collect();
     let response = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages })).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap_or_default());
@@ -138,6 +141,8 @@ async fn message_counters_match_what_was_published_and_worker_gauges_match_the_t
     assert_eq!(requests("/tenants/{id}/messages/batch", "202"), Some(1.0));
     assert_eq!(requests("/tenants", "201"), Some(1.0));
     assert!(!scrape.0.iter().any(|s| s.labels.get("route").is_some_and(|r| r.contains(&tenant))), "no raw paths");
+    let refused = [("method", "GET"), ("route", "/tenants/{id}/events"), ("status", "400")];
+    assert_eq!(scrape.value("tenantmq_http_requests_total", &refused), Some(1.0));
     let latency = scrape.value(
         "tenantmq_http_request_duration_seconds_count",
         &[("method", "POST"), ("route", "/tenants/{id}/messages")],
