@@ -133,10 +133,12 @@ impl ConsumerRegistry {
         self.failed.write().unwrap_or_else(|e| e.into_inner()).retain(|tenant, _| wanted(tenant));
     }
 
-    /// A consumer starts: it is no longer waiting after a failure.
+    /// A consumer starts: it is no longer waiting after a failure. The runtime goes in first, so that a reader
+    /// that finds no runtime still finds the failure.
     pub(super) fn insert(&self, runtime: Arc<TenantRuntime>) {
-        self.failed.write().unwrap_or_else(|e| e.into_inner()).remove(&runtime.tenant);
-        self.write().insert(runtime.tenant, runtime);
+        let tenant = runtime.tenant;
+        self.write().insert(tenant, runtime);
+        self.failed.write().unwrap_or_else(|e| e.into_inner()).remove(&tenant);
     }
 
     pub(super) fn remove(&self, tenant: TenantId) {

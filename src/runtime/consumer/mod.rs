@@ -119,7 +119,13 @@ impl ConsumerError {
             Self::Broker(BrokerError::Amqp(error)) => match error.kind() {
                 lapin::ErrorKind::ProtocolError(error) => match error.kind() {
                     AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => FailureReason::AccessRefused,
-                    AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) => FailureReason::QueueArgumentsDiffer,
+                    // The broker answers 406 for other things too (an ack timed out under `consumer_timeout`):
+                    // only its reply to a declaration names an argument.
+                    AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+                        if error.get_message().as_str().contains("inequivalent arg") =>
+                    {
+                        FailureReason::QueueArgumentsDiffer
+                    }
                     _ => FailureReason::BrokerError,
                 },
                 _ => FailureReason::BrokerError,
@@ -361,13 +367,17 @@ mod tests {
 
     #[test]
     fn a_refusal_by_the_broker_is_named_by_its_code() {
-        let refused = |kind| {
-            let error = lapin::protocol::AMQPError::new(AMQPErrorKind::Soft(kind), "from the broker".into());
+        let refused = |kind, text: &str| {
+            let error = lapin::protocol::AMQPError::new(AMQPErrorKind::Soft(kind), text.into());
             ConsumerError::from(lapin::Error::from(lapin::ErrorKind::ProtocolError(error))).reason()
         };
-        assert_eq!(refused(AMQPSoftError::ACCESSREFUSED), FailureReason::AccessRefused);
-        assert_eq!(refused(AMQPSoftError::PRECONDITIONFAILED), FailureReason::QueueArgumentsDiffer);
-        assert_eq!(refused(AMQPSoftError::NOTFOUND), FailureReason::BrokerError);
+        let exclusive = "ACCESS_REFUSED - queue 'tenant_x_queue' in vhost '/' in exclusive use";
+        assert_eq!(refused(AMQPSoftError::ACCESSREFUSED, exclusive), FailureReason::AccessRefused);
+        let differ = "PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-exchange' for queue 'tenant_x_queue'";
+        assert_eq!(refused(AMQPSoftError::PRECONDITIONFAILED, differ), FailureReason::QueueArgumentsDiffer);
+        let ack_timeout = "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out";
+        assert_eq!(refused(AMQPSoftError::PRECONDITIONFAILED, ack_timeout), FailureReason::BrokerError);
+        assert_eq!(refused(AMQPSoftError::NOTFOUND, "NOT_FOUND - no queue"), FailureReason::BrokerError);
         assert_eq!(ConsumerError::CancelledByBroker.reason(), FailureReason::SubscriptionCancelled);
         assert_eq!(ConsumerError::Broker(BrokerError::Unavailable).reason(), FailureReason::BrokerError);
     }
