@@ -105,7 +105,7 @@ def check_scaled_object(where: str, spec: dict) -> None:
                 fail(where, f"triggers[{index}].metadata.ignoreNullValues must be \"true\" or \"false\" in quotes")
             # The query's cases are unit-tested by promtool: the test must hold the query as it is deployed.
             query = dig(metadata, "query")
-            if query not in ALERT_TESTS.read_text():
+            if query is None or query not in ALERT_TESTS.read_text():
                 fail(where, f"triggers[{index}].metadata.query is not the one tested in {ALERT_TESTS}")
 
 
