@@ -84,7 +84,8 @@ pub enum ApiError {
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] Option<u16>),
     /// An unexpected error (`internal`; details are in the service's log under the request id), or an event
-    /// log changed outside the service (`log-damaged`).
+    /// log this release cannot read (`log-damaged`): changed outside the service (the audit check shows where),
+    /// or holding an event a newer release wrote.
     #[oai(status = 500, content_type = "application/problem+json")]
     Internal(Json<Problem>),
 }
