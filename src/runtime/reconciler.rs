@@ -176,6 +176,14 @@ impl RestartSchedule {
     }
 }
 
+/// Whether a consumer's failure, the `in_a_row`th without a stable run, is logged as a warning: the first few,
+/// then every 30th (about every 5 minutes at the longest pause). A consumer that cannot start until an
+/// operator acts (a queue declared by someone else) fails every 10 s for as long as that lasts, which 200 such
+/// tenants made 20 warnings a second; its tenant's details and `tenantmq_consumer_up` show it all along.
+fn worth_a_warning(in_a_row: u32) -> bool {
+    in_a_row <= 3 || in_a_row.is_multiple_of(30)
+}
+
 impl Reconciler {
     /// Runs until `shutdown`; then stops every consumer (they finish and ack what they hold) and waits.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -406,7 +414,11 @@ impl Reconciler {
                     .unwrap_or(failed_at);
                 // Before the runtime goes: a reader that finds no consumer finds why.
                 self.registry.failed(tenant, ConsumerFailure { reason, failed_at, restart_at, in_a_row });
-                tracing::warn!(%tenant, %error, ?delay, in_a_row, "consumer failed; restarting after a pause");
+                if worth_a_warning(in_a_row) {
+                    tracing::warn!(%tenant, %error, ?delay, in_a_row, "consumer failed; restarting after a pause");
+                } else {
+                    tracing::debug!(%tenant, %error, ?delay, in_a_row, "consumer failed; restarting after a pause");
+                }
                 self.metrics.reconciler_action(ReconcilerAction::Restart);
                 self.metrics.reconciler_error(ReconcilerError::ConsumerFailed);
             }
@@ -511,6 +523,12 @@ mod tests {
         tokio::time::advance(Duration::from_secs(60)).await;
         schedule.retain(|_| false);
         assert_eq!(schedule.next_due(), None);
+    }
+
+    #[test]
+    fn a_consumer_that_keeps_failing_warns_at_first_then_every_thirtieth_time() {
+        let warned: Vec<u32> = (1..=100).filter(|&n| worth_a_warning(n)).collect();
+        assert_eq!(warned, [1, 2, 3, 30, 60, 90]);
     }
 
     #[test]
