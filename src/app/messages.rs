@@ -3,6 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
+use tracing::Instrument;
 
 use crate::{
     broker::Publisher,
@@ -100,10 +101,14 @@ impl Messages {
         let (db, max_page_bytes) = (self.db.clone(), self.max_page_bytes);
         // Given up on (the deadline, or the client gone), the read finishes detached, still in its slot: its
         // connection waits until its statement ends, behind a lock as long as the lock.
-        let mut read = DetachOnDrop::new(async move {
-            let _slot = slot;
-            messages::page(&db, tenant, after, limit, max_page_bytes).await
-        });
+        let mut read = DetachOnDrop::new(
+            async move {
+                let _slot = slot;
+                messages::page(&db, tenant, after, limit, max_page_bytes).await
+            }
+            // Detached, it still logs under its request.
+            .in_current_span(),
+        );
         Ok(tokio::time::timeout_at(deadline, &mut read).await.map_err(|_| waited())??)
     }
 }
