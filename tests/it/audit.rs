@@ -450,10 +450,7 @@ async fn an_event_that_cannot_be_hashed_is_a_break_at_its_position() {
             responses.push(audited(&app, &format!("/audit/head?tenant_id={id}")).await);
         }
         for response in responses {
-            let url = response.url().to_string();
-            assert_eq!(response.status(), 500, "{url}");
-            let problem: Value = response.json().await.expect("a problem document");
-            assert_eq!(problem["type"], "urn:tenantmq:problem:log-damaged", "{url}: {problem}");
+            assert_log_damaged(response).await;
         }
     }
     fresh.stop().await.expect("stopped");
@@ -485,13 +482,18 @@ async fn an_event_edited_past_what_the_domain_reads_answers_log_damaged_not_inte
         audited(&app, &format!("/tenants/{id}/state?at_position={}", position(&app, &id, 3).await)).await,
     ];
     for response in responses {
-        let url = response.url().to_string();
-        assert_eq!(response.status(), 500, "{url}");
-        let problem: Value = response.json().await.expect("a problem document");
-        assert_eq!(problem["type"], "urn:tenantmq:problem:log-damaged", "{url}: {problem}");
+        assert_log_damaged(response).await;
     }
     fresh.stop().await.expect("stopped");
     app.stop().await;
+}
+
+/// What cannot read a stream says why, and where to look, rather than an anonymous 500.
+async fn assert_log_damaged(response: reqwest::Response) {
+    let url = response.url().to_string();
+    assert_eq!(response.status(), 500, "{url}");
+    let problem: Value = response.json().await.expect("a problem document");
+    assert_eq!(problem["type"], "urn:tenantmq:problem:log-damaged", "{url}: {problem}");
 }
 
 /// An empty file holds no stream: nothing was checked, which is not an intact chain.
