@@ -299,7 +299,11 @@ impl Metrics {
                 s.workers_desired.into()
             }),
             ("tenantmq.workers.running", "Workers in the tenant's pool on this instance", |s| s.workers_running.into()),
-            ("tenantmq.workers.busy", "Workers handling a batch right now on this instance", |s| s.workers_busy.into()),
+            (
+                "tenantmq.workers.busy",
+                "Workers holding a batch right now on this instance (writing it, waiting for a turn, or between tries)",
+                |s| s.workers_busy.into(),
+            ),
             (
                 "tenantmq.workers.waiting_for_write",
                 "Of the busy workers, those waiting for the tenant's turn at the shared write connections",

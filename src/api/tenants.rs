@@ -166,7 +166,8 @@ pub struct TenantRuntimeView {
     pub consumer_failure: Option<ConsumerFailureView>,
     /// Workers in the pool now (follows `workers` after a change).
     pub running_workers: u16,
-    /// Workers handling a batch right now.
+    /// Workers holding a batch right now: writing it, waiting for a write turn, or pausing between tries
+    /// while the database cannot take it.
     pub busy_workers: u16,
     /// This instance's consumer tag (instance, tenant, generation).
     #[oai(nullable)]

@@ -356,6 +356,8 @@ async fn a_read_only_database_holds_messages_back_instead_of_retrying_them() {
     let held = failed().await.expect("counted");
     assert!((1.0..=5.0).contains(&held), "{held} failures counted for 5 messages");
     let scrape = Scrape::of(&app).await;
+    // The workers holding them are busy, also while they pause between tries (they read 0 then).
+    assert!(scrape.tenant("tenantmq_workers_busy", &tenant) >= Some(1.0), "busy while holding messages");
     assert_eq!(scrape.tenant("tenantmq_messages_retried_total", &tenant), Some(0.0), "held back, not retried");
     assert_eq!(scrape.tenant("tenantmq_messages_dead_lettered_total", &tenant), Some(0.0));
 

@@ -262,15 +262,15 @@ pub(super) async fn worker(
         }
         match next_batch(&receiver, &mut desired, context.batch_size, context.linger, &context.waiting).await {
             Next::Batch(batch) => {
+                // Busy until the batch is settled: one the database cannot take yet keeps its worker through
+                // the pauses between tries.
+                let _busy = context.runtime.busy_guard();
                 let mut batch: Vec<Arrival> = batch.into_iter().map(|arrival| *arrival).collect();
                 let mut counted = false;
                 loop {
                     // Boxed: the write's state is large and needed only while a batch is written, and an idle
                     // tenant's workers would each carry it all the time (RSS per idle tenant).
-                    let unwritten = {
-                        let _busy = context.runtime.busy_guard();
-                        Box::pin(process(batch, &context)).await
-                    };
+                    let unwritten = Box::pin(process(batch, &context)).await;
                     if unwritten.is_empty() {
                         unavailable.reset();
                         break;

@@ -22,7 +22,9 @@ class TenantRuntimeView:
     """What is running for a tenant on this instance.
 
     Attributes:
-        busy_workers (int): Workers handling a batch right now.
+        busy_workers (int): Workers holding a batch right now: writing it, waiting for a write turn, or pausing between
+            tries
+            while the database cannot take it.
         consumer_state (str): `starting`, `running`, `stopping`, `restarting` (this instance's consumer failed and
             starts again after
             a pause: see `consumer_failure`), or `stopped` (no consumer on this instance right now).
