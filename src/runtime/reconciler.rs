@@ -179,9 +179,10 @@ impl RestartSchedule {
 /// Whether a consumer's failure, the `in_a_row`th without a stable run, is logged as a warning: the first few,
 /// then every 30th (about every 5 minutes at the longest pause). A consumer that cannot start until an
 /// operator acts (a queue declared by someone else) fails every 10 s for as long as that lasts, which 200 such
-/// tenants made 20 warnings a second; its tenant's details and `tenantmq_consumer_up` show it all along.
-fn worth_a_warning(in_a_row: u32) -> bool {
-    in_a_row <= 3 || in_a_row.is_multiple_of(30)
+/// tenants made 20 warnings a second; its tenant's details and `tenantmq_consumer_up` show it all along. A lost
+/// connection is never one: its supervisor warns once for all the consumers it carried.
+fn worth_a_warning(reason: FailureReason, in_a_row: u32) -> bool {
+    reason != FailureReason::ConnectionLost && (in_a_row <= 3 || in_a_row.is_multiple_of(30))
 }
 
 impl Reconciler {
@@ -414,7 +415,7 @@ impl Reconciler {
                     .unwrap_or(failed_at);
                 // Before the runtime goes: a reader that finds no consumer finds why.
                 self.registry.failed(tenant, ConsumerFailure { reason, failed_at, restart_at, in_a_row });
-                if worth_a_warning(in_a_row) {
+                if worth_a_warning(reason, in_a_row) {
                     tracing::warn!(%tenant, %error, ?delay, in_a_row, "consumer failed; restarting after a pause");
                 } else {
                     tracing::debug!(%tenant, %error, ?delay, in_a_row, "consumer failed; restarting after a pause");
@@ -526,9 +527,10 @@ mod tests {
     }
 
     #[test]
-    fn a_consumer_that_keeps_failing_warns_at_first_then_every_thirtieth_time() {
-        let warned: Vec<u32> = (1..=100).filter(|&n| worth_a_warning(n)).collect();
+    fn a_consumer_that_keeps_failing_warns_at_first_then_every_thirtieth_time_and_a_lost_connection_never() {
+        let warned: Vec<u32> = (1..=100).filter(|&n| worth_a_warning(FailureReason::QueueArgumentsDiffer, n)).collect();
         assert_eq!(warned, [1, 2, 3, 30, 60, 90]);
+        assert!(!(1..=100).any(|n| worth_a_warning(FailureReason::ConnectionLost, n)));
     }
 
     #[test]

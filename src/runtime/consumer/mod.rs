@@ -126,8 +126,13 @@ impl ConsumerError {
                     {
                         FailureReason::QueueArgumentsDiffer
                     }
+                    // A connection-level error (the broker shutting down, `rabbitmqctl close_connection`).
+                    AMQPErrorKind::Hard(_) => FailureReason::ConnectionLost,
                     _ => FailureReason::BrokerError,
                 },
+                lapin::ErrorKind::IOError(_)
+                | lapin::ErrorKind::InvalidConnectionState(_)
+                | lapin::ErrorKind::MissingHeartbeatError => FailureReason::ConnectionLost,
                 _ => FailureReason::BrokerError,
             },
             Self::Broker(_) => FailureReason::BrokerError,
@@ -366,7 +371,7 @@ mod tests {
     };
 
     #[test]
-    fn a_refusal_by_the_broker_is_named_by_its_code() {
+    fn a_failure_from_the_broker_is_named_by_its_code() {
         let refused = |kind, text: &str| {
             let error = lapin::protocol::AMQPError::new(AMQPErrorKind::Soft(kind), text.into());
             ConsumerError::from(lapin::Error::from(lapin::ErrorKind::ProtocolError(error))).reason()
@@ -378,6 +383,15 @@ mod tests {
         let ack_timeout = "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out";
         assert_eq!(refused(AMQPSoftError::PRECONDITIONFAILED, ack_timeout), FailureReason::BrokerError);
         assert_eq!(refused(AMQPSoftError::NOTFOUND, "NOT_FOUND - no queue"), FailureReason::BrokerError);
+        let forced = lapin::protocol::AMQPError::new(
+            AMQPErrorKind::Hard(lapin::protocol::AMQPHardError::CONNECTIONFORCED),
+            "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'".into(),
+        );
+        let closed = ConsumerError::from(lapin::Error::from(lapin::ErrorKind::ProtocolError(forced)));
+        assert_eq!(closed.reason(), FailureReason::ConnectionLost);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let reset = ConsumerError::from(lapin::Error::from(lapin::ErrorKind::IOError(reset.into())));
+        assert_eq!(reset.reason(), FailureReason::ConnectionLost);
         assert_eq!(ConsumerError::CancelledByBroker.reason(), FailureReason::SubscriptionCancelled);
         assert_eq!(ConsumerError::Broker(BrokerError::Unavailable).reason(), FailureReason::BrokerError);
     }
