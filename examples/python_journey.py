@@ -4,7 +4,7 @@ Creates a tenant, publishes one message and a batch, pages every message to the 
 included), changes the tenant's concurrency and limits, reads its events and its state as of its creation,
 exports its events, lists, replays and purges its dead-letter queue, and deletes it. Exits non-zero at the first step that does not do what the API promises.
 
-    PYTHONPATH=clients/python TENANTMQ_URL=http://127.0.0.1:8080 TENANTMQ_TOKEN=$(tenantmq token --admin) \
+    PYTHONPATH=clients/python TENANTMQ_URL=http://127.0.0.1:8080 TENANTMQ_TOKEN=$(target/debug/tenantmq token --admin) \
         python3 examples/python_journey.py
 
 CI runs it through scripts/with-service.sh, which sets both variables.

@@ -117,8 +117,10 @@ pub struct ReplayResult {
     pub replayed: u32,
     /// Selected ids that were not in the DLQ; listed only when `complete`.
     pub not_found: Vec<Uuid>,
-    /// `false` when the replay stopped at its bound (10,000 messages moved, or `read.replay_time_budget`, 10 s by default) before it went through
-    /// the whole DLQ: replay again to continue.
+    /// `false` when the replay stopped before it went through the whole DLQ: at one of its bounds (10,000
+    /// messages moved, `read.replay_time_budget` (10 s by default), or, for a selective replay, 100,000
+    /// unselected messages walked past), or when the broker stopped taking its publishes after some were
+    /// replayed. Replay again to continue.
     pub complete: bool,
 }
 
@@ -149,7 +151,8 @@ impl DeadLettersApi {
         id: Path<Uuid>,
         /// From a previous page's `next_cursor`.
         cursor: Query<Option<String>>,
-        /// Page size, 1 to 1000 (default 50).
+        /// Page size, 1 to 1000 (default 50). A page also ends early, with a `next_cursor`, once its bodies
+        /// reach the configured byte cap (`read.max_page_bytes`): a short page is not the last one.
         #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> Result<JsonText<DeadLetterPage>, ApiError> {

@@ -156,13 +156,13 @@ fn declare_common_headers(operation: &mut Value) {
 
 fn example(status: u16) -> Value {
     let (kind, title, detail) = match status {
-        400 => ("invalid-request", "Bad Request", "`workers` must be between 1 and 10, got 0"),
+        400 => ("invalid-request", "Bad Request", "workers must be between 1 and 64, got 0"),
         401 => ("unauthorized", "Unauthorized", "missing bearer token"),
         403 => ("forbidden", "Forbidden", "this token may only use its own tenant"),
         404 => ("not-found", "Not Found", "no tenant 01938f7e-2a8c-7b3e-9f1d-4c5b6a7d8e9f"),
         408 => ("request-timeout", "Request Timeout", "the request body did not arrive within 30s"),
         409 => ("conflict", "Conflict", "the tenant already exists"),
-        413 => ("payload-too-large", "Payload Too Large", "`payload` exceeds the limit of 262144 bytes"),
+        413 => ("payload-too-large", "Payload Too Large", "`payload` exceeds the limit of 1048576 bytes"),
         415 => ("unsupported-media-type", "Unsupported Media Type", "expected `Content-Type: application/json`"),
         429 => (
             "rate-limited",

@@ -235,8 +235,8 @@ impl MessagesApi {
     /// Read a tenant's messages, oldest first, with a gap-free cursor
     ///
     /// A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page to
-    /// the end, then keep polling with the last cursor you received to get new messages as they land: no
-    /// message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a few
+    /// the end, then keep polling with the last page's `tail_cursor` (its `next_cursor` is null) to get new
+    /// messages as they land: no message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a few
     /// at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
     /// `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
     #[oai(path = "/messages", method = "get", operation_id = "listMessages")]
@@ -246,7 +246,7 @@ impl MessagesApi {
         principal: Principal,
         /// The tenant (required for admin tokens).
         tenant_id: Query<Option<Uuid>>,
-        /// From a previous page's `next_cursor`.
+        /// From a previous page's `next_cursor`, or to wait for new messages, its `tail_cursor`.
         cursor: Query<Option<String>>,
         /// Page size, 1 to 1000 (default 50). A page also ends early, with a `next_cursor`, once its payloads
         /// reach the configured byte cap (`read.max_page_bytes`).

@@ -55,7 +55,8 @@ pub enum ApiError {
     /// The token is valid but not allowed to do this (another tenant's, or not an admin's).
     #[oai(status = 403, content_type = "application/problem+json")]
     Forbidden(Json<Problem>),
-    /// The tenant does not exist or has been deleted.
+    /// The tenant does not exist, or has been deleted (the history and audit operations still serve a deleted
+    /// tenant: to them only a tenant that never existed is unknown).
     #[oai(status = 404, content_type = "application/problem+json")]
     NotFound(Json<Problem>),
     /// The command conflicts with the tenant's current state or with a concurrent command.

@@ -172,7 +172,8 @@ pub struct TenantRuntimeView {
     /// This instance's consumer tag (instance, tenant, generation).
     #[oai(nullable)]
     pub consumer_tag: Option<String>,
-    /// Messages ready in the tenant's queue (null when the broker cannot be asked).
+    /// Messages ready in the tenant's queue. Null, as are the three counts below, when the broker cannot be
+    /// asked or the queue does not exist (deleted from outside, and not declared again yet).
     #[oai(nullable)]
     pub queue_depth: Option<u32>,
     /// Consumers on the tenant's queue, across all instances.

@@ -14,9 +14,11 @@ T = TypeVar("T", bound="ReplayResult")
 class ReplayResult:
     """
     Attributes:
-        complete (bool): `false` when the replay stopped at its bound (10,000 messages moved, or
-            `read.replay_time_budget`, 10 s by default) before it went through
-            the whole DLQ: replay again to continue.
+        complete (bool): `false` when the replay stopped before it went through the whole DLQ: at one of its bounds
+            (10,000
+            messages moved, `read.replay_time_budget` (10 s by default), or, for a selective replay, 100,000
+            unselected messages walked past), or when the broker stopped taking its publishes after some were
+            replayed. Replay again to continue.
         not_found (list[UUID]): Selected ids that were not in the DLQ; listed only when `complete`.
         replayed (int): How many messages went back to the tenant's queue (with their failure history cleared).
     """

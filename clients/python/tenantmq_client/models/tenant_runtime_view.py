@@ -34,7 +34,9 @@ class TenantRuntimeView:
         consumer_tag (None | str | Unset): This instance's consumer tag (instance, tenant, generation).
         dlq_depth (int | None | Unset): Messages in the tenant's dead-letter queue.
         queue_consumers (int | None | Unset): Consumers on the tenant's queue, across all instances.
-        queue_depth (int | None | Unset): Messages ready in the tenant's queue (null when the broker cannot be asked).
+        queue_depth (int | None | Unset): Messages ready in the tenant's queue. Null, as are the three counts below,
+            when the broker cannot be
+            asked or the queue does not exist (deleted from outside, and not declared again yet).
         retry_depth (int | None | Unset): Messages waiting in the tenant's retry queue for their next attempt.
     """
 

@@ -105,9 +105,9 @@ def sync_detailed(
 
      A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page
     to
-    the end, then keep polling with the last cursor you received to get new messages as they land: no
-    message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
-    few
+    the end, then keep polling with the last page's `tail_cursor` (its `next_cursor` is null) to get new
+    messages as they land: no message is skipped or repeated, even while workers commit out of order. A
+    tenant's pages are read a few
     at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
     `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
 
@@ -148,9 +148,9 @@ def sync(
 
      A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page
     to
-    the end, then keep polling with the last cursor you received to get new messages as they land: no
-    message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
-    few
+    the end, then keep polling with the last page's `tail_cursor` (its `next_cursor` is null) to get new
+    messages as they land: no message is skipped or repeated, even while workers commit out of order. A
+    tenant's pages are read a few
     at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
     `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
 
@@ -186,9 +186,9 @@ async def asyncio_detailed(
 
      A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page
     to
-    the end, then keep polling with the last cursor you received to get new messages as they land: no
-    message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
-    few
+    the end, then keep polling with the last page's `tail_cursor` (its `next_cursor` is null) to get new
+    messages as they land: no message is skipped or repeated, even while workers commit out of order. A
+    tenant's pages are read a few
     at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
     `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
 
@@ -227,9 +227,9 @@ async def asyncio(
 
      A tenant token reads its own tenant (`tenant_id` may be left out); an admin names the tenant. Page
     to
-    the end, then keep polling with the last cursor you received to get new messages as they land: no
-    message is skipped or repeated, even while workers commit out of order. A tenant's pages are read a
-    few
+    the end, then keep polling with the last page's `tail_cursor` (its `next_cursor` is null) to get new
+    messages as they land: no message is skipped or repeated, even while workers commit out of order. A
+    tenant's pages are read a few
     at a time (`read.max_concurrent_per_tenant`); one kept waiting by the database longer than
     `read.page_timeout` (10 s; a lock on the tenant's messages) answers 503.
 
