@@ -6,7 +6,7 @@ use sea_orm::DatabaseConnection;
 use tracing::Instrument;
 
 use crate::{
-    broker::Publisher,
+    broker::{BrokerError, Publisher},
     config::ReadConfig,
     detach::DetachOnDrop,
     domain::tenant::TenantId,
@@ -19,6 +19,9 @@ pub use crate::{
 };
 
 use super::{AppError, Quotas, read_slots::ReadSlots, require_live};
+
+/// Refused publishes sent again (after 50, 100, 200 and 400 ms) before the refusal is answered.
+const REFUSED_PUBLISH_RETRIES: u32 = 4;
 
 #[derive(Clone)]
 pub struct Messages {
@@ -70,7 +73,7 @@ impl Messages {
     }
 
     async fn publish_confirmed(&self, tenant: TenantId, messages: &[OutgoingMessage]) -> Result<(), AppError> {
-        let returned = self.publisher.send(tenant, &messages.iter().collect::<Vec<_>>()).await?;
+        let returned = self.send_through_refusals(tenant, &messages.iter().collect::<Vec<_>>()).await?;
         if returned.is_empty() {
             return Ok(());
         }
@@ -80,8 +83,31 @@ impl Messages {
         tracing::info!(%tenant, returned = returned.len(), "the broker returned messages as unroutable; declaring the tenant's queues");
         self.publisher.declare(tenant).await?;
         let returned: Vec<_> = returned.iter().map(|&index| &messages[index]).collect();
-        let again = self.publisher.send(tenant, &returned).await?;
+        let again = self.send_through_refusals(tenant, &returned).await?;
         if again.is_empty() { Ok(()) } else { Err(AppError::Unroutable) }
+    }
+
+    /// Sends `messages`, again after a moment if the broker refuses them: a quorum queue declared a moment
+    /// ago (by the tenant's consumer, as the tenant was created) refuses publishes until its leader is
+    /// elected, and a tenant's first publish right after its `201` met that about one time in ten on a busy
+    /// machine. Sending again is safe: each message keeps its id, and a message id is stored once. A queue
+    /// that goes on refusing (one full under a `reject-publish` policy) is answered within a second.
+    async fn send_through_refusals(
+        &self,
+        tenant: TenantId,
+        messages: &[&OutgoingMessage],
+    ) -> Result<Vec<usize>, BrokerError> {
+        let mut pause = Duration::from_millis(50);
+        for _ in 0..REFUSED_PUBLISH_RETRIES {
+            match self.publisher.send(tenant, messages).await {
+                Err(BrokerError::Refused) => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                sent => return sent,
+            }
+        }
+        self.publisher.send(tenant, messages).await
     }
 
     /// Up to `limit` of the live tenant's messages after `after`, in commit order, ending early at

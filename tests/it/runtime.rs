@@ -445,7 +445,8 @@ async fn with_quorum_queues_a_deleted_tenant_is_retired_without_losing_the_broke
         // The connection still publishes for the other tenants.
         let other = app.create_tenant_id("quorum-bystander").await;
         let published = app.post_json(&format!("/tenants/{other}/messages"), &json!({ "payload": 1 })).await;
-        assert_eq!(published.status(), StatusCode::ACCEPTED, "{on_delete:?}");
+        let status = published.status();
+        assert_eq!(status, StatusCode::ACCEPTED, "{on_delete:?}: {}", published.text().await.unwrap_or_default());
         app.stop().await;
     }
 }
