@@ -80,6 +80,40 @@ fn is_undecodable(error: &lapin::Error) -> bool {
     }
 }
 
+/// The broker refused access (ACCESS_REFUSED): another client consumes the queue exclusively, or the user may
+/// not use it.
+pub(crate) fn is_access_refused(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::ACCESSREFUSED))
+    )
+}
+
+/// The broker refused a declaration because the queue exists with other arguments. It answers 406
+/// PRECONDITION_FAILED for other things too (an ack timed out under `consumer_timeout`): only this reply names
+/// an argument.
+pub(crate) fn is_inequivalent_declaration(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if matches!(e.kind(), lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED))
+                && e.get_message().as_str().contains("inequivalent arg")
+    )
+}
+
+/// The connection is gone: closed by the broker (a connection-level error: shutting down, `rabbitmqctl
+/// close_connection`), reset, or silent past its heartbeat.
+pub(crate) fn is_connection_lost(error: &lapin::Error) -> bool {
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e) => matches!(e.kind(), lapin::protocol::AMQPErrorKind::Hard(_)),
+        lapin::ErrorKind::IOError(_)
+        | lapin::ErrorKind::InvalidConnectionState(_)
+        | lapin::ErrorKind::MissingHeartbeatError => true,
+        _ => false,
+    }
+}
+
 /// The broker answered NOT_FOUND (a queue that does not exist); it has closed the channel.
 fn is_not_found(error: &lapin::Error) -> bool {
     matches!(

@@ -32,7 +32,7 @@ use crate::{
 
 use super::{
     consumer::{self, ConsumerEnd, ConsumerError, ConsumerSettings},
-    registry::{ConsumerFailure, ConsumerRegistry, FailureReason},
+    registry::{ConsumerFailure, ConsumerFailureReason, ConsumerRegistry},
     retirement::Retirement,
     tenant_runtime::{ConsumerState, Control, TenantRuntime},
 };
@@ -181,8 +181,8 @@ impl RestartSchedule {
 /// operator acts (a queue declared by someone else) fails every 10 s for as long as that lasts, which 200 such
 /// tenants made 20 warnings a second; its tenant's details and `tenantmq_consumer_up` show it all along. A lost
 /// connection is never one: its supervisor warns once for all the consumers it carried.
-fn worth_a_warning(reason: FailureReason, in_a_row: u32) -> bool {
-    reason != FailureReason::ConnectionLost && (in_a_row <= 3 || in_a_row.is_multiple_of(30))
+fn worth_a_warning(reason: ConsumerFailureReason, in_a_row: u32) -> bool {
+    reason != ConsumerFailureReason::ConnectionLost && (in_a_row <= 3 || in_a_row.is_multiple_of(30))
 }
 
 impl Reconciler {
@@ -397,7 +397,9 @@ impl Reconciler {
     ) {
         let (id, outcome) = match ended {
             Ok((id, (_, outcome))) => (id, outcome.map_err(|e| (e.reason(), e.to_string()))),
-            Err(error) => (error.id(), Err((FailureReason::Panicked, format!("consumer task panicked: {error}")))),
+            Err(error) => {
+                (error.id(), Err((ConsumerFailureReason::Panicked, format!("consumer task panicked: {error}"))))
+            }
         };
         let Some(tenant) = tenants_of.remove(&id) else { return };
         match outcome {
@@ -528,9 +530,10 @@ mod tests {
 
     #[test]
     fn a_consumer_that_keeps_failing_warns_at_first_then_every_thirtieth_time_and_a_lost_connection_never() {
-        let warned: Vec<u32> = (1..=100).filter(|&n| worth_a_warning(FailureReason::QueueArgumentsDiffer, n)).collect();
+        let warned: Vec<u32> =
+            (1..=100).filter(|&n| worth_a_warning(ConsumerFailureReason::QueueArgumentsDiffer, n)).collect();
         assert_eq!(warned, [1, 2, 3, 30, 60, 90]);
-        assert!(!(1..=100).any(|n| worth_a_warning(FailureReason::ConnectionLost, n)));
+        assert!(!(1..=100).any(|n| worth_a_warning(ConsumerFailureReason::ConnectionLost, n)));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub struct ConsumerRegistry {
 
 /// Why a consumer failed, in terms an operator can act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureReason {
+pub enum ConsumerFailureReason {
     /// The broker refused the subscription: another client consumes the queue exclusively, or the broker user
     /// may not read it.
     AccessRefused,
@@ -45,7 +45,7 @@ pub enum FailureReason {
     BrokerError,
 }
 
-impl FailureReason {
+impl ConsumerFailureReason {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::AccessRefused => "access_refused",
@@ -62,7 +62,7 @@ impl FailureReason {
 /// A tenant whose consumer failed on this instance and has not started again yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerFailure {
-    pub reason: FailureReason,
+    pub reason: ConsumerFailureReason,
     pub failed_at: DateTime<Utc>,
     /// The earliest the consumer starts again (later while this instance has no broker connection).
     pub restart_at: DateTime<Utc>,

@@ -14,10 +14,7 @@ mod subscription;
 use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
-use lapin::{
-    Channel,
-    protocol::{AMQPErrorKind, AMQPSoftError},
-};
+use lapin::Channel;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +28,7 @@ use crate::{
 use super::{
     acks::AckCoordinator,
     failure::RetryPolicy,
-    registry::FailureReason,
+    registry::ConsumerFailureReason,
     tenant_runtime::{ConsumerState, Control, TenantRuntime},
     write_share::WriteShare,
 };
@@ -114,32 +111,22 @@ pub enum ConsumerError {
 
 impl ConsumerError {
     /// Why the consumer failed, as the tenant's runtime view shows it while the consumer waits to start again.
-    pub fn reason(&self) -> FailureReason {
+    pub fn reason(&self) -> ConsumerFailureReason {
         match self {
-            Self::Broker(BrokerError::Amqp(error)) => match error.kind() {
-                lapin::ErrorKind::ProtocolError(error) => match error.kind() {
-                    AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED) => FailureReason::AccessRefused,
-                    // The broker answers 406 for other things too (an ack timed out under `consumer_timeout`):
-                    // only its reply to a declaration names an argument.
-                    AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
-                        if error.get_message().as_str().contains("inequivalent arg") =>
-                    {
-                        FailureReason::QueueArgumentsDiffer
-                    }
-                    // A connection-level error (the broker shutting down, `rabbitmqctl close_connection`).
-                    AMQPErrorKind::Hard(_) => FailureReason::ConnectionLost,
-                    _ => FailureReason::BrokerError,
-                },
-                lapin::ErrorKind::IOError(_)
-                | lapin::ErrorKind::InvalidConnectionState(_)
-                | lapin::ErrorKind::MissingHeartbeatError => FailureReason::ConnectionLost,
-                _ => FailureReason::BrokerError,
-            },
-            Self::Broker(_) => FailureReason::BrokerError,
-            Self::CancelledByBroker => FailureReason::SubscriptionCancelled,
-            Self::ConnectionLost => FailureReason::ConnectionLost,
-            Self::HandoverTimedOut => FailureReason::HandoverTimedOut,
-            Self::WorkerPanicked(_) => FailureReason::Panicked,
+            Self::Broker(BrokerError::Amqp(error)) if broker::is_access_refused(error) => {
+                ConsumerFailureReason::AccessRefused
+            }
+            Self::Broker(BrokerError::Amqp(error)) if broker::is_inequivalent_declaration(error) => {
+                ConsumerFailureReason::QueueArgumentsDiffer
+            }
+            Self::Broker(BrokerError::Amqp(error)) if broker::is_connection_lost(error) => {
+                ConsumerFailureReason::ConnectionLost
+            }
+            Self::Broker(_) => ConsumerFailureReason::BrokerError,
+            Self::CancelledByBroker => ConsumerFailureReason::SubscriptionCancelled,
+            Self::ConnectionLost => ConsumerFailureReason::ConnectionLost,
+            Self::HandoverTimedOut => ConsumerFailureReason::HandoverTimedOut,
+            Self::WorkerPanicked(_) => ConsumerFailureReason::Panicked,
         }
     }
 }
@@ -363,6 +350,8 @@ const DRAIN_AFTER_CONNECTION_LOSS: Duration = Duration::from_secs(5);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+
     use crate::{
         broker::ConsumerConnections,
         domain::tenant::{TenantId, Workers},
@@ -377,23 +366,23 @@ mod tests {
             ConsumerError::from(lapin::Error::from(lapin::ErrorKind::ProtocolError(error))).reason()
         };
         let exclusive = "ACCESS_REFUSED - queue 'tenant_x_queue' in vhost '/' in exclusive use";
-        assert_eq!(refused(AMQPSoftError::ACCESSREFUSED, exclusive), FailureReason::AccessRefused);
+        assert_eq!(refused(AMQPSoftError::ACCESSREFUSED, exclusive), ConsumerFailureReason::AccessRefused);
         let differ = "PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-exchange' for queue 'tenant_x_queue'";
-        assert_eq!(refused(AMQPSoftError::PRECONDITIONFAILED, differ), FailureReason::QueueArgumentsDiffer);
+        assert_eq!(refused(AMQPSoftError::PRECONDITIONFAILED, differ), ConsumerFailureReason::QueueArgumentsDiffer);
         let ack_timeout = "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out";
-        assert_eq!(refused(AMQPSoftError::PRECONDITIONFAILED, ack_timeout), FailureReason::BrokerError);
-        assert_eq!(refused(AMQPSoftError::NOTFOUND, "NOT_FOUND - no queue"), FailureReason::BrokerError);
+        assert_eq!(refused(AMQPSoftError::PRECONDITIONFAILED, ack_timeout), ConsumerFailureReason::BrokerError);
+        assert_eq!(refused(AMQPSoftError::NOTFOUND, "NOT_FOUND - no queue"), ConsumerFailureReason::BrokerError);
         let forced = lapin::protocol::AMQPError::new(
             AMQPErrorKind::Hard(lapin::protocol::AMQPHardError::CONNECTIONFORCED),
             "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'".into(),
         );
         let closed = ConsumerError::from(lapin::Error::from(lapin::ErrorKind::ProtocolError(forced)));
-        assert_eq!(closed.reason(), FailureReason::ConnectionLost);
+        assert_eq!(closed.reason(), ConsumerFailureReason::ConnectionLost);
         let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
         let reset = ConsumerError::from(lapin::Error::from(lapin::ErrorKind::IOError(reset.into())));
-        assert_eq!(reset.reason(), FailureReason::ConnectionLost);
-        assert_eq!(ConsumerError::CancelledByBroker.reason(), FailureReason::SubscriptionCancelled);
-        assert_eq!(ConsumerError::Broker(BrokerError::Unavailable).reason(), FailureReason::BrokerError);
+        assert_eq!(reset.reason(), ConsumerFailureReason::ConnectionLost);
+        assert_eq!(ConsumerError::CancelledByBroker.reason(), ConsumerFailureReason::SubscriptionCancelled);
+        assert_eq!(ConsumerError::Broker(BrokerError::Unavailable).reason(), ConsumerFailureReason::BrokerError);
     }
 
     /// Its connection never comes (nothing listens on port 1): the delete must still end it, at once.
