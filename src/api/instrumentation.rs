@@ -28,7 +28,8 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
     let started = Instant::now();
     let method = method_label(request.method());
     let metrics = request.data::<AppState>().map(|state| state.metrics.clone());
-    let path = request.uri().path().to_owned();
+    // For a route poem's router did not match; a clone shares the URI's bytes, where the path alone is a copy.
+    let uri = request.uri().clone();
     let request_id = request.extensions().get::<RequestContext>().map(|c| c.request_id.clone()).unwrap_or_default();
     let span = tracing::info_span!("http.request", method, route = Empty, status = Empty, %request_id);
     // A caller's `traceparent` makes this request a child of its span, so the caller's trace continues here
@@ -52,7 +53,7 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
     };
     // An answer given before routing (a repeated query parameter) has no pattern; a path that matches no
     // documented route is a 404 of poem's.
-    let route = route.as_deref().or_else(|| documented_route_of(&path)).unwrap_or(UNMATCHED_ROUTE);
+    let route = route.as_deref().or_else(|| documented_route_of(uri.path())).unwrap_or(UNMATCHED_ROUTE);
     if response.status() == StatusCode::METHOD_NOT_ALLOWED {
         // Only here is the matched route at hand. Routes outside the document (`/metrics`, `/docs`) are GET.
         let allow = document::allowed_methods(route).unwrap_or("GET");

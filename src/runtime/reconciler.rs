@@ -357,8 +357,7 @@ impl Reconciler {
                 self.metrics.reconciler_action(ReconcilerAction::Stop);
             }
         }
-        self.registry.forget_stats_unless(|tenant| wanted.contains_key(tenant));
-        self.registry.forget_failures_unless(|tenant| wanted.contains_key(tenant));
+        self.registry.forget_unless(|tenant| wanted.contains_key(tenant));
         restarts.retain(|tenant| wanted.contains_key(tenant));
         true
     }

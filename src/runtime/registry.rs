@@ -94,9 +94,11 @@ impl ConsumerRegistry {
         stats.iter().map(|(tenant, stats)| (*tenant, stats.clone())).collect()
     }
 
-    /// Drops the stats of tenants that are not `wanted` and have no consumer here any more, so that their
-    /// series leave `/metrics`.
-    pub(super) fn forget_stats_unless(&self, wanted: impl Fn(&TenantId) -> bool) {
+    /// Forgets what tenants that are not `wanted` (deleted) left here: their failures (deleted while their
+    /// consumer waited to restart), and their stats once no consumer of theirs runs here any more, so that
+    /// their series leave `/metrics`.
+    pub(super) fn forget_unless(&self, wanted: impl Fn(&TenantId) -> bool) {
+        self.failed.write().unwrap_or_else(|e| e.into_inner()).retain(|tenant, _| wanted(tenant));
         let running = self.read();
         self.stats
             .write()
@@ -126,11 +128,6 @@ impl ConsumerRegistry {
 
     pub(super) fn failed(&self, tenant: TenantId, failure: ConsumerFailure) {
         self.failed.write().unwrap_or_else(|e| e.into_inner()).insert(tenant, failure);
-    }
-
-    /// Forgets the failures of tenants that are not `wanted` (deleted while their consumer waited).
-    pub(super) fn forget_failures_unless(&self, wanted: impl Fn(&TenantId) -> bool) {
-        self.failed.write().unwrap_or_else(|e| e.into_inner()).retain(|tenant, _| wanted(tenant));
     }
 
     /// A consumer starts: it is no longer waiting after a failure. The runtime goes in first, so that a reader
