@@ -88,17 +88,12 @@ async fn a_consumer_that_cannot_start_shows_as_restarting_with_its_reason_until_
     let created = app.post_json("/tenants", &json!({ "name": "squatted", "id": id })).await;
     assert_eq!(created.status(), StatusCode::CREATED);
 
-    let path = format!("/tenants/{id}");
-    let runtime = |at_least: u64| {
-        let details = app.get(&path);
-        async move {
-            let details: Value = details.await.json().await.expect("json");
-            let runtime = details["runtime"].clone();
-            let failures = runtime["consumer_failure"]["failures_in_a_row"].as_u64().unwrap_or(0);
-            (runtime["consumer_state"] == "restarting" && failures >= at_least).then_some(runtime)
-        }
-    };
-    let failing = eventually(Duration::from_secs(20), "a second failure in a row", || runtime(2)).await;
+    let failing = eventually(Duration::from_secs(20), "a second failure in a row", || async {
+        let runtime = app.runtime_of(&id).await;
+        let failures = runtime["consumer_failure"]["failures_in_a_row"].as_u64().unwrap_or(0);
+        (runtime["consumer_state"] == "restarting" && failures >= 2).then_some(runtime)
+    })
+    .await;
     let failure = &failing["consumer_failure"];
     assert_eq!(failure["reason"], "queue_arguments_differ", "{failing}");
     let at =
@@ -107,12 +102,9 @@ async fn a_consumer_that_cannot_start_shows_as_restarting_with_its_reason_until_
     assert_eq!(failing["running_workers"], 0);
 
     delete_queue(&broker, &queue(&id)).await;
-    let running = eventually(Duration::from_secs(30), "the consumer running", || {
-        let details = app.get(&path);
-        async move {
-            let details: Value = details.await.json().await.expect("json");
-            (details["runtime"]["consumer_state"] == "running").then(|| details["runtime"].clone())
-        }
+    let running = eventually(Duration::from_secs(30), "the consumer running", || async {
+        let runtime = app.runtime_of(&id).await;
+        (runtime["consumer_state"] == "running").then_some(runtime)
     })
     .await;
     assert_eq!(running["consumer_failure"], Value::Null, "{running}");

@@ -437,13 +437,11 @@ async fn a_tenants_desired_workers_follow_a_change_while_its_consumer_cannot_run
     assert_eq!(desired().await, Some(3.0));
 
     proxy.take_down();
-    let path = format!("/tenants/{tenant}");
     eventually(Duration::from_secs(20), "the consumer to fail", || async {
-        let details: serde_json::Value = app.get(&path).await.json().await.expect("json");
-        (details["runtime"]["consumer_state"] == "restarting").then_some(())
+        (app.runtime_of(&tenant).await["consumer_state"] == "restarting").then_some(())
     })
     .await;
-    let resized = app.put_json(&format!("{path}/config/concurrency"), &json!({ "workers": 7 })).await;
+    let resized = app.put_json(&format!("/tenants/{tenant}/config/concurrency"), &json!({ "workers": 7 })).await;
     assert_eq!(resized.status(), StatusCode::OK);
     eventually(Duration::from_secs(20), "the desired workers to follow", || async {
         (desired().await == Some(7.0)).then_some(())

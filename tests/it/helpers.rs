@@ -157,6 +157,12 @@ impl TestApp {
         self.create_tenant(name).await["id"].as_str().expect("id").to_owned()
     }
 
+    /// What `GET /tenants/{id}` says runs for the tenant on this instance (its `runtime`).
+    pub async fn runtime_of(&self, tenant: &str) -> Value {
+        let details: Value = self.get(&format!("/tenants/{tenant}")).await.json().await.expect("tenant JSON");
+        details["runtime"].clone()
+    }
+
     /// A count from SQL (`SELECT count(*) …`) or any single bigint.
     pub async fn scalar_i64(&self, sql: &str) -> i64 {
         scalar_i64(&self.db, sql).await
