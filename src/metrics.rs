@@ -134,6 +134,7 @@ pub struct Metrics {
     meter: Meter,
     reconciler_actions: Counter<u64>,
     reconciler_errors: Counter<u64>,
+    reconciler_passes: Counter<u64>,
     persist_duration: Histogram<f64>,
     persist_batch_size: Histogram<u64>,
     persist_delay: Histogram<f64>,
@@ -162,6 +163,10 @@ impl Metrics {
             reconciler_errors: meter
                 .u64_counter("tenantmq.reconciler.errors")
                 .with_description("Errors the reconciler met, by kind")
+                .build(),
+            reconciler_passes: meter
+                .u64_counter("tenantmq.reconciler.passes")
+                .with_description("Passes of the reconciler: each reads the desired runtime of every tenant once")
                 .build(),
             persist_duration: meter
                 .f64_histogram("tenantmq.persist.duration")
@@ -207,6 +212,7 @@ impl Metrics {
         for kind in ReconcilerError::ALL {
             metrics.reconciler_errors.add(0, &[KeyValue::new("kind", kind.as_str())]);
         }
+        metrics.reconciler_passes.add(0, &[]);
         metrics.queue_depth_broker_calls.add(0, &[]);
         Ok(metrics)
     }
@@ -217,6 +223,10 @@ impl Metrics {
 
     pub fn reconciler_error(&self, kind: ReconcilerError) {
         self.reconciler_errors.add(1, &[KeyValue::new("kind", kind.as_str())]);
+    }
+
+    pub fn reconciler_pass(&self) {
+        self.reconciler_passes.add(1, &[]);
     }
 
     /// Passive declares sent to read queue depths.

@@ -207,11 +207,11 @@ impl Reconciler {
             if self.broker.is_connected() {
                 retirements.wanted(|| self.start_retirement());
             }
-            let wake_at = next_wake(
-                Instant::now(),
-                self.resync_interval,
-                self.broker.is_connected().then(|| restarts.next_due()).flatten(),
-            );
+            let wake = |restarts: &RestartSchedule| {
+                let next_restart = self.broker.is_connected().then(|| restarts.next_due()).flatten();
+                next_wake(Instant::now(), self.resync_interval, next_restart)
+            };
+            let mut wake_at = wake(&restarts);
             // A retirement pass that ends is not a reason to reconcile: waiting goes on (else the loop would
             // reconcile and retire back to back).
             let stop = loop {
@@ -223,8 +223,16 @@ impl Reconciler {
                         break false;
                     }
                     Some(ended) = consumers.join_next_with_id() => {
-                        self.consumer_ended(ended, &mut tenants_of, &mut restarts);
-                        break false;
+                        // A lost connection ends every consumer it carried at once: one pass for them all, at
+                        // their restart time, not one pass (a read of every tenant) for each.
+                        let mut pass_now = self.consumer_ended(ended, &mut tenants_of, &mut restarts);
+                        while let Some(ended) = consumers.try_join_next_with_id() {
+                            pass_now |= self.consumer_ended(ended, &mut tenants_of, &mut restarts);
+                        }
+                        if pass_now {
+                            break false;
+                        }
+                        wake_at = wake_at.min(wake(&restarts));
                     }
                     () = retirements.finished() => retirements.again(|| self.start_retirement()),
                     _ = tokio::time::sleep_until(wake_at) => break false,
@@ -237,7 +245,7 @@ impl Reconciler {
         // Safe to cut short: a retirement commits its last step, the partition's DDL, or nothing.
         retirements.abort();
         while let Some(ended) = consumers.join_next_with_id().await {
-            self.consumer_ended(ended, &mut tenants_of, &mut restarts);
+            let _ = self.consumer_ended(ended, &mut tenants_of, &mut restarts);
         }
     }
 
@@ -310,6 +318,7 @@ impl Reconciler {
         // Bounded twice: the server cancels a read that waits for a lock, and a database that does not answer
         // at all (a network partition) would otherwise hold this loop until the kernel gives up on the
         // connection, minutes later.
+        self.metrics.reconciler_pass();
         let read = self.tenants.desired_runtime(DESIRED_STATE_TIMEOUT / 2);
         let desired = match tokio::time::timeout(DESIRED_STATE_TIMEOUT, read).await {
             Ok(Ok(desired)) => desired,
@@ -388,19 +397,23 @@ impl Reconciler {
         tenants_of.insert(handle.id(), tenant);
     }
 
+    /// Returns whether a pass is wanted now: after a consumer that ended as asked (a deleted tenant's, whose
+    /// retirement may start; a paused one, which starts again once the desired runtime reads). A failed one
+    /// waits for its restart time, which the loop wakes for.
     fn consumer_ended(
         &self,
         ended: Result<(tokio::task::Id, ConsumerResult), tokio::task::JoinError>,
         tenants_of: &mut HashMap<tokio::task::Id, TenantId>,
         restarts: &mut RestartSchedule,
-    ) {
+    ) -> bool {
         let (id, outcome) = match ended {
             Ok((id, (_, outcome))) => (id, outcome.map_err(|e| (e.reason(), e.to_string()))),
             Err(error) => {
                 (error.id(), Err((ConsumerFailureReason::Panicked, format!("consumer task panicked: {error}"))))
             }
         };
-        let Some(tenant) = tenants_of.remove(&id) else { return };
+        let Some(tenant) = tenants_of.remove(&id) else { return false };
+        let pass_now = outcome.is_ok();
         match outcome {
             Ok(end) => {
                 tracing::info!(%tenant, ?end, "consumer ended");
@@ -426,6 +439,7 @@ impl Reconciler {
             }
         }
         self.registry.remove(tenant);
+        pass_now
     }
 
     /// Deleted tenants whose consumer was not running here when they were deleted may still have queues, and a
