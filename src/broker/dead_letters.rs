@@ -117,8 +117,11 @@ pub struct DeadLetterBounds {
     /// Most bytes shown of one body (`max_payload_bytes`, the largest body the API publishes).
     pub max_body_bytes: usize,
     /// Longest one replay runs before it stops and answers (`read.replay_time_budget`). A selective replay
-    /// reaches the messages it can walk past in that time: the ones it passes over go back to the head.
+    /// reaches the messages it can walk past in that time: the ones it passes over go back to the head. It
+    /// stops a replay between two messages, and never before the first.
     pub replay_time_budget: Duration,
+    /// Longest a replayed message's publish waits for its confirm (`rabbitmq.publish_timeout`).
+    pub publish_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -202,7 +205,7 @@ impl DeadLetters {
             let passed_over = taken - replayed;
             if replayed == REPLAY_MAX_MESSAGES
                 || passed_over == REPLAY_MAX_PASSED_OVER
-                || tokio::time::Instant::now() >= deadline
+                || (taken > 0 && tokio::time::Instant::now() >= deadline)
             {
                 break false;
             }
@@ -222,9 +225,11 @@ impl DeadLetters {
             // before the broker dead-lettered it) or replayed twice finds that row.
             let id = message_id::row_id(tenant, sent_id);
             let properties = failure_headers::replay_copy(&delivery, id, self.publisher.header_bytes_carried());
-            // Bounded: the first publish after the broker raised an alarm waits until it ends.
+            // Bounded by the publish's own timeout, not by the time budget: a publish cut short at the budget
+            // was often sent already, and its message then reached the main queue while it stayed in the DLQ,
+            // to be replayed again. The first publish after the broker raised an alarm waits until it ends.
             let publish = self.publisher.publish_unless_blocked(&queues.queue, &delivery.data, properties);
-            let error = match tokio::time::timeout_at(deadline, publish).await {
+            let error = match tokio::time::timeout(self.bounds.publish_timeout, publish).await {
                 Ok(Ok(())) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     replayed += 1;

@@ -259,6 +259,37 @@ async fn fill_dead_letters(broker: &lapin::Connection, tenant: &str, count: usiz
     ids
 }
 
+/// A replay stops at its time budget between two messages, never inside a publish: one cut short there had
+/// often reached the main queue already while it stayed in the DLQ, to be replayed again, and the call
+/// answered 503 when it was its first. And each call moves at least one message, however short the budget.
+#[tokio::test]
+async fn a_replay_out_of_time_moves_each_message_once_and_always_at_least_one() {
+    const LETTERS: u64 = 20;
+    let mut config = test_config();
+    config.read.replay_time_budget = Duration::from_millis(1);
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("short-budget").await;
+    let broker = amqp().await;
+    await_consumer(&broker, &tenant).await;
+    fill_dead_letters(&broker, &tenant, LETTERS as usize).await;
+    let mut replayed = 0;
+    for call in 1..=LETTERS {
+        let answer = app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({})).await;
+        assert_eq!(answer.status(), StatusCode::ACCEPTED, "call {call}");
+        let answer: Value = answer.json().await.expect("json");
+        let moved = answer["replayed"].as_u64().expect("count");
+        assert!(moved >= 1, "call {call} moved nothing: {answer}");
+        replayed += moved;
+        if answer["complete"] == true {
+            break;
+        }
+    }
+    assert_eq!(replayed, LETTERS, "each dead letter replayed once");
+    app.await_messages(&tenant, LETTERS as i64).await;
+    assert_eq!(queue_state(&broker, dlq(&tenant)).await.map(|(ready, _)| ready), Some(0), "nothing left in the DLQ");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn dead_letter_operations_are_bounded_and_one_tenants_never_waits_for_anothers() {
     let mut config = test_config();
