@@ -254,6 +254,10 @@ pub struct RabbitMqConfig {
     /// How long a publish waits for the broker's confirm before answering 503.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// Most bytes of clients' messages (bodies, and 4 KiB each besides) on their way to the broker from
+    /// this instance, unconfirmed; further publishes wait for room, within `publish_timeout`. A message whose
+    /// client hung up still goes to the broker, and still takes room until it is confirmed.
+    pub max_publish_bytes_in_flight: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -500,6 +504,7 @@ impl Default for RabbitMqConfig {
             channels_per_connection: 1000,
             frame_max: 128 * 1024,
             publish_timeout: Duration::from_secs(10),
+            max_publish_bytes_in_flight: 64 * 1024 * 1024,
         }
     }
 }
@@ -741,6 +746,7 @@ impl Config {
             ("read.max_concurrent_per_tenant", self.read.max_concurrent_per_tenant as u64),
             ("rabbitmq.publisher_channels", self.rabbitmq.publisher_channels.into()),
             ("rabbitmq.channels_per_connection", self.rabbitmq.channels_per_connection.into()),
+            ("rabbitmq.max_publish_bytes_in_flight", self.rabbitmq.max_publish_bytes_in_flight.into()),
             ("consumer.batch_size", self.consumer.batch_size.into()),
             ("database.max_connections", self.database.max_connections.into()),
             ("projectors.batch_size", self.projectors.batch_size.into()),

@@ -395,6 +395,18 @@ impl Metrics {
             .build();
     }
 
+    /// Registers the bytes of clients' messages this instance has on their way to the broker, unconfirmed.
+    pub fn observe_publishing(&self, bytes_in_flight: impl Fn() -> u64 + Send + Sync + 'static) {
+        self.meter
+            .u64_observable_gauge("tenantmq.publish.bytes_in_flight")
+            .with_description(
+                "Bytes of clients' messages on their way to RabbitMQ from this instance, not confirmed yet (at most \
+                 rabbitmq.max_publish_bytes_in_flight)",
+            )
+            .with_callback(move |observer| observer.observe(bytes_in_flight(), &[]))
+            .build();
+    }
+
     /// Registers the consumer connections' state: per connection (`connection`, numbered from 1) whether it is up.
     pub fn observe_consumer_connections(&self, status: impl Fn() -> Vec<(usize, bool)> + Send + Sync + 'static) {
         self.meter

@@ -76,6 +76,8 @@ impl Runtime {
             move || connections.each_ref().map(|c| c.borrow().as_ref().map(|connected| connected.generation)),
             move || blocked.is_blocked(),
         );
+        let in_flight = publisher.clone();
+        metrics.observe_publishing(move || in_flight.bytes_in_flight());
         let consumer_connections_status = consumer_connections.clone();
         metrics.observe_consumer_connections(move || consumer_connections_status.status());
         let stats = registry.clone();

@@ -490,3 +490,49 @@ async fn a_graceful_stop_ends_on_time_while_writes_wait_for_a_lock() {
     release(lock).await;
     app.stop().await;
 }
+
+/// Clients that hang up as soon as they have sent do not take back what they sent: their messages still go to
+/// the broker. What this instance holds for them on the way is bounded by
+/// `rabbitmq.max_publish_bytes_in_flight`: with the broker silent, three batches fit in it and hold it, and the
+/// others wait for room until their clients give up. Without the bound, 300 batches whose clients hung up at
+/// once made the release binary hold 330 MB. Room comes back when the publishes end.
+#[tokio::test]
+async fn publishes_whose_clients_hang_up_hold_at_most_the_in_flight_bound_and_give_it_back() {
+    const BATCH: usize = 100;
+    // Each message counts its body and 4 KiB: room for three batches of 100, not four.
+    const BUDGET: u32 = 1_300_000;
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
+    config.rabbitmq.url = through_proxy;
+    config.rabbitmq.max_publish_bytes_in_flight = BUDGET;
+    // One publishing channel, opened by a first publish: the stall then holds publishes, not channel opens.
+    config.rabbitmq.publisher_channels = 1;
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("hasty-clients").await;
+    await_consumer(&amqp().await, &tenant).await;
+    let batch = json!({ "messages": (0..BATCH).map(|i| json!({ "payload": { "i": i } })).collect::<Vec<_>>() });
+    let path = format!("/tenants/{tenant}/messages/batch");
+    assert_eq!(app.post_json(&path, &batch).await.status(), StatusCode::ACCEPTED);
+    let in_flight =
+        || async { Scrape::of(&app).await.value("tenantmq_publish_bytes_in_flight", &[]).expect("exported") };
+
+    proxy.stall();
+    let hasty: Vec<_> = (0..8)
+        .map(|_| tokio::spawn(app.client.post(app.url(&path)).json(&batch).timeout(Duration::from_secs(2)).send()))
+        .collect();
+    for request in hasty {
+        assert!(request.await.expect("joined").is_err(), "a client that gave up");
+    }
+    let held = in_flight().await;
+    let three_batches = (3 * BATCH * 4096) as f64;
+    assert!(three_batches < held && held <= f64::from(BUDGET), "{held} bytes in flight for three batches");
+
+    proxy.restore();
+    eventually(Duration::from_secs(30), "the room given back", || async { (in_flight().await == 0.0).then_some(()) })
+        .await;
+    eventually(Duration::from_secs(30), "a publish after them", || async {
+        (app.post_json(&path, &batch).await.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
