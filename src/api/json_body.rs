@@ -35,10 +35,10 @@ pub struct JsonBody<T, const BATCH: bool = false>(pub T);
 impl<T: Type, const BATCH: bool> Payload for JsonBody<T, BATCH> {
     const CONTENT_TYPE: &'static str = "application/json";
 
+    /// `application/json` only, as the document declares: another JSON type means other semantics (a
+    /// `merge-patch+json` body keeps what it does not name, where these bodies replace it).
     fn check_content_type(content_type: &str) -> bool {
-        content_type.parse::<mime::Mime>().is_ok_and(|mime| {
-            mime.type_() == "application" && (mime.subtype() == "json" || mime.suffix().is_some_and(|s| s == "json"))
-        })
+        content_type.parse::<mime::Mime>().is_ok_and(|mime| mime.essence_str() == "application/json")
     }
 
     fn schema_ref() -> MetaSchemaRef {

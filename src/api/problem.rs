@@ -303,6 +303,9 @@ pub async fn into_problem(error: poem::Error) -> Response {
             Some(PATH_PARAMETER),
             format!("invalid `{PATH_PARAMETER}`: must be a UUID ({})", e.reason),
         )
+    } else if error.is::<poem::error::ParsePathError>() {
+        // The router's own: a path whose percent-escapes do not decode to UTF-8 (`/tenants/%FF`).
+        ApiError::bad_request(None, "the path's percent-escapes do not decode to UTF-8")
     } else if let Some(e) = error.downcast_ref::<BodyError>() {
         match e.status {
             StatusCode::PAYLOAD_TOO_LARGE => {

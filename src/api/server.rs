@@ -256,9 +256,12 @@ fn problem_answer(status: u16) -> Vec<u8> {
         "detail": detail,
     })
     .to_string();
+    // Every answer carries a request id (hyper's refusal never reached the request context that gives one).
+    let request_id = uuid::Uuid::now_v7();
+    tracing::debug!(%request_id, status, "a request HTTP cannot parse refused");
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
+         x-request-id: {request_id}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .into_bytes()
@@ -350,6 +353,7 @@ mod tests {
         let answer = String::from_utf8(problem_answer(400)).expect("utf-8");
         let body = answer.split_once("\r\n\r\n").expect("a head").1;
         assert!(answer.contains(&format!("content-length: {}\r\n", body.len())), "{answer}");
+        assert!(answer.contains("\r\nx-request-id: "), "every answer has a request id: {answer}");
         let problem: serde_json::Value = serde_json::from_str(body).expect("JSON");
         assert_eq!(problem["status"], 400);
     }

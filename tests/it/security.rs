@@ -189,6 +189,27 @@ async fn with_auth_off_every_request_is_an_admin() {
     app.stop().await;
 }
 
+/// The problem types the README lists for clients to match on.
+const DOCUMENTED_PROBLEM_TYPES: &[&str] = &[
+    "invalid-request",
+    "unauthorized",
+    "forbidden",
+    "not-found",
+    "method-not-allowed",
+    "conflict",
+    "request-timeout",
+    "payload-too-large",
+    "unsupported-media-type",
+    "uri-too-long",
+    "request-header-fields-too-large",
+    "rate-limited",
+    "queue-full",
+    "unavailable",
+    "recorded",
+    "internal",
+    "log-damaged",
+];
+
 /// At least 60 malformed requests over every endpoint: each gets the right 4xx as problem+json naming the
 /// field where there is one; none is a 5xx; nothing is written; the service stays ready.
 #[tokio::test]
@@ -256,6 +277,14 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
         (c.post(app.url("/tenants")).body("{\"name\": \"a\"}"), StatusCode::UNSUPPORTED_MEDIA_TYPE, None),
         (
             c.post(app.url("/tenants")).header("content-type", "text/plain").body("{\"name\": \"a\"}"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            None,
+        ),
+        // A merge patch would keep the limits it does not name; this PUT replaces them all.
+        (
+            c.put(app.url(&format!("/tenants/{existing}/config/limits")))
+                .header("content-type", "application/merge-patch+json")
+                .body("{\"publish_rate\": 5}"),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             None,
         ),
@@ -385,6 +414,9 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
         ),
         // Routing.
         (c.get(app.url("/no-such-route")), StatusCode::NOT_FOUND, None),
+        // Percent-escapes that do not decode to UTF-8, which the router itself refuses.
+        (c.get(app.url("/tenants/%FF")), StatusCode::BAD_REQUEST, None),
+        (c.post(app.url(&format!("{publish}%C3"))).json(&json!({ "payload": 1 })), StatusCode::BAD_REQUEST, None),
         (c.patch(app.url("/tenants")), StatusCode::METHOD_NOT_ALLOWED, None),
         (c.delete(app.url("/messages")), StatusCode::METHOD_NOT_ALLOWED, None),
     ];
@@ -407,7 +439,9 @@ async fn bad_input_gets_a_problem_naming_the_field_and_writes_nothing() {
         let what = format!("{} {}", request.method(), request.url());
         let response = app.client.execute(request).await.expect("sent");
         assert_eq!(response.status(), status, "{what}");
-        assert_problem(response, status, field).await;
+        let problem = assert_problem(response, status, field).await;
+        let kind = problem["type"].as_str().and_then(|t| t.strip_prefix("urn:tenantmq:problem:"));
+        assert!(kind.is_some_and(|kind| DOCUMENTED_PROBLEM_TYPES.contains(&kind)), "{what}: {problem}");
     }
 
     assert_eq!(
