@@ -111,6 +111,8 @@ impl Principal {
 pub struct Authenticator {
     /// `None` when authentication is off.
     key: Option<(DecodingKey, Validation)>,
+    /// `auth.audience`: the `aud` a token must name; `None`: a token that names one is refused.
+    audience: Option<String>,
 }
 
 /// The credentials of an `Authorization: Bearer …` header. The scheme's name is case-insensitive (RFC 9110), so
@@ -123,15 +125,23 @@ pub fn bearer_token(header: &str) -> Option<&str> {
 
 impl Authenticator {
     pub fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
+        let audience = config.audience.clone();
         let Some((algorithm, key)) = config.verification_key()? else {
-            return Ok(Self { key: None });
+            return Ok(Self { key: None, audience });
         };
         let mut validation = Validation::new(algorithm);
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // Without an audience configured, jsonwebtoken refuses a token that names one: an identity provider
+        // that shares its signing key between services issues such tokens for the others too.
+        if let Some(audience) = &audience {
+            validation.set_audience(&[audience]);
+            validation.set_required_spec_claims(&["exp", "sub", "aud"]);
+        } else {
+            validation.set_required_spec_claims(&["exp", "sub"]);
+        }
         // A token that says it is not valid yet is not (jsonwebtoken checks `nbf` only when asked).
         validation.validate_nbf = true;
         validation.leeway = config.leeway_seconds;
-        Ok(Self { key: Some((key, validation)) })
+        Ok(Self { key: Some((key, validation)), audience })
     }
 
     /// The caller named by the `Authorization` header (an admin when authentication is off).
@@ -146,9 +156,12 @@ impl Authenticator {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                 ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (`nbf` is in the future)".into()),
-                ErrorKind::Json(_) | ErrorKind::MissingRequiredClaim(_) => {
-                    AuthError::Invalid("missing or malformed claims".into())
-                }
+                ErrorKind::InvalidAudience => AuthError::Invalid(match &self.audience {
+                    Some(audience) => format!("`aud` does not name this service ({audience})"),
+                    None => "the token names an audience (`aud`), and this service is set up to accept none".into(),
+                }),
+                ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(format!("the `{claim}` claim is missing")),
+                ErrorKind::Json(_) => AuthError::Invalid("missing or malformed claims".into()),
                 _ => AuthError::Invalid("malformed token".into()),
             })?
             .claims;
@@ -186,8 +199,18 @@ pub fn mint(config: &AuthConfig, subject: &str, role: Role, ttl: Duration) -> Re
         Role::Tenant(tenant) => (RoleClaim::Tenant, Some(tenant.as_uuid())),
     };
     let claims = Claims { sub: subject.to_owned(), iat: now, exp: now.saturating_add(ttl.as_secs()), role, tenant_id };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(config.secret()?))
+    let minted = Minted { claims: &claims, aud: config.audience.as_deref() };
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &minted, &EncodingKey::from_secret(config.secret()?))
         .map_err(|e| ConfigError::new("auth.jwt_secret", e.to_string()))
+}
+
+/// A minted token's claims: with the configured audience, if any.
+#[derive(Serialize)]
+struct Minted<'a> {
+    #[serde(flatten)]
+    claims: &'a Claims,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aud: Option<&'a str>,
 }
 
 #[cfg(test)]
@@ -228,6 +251,32 @@ mod tests {
         assert!(principal.require_record_of(tenant).is_ok());
         assert!(principal.require_admin().is_err());
         assert!(principal.require_tenant(tenant).is_err(), "an auditor neither publishes nor reads messages");
+    }
+
+    #[test]
+    fn a_token_names_the_configured_audience_or_none_when_none_is_configured() {
+        let audience = |aud: Option<&str>| AuthConfig { audience: aud.map(str::to_owned), ..config() };
+        let expecting = Authenticator::from_config(&audience(Some("tenantmq"))).expect("valid config");
+        let minted = mint(&audience(Some("tenantmq")), "ops", Role::Admin, Duration::from_secs(60)).expect("minted");
+        assert!(expecting.authenticate(Some(&bearer(&minted))).is_ok(), "a minted token names the audience");
+        let elsewhere = mint(&audience(Some("billing")), "ops", Role::Admin, Duration::from_secs(60)).expect("minted");
+        assert_eq!(
+            expecting.authenticate(Some(&bearer(&elsewhere))),
+            Err(AuthError::Invalid("`aud` does not name this service (tenantmq)".into()))
+        );
+        let without = mint(&config(), "ops", Role::Admin, Duration::from_secs(60)).expect("minted");
+        assert_eq!(
+            expecting.authenticate(Some(&bearer(&without))),
+            Err(AuthError::Invalid("the `aud` claim is missing".into()))
+        );
+        let expecting_none = Authenticator::from_config(&config()).expect("valid config");
+        assert!(expecting_none.authenticate(Some(&bearer(&without))).is_ok());
+        assert_eq!(
+            expecting_none.authenticate(Some(&bearer(&minted))),
+            Err(AuthError::Invalid(
+                "the token names an audience (`aud`), and this service is set up to accept none".into()
+            ))
+        );
     }
 
     #[test]

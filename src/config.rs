@@ -50,6 +50,9 @@ pub struct AuthConfig {
     pub public_key_file: Option<PathBuf>,
     /// Clock skew tolerated on `exp`, in seconds.
     pub leeway_seconds: u64,
+    /// The audience (`aud`) every token must name, as identity providers set it; none by default, and then a
+    /// token that names an audience is refused.
+    pub audience: Option<String>,
 }
 
 impl Default for AuthConfig {
@@ -60,6 +63,7 @@ impl Default for AuthConfig {
             jwt_secret: None,
             public_key_file: None,
             leeway_seconds: 30,
+            audience: None,
         }
     }
 }
@@ -71,6 +75,8 @@ impl fmt::Debug for AuthConfig {
             .field("algorithm", &self.algorithm)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
             .field("public_key_file", &self.public_key_file)
+            .field("leeway_seconds", &self.leeway_seconds)
+            .field("audience", &self.audience)
             .finish()
     }
 }
@@ -797,6 +803,9 @@ impl Config {
                 format!("must be at most {MAX_CLIENT_CONNECTIONS}"),
             ));
         }
+        if self.auth.audience.as_deref().is_some_and(|audience| audience.trim().is_empty()) {
+            return Err(ConfigError::new("auth.audience", "must not be blank (leave it unset for none)"));
+        }
         if self.auth.leeway_seconds > MAX_LEEWAY_SECONDS {
             return Err(ConfigError::new("auth.leeway_seconds", format!("must be at most {MAX_LEEWAY_SECONDS}")));
         }
@@ -1096,7 +1105,7 @@ mod tests {
     #[test]
     fn sizes_and_durations_are_bounded_where_a_dependency_would_fail_on_them() {
         type Change = fn(&mut Config);
-        let cases: [(Change, Option<&str>); 14] = [
+        let cases: [(Change, Option<&str>); 16] = [
             (|c| c.database.max_connections = 2, Some("database.max_connections")),
             (|c| c.database.max_connections = 3, None),
             (|c| c.read.max_concurrent_per_tenant = 0, Some("read.max_concurrent_per_tenant")),
@@ -1108,6 +1117,8 @@ mod tests {
             (|c| c.server.max_connections = usize::MAX, Some("server.max_connections")),
             (|c| c.auth.leeway_seconds = 9_999_999_999, Some("auth.leeway_seconds")),
             (|c| c.auth.leeway_seconds = 86_400, None),
+            (|c| c.auth.audience = Some(" ".into()), Some("auth.audience")),
+            (|c| c.auth.audience = Some("tenantmq".into()), None),
             (|c| c.consumer.retry_max_delay = Duration::from_secs(60 * 86_400), Some("consumer.retry_max_delay")),
             (|c| c.consumer.retry_max_delay = Duration::from_millis(u32::MAX.into()), None),
             (|c| c.server.max_connections = 1_000_000, None),
