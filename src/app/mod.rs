@@ -143,7 +143,6 @@ impl App {
                     max_page_bytes: config.read.max_page_bytes,
                     max_body_bytes: config.max_payload_bytes,
                     replay_time_budget: config.read.replay_time_budget,
-                    publish_timeout: config.rabbitmq.publish_timeout,
                 },
             ),
             audit: Audit::new(db.clone(), store.clone()),

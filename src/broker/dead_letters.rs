@@ -5,7 +5,8 @@
 //! the main queue (confirmed) before acking it in the DLQ; unselected messages go back when the channel closes.
 //! Operations on one tenant's DLQ are serialized per instance, so two concurrent peeks do not hide messages
 //! from each other; other tenants' operations never wait for them. A replay moves at most
-//! [`REPLAY_MAX_MESSAGES`] messages and runs at most `read.replay_time_budget`, then says it is not complete.
+//! [`REPLAY_MAX_MESSAGES`] messages and takes messages for at most `read.replay_time_budget`, then says it is not
+//! complete.
 //! A peek or a replay reads on a connection of its own ([`Broker::channel_apart`]): a dead letter the client
 //! cannot read fails the connection it is delivered on, and must not fail the one every tenant's deletes and
 //! queue inspections use.
@@ -116,12 +117,10 @@ pub struct DeadLetterBounds {
     pub max_page_bytes: usize,
     /// Most bytes shown of one body (`max_payload_bytes`, the largest body the API publishes).
     pub max_body_bytes: usize,
-    /// Longest one replay runs before it stops and answers (`read.replay_time_budget`). A selective replay
-    /// reaches the messages it can walk past in that time: the ones it passes over go back to the head. It
-    /// stops a replay between two messages, and never before the first.
+    /// How long one replay goes on taking messages (`read.replay_time_budget`); it stops between two, and not
+    /// before the first. A selective replay reaches the messages it can walk past in that time: the ones it
+    /// passes over go back to the head.
     pub replay_time_budget: Duration,
-    /// Longest a replayed message's publish waits for its confirm (`rabbitmq.publish_timeout`).
-    pub publish_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -225,18 +224,16 @@ impl DeadLetters {
             // before the broker dead-lettered it) or replayed twice finds that row.
             let id = message_id::row_id(tenant, sent_id);
             let properties = failure_headers::replay_copy(&delivery, id, self.publisher.header_bytes_carried());
-            // Bounded by the publish's own timeout, not by the time budget: a publish cut short at the budget
-            // was often sent already, and its message then reached the main queue while it stayed in the DLQ,
-            // to be replayed again. The first publish after the broker raised an alarm waits until it ends.
-            let publish = self.publisher.publish_unless_blocked(&queues.queue, &delivery.data, properties);
-            let error = match tokio::time::timeout(self.bounds.publish_timeout, publish).await {
-                Ok(Ok(())) => {
+            // Not cut short at the time budget: such a publish was often sent already, and its message then
+            // reached the main queue while it stayed in the DLQ, to be replayed again. Its confirm is waited
+            // for up to `rabbitmq.publish_timeout`.
+            let error = match self.publisher.publish_unless_blocked(&queues.queue, &delivery.data, properties).await {
+                Ok(()) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     replayed += 1;
                     continue;
                 }
-                Ok(Err(error)) => error,
-                Err(_) => BrokerError::Unavailable,
+                Err(error) => error,
             };
             // Stop: the message stays in the DLQ (unacked, returned on close). What was replayed is told.
             tracing::warn!(%tenant, %error, "replay stopped: cannot publish to the main queue");

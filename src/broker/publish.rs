@@ -2,9 +2,12 @@
 //! the consumers' retries and dead letters, DLQ replays and `tenantmq publish` all go through
 //! [`publish_all`], so a confirm means the same everywhere.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use lapin::{
@@ -59,7 +62,11 @@ pub async fn publish_confirmed(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), BrokerError> {
-    let returned = publish_all(channel, queue, vec![(body, properties)]).await?;
+    publish_all(channel, queue, vec![(body, properties)]).await.and_then(confirmed)
+}
+
+/// A single publish's outcome: one returned as unroutable is [`BrokerError::Refused`].
+fn confirmed(returned: Vec<usize>) -> Result<(), BrokerError> {
     if returned.is_empty() { Ok(()) } else { Err(BrokerError::Refused) }
 }
 
@@ -111,6 +118,8 @@ pub struct Publisher {
     /// The frame size its connection asks for ([`RabbitMqConfig::effective_frame_max`]).
     frame_max: u32,
     in_flight: InFlight,
+    /// `rabbitmq.publish_timeout`: the longest a publish, detached or not, waits for its confirms.
+    confirm_timeout: Duration,
 }
 
 impl Publisher {
@@ -119,7 +128,8 @@ impl Publisher {
         let slots = (0..rabbitmq.publisher_channels.max(1)).map(|_| Mutex::new(None)).collect();
         let (queue_type, frame_max) = (rabbitmq.queue_type, rabbitmq.effective_frame_max());
         let in_flight = InFlight::new(rabbitmq.max_publish_bytes_in_flight);
-        Self { broker, slots, next: AtomicUsize::new(0), queue_type, frame_max, in_flight }
+        let confirm_timeout = rabbitmq.publish_timeout;
+        Self { broker, slots, next: AtomicUsize::new(0), queue_type, frame_max, in_flight, confirm_timeout }
     }
 
     /// Bytes of clients' messages on their way to the broker, not yet confirmed.
@@ -157,6 +167,8 @@ impl Publisher {
         self.refuse_if_blocked()?;
         let room = self.in_flight.reserve(messages.iter().map(|m| m.body.len() + MESSAGE_OVERHEAD_BYTES).sum()).await?;
         let channel = self.channel().await?;
+        // Again: the broker may have begun to block publishers while this publish waited for room.
+        self.refuse_if_blocked()?;
         let timestamp = chrono::Utc::now().timestamp().try_into().unwrap_or_default();
         // The current span's context (W3C `traceparent`), so each message's handling joins the request's trace.
         let mut headers = FieldTable::default();
@@ -172,7 +184,7 @@ impl Publisher {
             }
             (message.body.clone(), properties)
         });
-        publish_detached(channel, tenant.queue_name(), with_properties.collect(), Some(room)).await
+        self.send_detached(channel, tenant.queue_name(), with_properties.collect(), Some(room)).await
     }
 
     /// Publishes one message and waits for its confirm, as [`publish_confirmed`]; while the broker blocks
@@ -185,26 +197,50 @@ impl Publisher {
     ) -> Result<(), BrokerError> {
         self.refuse_if_blocked()?;
         let room = self.in_flight.reserve(body.len() + MESSAGE_OVERHEAD_BYTES).await?;
-        self.publish_one(queue, body, properties, Some(room)).await
+        let channel = self.channel().await?;
+        self.refuse_if_blocked()?;
+        self.send_detached(channel, queue.to_owned(), vec![(body.to_vec(), properties)], Some(room))
+            .await
+            .and_then(confirmed)
     }
 
     /// Publishes one message and waits for its confirm, as [`publish_confirmed`]. While the broker blocks
-    /// publishers, the message waits in the client until the block ends, and so does the caller. For the
-    /// workers' copies of failed messages, which their prefetch bounds: they take no room.
+    /// publishers, the message waits in the client until the block ends, and so does the caller (up to
+    /// `rabbitmq.publish_timeout`). For the workers' copies of failed messages, which their prefetch bounds:
+    /// they take no room.
     pub async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) -> Result<(), BrokerError> {
-        self.publish_one(queue, body, properties, None).await
+        let channel = self.channel().await?;
+        self.send_detached(channel, queue.to_owned(), vec![(body.to_vec(), properties)], None).await.and_then(confirmed)
     }
 
-    async fn publish_one(
+    /// [`publish_all`] on a pooled channel, to the end even when the caller gives up (its client gone, a
+    /// timeout), holding `room` until then: lapin keeps each confirm whose publish or wait was dropped half way
+    /// until its channel closes, which a pooled channel never does, and what was sent is still on its way. What
+    /// runs detached owns what it sends, hence a copy of each body. Confirms not in after
+    /// `rabbitmq.publish_timeout` close the channel, which fails every confirm awaited on it (the pool opens
+    /// another): a broker that never confirms must not hold the room for good, and with it every tenant's
+    /// publishes.
+    async fn send_detached(
         &self,
-        queue: &str,
-        body: &[u8],
-        properties: BasicProperties,
+        channel: Channel,
+        queue: String,
+        messages: Vec<(Vec<u8>, BasicProperties)>,
         room: Option<OwnedSemaphorePermit>,
-    ) -> Result<(), BrokerError> {
-        let channel = self.channel().await?;
-        let returned = publish_detached(channel, queue.to_owned(), vec![(body.to_vec(), properties)], room).await?;
-        if returned.is_empty() { Ok(()) } else { Err(BrokerError::Refused) }
+    ) -> Result<Vec<usize>, BrokerError> {
+        let confirm_timeout = self.confirm_timeout;
+        DetachOnDrop::new(async move {
+            let _room = room;
+            let borrowed = messages.iter().map(|(body, properties)| (body.as_slice(), properties.clone())).collect();
+            match tokio::time::timeout(confirm_timeout, publish_all(&channel, &queue, borrowed)).await {
+                Ok(published) => published,
+                Err(_) => {
+                    let _ =
+                        tokio::time::timeout(confirm_timeout, super::close_channel(&channel, "confirms overdue")).await;
+                    Err(BrokerError::Unavailable)
+                }
+            }
+        })
+        .await
     }
 
     /// A publish started while the broker blocks publishers would wait in the client's buffer and reach the
@@ -218,24 +254,6 @@ impl Publisher {
     pub async fn declare(&self, tenant: TenantId) -> Result<(), BrokerError> {
         queues::declare_apart(&self.broker, tenant, self.queue_type).await
     }
-}
-
-/// [`publish_all`] on a pooled channel, to the end even when the caller gives up (its client gone, a timeout),
-/// holding `room` until then: lapin keeps each confirm whose publish or wait was dropped half way until its
-/// channel closes, which a pooled channel never does, and what was sent is still on its way. What runs
-/// detached owns what it sends, hence a copy of each body.
-async fn publish_detached(
-    channel: Channel,
-    queue: String,
-    messages: Vec<(Vec<u8>, BasicProperties)>,
-    room: Option<OwnedSemaphorePermit>,
-) -> Result<Vec<usize>, BrokerError> {
-    DetachOnDrop::new(async move {
-        let _room = room;
-        let borrowed = messages.iter().map(|(body, properties)| (body.as_slice(), properties.clone())).collect();
-        publish_all(&channel, &queue, borrowed).await
-    })
-    .await
 }
 
 /// Publishes `body` as it is to the tenant's queue on a connection of its own, as any AMQP producer may: no
@@ -254,8 +272,6 @@ pub async fn publish_raw(url: &str, tenant: TenantId, body: &[u8]) -> Result<Uui
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
 
     #[tokio::test]

@@ -495,7 +495,8 @@ async fn a_graceful_stop_ends_on_time_while_writes_wait_for_a_lock() {
 /// the broker. What this instance holds for them on the way is bounded by
 /// `rabbitmq.max_publish_bytes_in_flight`: with the broker silent, three batches fit in it and hold it, and the
 /// others wait for room until their clients give up. Without the bound, 300 batches whose clients hung up at
-/// once made the release binary hold 330 MB. Room comes back when the publishes end.
+/// once made the release binary hold 330 MB. Room comes back when the broker has not confirmed within
+/// `rabbitmq.publish_timeout`, though it stays silent: else it would hold every tenant's publishes for good.
 #[tokio::test]
 async fn publishes_whose_clients_hang_up_hold_at_most_the_in_flight_bound_and_give_it_back() {
     const BATCH: usize = 100;
@@ -505,6 +506,8 @@ async fn publishes_whose_clients_hang_up_hold_at_most_the_in_flight_bound_and_gi
     let (proxy, through_proxy) = Proxy::in_front_of(&config.rabbitmq.url).await;
     config.rabbitmq.url = through_proxy;
     config.rabbitmq.max_publish_bytes_in_flight = BUDGET;
+    // Longer than the clients wait (2 s), so that room is still held when they have given up.
+    config.rabbitmq.publish_timeout = Duration::from_secs(5);
     // One publishing channel, opened by a first publish: the stall then holds publishes, not channel opens.
     config.rabbitmq.publisher_channels = 1;
     let app = TestApp::spawn_with(config).await;
@@ -527,9 +530,11 @@ async fn publishes_whose_clients_hang_up_hold_at_most_the_in_flight_bound_and_gi
     let three_batches = (3 * BATCH * 4096) as f64;
     assert!(three_batches < held && held <= f64::from(BUDGET), "{held} bytes in flight for three batches");
 
+    eventually(Duration::from_secs(30), "the room given back with the broker still silent", || async {
+        (in_flight().await == 0.0).then_some(())
+    })
+    .await;
     proxy.restore();
-    eventually(Duration::from_secs(30), "the room given back", || async { (in_flight().await == 0.0).then_some(()) })
-        .await;
     eventually(Duration::from_secs(30), "a publish after them", || async {
         (app.post_json(&path, &batch).await.status() == StatusCode::ACCEPTED).then_some(())
     })
