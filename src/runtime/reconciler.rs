@@ -1,7 +1,7 @@
 //! The reconciler: level-triggered, like a Kubernetes controller. It compares the desired runtime (live
 //! tenants and their pool sizes, from the tenants projection) with the actual one (the ConsumerRegistry) and
-//! acts: start, resize, stop, restart what crashed. It wakes on projected changes, consumer exits, broker
-//! reconnects and a periodic resync. Broker work happens in the consumer tasks, so one slow tenant never
+//! acts: start, resize, stop, restart what crashed. It wakes on projected changes, a consumer that ended as
+//! asked, a failed consumer's restart time, broker reconnects and a periodic resync. Broker work happens in the consumer tasks, so one slow tenant never
 //! stalls the others; failed starts are retried with backoff. Each consumer gets a channel slot on a consumer
 //! connection with room ([`ConsumerConnections`]), so no start fails on a connection's channel limit.
 
@@ -42,6 +42,9 @@ type ConsumerResult = (TenantId, Result<ConsumerEnd, ConsumerError>);
 /// Resync intervals between two sweeps of retired tenants' queues (10 minutes by default): a consumer that
 /// started just as another instance retired its tenant may have declared them again.
 const RETIRED_SWEEP_EVERY: u32 = 120;
+
+/// How much earlier than its restart time a failed consumer may start, to share a pass with others.
+const RESTART_SLACK: Duration = Duration::from_millis(50);
 
 /// The longest a read of the desired runtime may take before the database counts as unreachable.
 const DESIRED_STATE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -144,8 +147,10 @@ impl RestartSchedule {
         (delay, restart.in_a_row)
     }
 
+    /// Due now, or within [`RESTART_SLACK`]: consumers that failed together (a lost connection ends each a
+    /// moment apart) start in one pass.
     fn may_start(&self, tenant: TenantId, now: Instant) -> bool {
-        self.tenants.get(&tenant).and_then(|r| r.due).is_none_or(|due| due <= now)
+        self.tenants.get(&tenant).and_then(|r| r.due).is_none_or(|due| due <= now + RESTART_SLACK)
     }
 
     fn started(&mut self, tenant: TenantId, now: Instant) {
@@ -397,9 +402,9 @@ impl Reconciler {
         tenants_of.insert(handle.id(), tenant);
     }
 
-    /// Returns whether a pass is wanted now: after a consumer that ended as asked (a deleted tenant's, whose
-    /// retirement may start; a paused one, which starts again once the desired runtime reads). A failed one
-    /// waits for its restart time, which the loop wakes for.
+    /// Returns whether a pass is wanted now: after a consumer that ended as asked or while it was stopping (a
+    /// deleted tenant's, whose retirement may start; a paused one, which starts again once the desired runtime
+    /// reads). A failed one waits for its restart time, which the loop wakes for.
     fn consumer_ended(
         &self,
         ended: Result<(tokio::task::Id, ConsumerResult), tokio::task::JoinError>,
@@ -413,7 +418,8 @@ impl Reconciler {
             }
         };
         let Some(tenant) = tenants_of.remove(&id) else { return false };
-        let pass_now = outcome.is_ok();
+        let stopping = self.registry.get(tenant).is_some_and(|running| running.state() == ConsumerState::Stopping);
+        let pass_now = outcome.is_ok() || stopping;
         match outcome {
             Ok(end) => {
                 tracing::info!(%tenant, ?end, "consumer ended");

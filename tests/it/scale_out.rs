@@ -161,7 +161,8 @@ async fn consumers_that_fail_together_restart_in_a_few_passes_not_one_each() {
         .await;
     }
     let restarted_in = passes().await - before;
-    assert!(restarted_in < (TENANTS / 4) as f64, "{restarted_in} passes to restart {TENANTS} consumers");
+    // One pass each would be 40 or more.
+    assert!(restarted_in < (TENANTS / 2) as f64, "{restarted_in} passes to restart {TENANTS} consumers");
     app.assert_consuming(&tenants).await;
     app.stop().await;
 }
