@@ -151,20 +151,26 @@ impl Authenticator {
         };
         let header = authorization.ok_or(AuthError::Missing)?;
         let token = bearer_token(header).ok_or_else(|| AuthError::Invalid("expected `Bearer <JWT>`".into()))?;
-        let claims = jsonwebtoken::decode::<Claims>(token, key, validation)
+        let Decoded { claims, aud } = jsonwebtoken::decode::<Decoded>(token, key, validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
                 ErrorKind::ImmatureSignature => AuthError::Invalid("not valid yet (`nbf` is in the future)".into()),
                 ErrorKind::InvalidAudience => AuthError::Invalid(match &self.audience {
                     Some(audience) => format!("`aud` does not name this service ({audience})"),
-                    None => "the token names an audience (`aud`), and this service is set up to accept none".into(),
+                    None => NO_AUDIENCE_EXPECTED.into(),
                 }),
-                ErrorKind::MissingRequiredClaim(claim) => AuthError::Invalid(format!("the `{claim}` claim is missing")),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    AuthError::Invalid(format!("the `{claim}` claim is missing or malformed"))
+                }
                 ErrorKind::Json(_) => AuthError::Invalid("missing or malformed claims".into()),
                 _ => AuthError::Invalid("malformed token".into()),
             })?
             .claims;
+        // jsonwebtoken checks only an `aud` it can read (a string or a list of them): any other is refused too.
+        if self.audience.is_none() && !aud.is_null() {
+            return Err(AuthError::Invalid(NO_AUDIENCE_EXPECTED.into()));
+        }
         // The subject is recorded as the actor of every command the token issues, in `jsonb`, which cannot
         // hold U+0000; other control characters garble logs. No identity provider names a caller so, and
         // escaping would record an actor the token does not name, so the token is refused as malformed.
@@ -202,6 +208,17 @@ pub fn mint(config: &AuthConfig, subject: &str, role: Role, ttl: Duration) -> Re
     let minted = Minted { claims: &claims, aud: config.audience.as_deref() };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &minted, &EncodingKey::from_secret(config.secret()?))
         .map_err(|e| ConfigError::new("auth.jwt_secret", e.to_string()))
+}
+
+const NO_AUDIENCE_EXPECTED: &str = "the token names an audience (`aud`), and this service is set up to accept none";
+
+/// A token's claims, and its audience, which jsonwebtoken has checked if it could read it.
+#[derive(Deserialize)]
+struct Decoded {
+    #[serde(flatten)]
+    claims: Claims,
+    #[serde(default)]
+    aud: serde_json::Value,
 }
 
 /// A minted token's claims: with the configured audience, if any.
@@ -267,16 +284,26 @@ mod tests {
         let without = mint(&config(), "ops", Role::Admin, Duration::from_secs(60)).expect("minted");
         assert_eq!(
             expecting.authenticate(Some(&bearer(&without))),
-            Err(AuthError::Invalid("the `aud` claim is missing".into()))
+            Err(AuthError::Invalid("the `aud` claim is missing or malformed".into()))
         );
         let expecting_none = Authenticator::from_config(&config()).expect("valid config");
         assert!(expecting_none.authenticate(Some(&bearer(&without))).is_ok());
         assert_eq!(
             expecting_none.authenticate(Some(&bearer(&minted))),
-            Err(AuthError::Invalid(
-                "the token names an audience (`aud`), and this service is set up to accept none".into()
-            ))
+            Err(AuthError::Invalid(NO_AUDIENCE_EXPECTED.into()))
         );
+        // An `aud` jsonwebtoken cannot read is no less an audience.
+        let now = jsonwebtoken::get_current_timestamp();
+        for aud in [serde_json::json!(7), serde_json::json!([1]), serde_json::json!({})] {
+            let claims = serde_json::json!({ "sub": "x", "exp": now + 60, "role": "admin", "aud": aud });
+            let token = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+                .expect("encoded");
+            assert_eq!(
+                expecting_none.authenticate(Some(&bearer(&token))),
+                Err(AuthError::Invalid(NO_AUDIENCE_EXPECTED.into())),
+                "{aud}"
+            );
+        }
     }
 
     #[test]
