@@ -56,19 +56,25 @@ pub(crate) async fn consumer_tag(app: &TestApp, tenant: &str) -> Option<String> 
     details["runtime"]["consumer_tag"].as_str().map(str::to_owned)
 }
 
-#[tokio::test]
-async fn consumers_spread_over_connections_and_a_closed_one_restarts_only_its_own() {
-    const TENANTS: usize = 5;
-    // `rabbitmqctl` speaks to this machine's node: against a broker elsewhere (testcontainers, an URL given)
-    // its listing would not show this service's connections.
+/// A configuration whose consumer connections carry a name of their own, to find them with `rabbitmqctl`;
+/// `None` (the test is skipped) against a broker elsewhere (testcontainers, an URL given), which this machine's
+/// `rabbitmqctl` does not ask.
+fn named_instance_on_the_local_broker() -> Option<(String, tenantmq::config::Config)> {
     if crate::services::get().amqp_url != tenantmq_testkit::LOCAL_AMQP {
         eprintln!("skipped: the broker under test is not this machine's, which rabbitmqctl would ask");
-        return;
+        return None;
     }
     let instance = format!("it-{}", Uuid::new_v4().simple());
     let mut config = test_config();
-    config.rabbitmq.channels_per_connection = 2;
     config.consumer.instance_id = Some(instance.clone());
+    Some((instance, config))
+}
+
+#[tokio::test]
+async fn consumers_spread_over_connections_and_a_closed_one_restarts_only_its_own() {
+    const TENANTS: usize = 5;
+    let Some((instance, mut config)) = named_instance_on_the_local_broker() else { return };
+    config.rabbitmq.channels_per_connection = 2;
     let app = TestApp::spawn_with(config).await;
     let mut tenants = Vec::new();
     for i in 0..TENANTS {
@@ -123,13 +129,7 @@ async fn consumers_spread_over_connections_and_a_closed_one_restarts_only_its_ow
 #[tokio::test]
 async fn consumers_that_fail_together_restart_in_a_few_passes_not_one_each() {
     const TENANTS: usize = 40;
-    if crate::services::get().amqp_url != tenantmq_testkit::LOCAL_AMQP {
-        eprintln!("skipped: the broker under test is not this machine's, which rabbitmqctl would ask");
-        return;
-    }
-    let instance = format!("it-{}", Uuid::new_v4().simple());
-    let mut config = test_config();
-    config.consumer.instance_id = Some(instance.clone());
+    let Some((instance, config)) = named_instance_on_the_local_broker() else { return };
     let app = TestApp::spawn_with(config).await;
     let mut tenants = Vec::new();
     for i in 0..TENANTS {
