@@ -262,7 +262,8 @@ pub struct RabbitMqConfig {
     pub publish_timeout: Duration,
     /// Most bytes of clients' messages (bodies, and 4 KiB each besides) on their way to the broker from
     /// this instance, unconfirmed; further publishes wait for room, within `publish_timeout`. A message whose
-    /// client hung up still goes to the broker, and still takes room until it is confirmed.
+    /// client hung up still goes to the broker, and still takes room until it is confirmed. One tenant's
+    /// publishes take at most a quarter of it.
     pub max_publish_bytes_in_flight: u32,
 }
 

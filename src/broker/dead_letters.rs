@@ -227,7 +227,7 @@ impl DeadLetters {
             // Not cut short at the time budget: such a publish was often sent already, and its message then
             // reached the main queue while it stayed in the DLQ, to be replayed again. Its confirm is waited
             // for up to `rabbitmq.publish_timeout`.
-            let error = match self.publisher.publish_unless_blocked(&queues.queue, &delivery.data, properties).await {
+            let error = match self.publisher.publish_unless_blocked(tenant, &delivery.data, properties).await {
                 Ok(()) => {
                     delivery.acker.ack(BasicAckOptions::default()).await?;
                     replayed += 1;

@@ -3,8 +3,9 @@
 //! [`publish_all`], so a confirm means the same everywhere.
 
 use std::{
+    collections::HashMap,
     sync::{
-        Arc,
+        Arc, PoisonError, Weak,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -88,19 +89,46 @@ const MESSAGE_OVERHEAD_BYTES: usize = 4096;
 struct InFlight {
     room: Arc<Semaphore>,
     budget: u32,
+    /// Each tenant's share, a quarter of the room: a tenant whose queue does not confirm holds room with each
+    /// publish until `rabbitmq.publish_timeout`, and clients that keep sending to it must leave the rest of the
+    /// room to the other tenants. An entry goes with the last publish that holds it.
+    shares: std::sync::Mutex<HashMap<TenantId, Weak<Semaphore>>>,
+}
+
+/// Room one publish holds, in its tenant's share and in the whole, until it is dropped.
+pub struct Room {
+    _share: OwnedSemaphorePermit,
+    _whole: OwnedSemaphorePermit,
 }
 
 impl InFlight {
     fn new(budget: u32) -> Self {
-        Self { room: Arc::new(Semaphore::new(budget as usize)), budget }
+        Self { room: Arc::new(Semaphore::new(budget as usize)), budget, shares: std::sync::Mutex::default() }
     }
 
-    /// Waits for room for `bytes`, held until the returned permit goes; more than the whole budget waits for
-    /// all of it.
-    async fn reserve(&self, bytes: usize) -> Result<OwnedSemaphorePermit, BrokerError> {
-        let wanted = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.budget);
-        // The semaphore is never closed.
-        self.room.clone().acquire_many_owned(wanted).await.map_err(|_| BrokerError::Unavailable)
+    fn share(&self) -> u32 {
+        (self.budget / 4).max(1)
+    }
+
+    /// Waits for room for `bytes` of `tenant`'s, first in its share, then in the whole. More than a share
+    /// waits for all of the share, and goes alone for its tenant.
+    async fn reserve(&self, tenant: TenantId, bytes: usize) -> Result<Room, BrokerError> {
+        let wanted = u32::try_from(bytes).unwrap_or(u32::MAX).min(self.share());
+        // The semaphores are never closed.
+        let share = self.share_of(tenant).acquire_many_owned(wanted).await.map_err(|_| BrokerError::Unavailable)?;
+        let whole = self.room.clone().acquire_many_owned(wanted).await.map_err(|_| BrokerError::Unavailable)?;
+        Ok(Room { _share: share, _whole: whole })
+    }
+
+    fn share_of(&self, tenant: TenantId) -> Arc<Semaphore> {
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(share) = shares.get(&tenant).and_then(Weak::upgrade) {
+            return share;
+        }
+        shares.retain(|_, share| share.strong_count() > 0);
+        let share = Arc::new(Semaphore::new(self.share() as usize));
+        shares.insert(tenant, Arc::downgrade(&share));
+        share
     }
 
     fn used(&self) -> u64 {
@@ -165,7 +193,8 @@ impl Publisher {
     /// waits for every confirm. Returns the indices of those returned as unroutable (the queue is missing).
     pub async fn send(&self, tenant: TenantId, messages: &[&OutgoingMessage]) -> Result<Vec<usize>, BrokerError> {
         self.refuse_if_blocked()?;
-        let room = self.in_flight.reserve(messages.iter().map(|m| m.body.len() + MESSAGE_OVERHEAD_BYTES).sum()).await?;
+        let bytes = messages.iter().map(|m| m.body.len() + MESSAGE_OVERHEAD_BYTES).sum();
+        let room = self.in_flight.reserve(tenant, bytes).await?;
         let channel = self.channel().await?;
         // Again: the broker may have begun to block publishers while this publish waited for room.
         self.refuse_if_blocked()?;
@@ -191,17 +220,16 @@ impl Publisher {
     /// publishers, sends nothing and fails at once (for a caller that gives up, such as a request).
     pub async fn publish_unless_blocked(
         &self,
-        queue: &str,
+        tenant: TenantId,
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
         self.refuse_if_blocked()?;
-        let room = self.in_flight.reserve(body.len() + MESSAGE_OVERHEAD_BYTES).await?;
+        let room = self.in_flight.reserve(tenant, body.len() + MESSAGE_OVERHEAD_BYTES).await?;
         let channel = self.channel().await?;
         self.refuse_if_blocked()?;
-        self.send_detached(channel, queue.to_owned(), vec![(body.to_vec(), properties)], Some(room))
-            .await
-            .and_then(confirmed)
+        let message = vec![(body.to_vec(), properties)];
+        self.send_detached(channel, tenant.queue_name(), message, Some(room)).await.and_then(confirmed)
     }
 
     /// Publishes one message and waits for its confirm, as [`publish_confirmed`]. While the broker blocks
@@ -225,7 +253,7 @@ impl Publisher {
         channel: Channel,
         queue: String,
         messages: Vec<(Vec<u8>, BasicProperties)>,
-        room: Option<OwnedSemaphorePermit>,
+        room: Option<Room>,
     ) -> Result<Vec<usize>, BrokerError> {
         let confirm_timeout = self.confirm_timeout;
         DetachOnDrop::new(async move {
@@ -275,17 +303,33 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn room_is_held_until_its_permit_goes_and_more_than_the_budget_waits_for_all_of_it() {
-        let in_flight = InFlight::new(1000);
-        let first = in_flight.reserve(600).await.expect("room");
+    async fn room_is_held_until_its_publish_goes_and_more_than_a_share_waits_for_all_of_it() {
+        let (in_flight, tenant) = (InFlight::new(4000), TenantId::generate());
+        let first = in_flight.reserve(tenant, 600).await.expect("room");
         assert_eq!(in_flight.used(), 600);
-        let waiting = tokio::time::timeout(Duration::from_millis(50), in_flight.reserve(600)).await;
-        assert!(waiting.is_err(), "600 more bytes do not fit beside 600 of 1000");
+        let waiting = tokio::time::timeout(Duration::from_millis(50), in_flight.reserve(tenant, 600)).await;
+        assert!(waiting.is_err(), "600 more bytes do not fit beside 600 in a share of 1000");
         drop(first);
         assert_eq!(in_flight.used(), 0);
-        let whole = in_flight.reserve(5000).await.expect("room");
-        assert_eq!(in_flight.used(), 1000, "a send larger than the budget takes all of it, and goes alone");
+        let whole = in_flight.reserve(tenant, 5000).await.expect("room");
+        assert_eq!(in_flight.used(), 1000, "a send larger than a share takes all of it, and goes alone");
         drop(whole);
         assert_eq!(in_flight.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_that_holds_its_whole_share_leaves_the_rest_of_the_room_to_the_others() {
+        let in_flight = InFlight::new(4000);
+        let (stuck, others) = (TenantId::generate(), [TenantId::generate(), TenantId::generate()]);
+        let _held = in_flight.reserve(stuck, 1000).await.expect("room");
+        let more = tokio::time::timeout(Duration::from_millis(50), in_flight.reserve(stuck, 1)).await;
+        assert!(more.is_err(), "the stuck tenant's share is full");
+        let mut rooms = Vec::new();
+        for tenant in others {
+            rooms.push(in_flight.reserve(tenant, 1000).await.expect("room beside the stuck tenant's"));
+        }
+        assert_eq!(in_flight.used(), 3000);
+        drop(rooms);
+        assert_eq!(in_flight.shares.lock().expect("shares").values().filter(|s| s.strong_count() > 0).count(), 1);
     }
 }
