@@ -106,7 +106,7 @@ pub async fn is_deleted<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Resul
 /// every consumer of theirs has stopped) is still to come. The state itself is the record, so a crash at any
 /// point leaves the retirement pending, and any instance finishes it.
 pub async fn awaiting_retirement<C: ConnectionTrait>(conn: &C) -> Result<Vec<TenantId>, StoreError> {
-    deleted_tenants(conn, PARTITION_ATTACHED, []).await
+    deleted_tenants(conn, AMONG_ATTACHED_PARTITIONS, []).await
 }
 
 /// Retired tenants: deleted, and their partition dropped or detached. A deleted tenant whose creation the
@@ -120,6 +120,14 @@ pub async fn retired<C: ConnectionTrait>(conn: &C) -> Result<Vec<TenantId>, Stor
     );
     deleted_tenants(conn, &condition, [PROJECTOR.into()]).await
 }
+
+/// Whether tenant `t` is one of those whose partition is attached to `messages`, looked up by id from the
+/// catalog's list of partitions: this costs what the attached partitions cost, where [`PARTITION_ATTACHED`] for
+/// every deleted tenant costs what every tenant ever deleted does (100 ms at 100,000, against 14 ms, at each
+/// reconciler wake of each instance).
+const AMONG_ATTACHED_PARTITIONS: &str = "t.id = ANY (ARRAY(SELECT substr(c.relname, 10)::uuid FROM pg_inherits i \
+     JOIN pg_class c ON c.oid = i.inhrelid \
+     WHERE i.inhparent = 'messages'::regclass AND c.relname ~ '^messages_[0-9a-f]{32}$'))";
 
 /// Whether tenant `t`'s partition is attached to `messages`.
 const PARTITION_ATTACHED: &str = "EXISTS (SELECT 1 FROM pg_class c \
