@@ -146,6 +146,20 @@ impl Slots {
     }
 }
 
+impl Slots {
+    /// Forgets the tenants moved apart that are not `wanted` (deleted); a connection kept apart for none of
+    /// the rest, once empty, takes newcomers again. Else every incident would leave its connections open and
+    /// unused for good.
+    fn forget_unless(&mut self, wanted: impl Fn(&TenantId) -> bool) {
+        self.apart.retain(|tenant, _| wanted(tenant));
+        for index in 0..self.holders.len() {
+            if self.kept_apart[index] && self.taken(index) == 0 && !self.apart.values().any(|&to| to == index) {
+                self.kept_apart[index] = false;
+            }
+        }
+    }
+}
+
 struct State {
     slots: Slots,
     connections: Vec<Broker>,
@@ -265,6 +279,11 @@ impl ConsumerConnections {
     fn release(&self, index: usize, tenant: TenantId) {
         self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).slots.release(index, tenant);
     }
+
+    /// Forgets what it kept for tenants no longer `wanted` (see [`Slots::forget_unless`]).
+    pub fn forget_unless(&self, wanted: impl Fn(&TenantId) -> bool) {
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner()).slots.forget_unless(wanted);
+    }
 }
 
 /// One consumer's place on a consumer connection, given back when dropped.
@@ -368,6 +387,19 @@ mod tests {
         assert_eq!(slots.take(newcomer), 0, "the emptied first connection takes newcomers");
         slots.release(alone, culprit);
         assert_eq!(slots.take(culprit), alone);
+
+        // Once the tenants moved apart are deleted, their connections take newcomers again, rather than stay
+        // open and unused for good.
+        for (&tenant, &index) in &on {
+            slots.release(index, tenant);
+        }
+        slots.forget_unless(|tenant| *tenant == newcomer);
+        assert!(slots.kept_apart.iter().all(|kept| !kept), "{:?}", slots.kept_apart);
+        let connections = slots.holders.len();
+        for _ in 0..3 * 1000 {
+            slots.take(TenantId::generate());
+        }
+        assert_eq!(slots.holders.len(), connections, "newcomers fill the connections that were kept apart");
     }
 
     #[test]

@@ -372,6 +372,7 @@ impl Reconciler {
             }
         }
         self.registry.forget_unless(|tenant| wanted.contains_key(tenant));
+        self.consumer_connections.forget_unless(|tenant| wanted.contains_key(tenant));
         restarts.retain(|tenant| wanted.contains_key(tenant));
         true
     }
