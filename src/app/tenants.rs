@@ -40,6 +40,38 @@ struct Folded {
     hash: String,
 }
 
+/// The folds this instance keeps, at most [`Folds::KEPT`]: a cache, the log stays the truth. Bounded, because
+/// the fold of a tenant deleted through another instance never leaves by itself: this one is not told.
+#[derive(Default)]
+struct Folds(HashMap<TenantId, Folded>);
+
+impl Folds {
+    const KEPT: usize = 10_000;
+
+    fn get(&self, id: TenantId) -> Option<&Folded> {
+        self.0.get(&id)
+    }
+
+    /// Keeps `folded`, unless a further fold of the tenant is kept (a load that raced with another); a new
+    /// tenant past [`Folds::KEPT`] takes the place of another, whose next command folds its stream again.
+    fn keep(&mut self, id: TenantId, folded: &Folded) {
+        if !self.0.contains_key(&id)
+            && self.0.len() >= Self::KEPT
+            && let Some(&other) = self.0.keys().next()
+        {
+            self.0.remove(&other);
+        }
+        let kept = self.0.entry(id).or_default();
+        if folded.version > kept.version {
+            *kept = folded.clone();
+        }
+    }
+
+    fn forget(&mut self, id: TenantId) {
+        self.0.remove(&id);
+    }
+}
+
 /// What this instance runs for a tenant, and its queues as the broker reports them.
 #[derive(Debug, Clone)]
 pub struct TenantStatus {
@@ -75,7 +107,7 @@ pub struct Tenants {
     /// the fold's last one on: folding the whole stream at each command cost time in proportion to its length
     /// (90 ms at 13,000 events, as an autoscaler setting the concurrency every minute makes in nine days).
     /// What follows the fold is read from the log each time, so the log stays the truth on every instance.
-    folded: Arc<Mutex<HashMap<TenantId, Folded>>>,
+    folded: Arc<Mutex<Folds>>,
 }
 
 impl Tenants {
@@ -225,7 +257,7 @@ impl Tenants {
     /// was (a log restored to an earlier point, or changed by hand, is folded again from its start).
     async fn load(&self, id: TenantId) -> Result<Folded, AppError> {
         let known = || self.folded.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut folded = known().get(&id).cloned().unwrap_or_default();
+        let mut folded = known().get(id).cloned().unwrap_or_default();
         // The fold's last event is read again, to be compared.
         let mut check_tip = folded.version > 0;
         let mut after = if check_tip { folded.version - 1 } else { 0 };
@@ -255,17 +287,40 @@ impl Tenants {
         if matches!(folded.state, Tenant::Deleted(_)) {
             self.forget(id);
         } else if folded.version > 0 {
-            let mut known = known();
-            let kept = known.entry(id).or_default();
-            if folded.version > kept.version {
-                *kept = folded.clone();
-            }
+            known().keep(id, &folded);
         }
         Ok(folded)
     }
 
     /// Drops the tenant's fold: it was deleted, and its id is never used again.
     fn forget(&self, id: TenantId) {
-        self.folded.lock().unwrap_or_else(PoisonError::into_inner).remove(&id);
+        self.folded.lock().unwrap_or_else(PoisonError::into_inner).forget(id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fold(version: i32) -> Folded {
+        Folded { version, ..Folded::default() }
+    }
+
+    #[test]
+    fn folds_are_kept_up_to_a_bound_and_a_further_fold_wins() {
+        let mut folds = Folds::default();
+        let ids: Vec<TenantId> = (0..=Folds::KEPT).map(|_| TenantId::generate()).collect();
+        for &id in &ids {
+            folds.keep(id, &fold(1));
+        }
+        assert_eq!(folds.0.len(), Folds::KEPT, "a new tenant past the bound takes another's place");
+        let last = ids[Folds::KEPT];
+        assert_eq!(folds.get(last).map(|f| f.version), Some(1));
+        folds.keep(last, &fold(3));
+        folds.keep(last, &fold(2));
+        assert_eq!(folds.get(last).map(|f| f.version), Some(3), "an older fold never replaces a further one");
+        assert_eq!(folds.0.len(), Folds::KEPT);
+        folds.forget(last);
+        assert_eq!(folds.get(last).map(|f| f.version), None);
     }
 }
