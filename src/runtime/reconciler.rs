@@ -43,6 +43,10 @@ type ConsumerResult = (TenantId, Result<ConsumerEnd, ConsumerError>);
 /// started just as another instance retired its tenant may have declared them again.
 const RETIRED_SWEEP_EVERY: u32 = 120;
 
+/// Tenants deleted this long ago or less are swept. The race a sweep mends lasts moments; sweeping every tenant
+/// ever retired grew with them without end (three broker calls each, every sweep, in this loop).
+const RETIRED_SWEEP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// How much earlier than its restart time a failed consumer may start, to share a pass with others.
 const RESTART_SLACK: Duration = Duration::from_millis(50);
 
@@ -457,7 +461,7 @@ impl Reconciler {
             self.metrics.reconciler_error(ReconcilerError::QueueSweep);
             return false;
         }
-        let deleted = match self.tenants.retired_ids().await {
+        let deleted = match self.tenants.retired_ids(RETIRED_SWEEP_WINDOW).await {
             Ok(deleted) => deleted,
             Err(error) => {
                 tracing::warn!(%error, "cannot list deleted tenants");

@@ -1,6 +1,8 @@
 //! DDL for the per-tenant partitions of `messages`. Identifiers come from [`TenantId`] (a parsed UUID), so
 //! they are safe to splice into SQL.
 
+use std::time::Duration;
+
 use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
 use crate::domain::tenant::TenantId;
@@ -109,16 +111,17 @@ pub async fn awaiting_retirement<C: ConnectionTrait>(conn: &C) -> Result<Vec<Ten
     deleted_tenants(conn, AMONG_ATTACHED_PARTITIONS, []).await
 }
 
-/// Retired tenants: deleted, and their partition dropped or detached. A deleted tenant whose creation the
-/// partitions projector has not reached yet has no partition because none was made: it awaits its partition and
-/// then its retirement, so it is not among them. One statement, so that a tenant deleted meanwhile is seen
-/// either way consistently.
-pub async fn retired<C: ConnectionTrait>(conn: &C) -> Result<Vec<TenantId>, StoreError> {
+/// Retired tenants deleted within `window`: deleted, and their partition dropped or detached. A deleted tenant
+/// whose creation the partitions projector has not reached yet has no partition because none was made: it
+/// awaits its partition and then its retirement, so it is not among them. One statement, so that a tenant
+/// deleted meanwhile is seen either way consistently.
+pub async fn retired_within<C: ConnectionTrait>(conn: &C, window: Duration) -> Result<Vec<TenantId>, StoreError> {
     let condition = format!(
-        "t.created_position <= coalesce((SELECT position FROM projector_checkpoints WHERE name = $1), 0) \
+        "t.deleted_at > now() - make_interval(secs => $2) \
+         AND t.created_position <= coalesce((SELECT position FROM projector_checkpoints WHERE name = $1), 0) \
          AND NOT {PARTITION_ATTACHED}"
     );
-    deleted_tenants(conn, &condition, [PROJECTOR.into()]).await
+    deleted_tenants(conn, &condition, [PROJECTOR.into(), window.as_secs_f64().into()]).await
 }
 
 /// Whether tenant `t` is one of those whose partition is attached to `messages`, looked up by id from the

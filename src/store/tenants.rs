@@ -131,10 +131,10 @@ impl TenantReadModel {
         Ok(rows.into_iter().map(|(id, workers)| (TenantId::from_uuid(id), workers)).collect())
     }
 
-    /// Ids of retired tenants ([`partitions::retired`]). Their queues must not exist (those of a deleted tenant
-    /// still awaiting retirement may hold messages to persist).
-    pub async fn retired_ids(&self) -> Result<Vec<TenantId>, StoreError> {
-        partitions::retired(&self.db).await
+    /// Ids of tenants retired and deleted within `window` ([`partitions::retired_within`]). Their queues must
+    /// not exist (those of a deleted tenant still awaiting retirement may hold messages to persist).
+    pub async fn retired_ids(&self, window: Duration) -> Result<Vec<TenantId>, StoreError> {
+        partitions::retired_within(&self.db, window).await
     }
 
     /// Every row, deleted ones included, ordered by id (for comparing states, e.g. after a replay).
