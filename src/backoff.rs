@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
-/// Exponential backoff from 100 ms to 10 s.
+/// Exponential backoff from 100 ms (or another first delay) to 10 s.
 #[derive(Debug)]
 pub struct Backoff {
+    first: Duration,
     next: Duration,
 }
 
@@ -13,7 +14,12 @@ impl Backoff {
     const MAX: Duration = Duration::from_secs(10);
 
     pub fn new() -> Self {
-        Self { next: Self::FIRST }
+        Self::starting_at(Self::FIRST)
+    }
+
+    /// Delays from `first` on, doubling up to 10 s.
+    pub fn starting_at(first: Duration) -> Self {
+        Self { first, next: first }
     }
 
     pub fn next_delay(&mut self) -> Duration {
@@ -23,7 +29,7 @@ impl Backoff {
     }
 
     pub fn reset(&mut self) {
-        self.next = Self::FIRST;
+        self.next = self.first;
     }
 }
 
@@ -44,5 +50,10 @@ mod tests {
         assert_eq!(delays, vec![100, 200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]);
         backoff.reset();
         assert_eq!(backoff.next_delay(), Duration::from_millis(100));
+        let mut sooner = Backoff::starting_at(Duration::from_millis(50));
+        let delays: Vec<u64> = (0..4).map(|_| sooner.next_delay().as_millis() as u64).collect();
+        assert_eq!(delays, vec![50, 100, 200, 400]);
+        sooner.reset();
+        assert_eq!(sooner.next_delay(), Duration::from_millis(50));
     }
 }

@@ -6,6 +6,7 @@ use sea_orm::DatabaseConnection;
 use tracing::Instrument;
 
 use crate::{
+    backoff::Backoff,
     broker::{BrokerError, Publisher},
     config::ReadConfig,
     detach::DetachOnDrop,
@@ -97,13 +98,10 @@ impl Messages {
         tenant: TenantId,
         messages: &[&OutgoingMessage],
     ) -> Result<Vec<usize>, BrokerError> {
-        let mut pause = Duration::from_millis(50);
+        let mut pauses = Backoff::starting_at(Duration::from_millis(50));
         for _ in 0..REFUSED_PUBLISH_RETRIES {
             match self.publisher.send(tenant, messages).await {
-                Err(BrokerError::Refused) => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
+                Err(BrokerError::Refused) => tokio::time::sleep(pauses.next_delay()).await,
                 sent => return sent,
             }
         }

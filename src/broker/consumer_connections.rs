@@ -144,9 +144,7 @@ impl Slots {
         }
         tenants
     }
-}
 
-impl Slots {
     /// Forgets the tenants moved apart that are not `wanted` (deleted); a connection kept apart for none of
     /// the rest, once empty, takes newcomers again. Else every incident would leave its connections open and
     /// unused for good.

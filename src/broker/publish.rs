@@ -192,12 +192,8 @@ impl Publisher {
     /// Publishes persistent JSON messages to the tenant's queue, carrying the current trace context, and
     /// waits for every confirm. Returns the indices of those returned as unroutable (the queue is missing).
     pub async fn send(&self, tenant: TenantId, messages: &[&OutgoingMessage]) -> Result<Vec<usize>, BrokerError> {
-        self.refuse_if_blocked()?;
         let bytes = messages.iter().map(|m| m.body.len() + MESSAGE_OVERHEAD_BYTES).sum();
-        let room = self.in_flight.reserve(tenant, bytes).await?;
-        let channel = self.channel().await?;
-        // Again: the broker may have begun to block publishers while this publish waited for room.
-        self.refuse_if_blocked()?;
+        let (channel, room) = self.channel_with_room(tenant, bytes).await?;
         let timestamp = chrono::Utc::now().timestamp().try_into().unwrap_or_default();
         // The current span's context (W3C `traceparent`), so each message's handling joins the request's trace.
         let mut headers = FieldTable::default();
@@ -224,12 +220,8 @@ impl Publisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), BrokerError> {
-        self.refuse_if_blocked()?;
-        let room = self.in_flight.reserve(tenant, body.len() + MESSAGE_OVERHEAD_BYTES).await?;
-        let channel = self.channel().await?;
-        self.refuse_if_blocked()?;
-        let message = vec![(body.to_vec(), properties)];
-        self.send_detached(channel, tenant.queue_name(), message, Some(room)).await.and_then(confirmed)
+        let (channel, room) = self.channel_with_room(tenant, body.len() + MESSAGE_OVERHEAD_BYTES).await?;
+        self.send_one_detached(channel, tenant.queue_name(), body, properties, Some(room)).await
     }
 
     /// Publishes one message and waits for its confirm, as [`publish_confirmed`]. While the broker blocks
@@ -238,7 +230,29 @@ impl Publisher {
     /// they take no room.
     pub async fn publish(&self, queue: &str, body: &[u8], properties: BasicProperties) -> Result<(), BrokerError> {
         let channel = self.channel().await?;
-        self.send_detached(channel, queue.to_owned(), vec![(body.to_vec(), properties)], None).await.and_then(confirmed)
+        self.send_one_detached(channel, queue.to_owned(), body, properties, None).await
+    }
+
+    /// A pooled channel, and room for `bytes` of the tenant's, unless the broker blocks publishers: asked again
+    /// once there is room, since a block may have begun while this waited for it.
+    async fn channel_with_room(&self, tenant: TenantId, bytes: usize) -> Result<(Channel, Room), BrokerError> {
+        self.refuse_if_blocked()?;
+        let room = self.in_flight.reserve(tenant, bytes).await?;
+        let channel = self.channel().await?;
+        self.refuse_if_blocked()?;
+        Ok((channel, room))
+    }
+
+    /// One message through [`Publisher::send_detached`]; one returned as unroutable is [`BrokerError::Refused`].
+    async fn send_one_detached(
+        &self,
+        channel: Channel,
+        queue: String,
+        body: &[u8],
+        properties: BasicProperties,
+        room: Option<Room>,
+    ) -> Result<(), BrokerError> {
+        self.send_detached(channel, queue, vec![(body.to_vec(), properties)], room).await.and_then(confirmed)
     }
 
     /// [`publish_all`] on a pooled channel, to the end even when the caller gives up (its client gone, a

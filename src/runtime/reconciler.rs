@@ -1,9 +1,10 @@
 //! The reconciler: level-triggered, like a Kubernetes controller. It compares the desired runtime (live
 //! tenants and their pool sizes, from the tenants projection) with the actual one (the ConsumerRegistry) and
 //! acts: start, resize, stop, restart what crashed. It wakes on projected changes, a consumer that ended as
-//! asked, a failed consumer's restart time, broker reconnects and a periodic resync. Broker work happens in the consumer tasks, so one slow tenant never
-//! stalls the others; failed starts are retried with backoff. Each consumer gets a channel slot on a consumer
-//! connection with room ([`ConsumerConnections`]), so no start fails on a connection's channel limit.
+//! asked, a failed consumer's restart time, broker reconnects and a periodic resync. Broker work happens in
+//! the consumer tasks, so one slow tenant never stalls the others; failed starts are retried with backoff.
+//! Each consumer gets a channel slot on a consumer connection with room ([`ConsumerConnections`]), so no start
+//! fails on a connection's channel limit.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -324,10 +325,10 @@ impl Reconciler {
         generation: &mut u64,
         shutdown: &CancellationToken,
     ) -> bool {
+        self.metrics.reconciler_pass();
         // Bounded twice: the server cancels a read that waits for a lock, and a database that does not answer
         // at all (a network partition) would otherwise hold this loop until the kernel gives up on the
         // connection, minutes later.
-        self.metrics.reconciler_pass();
         let read = self.tenants.desired_runtime(DESIRED_STATE_TIMEOUT / 2);
         let desired = match tokio::time::timeout(DESIRED_STATE_TIMEOUT, read).await {
             Ok(Ok(desired)) => desired,
