@@ -14,7 +14,7 @@ use tenantmq::{
     auth::{self, Role},
     config::{Config, ServerConfig, ServerRole},
     domain::{
-        audit::{ChainCheck, ChainedEvent, Intact},
+        audit::{ChainCheck, ChainedEvent, Expected, Intact, RecordedHead},
         tenant::TenantId,
     },
     projectors,
@@ -89,11 +89,16 @@ enum Command {
     /// Check the event log's hash chain (docs/audit.md): every stream, one tenant's, or an export file. Exits 1
     /// when it is not intact.
     Verify {
-        #[arg(long, value_name = "TENANT_ID", conflicts_with = "file")]
+        /// The tenant whose stream to check; with `--file`, the tenant the export must be of.
+        #[arg(long, value_name = "TENANT_ID")]
         tenant: Option<uuid::Uuid>,
         /// An export (`tenantmq export`) to check offline: no database, no configuration.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// With `--file`: the stream's head as recorded at an earlier check. The export must still hold that
+        /// version with that hash, or the stream was rewritten or cut back since.
+        #[arg(long, value_name = "VERSION:HASH", requires = "file")]
+        expect_head: Option<RecordedHead>,
     },
     /// Write a tenant's events with their hashes as JSON Lines, one event a line (check it with `verify --file`).
     Export {
@@ -129,8 +134,8 @@ fn main() -> ExitCode {
         println!("{}", tenantmq::api::document::document());
         return ExitCode::SUCCESS;
     }
-    if let Command::Verify { file: Some(file), .. } = &cli.command {
-        return verify_file(file);
+    if let Command::Verify { file: Some(file), tenant, expect_head } = &cli.command {
+        return verify_file(file, Expected { stream_id: *tenant, head: *expect_head });
     }
     if let Command::Healthcheck { path } = &cli.command {
         return healthcheck(cli.config.as_deref(), path);
@@ -261,7 +266,7 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("{id}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { tenant, file: _ } => verify_database(&config, tenant).await,
+        Command::Verify { tenant, .. } => verify_database(&config, tenant).await,
         Command::Export { tenant, output } => {
             export(&config, tenant, output.as_deref()).await.map(|()| ExitCode::SUCCESS)
         }
@@ -278,7 +283,7 @@ async fn verify_database(config: &Config, tenant: Option<uuid::Uuid>) -> anyhow:
     match audit::verify(&db, tenant).await? {
         Verdict::Intact(intact) if intact.events == 0 && tenant.is_some() => anyhow::bail!("{scope}: no events"),
         Verdict::Intact(intact) => {
-            println!("{scope}: intact: {}", describe(&intact));
+            println!("{scope}: intact: {}", describe(&intact, tenant.is_some()));
             Ok(ExitCode::SUCCESS)
         }
         Verdict::Broken(broken) => {
@@ -288,20 +293,26 @@ async fn verify_database(config: &Config, tenant: Option<uuid::Uuid>) -> anyhow:
     }
 }
 
-fn describe(intact: &Intact) -> String {
+/// `one_stream`: the newest event is the stream's head, written as `verify --expect-head` takes it; of several
+/// streams it pins only its own stream, so it is not called a head.
+fn describe(intact: &Intact, one_stream: bool) -> String {
     let head = intact.head.map_or_else(String::new, |head| {
-        format!(
-            "; head: position {} (stream {}, version {}) hash {}",
-            head.position, head.stream_id, head.version, head.hash
-        )
+        if one_stream {
+            format!("; head: {}:{} (position {})", head.version, head.hash, head.position)
+        } else {
+            format!(
+                "; newest event: position {} (stream {}, version {}) hash {}",
+                head.position, head.stream_id, head.version, head.hash
+            )
+        }
     });
     format!("events: {}, streams: {}{head}", intact.events, intact.streams)
 }
 
-/// Checks an export line by line, naming the first line that is not an event or breaks the chain (an event
-/// of a second stream breaks it: an export is one stream). A file without events fails, as `verify --tenant`
-/// does for a stream without events.
-fn verify_file(path: &Path) -> ExitCode {
+/// Checks an export line by line, naming the first line that is not an event, breaks the chain (an event
+/// of a second stream breaks it: an export is one stream) or is not what the auditor `expected`. A file without
+/// events fails, as `verify --tenant` does for a stream without events.
+fn verify_file(path: &Path, expected: Expected) -> ExitCode {
     let shown = path.display();
     let file = match File::open(path) {
         Ok(file) => file,
@@ -314,9 +325,10 @@ fn verify_file(path: &Path) -> ExitCode {
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let number = index + 1;
         let pushed = match line {
-            Ok(line) => ChainedEvent::from_json_line(&line)
-                .map_err(|e| e.to_string())
-                .and_then(|event| check.push(&event).map_err(|broken| broken.to_string())),
+            Ok(line) => ChainedEvent::from_json_line(&line).map_err(|e| e.to_string()).and_then(|event| {
+                check.push(&event).map_err(|broken| broken.to_string())?;
+                expected.event(&event).map_err(|unexpected| unexpected.to_string())
+            }),
             Err(error) => Err(error.to_string()),
         };
         if let Err(why) = pushed {
@@ -330,7 +342,11 @@ fn verify_file(path: &Path) -> ExitCode {
         eprintln!("tenantmq: {shown}: no events");
         return ExitCode::FAILURE;
     }
-    println!("{shown}: intact: {}", describe(&intact));
+    if let Err(unexpected) = expected.end(&intact) {
+        println!("{shown}: NOT as recorded: {unexpected}");
+        return ExitCode::FAILURE;
+    }
+    println!("{shown}: intact: {}", describe(&intact, true));
     ExitCode::SUCCESS
 }
 

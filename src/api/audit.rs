@@ -124,13 +124,14 @@ pub struct Verification {
     /// Streams checked (when `ok`).
     #[oai(skip_serializing_if_is_none)]
     pub streams: Option<u64>,
-    /// The newest event checked (when `ok`).
+    /// The newest event checked (when `ok`): of one stream, its head; of several, it pins only its own stream.
     #[oai(skip_serializing_if_is_none)]
     pub head: Option<StreamHead>,
     /// The first event that does not check (when not `ok`).
     #[oai(skip_serializing_if_is_none)]
     pub first_break: Option<ChainBreak>,
-    /// Without `tenant_id`: pass as `cursor` to check the next streams; `null` once every stream is checked.
+    /// Without `tenant_id`: pass as `cursor` to check the next streams (after a broken one too); `null` once
+    /// every stream is checked.
     #[oai(nullable)]
     pub next_cursor: Option<String>,
 }
@@ -152,7 +153,7 @@ impl Verification {
                 streams: None,
                 head: None,
                 first_break: Some(broken.into()),
-                next_cursor: None,
+                next_cursor,
             },
         }
     }
@@ -220,8 +221,8 @@ impl AuditApi {
     /// Check the hash chain of one tenant's stream, or of every stream a page at a time (admin, auditor)
     ///
     /// With `tenant_id`, one stream. Without, up to `limit` streams (by stream id) after `cursor`, each in a
-    /// snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. The check stops
-    /// at the first break.
+    /// snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. A page ends at its
+    /// first broken stream, and its `next_cursor` goes on after that stream.
     #[oai(path = "/audit/verify", method = "get", operation_id = "verifyChain")]
     async fn verify(
         &self,

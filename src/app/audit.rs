@@ -84,19 +84,23 @@ impl Audit {
     }
 
     /// Checks the chains of up to `limit` streams after `after` (by stream id), each read from its start to
-    /// its end as it grows, stopping at the first break. The head of an intact page is its newest event.
+    /// its end as it grows. The page ends at the first broken stream, and goes on after it, so that one break
+    /// hides no other. The newest event of an intact page pins only its own stream.
     pub async fn verify_streams(&self, after: Option<Uuid>, limit: u64) -> Result<StreamsChecked, AppError> {
         let streams = audit::streams_after(&self.db, after, limit.saturating_add(1)).await?;
         let (streams, continue_after) = page(streams, limit, |stream| *stream);
         let mut checked = Intact::default();
-        for stream in streams {
+        for (index, &stream) in streams.iter().enumerate() {
             match audit::verify(&self.db, Some(stream)).await? {
                 Verdict::Intact(intact) => {
                     checked.streams += intact.streams;
                     checked.events += intact.events;
                     checked.head = checked.head.into_iter().chain(intact.head).max_by_key(|head| head.position);
                 }
-                broken @ Verdict::Broken(_) => return Ok(StreamsChecked { verdict: broken, continue_after: None }),
+                broken @ Verdict::Broken(_) => {
+                    let more = continue_after.is_some() || index + 1 < streams.len();
+                    return Ok(StreamsChecked { verdict: broken, continue_after: more.then_some(stream) });
+                }
             }
         }
         Ok(StreamsChecked { verdict: Verdict::Intact(checked), continue_after })

@@ -261,7 +261,8 @@ impl ChainedEvent {
     }
 }
 
-/// The newest event of a stream (or of the log): pinning it elsewhere pins everything before it.
+/// The newest event of a stream: pinning it elsewhere pins everything before it in that stream. Streams are
+/// not chained to each other, so the newest event of several streams pins only its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
     pub stream_id: Uuid,
@@ -319,7 +320,7 @@ pub struct Break {
 pub struct Intact {
     pub streams: u64,
     pub events: u64,
-    /// The event with the highest position; `None` for an empty log.
+    /// The event with the highest position (of one stream, its head); `None` for an empty log.
     pub head: Option<Head>,
 }
 
@@ -381,6 +382,70 @@ impl ChainCheck {
 
     pub fn finish(self) -> Intact {
         self.checked
+    }
+}
+
+/// A stream's head as an auditor recorded it at an earlier check, written `VERSION:HASH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedHead {
+    pub version: i32,
+    pub hash: EventHash,
+}
+
+impl std::str::FromStr for RecordedHead {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let form = || format!("{text:?} is not VERSION:HASH (a version from 1 and 64 lowercase hex digits)");
+        let (version, hash) = text.split_once(':').ok_or_else(form)?;
+        let version = version.parse().ok().filter(|version| *version >= 1).ok_or_else(form)?;
+        let hash = EventHash::from_hex(hash).ok_or_else(form)?;
+        Ok(Self { version, hash })
+    }
+}
+
+/// What an auditor knows of a stream before checking an export of it: whose it is, and its head at an earlier
+/// check. A chain that is intact on its own says neither: the export may be of another tenant, and whoever can
+/// write to the database can rewrite a stream or cut it back and hash it all again.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expected {
+    pub stream_id: Option<Uuid>,
+    pub head: Option<RecordedHead>,
+}
+
+/// How an intact export differs from what the auditor expected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Unexpected {
+    #[error("the export is of stream {found}, not of tenant {expected}")]
+    OtherTenant { expected: Uuid, found: Uuid },
+    #[error("version {version} has hash {found}, not the recorded head's {recorded}: the stream was rewritten since")]
+    HeadRewritten { version: i32, recorded: EventHash, found: EventHash },
+    #[error("the stream ends at version {last}, before the recorded head at version {recorded}: it was cut back since")]
+    CutBack { last: i32, recorded: i32 },
+}
+
+impl Expected {
+    /// Checks an event the chain check has passed.
+    pub fn event(&self, event: &ChainedEvent) -> Result<(), Unexpected> {
+        let fields = &event.fields;
+        if let Some(expected) = self.stream_id.filter(|expected| *expected != fields.stream_id) {
+            return Err(Unexpected::OtherTenant { expected, found: fields.stream_id });
+        }
+        match self.head {
+            Some(recorded) if recorded.version == fields.version && recorded.hash != event.hash => {
+                Err(Unexpected::HeadRewritten { version: fields.version, recorded: recorded.hash, found: event.hash })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks the end of an intact export: it reaches the recorded head.
+    pub fn end(&self, intact: &Intact) -> Result<(), Unexpected> {
+        let last = intact.head.map_or(0, |head| head.version);
+        match self.head {
+            Some(recorded) if recorded.version > last => Err(Unexpected::CutBack { last, recorded: recorded.version }),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -636,6 +701,66 @@ mod tests {
             let error = ChainedEvent::from_json_line(&edited).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(error.starts_with(field), "{to}: {error:?}");
             assert!(error.contains(&to), "{to}: {error:?}");
+        }
+    }
+
+    /// Checks `events` as `verify --file` does, with what the auditor expects.
+    fn check_expecting(events: &[ChainedEvent], expected: Expected) -> Result<Intact, Unexpected> {
+        let mut check = ChainCheck::one_stream();
+        for event in events {
+            check.push(event).expect("intact");
+            expected.event(event)?;
+        }
+        let intact = check.finish();
+        expected.end(&intact).map(|()| intact)
+    }
+
+    #[test]
+    fn an_intact_export_must_be_of_the_tenant_asked_for_and_keep_its_recorded_head() {
+        let events = chain();
+        let stream: Uuid = STREAM.parse().expect("a test uuid");
+        let head = |version: usize| RecordedHead { version: version as i32, hash: events[version - 1].hash };
+        for expected in [
+            Expected::default(),
+            Expected { stream_id: Some(stream), head: None },
+            Expected { stream_id: Some(stream), head: Some(head(2)) },
+            Expected { stream_id: None, head: Some(head(3)) },
+        ] {
+            assert_eq!(check_expecting(&events, expected).map(|intact| intact.events), Ok(3), "{expected:?}");
+        }
+        let other = Uuid::nil();
+        assert_eq!(
+            check_expecting(&events, Expected { stream_id: Some(other), head: None }),
+            Err(Unexpected::OtherTenant { expected: other, found: stream })
+        );
+        // Another event hashed in place of the recorded head: the stream was rewritten and hashed again.
+        let rewritten = RecordedHead { version: 2, hash: events[0].hash };
+        assert_eq!(
+            check_expecting(&events, Expected { stream_id: None, head: Some(rewritten) }),
+            Err(Unexpected::HeadRewritten { version: 2, recorded: events[0].hash, found: events[1].hash })
+        );
+        // The stream ends before the recorded head: its newest events were taken away.
+        assert_eq!(
+            check_expecting(&events[..2], Expected { stream_id: None, head: Some(head(3)) }),
+            Err(Unexpected::CutBack { last: 2, recorded: 3 })
+        );
+    }
+
+    #[test]
+    fn a_recorded_head_is_written_version_colon_hash() {
+        let parsed: RecordedHead = format!("2:{SECOND_HASH}").parse().expect("a recorded head");
+        assert_eq!((parsed.version, parsed.hash.to_hex()), (2, SECOND_HASH.to_owned()));
+        for wrong in [
+            SECOND_HASH.to_owned(),
+            format!("0:{SECOND_HASH}"),
+            format!("-1:{SECOND_HASH}"),
+            format!("x:{SECOND_HASH}"),
+            format!("2:{}", SECOND_HASH.to_uppercase()),
+            format!("2:{}", &SECOND_HASH[1..]),
+            format!("2 :{SECOND_HASH}"),
+        ] {
+            let error = wrong.parse::<RecordedHead>().expect_err("not a recorded head");
+            assert!(error.contains("VERSION:HASH"), "{wrong}: {error}");
         }
     }
 }

@@ -103,11 +103,12 @@ async fn an_untouched_log_verifies_and_the_api_shows_its_chain() {
     assert!(one.status.success(), "{}", stdout(&one));
     let head_position = position(&app, &id, 3).await;
     assert!(
-        stdout(&one).contains(&format!("intact: events: 3, streams: 1; head: position {head_position} ")),
+        stdout(&one)
+            .contains(&format!("intact: events: 3, streams: 1; head: 3:{head_hash} (position {head_position})")),
         "{}",
         stdout(&one)
     );
-    assert!(stdout(&one).contains(&head_hash), "{}", stdout(&one));
+    assert!(stdout(&all).contains("; newest event: position "), "{}", stdout(&all));
 
     let heads = audit::heads(&app.db, None).await.expect("heads");
     assert_eq!(heads.len(), 2);
@@ -384,6 +385,14 @@ async fn the_paged_check_and_heads_include_a_tenant_with_the_nil_id() {
         let broken = &verdict["first_break"];
         assert_eq!((broken["stream_id"].as_str(), broken["version"].as_i64()), (Some(nil.as_str()), Some(1)));
         assert_eq!(broken["reason"], "hash_mismatch", "{verdict}");
+        // One break hides no other: the check goes on after the broken stream.
+        let cursor = verdict["next_cursor"].as_str().expect("a cursor past the broken stream");
+        let rest = json_of(
+            audited(&app, &format!("{path}{}cursor={cursor}", if path.contains('?') { '&' } else { '?' })).await,
+        )
+        .await;
+        assert_eq!((rest["ok"].as_bool(), rest["streams"].as_i64()), (Some(true), Some(1)), "{rest}");
+        assert!(rest["next_cursor"].is_null(), "{rest}");
     }
     app.stop().await;
 }
@@ -753,4 +762,84 @@ async fn a_command_decides_on_the_log_as_it_is_after_another_instance_or_a_cut_c
     assert_eq!(app.scalar_i64(&previous).await, 5);
     other.stop().await.expect("stopped");
     app.stop().await;
+}
+
+/// Runs scripts/verify_export.py, the checker docs/audit.md shows, as an auditor runs it (optimised, so that a
+/// check written as `assert` would be skipped).
+fn python_check(args: &[&str]) -> Output {
+    std::process::Command::new("python3")
+        .arg("-O")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_export.py"))
+        .args(args)
+        .output()
+        .expect("python3 runs")
+}
+
+/// A chain intact on its own proves neither whose stream an export is nor that the stream was not cut back or
+/// rewritten and hashed again by whoever can write to the database: the head an auditor recorded at an earlier
+/// check does. Both checkers an auditor has, `verify --file` and the documented Python, are held to that.
+#[tokio::test]
+async fn an_export_checked_against_a_recorded_head_shows_a_stream_cut_back_or_rewritten() {
+    let app = TestApp::spawn().await;
+    let id = tenant_with_three_events(&app).await;
+    let head = json_of(audited(&app, &format!("/audit/head?tenant_id={id}")).await).await;
+    let recorded = format!("3:{}", head["data"][0]["hash"].as_str().expect("the head's hash"));
+    let file = std::env::temp_dir().join(format!("tenantmq-recorded-{}.jsonl", Uuid::new_v4()));
+    let file_name = file.to_str().expect("utf-8 path").to_owned();
+    let other = Uuid::new_v4().to_string();
+    let export = async || {
+        let exported = cli(&["export", "--tenant", &id, "--output", &file_name], &app.config.database.url).await;
+        assert!(exported.status.success(), "{}", String::from_utf8_lossy(&exported.stderr));
+    };
+    // Each checker's verdict (exit code and output) on the export as it now is, against what is expected.
+    let checked = async |tenant: &str, recorded: Option<&str>| {
+        let mut args = vec!["--config", "/no/such/file.yaml", "verify", "--file", &file_name, "--tenant", tenant];
+        args.extend(recorded.iter().flat_map(|head| ["--expect-head", head]));
+        let binary = cli(&args, "postgres://nobody@127.0.0.1:1/none").await;
+        let python = python_check(&[&file_name, tenant].into_iter().chain(recorded).collect::<Vec<_>>());
+        let said = |output: &Output| format!("{}{}", stdout(output), String::from_utf8_lossy(&output.stderr));
+        [(binary.status.code(), said(&binary)), (python.status.code(), said(&python))]
+    };
+    let assert_fails = |verdicts: [(Option<i32>, String); 2], why: &str| {
+        for (code, said) in verdicts {
+            assert_eq!(code, Some(1), "{said}");
+            assert!(said.contains(why), "{why}: {said}");
+        }
+    };
+
+    export().await;
+    for (code, said) in checked(&id, Some(&recorded)).await {
+        assert_eq!(code, Some(0), "{said}");
+        assert!(said.contains(&recorded), "the head to record next time: {said}");
+    }
+    assert_fails(checked(&other, None).await, &other);
+
+    // The owner takes the newest event away: the chain left is intact, and only the recorded head shows it.
+    tamper(&app, &format!("DELETE FROM events WHERE stream_id = '{id}' AND version = 3")).await;
+    export().await;
+    for (code, said) in checked(&id, None).await {
+        assert_eq!(code, Some(0), "{said}");
+    }
+    assert_fails(checked(&id, Some(&recorded)).await, "cut back");
+
+    // A new version 3 in its place, hashed as any event is: intact again, but not the event recorded.
+    let response = app.put_json(&format!("/tenants/{id}/config/concurrency"), &json!({ "workers": 7 })).await;
+    assert!(response.status().is_success(), "{}", response.status());
+    export().await;
+    for (code, said) in checked(&id, None).await {
+        assert_eq!(code, Some(0), "{said}");
+    }
+    assert_fails(checked(&id, Some(&recorded)).await, "rewritten");
+    std::fs::remove_file(&file).expect("export removed");
+    app.stop().await;
+}
+
+/// The Python that docs/audit.md shows is the script that this suite runs.
+#[test]
+fn the_documented_python_checker_is_the_tested_script() {
+    let guide = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/audit.md")).expect("audit.md");
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/verify_export.py")).expect("the script");
+    let shown = guide.split("```python\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a Python block");
+    assert_eq!(shown, script, "docs/audit.md shows scripts/verify_export.py as it is");
 }

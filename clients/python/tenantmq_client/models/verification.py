@@ -24,8 +24,10 @@ class Verification:
         ok (bool): `true` when every event checked is intact.
         events (int | Unset): Events checked (when `ok`).
         first_break (VerificationFirstBreak | Unset): The first event that does not check (when not `ok`).
-        head (VerificationHead | Unset): The newest event checked (when `ok`).
-        next_cursor (None | str | Unset): Without `tenant_id`: pass as `cursor` to check the next streams; `null` once
+        head (VerificationHead | Unset): The newest event checked (when `ok`): of one stream, its head; of several, it
+            pins only its own stream.
+        next_cursor (None | str | Unset): Without `tenant_id`: pass as `cursor` to check the next streams (after a
+            broken one too); `null` once
             every stream is checked.
         streams (int | Unset): Streams checked (when `ok`).
     """

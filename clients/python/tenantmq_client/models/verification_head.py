@@ -12,7 +12,7 @@ T = TypeVar("T", bound="VerificationHead")
 
 @_attrs_define
 class VerificationHead:
-    """The newest event checked (when `ok`).
+    """The newest event checked (when `ok`): of one stream, its head; of several, it pins only its own stream.
 
     Attributes:
         hash_ (str): SHA-256 of the event's canonical encoding, 64 lowercase hex digits.

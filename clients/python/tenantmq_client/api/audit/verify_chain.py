@@ -105,8 +105,9 @@ def sync_detailed(
 
      With `tenant_id`, one stream. Without, up to `limit` streams (by stream id) after `cursor`, each in
     a
-    snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. The check stops
-    at the first break.
+    snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. A page ends at
+    its
+    first broken stream, and its `next_cursor` goes on after that stream.
 
     Args:
         tenant_id (UUID | Unset):
@@ -145,8 +146,9 @@ def sync(
 
      With `tenant_id`, one stream. Without, up to `limit` streams (by stream id) after `cursor`, each in
     a
-    snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. The check stops
-    at the first break.
+    snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. A page ends at
+    its
+    first broken stream, and its `next_cursor` goes on after that stream.
 
     Args:
         tenant_id (UUID | Unset):
@@ -180,8 +182,9 @@ async def asyncio_detailed(
 
      With `tenant_id`, one stream. Without, up to `limit` streams (by stream id) after `cursor`, each in
     a
-    snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. The check stops
-    at the first break.
+    snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. A page ends at
+    its
+    first broken stream, and its `next_cursor` goes on after that stream.
 
     Args:
         tenant_id (UUID | Unset):
@@ -218,8 +221,9 @@ async def asyncio(
 
      With `tenant_id`, one stream. Without, up to `limit` streams (by stream id) after `cursor`, each in
     a
-    snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. The check stops
-    at the first break.
+    snapshot of its own; follow `next_cursor` until it is `null` to check the whole log. A page ends at
+    its
+    first broken stream, and its `next_cursor` goes on after that stream.
 
     Args:
         tenant_id (UUID | Unset):
