@@ -360,7 +360,8 @@ impl Reconciler {
                     self.metrics.reconciler_action(ReconcilerAction::Resize);
                 }
                 Some(_) => {}
-                None if connected && restarts.may_start(tenant, now) => {
+                // None starts once the service shuts down: it would only subscribe to stop again.
+                None if connected && !shutdown.is_cancelled() && restarts.may_start(tenant, now) => {
                     *generation += 1;
                     restarts.started(tenant, now);
                     self.start(tenant, workers, *generation, consumers, tenants_of, shutdown);

@@ -509,3 +509,52 @@ async fn retired_with_quick_sweeps(broker: &lapin::Connection, name: &str) -> (T
     assert_eq!(app.delete(&format!("/tenants/{tenant}")).await.status(), StatusCode::NO_CONTENT);
     (app, tenant)
 }
+
+/// A consumer stopping for a shutdown keeps its subscription until its workers have settled what they hold:
+/// while it still writes for the tenant, the broker counts its consumer. Another instance retires a deleted
+/// tenant as soon as the broker counts none, so a consumer that let go first could still be writing, or
+/// sending back what it cannot write to queues that are gone.
+#[tokio::test]
+async fn a_consumer_shutting_down_stays_subscribed_until_its_workers_have_settled() {
+    const MESSAGES: i64 = 20;
+    let mut app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let created = app.create_tenant_from(&json!({ "name": "draining", "workers": 1 })).await;
+    let tenant = created["id"].as_str().expect("id").to_owned();
+    await_consumer(&broker, &tenant).await;
+    let lock = lock_partition(&app.config.database.url, &tenant).await;
+    let messages: Vec<Value> = (0..MESSAGES).map(|i| json!({ "payload": { "i": i } })).collect();
+    let published = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages })).await;
+    assert_eq!(published.status(), StatusCode::ACCEPTED);
+    let observer = sea_orm::Database::connect(&app.config.database.url).await.expect("observer");
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'";
+    eventually(Duration::from_secs(20), "the worker's write to wait for the lock", || async {
+        (crate::helpers::scalar_i64(&observer, waiting).await > 0).then_some(())
+    })
+    .await;
+
+    // The stop begins at once (its first poll cancels the service); the lock holds the write for a while.
+    let consumers_while_writing = async {
+        let mut counted = Vec::new();
+        for _ in 0..20 {
+            counted.push(queue_state(&broker, queue(&tenant)).await.map(|(_, consumers)| consumers));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        release(lock).await;
+        counted
+    };
+    let ((), counted) = tokio::join!(app.stop_service(), consumers_while_writing);
+    assert!(counted.iter().all(|consumers| *consumers == Some(1)), "consumers while the write waited: {counted:?}");
+    // Nothing lost: what the worker held is a row, the rest went back to the queue.
+    let rows_sql = format!("SELECT count(*) FROM messages WHERE tenant_id = '{tenant}'");
+    let rows = crate::helpers::scalar_i64(&observer, &rows_sql).await;
+    assert!(rows > 0, "the write that waited was finished");
+    eventually(Duration::from_secs(10), "every other message back in the queue", || async {
+        let (ready, consumers) = queue_state(&broker, queue(&tenant)).await.expect("the queue");
+        (rows + i64::from(ready) == MESSAGES && consumers == 0).then_some(())
+    })
+    .await;
+    observer.close().await.expect("close");
+    app.stop().await;
+}

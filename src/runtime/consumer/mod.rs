@@ -140,9 +140,10 @@ impl From<lapin::Error> for ConsumerError {
 /// Runs until stopped, shut down or failed. Every delivery handed to the pool is acked, rejected or
 /// nacked before this returns; anything still unacked when the channel closes goes back to the queue.
 ///
-/// When the tenant is deleted, the subscription stays until the pool has settled every delivery it holds
-/// (what arrives meanwhile stays unacked, and returns to the queue with the channel): so while any instance
-/// still writes for the tenant, the broker still counts its consumer, and the retirement waits for it.
+/// When the tenant is deleted or the service shuts down, the subscription stays until the pool has settled
+/// every delivery it holds (what arrives meanwhile stays unacked, and returns to the queue with the channel):
+/// so while any instance still writes for the tenant, the broker still counts its consumer, and a retirement
+/// waits for it.
 pub async fn run(
     runtime: Arc<TenantRuntime>,
     mut control: mpsc::UnboundedReceiver<Control>,
@@ -158,6 +159,8 @@ pub async fn run(
     let mut connection = broker.subscribe();
     let connected_on = loop {
         tokio::select! {
+            // A consumer started as the service began to shut down takes no deliveries.
+            biased;
             _ = shutdown.cancelled() => return Ok(ConsumerEnd::ShutDown),
             // Deleted before it could start: nothing is declared or held, and the tenant's queues must not come
             // back (another instance may have retired it meanwhile). A resize is read at the start.
@@ -302,15 +305,18 @@ impl Running {
         Ok(())
     }
 
-    /// Stops taking deliveries, lets the workers settle what they hold, and closes the channel. A deleted
-    /// tenant keeps its subscription until then (see [`run`]).
+    /// Stops taking deliveries, lets the workers settle what they hold, and closes the channel. Deleted or shut
+    /// down, the consumer keeps its subscription until then (see [`run`]).
     async fn stop(mut self, ended: &Result<ConsumerEnd, ConsumerError>) {
-        let deleted = matches!(ended, Ok(ConsumerEnd::Deleted));
+        // A shutdown too: the tenant may be deleted meanwhile, and retired by another instance as soon as the
+        // broker counts no consumer, while this one still writes (and, for what it cannot write, would send
+        // it back to a queue that is gone). What arrives meanwhile returns to the queue with the channel.
+        let keeps_subscription = matches!(ended, Ok(ConsumerEnd::Deleted | ConsumerEnd::ShutDown));
         let database_lost = matches!(ended, Ok(ConsumerEnd::Paused));
         self.runtime.set_state(ConsumerState::Stopping);
         self.stopping.cancel();
         // Paused, what the subscription still holds goes back with the channel: workers could not write it.
-        if self.channel.status().connected() && !self.handed_over && !deleted && !database_lost {
+        if self.channel.status().connected() && !self.handed_over && !keeps_subscription && !database_lost {
             let _ = handover(&self.channel, &mut self.consumer, &self.deliveries, &self.runtime, &self.acks).await;
         }
         if self.channel.status().connected() && !database_lost {

@@ -196,7 +196,9 @@ pub(super) async fn move_aside(delivery: Delivery, id: Uuid, failure: &Failure, 
     let copy = FailedCopy { delivery, id, queue, properties, disposition, record };
     let mut moving = context.moving.lock().unwrap_or_else(PoisonError::into_inner);
     moving.queue.push_back(copy);
-    if moving.mover.is_none() {
+    // A mover that ended without clearing its handle panicked: another takes over, or copies would wait
+    // forever, unacked, until the tenant's prefetch is full of them.
+    if moving.mover.as_ref().is_none_or(JoinHandle::is_finished) {
         let mover = context.clone();
         moving.mover = Some(tokio::spawn(async move { move_copies(&mover).await }));
     }
