@@ -191,11 +191,12 @@ def check_workloads(resources: list[tuple[str, dict]]) -> None:
                     fail(name, f"{probe} must ask {path}")
             pause = dig(container, "lifecycle", "preStop", "sleep", "seconds") or 0
             grace = pod.get("terminationGracePeriodSeconds", 30)
-            if grace <= shutdown + pause:
+            # A graceful stop takes up to 10 s past shutdown_timeout (connections, pool, the last spans).
+            if grace <= shutdown + 10 + pause:
                 fail(
                     where,
                     f"terminationGracePeriodSeconds ({grace}) must exceed shutdown_timeout ({shutdown:g}s) "
-                    f"plus the preStop pause ({pause}s)",
+                    f"plus 10s plus the preStop pause ({pause}s)",
                 )
 
     for where, service in by_kind.get("Service", []):

@@ -761,7 +761,12 @@ impl Config {
         if let Some((key, _)) = counts.into_iter().find(|&(_, count)| count == 0) {
             return Err(ConfigError::new(key, "must be at least 1"));
         }
+        // Each of these bounds a wait: at zero, every publish, command, connection or stop would give up at once.
         let intervals = [
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("database.connect_timeout", self.database.connect_timeout),
+            ("rabbitmq.publish_timeout", self.rabbitmq.publish_timeout),
+            ("projectors.command_wait", self.projectors.command_wait),
             ("server.header_read_timeout", self.server.header_read_timeout),
             ("server.idle_timeout", self.server.idle_timeout),
             ("server.body_read_timeout", self.server.body_read_timeout),
@@ -1106,7 +1111,11 @@ mod tests {
     #[test]
     fn sizes_and_durations_are_bounded_where_a_dependency_would_fail_on_them() {
         type Change = fn(&mut Config);
-        let cases: [(Change, Option<&str>); 16] = [
+        let cases: [(Change, Option<&str>); 20] = [
+            (|c| c.shutdown_timeout = Duration::ZERO, Some("shutdown_timeout")),
+            (|c| c.database.connect_timeout = Duration::ZERO, Some("database.connect_timeout")),
+            (|c| c.rabbitmq.publish_timeout = Duration::ZERO, Some("rabbitmq.publish_timeout")),
+            (|c| c.projectors.command_wait = Duration::ZERO, Some("projectors.command_wait")),
             (|c| c.database.max_connections = 2, Some("database.max_connections")),
             (|c| c.database.max_connections = 3, None),
             (|c| c.read.max_concurrent_per_tenant = 0, Some("read.max_concurrent_per_tenant")),

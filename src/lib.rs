@@ -48,6 +48,14 @@ pub enum StartupError {
     Metrics(String),
     #[error("cannot listen on {address}: {source}")]
     Bind { address: String, source: io::Error },
+    /// `database.migrate_on_start` is off and the schema is older than this release: serving on it would fail
+    /// in ways far from the cause (a rolling update that started the new pods before the migration Job).
+    #[error(
+        "the database lacks {} migration(s) of this release ({}): run `tenantmq migrate up` first (database.migrate_on_start is off)",
+        .0.len(),
+        .0.join(", ")
+    )]
+    PendingMigrations(Vec<String>),
 }
 
 /// Files the service keeps open besides client connections (database pool, broker, logs), with room to spare.
@@ -73,6 +81,12 @@ pub struct Application {
 
 /// How long closing the broker connections, and then the database pool, may each take past the shutdown deadline.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// How long the background loops may take to end past the shutdown deadline.
+const JOIN_GRACE: Duration = Duration::from_secs(1);
+/// The most a graceful stop takes past `shutdown_timeout`: closing the connections, joining the loops, closing
+/// the pool, then sending the last spans. A supervisor's grace period before SIGKILL must cover it too.
+pub const STOP_PAST_SHUTDOWN_TIMEOUT: Duration =
+    CLOSE_GRACE.saturating_add(JOIN_GRACE).saturating_add(CLOSE_GRACE).saturating_add(telemetry::SHUTDOWN_TIMEOUT);
 
 fn warn_about_auth(config: &Config) {
     if config.auth.enabled && config.auth.jwt_secret.as_deref() == Some(config::DEVELOPMENT_SECRET) {
@@ -104,7 +118,14 @@ impl Application {
         let store = EventStore::new(db.clone());
         store.head_position().await?;
         let metrics = metrics::Metrics::new().map_err(|e| StartupError::Metrics(e.to_string()))?;
+        let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth).map_err(StartupError::Config)?);
+        raise_open_files_limit(&config);
+        let address = format!("{}:{}", config.server.host, config.server.port);
+        let bind_error = |source| StartupError::Bind { address: address.clone(), source };
+        let listener = listen(&address).await.map_err(bind_error)?;
+        let address = listener.local_addr().map_err(bind_error)?;
 
+        // The loops start last: a start that fails (a port taken) must not abort consumers in mid-batch.
         let background = CancellationToken::new();
         let mut background_tasks = JoinSet::new();
         let projections = spawn_read_side(&config, &db, &store, &metrics, &mut background_tasks, &background);
@@ -122,7 +143,7 @@ impl Application {
         let state = AppState {
             app,
             metrics,
-            authenticator: Arc::new(auth::Authenticator::from_config(&config.auth).map_err(StartupError::Config)?),
+            authenticator,
             metrics_token: config.metrics.bearer_token.as_deref().map(Arc::from),
             limits: api::json_body::BodyLimits {
                 single: config.max_payload_bytes,
@@ -131,12 +152,6 @@ impl Application {
                 read_time: config.server.body_read_timeout,
             },
         };
-
-        raise_open_files_limit(&config);
-        let address = format!("{}:{}", config.server.host, config.server.port);
-        let bind_error = |source| StartupError::Bind { address: address.clone(), source };
-        let listener = listen(&address).await.map_err(bind_error)?;
-        let address = listener.local_addr().map_err(bind_error)?;
         Ok(Self {
             listener,
             address,
@@ -229,7 +244,7 @@ impl Application {
         if tokio::time::timeout_at(deadline.max(Instant::now() + CLOSE_GRACE), closing).await.is_err() {
             tracing::warn!("the broker did not confirm closing the connections in time; leaving them");
         }
-        join_until(&mut background_tasks, deadline.max(Instant::now() + Duration::from_secs(1))).await;
+        join_until(&mut background_tasks, deadline.max(Instant::now() + JOIN_GRACE)).await;
         // The pool's close waits for every connection to come back, and a write stopped while it waited for a
         // lock keeps its connection until the lock is released, which may be never: give them until the
         // deadline (and a moment), then let the process end, which closes the sockets anyway.
@@ -287,14 +302,20 @@ async fn join_until(tasks: &mut JoinSet<&'static str>, deadline: Instant) {
     }
 }
 
-/// Creates the database if missing and migrates it, as configured, then connects.
-pub async fn prepare_database(config: &Config) -> Result<DatabaseConnection, StoreError> {
+/// Creates the database if missing and migrates it, as configured, then connects. Without migrating, the
+/// schema must already have every migration of this release.
+async fn prepare_database(config: &Config) -> Result<DatabaseConnection, StartupError> {
     if config.database.create_if_missing {
         database::create_database_if_missing(&config.database.url).await?;
     }
     let db = database::connect(&config.database).await?;
     if config.database.migrate_on_start {
         database::migrate(&config.database.url, MigrationDirection::Up).await?;
+    } else {
+        let pending = database::pending_migrations(&db).await?;
+        if !pending.is_empty() {
+            return Err(StartupError::PendingMigrations(pending));
+        }
     }
     Ok(db)
 }

@@ -410,7 +410,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: Config, action: MigrateAction) -> anyhow::Result<()> {
-    if config.database.create_if_missing {
+    // A status only looks: it creates nothing.
+    if config.database.create_if_missing && !matches!(action, MigrateAction::Status) {
         database::create_database_if_missing(&config.database.url).await?;
     }
     let db = database::connect(&config.database).await.context("connecting to the database")?;

@@ -32,7 +32,7 @@ use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 /// How long one export request may take; a collector that does not answer must not hold spans for long.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the last spans to go out.
-const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the OTLP exporter: {0}")]

@@ -136,9 +136,30 @@ fn waited_out_a_lock(error: &sea_orm::DbErr) -> bool {
 
 /// Each known migration with whether it has been applied.
 pub async fn migration_status(db: &DatabaseConnection) -> Result<Vec<(String, bool)>, StoreError> {
-    Ok(Migrator::get_migration_with_status(db)
+    Ok(Migrator::get_migration_with_status_read_only(db)
         .await?
         .iter()
         .map(|m| (m.name().to_owned(), m.status() == MigrationStatus::Applied))
+        .collect())
+}
+
+/// This release's migrations that the database has not applied, oldest first. Migrations applied by a newer
+/// release, which this one does not know, are no concern: they only add to the schema.
+pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, StoreError> {
+    let recorded = super::events::scalar::<_, bool>(
+        db,
+        super::events::stmt("SELECT to_regclass('seaql_migrations') IS NOT NULL AS value", []),
+    )
+    .await?;
+    let applied: Vec<String> = if recorded {
+        let rows = db.query_all_raw(super::events::stmt("SELECT version FROM seaql_migrations", [])).await?;
+        rows.iter().map(|row| row.try_get::<String>("", "version")).collect::<Result<_, _>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(Migrator::migrations()
+        .iter()
+        .map(|migration| migration.name().to_owned())
+        .filter(|name| !applied.contains(name))
         .collect())
 }

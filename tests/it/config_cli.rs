@@ -218,3 +218,33 @@ fn every_configuration_key_is_documented_in_operations_md() {
     let undocumented: Vec<&String> = keys.iter().filter(|k| !guide.contains(&format!("| `{k}` |"))).collect();
     assert!(undocumented.is_empty(), "add these keys to the table in docs/operations.md: {undocumented:?}");
 }
+
+/// config/default.yaml shows each setting commented out under its section: uncommented, every one of them,
+/// it must still be one valid configuration, with each section once (a second `database:` further down would
+/// replace the first as a whole, and with it `database.url`).
+#[test]
+fn default_yaml_with_every_commented_setting_uncommented_loads() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.yaml")).expect("file");
+    let uncommented: String = shipped
+        .lines()
+        .map(|line| {
+            let (indent, rest) = line.split_at(line.len() - line.trim_start().len());
+            let setting = rest.strip_prefix('#').map(|r| r.strip_prefix(' ').unwrap_or(r)).filter(|r| {
+                let key = r.trim_start().split(':').next().unwrap_or_default();
+                r.contains(':') && !key.is_empty() && key.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            });
+            format!("{indent}{}\n", setting.unwrap_or(rest))
+        })
+        .collect();
+    let sections: Vec<&str> =
+        uncommented.lines().filter(|line| !line.starts_with([' ', '#']) && line.contains(':')).collect();
+    let keys: Vec<&str> = sections.iter().filter_map(|line| line.split(':').next()).collect();
+    let mut unique = keys.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(keys.len(), unique.len(), "a top-level key twice in {keys:?}");
+    let file = temp_file(&uncommented);
+    let config = effective_config(&["--config", file.to_str().expect("utf-8 path"), "config"], &[]);
+    assert_eq!(config["database"]["statement_timeout"], "30s", "the commented settings were read");
+    std::fs::remove_file(file).expect("removed");
+}

@@ -74,6 +74,36 @@ fn the_kubernetes_configuration_loads_and_the_grace_period_outlasts_a_graceful_s
             humantime::parse_duration(config["shutdown_timeout"].as_str().expect("duration")).expect("parsed");
         let pause = container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().unwrap_or(0);
         let grace = pod["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
-        assert!(grace > shutdown.as_secs() + pause, "{deployment}: {grace}s grace for {shutdown:?} and {pause}s");
+        let stop = shutdown + tenantmq::STOP_PAST_SHUTDOWN_TIMEOUT;
+        assert!(grace > stop.as_secs() + pause, "{deployment}: {grace}s grace for a {stop:?} stop after {pause}s");
     }
+}
+
+/// Compose waits `stop_grace_period` before its SIGKILL: longer than the graceful stop its service is set for.
+#[test]
+fn the_compose_grace_period_outlasts_a_graceful_stop() {
+    use figment::providers::Format;
+    let compose: serde_json::Value =
+        figment::Figment::from(figment::providers::Yaml::file_exact(format!("{ROOT}/deploy/docker-compose.yml")))
+            .extract()
+            .expect("docker-compose.yml");
+    let service = &compose["services"]["app"];
+    let duration =
+        |text: &serde_json::Value| humantime::parse_duration(text.as_str().expect("a duration")).expect("parsed");
+    let stop = duration(&service["environment"]["TENANTMQ_SHUTDOWN_TIMEOUT"]) + tenantmq::STOP_PAST_SHUTDOWN_TIMEOUT;
+    let grace = duration(&service["stop_grace_period"]);
+    assert!(grace > stop, "stop_grace_period {grace:?} for a stop of up to {stop:?}");
+}
+
+/// The autoscaling query operations.md explains is the one the ScaledObject asks.
+#[test]
+fn the_documented_autoscaling_query_is_the_manifests() {
+    let scaled = manifest("scaledobject.yaml");
+    let query = scaled["spec"]["triggers"][0]["metadata"]["query"].as_str().expect("the query");
+    let guide = read("docs/operations.md");
+    let documented = guide
+        .split('`')
+        .find(|quoted| quoted.starts_with("sum(max by (tenant_id)") && quoted.contains(" or "))
+        .expect("the query in operations.md");
+    assert_eq!(documented.replace('\n', " "), query);
 }

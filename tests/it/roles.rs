@@ -58,3 +58,41 @@ async fn an_api_and_a_worker_process_split_the_work_on_one_database() {
     db.close().await.expect("closed");
     remove_database(database).await;
 }
+
+/// Deployed with a migration Job (`database.migrate_on_start: false`), an instance must not serve a schema
+/// older than its release: a rolling update that started before the Job finished would otherwise put it on
+/// tables it does not match. A schema newer than the release (a rollback) it serves: migrations only add.
+#[tokio::test]
+async fn an_instance_that_does_not_migrate_refuses_a_schema_older_than_its_release() {
+    use migration::{MigratorTrait, sea_orm::ConnectionTrait};
+    use tenantmq::{
+        Application, StartupError,
+        store::database::{self, MigrationDirection},
+    };
+    let mut config = test_config();
+    let database = create_database(&config).await;
+    database::migrate(&config.database.url, MigrationDirection::Down).await.expect("the newest migration rolled back");
+    config.database.migrate_on_start = false;
+    let newest = migration::Migrator::migrations().last().map(|m| m.name().to_owned()).expect("a migration");
+    match Application::build(config.clone()).await {
+        Err(StartupError::PendingMigrations(pending)) => {
+            assert_eq!(pending, std::slice::from_ref(&newest));
+            let message = StartupError::PendingMigrations(pending).to_string();
+            assert!(message.contains(&newest) && message.contains("tenantmq migrate up"), "{message}");
+        }
+        Err(other) => panic!("refused for another reason: {other}"),
+        Ok(_) => panic!("served a schema without {newest}"),
+    }
+
+    database::migrate(&config.database.url, MigrationDirection::Up).await.expect("migrated");
+    let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
+    db.execute_unprepared(
+        "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m29991231_000001_from_a_newer_release', 0)",
+    )
+    .await
+    .expect("a newer release's migration recorded");
+    db.close().await.expect("closed");
+    let mut app = tenantmq_testkit::RunningApp::start(config).await.expect("serves a newer schema");
+    app.stop().await.expect("stopped");
+    remove_database(database).await;
+}
