@@ -304,7 +304,7 @@ async fn join_until(tasks: &mut JoinSet<&'static str>, deadline: Instant) {
 
 /// Creates the database if missing and migrates it, as configured, then connects. Without migrating, the
 /// schema must already have every migration of this release.
-async fn prepare_database(config: &Config) -> Result<DatabaseConnection, StartupError> {
+pub async fn prepare_database(config: &Config) -> Result<DatabaseConnection, StartupError> {
     if config.database.create_if_missing {
         database::create_database_if_missing(&config.database.url).await?;
     }
