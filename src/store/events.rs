@@ -287,9 +287,33 @@ impl EventStore {
             [NOTIFY_CHANNEL.into(), appended.last_position.to_string().into()],
         ))
         .await?;
-        txn.commit().await?;
+        if let Err(error) = txn.commit().await {
+            // The reply to a COMMIT can be lost after the database made it durable (the connection cut at that
+            // moment): answered with an error, a client would retry, and a create without an id would then be
+            // recorded twice. The last event's hash covers its position and time, so finding it says that these
+            // very events are in the log.
+            if !self.holds(stream_id, appended.last_version, prev_hash).await {
+                return Err(error.into());
+            }
+            tracing::warn!(%error, %stream_id, version = appended.last_version, "the commit's reply was lost, but the events are in the log");
+        }
         self.observe_head(appended.last_position);
         Ok(appended)
+    }
+
+    /// Whether the stream's event at `version` has `hash`; false also when the log cannot be read (the outcome
+    /// then stays unknown, and the append answers with its error).
+    async fn holds(&self, stream_id: Uuid, version: i32, hash: EventHash) -> bool {
+        let statement =
+            stmt("SELECT hash FROM events WHERE stream_id = $1 AND version = $2", [stream_id.into(), version.into()]);
+        let stored = self.db.query_one_raw(statement).await;
+        match stored.and_then(|row| row.map(|row| row.try_get::<Vec<u8>>("", "hash")).transpose()) {
+            Ok(stored) => stored.is_some_and(|stored| stored == hash.as_bytes()),
+            Err(error) => {
+                tracing::warn!(%error, %stream_id, version, "cannot tell whether a commit whose reply was lost took place");
+                false
+            }
+        }
     }
 
     /// One stream's events with version > `after_version`, oldest first. Its wait for a lock is bounded by

@@ -590,3 +590,28 @@ async fn await_consumers(broker: &lapin::Connection, tenant: &str, expected: u32
     })
     .await;
 }
+
+/// The reply to an append's COMMIT lost after the database made it durable: the service finds its events in
+/// the log and answers the command as done. Told that it failed, a client would send it again, and a create
+/// without an id makes a new tenant each time.
+#[tokio::test]
+async fn a_create_whose_commit_reply_is_lost_is_answered_as_done_and_recorded_once() {
+    let mut config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of_database(&config.database.url).await;
+    // In clear text, for the proxy to see the statements (a server with `ssl = on` is asked for TLS otherwise).
+    let separator = if through_proxy.contains('?') { '&' } else { '?' };
+    config.database.url = format!("{through_proxy}{separator}sslmode=disable");
+    let app = TestApp::spawn_with(config).await;
+    proxy.lose_the_reply_to_the_next_append();
+    let response = app.post_json("/tenants", &json!({ "name": "recorded-once", "workers": 1 })).await;
+    assert_eq!(proxy.lost_commit_replies(), 1, "the reply to the create's COMMIT was lost");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let created: serde_json::Value = response.json().await.expect("the tenant");
+    let id = created["id"].as_str().expect("id");
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM events").await, 1, "one event, and no other tenant");
+    assert_eq!(app.scalar_i64(&format!("SELECT count(*) FROM events WHERE stream_id = '{id}'")).await, 1);
+    // The service goes on from the event it was not told of.
+    let changed = app.put_json(&format!("/tenants/{id}/config/concurrency"), &json!({ "workers": 2 })).await;
+    assert_eq!(changed.status(), StatusCode::OK);
+    app.stop().await;
+}

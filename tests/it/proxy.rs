@@ -28,7 +28,18 @@ pub struct Proxy {
     stalled: Arc<watch::Sender<bool>>,
     /// In front of RabbitMQ: whether publishers are blocked.
     publishing_blocked: Arc<watch::Sender<bool>>,
+    /// In front of PostgreSQL: armed, the next transaction that appends to the event log commits and its
+    /// connection is cut before the reply reaches the service.
+    lose_commit_reply: Arc<LostReply>,
     listener: JoinHandle<()>,
+}
+
+/// A COMMIT whose reply is to be lost (see [`Proxy::lose_the_reply_to_the_next_append`]).
+#[derive(Default)]
+struct LostReply {
+    armed: AtomicBool,
+    /// Replies lost so far.
+    lost: std::sync::atomic::AtomicU32,
 }
 
 /// What the proxy forwards.
@@ -38,6 +49,8 @@ enum Protocol {
     Tcp,
     /// AMQP 0-9-1, the broker's side frame by frame, so that a frame can be slipped in between two.
     Amqp,
+    /// PostgreSQL: bytes as they come, watched for an append's COMMIT.
+    Postgres,
 }
 
 impl Proxy {
@@ -49,8 +62,9 @@ impl Proxy {
         let up = Arc::new(watch::Sender::new(true));
         let stalled = Arc::new(watch::Sender::new(false));
         let publishing_blocked = Arc::new(watch::Sender::new(false));
+        let lose_commit_reply = Arc::new(LostReply::default());
         let (upstream, cuts_, up_, stalled_) = (upstream.to_owned(), cuts.clone(), up.clone(), stalled.clone());
-        let blocked_ = publishing_blocked.clone();
+        let (blocked_, lose_) = (publishing_blocked.clone(), lose_commit_reply.clone());
         let listener = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 // Subscribe first: `take_down` marks the proxy down before it cuts, so a connection either
@@ -63,6 +77,7 @@ impl Proxy {
                 let upstream = upstream.clone();
                 let mut stall = stalled_.subscribe();
                 let blocked = blocked_.subscribe();
+                let lose = lose_.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
                     let mut client = client;
@@ -70,6 +85,7 @@ impl Proxy {
                         match protocol {
                             Protocol::Tcp => drop(copy_bidirectional(&mut client, &mut server).await),
                             Protocol::Amqp => relay_amqp(&mut client, &mut server, blocked).await,
+                            Protocol::Postgres => relay_postgres(&mut client, &mut server, &lose).await,
                         }
                     };
                     let stalled = tokio::select! {
@@ -84,7 +100,20 @@ impl Proxy {
                 });
             }
         });
-        Self { address, cuts, up, stalled, publishing_blocked, listener }
+        Self { address, cuts, up, stalled, publishing_blocked, lose_commit_reply, listener }
+    }
+
+    /// In front of PostgreSQL ([`Proxy::in_front_of_database`]): the next transaction that inserts into the
+    /// event log commits, and its connection is cut before the reply to its COMMIT reaches the service (as a
+    /// network fault or a server crash at that moment would): the events are in the log, and the service was
+    /// not told so.
+    pub fn lose_the_reply_to_the_next_append(&self) {
+        self.lose_commit_reply.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Replies to a COMMIT lost so far.
+    pub fn lost_commit_replies(&self) -> u32 {
+        self.lose_commit_reply.lost.load(Ordering::SeqCst)
     }
 
     /// In front of RabbitMQ ([`Proxy::in_front_of_broker`]): blocks publishers as a memory alarm would, or
@@ -127,6 +156,11 @@ impl Proxy {
     /// Starts a proxy in front of the service `url` points at; returns it and `url` rewritten to go through it.
     pub async fn in_front_of(url: &str) -> (Self, String) {
         Self::in_front_of_with(url, Protocol::Tcp).await
+    }
+
+    /// [`Proxy::in_front_of`] a PostgreSQL `url`, able to [lose a commit's reply](Proxy::lose_the_reply_to_the_next_append).
+    pub async fn in_front_of_database(url: &str) -> (Self, String) {
+        Self::in_front_of_with(url, Protocol::Postgres).await
     }
 
     /// [`Proxy::in_front_of`] a RabbitMQ `url`, able to [block publishing](Proxy::block_publishing).
@@ -224,6 +258,67 @@ async fn relay_amqp(client: &mut TcpStream, server: &mut TcpStream, blocked: wat
         () = read_frames => {}
         () = write_frames => {}
     }
+}
+
+/// Forwards a PostgreSQL connection as it comes, unless a lost reply is armed: then, once the service has sent
+/// an insert into the event log on this connection, the COMMIT that follows goes to the server, and the
+/// connection ends as soon as the server answers it, the answer not forwarded. The service sends a statement
+/// only after the answer to the one before, so nothing else is held back.
+async fn relay_postgres(client: &mut TcpStream, server: &mut TcpStream, lose: &LostReply) {
+    const APPEND: &[u8] = b"INSERT INTO events";
+    const COMMIT: &[u8] = b"COMMIT\0";
+    let (mut client_read, mut client_write) = client.split();
+    let (mut server_read, mut server_write) = server.split();
+    let swallowing = AtomicBool::new(false);
+    let upstream = async {
+        let (mut buffer, mut seen, mut appended) = (vec![0; 16 * 1024], Vec::new(), false);
+        loop {
+            let read = match client_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            if lose.armed.load(Ordering::SeqCst) {
+                // What this connection sent since the last look, with a tail kept for a word split by a read.
+                seen.extend_from_slice(&buffer[..read]);
+                if !appended && let Some(at) = find(&seen, APPEND) {
+                    appended = true;
+                    seen.drain(..at);
+                }
+                if appended && find(&seen, COMMIT).is_some() && lose.armed.swap(false, Ordering::SeqCst) {
+                    swallowing.store(true, Ordering::SeqCst);
+                }
+                let keep = seen.len().saturating_sub(APPEND.len());
+                seen.drain(..keep);
+            }
+            if server_write.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let downstream = async {
+        let mut buffer = vec![0; 16 * 1024];
+        loop {
+            let read = match server_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(read) => read,
+            };
+            if swallowing.load(Ordering::SeqCst) {
+                lose.lost.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
+            if client_write.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        () = upstream => {}
+        () = downstream => {}
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|window| window == needle)
 }
 
 /// The next frame: type (1 byte), channel (2), payload size (4), the payload and the frame end (1).
