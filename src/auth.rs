@@ -107,10 +107,10 @@ impl Principal {
     }
 }
 
-/// Verifies tokens with the configured key.
+/// Verifies tokens with the configured key, or the previous one while keys are rotated.
 pub struct Authenticator {
-    /// `None` when authentication is off.
-    key: Option<(DecodingKey, Validation)>,
+    /// The current key first; `None` when authentication is off.
+    keys: Option<(Vec<DecodingKey>, Validation)>,
     /// `auth.audience`: the `aud` a token must name; `None`: a token that names one is refused.
     audience: Option<String>,
 }
@@ -126,8 +126,8 @@ pub fn bearer_token(header: &str) -> Option<&str> {
 impl Authenticator {
     pub fn from_config(config: &AuthConfig) -> Result<Self, ConfigError> {
         let audience = config.audience.clone();
-        let Some((algorithm, key)) = config.verification_key()? else {
-            return Ok(Self { key: None, audience });
+        let Some((algorithm, keys)) = config.verification_keys()? else {
+            return Ok(Self { keys: None, audience });
         };
         let mut validation = Validation::new(algorithm);
         // Without an audience configured, jsonwebtoken refuses a token that names one: an identity provider
@@ -141,17 +141,25 @@ impl Authenticator {
         // A token that says it is not valid yet is not (jsonwebtoken checks `nbf` only when asked).
         validation.validate_nbf = true;
         validation.leeway = config.leeway_seconds;
-        Ok(Self { key: Some((key, validation)), audience })
+        Ok(Self { keys: Some((keys, validation)), audience })
     }
 
     /// The caller named by the `Authorization` header (an admin when authentication is off).
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, AuthError> {
-        let Some((key, validation)) = &self.key else {
+        let Some((keys, validation)) = &self.keys else {
             return Ok(Principal { subject: "anonymous".into(), role: Role::Admin });
         };
         let header = authorization.ok_or(AuthError::Missing)?;
         let token = bearer_token(header).ok_or_else(|| AuthError::Invalid("expected `Bearer <JWT>`".into()))?;
-        let Decoded { claims, aud } = jsonwebtoken::decode::<Decoded>(token, key, validation)
+        let mut decoded = Err(ErrorKind::InvalidSignature.into());
+        for key in keys {
+            decoded = jsonwebtoken::decode::<Decoded>(token, key, validation);
+            // Signed with another key: perhaps the previous one, while keys are rotated.
+            if !matches!(&decoded, Err(error) if *error.kind() == ErrorKind::InvalidSignature) {
+                break;
+            }
+        }
+        let Decoded { claims, aud } = decoded
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
@@ -234,13 +242,13 @@ struct Minted<'a> {
 mod tests {
     use super::*;
 
-    const SECRET: &str = "0123456789abcdef0123456789abcdef";
+    pub(super) const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
-    fn config() -> AuthConfig {
+    pub(super) fn config() -> AuthConfig {
         AuthConfig { jwt_secret: Some(SECRET.into()), ..AuthConfig::default() }
     }
 
-    fn bearer(token: &str) -> String {
+    pub(super) fn bearer(token: &str) -> String {
         format!("Bearer {token}")
     }
 
@@ -387,7 +395,10 @@ mod tests {
 
 #[cfg(test)]
 mod public_key_tests {
-    use super::*;
+    use super::{
+        tests::{SECRET, bearer, config},
+        *,
+    };
 
     const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
 
@@ -431,6 +442,86 @@ mod public_key_tests {
                 jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(&public_pem))
                     .expect("signed");
             assert!(auth.authenticate(Some(&format!("Bearer {confused}"))).is_err());
+        }
+    }
+
+    #[test]
+    fn while_keys_are_rotated_tokens_of_the_previous_key_still_verify() {
+        let old = AuthConfig { jwt_secret: Some("the-old-secret-the-old-secret-xxx".into()), ..AuthConfig::default() };
+        let rotating = AuthConfig { previous_jwt_secret: old.jwt_secret.clone(), ..config() };
+        let auth = Authenticator::from_config(&rotating).expect("valid config");
+        for minted_with in [&old, &config(), &rotating] {
+            let token = mint(minted_with, "ops", Role::Admin, Duration::from_secs(60)).expect("minted");
+            assert!(auth.authenticate(Some(&bearer(&token))).is_ok());
+        }
+        let stranger =
+            AuthConfig { jwt_secret: Some("neither-secret-neither-secret-xxx".into()), ..AuthConfig::default() };
+        let forged = mint(&stranger, "x", Role::Admin, Duration::from_secs(60)).expect("minted");
+        assert_eq!(auth.authenticate(Some(&bearer(&forged))), Err(AuthError::Invalid("bad signature".into())));
+        // A token of the previous key is still checked as any other: expired is expired.
+        let now = jsonwebtoken::get_current_timestamp();
+        let expired =
+            Claims { sub: "x".into(), iat: now - 600, exp: now - 300, role: RoleClaim::Admin, tenant_id: None };
+        let expired = jsonwebtoken::encode(
+            &Header::default(),
+            &expired,
+            &EncodingKey::from_secret(old.secret().expect("secret")),
+        )
+        .expect("encoded");
+        assert_eq!(auth.authenticate(Some(&bearer(&expired))), Err(AuthError::Expired));
+        // Once the rotation is over, the previous key's tokens are refused.
+        let old_token = mint(&old, "ops", Role::Admin, Duration::from_secs(60)).expect("minted");
+        let rotated = Authenticator::from_config(&config()).expect("valid config");
+        assert!(rotated.authenticate(Some(&bearer(&old_token))).is_err());
+
+        // With public keys: the previous key's file beside the new one.
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = Claims { sub: "svc".into(), iat: now, exp: now + 60, role: RoleClaim::Admin, tenant_id: None };
+        let keys = AuthConfig {
+            algorithm: JwtAlgorithm::ES256,
+            public_key_file: Some(format!("{KEYS}/es256-next-public.pem").into()),
+            previous_public_key_file: Some(format!("{KEYS}/es256-public.pem").into()),
+            ..AuthConfig::default()
+        };
+        let auth = Authenticator::from_config(&keys).expect("public keys load");
+        for private in ["es256-private.pem", "es256-next-private.pem"] {
+            let token = token(Algorithm::ES256, private, &claims);
+            assert!(auth.authenticate(Some(&bearer(&token))).is_ok(), "{private}");
+        }
+        let only_new = Authenticator::from_config(&AuthConfig { previous_public_key_file: None, ..keys.clone() })
+            .expect("public key loads");
+        assert!(only_new.authenticate(Some(&bearer(&token(Algorithm::ES256, "es256-private.pem", &claims)))).is_err());
+    }
+
+    #[test]
+    fn a_previous_key_must_suit_the_algorithm_and_be_as_strong_as_a_current_one() {
+        let cases = [
+            (AuthConfig { previous_jwt_secret: Some("short".into()), ..config() }, "auth.previous_jwt_secret"),
+            (
+                AuthConfig { previous_public_key_file: Some(format!("{KEYS}/es256-public.pem").into()), ..config() },
+                "auth.previous_public_key_file",
+            ),
+            (
+                AuthConfig {
+                    algorithm: JwtAlgorithm::RS256,
+                    public_key_file: Some(format!("{KEYS}/rs256-public.pem").into()),
+                    previous_jwt_secret: Some(SECRET.into()),
+                    ..AuthConfig::default()
+                },
+                "auth.previous_jwt_secret",
+            ),
+            (
+                AuthConfig {
+                    algorithm: JwtAlgorithm::RS256,
+                    public_key_file: Some(format!("{KEYS}/rs256-public.pem").into()),
+                    previous_public_key_file: Some(format!("{KEYS}/es256-public.pem").into()),
+                    ..AuthConfig::default()
+                },
+                "auth.previous_public_key_file",
+            ),
+        ];
+        for (config, key) in cases {
+            assert_eq!(Authenticator::from_config(&config).err().map(|e| e.key), Some(key.to_owned()), "{config:?}");
         }
     }
 }

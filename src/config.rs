@@ -46,8 +46,12 @@ pub struct AuthConfig {
     pub algorithm: JwtAlgorithm,
     /// The HS256 secret (at least 32 bytes).
     pub jwt_secret: Option<String>,
+    /// A secret tokens signed earlier are still verified with, while they are replaced (HS256).
+    pub previous_jwt_secret: Option<String>,
     /// PEM public key for RS256/ES256.
     pub public_key_file: Option<PathBuf>,
+    /// A public key tokens signed earlier are still verified with, while they are replaced (RS256/ES256).
+    pub previous_public_key_file: Option<PathBuf>,
     /// Clock skew tolerated on `exp`, in seconds.
     pub leeway_seconds: u64,
     /// The audience (`aud`) every token must name, as identity providers set it; none by default, and then a
@@ -61,7 +65,9 @@ impl Default for AuthConfig {
             enabled: true,
             algorithm: JwtAlgorithm::HS256,
             jwt_secret: None,
+            previous_jwt_secret: None,
             public_key_file: None,
+            previous_public_key_file: None,
             leeway_seconds: 30,
             audience: None,
         }
@@ -74,7 +80,9 @@ impl fmt::Debug for AuthConfig {
             .field("enabled", &self.enabled)
             .field("algorithm", &self.algorithm)
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
+            .field("previous_jwt_secret", &self.previous_jwt_secret.as_ref().map(|_| "<redacted>"))
             .field("public_key_file", &self.public_key_file)
+            .field("previous_public_key_file", &self.previous_public_key_file)
             .field("leeway_seconds", &self.leeway_seconds)
             .field("audience", &self.audience)
             .finish()
@@ -82,46 +90,63 @@ impl fmt::Debug for AuthConfig {
 }
 
 impl AuthConfig {
-    /// The algorithm and key tokens are verified with (`None` while authentication is off): the secret, or
-    /// the public key read from `public_key_file`.
-    pub fn verification_key(&self) -> Result<Option<(Algorithm, DecodingKey)>, ConfigError> {
+    /// The algorithm and the keys tokens are verified with (`None` while authentication is off): the secret,
+    /// or the public key read from `public_key_file`, then the previous one while keys are rotated.
+    pub fn verification_keys(&self) -> Result<Option<(Algorithm, Vec<DecodingKey>)>, ConfigError> {
         if !self.enabled {
             return Ok(None);
         }
-        let verification = match self.algorithm {
-            JwtAlgorithm::HS256 => (Algorithm::HS256, DecodingKey::from_secret(self.secret()?)),
-            JwtAlgorithm::RS256 => (
-                Algorithm::RS256,
-                DecodingKey::from_rsa_pem(&self.public_key()?)
-                    .map_err(|e| ConfigError::new("auth.public_key_file", format!("not an RSA public key: {e}")))?,
-            ),
-            JwtAlgorithm::ES256 => (
-                Algorithm::ES256,
-                DecodingKey::from_ec_pem(&self.public_key()?)
-                    .map_err(|e| ConfigError::new("auth.public_key_file", format!("not an EC public key: {e}")))?,
-            ),
+        let (algorithm, wrong_previous) = match self.algorithm {
+            JwtAlgorithm::HS256 => {
+                (Algorithm::HS256, self.previous_public_key_file.is_some().then_some("public_key_file"))
+            }
+            JwtAlgorithm::RS256 => (Algorithm::RS256, self.previous_jwt_secret.is_some().then_some("jwt_secret")),
+            JwtAlgorithm::ES256 => (Algorithm::ES256, self.previous_jwt_secret.is_some().then_some("jwt_secret")),
         };
-        Ok(Some(verification))
+        if let Some(field) = wrong_previous {
+            return Err(ConfigError::new(
+                &format!("auth.previous_{field}"),
+                format!("does not go with auth.algorithm {:?}", self.algorithm),
+            ));
+        }
+        let mut keys = Vec::with_capacity(2);
+        if algorithm == Algorithm::HS256 {
+            keys.push(DecodingKey::from_secret(self.secret()?));
+            if let Some(previous) = self.previous_jwt_secret.as_deref() {
+                keys.push(DecodingKey::from_secret(checked_secret("auth.previous_jwt_secret", Some(previous))?));
+            }
+        } else {
+            keys.push(public_decoding_key(algorithm, "auth.public_key_file", self.public_key_file.as_deref())?);
+            if let Some(previous) = self.previous_public_key_file.as_deref() {
+                keys.push(public_decoding_key(algorithm, "auth.previous_public_key_file", Some(previous))?);
+            }
+        }
+        Ok(Some((algorithm, keys)))
     }
 
     /// The HS256 secret, refused when missing or too short.
     pub fn secret(&self) -> Result<&[u8], ConfigError> {
-        let secret = self.jwt_secret.as_deref().ok_or_else(|| {
-            ConfigError::new("auth.jwt_secret", "must be set while auth.enabled is true (or set auth.enabled: false)")
-        })?;
-        if secret.len() < MIN_SECRET_BYTES {
-            return Err(ConfigError::new("auth.jwt_secret", format!("must be at least {MIN_SECRET_BYTES} bytes")));
-        }
-        Ok(secret.as_bytes())
+        checked_secret("auth.jwt_secret", self.jwt_secret.as_deref())
     }
+}
 
-    fn public_key(&self) -> Result<Vec<u8>, ConfigError> {
-        let path = self
-            .public_key_file
-            .as_ref()
-            .ok_or_else(|| ConfigError::new("auth.public_key_file", "must be set for RS256 and ES256"))?;
-        std::fs::read(path).map_err(|e| ConfigError::new("auth.public_key_file", format!("{}: {e}", path.display())))
+fn checked_secret<'a>(key: &str, secret: Option<&'a str>) -> Result<&'a [u8], ConfigError> {
+    let secret = secret
+        .ok_or_else(|| ConfigError::new(key, "must be set while auth.enabled is true (or set auth.enabled: false)"))?;
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigError::new(key, format!("must be at least {MIN_SECRET_BYTES} bytes")));
     }
+    Ok(secret.as_bytes())
+}
+
+/// The RS256 or ES256 public key in the PEM file at `path` (the setting `key`).
+fn public_decoding_key(algorithm: Algorithm, key: &str, path: Option<&Path>) -> Result<DecodingKey, ConfigError> {
+    let path = path.ok_or_else(|| ConfigError::new(key, "must be set for RS256 and ES256"))?;
+    let pem = std::fs::read(path).map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))?;
+    let decoded =
+        if algorithm == Algorithm::RS256 { DecodingKey::from_rsa_pem(&pem) } else { DecodingKey::from_ec_pem(&pem) };
+    let kind = if algorithm == Algorithm::RS256 { "RSA" } else { "EC" };
+    decoded.map_err(|e| ConfigError::new(key, format!("not an {kind} public key: {e}")))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -883,7 +908,7 @@ impl Config {
     }
 
     fn validate_secrets(&self) -> Result<(), ConfigError> {
-        self.auth.verification_key()?;
+        self.auth.verification_keys()?;
         if self.auth.enabled
             && self.auth.jwt_secret.as_deref() == Some(DEVELOPMENT_SECRET)
             && !is_loopback(&self.server.host)
@@ -913,7 +938,7 @@ impl Config {
     /// the connection URLs.
     pub fn to_redacted_json(&self) -> serde_json::Value {
         let mut json = serde_json::to_value(self).unwrap_or_default();
-        for pointer in ["/auth/jwt_secret", "/metrics/bearer_token"] {
+        for pointer in ["/auth/jwt_secret", "/auth/previous_jwt_secret", "/metrics/bearer_token"] {
             if let Some(secret) = json.pointer_mut(pointer).filter(|s| !s.is_null()) {
                 *secret = REDACTED.into();
             }

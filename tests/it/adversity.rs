@@ -60,11 +60,12 @@ async fn an_idle_service_neither_spins_nor_queries_in_a_loop_after_a_queue_is_de
     let window = Duration::from_secs(10);
     tokio::time::sleep(window).await;
     let (cpu, xacts) = (instance.cpu_time() - cpu_before, scalar_i64(&db, transactions).await - xacts_before);
-    // Idle work: projector polls (1 s), resyncs (5 s). A spinning loop burns a third of a core and runs about
-    // a thousand transactions a second. (The release binary idles under 1 %; this is the debug build.) The
-    // bounds leave room for a busy machine and for counts PostgreSQL reports late (an idle backend's up to
-    // 10 s late), which may include the restart's.
-    assert!(cpu < window * 5 / 100, "idle CPU over {window:?}: {cpu:?} (more than 5 % of a core)");
+    // Idle work: projector polls (200 ms here), resyncs (5 s). A spinning loop burns a third of a core and runs
+    // about a thousand transactions a second. The release binary idles under 1 %; this debug build from 3 % to
+    // 8 % by machine (with TLS to PostgreSQL, which a server with `ssl = on` negotiates), with no tenant at
+    // all. The bounds leave room for a busy machine and for counts PostgreSQL reports late (an idle backend's
+    // up to 10 s late), which may include the restart's.
+    assert!(cpu < window * 15 / 100, "idle CPU over {window:?}: {cpu:?} (more than 15 % of a core)");
     assert!(xacts < 200, "{xacts} transactions in {window:?} while idle");
     db.close().await.expect("close");
     processes::signal(instance, "-TERM").await;

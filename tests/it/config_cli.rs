@@ -116,11 +116,13 @@ fn the_development_secret_keeps_the_service_on_loopback_and_secrets_stay_out_of_
             ("TENANTMQ_DATABASE__URL", "postgres://app:db-password@db:5432/app?password=again"),
             ("TENANTMQ_RABBITMQ__URL", "amqps://app:broker-password@mq:5671/%2f"),
             ("TENANTMQ_METRICS__BEARER_TOKEN", "scrape-token-0123456789"),
+            ("TENANTMQ_AUTH__PREVIOUS_JWT_SECRET", "the-previous-secret-being-rotated-out"),
         ],
     );
     assert_eq!(open["server"]["host"], "0.0.0.0", "a secret of one's own may listen anywhere");
     let shown = open.to_string();
-    for secret in [secret, "db-password", "again", "broker-password", "scrape-token-0123456789"] {
+    let previous = "the-previous-secret-being-rotated-out";
+    for secret in [secret, "db-password", "again", "broker-password", "scrape-token-0123456789", previous] {
         assert!(!shown.contains(secret), "{secret} shown in {shown}");
     }
     assert_eq!(open["database"]["url"], "postgres://app:<redacted>@db:5432/app?password=<redacted>");
