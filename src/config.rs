@@ -909,12 +909,17 @@ impl Config {
 
     fn validate_secrets(&self) -> Result<(), ConfigError> {
         self.auth.verification_keys()?;
+        // The previous secret too: rotating away from the development secret keeps it valid until the end.
+        let development =
+            [("auth.jwt_secret", &self.auth.jwt_secret), ("auth.previous_jwt_secret", &self.auth.previous_jwt_secret)]
+                .into_iter()
+                .find(|(_, secret)| secret.as_deref() == Some(DEVELOPMENT_SECRET));
         if self.auth.enabled
-            && self.auth.jwt_secret.as_deref() == Some(DEVELOPMENT_SECRET)
+            && let Some((key, _)) = development
             && !is_loopback(&self.server.host)
         {
             return Err(ConfigError::new(
-                "auth.jwt_secret",
+                key,
                 format!(
                     "is the development secret published in config/default.yaml, which anyone can use to mint \
                      tokens: it is allowed only while server.host is a loopback address (got {}); set your own \
@@ -1053,6 +1058,11 @@ mod tests {
             assert_eq!(config.validate().map_err(|e| e.key), Err("auth.jwt_secret".to_owned()), "{host}");
         }
         config.auth.jwt_secret = Some("a real secret of at least thirty-two bytes".into());
+        assert!(config.validate().is_ok());
+        // Rotating away from it keeps it valid until the rotation ends: still loopback only.
+        config.auth.previous_jwt_secret = Some(DEVELOPMENT_SECRET.into());
+        assert_eq!(config.validate().map_err(|e| e.key), Err("auth.previous_jwt_secret".to_owned()));
+        config.server.host = "127.0.0.1".into();
         assert!(config.validate().is_ok());
     }
 

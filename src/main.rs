@@ -324,15 +324,17 @@ fn verify_file(path: &Path, expected: Expected) -> ExitCode {
     let mut check = ChainCheck::one_stream();
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let number = index + 1;
+        // An intact chain that is not what the auditor recorded is told apart from a broken one.
+        let (broken, unexpected) = ("NOT intact", "NOT as recorded");
         let pushed = match line {
-            Ok(line) => ChainedEvent::from_json_line(&line).map_err(|e| e.to_string()).and_then(|event| {
-                check.push(&event).map_err(|broken| broken.to_string())?;
-                expected.event(&event).map_err(|unexpected| unexpected.to_string())
+            Ok(line) => ChainedEvent::from_json_line(&line).map_err(|e| (broken, e.to_string())).and_then(|event| {
+                check.push(&event).map_err(|e| (broken, e.to_string()))?;
+                expected.event(&event).map_err(|e| (unexpected, e.to_string()))
             }),
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err((broken, error.to_string())),
         };
-        if let Err(why) = pushed {
-            println!("{shown}: NOT intact at line {number}: {why}");
+        if let Err((verdict, why)) = pushed {
+            println!("{shown}: {verdict} at line {number}: {why}");
             return ExitCode::FAILURE;
         }
     }

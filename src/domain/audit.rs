@@ -398,7 +398,9 @@ impl std::str::FromStr for RecordedHead {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let form = || format!("{text:?} is not VERSION:HASH (a version from 1 and 64 lowercase hex digits)");
         let (version, hash) = text.split_once(':').ok_or_else(form)?;
-        let version = version.parse().ok().filter(|version| *version >= 1).ok_or_else(form)?;
+        // Written as the checks print it, as scripts/verify_export.py takes it: no sign, no leading zero.
+        let digits = version.bytes().all(|b| b.is_ascii_digit()) && !version.starts_with('0');
+        let version = version.parse().ok().filter(|_| digits).ok_or_else(form)?;
         let hash = EventHash::from_hex(hash).ok_or_else(form)?;
         Ok(Self { version, hash })
     }
@@ -754,6 +756,9 @@ mod tests {
             SECOND_HASH.to_owned(),
             format!("0:{SECOND_HASH}"),
             format!("-1:{SECOND_HASH}"),
+            format!("+2:{SECOND_HASH}"),
+            format!("02:{SECOND_HASH}"),
+            format!("2147483648:{SECOND_HASH}"),
             format!("x:{SECOND_HASH}"),
             format!("2:{}", SECOND_HASH.to_uppercase()),
             format!("2:{}", &SECOND_HASH[1..]),

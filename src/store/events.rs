@@ -292,6 +292,7 @@ impl EventStore {
             // moment): answered with an error, a client would retry, and a create without an id would then be
             // recorded twice. The last event's hash covers its position and time, so finding it says that these
             // very events are in the log.
+            // `prev_hash` is now the last event's own hash.
             if !self.holds(stream_id, appended.last_version, prev_hash).await {
                 return Err(error.into());
             }
@@ -302,12 +303,23 @@ impl EventStore {
     }
 
     /// Whether the stream's event at `version` has `hash`; false also when the log cannot be read (the outcome
-    /// then stays unknown, and the append answers with its error).
+    /// then stays unknown, and the append answers with its error). It first takes the append lock, which the
+    /// failed transaction holds until it has ended: a COMMIT still under way (a slow fsync, a synchronous
+    /// standby) is waited for rather than taken for one that did not happen.
     async fn holds(&self, stream_id: Uuid, version: i32, hash: EventHash) -> bool {
-        let statement =
-            stmt("SELECT hash FROM events WHERE stream_id = $1 AND version = $2", [stream_id.into(), version.into()]);
-        let stored = self.db.query_one_raw(statement).await;
-        match stored.and_then(|row| row.map(|row| row.try_get::<Vec<u8>>("", "hash")).transpose()) {
+        let stored = async {
+            let txn = self.db.begin().await?;
+            txn.execute_unprepared(LOG_LOCK_WAIT).await?;
+            txn.execute_raw(stmt("SELECT pg_advisory_xact_lock($1)", [APPEND_LOCK.into()])).await?;
+            let statement = stmt(
+                "SELECT hash FROM events WHERE stream_id = $1 AND version = $2",
+                [stream_id.into(), version.into()],
+            );
+            let row = txn.query_one_raw(statement).await?;
+            txn.commit().await?;
+            row.map(|row| row.try_get::<Vec<u8>>("", "hash")).transpose()
+        };
+        match stored.await {
             Ok(stored) => stored.is_some_and(|stored| stored == hash.as_bytes()),
             Err(error) => {
                 tracing::warn!(%error, %stream_id, version, "cannot tell whether a commit whose reply was lost took place");

@@ -813,6 +813,10 @@ async fn an_export_checked_against_a_recorded_head_shows_a_stream_cut_back_or_re
         assert!(said.contains(&recorded), "the head to record next time: {said}");
     }
     assert_fails(checked(&other, None).await, &other);
+    // A head not written as VERSION:HASH is a usage error to both (exit 2), never a verdict.
+    for (code, said) in checked(&id, Some(&format!("0{recorded}"))).await {
+        assert_eq!(code, Some(2), "{said}");
+    }
 
     // The owner takes the newest event away: the chain left is intact, and only the recorded head shows it.
     tamper(&app, &format!("DELETE FROM events WHERE stream_id = '{id}' AND version = 3")).await;
