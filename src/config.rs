@@ -96,31 +96,33 @@ impl AuthConfig {
         if !self.enabled {
             return Ok(None);
         }
-        let (algorithm, wrong_previous) = match self.algorithm {
-            JwtAlgorithm::HS256 => {
-                (Algorithm::HS256, self.previous_public_key_file.is_some().then_some("public_key_file"))
-            }
-            JwtAlgorithm::RS256 => (Algorithm::RS256, self.previous_jwt_secret.is_some().then_some("jwt_secret")),
-            JwtAlgorithm::ES256 => (Algorithm::ES256, self.previous_jwt_secret.is_some().then_some("jwt_secret")),
-        };
-        if let Some(field) = wrong_previous {
-            return Err(ConfigError::new(
-                &format!("auth.previous_{field}"),
-                format!("does not go with auth.algorithm {:?}", self.algorithm),
-            ));
-        }
+        // A previous key of the other kind is a mistake: it would never verify anything.
+        let refuse =
+            |key: &str| Err(ConfigError::new(key, format!("does not go with auth.algorithm {:?}", self.algorithm)));
         let mut keys = Vec::with_capacity(2);
-        if algorithm == Algorithm::HS256 {
-            keys.push(DecodingKey::from_secret(self.secret()?));
-            if let Some(previous) = self.previous_jwt_secret.as_deref() {
-                keys.push(DecodingKey::from_secret(checked_secret("auth.previous_jwt_secret", Some(previous))?));
+        let algorithm = match self.algorithm {
+            JwtAlgorithm::HS256 => {
+                if self.previous_public_key_file.is_some() {
+                    return refuse("auth.previous_public_key_file");
+                }
+                keys.push(DecodingKey::from_secret(self.secret()?));
+                if let Some(previous) = self.previous_jwt_secret.as_deref() {
+                    keys.push(DecodingKey::from_secret(checked_secret("auth.previous_jwt_secret", Some(previous))?));
+                }
+                Algorithm::HS256
             }
-        } else {
-            keys.push(public_decoding_key(algorithm, "auth.public_key_file", self.public_key_file.as_deref())?);
-            if let Some(previous) = self.previous_public_key_file.as_deref() {
-                keys.push(public_decoding_key(algorithm, "auth.previous_public_key_file", Some(previous))?);
+            JwtAlgorithm::RS256 | JwtAlgorithm::ES256 => {
+                if self.previous_jwt_secret.is_some() {
+                    return refuse("auth.previous_jwt_secret");
+                }
+                let algorithm = if self.algorithm == JwtAlgorithm::RS256 { Algorithm::RS256 } else { Algorithm::ES256 };
+                keys.push(public_decoding_key(algorithm, "auth.public_key_file", self.public_key_file.as_deref())?);
+                if let Some(previous) = self.previous_public_key_file.as_deref() {
+                    keys.push(public_decoding_key(algorithm, "auth.previous_public_key_file", Some(previous))?);
+                }
+                algorithm
             }
-        }
+        };
         Ok(Some((algorithm, keys)))
     }
 
@@ -143,9 +145,10 @@ fn checked_secret<'a>(key: &str, secret: Option<&'a str>) -> Result<&'a [u8], Co
 fn public_decoding_key(algorithm: Algorithm, key: &str, path: Option<&Path>) -> Result<DecodingKey, ConfigError> {
     let path = path.ok_or_else(|| ConfigError::new(key, "must be set for RS256 and ES256"))?;
     let pem = std::fs::read(path).map_err(|e| ConfigError::new(key, format!("{}: {e}", path.display())))?;
-    let decoded =
-        if algorithm == Algorithm::RS256 { DecodingKey::from_rsa_pem(&pem) } else { DecodingKey::from_ec_pem(&pem) };
-    let kind = if algorithm == Algorithm::RS256 { "RSA" } else { "EC" };
+    let (decoded, kind) = match algorithm {
+        Algorithm::RS256 => (DecodingKey::from_rsa_pem(&pem), "RSA"),
+        _ => (DecodingKey::from_ec_pem(&pem), "EC"),
+    };
     decoded.map_err(|e| ConfigError::new(key, format!("not an {kind} public key: {e}")))
 }
 

@@ -322,10 +322,10 @@ fn verify_file(path: &Path, expected: Expected) -> ExitCode {
         }
     };
     let mut check = ChainCheck::one_stream();
+    // An intact chain that is not what the auditor recorded is told apart from a broken one.
+    let (broken, unexpected) = ("NOT intact", "NOT as recorded");
     for (index, line) in BufReader::new(file).lines().enumerate() {
         let number = index + 1;
-        // An intact chain that is not what the auditor recorded is told apart from a broken one.
-        let (broken, unexpected) = ("NOT intact", "NOT as recorded");
         let pushed = match line {
             Ok(line) => ChainedEvent::from_json_line(&line).map_err(|e| (broken, e.to_string())).and_then(|event| {
                 check.push(&event).map_err(|e| (broken, e.to_string()))?;
@@ -344,8 +344,8 @@ fn verify_file(path: &Path, expected: Expected) -> ExitCode {
         eprintln!("tenantmq: {shown}: no events");
         return ExitCode::FAILURE;
     }
-    if let Err(unexpected) = expected.end(&intact) {
-        println!("{shown}: NOT as recorded: {unexpected}");
+    if let Err(why) = expected.end(&intact) {
+        println!("{shown}: {unexpected}: {why}");
         return ExitCode::FAILURE;
     }
     println!("{shown}: intact: {}", describe(&intact, true));

@@ -10,7 +10,10 @@
 //! hash covers it, and `recorded_at` is set explicitly because the hash covers the exact stored value.
 
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, FromQueryResult, Statement, TransactionTrait, Value};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, FromQueryResult, Statement, TransactionTrait,
+    Value,
+};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -246,9 +249,7 @@ impl EventStore {
     ) -> Result<Appended, StoreError> {
         let metadata = serde_json::to_value(metadata).map_err(StoreError::Encode)?;
         let data = serde_json::Value::Array(events.iter().map(|event| event.data.clone()).collect());
-        let txn = self.db.begin().await?;
-        txn.execute_unprepared(LOG_LOCK_WAIT).await?;
-        txn.execute_raw(stmt("SELECT pg_advisory_xact_lock($1)", [APPEND_LOCK.into()])).await?;
+        let txn = self.begin_appending().await?;
         let tips =
             StreamTip::find_by_statement(stmt(STREAM_TIP, [stream_id.into(), metadata.clone().into(), data.into()]))
                 .all(&txn)
@@ -302,15 +303,22 @@ impl EventStore {
         Ok(appended)
     }
 
+    /// A transaction holding the append lock, which one append at a time holds until it has ended; its wait
+    /// for it is bounded by [`LOG_LOCK_WAIT`].
+    async fn begin_appending(&self) -> Result<DatabaseTransaction, sea_orm::DbErr> {
+        let txn = self.db.begin().await?;
+        txn.execute_unprepared(LOG_LOCK_WAIT).await?;
+        txn.execute_raw(stmt("SELECT pg_advisory_xact_lock($1)", [APPEND_LOCK.into()])).await?;
+        Ok(txn)
+    }
+
     /// Whether the stream's event at `version` has `hash`; false also when the log cannot be read (the outcome
     /// then stays unknown, and the append answers with its error). It first takes the append lock, which the
     /// failed transaction holds until it has ended: a COMMIT still under way (a slow fsync, a synchronous
     /// standby) is waited for rather than taken for one that did not happen.
     async fn holds(&self, stream_id: Uuid, version: i32, hash: EventHash) -> bool {
         let stored = async {
-            let txn = self.db.begin().await?;
-            txn.execute_unprepared(LOG_LOCK_WAIT).await?;
-            txn.execute_raw(stmt("SELECT pg_advisory_xact_lock($1)", [APPEND_LOCK.into()])).await?;
+            let txn = self.begin_appending().await?;
             let statement = stmt(
                 "SELECT hash FROM events WHERE stream_id = $1 AND version = $2",
                 [stream_id.into(), version.into()],

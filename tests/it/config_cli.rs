@@ -238,9 +238,11 @@ fn default_yaml_with_every_commented_setting_uncommented_loads() {
             format!("{indent}{}\n", setting.unwrap_or(rest))
         })
         .collect();
-    let sections: Vec<&str> =
-        uncommented.lines().filter(|line| !line.starts_with([' ', '#']) && line.contains(':')).collect();
-    let keys: Vec<&str> = sections.iter().filter_map(|line| line.split(':').next()).collect();
+    let keys: Vec<&str> = uncommented
+        .lines()
+        .filter(|line| !line.starts_with([' ', '#']))
+        .filter_map(|line| line.split_once(':').map(|(key, _)| key))
+        .collect();
     let mut unique = keys.clone();
     unique.sort_unstable();
     unique.dedup();

@@ -30,13 +30,17 @@ fn the_dockerfile_stubs_every_workspace_member_and_uses_a_new_enough_toolchain()
     assert!(parse(version) >= parse(wanted), "builder image rust:{version} is older than rust-version {wanted}");
 }
 
+/// A YAML file of the repository as JSON.
+fn yaml(path: &str) -> serde_json::Value {
+    use figment::providers::Format;
+    figment::Figment::from(figment::providers::Yaml::file_exact(format!("{ROOT}/{path}")))
+        .extract()
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
 /// A manifest of deploy/kubernetes as JSON.
 fn manifest(file: &str) -> serde_json::Value {
-    use figment::providers::Format;
-    let path = format!("{ROOT}/deploy/kubernetes/{file}");
-    figment::Figment::from(figment::providers::Yaml::file_exact(&path))
-        .extract()
-        .unwrap_or_else(|e| panic!("{file}: {e}"))
+    yaml(&format!("deploy/kubernetes/{file}"))
 }
 
 /// What the pods would run with: the ConfigMap's file and the Deployment's variables (placeholder values for
@@ -82,11 +86,7 @@ fn the_kubernetes_configuration_loads_and_the_grace_period_outlasts_a_graceful_s
 /// Compose waits `stop_grace_period` before its SIGKILL: longer than the graceful stop its service is set for.
 #[test]
 fn the_compose_grace_period_outlasts_a_graceful_stop() {
-    use figment::providers::Format;
-    let compose: serde_json::Value =
-        figment::Figment::from(figment::providers::Yaml::file_exact(format!("{ROOT}/deploy/docker-compose.yml")))
-            .extract()
-            .expect("docker-compose.yml");
+    let compose = yaml("deploy/docker-compose.yml");
     let service = &compose["services"]["app"];
     let duration =
         |text: &serde_json::Value| humantime::parse_duration(text.as_str().expect("a duration")).expect("parsed");

@@ -408,7 +408,7 @@ async fn a_tenant_whose_writes_hang_cannot_hold_every_write_connection() {
 }
 
 /// Inserts of messages waiting for a lock, on the service's database.
-async fn writes_waiting_for_a_lock(app: &TestApp) -> i64 {
+pub(crate) async fn writes_waiting_for_a_lock(app: &TestApp) -> i64 {
     app.scalar_i64(
         "SELECT count(*) FROM pg_stat_activity \
          WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'",

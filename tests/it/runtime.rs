@@ -526,13 +526,12 @@ async fn a_consumer_shutting_down_stays_subscribed_until_its_workers_have_settle
     let messages: Vec<Value> = (0..MESSAGES).map(|i| json!({ "payload": { "i": i } })).collect();
     let published = app.post_json(&format!("/tenants/{tenant}/messages/batch"), &json!({ "messages": messages })).await;
     assert_eq!(published.status(), StatusCode::ACCEPTED);
-    let observer = sea_orm::Database::connect(&app.config.database.url).await.expect("observer");
-    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
-                   AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO messages%'";
     eventually(Duration::from_secs(20), "the worker's write to wait for the lock", || async {
-        (crate::helpers::scalar_i64(&observer, waiting).await > 0).then_some(())
+        (crate::limits::writes_waiting_for_a_lock(&app).await > 0).then_some(())
     })
     .await;
+    // The service's pool closes with it: the rows are counted on a connection of the test's own.
+    let observer = sea_orm::Database::connect(&app.config.database.url).await.expect("observer");
 
     // The stop begins at once (its first poll cancels the service); the lock holds the write for a while.
     let consumers_while_writing = async {
