@@ -330,7 +330,8 @@ pub struct ConsumerConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProjectorConfig {
-    /// Projectors are woken by NOTIFY on append; this poll is the safety net for a lost notification.
+    /// Projectors are woken by NOTIFY on append; this poll is the safety net while NOTIFY is received (a
+    /// connection that died unnoticed, a read model edited by hand). While it is not, they poll every second.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// Events applied per projector transaction.
@@ -593,7 +594,7 @@ impl ConsumerConfig {
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self { poll_interval: Duration::from_secs(1), batch_size: 500, command_wait: Duration::from_secs(10) }
+        Self { poll_interval: Duration::from_secs(30), batch_size: 500, command_wait: Duration::from_secs(10) }
     }
 }
 

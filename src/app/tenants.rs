@@ -215,6 +215,9 @@ impl Tenants {
         // A command that changes nothing answers from the read model too, which must have caught up with what
         // the log says (an earlier command, perhaps the same one answered `recorded`, may not be in it yet).
         let position = if events.is_empty() {
+            // The log reaches it: the projectors step now, not at their next poll if this instance missed the
+            // NOTIFY of it (appended by another instance while its listener's connection was silent).
+            self.store.observe_head(last_position);
             last_position
         } else {
             let encoded = events.iter().map(NewEvent::encode).collect::<Result<Vec<_>, _>>()?;

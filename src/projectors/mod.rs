@@ -6,7 +6,10 @@ pub mod check;
 mod partitions;
 mod tenants;
 
-use std::{future::Future, time::Duration};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::{sync::watch, task::JoinSet};
@@ -126,17 +129,31 @@ async fn rebuild<P: Projector>(
 #[derive(Debug, Clone, Copy)]
 pub struct RunnerSettings {
     pub batch_size: u32,
+    /// The safety-net poll while NOTIFY is received (see [`poll_interval`]).
     pub poll_interval: Duration,
 }
 
+/// How often runners poll while this instance does not listen for NOTIFY (at start, or reconnecting): every
+/// append of another instance then shows only by a poll.
+pub const POLL_WHILE_NOT_LISTENING: Duration = Duration::from_secs(1);
+
+/// The wait between two polls: the configured safety net while NOTIFY is received, which covers only what
+/// NOTIFY cannot (a connection that died without the listener noticing yet, a read model edited by hand); at
+/// most [`POLL_WHILE_NOT_LISTENING`] otherwise.
+fn poll_interval(settings: RunnerSettings, listening: bool) -> Duration {
+    if listening { settings.poll_interval } else { settings.poll_interval.min(POLL_WHILE_NOT_LISTENING) }
+}
+
 /// Runs a projector until `cancel` fires: catches up, then waits for the log's head to move (local append or
-/// NOTIFY) or for the poll interval, whichever comes first. Errors are logged and retried with backoff.
+/// NOTIFY) or for the poll interval, whichever comes first. `listening` says whether NOTIFY is received (see
+/// [`listen_for_appends`]). Errors are logged and retried with backoff.
 pub async fn run<P: Projector>(
     projector: P,
     db: DatabaseConnection,
     store: EventStore,
     progress: watch::Sender<Progress>,
     settings: RunnerSettings,
+    mut listening: watch::Receiver<bool>,
     cancel: CancellationToken,
 ) {
     let mut head = store.subscribe_head();
@@ -156,10 +173,13 @@ pub async fn run<P: Projector>(
                 if !caught_up {
                     continue;
                 }
+                let poll = poll_interval(settings, *listening.borrow_and_update());
                 tokio::select! {
                     _ = cancel.cancelled() => {}
                     _ = head.changed() => {}
-                    _ = tokio::time::sleep(settings.poll_interval) => {}
+                    // Listening stopped: poll at the shorter interval from now on, not after the longer one.
+                    () = listening_changed(&mut listening) => {}
+                    _ = tokio::time::sleep(poll) => {}
                 }
             }
             Err(error) => {
@@ -174,19 +194,39 @@ pub async fn run<P: Projector>(
     }
 }
 
-/// Listens for NOTIFY on append so that projectors on every instance wake at once; the poll in [`run`]
-/// covers notifications lost while reconnecting.
-pub async fn listen_for_appends(db: DatabaseConnection, store: EventStore, cancel: CancellationToken) {
+/// Resolves when `listening` changes; never once its sender is gone (the listener ended: shutdown).
+async fn listening_changed(listening: &mut watch::Receiver<bool>) {
+    if listening.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// A listener connection that lasted this long was healthy: losing it starts the backoff afresh.
+const LISTENER_HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+/// Listens for NOTIFY on append so that projectors on every instance wake at once, and says on `listening`
+/// whether it does. What is appended while it does not listen is never notified: so after each LISTEN it reads
+/// the log's head, which wakes the projectors if the log moved meanwhile; until then they poll every
+/// [`POLL_WHILE_NOT_LISTENING`].
+pub async fn listen_for_appends(
+    db: DatabaseConnection,
+    store: EventStore,
+    listening: watch::Sender<bool>,
+    cancel: CancellationToken,
+) {
     let mut backoff = Backoff::new();
     while !cancel.is_cancelled() {
-        // Either step can fail for as long as the server does (LISTEN on a standby in recovery, say): both wait.
-        let listening = async {
+        // Each step can fail for as long as the server does (LISTEN on a standby in recovery, say): all wait.
+        let listen = async {
             let mut listener =
                 sea_orm::sqlx::postgres::PgListener::connect_with(db.get_postgres_connection_pool()).await?;
+            // A lost connection ends this listener (and this loop reads the head again), not a silent reconnect.
+            listener.eager_reconnect(false);
             listener.listen(NOTIFY_CHANNEL).await?;
-            Ok::<_, sea_orm::sqlx::Error>(listener)
+            store.head_position().await?;
+            Ok::<_, StoreError>(listener)
         };
-        let mut listener = match listening.await {
+        let mut listener = match listen.await {
             Ok(listener) => listener,
             Err(error) => {
                 let delay = backoff.next_delay();
@@ -194,23 +234,32 @@ pub async fn listen_for_appends(db: DatabaseConnection, store: EventStore, cance
                 tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => continue }
             }
         };
-        backoff.reset();
-        loop {
+        listening.send_replace(true);
+        let listening_since = Instant::now();
+        let lost = loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                received = listener.recv() => match received {
-                    Ok(notification) => {
+                // `try_recv`, unlike `recv`, tells of a lost connection (`Ok(None)`) instead of reconnecting
+                // silently past the notifications sent meanwhile.
+                received = listener.try_recv() => match received {
+                    Ok(Some(notification)) => {
                         if let Ok(position) = notification.payload().parse::<i64>() {
                             store.observe_head(position);
                         }
                     }
-                    Err(error) => {
-                        tracing::warn!(%error, "NOTIFY listener lost its connection; reconnecting");
-                        break;
-                    }
+                    Ok(None) => break "the connection was lost".to_owned(),
+                    Err(error) => break error.to_string(),
                 }
             }
+        };
+        if listening_since.elapsed() >= LISTENER_HEALTHY_AFTER {
+            backoff.reset();
         }
+        // A server that drops every connection at once must not make this loop spin.
+        let delay = backoff.next_delay();
+        tracing::warn!(error = %lost, ?delay, "NOTIFY listener lost its connection; listening again");
+        listening.send_replace(false);
+        tokio::select! { _ = cancel.cancelled() => return, _ = tokio::time::sleep(delay) => {} }
     }
 }
 
@@ -260,14 +309,15 @@ pub fn spawn_all(
     settings: RunnerSettings,
     cancel: &CancellationToken,
 ) -> Projections {
+    let (listening, listening_receiver) = watch::channel(false);
     let (db_, store_, cancel_) = (db.clone(), store.clone(), cancel.clone());
     tasks.spawn(async move {
-        listen_for_appends(db_, store_, cancel_).await;
+        listen_for_appends(db_, store_, listening, cancel_).await;
         "event log listener"
     });
     Projections {
-        tenants: spawn(tasks, tenants, db, store, settings, cancel),
-        partitions: spawn(tasks, partitions, db, store, settings, cancel),
+        tenants: spawn(tasks, tenants, db, store, settings, &listening_receiver, cancel),
+        partitions: spawn(tasks, partitions, db, store, settings, &listening_receiver, cancel),
     }
 }
 
@@ -277,12 +327,13 @@ fn spawn<P: Projector>(
     db: &DatabaseConnection,
     store: &EventStore,
     settings: RunnerSettings,
+    listening: &watch::Receiver<bool>,
     cancel: &CancellationToken,
 ) -> watch::Receiver<Progress> {
     let (progress, receiver) = watch::channel(Progress::default());
-    let (db, store, cancel) = (db.clone(), store.clone(), cancel.clone());
+    let (db, store, listening, cancel) = (db.clone(), store.clone(), listening.clone(), cancel.clone());
     tasks.spawn(async move {
-        run(projector, db, store, progress, settings, cancel).await;
+        run(projector, db, store, progress, settings, listening, cancel).await;
         P::NAME
     });
     receiver

@@ -15,7 +15,11 @@ use tenantmq::{
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TestApp, eventually, scalar_i64};
+use crate::{
+    helpers::{TestApp, eventually, scalar_i64, test_config},
+    metrics::Scrape,
+    proxy::Proxy,
+};
 
 /// Records every event it applies in `applied`, with no uniqueness constraint, so a double apply shows.
 struct RecordingProjector;
@@ -55,6 +59,8 @@ async fn two_runners_of_one_projector_apply_each_event_once() {
                 store,
                 watch::Sender::new(Progress::default()),
                 settings,
+                // Not listening (this store hears of no NOTIFY): the runners poll at `settings`' interval.
+                watch::channel(false).1,
                 cancel,
             ))
         })
@@ -192,4 +198,78 @@ async fn an_idle_projector_polls_without_locking_its_checkpoint() {
     }
     crate::dead_letters::release(lock).await;
     app.stop().await;
+}
+
+/// What another instance appends while this one does not listen for NOTIFY (its connection to PostgreSQL
+/// down) is never notified. Before, the projectors learnt of it at their next safety-net poll only: with the
+/// listener back, nothing woke them. Now the listener reads the log's head after each LISTEN, and the
+/// projectors poll every second while it does not listen; the safety-net poll here is an hour.
+#[tokio::test]
+async fn an_instance_catches_up_with_appends_made_while_it_did_not_listen() {
+    let mut config = test_config();
+    let direct = config.clone();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.database.url).await;
+    config.database.url = through_proxy;
+    config.projectors.poll_interval = Duration::from_secs(3600);
+    let listener = TestApp::spawn_with(config.clone()).await;
+    // The same database and secret, reached directly, polling as the tests do.
+    let mut other = tenantmq_testkit::RunningApp::start(direct).await.expect("a second instance on its database");
+    let head = "SELECT max(position) FROM events";
+    let projected_by_listener = |position: i64| {
+        let base_url = listener.base_url.clone();
+        async move {
+            let scrape = Scrape::at(&base_url).await;
+            let at = scrape.value("tenantmq_projector_position", &[("projector", "tenants")]).unwrap_or(0.0);
+            (at >= position as f64).then_some(())
+        }
+    };
+
+    // Notified: the other instance's create reaches this one's projectors at once.
+    tenantmq_testkit::create_tenant(&other.client, &other.base_url, &json!({ "name": "notified" }))
+        .await
+        .expect("created on the other instance");
+    let position = listener.scalar_i64(head).await;
+    eventually(Duration::from_secs(20), "the notified create", || projected_by_listener(position)).await;
+
+    proxy.take_down();
+    tenantmq_testkit::create_tenant(&other.client, &other.base_url, &json!({ "name": "unheard" }))
+        .await
+        .expect("created on the other instance");
+    let position = scalar_i64(&other.db, head).await;
+    proxy.restore();
+    eventually(Duration::from_secs(20), "the create made while not listening", || projected_by_listener(position))
+        .await;
+
+    other.stop().await.expect("the other instance stopped");
+    listener.stop().await;
+}
+
+/// A listener whose connection went silent (a network partition gives no error until TCP gives up, hours
+/// later) hears no NOTIFY, and the projectors poll only at `projectors.poll_interval`. A command that changes
+/// nothing waits for this instance's projections to reach the stream's last event, which another instance
+/// appended: before, until that poll (503 after `command_wait`); now it raises the head it knows to that event,
+/// and the projectors step at once.
+#[tokio::test]
+async fn a_command_that_changes_nothing_does_not_wait_for_a_notification_that_never_comes() {
+    let mut config = test_config();
+    let direct = config.clone();
+    let (proxy, through_proxy) = Proxy::in_front_of_database(&config.database.url).await;
+    // In clear text, for the proxy to see which connection listens.
+    let separator = if through_proxy.contains('?') { '&' } else { '?' };
+    config.database.url = format!("{through_proxy}{separator}sslmode=disable");
+    config.projectors.poll_interval = Duration::from_secs(3600);
+    config.projectors.command_wait = Duration::from_secs(5);
+    let silent = TestApp::spawn_with(config).await;
+    let mut other = tenantmq_testkit::RunningApp::start(direct).await.expect("a second instance on its database");
+    let id = silent.create_tenant_id("quiet").await;
+
+    proxy.silence_listeners();
+    let path = format!("/tenants/{id}/config/concurrency");
+    let set = other.client.put(other.url(&path)).json(&json!({ "workers": 7 })).send().await.expect("sent");
+    assert_eq!(set.status(), reqwest::StatusCode::OK, "set on the other instance");
+    let again = silent.put_json(&path, &json!({ "workers": 7 })).await;
+    assert_eq!(again.status(), reqwest::StatusCode::OK, "{}", again.text().await.unwrap_or_default());
+
+    other.stop().await.expect("the other instance stopped");
+    silent.stop().await;
 }

@@ -28,16 +28,19 @@ pub struct Proxy {
     stalled: Arc<watch::Sender<bool>>,
     /// In front of RabbitMQ: whether publishers are blocked.
     publishing_blocked: Arc<watch::Sender<bool>>,
-    /// In front of PostgreSQL: armed, the next transaction that appends to the event log commits and its
-    /// connection is cut before the reply reaches the service.
-    lose_commit_reply: Arc<LostReply>,
+    /// In front of PostgreSQL: a COMMIT's reply to lose, listeners to silence.
+    postgres: Arc<PostgresFaults>,
     listener: JoinHandle<()>,
 }
 
-/// A COMMIT whose reply is to be lost (see [`Proxy::lose_the_reply_to_the_next_append`]).
+/// What the proxy does to PostgreSQL's traffic.
 #[derive(Default)]
-struct LostReply {
+struct PostgresFaults {
+    /// Armed, the next transaction that appends to the event log commits and its connection is cut before the
+    /// reply reaches the service (see [`Proxy::lose_the_reply_to_the_next_append`]).
     armed: AtomicBool,
+    /// Connections that sent `LISTEN` no longer forward what the server sends (see [`Proxy::silence_listeners`]).
+    listeners_silenced: AtomicBool,
     /// Replies lost so far.
     lost: std::sync::atomic::AtomicU32,
 }
@@ -62,9 +65,9 @@ impl Proxy {
         let up = Arc::new(watch::Sender::new(true));
         let stalled = Arc::new(watch::Sender::new(false));
         let publishing_blocked = Arc::new(watch::Sender::new(false));
-        let lose_commit_reply = Arc::new(LostReply::default());
+        let postgres = Arc::new(PostgresFaults::default());
         let (upstream, cuts_, up_, stalled_) = (upstream.to_owned(), cuts.clone(), up.clone(), stalled.clone());
-        let (blocked_, lose_) = (publishing_blocked.clone(), lose_commit_reply.clone());
+        let (blocked_, faults_) = (publishing_blocked.clone(), postgres.clone());
         let listener = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 // Subscribe first: `take_down` marks the proxy down before it cuts, so a connection either
@@ -77,7 +80,7 @@ impl Proxy {
                 let upstream = upstream.clone();
                 let mut stall = stalled_.subscribe();
                 let blocked = blocked_.subscribe();
-                let lose = lose_.clone();
+                let faults = faults_.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(&upstream).await else { return };
                     let mut client = client;
@@ -85,7 +88,7 @@ impl Proxy {
                         match protocol {
                             Protocol::Tcp => drop(copy_bidirectional(&mut client, &mut server).await),
                             Protocol::Amqp => relay_amqp(&mut client, &mut server, blocked).await,
-                            Protocol::Postgres => relay_postgres(&mut client, &mut server, &lose).await,
+                            Protocol::Postgres => relay_postgres(&mut client, &mut server, &faults).await,
                         }
                     };
                     let stalled = tokio::select! {
@@ -100,7 +103,7 @@ impl Proxy {
                 });
             }
         });
-        Self { address, cuts, up, stalled, publishing_blocked, lose_commit_reply, listener }
+        Self { address, cuts, up, stalled, publishing_blocked, postgres, listener }
     }
 
     /// In front of PostgreSQL ([`Proxy::in_front_of_database`]): the next transaction that inserts into the
@@ -108,12 +111,18 @@ impl Proxy {
     /// network fault or a server crash at that moment would): the events are in the log, and the service was
     /// not told so.
     pub fn lose_the_reply_to_the_next_append(&self) {
-        self.lose_commit_reply.armed.store(true, Ordering::SeqCst);
+        self.postgres.armed.store(true, Ordering::SeqCst);
     }
 
     /// Replies to a COMMIT lost so far.
     pub fn lost_commit_replies(&self) -> u32 {
-        self.lose_commit_reply.lost.load(Ordering::SeqCst)
+        self.postgres.lost.load(Ordering::SeqCst)
+    }
+
+    /// In front of PostgreSQL: the connections that listen for NOTIFY stay open, and hear nothing more from the
+    /// server (a connection gone silent, as one through a network partition does until TCP gives up on it).
+    pub fn silence_listeners(&self) {
+        self.postgres.listeners_silenced.store(true, Ordering::SeqCst);
     }
 
     /// In front of RabbitMQ ([`Proxy::in_front_of_broker`]): blocks publishers as a memory alarm would, or
@@ -158,7 +167,8 @@ impl Proxy {
         Self::in_front_of_with(url, Protocol::Tcp).await
     }
 
-    /// [`Proxy::in_front_of`] a PostgreSQL `url`, able to [lose a commit's reply](Proxy::lose_the_reply_to_the_next_append).
+    /// [`Proxy::in_front_of`] a PostgreSQL `url`, able to [lose a commit's reply](Proxy::lose_the_reply_to_the_next_append)
+    /// and to [silence listeners](Proxy::silence_listeners).
     pub async fn in_front_of_database(url: &str) -> (Self, String) {
         Self::in_front_of_with(url, Protocol::Postgres).await
     }
@@ -264,12 +274,16 @@ async fn relay_amqp(client: &mut TcpStream, server: &mut TcpStream, blocked: wat
 /// an insert into the event log on this connection, the COMMIT that follows goes to the server, and the
 /// connection ends as soon as the server answers it, the answer not forwarded. The service sends a statement
 /// only after the answer to the one before, so nothing else is held back.
-async fn relay_postgres(client: &mut TcpStream, server: &mut TcpStream, lose: &LostReply) {
+async fn relay_postgres(client: &mut TcpStream, server: &mut TcpStream, faults: &PostgresFaults) {
     const APPEND: &[u8] = b"INSERT INTO events";
     const COMMIT: &[u8] = b"COMMIT\0";
+    // A simple query (`Q`, its length, then the text) that starts with LISTEN: not UNLISTEN, which a connection
+    // returned to the pool sends.
+    const LISTEN: &[u8] = b"LISTEN ";
     let (mut client_read, mut client_write) = client.split();
     let (mut server_read, mut server_write) = server.split();
     let swallowing = AtomicBool::new(false);
+    let listening = AtomicBool::new(false);
     let upstream = async {
         let (mut buffer, mut seen, mut appended) = (vec![0; 16 * 1024], Vec::new(), false);
         loop {
@@ -277,14 +291,17 @@ async fn relay_postgres(client: &mut TcpStream, server: &mut TcpStream, lose: &L
                 Ok(0) | Err(_) => return,
                 Ok(read) => read,
             };
-            if lose.armed.load(Ordering::SeqCst) {
+            if buffer[..read].first() == Some(&b'Q') && buffer[..read].get(5..5 + LISTEN.len()) == Some(LISTEN) {
+                listening.store(true, Ordering::SeqCst);
+            }
+            if faults.armed.load(Ordering::SeqCst) {
                 // What this connection sent since the last look, with a tail kept for a word split by a read.
                 seen.extend_from_slice(&buffer[..read]);
                 if !appended && let Some(at) = find(&seen, APPEND) {
                     appended = true;
                     seen.drain(..at);
                 }
-                if appended && find(&seen, COMMIT).is_some() && lose.armed.swap(false, Ordering::SeqCst) {
+                if appended && find(&seen, COMMIT).is_some() && faults.armed.swap(false, Ordering::SeqCst) {
                     swallowing.store(true, Ordering::SeqCst);
                 }
                 let keep = seen.len().saturating_sub(APPEND.len());
@@ -303,8 +320,11 @@ async fn relay_postgres(client: &mut TcpStream, server: &mut TcpStream, lose: &L
                 Ok(read) => read,
             };
             if swallowing.load(Ordering::SeqCst) {
-                lose.lost.fetch_add(1, Ordering::SeqCst);
+                faults.lost.fetch_add(1, Ordering::SeqCst);
                 return;
+            }
+            if listening.load(Ordering::SeqCst) && faults.listeners_silenced.load(Ordering::SeqCst) {
+                continue;
             }
             if client_write.write_all(&buffer[..read]).await.is_err() {
                 return;
