@@ -149,13 +149,32 @@ fn with_record(delivery: &Delivery, id: Uuid, record: &FailureRecord, max_header
     copy_properties(&delivery.properties, id).with_headers(headers)
 }
 
+/// The headers with which the broker records where it dead-lettered a message, and why.
+const BROKER_DEAD_LETTERING_HEADERS: [&str; 7] = [
+    "x-death",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-first-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-last-death-exchange",
+];
+
 /// The original's headers, or, if they take more than `max_bytes` encoded ([`header_bytes_carried`]), only
-/// how many bytes they took.
+/// how many bytes they took; without the broker's dead-lettering headers either way. A copy is a new message:
+/// carrying an `x-death` that names the tenant's queue (a message the broker dead-lettered from it once), it
+/// would be dropped by RabbitMQ 3 as a dead-lettering cycle when the retry queue hands it back there.
 fn carried_headers(original: Option<&FieldTable>, max_bytes: usize) -> FieldTable {
-    let Some(headers) = original else { return FieldTable::default() };
-    let size = encoded_size(headers);
+    let Some(original) = original else { return FieldTable::default() };
+    let mut headers = FieldTable::default();
+    for (name, value) in original.inner() {
+        if !BROKER_DEAD_LETTERING_HEADERS.contains(&name.as_str()) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    let size = encoded_size(&headers);
     if size <= max_bytes {
-        return headers.clone();
+        return headers;
     }
     let mut left_out = FieldTable::default();
     left_out.insert(HEADERS_LEFT_OUT_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(size).unwrap_or(i64::MAX)));

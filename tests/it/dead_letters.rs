@@ -394,3 +394,65 @@ async fn replaying_a_dead_letter_named_by_its_producer_finds_the_row_it_already_
     }
     app.stop().await;
 }
+
+/// A message the broker dead-lettered out of the tenant's queue (its `expiration` ran out, a `max-length`
+/// policy dropped it, a quorum delivery limit was reached) carries the broker's `x-death`, which names that
+/// queue. The service's copies kept it: replayed, then failing once, such a message went to the retry queue
+/// with it, and when it expired back, RabbitMQ 3 took the way back to the tenant's queue for a cycle and
+/// dropped the message, with no trace but a line in the broker's log. Copies leave the broker's dead-lettering
+/// headers behind now. The dead letter here carries `x-death` as the broker writes it.
+#[tokio::test]
+async fn a_replayed_message_the_broker_had_dead_lettered_survives_a_retry() {
+    use lapin::types::{AMQPValue, FieldArray, FieldTable};
+    let mut config = test_config();
+    config.database.statement_timeout = Some(Duration::from_secs(1));
+    config.consumer.retry_delay = Duration::from_millis(200);
+    config.max_retries = 5;
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("expired-once").await;
+    await_consumer(&broker, &tenant).await;
+
+    let main_queue = crate::helpers::queue(&tenant);
+    let text = |value: &str| AMQPValue::LongString(value.into());
+    let mut death = FieldTable::default();
+    death.insert("queue".into(), text(&main_queue));
+    death.insert("reason".into(), text("expired"));
+    death.insert("count".into(), AMQPValue::LongLongInt(1));
+    death.insert("exchange".into(), text(""));
+    death.insert("routing-keys".into(), AMQPValue::FieldArray(FieldArray::from(vec![text(&main_queue)])));
+    death.insert("time".into(), AMQPValue::Timestamp(chrono::Utc::now().timestamp().unsigned_abs()));
+    let mut headers = FieldTable::default();
+    headers.insert("x-death".into(), AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])));
+    headers.insert("x-first-death-queue".into(), text(&main_queue));
+    headers.insert("x-first-death-reason".into(), text("expired"));
+    headers.insert("x-first-death-exchange".into(), text(""));
+    let properties =
+        BasicProperties::default().with_message_id(Uuid::now_v7().to_string().into()).with_headers(headers);
+    let channel = broker.create_channel().await.expect("channel");
+    channel
+        .basic_publish(
+            "".into(),
+            dlq(&tenant).as_str().into(),
+            lapin::options::BasicPublishOptions::default(),
+            br#"{"n":1}"#,
+            properties,
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("sent");
+    await_dlq_depth(&broker, &tenant, 1).await;
+
+    let lock = lock_partition(&app.config.database.url, &tenant).await;
+    let replayed = app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({})).await;
+    assert_eq!(replayed.json::<Value>().await.expect("json")["replayed"], 1);
+    eventually(Duration::from_secs(30), "the replayed message retried", || async {
+        let retried = Scrape::of(&app).await.tenant("tenantmq_messages_retried_total", &tenant);
+        retried.is_some_and(|retried| retried >= 1.0).then_some(())
+    })
+    .await;
+    release(lock).await;
+    app.await_messages(&tenant, 1).await;
+    app.stop().await;
+}
