@@ -68,6 +68,8 @@ impl AuthError {
     /// An auditor asking to act on a tenant or read its messages.
     pub const AUDITOR_READS_THE_RECORD_ONLY: Self =
         Self::Forbidden("an auditor token reads the record only (tenants, events, states, exports, audit)");
+    /// A tenant's token on another tenant's resources.
+    pub const OTHER_TENANT: Self = Self::Forbidden("this token belongs to another tenant");
 }
 
 impl Principal {
@@ -84,7 +86,7 @@ impl Principal {
         match self.role {
             Role::Admin => Ok(()),
             Role::Tenant(own) if own == tenant => Ok(()),
-            Role::Tenant(_) => Err(AuthError::Forbidden("this token belongs to another tenant")),
+            Role::Tenant(_) => Err(AuthError::OTHER_TENANT),
             Role::Auditor => Err(AuthError::AUDITOR_READS_THE_RECORD_ONLY),
         }
     }

@@ -202,6 +202,10 @@ pub struct ServerConfig {
     pub body_read_timeout: Duration,
     /// Most client connections open at once; further ones wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Most bytes of request bodies held at once, by all requests together: past it, a request whose body
+    /// does not fit answers 503 (its body read and dropped), so that clients sending many large bodies at once
+    /// cannot exhaust the memory.
+    pub max_buffered_body_bytes: usize,
     /// What this instance does: everything, only the HTTP API, or only the consumers.
     pub role: ServerRole,
 }
@@ -473,6 +477,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            max_buffered_body_bytes: 128 * 1024 * 1024,
             role: ServerRole::All,
         }
     }
@@ -812,6 +817,9 @@ impl Config {
         }
         if self.max_batch_bytes < self.max_payload_bytes {
             return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
+        }
+        if self.server.max_buffered_body_bytes < self.max_batch_bytes {
+            return Err(ConfigError::new("server.max_buffered_body_bytes", "must be at least max_batch_bytes"));
         }
         // Fewer leaves the instance waiting on its own pool, never ready (see RESERVED_CONNECTIONS).
         if self.database.max_connections < MIN_DATABASE_CONNECTIONS {

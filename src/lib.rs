@@ -150,6 +150,7 @@ impl Application {
                 batch: config.max_batch_bytes,
                 payload_depth: config.max_payload_depth,
                 read_time: config.server.body_read_timeout,
+                buffered: api::json_body::BodyBudget::new(config.server.max_buffered_body_bytes),
             },
         };
         Ok(Self {

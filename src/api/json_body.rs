@@ -1,7 +1,7 @@
 //! `JsonBody<T>`: a JSON request body parsed with serde so that every error names its field, read under the
 //! configured size limit. The OpenAPI schema still comes from `T`'s `Object` derive.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
 use poem::{Request, RequestBody, http::StatusCode};
@@ -16,21 +16,57 @@ use serde::{
     de::{DeserializeOwned, MapAccess, Visitor, value::MapAccessDeserializer},
 };
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use super::problem::BodyError;
 
 /// The largest bodies accepted (`max_payload_bytes`, and `max_batch_bytes` for batches), put into request data
 /// by the router, and the deepest payload (`max_payload_depth`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BodyLimits {
     pub single: usize,
     pub batch: usize,
     pub payload_depth: usize,
     /// `server.body_read_timeout`: the longest a body may take to arrive.
     pub read_time: Duration,
+    /// `server.max_buffered_body_bytes`, shared by every request.
+    pub buffered: BodyBudget,
 }
 
-/// A JSON body; `BATCH` bodies get the batch size limit.
-pub struct JsonBody<T, const BATCH: bool = false>(pub T);
+/// The bytes of request bodies all requests may hold at once. A body takes its share as it arrives and gives it
+/// back when its request is done with it (the parsed body, which holds its payloads, is dropped).
+#[derive(Debug, Clone)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self(Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))))
+    }
+
+    /// How long a body waits for its share while other bodies are read, before it is refused.
+    const WAIT: Duration = Duration::from_secs(1);
+
+    /// Adds `bytes` to what `held` holds, waiting up to [`Self::WAIT`] for them; false, taking nothing, if the
+    /// budget has not that much left by then.
+    async fn take(&self, bytes: usize, held: &mut Option<OwnedSemaphorePermit>) -> bool {
+        let Ok(bytes) = u32::try_from(bytes) else { return false };
+        let Ok(Ok(taken)) = tokio::time::timeout(Self::WAIT, self.0.clone().acquire_many_owned(bytes)).await else {
+            return false;
+        };
+        match held {
+            Some(held) => held.merge(taken),
+            None => *held = Some(taken),
+        }
+        true
+    }
+}
+
+/// A JSON body; `BATCH` bodies get the batch size limit. It holds its bytes' share of the
+/// [`BodyBudget`] until it is dropped.
+pub struct JsonBody<T, const BATCH: bool = false>(
+    pub T,
+    #[expect(dead_code, reason = "held for its drop, which gives the share back")] Option<OwnedSemaphorePermit>,
+);
 
 impl<T: Type, const BATCH: bool> Payload for JsonBody<T, BATCH> {
     const CONTENT_TYPE: &'static str = "application/json";
@@ -62,8 +98,8 @@ impl<T: DeserializeOwned + Send, const BATCH: bool> ParsePayload for JsonBody<T,
             return Err(too_large(limit).into());
         }
         let read_time = limits.map_or(Duration::MAX, |l| l.read_time);
-        let bytes = read_limited(body.take()?, limit, read_time).await?;
-        parse(&bytes).map(Self).map_err(Into::into)
+        let (bytes, held) = read_limited(body.take()?, limit, read_time, limits.map(|l| &l.buffered)).await?;
+        Ok(Self(parse(&bytes)?, held))
     }
 }
 
@@ -90,22 +126,37 @@ fn too_large(limit: usize) -> BodyError {
     }
 }
 
-/// The whole body if it fits in `limit` bytes and arrives within `read_time` (else 408: a client cannot hold
-/// a request open by trickling its body); past the limit, what follows is read and dropped (up to
-/// [`drain_bound`], for at most [`DRAIN_TIME`]) and the answer is 413.
-async fn read_limited(body: poem::Body, limit: usize, read_time: Duration) -> Result<Vec<u8>, BodyError> {
+fn over_budget() -> BodyError {
+    BodyError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        field: None,
+        detail: "the service holds as many request bodies as it may at once; retry shortly".into(),
+    }
+}
+
+/// The whole body, with its share of `budget`, if it fits in `limit` bytes and arrives within `read_time`
+/// (else 408: a client cannot hold a request open by trickling its body). Past the limit (413), or past what
+/// the budget has left within [`BodyBudget::WAIT`] (503), what follows is read and dropped (up to
+/// [`drain_bound`], for at most [`DRAIN_TIME`]) before the answer.
+async fn read_limited(
+    body: poem::Body,
+    limit: usize,
+    read_time: Duration,
+    budget: Option<&BodyBudget>,
+) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), BodyError> {
     let mut chunks = std::pin::pin!(body.into_bytes_stream());
-    let mut kept = Vec::new();
+    let (mut kept, mut held) = (Vec::new(), None);
     let mut read = 0_usize;
-    let mut draining_until = None;
+    // The answer once the body is not kept, and until when the rest is drained.
+    let mut refused: Option<(BodyError, tokio::time::Instant)> = None;
     let arrives_by = tokio::time::Instant::now().checked_add(read_time);
     loop {
-        let next = match [draining_until, arrives_by].into_iter().flatten().min() {
+        let next = match [refused.as_ref().map(|(_, until)| *until), arrives_by].into_iter().flatten().min() {
             None => chunks.next().await,
             Some(deadline) => match tokio::time::timeout_at(deadline, chunks.next()).await {
                 Ok(next) => next,
-                // Over the limit already: that is the answer, however slow the rest.
-                Err(_) if draining_until.is_some() => return Err(too_large(limit)),
+                // Refused already: that is the answer, however slow the rest.
+                Err(_) if refused.is_some() => return Err(refused.map_or_else(|| too_large(limit), |(e, _)| e)),
                 Err(_) => {
                     return Err(BodyError {
                         status: StatusCode::REQUEST_TIMEOUT,
@@ -122,16 +173,33 @@ async fn read_limited(body: poem::Body, limit: usize, read_time: Duration) -> Re
             detail: format!("cannot read the request body: {error}"),
         })?;
         read = read.saturating_add(chunk.len());
-        if read <= limit {
-            kept.extend_from_slice(&chunk);
-        } else if read > drain_bound(limit) {
-            return Err(too_large(limit));
-        } else if draining_until.is_none() {
-            kept = Vec::new();
-            draining_until = Some(tokio::time::Instant::now() + DRAIN_TIME);
+        if read > drain_bound(limit) {
+            return Err(refused.map_or_else(|| too_large(limit), |(e, _)| e));
+        }
+        if refused.is_some() {
+            continue;
+        }
+        let refusal = if read > limit {
+            Some(too_large(limit))
+        } else if let Some(budget) = budget
+            && !budget.take(chunk.len(), &mut held).await
+        {
+            Some(over_budget())
+        } else {
+            None
+        };
+        match refusal {
+            None => kept.extend_from_slice(&chunk),
+            Some(error) => {
+                (kept, held) = (Vec::new(), None);
+                refused = Some((error, tokio::time::Instant::now() + DRAIN_TIME));
+            }
         }
     }
-    if read > limit { Err(too_large(limit)) } else { Ok(kept) }
+    match refused {
+        Some((error, _)) => Err(error),
+        None => Ok((kept, held)),
+    }
 }
 
 /// Parses `bytes`, naming the field at fault: the path for a bad value, the name for a missing or unknown field.

@@ -79,7 +79,7 @@ pub fn service() -> OpenApiService<Apis, ()> {
 /// The HTTP surface of `role`: the API, Swagger UI at `/docs` and the document at `/openapi.json`, or on a
 /// worker only the probes; `/metrics` on every role.
 pub fn routes(state: AppState, role: ServerRole) -> impl Endpoint {
-    let limits = state.limits;
+    let limits = state.limits.clone();
     let routes = Route::new().at("/metrics", poem::get(metrics));
     let routes = if role.serves_api() {
         routes.at("/docs", poem::get(swagger_ui)).at("/openapi.json", poem::get(openapi_json)).nest("/", service())

@@ -6,7 +6,10 @@ use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions, SecurityScheme, auth::Bearer, registry::Registry,
 };
 
-use crate::auth::{AuthError, Principal};
+use crate::{
+    auth::{AuthError, Principal, Role},
+    domain::tenant::TenantId,
+};
 
 use super::AppState;
 
@@ -53,6 +56,21 @@ impl<'a> ApiExtractor<'a> for Principal {
         if headers.next().is_some() {
             return Err(AuthError::Ambiguous.into());
         }
-        Ok(state.authenticator.authenticate(authorization.transpose()?)?)
+        let principal = state.authenticator.authenticate(authorization.transpose()?)?;
+        // Every `/tenants/{id}…` operation refuses another tenant's token; refused here, before the body is
+        // read: a request for another tenant holds no memory and no time.
+        if let (Role::Tenant(own), Some(tenant)) = (&principal.role, tenant_in_path(request.uri().path()))
+            && *own != tenant
+        {
+            return Err(AuthError::OTHER_TENANT.into());
+        }
+        Ok(principal)
     }
+}
+
+/// The tenant a `/tenants/{id}…` path names, if its `id` is a UUID (else the path parameter's own check
+/// answers).
+fn tenant_in_path(path: &str) -> Option<TenantId> {
+    let id = path.strip_prefix("/tenants/")?.split('/').next()?;
+    uuid::Uuid::try_parse(id).ok().map(TenantId::from_uuid)
 }

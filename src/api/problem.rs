@@ -73,8 +73,8 @@ pub enum ApiError {
     /// (`queue-full`); retry after `Retry-After` seconds.
     #[oai(status = 429, content_type = "application/problem+json")]
     TooManyRequests(Json<Problem>, #[oai(header = "Retry-After")] u32),
-    /// A dependency (PostgreSQL, RabbitMQ) is unavailable, or a page waited too long for the database
-    /// (`unavailable`): retry after `Retry-After` seconds
+    /// A dependency (PostgreSQL, RabbitMQ) is unavailable, a page waited too long for the database, or the
+    /// service holds as many request bodies as it may at once (`unavailable`): retry after `Retry-After` seconds
     /// (a publish may have reached the queue before the failure: give messages an `id` so that a retry stores
     /// each once).
     /// Or, for a tenant command, its outcome is in the event log but the read models (or a delete's
@@ -314,6 +314,7 @@ pub async fn into_problem(error: poem::Error) -> Response {
             StatusCode::REQUEST_TIMEOUT => {
                 ApiError::RequestTimeout(problem(e.status, "request-timeout", e.detail.clone(), None))
             }
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::unavailable(e.detail.clone()),
             _ => ApiError::bad_request(e.field.as_deref(), e.detail.clone()),
         }
     } else {

@@ -281,7 +281,7 @@ impl TenantsApi {
         body: JsonBody<CreateTenantRequest>,
     ) -> Result<CreateTenantResponse, ApiError> {
         principal.require_admin()?;
-        let JsonBody(request) = body;
+        let request = body.0;
         let id = request.id.map_or_else(TenantId::generate, TenantId::from_uuid);
         let metadata = context.event_metadata(&principal);
         let tenant = state.app.tenants.create(id, request.name, request.workers, &metadata).await?;
@@ -367,7 +367,7 @@ impl TenantsApi {
         principal.require_admin()?;
         let id = TenantId::from_uuid(id.0);
         let metadata = context.event_metadata(&principal);
-        let JsonBody(SetLimitsRequest { publish_rate, publish_burst, max_queue_depth }) = body;
+        let SetLimitsRequest { publish_rate, publish_burst, max_queue_depth } = body.0;
         let limits = (publish_rate, publish_burst, max_queue_depth);
         Ok(Json(state.app.tenants.set_limits(id, limits, &metadata).await?.into()))
     }

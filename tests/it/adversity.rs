@@ -1098,3 +1098,47 @@ async fn statements_waiting_on(observer: &sea_orm::DatabaseConnection, table: &s
     );
     scalar_i64(observer, &waiting).await
 }
+
+/// The bodies held at once are bounded by `server.max_buffered_body_bytes`, shared by every request: clients
+/// sending many large bodies at once (and holding them open) cannot take the memory. A body that does not fit
+/// in what is left is answered 503 with `Retry-After`, and the share of a request that ends comes back.
+#[tokio::test]
+async fn request_bodies_held_at_once_are_bounded_by_a_budget_shared_by_all_requests() {
+    use tokio::io::AsyncWriteExt;
+    const BUDGET: usize = 1_000_000;
+    let mut config = test_config();
+    config.max_payload_bytes = BUDGET / 2;
+    config.max_batch_bytes = BUDGET;
+    config.server.max_buffered_body_bytes = BUDGET;
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("budgeted").await;
+    let path = format!("/tenants/{tenant}/messages/batch");
+
+    // A body that takes nearly all of the budget, held open one byte short.
+    let mut holding = TcpStream::connect(app.base_url.trim_start_matches("http://")).await.expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {BUDGET}\r\n\r\n",
+        app.token(Role::Admin)
+    );
+    holding.write_all(head.as_bytes()).await.expect("head");
+    holding.write_all(&vec![b' '; BUDGET - 1]).await.expect("all of the body but its last byte");
+
+    let larger_than_what_is_left = json!({ "messages": [{ "payload": "x".repeat(20_000) }] });
+    let refused = eventually(Duration::from_secs(20), "a body over what is left answered 503", || async {
+        let response = app.post_json(&path, &larger_than_what_is_left).await;
+        (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+    })
+    .await;
+    assert!(refused.headers().contains_key("retry-after"), "{:?}", refused.headers());
+    let problem = assert_problem(refused, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert_eq!(problem["type"], "urn:tenantmq:problem:unavailable");
+
+    drop(holding);
+    eventually(Duration::from_secs(20), "the held body's share back in the budget", || async {
+        let response = app.post_json(&path, &larger_than_what_is_left).await;
+        (response.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    app.stop().await;
+}

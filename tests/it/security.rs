@@ -509,3 +509,29 @@ async fn two_authorization_headers_are_a_bad_request_not_a_guess() {
     assert_eq!(single.expect("sent").status(), StatusCode::OK);
     app.stop().await;
 }
+
+/// Another tenant's token is refused before its body arrives: a request on someone else's tenant holds no
+/// memory and waits for nothing. Before, a batch's body (up to `max_batch_bytes`) was read first, for up to
+/// `server.body_read_timeout`, and parsed.
+#[tokio::test]
+async fn another_tenants_token_is_refused_before_its_body_arrives() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::spawn().await;
+    let a = app.create_tenant_id("a").await;
+    let b = app.create_tenant_id("b").await;
+    let token_b = app.token(Role::Tenant(b.parse().expect("uuid")));
+    let mut stream = tokio::net::TcpStream::connect(app.base_url.trim_start_matches("http://")).await.expect("connect");
+    let head = format!(
+        "POST /tenants/{a}/messages/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token_b}\r\n\
+         Content-Type: application/json\r\nContent-Length: 16000000\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("the head, and no body");
+    let mut answer = vec![0; 256];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered before the body")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    app.stop().await;
+}
