@@ -69,10 +69,11 @@ pub struct Reconciler {
     pub retirement: Arc<Retirement>,
 }
 
-/// This instance lost the database: since when, and which tenants' consumers have been looked at for a pause.
+/// This instance lost the database: since when, and when the consumers found alone were looked at.
 struct DatabaseLost {
     since: Instant,
-    looked_at: HashSet<TenantId>,
+    /// When each consumer found alone on its queue was last looked at.
+    looked_at: HashMap<TenantId, Instant>,
 }
 
 /// At most one retirement pass at a time; a pass wanted while one runs starts when it ends.
@@ -274,8 +275,8 @@ impl Reconciler {
     /// reach the database: past `database_outage_grace`, each consumer whose queue has another consumer (one of
     /// another instance) stops and hands back what it holds, for that one. A consumer alone on its queue stays:
     /// handing back would only count a delivery (which a quorum queue's delivery limit counts against the
-    /// message). Each is looked at once per outage. They start again at the first pass that reads the desired
-    /// runtime.
+    /// message). One found alone is looked at again a grace later: another instance may have come (started,
+    /// or back from a restart) since. They start again at the first pass that reads the desired runtime.
     async fn pause_if_database_lost(&self, read: bool, lost: &mut Option<DatabaseLost>) {
         // A read that failed on a database that answers (a lock held on `tenants`, a pool busy to the last
         // connection) is no outage.
@@ -283,15 +284,18 @@ impl Reconciler {
             *lost = None;
             return;
         }
-        let lost = lost.get_or_insert_with(|| DatabaseLost { since: Instant::now(), looked_at: HashSet::new() });
+        let lost = lost.get_or_insert_with(|| DatabaseLost { since: Instant::now(), looked_at: HashMap::new() });
         if lost.since.elapsed() < self.database_outage_grace {
             return;
         }
         let mut inspector = Inspector::new(&self.broker);
         for running in self.registry.all() {
-            if running.state() == ConsumerState::Stopping || !lost.looked_at.insert(running.tenant) {
+            let looked_at_lately =
+                lost.looked_at.get(&running.tenant).is_some_and(|at| at.elapsed() < self.database_outage_grace);
+            if running.state() == ConsumerState::Stopping || looked_at_lately {
                 continue;
             }
+            lost.looked_at.insert(running.tenant, Instant::now());
             let shared =
                 inspector.counts(&running.tenant.queue_name()).await.is_some_and(|(_, consumers)| consumers > 1);
             if shared {

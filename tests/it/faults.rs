@@ -542,6 +542,41 @@ async fn an_instance_alone_on_its_queues_pauses_nothing_when_it_loses_the_databa
     app.stop().await;
 }
 
+/// An instance found alone on its queue when it lost the database is looked at again: another instance that
+/// starts during the outage (a rolling restart, a scale-out) gets the messages it holds and the ones the broker
+/// would go on sending it. Before, each consumer was looked at once per outage, and its share of the messages
+/// waited for the database to come back.
+#[tokio::test]
+async fn an_instance_that_lost_the_database_alone_hands_back_once_another_instance_comes() {
+    const MESSAGES: usize = 200;
+    let mut config = quick_to_pause();
+    let direct = config.clone();
+    let (proxy, through_proxy) = Proxy::in_front_of(&config.database.url).await;
+    config.database.url = through_proxy;
+    let cut_off = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let tenant = cut_off.create_tenant_id("alone-at-first").await;
+    await_consumers(&broker, &tenant, 1).await;
+
+    proxy.take_down();
+    // Passes that could not reach the database, past the grace: the consumer was looked at, alone.
+    eventually(Duration::from_secs(30), "five failed reads of the desired runtime", || async {
+        let failed = Scrape::of(&cut_off).await.value("tenantmq_reconciler_errors_total", &[("kind", "desired_state")]);
+        failed.filter(|failed| *failed >= 5.0)
+    })
+    .await;
+    let mut other = tenantmq_testkit::RunningApp::start(direct).await.expect("another instance");
+    publish_directly(&broker, &tenant, MESSAGES).await;
+    await_exactly(&other.db, &tenant, i64::try_from(MESSAGES).expect("count"), Duration::from_secs(60)).await;
+    let paused = Scrape::of(&cut_off).await.value("tenantmq_reconciler_actions_total", &[("action", "pause")]);
+    assert_eq!(paused, Some(1.0));
+
+    proxy.restore();
+    await_consumers(&broker, &tenant, 2).await;
+    other.stop().await.expect("the other instance stopped");
+    cut_off.stop().await;
+}
+
 /// A database that answers, only slowly (a lock on `tenants` held past the grace: an `ALTER TABLE`, a
 /// `VACUUM FULL`), is not an outage: the read of the desired runtime is cancelled by the server and tried
 /// again, and no consumer stops, while the messages go on being written (they do not touch `tenants`).
