@@ -6,8 +6,7 @@
 
 use std::{collections::HashMap, sync::OnceLock, time::Instant};
 
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry_http::HeaderExtractor;
+use opentelemetry::{propagation::Extractor, trace::TraceContextExt};
 use poem::{
     Endpoint, IntoResponse, PathPattern, Request, Response,
     error::NotFoundError,
@@ -20,6 +19,25 @@ use super::{AppState, document, problem, request_context::RequestContext};
 
 /// The `route` of requests whose path matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Longest caller's `tracestate` carried on: the trace state goes into the AMQP headers of every message a
+/// request publishes (W3C allows 32 entries of 512 bytes), and a batch of a thousand small messages would take
+/// a thousand copies of it. A longer one is left out; the trace itself (`traceparent`) goes on.
+const MAX_CALLER_TRACESTATE_BYTES: usize = 512;
+
+/// A request's headers as trace context, without a `tracestate` over [`MAX_CALLER_TRACESTATE_BYTES`].
+struct CallerTrace<'a>(&'a poem::http::HeaderMap);
+
+impl Extractor for CallerTrace<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        let value = self.0.get(key)?.to_str().ok()?;
+        (!key.eq_ignore_ascii_case("tracestate") || value.len() <= MAX_CALLER_TRACESTATE_BYTES).then_some(value)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
+    }
+}
 
 /// Runs inside the router's error catcher, so it turns errors into their problem documents itself: the
 /// status it counts is the one the client gets, and the route template (which poem attaches to the
@@ -35,7 +53,7 @@ pub async fn middleware<E: Endpoint>(next: E, request: Request) -> poem::Result<
     // A caller's `traceparent` makes this request a child of its span, so the caller's trace continues here
     // (and, through the AMQP headers, into the handling of what it published). Set before the span is first
     // entered: after that its parent is fixed.
-    let caller = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+    let caller = opentelemetry::global::get_text_map_propagator(|p| p.extract(&CallerTrace(request.headers())));
     if caller.span().span_context().is_valid() {
         let _ = span.set_parent(caller);
     }
