@@ -7,7 +7,8 @@
 //! ([`PollerLease`]). It writes the depths into `queue_depths`, and every instance (itself included) reads
 //! that table once per interval. The broker's load grows with the tenants, not with tenants × instances; when
 //! the poller stops, its lock goes with its session, and when it loses the broker it gives the lock up:
-//! another instance takes over at its next interval.
+//! another instance takes over at its next interval. A poller that fell silent (cut off without its
+//! connection closing) has its session ended by another instance after [`SILENT_HOLDER_INTERVALS`] intervals.
 
 use std::{
     sync::{
@@ -29,6 +30,9 @@ use crate::{
 };
 
 use super::{ConsumerRegistry, tenant_stats::TenantStats};
+
+/// Intervals without a query from the poller's session after which another instance ends it.
+const SILENT_HOLDER_INTERVALS: u32 = 4;
 
 pub struct QueueDepthPoller {
     pub registry: ConsumerRegistry,
@@ -70,6 +74,18 @@ impl QueueDepthPoller {
             false
         };
         self.polling.store(polling, Ordering::Relaxed);
+        if !polling && self.broker.is_connected() {
+            // A holder that polls asks every interval, and a pass takes at most two.
+            let silent_for = SILENT_HOLDER_INTERVALS * self.interval;
+            match PollerLease::end_silent_holder(&self.pool, silent_for).await {
+                Ok(true) => tracing::warn!(
+                    ?silent_for,
+                    "ended the session of a queue depth poller that was silent; this instance polls from its next interval"
+                ),
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "cannot look for a silent queue depth poller"),
+            }
+        }
         if polling {
             // A pass that hangs on a half-dead connection must not stop the next one.
             let limit = self.interval.max(Duration::from_secs(5));

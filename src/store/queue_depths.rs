@@ -56,6 +56,27 @@ impl PollerLease {
         Ok(held)
     }
 
+    /// Ends the session that holds the poller's lock if it has run no query for `silent_for`, so that this
+    /// instance can take the lock at its next interval; true if it did. A holder cut off without a word (a
+    /// network partition, a host that froze) keeps its session, and the lock with it, until TCP gives up on
+    /// the connection: hours, by default. A holder alive asks every interval; should it come back, it finds
+    /// its session gone and starts over.
+    pub async fn end_silent_holder(pool: &PgPool, silent_for: Duration) -> Result<bool, StoreError> {
+        // A bigint advisory key shows as its high half in `classid` and its low half in `objid`.
+        let ended: Vec<bool> = sqlx::query_scalar(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+               AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND a.state = 'idle' AND a.state_change < now() - make_interval(secs => $2)",
+        )
+        .bind(POLLER_LOCK)
+        .bind(silent_for.as_secs_f64())
+        .fetch_all(pool)
+        .await?;
+        Ok(ended.contains(&true))
+    }
+
     /// Gives the lock up, for another instance to take at its next interval: this one cannot read the broker.
     /// If the unlock fails, the session goes, and the lock with it.
     pub async fn release(&mut self) {

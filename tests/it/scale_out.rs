@@ -7,7 +7,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use lapin::BasicProperties;
-use serde_json::Value;
+use serde_json::{Value, json};
 use tenantmq_testkit::RunningApp;
 use uuid::Uuid;
 
@@ -298,4 +298,48 @@ async fn a_poller_that_loses_the_broker_leaves_the_polling_to_an_instance_that_h
     second.stop().await.expect("second instance stopped");
     first.stop().await;
     drop(proxy);
+}
+
+/// The poller's connection to the database goes silent (a network partition, a frozen host): its session, and
+/// the lock that makes it the poller, would last until TCP gives up on it, hours later, and the depths vanish
+/// from every instance meanwhile. Another instance ends the silent session after four intervals and polls.
+#[tokio::test]
+async fn a_poller_whose_database_connection_goes_silent_is_replaced() {
+    const DEAD_LETTERS: usize = 3;
+    let mut config = fast_polling();
+    let direct = config.clone();
+    let (proxy, through_proxy) = crate::proxy::Proxy::in_front_of(&config.database.url).await;
+    config.database.url = through_proxy;
+    let first = TestApp::spawn_with(config).await;
+    eventually(Duration::from_secs(30), "the first instance to poll", || async {
+        (Scrape::of(&first).await.value("tenantmq_queue_depth_poller", &[]) == Some(1.0)).then_some(())
+    })
+    .await;
+    let mut second = RunningApp::start(direct).await.expect("a second instance on the same database");
+    let created =
+        tenantmq_testkit::create_tenant(&second.client, &second.base_url, &json!({ "name": "silent-poller" }))
+            .await
+            .expect("created");
+    let tenant = created["id"].as_str().expect("id").to_owned();
+    let broker = amqp().await;
+    eventually(Duration::from_secs(30), "a consumer on each instance", || async {
+        queue_state(&broker, queue(&tenant)).await.filter(|(_, consumers)| *consumers == 2)
+    })
+    .await;
+
+    proxy.stall();
+    let channel = broker.create_channel().await.expect("channel");
+    for _ in 0..DEAD_LETTERS {
+        publish_raw(&channel, &tenant, b"not json", BasicProperties::default()).await;
+    }
+    let expected = Some(DEAD_LETTERS as f64);
+    eventually(Duration::from_secs(30), "the second instance polls and exports the depth", || async {
+        let scrape = Scrape::of(&second).await;
+        let depth = scrape.value("tenantmq_queue_messages_ready", &[("tenant_id", &tenant), ("queue", "dlq")]);
+        (scrape.value("tenantmq_queue_depth_poller", &[]) == Some(1.0) && depth == expected).then_some(())
+    })
+    .await;
+    proxy.restore();
+    second.stop().await.expect("second instance stopped");
+    first.stop().await;
 }
