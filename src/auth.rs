@@ -109,12 +109,6 @@ impl Principal {
     }
 }
 
-/// Control characters, line and paragraph separators, and the marks that override or isolate the text's
-/// direction: text with them reads otherwise than it is, in a log line or a listing.
-fn garbles_text(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
 /// Verifies tokens with the configured key, or the previous one while keys are rotated.
 pub struct Authenticator {
     /// The current key first; `None` when authentication is off.
@@ -191,9 +185,9 @@ impl Authenticator {
         // hold U+0000; other control characters, line separators and direction overrides garble logs and
         // what an auditor reads. No identity provider names a caller so, and escaping would record an actor
         // the token does not name, so the token is refused as malformed.
-        if claims.sub.chars().any(garbles_text) {
+        if claims.sub.chars().any(crate::domain::garbles_text) {
             return Err(AuthError::Invalid(
-                "`sub` contains control characters, line separators or direction overrides".into(),
+                "`sub` contains control characters, line separators, zero-width characters or direction marks".into(),
             ));
         }
         let role = match (claims.role, claims.tenant_id) {
@@ -328,7 +322,7 @@ mod tests {
     #[test]
     fn a_subject_with_a_line_separator_or_a_direction_override_is_refused() {
         let auth = Authenticator::from_config(&config()).expect("valid config");
-        for sub in ["ops\u{2028}admin", "ops\u{2029}", "ops\u{202E}nimda", "ops\u{2066}x", "ops\u{0}", "ops\nx"] {
+        for sub in ["ops\u{2028}admin", "ops\u{2029}", "ops\u{202E}nimda", "ops\u{2066}x", "o\u{200B}ps", "ops\u{0}"] {
             let minted = mint(&config(), sub, Role::Admin, Duration::from_secs(60)).expect("minted");
             assert!(
                 matches!(auth.authenticate(Some(&bearer(&minted))), Err(AuthError::Invalid(_))),

@@ -31,6 +31,10 @@ pub const DEVELOPMENT_SECRET: &str = "tenantmq-development-secret-change-me";
 /// Secrets shorter than this are refused: HS256 wants at least 256 bits.
 const MIN_SECRET_BYTES: usize = 32;
 
+/// Room in a single message's body for what surrounds the payload (`{"payload": …, "id": "…"}`):
+/// `max_payload_bytes` bounds the payload itself, as in a batch, where the handler checks it.
+pub const MESSAGE_ENVELOPE_BYTES: usize = 4096;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JwtAlgorithm {
     HS256,
@@ -772,6 +776,11 @@ impl Config {
         Ok(config)
     }
 
+    /// The largest body of a single message the service reads.
+    fn largest_single_body(&self) -> usize {
+        self.max_payload_bytes.saturating_add(MESSAGE_ENVELOPE_BYTES)
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         if self.workers > self.max_workers {
             return Err(ConfigError::new(
@@ -818,8 +827,11 @@ impl Config {
         if self.max_batch_bytes < self.max_payload_bytes {
             return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
         }
-        if self.server.max_buffered_body_bytes < self.max_batch_bytes {
-            return Err(ConfigError::new("server.max_buffered_body_bytes", "must be at least max_batch_bytes"));
+        if self.server.max_buffered_body_bytes < self.max_batch_bytes.max(self.largest_single_body()) {
+            return Err(ConfigError::new(
+                "server.max_buffered_body_bytes",
+                format!("must be at least max_batch_bytes, and max_payload_bytes + {MESSAGE_ENVELOPE_BYTES}"),
+            ));
         }
         // Fewer leaves the instance waiting on its own pool, never ready (see RESERVED_CONNECTIONS).
         if self.database.max_connections < MIN_DATABASE_CONNECTIONS {

@@ -19,6 +19,7 @@ use serde::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::problem::BodyError;
+use crate::config::MESSAGE_ENVELOPE_BYTES;
 
 /// The largest bodies accepted (`max_payload_bytes`, and `max_batch_bytes` for batches), put into request data
 /// by the router, and the deepest payload (`max_payload_depth`).
@@ -46,17 +47,35 @@ impl BodyBudget {
     /// How long a body waits for its share while other bodies are read, before it is refused.
     const WAIT: Duration = Duration::from_secs(1);
 
-    /// Adds `bytes` to what `held` holds, waiting up to [`Self::WAIT`] for them; false, taking nothing, if the
-    /// budget has not that much left by then.
-    async fn take(&self, bytes: usize, held: &mut Option<OwnedSemaphorePermit>) -> bool {
-        let Ok(bytes) = u32::try_from(bytes) else { return false };
-        let Ok(Ok(taken)) = tokio::time::timeout(Self::WAIT, self.0.clone().acquire_many_owned(bytes)).await else {
-            return false;
-        };
-        match held {
+    /// An empty share of the budget, for a body that declares `declared` bytes (its `Content-Length`).
+    fn share(&self, declared: Option<usize>) -> BudgetShare<'_> {
+        BudgetShare { budget: self, declared, held: None, covered: 0 }
+    }
+}
+
+/// What one body holds of the [`BodyBudget`].
+struct BudgetShare<'a> {
+    budget: &'a BodyBudget,
+    /// Taken at once when it fits the limit, so that bodies arriving together do not each hold part of the
+    /// budget waiting for the rest (and all fail).
+    declared: Option<usize>,
+    held: Option<OwnedSemaphorePermit>,
+    covered: usize,
+}
+
+impl BudgetShare<'_> {
+    /// Makes the share cover `bytes` in all, waiting up to [`BodyBudget::WAIT`] for what it lacks; false, taking
+    /// nothing more, if the budget has not that much left by then.
+    async fn cover(&mut self, bytes: usize) -> bool {
+        let Some(lacking) = bytes.checked_sub(self.covered).filter(|lacking| *lacking > 0) else { return true };
+        let Ok(lacking_permits) = u32::try_from(lacking) else { return false };
+        let acquire = self.budget.0.clone().acquire_many_owned(lacking_permits);
+        let Ok(Ok(taken)) = tokio::time::timeout(BodyBudget::WAIT, acquire).await else { return false };
+        match &mut self.held {
             Some(held) => held.merge(taken),
-            None => *held = Some(taken),
+            None => self.held = Some(taken),
         }
+        self.covered = bytes;
         true
     }
 }
@@ -91,21 +110,18 @@ impl<T: DeserializeOwned + Send, const BATCH: bool> ParsePayload for JsonBody<T,
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let limits = request.data::<BodyLimits>();
-        let limit =
-            limits.map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single.saturating_add(ENVELOPE_BYTES) });
+        let limit = limits
+            .map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single.saturating_add(MESSAGE_ENVELOPE_BYTES) });
         let declared = request.header(poem::http::header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > drain_bound(limit)) {
             return Err(too_large(limit).into());
         }
         let read_time = limits.map_or(Duration::MAX, |l| l.read_time);
-        let (bytes, held) = read_limited(body.take()?, limit, read_time, limits.map(|l| &l.buffered)).await?;
+        let share = limits.map(|l| l.buffered.share(declared));
+        let (bytes, held) = read_limited(body.take()?, limit, read_time, share).await?;
         Ok(Self(parse(&bytes)?, held))
     }
 }
-
-/// Room in a single body for what surrounds the payload (`{"payload": …, "id": "…"}`): `max_payload_bytes`
-/// bounds the payload itself, as in a batch, where the handler checks it.
-const ENVELOPE_BYTES: usize = 4096;
 
 /// An over-limit body up to four times the limit, and at least up to 16 MiB, is read to its end and discarded
 /// before the 413 goes out. Most HTTP clients write the whole body before they read the answer: cut off
@@ -134,7 +150,7 @@ fn over_budget() -> BodyError {
     }
 }
 
-/// The whole body, with its share of `budget`, if it fits in `limit` bytes and arrives within `read_time`
+/// The whole body, with its `share` of the budget, if it fits in `limit` bytes and arrives within `read_time`
 /// (else 408: a client cannot hold a request open by trickling its body). Past the limit (413), or past what
 /// the budget has left within [`BodyBudget::WAIT`] (503), what follows is read and dropped (up to
 /// [`drain_bound`], for at most [`DRAIN_TIME`]) before the answer.
@@ -142,13 +158,19 @@ async fn read_limited(
     body: poem::Body,
     limit: usize,
     read_time: Duration,
-    budget: Option<&BodyBudget>,
+    mut share: Option<BudgetShare<'_>>,
 ) -> Result<(Vec<u8>, Option<OwnedSemaphorePermit>), BodyError> {
     let mut chunks = std::pin::pin!(body.into_bytes_stream());
-    let (mut kept, mut held) = (Vec::new(), None);
+    let mut kept = Vec::new();
     let mut read = 0_usize;
     // The answer once the body is not kept, and until when the rest is drained.
     let mut refused: Option<(BodyError, tokio::time::Instant)> = None;
+    if let Some(share) = &mut share
+        && let Some(declared) = share.declared.filter(|declared| *declared <= limit)
+        && !share.cover(declared).await
+    {
+        refused = Some((over_budget(), tokio::time::Instant::now() + DRAIN_TIME));
+    }
     let arrives_by = tokio::time::Instant::now().checked_add(read_time);
     loop {
         let next = match [refused.as_ref().map(|(_, until)| *until), arrives_by].into_iter().flatten().min() {
@@ -181,8 +203,8 @@ async fn read_limited(
         }
         let refusal = if read > limit {
             Some(too_large(limit))
-        } else if let Some(budget) = budget
-            && !budget.take(chunk.len(), &mut held).await
+        } else if let Some(share) = &mut share
+            && !share.cover(read).await
         {
             Some(over_budget())
         } else {
@@ -191,14 +213,14 @@ async fn read_limited(
         match refusal {
             None => kept.extend_from_slice(&chunk),
             Some(error) => {
-                (kept, held) = (Vec::new(), None);
+                (kept, share) = (Vec::new(), None);
                 refused = Some((error, tokio::time::Instant::now() + DRAIN_TIME));
             }
         }
     }
     match refused {
         Some((error, _)) => Err(error),
-        None => Ok((kept, held)),
+        None => Ok((kept, share.and_then(|share| share.held))),
     }
 }
 

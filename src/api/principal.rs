@@ -1,7 +1,10 @@
 //! The caller of an operation, as a handler parameter: documented as the bearer scheme, verified by the
 //! service's [`Authenticator`](crate::auth::Authenticator).
 
-use poem::{Request, RequestBody, http::StatusCode};
+use poem::{
+    Request, RequestBody,
+    http::{Method, StatusCode},
+};
 use poem_openapi::{
     ApiExtractor, ApiExtractorType, ExtractParamOptions, SecurityScheme, auth::Bearer, registry::Registry,
 };
@@ -57,20 +60,22 @@ impl<'a> ApiExtractor<'a> for Principal {
             return Err(AuthError::Ambiguous.into());
         }
         let principal = state.authenticator.authenticate(authorization.transpose()?)?;
-        // Every `/tenants/{id}…` operation refuses another tenant's token; refused here, before the body is
-        // read: a request for another tenant holds no memory and no time.
-        if let (Role::Tenant(own), Some(tenant)) = (&principal.role, tenant_in_path(request.uri().path()))
-            && *own != tenant
-        {
-            return Err(AuthError::OTHER_TENANT.into());
+        // What every operation refuses is refused here, before the body is read: such a request holds no
+        // memory and no time. Every `/tenants/{id}…` operation refuses another tenant's token, and every
+        // operation but a read an auditor's.
+        match &principal.role {
+            Role::Tenant(own) if tenant_in_path(request.uri().path()).is_some_and(|tenant| tenant != *own) => {
+                Err(AuthError::OTHER_TENANT.into())
+            }
+            Role::Auditor if !matches!(*request.method(), Method::GET | Method::HEAD) => {
+                Err(AuthError::AUDITOR_READS_THE_RECORD_ONLY.into())
+            }
+            _ => Ok(principal),
         }
-        Ok(principal)
     }
 }
 
-/// The tenant a `/tenants/{id}…` path names, if its `id` is a UUID (else the path parameter's own check
-/// answers).
+/// The tenant a `/tenants/{id}…` path names, if its `id` is one (else the path parameter's own check answers).
 fn tenant_in_path(path: &str) -> Option<TenantId> {
-    let id = path.strip_prefix("/tenants/")?.split('/').next()?;
-    uuid::Uuid::try_parse(id).ok().map(TenantId::from_uuid)
+    path.strip_prefix("/tenants/")?.split('/').next()?.parse().ok()
 }

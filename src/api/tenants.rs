@@ -20,7 +20,8 @@ use super::{ApiTags, AppState, json_body::JsonBody, pagination, problem::ApiErro
 #[serde(deny_unknown_fields)]
 #[oai(deny_unknown_fields, example)]
 pub struct CreateTenantRequest {
-    /// 1 to 200 characters, not blank, no control characters.
+    /// 1 to 200 characters, not blank, without control characters, line separators, zero-width characters or
+    /// direction marks.
     #[oai(validator(
         min_length = 1,
         max_length = 200,

@@ -133,14 +133,9 @@ pub fn dead_letter_copy(
 /// A copy of a dead letter for its way back to the main queue: its failure history cleared, so it gets a
 /// fresh set of retries.
 pub fn replay_copy(delivery: &Delivery, id: Uuid, max_header_bytes: usize) -> BasicProperties {
-    let properties = copy_properties(&delivery.properties, id);
-    let mut cleared = FieldTable::default();
-    for (name, value) in carried_headers(delivery.properties.headers().as_ref(), max_header_bytes).inner() {
-        if ![ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER, DEAD_LETTERED_AT_HEADER].contains(&name.as_str()) {
-            cleared.insert(name.clone(), value.clone());
-        }
-    }
-    properties.with_headers(cleared)
+    let carried = carried_headers(delivery.properties.headers().as_ref(), max_header_bytes);
+    let cleared = without(&carried, &[ATTEMPTS_HEADER, FIRST_FAILED_AT_HEADER, REASON_HEADER, DEAD_LETTERED_AT_HEADER]);
+    copy_properties(&delivery.properties, id).with_headers(cleared)
 }
 
 fn with_record(delivery: &Delivery, id: Uuid, record: &FailureRecord, max_header_bytes: usize) -> BasicProperties {
@@ -166,12 +161,7 @@ const BROKER_DEAD_LETTERING_HEADERS: [&str; 7] = [
 /// would be dropped by RabbitMQ 3 as a dead-lettering cycle when the retry queue hands it back there.
 fn carried_headers(original: Option<&FieldTable>, max_bytes: usize) -> FieldTable {
     let Some(original) = original else { return FieldTable::default() };
-    let mut headers = FieldTable::default();
-    for (name, value) in original.inner() {
-        if !BROKER_DEAD_LETTERING_HEADERS.contains(&name.as_str()) {
-            headers.insert(name.clone(), value.clone());
-        }
-    }
+    let headers = without(original, &BROKER_DEAD_LETTERING_HEADERS);
     let size = encoded_size(&headers);
     if size <= max_bytes {
         return headers;
@@ -179,6 +169,17 @@ fn carried_headers(original: Option<&FieldTable>, max_bytes: usize) -> FieldTabl
     let mut left_out = FieldTable::default();
     left_out.insert(HEADERS_LEFT_OUT_HEADER.into(), AMQPValue::LongLongInt(i64::try_from(size).unwrap_or(i64::MAX)));
     left_out
+}
+
+/// `headers` but those named.
+fn without(headers: &FieldTable, names: &[&str]) -> FieldTable {
+    let mut kept = FieldTable::default();
+    for (name, value) in headers.inner() {
+        if !names.contains(&name.as_str()) {
+            kept.insert(name.clone(), value.clone());
+        }
+    }
+    kept
 }
 
 /// A header table's size as it goes on the wire.

@@ -102,7 +102,9 @@ impl FromStr for TenantId {
     }
 }
 
-/// A tenant's display name: 1 to 200 characters, not blank, no control characters.
+/// A tenant's display name: 1 to 200 characters, not blank, no control characters. A name given to a new
+/// tenant has none of the characters that garble text either ([`TenantName::parse_new`]); one recorded before
+/// that rule is read as it was.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct TenantName(String);
@@ -122,6 +124,19 @@ impl TenantName {
             return Ok(Self(raw));
         };
         Err(TenantError::InvalidName { reason })
+    }
+}
+
+impl TenantName {
+    /// A name for a new tenant: as [`TenantName::parse`], and without line separators, zero-width
+    /// characters or direction marks ([`garbles_text`](super::garbles_text)).
+    pub fn parse_new(raw: String) -> Result<Self, TenantError> {
+        if raw.chars().any(|c| super::garbles_text(c) && !c.is_control()) {
+            return Err(TenantError::InvalidName {
+                reason: "must not contain line separators, zero-width characters or direction marks",
+            });
+        }
+        Self::parse(raw)
     }
 }
 
@@ -332,7 +347,7 @@ impl TenantError {
 pub fn decide(state: &Tenant, command: TenantCommand, policy: &Policy) -> Result<Vec<TenantEvent>, TenantError> {
     match (state, command) {
         (Tenant::Absent, TenantCommand::Create { name, workers }) => {
-            let name = TenantName::parse(name)?;
+            let name = TenantName::parse_new(name)?;
             let workers = match workers {
                 Some(raw) => Workers::parse(raw, policy.max_workers)?,
                 None => policy.default_workers,
@@ -422,11 +437,22 @@ mod tests {
 
     #[test]
     fn name_must_be_1_to_200_chars_not_blank_without_control_chars() {
-        for bad in ["", "   ", "a\u{0}b", "line\nbreak"] {
+        for bad in [
+            "",
+            "   ",
+            "a\u{0}b",
+            "line\nbreak",
+            "line\u{2028}break",
+            "ac\u{200B}me",
+            "\u{FEFF}acme",
+            "evil\u{202E}gpj",
+        ] {
             let err = decide(&Tenant::Absent, create(bad, None), &policy()).expect_err(bad);
             assert!(matches!(err, TenantError::InvalidName { .. }), "{bad:?}: {err:?}");
             assert_eq!(err.field(), Some("name"));
         }
+        // A name recorded before the rule against garbling characters is read as it was.
+        assert!(serde_json::from_value::<TenantName>(serde_json::json!("ac\u{200B}me")).is_ok());
         let max = "é".repeat(200);
         assert!(decide(&Tenant::Absent, create(&max, None), &policy()).is_ok(), "200 chars (not bytes) is fine");
         let too_long = "x".repeat(TenantName::MAX_CHARS + 1);

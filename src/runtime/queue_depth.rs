@@ -8,7 +8,7 @@
 //! that table once per interval. The broker's load grows with the tenants, not with tenants × instances; when
 //! the poller stops, its lock goes with its session, and when it loses the broker it gives the lock up:
 //! another instance takes over at its next interval. A poller that fell silent (cut off without its
-//! connection closing) has its session ended by another instance after [`SILENT_HOLDER_INTERVALS`] intervals.
+//! connection closing) has its session ended by another instance (see [`SILENT_HOLDER_STEP_LIMITS`]).
 
 use std::{
     sync::{
@@ -31,8 +31,9 @@ use crate::{
 
 use super::{ConsumerRegistry, tenant_stats::TenantStats};
 
-/// Intervals without a query from the poller's session after which another instance ends it.
-const SILENT_HOLDER_INTERVALS: u32 = 4;
+/// Step limits without a query from the poller's session after which another instance ends it: a holder asks
+/// at the start of each pass, and between two asks come at most three steps and an interval.
+const SILENT_HOLDER_STEP_LIMITS: u32 = 6;
 
 pub struct QueueDepthPoller {
     pub registry: ConsumerRegistry,
@@ -63,20 +64,26 @@ impl QueueDepthPoller {
         self.polling.store(false, Ordering::Relaxed);
     }
 
+    /// The longest each step of a pass may take (the lock's query, the broker's reads, the table's write and
+    /// read): a step that hangs on a half-dead connection must not stop the next pass.
+    fn step_limit(&self) -> Duration {
+        self.interval.max(Duration::from_secs(5))
+    }
+
     async fn pass(&self, lease: &mut PollerLease) {
         let tenants = self.registry.tenants_with_stats();
+        let limit = self.step_limit();
         // An instance that cannot reach the broker would record every depth as unknown, for every instance:
         // it leaves the polling to one that can.
         let polling = if self.broker.is_connected() {
-            lease.hold(&self.pool).await
+            lease.hold(&self.pool, limit).await
         } else {
             lease.release().await;
             false
         };
         self.polling.store(polling, Ordering::Relaxed);
         if !polling && self.broker.is_connected() {
-            // A holder that polls asks every interval, and a pass takes at most two.
-            let silent_for = SILENT_HOLDER_INTERVALS * self.interval;
+            let silent_for = SILENT_HOLDER_STEP_LIMITS * limit;
             match PollerLease::end_silent_holder(&self.pool, silent_for).await {
                 Ok(true) => tracing::warn!(
                     ?silent_for,
@@ -87,14 +94,8 @@ impl QueueDepthPoller {
             }
         }
         if polling {
-            // A pass that hangs on a half-dead connection must not stop the next one.
-            let limit = self.interval.max(Duration::from_secs(5));
             match tokio::time::timeout(limit, read_from_broker(&self.broker, &tenants, &self.metrics)).await {
-                Ok(depths) => {
-                    if let Err(error) = lease.publish(&depths).await {
-                        tracing::warn!(%error, "cannot record the queue depths");
-                    }
-                }
+                Ok(depths) => lease.publish(&depths, limit).await,
                 Err(_) => {
                     tracing::warn!(?limit, "reading queue depths took too long; trying again at the next interval")
                 }
@@ -102,10 +103,14 @@ impl QueueDepthPoller {
         }
         // What no poller has written for a few intervals is unknown, so its series disappears instead of going
         // stale.
-        let shared = match queue_depths::read(&self.pool, 3 * self.interval).await {
-            Ok(shared) => shared,
-            Err(error) => {
+        let shared = match tokio::time::timeout(limit, queue_depths::read(&self.pool, 3 * self.interval)).await {
+            Ok(Ok(shared)) => shared,
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "cannot read the queue depths");
+                Default::default()
+            }
+            Err(_) => {
+                tracing::warn!(?limit, "reading the queue depths took too long");
                 Default::default()
             }
         };

@@ -26,18 +26,23 @@ pub struct PollerLease {
 }
 
 impl PollerLease {
-    /// Whether this instance polls: keeps the lock it holds, or tries to take it. A broken connection loses it
-    /// (the server releases the lock with the session), and the next call starts over on a new connection.
-    pub async fn hold(&mut self, pool: &PgPool) -> bool {
-        match self.try_hold(pool).await {
-            Ok(held) => held,
-            Err(error) => {
-                tracing::warn!(%error, "the queue depth poller's lock connection failed");
-                self.connection = None;
-                self.held = false;
-                false
-            }
+    /// Whether this instance polls: keeps the lock it holds, or tries to take it. A broken connection, or one
+    /// that does not answer within `limit`, loses it (the server releases the lock with the session), and the
+    /// next call starts over on a new connection.
+    pub async fn hold(&mut self, pool: &PgPool, limit: Duration) -> bool {
+        match tokio::time::timeout(limit, self.try_hold(pool)).await {
+            Ok(Ok(held)) => held,
+            Ok(Err(error)) => self.lose(&error.to_string()),
+            Err(_) => self.lose("no answer in time"),
         }
+    }
+
+    /// Drops the lock's connection, and this instance's claim with it; false.
+    fn lose(&mut self, why: &str) -> bool {
+        tracing::warn!(error = why, "the queue depth poller's lock connection failed");
+        self.connection = None;
+        self.held = false;
+        false
     }
 
     async fn try_hold(&mut self, pool: &PgPool) -> Result<bool, StoreError> {
@@ -92,8 +97,18 @@ impl PollerLease {
     }
 
     /// Records what the poller read: every polled tenant's depths, now; tenants no longer polled are removed.
-    /// Written on the lock's connection, so only the holder writes.
-    pub async fn publish(&mut self, depths: &[(TenantId, Depths)]) -> Result<(), StoreError> {
+    /// Written on the lock's connection, so only the holder writes; within `limit`, else the connection goes.
+    pub async fn publish(&mut self, depths: &[(TenantId, Depths)], limit: Duration) {
+        match tokio::time::timeout(limit, self.write(depths)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot record the queue depths"),
+            Err(_) => {
+                self.lose("recording the queue depths took too long");
+            }
+        }
+    }
+
+    async fn write(&mut self, depths: &[(TenantId, Depths)]) -> Result<(), StoreError> {
         let Some(connection) = self.connection.as_mut().filter(|_| self.held) else {
             return Ok(());
         };

@@ -1142,3 +1142,49 @@ async fn request_bodies_held_at_once_are_bounded_by_a_budget_shared_by_all_reque
     .await;
     app.stop().await;
 }
+
+/// Two bodies that together do not fit the budget arrive at once, half of one, half of the other, then the
+/// rest. Taking their shares chunk by chunk, each held half the budget waiting for the rest: the first was
+/// refused when its wait ran out (and the second then fitted). A body that declares its length now takes it at
+/// once: the first is written whole, and the second waits for it (or is refused if it waits too long).
+#[tokio::test]
+async fn two_bodies_that_do_not_fit_together_leave_one_of_them_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BUDGET: usize = 1_000_000;
+    let mut config = test_config();
+    config.max_payload_bytes = BUDGET / 2;
+    config.max_batch_bytes = BUDGET - 8192;
+    config.server.max_buffered_body_bytes = BUDGET;
+    let app = TestApp::spawn_with(config).await;
+    let tenant = app.create_tenant_id("two-at-once").await;
+    let payload = "x".repeat(BUDGET / 2 - 10_000);
+    let body = json!({ "messages": [{ "payload": payload }, { "payload": payload }] }).to_string().into_bytes();
+    let (first_half, second_half) = body.split_at(body.len() / 2);
+    let head = format!(
+        "POST /tenants/{tenant}/messages/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        app.token(Role::Admin),
+        body.len()
+    );
+    let address = app.base_url.trim_start_matches("http://");
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        stream.write_all(head.as_bytes()).await.expect("head");
+        stream.write_all(first_half).await.expect("first half");
+        streams.push(stream);
+    }
+    let mut statuses = Vec::new();
+    for mut stream in streams {
+        stream.write_all(second_half).await.expect("second half");
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(20), stream.read_to_string(&mut answer))
+            .await
+            .expect("answered")
+            .expect("read");
+        statuses.push(answer.split(' ').nth(1).unwrap_or_default().to_owned());
+    }
+    assert_eq!(statuses[0], "202", "the first body, which arrived first");
+    assert!(["202", "503"].contains(&statuses[1].as_str()), "{statuses:?}");
+    app.stop().await;
+}

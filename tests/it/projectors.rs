@@ -262,14 +262,18 @@ async fn a_command_that_changes_nothing_does_not_wait_for_a_notification_that_ne
     let silent = TestApp::spawn_with(config).await;
     let mut other = tenantmq_testkit::RunningApp::start(direct).await.expect("a second instance on its database");
     let id = silent.create_tenant_id("quiet").await;
+    eventually(Duration::from_secs(20), "the instance to listen", || async { (proxy.listeners() > 0).then_some(()) })
+        .await;
 
-    proxy.silence_listeners();
+    proxy.silence_listeners(true);
     let path = format!("/tenants/{id}/config/concurrency");
     let set = other.client.put(other.url(&path)).json(&json!({ "workers": 7 })).send().await.expect("sent");
     assert_eq!(set.status(), reqwest::StatusCode::OK, "set on the other instance");
     let again = silent.put_json(&path, &json!({ "workers": 7 })).await;
     assert_eq!(again.status(), reqwest::StatusCode::OK, "{}", again.text().await.unwrap_or_default());
 
+    // Heard again, the listener's UNLISTEN at the stop is answered.
+    proxy.silence_listeners(false);
     other.stop().await.expect("the other instance stopped");
     silent.stop().await;
 }

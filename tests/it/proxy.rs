@@ -41,6 +41,8 @@ struct PostgresFaults {
     armed: AtomicBool,
     /// Connections that sent `LISTEN` no longer forward what the server sends (see [`Proxy::silence_listeners`]).
     listeners_silenced: AtomicBool,
+    /// Connections that sent `LISTEN` so far.
+    listeners: std::sync::atomic::AtomicU32,
     /// Replies lost so far.
     lost: std::sync::atomic::AtomicU32,
 }
@@ -120,9 +122,15 @@ impl Proxy {
     }
 
     /// In front of PostgreSQL: the connections that listen for NOTIFY stay open, and hear nothing more from the
-    /// server (a connection gone silent, as one through a network partition does until TCP gives up on it).
-    pub fn silence_listeners(&self) {
-        self.postgres.listeners_silenced.store(true, Ordering::SeqCst);
+    /// server (a connection gone silent, as one through a network partition does until TCP gives up on it); or
+    /// hear it again.
+    pub fn silence_listeners(&self, silenced: bool) {
+        self.postgres.listeners_silenced.store(silenced, Ordering::SeqCst);
+    }
+
+    /// How many connections have sent `LISTEN`.
+    pub fn listeners(&self) -> u32 {
+        self.postgres.listeners.load(Ordering::SeqCst)
     }
 
     /// In front of RabbitMQ ([`Proxy::in_front_of_broker`]): blocks publishers as a memory alarm would, or
@@ -293,6 +301,7 @@ async fn relay_postgres(client: &mut TcpStream, server: &mut TcpStream, faults: 
             };
             if buffer[..read].first() == Some(&b'Q') && buffer[..read].get(5..5 + LISTEN.len()) == Some(LISTEN) {
                 listening.store(true, Ordering::SeqCst);
+                faults.listeners.fetch_add(1, Ordering::SeqCst);
             }
             if faults.armed.load(Ordering::SeqCst) {
                 // What this connection sent since the last look, with a tail kept for a word split by a read.

@@ -510,28 +510,34 @@ async fn two_authorization_headers_are_a_bad_request_not_a_guess() {
     app.stop().await;
 }
 
-/// Another tenant's token is refused before its body arrives: a request on someone else's tenant holds no
-/// memory and waits for nothing. Before, a batch's body (up to `max_batch_bytes`) was read first, for up to
-/// `server.body_read_timeout`, and parsed.
+/// Another tenant's token, and an auditor's, are refused before their body arrives: a request the service
+/// would refuse whatever it says holds no memory and waits for nothing. Before, a batch's body (up to
+/// `max_batch_bytes`) was read first, for up to `server.body_read_timeout`, and parsed.
 #[tokio::test]
-async fn another_tenants_token_is_refused_before_its_body_arrives() {
+async fn another_tenants_token_and_an_auditors_are_refused_before_their_body_arrives() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = TestApp::spawn().await;
     let a = app.create_tenant_id("a").await;
     let b = app.create_tenant_id("b").await;
-    let token_b = app.token(Role::Tenant(b.parse().expect("uuid")));
-    let mut stream = tokio::net::TcpStream::connect(app.base_url.trim_start_matches("http://")).await.expect("connect");
-    let head = format!(
-        "POST /tenants/{a}/messages/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token_b}\r\n\
-         Content-Type: application/json\r\nContent-Length: 16000000\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.expect("the head, and no body");
-    let mut answer = vec![0; 256];
-    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
-        .await
-        .expect("answered before the body")
-        .expect("read");
-    let answer = String::from_utf8_lossy(&answer[..read]);
-    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    let tokens =
+        [("tenant b", app.token(Role::Tenant(b.parse().expect("uuid")))), ("an auditor", app.token(Role::Auditor))];
+    for (who, token) in tokens {
+        for operation in ["messages/batch", "dlq/replay"] {
+            let address = app.base_url.trim_start_matches("http://");
+            let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+            let head = format!(
+                "POST /tenants/{a}/{operation} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 16000000\r\n\r\n"
+            );
+            stream.write_all(head.as_bytes()).await.expect("the head, and no body");
+            let mut answer = vec![0; 256];
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+                .await
+                .unwrap_or_else(|_| panic!("{who} on {operation}: not answered before the body"))
+                .expect("read");
+            let answer = String::from_utf8_lossy(&answer[..read]);
+            assert!(answer.starts_with("HTTP/1.1 403"), "{who} on {operation}: {answer}");
+        }
+    }
     app.stop().await;
 }

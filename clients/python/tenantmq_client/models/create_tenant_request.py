@@ -19,7 +19,9 @@ class CreateTenantRequest:
         {'name': 'acme', 'workers': 3}
 
     Attributes:
-        name (str): 1 to 200 characters, not blank, no control characters.
+        name (str): 1 to 200 characters, not blank, without control characters, line separators, zero-width characters
+            or
+            direction marks.
         id (None | Unset | UUID): The tenant's id; generated (UUIDv7) when absent. Creating an existing id is a
             conflict, also the id
             of a deleted tenant (ids are never reused).
