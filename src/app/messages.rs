@@ -61,9 +61,10 @@ impl Messages {
     }
 
     /// Publishes persistent messages to the live tenant's queue, within its limits (all of them or none), and
-    /// returns once the broker has confirmed all of them. A message the broker returns as unroutable (the queue is not declared yet) is published again
-    /// after declaring the tenant's queues, unless the tenant was deleted meanwhile (its retirement deleted
-    /// the queues): a publish that raced with the delete fails rather than bring them back.
+    /// returns once the broker has confirmed all of them. A message the broker returns as unroutable (the queue
+    /// is not declared yet) is published again after declaring the tenant's queues, unless the tenant was
+    /// deleted meanwhile (its retirement deleted the queues), before or just after the declare: a publish that
+    /// raced with the delete fails rather than send into queues nobody consumes.
     #[tracing::instrument(name = "publish", skip_all, fields(%tenant, messages = messages.len()))]
     pub async fn publish(&self, tenant: TenantId, messages: &[OutgoingMessage]) -> Result<(), AppError> {
         let row = require_live(&self.tenants, tenant).await?;
@@ -83,6 +84,11 @@ impl Messages {
         }
         tracing::info!(%tenant, returned = returned.len(), "the broker returned messages as unroutable; declaring the tenant's queues");
         self.publisher.declare(tenant).await?;
+        // Deleted between the look above and the declare, its retirement may have deleted the queues first:
+        // declared again, they would hold what is sent now, with no consumer, until a sweep deletes them.
+        if self.tenants.get_active(tenant).await?.is_none() {
+            return Err(AppError::TenantDeleted);
+        }
         let returned: Vec<_> = returned.iter().map(|&index| &messages[index]).collect();
         let again = self.send_through_refusals(tenant, &returned).await?;
         if again.is_empty() { Ok(()) } else { Err(AppError::Unroutable) }
