@@ -634,9 +634,7 @@ async fn await_consumers(broker: &lapin::Connection, tenant: &str, expected: u32
 async fn a_create_whose_commit_reply_is_lost_is_answered_as_done_and_recorded_once() {
     let mut config = test_config();
     let (proxy, through_proxy) = Proxy::in_front_of_database(&config.database.url).await;
-    // In clear text, for the proxy to see the statements (a server with `ssl = on` is asked for TLS otherwise).
-    let separator = if through_proxy.contains('?') { '&' } else { '?' };
-    config.database.url = format!("{through_proxy}{separator}sslmode=disable");
+    config.database.url = through_proxy;
     let app = TestApp::spawn_with(config).await;
     proxy.lose_the_reply_to_the_next_append();
     let response = app.post_json("/tenants", &json!({ "name": "recorded-once", "workers": 1 })).await;

@@ -177,8 +177,12 @@ impl Proxy {
 
     /// [`Proxy::in_front_of`] a PostgreSQL `url`, able to [lose a commit's reply](Proxy::lose_the_reply_to_the_next_append)
     /// and to [silence listeners](Proxy::silence_listeners).
+    /// The URL through it asks for clear text, for the proxy to see the statements (a server with `ssl = on`
+    /// is asked for TLS otherwise).
     pub async fn in_front_of_database(url: &str) -> (Self, String) {
-        Self::in_front_of_with(url, Protocol::Postgres).await
+        let (proxy, through) = Self::in_front_of_with(url, Protocol::Postgres).await;
+        let separator = if through.contains('?') { '&' } else { '?' };
+        (proxy, format!("{through}{separator}sslmode=disable"))
     }
 
     /// [`Proxy::in_front_of`] a RabbitMQ `url`, able to [block publishing](Proxy::block_publishing).
