@@ -80,8 +80,8 @@ pub enum ApiError {
     /// Or, for a tenant command, its outcome is in the event log but the read models (or a delete's
     /// retirement) have not caught up within the wait (`recorded`): it takes effect as they do, without being
     /// sent again; read the tenant in `tenant_id` to see it. Sent again, a command is answered from the log (a
-    /// create with the same `id` is a 409, a delete a 404), except a create without `id`, which would record a
-    /// second tenant: so a `recorded` answer has no `Retry-After`.
+    /// create with the same `id` is a 409, one with the same `Idempotency-Key` a 201, a delete a 404), except
+    /// a create with neither, which would record a second tenant: so a `recorded` answer has no `Retry-After`.
     #[oai(status = 503, content_type = "application/problem+json")]
     Unavailable(Json<Problem>, #[oai(header = "Retry-After")] Option<u16>),
     /// An unexpected error (`internal`; details are in the service's log under the request id), or an event
@@ -231,6 +231,12 @@ impl From<AppError> for ApiError {
             e @ (AppError::NoSuchTenant(_) | AppError::TenantDeleted) => Self::not_found(e.to_string()),
             AppError::Rejected(e) => e.into(),
             e @ AppError::Conflict { .. } => Self::conflict(e.to_string()),
+            e @ AppError::IdempotencyKeyReused => Self::Conflict(problem(
+                StatusCode::CONFLICT,
+                "conflict",
+                e.to_string(),
+                Some(super::tenants::IDEMPOTENCY_KEY),
+            )),
             e @ AppError::ProjectionLagging { tenant, .. } => {
                 let Json(problem) = problem(StatusCode::SERVICE_UNAVAILABLE, "recorded", e.to_string(), None);
                 // No `Retry-After`: the command must not be sent again (see the variant).

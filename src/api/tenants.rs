@@ -4,7 +4,12 @@ use std::num::NonZeroU32;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi, param::Path, param::Query, payload::Json, types::Example};
+use poem_openapi::{
+    ApiResponse, Enum, Object, OpenApi,
+    param::{Header, Path, Query},
+    payload::Json,
+    types::Example,
+};
 use uuid::Uuid;
 
 use crate::{
@@ -25,15 +30,16 @@ pub struct CreateTenantRequest {
     #[oai(validator(
         min_length = 1,
         max_length = 200,
-        pattern = r"^[^\x00-\x1F\x7F-\x9F]*[^\s\x00-\x1F\x7F-\x9F][^\x00-\x1F\x7F-\x9F]*$"
+        pattern = r"^[^\x00-\x1F\x7F-\x9F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]*[^\s\x00-\x1F\x7F-\x9F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF][^\x00-\x1F\x7F-\x9F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]*$"
     ))]
     pub name: String,
     /// Worker pool size, 1 to `max_workers` (64 unless configured otherwise); the configured `workers` when
     /// absent.
     #[oai(nullable, validator(minimum(value = "1"), maximum(value = "64")))]
     pub workers: Option<i64>,
-    /// The tenant's id; generated (UUIDv7) when absent. Creating an existing id is a conflict, also the id
-    /// of a deleted tenant (ids are never reused).
+    /// The tenant's id; generated (UUIDv7) when absent, or derived from the `Idempotency-Key` header (then
+    /// leave it out). Creating an existing id is a conflict, also the id of a deleted tenant (ids are never
+    /// reused).
     #[oai(nullable, skip_serializing_if_is_none)]
     pub id: Option<Uuid>,
 }
@@ -268,24 +274,52 @@ pub enum DeleteTenantResponse {
     Deleted,
 }
 
+/// The header that makes a create safe to send again.
+pub(super) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
 pub struct TenantsApi;
 
 #[OpenApi(tag = "ApiTags::Tenants")]
 impl TenantsApi {
     /// Create a tenant (CreateTenant; admin)
+    ///
+    /// A create that may be sent again (its answer lost, a 503) either gives the tenant's `id`, and a second
+    /// one answers 409, or sends an `Idempotency-Key`, and a second one with the same key and the same request
+    /// answers 201 with the tenant as it is now.
     #[oai(path = "/tenants", method = "post", operation_id = "createTenant")]
     async fn create(
         &self,
         state: Data<&AppState>,
         context: Data<&RequestContext>,
         principal: Principal,
+        /// 1 to 255 printable ASCII characters, unique per create of this caller (a UUID, say). The tenant's
+        /// id is derived from it and from the token's subject: the same create sent again with the same key
+        /// makes no second tenant, and is answered 201 again; the same key with another `name` or `workers`
+        /// is a 409. Not with `id` in the body.
+        // The validator is enforced (parameters are parsed by poem-openapi): a bad key is a 400 naming it.
+        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$"))]
+        idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateTenantRequest>,
     ) -> Result<CreateTenantResponse, ApiError> {
         principal.require_admin()?;
         let request = body.0;
-        let id = request.id.map_or_else(TenantId::generate, TenantId::from_uuid);
         let metadata = context.event_metadata(&principal);
-        let tenant = state.app.tenants.create(id, request.name, request.workers, &metadata).await?;
+        let (id, tenant) = match (idempotency_key.0, request.id) {
+            (None, id) => {
+                let id = id.map_or_else(TenantId::generate, TenantId::from_uuid);
+                (id, state.app.tenants.create(id, request.name, request.workers, &metadata).await?)
+            }
+            (Some(_), Some(_)) => {
+                return Err(ApiError::bad_request(
+                    Some(IDEMPOTENCY_KEY),
+                    "send the tenant's `id` or an `Idempotency-Key`, not both",
+                ));
+            }
+            (Some(key), None) => {
+                let id = TenantId::for_idempotency_key(&principal.subject, &key);
+                (id, state.app.tenants.create_once(id, request.name, request.workers, &metadata).await?)
+            }
+        };
         Ok(CreateTenantResponse::Created(Json(tenant.into()), format!("/tenants/{id}")))
     }
 

@@ -44,6 +44,11 @@ pub enum AppError {
     /// The tenant does not exist, or has been deleted.
     #[error("no tenant {0}")]
     NoSuchTenant(TenantId),
+    /// An `Idempotency-Key` sent again with another request than the create it was first sent with.
+    #[error(
+        "this Idempotency-Key was used for another create (another name or workers), or for a tenant since deleted"
+    )]
+    IdempotencyKeyReused,
     /// The tenant was deleted while a publish was under way: its queue must not come back.
     #[error("the tenant has been deleted")]
     TenantDeleted,

@@ -10,7 +10,7 @@ use std::{
 
 use crate::{
     broker::{Broker, Inspector, QueueCounts},
-    domain::tenant::{Limits, Policy, Tenant, TenantCommand, TenantEvent, TenantId, evolve},
+    domain::tenant::{Limits, Policy, Tenant, TenantCommand, TenantError, TenantEvent, TenantId, evolve},
     projectors::Projections,
     runtime::{ConsumerRegistry, registry::ConsumerFailure, tenant_runtime::ConsumerState},
     store::{
@@ -134,6 +134,39 @@ impl Tenants {
     ) -> Result<TenantRow, AppError> {
         self.handle(id, TenantCommand::Create { name, workers }, metadata).await?;
         self.live(id).await
+    }
+
+    /// Creates a tenant whose id comes from an idempotency key ([`TenantId::for_idempotency_key`]): the same
+    /// create sent again (the tenant exists, created with this `name`, and these `workers` if given) is
+    /// answered as done, with the tenant as it is now; another request with the same key is refused.
+    pub async fn create_once(
+        &self,
+        id: TenantId,
+        name: String,
+        workers: Option<i64>,
+        metadata: &EventMetadata,
+    ) -> Result<TenantRow, AppError> {
+        match self.create(id, name.clone(), workers, metadata).await {
+            Err(AppError::Rejected(TenantError::AlreadyExists)) if self.created_as(id, &name, workers).await? => {
+                self.live(id).await
+            }
+            Err(AppError::Rejected(TenantError::AlreadyExists | TenantError::IdReserved)) => {
+                Err(AppError::IdempotencyKeyReused)
+            }
+            created => created,
+        }
+    }
+
+    /// Whether the tenant's stream starts with its creation with this `name`, and these `workers` if given.
+    async fn created_as(&self, id: TenantId, name: &str, workers: Option<i64>) -> Result<bool, AppError> {
+        let first = self.store.read_stream(id.as_uuid(), 0, 1).await?;
+        let Some(event) = first.first() else { return Ok(false) };
+        Ok(match event.decode::<TenantEvent>()? {
+            TenantEvent::Created { name: created, workers: created_workers } => {
+                created.as_str() == name && workers.is_none_or(|w| w == i64::from(created_workers.get()))
+            }
+            _ => false,
+        })
     }
 
     /// Sets the tenant's worker pool size; returns it as the read model now shows it.

@@ -24,6 +24,23 @@ impl TenantId {
         Self(uuid)
     }
 
+    /// The id of the tenant a caller (`subject`) creates with an `Idempotency-Key`: the same key of the same
+    /// caller gives the same id, so a create sent again finds the tenant the first one made. A UUIDv8 from the
+    /// first 16 bytes of SHA-256 over both (length-prefixed, so no two pairs run together).
+    pub fn for_idempotency_key(subject: &str, key: &str) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update(b"tenantmq idempotency key\0");
+        for part in [subject, key] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
+        let digest = hash.finalize();
+        let mut bytes = [0_u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Self(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+
     pub const fn as_uuid(&self) -> Uuid {
         self.0
     }
@@ -125,9 +142,7 @@ impl TenantName {
         };
         Err(TenantError::InvalidName { reason })
     }
-}
 
-impl TenantName {
     /// A name for a new tenant: as [`TenantName::parse`], and without line separators, zero-width
     /// characters or direction marks ([`garbles_text`](super::garbles_text)).
     pub fn parse_new(raw: String) -> Result<Self, TenantError> {
@@ -137,6 +152,10 @@ impl TenantName {
             });
         }
         Self::parse(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -596,6 +615,16 @@ mod tests {
         assert!(serde_json::from_value::<TenantEvent>(zero).is_err());
         let blank = serde_json::json!({"event_type": "TenantCreated.v1", "data": {"name": " ", "workers": 1}});
         assert!(serde_json::from_value::<TenantEvent>(blank).is_err());
+    }
+
+    #[test]
+    fn an_idempotency_key_gives_one_id_per_caller_and_key() {
+        let id = TenantId::for_idempotency_key("ops", "order-17");
+        assert_eq!(id, TenantId::for_idempotency_key("ops", "order-17"));
+        assert_eq!(id.as_uuid().get_version_num(), 8);
+        for (subject, key) in [("ops", "order-18"), ("other", "order-17"), ("opso", "rder-17"), ("", "opsorder-17")] {
+            assert_ne!(id, TenantId::for_idempotency_key(subject, key), "{subject:?} {key:?}");
+        }
     }
 
     #[test]

@@ -183,3 +183,54 @@ async fn a_client_chosen_id_is_kept() {
     assert_eq!(tenant["workers"], 3, "the configured default");
     app.stop().await;
 }
+
+/// A create sent again with the same `Idempotency-Key` (its answer lost, say) makes no second tenant: it is
+/// answered 201 with the tenant the first made. The same key with another request is a 409 naming the header,
+/// a key with an `id`, or not 1 to 255 printable characters, a 400 naming it; another caller's same key makes
+/// a tenant of its own.
+#[tokio::test]
+async fn a_create_sent_again_with_the_same_idempotency_key_makes_one_tenant() {
+    let app = TestApp::spawn().await;
+    let create = |client: &reqwest::Client, key: &str, body: Value| {
+        client.post(app.url("/tenants")).header("Idempotency-Key", key).json(&body).send()
+    };
+    let body = json!({ "name": "once", "workers": 2 });
+    let first = create(&app.client, "order-17", body.clone()).await.expect("sent");
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let location = first.headers()["location"].to_str().expect("location").to_owned();
+    let first: Value = first.json().await.expect("tenant");
+    let id = first["id"].as_str().expect("id").to_owned();
+    assert_eq!(location, format!("/tenants/{id}"));
+
+    let again = create(&app.client, "order-17", body.clone()).await.expect("sent");
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.json::<Value>().await.expect("tenant")["id"], id.as_str());
+    let without_workers = create(&app.client, "order-17", json!({ "name": "once" })).await.expect("sent");
+    assert_eq!(without_workers.status(), StatusCode::CREATED, "the workers it was created with are the same");
+    assert_eq!(app.scalar_i64(&format!("SELECT count(*) FROM events WHERE stream_id = '{id}'")).await, 1);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM tenants").await, 1);
+
+    for other in [json!({ "name": "another" }), json!({ "name": "once", "workers": 3 })] {
+        let reused = create(&app.client, "order-17", other).await.expect("sent");
+        assert_problem(reused, StatusCode::CONFLICT, Some("Idempotency-Key")).await;
+    }
+    let with_id = create(&app.client, "order-18", json!({ "name": "x", "id": Uuid::now_v7() })).await.expect("sent");
+    assert_problem(with_id, StatusCode::BAD_REQUEST, Some("Idempotency-Key")).await;
+    for bad in [String::new(), "k".repeat(256), "tab\there".to_owned()] {
+        let refused = create(&app.client, &bad, body.clone()).await.expect("sent");
+        assert_problem(refused, StatusCode::BAD_REQUEST, Some("Idempotency-Key")).await;
+    }
+
+    let other_caller = tenantmq::auth::mint(
+        &app.config.auth,
+        "another-operator",
+        tenantmq::auth::Role::Admin,
+        std::time::Duration::from_secs(60),
+    )
+    .expect("minted");
+    let theirs =
+        create(&tenantmq_testkit::bearer_client(&other_caller).expect("client"), "order-17", body).await.expect("sent");
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+    assert_ne!(theirs.json::<Value>().await.expect("tenant")["id"], id.as_str());
+    app.stop().await;
+}

@@ -22,9 +22,10 @@ class CreateTenantRequest:
         name (str): 1 to 200 characters, not blank, without control characters, line separators, zero-width characters
             or
             direction marks.
-        id (None | Unset | UUID): The tenant's id; generated (UUIDv7) when absent. Creating an existing id is a
-            conflict, also the id
-            of a deleted tenant (ids are never reused).
+        id (None | Unset | UUID): The tenant's id; generated (UUIDv7) when absent, or derived from the `Idempotency-Key`
+            header (then
+            leave it out). Creating an existing id is a conflict, also the id of a deleted tenant (ids are never
+            reused).
         workers (int | None | Unset): Worker pool size, 1 to `max_workers` (64 unless configured otherwise); the
             configured `workers` when
             absent.

@@ -8,14 +8,17 @@ from ...client import AuthenticatedClient, Client
 from ...models.create_tenant_request import CreateTenantRequest
 from ...models.problem import Problem
 from ...models.tenant import Tenant
-from ...types import Response
+from ...types import UNSET, Response, Unset
 
 
 def _get_kwargs(
     *,
     body: CreateTenantRequest,
+    idempotency_key: str | Unset = UNSET,
 ) -> dict[str, Any]:
     headers: dict[str, Any] = {}
+    if not isinstance(idempotency_key, Unset):
+        headers["Idempotency-Key"] = idempotency_key
 
     _kwargs: dict[str, Any] = {
         "method": "post",
@@ -104,10 +107,18 @@ def sync_detailed(
     *,
     client: AuthenticatedClient,
     body: CreateTenantRequest,
+    idempotency_key: str | Unset = UNSET,
 ) -> Response[Problem | Tenant]:
     """Create a tenant (CreateTenant; admin)
 
+     A create that may be sent again (its answer lost, a 503) either gives the tenant's `id`, and a
+    second
+    one answers 409, or sends an `Idempotency-Key`, and a second one with the same key and the same
+    request
+    answers 201 with the tenant as it is now.
+
     Args:
+        idempotency_key (str | Unset):
         body (CreateTenantRequest): Create a tenant. Example: {'name': 'acme', 'workers': 3}.
 
     Raises:
@@ -120,6 +131,7 @@ def sync_detailed(
 
     kwargs = _get_kwargs(
         body=body,
+        idempotency_key=idempotency_key,
     )
 
     response = client.get_httpx_client().request(
@@ -133,10 +145,18 @@ def sync(
     *,
     client: AuthenticatedClient,
     body: CreateTenantRequest,
+    idempotency_key: str | Unset = UNSET,
 ) -> Problem | Tenant | None:
     """Create a tenant (CreateTenant; admin)
 
+     A create that may be sent again (its answer lost, a 503) either gives the tenant's `id`, and a
+    second
+    one answers 409, or sends an `Idempotency-Key`, and a second one with the same key and the same
+    request
+    answers 201 with the tenant as it is now.
+
     Args:
+        idempotency_key (str | Unset):
         body (CreateTenantRequest): Create a tenant. Example: {'name': 'acme', 'workers': 3}.
 
     Raises:
@@ -150,6 +170,7 @@ def sync(
     return sync_detailed(
         client=client,
         body=body,
+        idempotency_key=idempotency_key,
     ).parsed
 
 
@@ -157,10 +178,18 @@ async def asyncio_detailed(
     *,
     client: AuthenticatedClient,
     body: CreateTenantRequest,
+    idempotency_key: str | Unset = UNSET,
 ) -> Response[Problem | Tenant]:
     """Create a tenant (CreateTenant; admin)
 
+     A create that may be sent again (its answer lost, a 503) either gives the tenant's `id`, and a
+    second
+    one answers 409, or sends an `Idempotency-Key`, and a second one with the same key and the same
+    request
+    answers 201 with the tenant as it is now.
+
     Args:
+        idempotency_key (str | Unset):
         body (CreateTenantRequest): Create a tenant. Example: {'name': 'acme', 'workers': 3}.
 
     Raises:
@@ -173,6 +202,7 @@ async def asyncio_detailed(
 
     kwargs = _get_kwargs(
         body=body,
+        idempotency_key=idempotency_key,
     )
 
     response = await client.get_async_httpx_client().request(**kwargs)
@@ -184,10 +214,18 @@ async def asyncio(
     *,
     client: AuthenticatedClient,
     body: CreateTenantRequest,
+    idempotency_key: str | Unset = UNSET,
 ) -> Problem | Tenant | None:
     """Create a tenant (CreateTenant; admin)
 
+     A create that may be sent again (its answer lost, a 503) either gives the tenant's `id`, and a
+    second
+    one answers 409, or sends an `Idempotency-Key`, and a second one with the same key and the same
+    request
+    answers 201 with the tenant as it is now.
+
     Args:
+        idempotency_key (str | Unset):
         body (CreateTenantRequest): Create a tenant. Example: {'name': 'acme', 'workers': 3}.
 
     Raises:
@@ -202,5 +240,6 @@ async def asyncio(
         await asyncio_detailed(
             client=client,
             body=body,
+            idempotency_key=idempotency_key,
         )
     ).parsed
