@@ -3,7 +3,7 @@
 use std::num::NonZeroU32;
 
 use chrono::{DateTime, Utc};
-use poem::web::Data;
+use poem::{Request, web::Data};
 use poem_openapi::{
     ApiResponse, Enum, Object, OpenApi,
     param::{Header, Path, Query},
@@ -30,7 +30,8 @@ pub struct CreateTenantRequest {
     #[oai(validator(
         min_length = 1,
         max_length = 200,
-        pattern = r"^[^\x00-\x1F\x7F-\x9F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]*[^\s\x00-\x1F\x7F-\x9F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF][^\x00-\x1F\x7F-\x9F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]*$"
+        // Whitespace listed rather than `\s`, which some regex engines read as ASCII only.
+        pattern = r"^[^\x00-\x1F\x7F-\x9F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]*[^\x00-\x1F\x7F-\x9F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF\x20\xA0\u1680\u2000-\u200A\u202F\u205F\u3000][^\x00-\x1F\x7F-\x9F\u200B-\u200F\u2028-\u202E\u2060-\u2069\uFEFF]*$"
     ))]
     pub name: String,
     /// Worker pool size, 1 to `max_workers` (64 unless configured otherwise); the configured `workers` when
@@ -289,19 +290,34 @@ impl TenantsApi {
     #[oai(path = "/tenants", method = "post", operation_id = "createTenant")]
     async fn create(
         &self,
+        http: &Request,
         state: Data<&AppState>,
         context: Data<&RequestContext>,
         principal: Principal,
-        /// 1 to 255 printable ASCII characters, unique per create of this caller (a UUID, say). The tenant's
-        /// id is derived from it and from the token's subject: the same create sent again with the same key
-        /// makes no second tenant, and is answered 201 again; the same key with another `name` or `workers`
-        /// is a 409. Not with `id` in the body.
+        /// 1 to 255 printable ASCII characters, not starting or ending with a space, sent once; unique per
+        /// create of this caller (a UUID, say). The tenant's id is derived from it and from the token's subject
+        /// (`sub`): the same create sent again with the same key and a token of the same subject makes no
+        /// second tenant, and is answered 201 again (or 503 `recorded` while the tenant is not readable yet);
+        /// the same key with another `name` or `workers`, or after the tenant was deleted, is a 409. Not with
+        /// `id` in the body.
         // The validator is enforced (parameters are parsed by poem-openapi): a bad key is a 400 naming it.
-        #[oai(name = "Idempotency-Key", validator(min_length = 1, max_length = 255, pattern = r"^[\x20-\x7E]+$"))]
+        #[oai(
+            name = "Idempotency-Key",
+            validator(min_length = 1, max_length = 255, pattern = r"^[\x21-\x7E](?:[\x20-\x7E]*[\x21-\x7E])?$")
+        )]
         idempotency_key: Header<Option<String>>,
         body: JsonBody<CreateTenantRequest>,
     ) -> Result<CreateTenantResponse, ApiError> {
         principal.require_admin()?;
+        // The parameter passes over a value that is not text and takes the first of two: either would make a
+        // create without the key, one that a retry repeats.
+        let mut keys = http.headers().get_all(IDEMPOTENCY_KEY).iter();
+        if keys.next().is_some_and(|key| key.to_str().is_err()) || keys.next().is_some() {
+            return Err(ApiError::bad_request(
+                Some(IDEMPOTENCY_KEY),
+                format!("send one `{IDEMPOTENCY_KEY}` of printable ASCII characters"),
+            ));
+        }
         let request = body.0;
         let metadata = context.event_metadata(&principal);
         let (id, tenant) = match (idempotency_key.0, request.id) {

@@ -138,7 +138,8 @@ impl Tenants {
 
     /// Creates a tenant whose id comes from an idempotency key ([`TenantId::for_idempotency_key`]): the same
     /// create sent again (the tenant exists, created with this `name`, and these `workers` if given) is
-    /// answered as done, with the tenant as it is now; another request with the same key is refused.
+    /// answered as done once the read models show the tenant (as a command that changes nothing is), with the
+    /// tenant as it is now; another request with the same key is refused.
     pub async fn create_once(
         &self,
         id: TenantId,
@@ -146,8 +147,15 @@ impl Tenants {
         workers: Option<i64>,
         metadata: &EventMetadata,
     ) -> Result<TenantRow, AppError> {
-        match self.create(id, name.clone(), workers, metadata).await {
+        let outcome = match self.create(id, name.clone(), workers, metadata).await {
+            // Two at once: the one appended second finds the first one's creation when it tries again.
+            Err(AppError::Conflict { .. }) => self.create(id, name.clone(), workers, metadata).await,
+            outcome => outcome,
+        };
+        match outcome {
             Err(AppError::Rejected(TenantError::AlreadyExists)) if self.created_as(id, &name, workers).await? => {
+                let Folded { position, .. } = self.load(id).await?;
+                self.settled(id, position, false).await?;
                 self.live(id).await
             }
             Err(AppError::Rejected(TenantError::AlreadyExists | TenantError::IdReserved)) => {
@@ -248,9 +256,6 @@ impl Tenants {
         // A command that changes nothing answers from the read model too, which must have caught up with what
         // the log says (an earlier command, perhaps the same one answered `recorded`, may not be in it yet).
         let position = if events.is_empty() {
-            // The log reaches it: the projectors step now, not at their next poll if this instance missed the
-            // NOTIFY of it (appended by another instance while its listener's connection was silent).
-            self.store.observe_head(last_position);
             last_position
         } else {
             let encoded = events.iter().map(NewEvent::encode).collect::<Result<Vec<_>, _>>()?;
@@ -260,6 +265,15 @@ impl Tenants {
             }
             appended.last_position
         };
+        self.settled(id, position, deleting).await
+    }
+
+    /// Waits, within one `projectors.command_wait`, until every read model reflects the log up to `position`
+    /// (and, `deleting`, the tenant's retirement); else the outcome is recorded, not yet shown.
+    async fn settled(&self, id: TenantId, position: i64, deleting: bool) -> Result<(), AppError> {
+        // The log reaches it: the projectors step now, not at their next poll if this instance missed the
+        // NOTIFY of it (appended by another instance while its listener's connection was silent).
+        self.store.observe_head(position);
         let done = async {
             // False if a projector stopped (shutting down).
             self.projections.wait_for(position).await && (!deleting || self.await_retirement(id).await)

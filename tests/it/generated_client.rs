@@ -22,7 +22,7 @@ async fn a_tenants_whole_life_through_the_generated_rust_client() {
         workers: NonZeroU64::new(2),
         id: None,
     };
-    let tenant = client.create_tenant(&request).await.expect("created").into_inner();
+    let tenant = client.create_tenant(None, &request).await.expect("created").into_inner();
     assert_eq!((tenant.name.as_str(), tenant.workers), ("journey", 2));
 
     let one = types::PublishRequest { payload: serde_json::json!({"n": 0}), id: None };
@@ -92,7 +92,7 @@ async fn the_generated_rust_client_decodes_problem_documents() {
     let app = TestApp::spawn().await;
     let client = tenantmq_client::with_token(&app.base_url, &app.token(Role::Admin)).expect("a client");
     let request = types::CreateTenantRequest { name: "problems".parse().expect("a name"), workers: None, id: None };
-    let tenant = client.create_tenant(&request).await.expect("created").into_inner();
+    let tenant = client.create_tenant(None, &request).await.expect("created").into_inner();
 
     let over = (0..=1000).map(|n| types::PublishRequest { payload: serde_json::json!(n), id: None });
     let batch = types::PublishBatchRequest { messages: over.collect() };

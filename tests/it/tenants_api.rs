@@ -221,6 +221,38 @@ async fn a_create_sent_again_with_the_same_idempotency_key_makes_one_tenant() {
         assert_problem(refused, StatusCode::BAD_REQUEST, Some("Idempotency-Key")).await;
     }
 
+    // Sent twice in one request, or not text: refused, not passed over (which would create without the key).
+    let twice = app
+        .client
+        .post(app.url("/tenants"))
+        .header("Idempotency-Key", "order-19")
+        .header("Idempotency-Key", "order-20")
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(twice, StatusCode::BAD_REQUEST, Some("Idempotency-Key")).await;
+    let not_text = reqwest::header::HeaderValue::from_bytes("ключ".as_bytes()).expect("a header value");
+    let refused = app
+        .client
+        .post(app.url("/tenants"))
+        .header("Idempotency-Key", not_text)
+        .json(&body)
+        .send()
+        .await
+        .expect("sent");
+    assert_problem(refused, StatusCode::BAD_REQUEST, Some("Idempotency-Key")).await;
+
+    // Two at once: one creates, the other finds its creation.
+    let both = json!({ "name": "twins" });
+    let (left, right) =
+        tokio::join!(create(&app.client, "order-21", both.clone()), create(&app.client, "order-21", both));
+    let (left, right) = (left.expect("sent"), right.expect("sent"));
+    assert_eq!((left.status(), right.status()), (StatusCode::CREATED, StatusCode::CREATED));
+    let twin = left.json::<Value>().await.expect("tenant")["id"].clone();
+    assert_eq!(right.json::<Value>().await.expect("tenant")["id"], twin);
+    assert_eq!(app.scalar_i64("SELECT count(*) FROM tenants").await, 2);
+
     let other_caller = tenantmq::auth::mint(
         &app.config.auth,
         "another-operator",
@@ -232,5 +264,36 @@ async fn a_create_sent_again_with_the_same_idempotency_key_makes_one_tenant() {
         create(&tenantmq_testkit::bearer_client(&other_caller).expect("client"), "order-17", body).await.expect("sent");
     assert_eq!(theirs.status(), StatusCode::CREATED);
     assert_ne!(theirs.json::<Value>().await.expect("tenant")["id"], id.as_str());
+    app.stop().await;
+}
+
+/// A create answered `503 recorded` (its read models behind: here the tenants projector is held by a lock)
+/// and sent again with the same key waits for them as the first did: before, it answered 404 from the read
+/// model that did not show the tenant yet, and a client taking that for "not created" would create again.
+#[tokio::test]
+async fn a_create_sent_again_with_its_key_while_the_read_models_are_behind_is_not_answered_404() {
+    let mut config = crate::helpers::test_config();
+    config.projectors.command_wait = std::time::Duration::from_secs(2);
+    let app = TestApp::spawn_with(config).await;
+    let create = || {
+        app.client.post(app.url("/tenants")).header("Idempotency-Key", "late").json(&json!({ "name": "late" })).send()
+    };
+    // A first tenant, for the projector's checkpoint row to exist and be locked.
+    app.create_tenant("first").await;
+    let lock = crate::dead_letters::hold_in_transaction(
+        &app.config.database.url,
+        "SELECT * FROM projector_checkpoints WHERE name = 'tenants' FOR UPDATE",
+    )
+    .await;
+    let first = create().await.expect("sent");
+    let recorded = assert_problem(first, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert_eq!(recorded["type"], "urn:tenantmq:problem:recorded");
+    let again = create().await.expect("sent");
+    let still_recorded = assert_problem(again, StatusCode::SERVICE_UNAVAILABLE, None).await;
+    assert_eq!(still_recorded["tenant_id"], recorded["tenant_id"]);
+    crate::dead_letters::release(lock).await;
+    let done = create().await.expect("sent");
+    assert_eq!(done.status(), StatusCode::CREATED);
+    assert_eq!(done.json::<Value>().await.expect("tenant")["id"], recorded["tenant_id"]);
     app.stop().await;
 }
