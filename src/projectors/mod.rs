@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use futures_util::StreamExt;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -204,10 +205,16 @@ async fn listening_changed(listening: &mut watch::Receiver<bool>) {
 /// A listener connection that lasted this long was healthy: losing it starts the backoff afresh.
 const LISTENER_HEALTHY_AFTER: Duration = Duration::from_secs(30);
 
+/// How often the listener notifies itself, and how long it waits to hear it: a connection gone silent (a
+/// network partition, which TCP reports hours later) hears nothing, not even an error, and is told apart from
+/// a quiet one only so.
+const ECHO_EVERY: Duration = Duration::from_secs(10);
+
 /// Listens for NOTIFY on append so that projectors on every instance wake at once, and says on `listening`
 /// whether it does. What is appended while it does not listen is never notified: so after each LISTEN it reads
 /// the log's head, which wakes the projectors if the log moved meanwhile; until then they poll every
-/// [`POLL_WHILE_NOT_LISTENING`].
+/// [`POLL_WHILE_NOT_LISTENING`]. Every [`ECHO_EVERY`] it notifies itself, and a connection that does not
+/// bring that back by the next time counts as lost.
 pub async fn listen_for_appends(
     db: DatabaseConnection,
     store: EventStore,
@@ -226,7 +233,7 @@ pub async fn listen_for_appends(
             store.head_position().await?;
             Ok::<_, StoreError>(listener)
         };
-        let mut listener = match listen.await {
+        let listener = match listen.await {
             Ok(listener) => listener,
             Err(error) => {
                 let delay = backoff.next_delay();
@@ -236,19 +243,37 @@ pub async fn listen_for_appends(
         };
         listening.send_replace(true);
         let listening_since = Instant::now();
+        // `try_recv`, unlike `recv`, tells of a lost connection (`Ok(None)`) instead of reconnecting silently
+        // past the notifications sent meanwhile. In a stream, a receive under way is kept, not dropped, when
+        // the echo's tick comes first.
+        let mut notifications = std::pin::pin!(futures_util::stream::unfold(listener, |mut listener| async move {
+            let received = listener.try_recv().await;
+            Some((received, listener))
+        }));
+        let echo = format!("echo:{}", uuid::Uuid::new_v4());
+        let mut echo_heard = true;
+        let mut ticks = tokio::time::interval(ECHO_EVERY);
         let lost = loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                // `try_recv`, unlike `recv`, tells of a lost connection (`Ok(None)`) instead of reconnecting
-                // silently past the notifications sent meanwhile.
-                received = listener.try_recv() => match received {
-                    Ok(Some(notification)) => {
+                received = notifications.next() => match received {
+                    Some(Ok(Some(notification))) if notification.payload() == echo => echo_heard = true,
+                    Some(Ok(Some(notification))) => {
                         if let Ok(position) = notification.payload().parse::<i64>() {
                             store.observe_head(position);
                         }
                     }
-                    Ok(None) => break "the connection was lost".to_owned(),
-                    Err(error) => break error.to_string(),
+                    Some(Ok(None)) | None => break "the connection was lost".to_owned(),
+                    Some(Err(error)) => break error.to_string(),
+                },
+                _ = ticks.tick() => {
+                    if !std::mem::replace(&mut echo_heard, false) {
+                        break format!("its own notification did not come back within {ECHO_EVERY:?}");
+                    }
+                    let sent = tokio::time::timeout(ECHO_EVERY, store.notify(&echo)).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break "it could not notify itself".to_owned();
+                    }
                 }
             }
         };

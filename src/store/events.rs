@@ -23,6 +23,11 @@ use crate::domain::audit::{EventHash, HashedFields, canonical_json};
 
 /// The channel NOTIFY announces new positions on, so projectors on every instance wake at once.
 pub const NOTIFY_CHANNEL: &str = "tenantmq_events";
+
+/// NOTIFY of `payload` on [`NOTIFY_CHANNEL`], delivered when the transaction that sends it commits.
+fn notification(payload: &str) -> Statement {
+    stmt("SELECT pg_notify($1, $2)", [NOTIFY_CHANNEL.into(), payload.into()])
+}
 const APPEND_LOCK: i64 = 0x6576_656e_7473; // "events"
 
 /// How long an append or a stream's read waits for a lock before it fails (55P03, answered 503, nothing
@@ -283,11 +288,7 @@ impl EventStore {
             };
             prev_hash = insert_chained(&txn, &fields, &event.data, &metadata).await?;
         }
-        txn.execute_raw(stmt(
-            "SELECT pg_notify($1, $2)",
-            [NOTIFY_CHANNEL.into(), appended.last_position.to_string().into()],
-        ))
-        .await?;
+        txn.execute_raw(notification(&appended.last_position.to_string())).await?;
         if let Err(error) = txn.commit().await {
             // The reply to a COMMIT can be lost after the database made it durable (the connection cut at that
             // moment): answered with an error, a client would retry, and a create without an id would then be
@@ -353,6 +354,12 @@ impl EventStore {
         let events = recorded(&txn, stmt(&sql, [stream_id.into(), after_version.into(), limit.into()])).await?;
         txn.commit().await?;
         Ok(events)
+    }
+
+    /// Sends `payload` on the channel the listeners hear (which take a position from it, or their own echo).
+    pub async fn notify(&self, payload: &str) -> Result<(), StoreError> {
+        self.db.execute_raw(notification(payload)).await?;
+        Ok(())
     }
 
     /// The highest position in the log (0 when empty).

@@ -215,14 +215,7 @@ async fn an_instance_catches_up_with_appends_made_while_it_did_not_listen() {
     // The same database and secret, reached directly, polling as the tests do.
     let mut other = tenantmq_testkit::RunningApp::start(direct).await.expect("a second instance on its database");
     let head = "SELECT max(position) FROM events";
-    let projected_by_listener = |position: i64| {
-        let base_url = listener.base_url.clone();
-        async move {
-            let scrape = Scrape::at(&base_url).await;
-            let at = scrape.value("tenantmq_projector_position", &[("projector", "tenants")]).unwrap_or(0.0);
-            (at >= position as f64).then_some(())
-        }
-    };
+    let projected_by_listener = |position: i64| tenants_projected_to(&listener.base_url, position);
 
     // Notified: the other instance's create reaches this one's projectors at once.
     tenantmq_testkit::create_tenant(&other.client, &other.base_url, &json!({ "name": "notified" }))
@@ -271,6 +264,45 @@ async fn a_command_that_changes_nothing_does_not_wait_for_a_notification_that_ne
     assert_eq!(again.status(), reqwest::StatusCode::OK, "{}", again.text().await.unwrap_or_default());
 
     // Heard again, the listener's UNLISTEN at the stop is answered.
+    proxy.silence_listeners(false);
+    other.stop().await.expect("the other instance stopped");
+    silent.stop().await;
+}
+
+/// `Some` once the tenants projector of the instance at `base_url` has applied the log up to `position`.
+async fn tenants_projected_to(base_url: &str, position: i64) -> Option<()> {
+    let scrape = Scrape::at(base_url).await;
+    let at = scrape.value("tenantmq_projector_position", &[("projector", "tenants")]).unwrap_or(0.0);
+    (at >= position as f64).then_some(())
+}
+
+/// A listener whose connection went silent hears nothing, not even an error, until TCP gives up on it hours
+/// later. It notifies itself every 10 s; when that does not come back, it listens again, and the read of the
+/// log's head that follows brings the projectors up to what another instance appended meanwhile. Before, this
+/// instance's projections stayed behind until the safety-net poll (an hour here).
+#[tokio::test]
+async fn a_listener_whose_connection_went_silent_notices_and_catches_up() {
+    let mut config = test_config();
+    let direct = config.clone();
+    let (proxy, through_proxy) = Proxy::in_front_of_database(&config.database.url).await;
+    config.database.url = through_proxy;
+    config.projectors.poll_interval = Duration::from_secs(3600);
+    let silent = TestApp::spawn_with(config).await;
+    let mut other = tenantmq_testkit::RunningApp::start(direct).await.expect("a second instance on its database");
+    let id = silent.create_tenant_id("quiet").await;
+    eventually(Duration::from_secs(20), "the instance to listen", || async { (proxy.listeners() > 0).then_some(()) })
+        .await;
+
+    proxy.silence_listeners(true);
+    let path = format!("/tenants/{id}/config/concurrency");
+    let set = other.client.put(other.url(&path)).json(&json!({ "workers": 7 })).send().await.expect("sent");
+    assert_eq!(set.status(), reqwest::StatusCode::OK, "set on the other instance");
+    let position = scalar_i64(&other.db, "SELECT max(position) FROM events").await;
+    eventually(Duration::from_secs(45), "the silent instance's projections to catch up", || {
+        tenants_projected_to(&silent.base_url, position)
+    })
+    .await;
+
     proxy.silence_listeners(false);
     other.stop().await.expect("the other instance stopped");
     silent.stop().await;
