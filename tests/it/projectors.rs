@@ -237,6 +237,46 @@ async fn an_instance_catches_up_with_appends_made_while_it_did_not_listen() {
     listener.stop().await;
 }
 
+/// An instance (on a database proxy, polling the log once an hour) whose NOTIFY connection has gone silent
+/// after it created a tenant, another instance on the same database, and that tenant's concurrency path, on
+/// which the other instance has just set 7 workers the silent one did not hear of.
+struct SilentListener {
+    silent: TestApp,
+    other: tenantmq_testkit::RunningApp,
+    proxy: Proxy,
+    path: String,
+}
+
+impl SilentListener {
+    async fn start(command_wait: Duration) -> Self {
+        let mut config = test_config();
+        let direct = config.clone();
+        let (proxy, through_proxy) = Proxy::in_front_of_database(&config.database.url).await;
+        config.database.url = through_proxy;
+        config.projectors.poll_interval = Duration::from_secs(3600);
+        config.projectors.command_wait = command_wait;
+        let silent = TestApp::spawn_with(config).await;
+        let other = tenantmq_testkit::RunningApp::start(direct).await.expect("a second instance on its database");
+        let id = silent.create_tenant_id("quiet").await;
+        eventually(Duration::from_secs(20), "the instance to listen", || async {
+            (proxy.listeners() > 0).then_some(())
+        })
+        .await;
+        proxy.silence_listeners(true);
+        let path = format!("/tenants/{id}/config/concurrency");
+        let set = other.client.put(other.url(&path)).json(&json!({ "workers": 7 })).send().await.expect("sent");
+        assert_eq!(set.status(), reqwest::StatusCode::OK, "set on the other instance");
+        Self { silent, other, proxy, path }
+    }
+
+    async fn stop(mut self) {
+        // Heard again, the listener's UNLISTEN at the stop is answered.
+        self.proxy.silence_listeners(false);
+        self.other.stop().await.expect("the other instance stopped");
+        self.silent.stop().await;
+    }
+}
+
 /// A listener whose connection went silent (a network partition gives no error until TCP gives up, hours
 /// later) hears no NOTIFY, and the projectors poll only at `projectors.poll_interval`. A command that changes
 /// nothing waits for this instance's projections to reach the stream's last event, which another instance
@@ -244,29 +284,10 @@ async fn an_instance_catches_up_with_appends_made_while_it_did_not_listen() {
 /// and the projectors step at once.
 #[tokio::test]
 async fn a_command_that_changes_nothing_does_not_wait_for_a_notification_that_never_comes() {
-    let mut config = test_config();
-    let direct = config.clone();
-    let (proxy, through_proxy) = Proxy::in_front_of_database(&config.database.url).await;
-    config.database.url = through_proxy;
-    config.projectors.poll_interval = Duration::from_secs(3600);
-    config.projectors.command_wait = Duration::from_secs(5);
-    let silent = TestApp::spawn_with(config).await;
-    let mut other = tenantmq_testkit::RunningApp::start(direct).await.expect("a second instance on its database");
-    let id = silent.create_tenant_id("quiet").await;
-    eventually(Duration::from_secs(20), "the instance to listen", || async { (proxy.listeners() > 0).then_some(()) })
-        .await;
-
-    proxy.silence_listeners(true);
-    let path = format!("/tenants/{id}/config/concurrency");
-    let set = other.client.put(other.url(&path)).json(&json!({ "workers": 7 })).send().await.expect("sent");
-    assert_eq!(set.status(), reqwest::StatusCode::OK, "set on the other instance");
-    let again = silent.put_json(&path, &json!({ "workers": 7 })).await;
+    let setup = SilentListener::start(Duration::from_secs(5)).await;
+    let again = setup.silent.put_json(&setup.path, &json!({ "workers": 7 })).await;
     assert_eq!(again.status(), reqwest::StatusCode::OK, "{}", again.text().await.unwrap_or_default());
-
-    // Heard again, the listener's UNLISTEN at the stop is answered.
-    proxy.silence_listeners(false);
-    other.stop().await.expect("the other instance stopped");
-    silent.stop().await;
+    setup.stop().await;
 }
 
 /// `Some` once the tenants projector of the instance at `base_url` has applied the log up to `position`.
@@ -282,28 +303,11 @@ async fn tenants_projected_to(base_url: &str, position: i64) -> Option<()> {
 /// instance's projections stayed behind until the safety-net poll (an hour here).
 #[tokio::test]
 async fn a_listener_whose_connection_went_silent_notices_and_catches_up() {
-    let mut config = test_config();
-    let direct = config.clone();
-    let (proxy, through_proxy) = Proxy::in_front_of_database(&config.database.url).await;
-    config.database.url = through_proxy;
-    config.projectors.poll_interval = Duration::from_secs(3600);
-    let silent = TestApp::spawn_with(config).await;
-    let mut other = tenantmq_testkit::RunningApp::start(direct).await.expect("a second instance on its database");
-    let id = silent.create_tenant_id("quiet").await;
-    eventually(Duration::from_secs(20), "the instance to listen", || async { (proxy.listeners() > 0).then_some(()) })
-        .await;
-
-    proxy.silence_listeners(true);
-    let path = format!("/tenants/{id}/config/concurrency");
-    let set = other.client.put(other.url(&path)).json(&json!({ "workers": 7 })).send().await.expect("sent");
-    assert_eq!(set.status(), reqwest::StatusCode::OK, "set on the other instance");
-    let position = scalar_i64(&other.db, "SELECT max(position) FROM events").await;
+    let setup = SilentListener::start(Duration::from_secs(10)).await;
+    let position = scalar_i64(&setup.other.db, "SELECT max(position) FROM events").await;
     eventually(Duration::from_secs(45), "the silent instance's projections to catch up", || {
-        tenants_projected_to(&silent.base_url, position)
+        tenants_projected_to(&setup.silent.base_url, position)
     })
     .await;
-
-    proxy.silence_listeners(false);
-    other.stop().await.expect("the other instance stopped");
-    silent.stop().await;
+    setup.stop().await;
 }
