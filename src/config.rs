@@ -33,7 +33,7 @@ const MIN_SECRET_BYTES: usize = 32;
 
 /// Room in a single message's body for what surrounds the payload (`{"payload": …, "id": "…"}`):
 /// `max_payload_bytes` bounds the payload itself, as in a batch, where the handler checks it.
-pub const MESSAGE_ENVELOPE_BYTES: usize = 4096;
+const MESSAGE_ENVELOPE_BYTES: usize = 4096;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JwtAlgorithm {
@@ -777,7 +777,7 @@ impl Config {
     }
 
     /// The largest body of a single message the service reads.
-    fn largest_single_body(&self) -> usize {
+    pub fn largest_single_body(&self) -> usize {
         self.max_payload_bytes.saturating_add(MESSAGE_ENVELOPE_BYTES)
     }
 

@@ -147,6 +147,7 @@ impl Application {
             metrics_token: config.metrics.bearer_token.as_deref().map(Arc::from),
             limits: api::json_body::BodyLimits {
                 single: config.max_payload_bytes,
+                single_body: config.largest_single_body(),
                 batch: config.max_batch_bytes,
                 payload_depth: config.max_payload_depth,
                 read_time: config.server.body_read_timeout,

@@ -19,13 +19,14 @@ use serde::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::problem::BodyError;
-use crate::config::MESSAGE_ENVELOPE_BYTES;
 
 /// The largest bodies accepted (`max_payload_bytes`, and `max_batch_bytes` for batches), put into request data
 /// by the router, and the deepest payload (`max_payload_depth`).
 #[derive(Debug, Clone)]
 pub struct BodyLimits {
     pub single: usize,
+    /// The largest body of a single message: `single` and room for what surrounds the payload.
+    pub single_body: usize,
     pub batch: usize,
     pub payload_depth: usize,
     /// `server.body_read_timeout`: the longest a body may take to arrive.
@@ -110,8 +111,7 @@ impl<T: DeserializeOwned + Send, const BATCH: bool> ParsePayload for JsonBody<T,
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
         let limits = request.data::<BodyLimits>();
-        let limit = limits
-            .map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single.saturating_add(MESSAGE_ENVELOPE_BYTES) });
+        let limit = limits.map_or(usize::MAX, |l| if BATCH { l.batch } else { l.single_body });
         let declared = request.header(poem::http::header::CONTENT_LENGTH).and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > drain_bound(limit)) {
             return Err(too_large(limit).into());
@@ -177,14 +177,16 @@ async fn read_limited(
             None => chunks.next().await,
             Some(deadline) => match tokio::time::timeout_at(deadline, chunks.next()).await {
                 Ok(next) => next,
-                // Refused already: that is the answer, however slow the rest.
-                Err(_) if refused.is_some() => return Err(refused.map_or_else(|| too_large(limit), |(e, _)| e)),
+                // Refused already: that is the answer, however slow the rest. Else the body came too slowly.
                 Err(_) => {
-                    return Err(BodyError {
-                        status: StatusCode::REQUEST_TIMEOUT,
-                        field: None,
-                        detail: format!("the request body did not arrive within {read_time:?}"),
-                    });
+                    return Err(refused.map_or_else(
+                        || BodyError {
+                            status: StatusCode::REQUEST_TIMEOUT,
+                            field: None,
+                            detail: format!("the request body did not arrive within {read_time:?}"),
+                        },
+                        |(error, _)| error,
+                    ));
                 }
             },
         };

@@ -75,14 +75,15 @@ impl QueueDepthPoller {
         let limit = self.step_limit();
         // An instance that cannot reach the broker would record every depth as unknown, for every instance:
         // it leaves the polling to one that can.
-        let polling = if self.broker.is_connected() {
+        let connected = self.broker.is_connected();
+        let polling = if connected {
             lease.hold(&self.pool, limit).await
         } else {
             lease.release().await;
             false
         };
         self.polling.store(polling, Ordering::Relaxed);
-        if !polling && self.broker.is_connected() {
+        if !polling && connected {
             let silent_for = SILENT_HOLDER_STEP_LIMITS * limit;
             match PollerLease::end_silent_holder(&self.pool, silent_for).await {
                 Ok(true) => tracing::warn!(

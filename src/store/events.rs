@@ -24,10 +24,6 @@ use crate::domain::audit::{EventHash, HashedFields, canonical_json};
 /// The channel NOTIFY announces new positions on, so projectors on every instance wake at once.
 pub const NOTIFY_CHANNEL: &str = "tenantmq_events";
 
-/// NOTIFY of `payload` on [`NOTIFY_CHANNEL`], delivered when the transaction that sends it commits.
-fn notification(payload: &str) -> Statement {
-    stmt("SELECT pg_notify($1, $2)", [NOTIFY_CHANNEL.into(), payload.into()])
-}
 const APPEND_LOCK: i64 = 0x6576_656e_7473; // "events"
 
 /// How long an append or a stream's read waits for a lock before it fails (55P03, answered 503, nothing
@@ -143,6 +139,11 @@ impl TryFrom<StoredEvent> for RecordedEvent {
             prev_hash: hex::encode(&row.prev_hash),
         })
     }
+}
+
+/// NOTIFY of `payload` on [`NOTIFY_CHANNEL`], delivered when the transaction that sends it commits.
+fn notification(payload: &str) -> Statement {
+    stmt("SELECT pg_notify($1, $2)", [NOTIFY_CHANNEL.into(), payload.into()])
 }
 
 /// The events a query over [`STORED_COLUMNS`] returns.
