@@ -7,7 +7,7 @@
 - The kustomization lists every manifest of the folder, and only those.
 - What must agree across files does: selectors pick the pods they are meant for, the ScaledObject scales the
   worker Deployment, the grace period outlasts a graceful stop, the probes, the non-root and read-only
-  settings, and every Secret key used is documented in the folder's README.
+  settings, no service links, and every Secret key used is documented in the folder's README.
 """
 
 import re
@@ -170,6 +170,8 @@ def check_workloads(resources: list[tuple[str, dict]]) -> None:
         pod = dig(workload, "spec", "template", "spec") or {}
         if dig(pod, "securityContext", "runAsNonRoot") is not True or not dig(pod, "securityContext", "runAsUser"):
             fail(where, "the pod must run as a numeric non-root user (runAsNonRoot, runAsUser)")
+        if pod.get("enableServiceLinks") is not False:
+            fail(where, "needs enableServiceLinks: false (the Services' variables share the TENANTMQ_ prefix)")
         for container in pod.get("containers", []):
             name = f"{where} container {container.get('name')}"
             if dig(container, "securityContext", "readOnlyRootFilesystem") is not True:

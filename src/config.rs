@@ -695,6 +695,58 @@ fn is_tool_variable(unprefixed: &str) -> bool {
     TOOL_VARIABLES.contains(&name.as_str()) || TOOL_PREFIXES.iter().any(|prefix| name.starts_with(prefix))
 }
 
+/// Whether a variable is one Kubernetes gives every pod for each Service of its namespace (service links, on
+/// unless a pod sets `enableServiceLinks: false`): a Service named `tenantmq-api` brings
+/// `TENANTMQ_API_SERVICE_HOST`, `TENANTMQ_API_PORT=tcp://…` and more, which share the configuration's prefix.
+/// A configuration key's variable has `__` between its parts, which a Service's name cannot make; a bare
+/// `…_PORT` counts only with a link's value, so that a mistyped `TENANTMQ_SERVER_PORT=8080` is still refused.
+fn is_service_link(name: &str, value: &str) -> bool {
+    let name = name.trim().to_ascii_uppercase();
+    if name.contains("__") {
+        return false;
+    }
+    let port_variable = name.rsplit_once("_PORT_").is_some_and(|(_, rest)| {
+        let mut parts = rest.splitn(3, '_');
+        let number = parts.next().is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let protocol = parts.next().is_some_and(|p| ["TCP", "UDP", "SCTP"].contains(&p));
+        number && protocol && parts.next().is_none_or(|field| ["PROTO", "PORT", "ADDR"].contains(&field))
+    });
+    let link_value = ["tcp://", "udp://", "sctp://"].iter().any(|scheme| value.starts_with(scheme));
+    name.ends_with("_SERVICE_HOST")
+        || name.ends_with("_SERVICE_PORT")
+        || name.contains("_SERVICE_PORT_")
+        || port_variable
+        || (name.ends_with("_PORT") && link_value)
+}
+
+/// The process's variables with the prefix that set no configuration: the tools' and Kubernetes' service
+/// links, by name without the prefix, in lower case.
+fn foreign_variables(variables: &[(String, String)], known: &BTreeSet<String>) -> BTreeSet<String> {
+    variables
+        .iter()
+        .filter_map(|(name, value)| {
+            let unprefixed = unprefixed(name)?;
+            let key = unprefixed.to_ascii_lowercase().replace("__", ".");
+            let foreign = !known.contains(&key) && (is_tool_variable(unprefixed) || is_service_link(name, value));
+            foreign.then(|| unprefixed.trim().to_ascii_lowercase())
+        })
+        .collect()
+}
+
+/// `name` without the prefix, matched without regard to case as figment does; `None` without the prefix.
+fn unprefixed(name: &str) -> Option<&str> {
+    let name = name.trim();
+    name.get(ENV_PREFIX.len()..)
+        .filter(|_| name.get(..ENV_PREFIX.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(ENV_PREFIX)))
+}
+
+/// The process's environment, names and values as text.
+fn environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .map(|(name, value)| (name.to_string_lossy().into_owned(), value.to_string_lossy().into_owned()))
+        .collect()
+}
+
 /// Every key the configuration has, sections and leaves, dotted (`server`, `server.port`).
 fn known_keys() -> BTreeSet<String> {
     fn walk(value: &serde_json::Value, prefix: &str, keys: &mut BTreeSet<String>) {
@@ -716,17 +768,11 @@ fn variable_of(key: &str) -> String {
 
 /// Refuses a `TENANTMQ_…` variable that names no key: figment would ignore it and the default would be used
 /// silently (`TENANTMQ_DATABASE_URL`, with one underscore, left the service on 127.0.0.1).
-fn check_environment(names: impl IntoIterator<Item = String>, known: &BTreeSet<String>) -> Result<(), ConfigError> {
-    for name in names {
-        let name = name.trim();
-        // Matched without regard to case, as figment does.
-        let Some(unprefixed) = name
-            .get(ENV_PREFIX.len()..)
-            .filter(|_| name.get(..ENV_PREFIX.len()).is_some_and(|prefix| prefix.eq_ignore_ascii_case(ENV_PREFIX)))
-        else {
-            continue;
-        };
-        if is_tool_variable(unprefixed) {
+fn check_environment(variables: &[(String, String)], known: &BTreeSet<String>) -> Result<(), ConfigError> {
+    let foreign = foreign_variables(variables, known);
+    for (name, _) in variables {
+        let Some(unprefixed) = unprefixed(name) else { continue };
+        if foreign.contains(&unprefixed.trim().to_ascii_lowercase()) {
             continue;
         }
         let key = unprefixed.to_ascii_lowercase().replace("__", ".");
@@ -734,7 +780,7 @@ fn check_environment(names: impl IntoIterator<Item = String>, known: &BTreeSet<S
             let hint = likely_key(&key, known)
                 .map(|meant| format!("; did you mean `{}` ({meant})?", variable_of(meant)))
                 .unwrap_or_default();
-            return Err(ConfigError::new(name, format!("sets no configuration key{hint}")));
+            return Err(ConfigError::new(name.trim(), format!("sets no configuration key{hint}")));
         }
     }
     Ok(())
@@ -753,7 +799,7 @@ impl Config {
     /// Loads the layers in order; `file` is the `--config` argument, which must exist when given. Keys that
     /// do not exist, in a file or as `TENANTMQ_…` variables, are refused.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        check_environment(std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned()), &known_keys())?;
+        check_environment(&environment(), &known_keys())?;
         Self::from_figment(Self::layers(file)?)
     }
 
@@ -766,7 +812,9 @@ impl Config {
             }
             figment = figment.merge(Yaml::file_exact(file));
         }
-        let environment = Env::prefixed(ENV_PREFIX).filter(|unprefixed| !is_tool_variable(unprefixed.as_str()));
+        let foreign = foreign_variables(&environment(), &known_keys());
+        let environment = Env::prefixed(ENV_PREFIX)
+            .filter(move |unprefixed| !foreign.contains(&unprefixed.as_str().to_ascii_lowercase()));
         Ok(figment.merge(environment.split("__")))
     }
 
@@ -1103,9 +1151,41 @@ mod tests {
         }
     }
 
+    /// What Kubernetes sets in every pod of a namespace with a Service named `tenantmq-api` (and one named
+    /// `tenantmq-metrics` with a UDP port): no key of the configuration, and no reason to stop.
+    #[test]
+    fn kubernetes_service_links_are_not_configuration() {
+        let variables: Vec<(String, String)> = [
+            ("TENANTMQ_API_SERVICE_HOST", "10.96.0.12"),
+            ("TENANTMQ_API_SERVICE_PORT", "80"),
+            ("TENANTMQ_API_SERVICE_PORT_HTTP", "80"),
+            ("TENANTMQ_API_PORT", "tcp://10.96.0.12:80"),
+            ("TENANTMQ_API_PORT_80_TCP", "tcp://10.96.0.12:80"),
+            ("TENANTMQ_API_PORT_80_TCP_PROTO", "tcp"),
+            ("TENANTMQ_API_PORT_80_TCP_PORT", "80"),
+            ("TENANTMQ_API_PORT_80_TCP_ADDR", "10.96.0.12"),
+            ("TENANTMQ_METRICS_PORT", "udp://10.96.0.13:9125"),
+            ("TENANTMQ_METRICS_PORT_9125_UDP_ADDR", "10.96.0.13"),
+            ("TENANTMQ_SERVER__PORT", "8081"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .into();
+        assert_eq!(check_environment(&variables, &known_keys()).map_err(|e| e.to_string()), Ok(()));
+        let foreign = foreign_variables(&variables, &known_keys());
+        assert!(!foreign.contains("server__port"), "a key beside the links still counts");
+        assert_eq!(foreign.len(), variables.len() - 1, "{foreign:?}");
+        // A key mistyped with one underscore is no link, whatever its shape.
+        for (name, value) in [("TENANTMQ_SERVER_PORT", "8080"), ("TENANTMQ_DATABASE_URL", "postgres://db/tenantmq")] {
+            let typo = [(name.to_owned(), value.to_owned())];
+            assert!(check_environment(&typo, &known_keys()).is_err(), "{name}={value}");
+        }
+    }
+
     #[test]
     fn environment_variables_must_set_a_key_unless_they_are_the_tools() {
-        let check = |name: &str| check_environment([name.to_owned()], &known_keys()).map_err(|e| e.to_string());
+        let check = |name: &str| {
+            check_environment(&[(name.to_owned(), "1".to_owned())], &known_keys()).map_err(|e| e.to_string())
+        };
         for fine in [
             "TENANTMQ_SERVER__PORT",
             "tenantmq_server__host",

@@ -43,9 +43,37 @@ fn manifest(file: &str) -> serde_json::Value {
     yaml(&format!("deploy/kubernetes/{file}"))
 }
 
-/// What the pods would run with: the ConfigMap's file and the Deployment's variables (placeholder values for
-/// the Secret's), through the real binary, which refuses unknown keys. A graceful stop must end before the
-/// kubelet's SIGKILL.
+/// The variables Kubernetes gives every pod of the namespace for each Service of the manifests (service links):
+/// `TENANTMQ_API_SERVICE_HOST`, `TENANTMQ_API_PORT=tcp://…`, … The manifests' pods turn them off, but a pod
+/// spec written otherwise (an operator's own, a Helm chart's) gets them, and must start all the same.
+fn service_links() -> Vec<(String, String)> {
+    let service = manifest("service.yaml");
+    let name = service["metadata"]["name"].as_str().expect("a name").to_ascii_uppercase().replace('-', "_");
+    let address = "10.96.0.12";
+    let mut links = vec![(format!("{name}_SERVICE_HOST"), address.to_owned())];
+    for (i, port) in service["spec"]["ports"].as_array().expect("ports").iter().enumerate() {
+        let number = port["port"].as_u64().expect("a port");
+        let protocol = port["protocol"].as_str().unwrap_or("TCP");
+        let url = format!("{}://{address}:{number}", protocol.to_ascii_lowercase());
+        let prefix = format!("{name}_PORT_{number}_{protocol}");
+        if i == 0 {
+            links.push((format!("{name}_SERVICE_PORT"), number.to_string()));
+            links.push((format!("{name}_PORT"), url.clone()));
+        }
+        if let Some(port_name) = port["name"].as_str() {
+            links.push((format!("{name}_SERVICE_PORT_{}", port_name.to_ascii_uppercase()), number.to_string()));
+        }
+        links.push((prefix.clone(), url));
+        links.push((format!("{prefix}_PROTO"), protocol.to_ascii_lowercase()));
+        links.push((format!("{prefix}_PORT"), number.to_string()));
+        links.push((format!("{prefix}_ADDR"), address.to_owned()));
+    }
+    links
+}
+
+/// What the pods would run with: the ConfigMap's file, the Deployment's variables (placeholder values for the
+/// Secret's) and the Services' links, through the real binary, which refuses unknown keys. A graceful stop must
+/// end before the kubelet's SIGKILL.
 #[test]
 fn the_kubernetes_configuration_loads_and_the_grace_period_outlasts_a_graceful_stop() {
     let file = std::env::temp_dir().join(format!("tenantmq-k8s-{}.yaml", uuid::Uuid::new_v4()));
@@ -66,6 +94,10 @@ fn the_kubernetes_configuration_loads_and_the_grace_period_outlasts_a_graceful_s
                 _ => (name, "a-placeholder-secret-of-more-than-32-bytes"),
             })
             .collect();
+        assert_eq!(pod["enableServiceLinks"], false, "{deployment}: no Service's variables in the environment");
+        let links = service_links();
+        let env: Vec<(&str, &str)> =
+            env.into_iter().chain(links.iter().map(|(n, v)| (n.as_str(), v.as_str()))).collect();
         let args: Vec<&str> = container["args"].as_array().expect("args").iter().filter_map(|a| a.as_str()).collect();
         let serve = args.iter().position(|a| *a == "serve").expect("serve");
         assert_eq!(args[..serve], ["--config", "/etc/tenantmq/config.yaml"], "{deployment}");
