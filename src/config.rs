@@ -261,6 +261,14 @@ pub struct DatabaseConfig {
     /// their own, without it.
     #[serde(with = "humantime_serde")]
     pub statement_timeout: Option<Duration>,
+    /// PostgreSQL ends a session of the service that sits this long inside a transaction without sending a
+    /// statement (`idle_in_transaction_session_timeout`), and its locks go with it: an instance frozen or cut
+    /// off mid-transaction would otherwise hold the event log's append lock, or the projectors' checkpoint,
+    /// from every instance until TCP gives up on its connection, hours later. None of the service's
+    /// transactions waits on anything but the database between two statements. `null` leaves the server's
+    /// setting.
+    #[serde(with = "humantime_serde")]
+    pub idle_in_transaction_timeout: Option<Duration>,
     /// Most pool connections the workers of all tenants write with at once, shared fairly between the
     /// tenants waiting (in proportion to their workers), one tenant holding at most all but a quarter of them;
     /// the rest stay free for the API and the projectors. Unset: three quarters of `max_connections` (at
@@ -496,6 +504,7 @@ impl Default for DatabaseConfig {
             max_connections: 20,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: None,
+            idle_in_transaction_timeout: Some(Duration::from_secs(60)),
             write_connections: None,
         }
     }
@@ -871,6 +880,14 @@ impl Config {
         ];
         if let Some((key, _)) = intervals.into_iter().find(|(_, interval)| interval.is_zero()) {
             return Err(ConfigError::new(key, "must be greater than zero"));
+        }
+        // Zero would turn the server's timeout off: that is what `null` says.
+        let optional = [
+            ("database.statement_timeout", self.database.statement_timeout),
+            ("database.idle_in_transaction_timeout", self.database.idle_in_transaction_timeout),
+        ];
+        if let Some((key, _)) = optional.into_iter().find(|(_, timeout)| timeout.is_some_and(|t| t.is_zero())) {
+            return Err(ConfigError::new(key, "must be greater than zero, or null for none"));
         }
         if self.max_batch_bytes < self.max_payload_bytes {
             return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));

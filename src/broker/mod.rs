@@ -43,11 +43,12 @@ pub async fn answered<T, E>(request: impl Future<Output = Result<T, E>>) -> Resu
     tokio::time::timeout(ANSWER_TIMEOUT, request).await.map_err(|_| BrokerError::Unavailable)
 }
 
-/// Closes `channel` if it is still open. A channel the broker already closed, or a close that fails, leaves
-/// nothing to do: the broker requeues whatever the channel held unacked either way.
+/// Closes `channel` if it is still open. A channel the broker already closed, or a close that fails or is not
+/// answered ([`answered`]), leaves nothing to do: the broker requeues whatever the channel held unacked either
+/// way.
 pub async fn close_channel(channel: &lapin::Channel, reason: &str) {
     if channel.status().connected() {
-        let _ = channel.close(200, reason.into()).await;
+        let _ = answered(channel.close(200, reason.into())).await;
     }
 }
 

@@ -9,12 +9,14 @@
 //! instance at a time retires a tenant, under a transaction-level advisory lock; the partition's DDL commits
 //! last, so a failure or a crash at any step leaves the retirement pending, to be done again from the start.
 
+use std::time::{Duration, Instant};
+
 use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, QueueDeleteOptions};
 use sea_orm::{DatabaseConnection, DbErr, TransactionTrait};
 
 use crate::{
-    broker::{self, Broker, BrokerError, Inspector, TenantQueues, queues},
+    broker::{self, Broker, BrokerError, Inspector, TenantQueues, answered, queues},
     config::{OnTenantDelete, QueueType},
     domain::{payload::PayloadLimits, tenant::TenantId},
     metrics::Metrics,
@@ -29,6 +31,9 @@ use super::consumer;
 
 /// Queued messages persisted per insert while retiring with `detach`.
 const PERSIST_BATCH: usize = 100;
+/// How long one pass persists a deleted tenant's queued messages before it lets the next pass go on: a
+/// backlog of millions, or producers still publishing straight to the queue, must not hold the pass.
+const PERSIST_PER_PASS: Duration = Duration::from_secs(30);
 /// Retirements run at once in one pass (each holds a database connection throughout).
 const CONCURRENT_RETIREMENTS: usize = 4;
 
@@ -81,20 +86,27 @@ impl Retirement {
             .for_each_concurrent(CONCURRENT_RETIREMENTS, |tenant| async move {
                 match self.retire(tenant).await {
                     Ok(true) => tracing::info!(%tenant, on_delete = ?self.on_delete, "deleted tenant retired"),
-                    Ok(false) => tracing::debug!(%tenant, "the deleted tenant still has a consumer somewhere"),
+                    Ok(false) => tracing::debug!(%tenant, "the deleted tenant cannot be retired yet"),
                     Err(error) => tracing::warn!(%tenant, %error, "cannot retire the deleted tenant yet"),
                 }
             })
             .await;
     }
 
-    /// True once retired (here or by another instance); false while a consumer of it still runs somewhere.
+    /// True once retired (here or by another instance); false while it cannot be yet: a consumer of it still
+    /// runs somewhere, another instance retires it, or its queued messages take more than a pass to persist.
     async fn retire(&self, tenant: TenantId) -> Result<bool, RetirementError> {
-        let txn = self.db.begin().await?;
-        if !partitions::try_lock_retirement(&txn, tenant).await? {
+        let pool = self.db.get_postgres_connection_pool();
+        let Some(lock) = partitions::RetirementLock::try_take(pool, tenant).await? else {
             return Ok(false);
-        }
-        if !partitions::is_attached(&txn, tenant).await? {
+        };
+        let retired = self.retire_holding_the_lock(tenant).await;
+        lock.release().await;
+        retired
+    }
+
+    async fn retire_holding_the_lock(&self, tenant: TenantId) -> Result<bool, RetirementError> {
+        if !partitions::is_attached(&self.db, tenant).await? {
             return Ok(true);
         }
         let queues = TenantQueues::of(tenant);
@@ -103,8 +115,11 @@ impl Retirement {
         }
         let keep_messages = self.on_delete == OnTenantDelete::Detach;
         if keep_messages {
+            let deadline = Instant::now() + PERSIST_PER_PASS;
             for queue in [&queues.queue, &queues.retry] {
-                self.persist_queued(tenant, queue).await?;
+                if !self.persist_queued(tenant, queue, deadline).await? {
+                    return Ok(false);
+                }
             }
         }
         // A consumer that started since (a race with a reconciler that had not seen the delete yet), or, with
@@ -125,17 +140,19 @@ impl Retirement {
                 QueueDeleteOptions::default()
             }
         };
-        let channel = self.broker.channel().await?;
+        let channel = answered(self.broker.channel()).await??;
         let deleted = async {
             for queue in [&queues.queue, &queues.retry] {
-                channel.queue_delete(queue.as_str().into(), guard).await?;
+                answered(channel.queue_delete(queue.as_str().into(), guard)).await??;
             }
-            queues::delete(&channel, tenant).await
+            answered(queues::delete(&channel, tenant)).await?
         }
         .await;
         // A failed guard has closed the channel already.
         broker::close_channel(&channel, "retired").await;
         deleted?;
+        // Last, and the only transaction: a failure or a crash before its commit leaves the retirement pending.
+        let txn = self.db.begin().await?;
         match self.on_delete {
             OnTenantDelete::Drop => partitions::drop(&txn, tenant).await?,
             OnTenantDelete::Detach => partitions::detach(&txn, tenant).await?,
@@ -153,16 +170,17 @@ impl Retirement {
         Ok(counts)
     }
 
-    /// Writes what waits in `queue` into the tenant's partition and acks it. A message that cannot be a row
-    /// (not JSON, refused by the database) is discarded with a warning: the tenant's dead-letter queue goes too.
-    async fn persist_queued(&self, tenant: TenantId, queue: &str) -> Result<(), RetirementError> {
+    /// Writes what waits in `queue` into the tenant's partition and acks it, until the queue is empty (true)
+    /// or `deadline` has passed (false: the next pass goes on). A message that cannot be a row (not JSON,
+    /// refused by the database) is discarded with a warning: the tenant's dead-letter queue goes too.
+    async fn persist_queued(&self, tenant: TenantId, queue: &str, deadline: Instant) -> Result<bool, RetirementError> {
         if self.inspect(queue).await?.is_none() {
-            return Ok(());
+            return Ok(true);
         }
         let (_apart, channel) = self.broker.channel_apart().await?;
         let writer = MessageWriter::new(self.db.get_postgres_connection_pool().clone(), tenant, self.metrics.clone());
         let persisted = async {
-            loop {
+            while Instant::now() < deadline {
                 let mut deliveries = Vec::with_capacity(PERSIST_BATCH);
                 while deliveries.len() < PERSIST_BATCH {
                     match broker::get_unacked(&channel, queue).await? {
@@ -170,7 +188,7 @@ impl Retirement {
                         None => break,
                     }
                 }
-                let Some(last) = deliveries.last().map(|delivery| delivery.delivery_tag) else { return Ok(()) };
+                let Some(last) = deliveries.last().map(|delivery| delivery.delivery_tag) else { return Ok(true) };
                 let rows: Vec<NewMessage> = deliveries
                     .iter()
                     .filter_map(|delivery| {
@@ -186,12 +204,13 @@ impl Retirement {
                     tracing::warn!(%tenant, messages = part.len(), %error, "discarding a queued message");
                 }
                 // Every delivery on this channel is from this loop: one ack covers them all.
-                channel.basic_ack(last, BasicAckOptions { multiple: true }).await?;
+                answered(channel.basic_ack(last, BasicAckOptions { multiple: true })).await??;
             }
+            Ok(false)
         }
         .await;
         // Closing requeues whatever was taken and not acked.
-        let _ = channel.close(200, "persisted".into()).await;
+        broker::close_channel(&channel, "persisted").await;
         persisted
     }
 }

@@ -48,6 +48,27 @@ fn is_duplicate_database(error: Option<&PgDatabaseError>) -> bool {
     error.is_some_and(|e| e.code() == "42P04")
 }
 
+/// How `pg_stat_activity` names the service's sessions, unless the URL names them otherwise.
+const APPLICATION_NAME: &str = "tenantmq";
+
+/// The server probes a connection of the service that went quiet after 30 s, every 10 s, and gives up after
+/// three probes unanswered: a host gone (a crash, a partition) loses its sessions, and their locks, within a
+/// minute rather than the kernel's two hours. Ignored on a Unix socket.
+const KEEPALIVES: &str = "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3";
+
+/// What every session of the pool (and every connection taken out of it: the NOTIFY listener's, the lock
+/// holders') sets first: [`KEEPALIVES`], and `database.idle_in_transaction_timeout`, which covers a process
+/// frozen on a host that still answers the probes. Set by statements rather than startup options, which
+/// PgBouncer refuses.
+fn session_settings(config: &DatabaseConfig) -> String {
+    match config.idle_in_transaction_timeout {
+        Some(timeout) => {
+            format!("{KEEPALIVES}; SET idle_in_transaction_session_timeout = {}", timeout.as_millis().max(1))
+        }
+        None => KEEPALIVES.to_owned(),
+    }
+}
+
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, StoreError> {
     let mut options = ConnectOptions::new(config.url.clone());
     options
@@ -57,10 +78,24 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Stor
         .acquire_timeout(config.connect_timeout)
         .idle_timeout(Duration::from_secs(300))
         .sqlx_logging(false);
-    if let Some(timeout) = config.statement_timeout {
-        let millis = timeout.as_millis().max(1).to_string();
-        options.map_sqlx_postgres_opts(move |opts| opts.options([("statement_timeout", millis.as_str())]));
-    }
+    let statement_timeout = config.statement_timeout.map(|timeout| timeout.as_millis().max(1).to_string());
+    options.map_sqlx_postgres_opts(move |mut opts| {
+        if opts.get_application_name().is_none() {
+            opts = opts.application_name(APPLICATION_NAME);
+        }
+        match &statement_timeout {
+            Some(millis) => opts.options([("statement_timeout", millis.as_str())]),
+            None => opts,
+        }
+    });
+    let settings = session_settings(config);
+    options.map_sqlx_postgres_pool_opts(move |pool| {
+        let settings = settings.clone();
+        pool.after_connect(move |connection, _| {
+            let settings = settings.clone();
+            Box::pin(async move { sqlx::raw_sql(sqlx::AssertSqlSafe(settings)).execute(connection).await.map(drop) })
+        })
+    });
     Ok(Database::connect(options).await?)
 }
 
@@ -87,12 +122,17 @@ const MIGRATION_ATTEMPTS: u32 = 12;
 /// one that opted out would be tried again half applied), so one that gave up is tried again from its start.
 pub async fn migrate(url: &str, direction: MigrationDirection) -> Result<(), StoreError> {
     let mut lock = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
+    sqlx::raw_sql(KEEPALIVES).execute(&mut lock).await?;
     sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
     let mut options = ConnectOptions::new(url.to_owned());
     options.max_connections(1).sqlx_logging(false);
-    // Set on the session rather than sent as a startup option, which PgBouncer refuses; the migrator runs on
-    // this pool's one connection.
-    let bound_lock_wait = format!("SET lock_timeout = {}", MIGRATION_LOCK_WAIT.as_millis());
+    // Set on the session rather than sent as startup options, which PgBouncer refuses; the migrator runs on
+    // this pool's one connection. A migration's statements follow one another: a minute idle inside one is a
+    // migrator frozen with the tables' locks.
+    let bound_lock_wait = format!(
+        "{KEEPALIVES}; SET idle_in_transaction_session_timeout = 60000; SET lock_timeout = {}",
+        MIGRATION_LOCK_WAIT.as_millis()
+    );
     let result = match Database::connect(options).await {
         Ok(db) => {
             let mut attempt = 1;

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use sea_orm::{ConnectionTrait, DatabaseTransaction};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction,
+    sqlx::{self, PgPool, Postgres, pool::PoolConnection},
+};
 
 use crate::domain::tenant::TenantId;
 
@@ -148,14 +151,30 @@ async fn deleted_tenants<C: ConnectionTrait, const N: usize>(
     rows.iter().map(|row| Ok(TenantId::from_uuid(row.try_get::<uuid::Uuid>("", "id")?))).collect()
 }
 
-/// Takes the tenant's retirement lock for the rest of `txn`, unless another instance holds it.
-pub async fn try_lock_retirement<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Result<bool, StoreError> {
-    scalar(
-        conn,
-        stmt(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended('tenantmq.retirement.' || $1::text, 0)) AS value",
-            [tenant.as_uuid().into()],
-        ),
-    )
-    .await
+/// A deleted tenant's retirement lock: one instance at a time retires a tenant. A session's lock, on a
+/// connection of the pool kept for it and closed afterwards, rather than a transaction's: the retirement's broker
+/// work (persisting the queued messages, which may take minutes) then runs outside any transaction, which
+/// `idle_in_transaction_session_timeout` would end. A retirement dropped half way closes the connection, and
+/// the lock goes with its session.
+pub struct RetirementLock {
+    session: PoolConnection<Postgres>,
+}
+
+impl RetirementLock {
+    /// The tenant's retirement lock, unless another instance holds it.
+    pub async fn try_take(pool: &PgPool, tenant: TenantId) -> Result<Option<Self>, StoreError> {
+        let mut session = pool.acquire().await?;
+        session.close_on_drop();
+        let taken: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('tenantmq.retirement.' || $1::text, 0))")
+                .bind(tenant.as_uuid())
+                .fetch_one(&mut *session)
+                .await?;
+        Ok(taken.then_some(Self { session }))
+    }
+
+    /// Gives the lock up, closing its session.
+    pub async fn release(self) {
+        let _ = self.session.close().await;
+    }
 }

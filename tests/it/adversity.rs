@@ -15,7 +15,10 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 use reqwest::StatusCode;
-use sea_orm::{ConnectionTrait, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, TransactionTrait,
+    sqlx::{AssertSqlSafe, Connection, PgConnection, raw_sql},
+};
 use serde_json::{Value, json};
 use tenantmq::{auth::Role, domain::tenant::TenantId};
 use tokio::net::TcpStream;
@@ -679,7 +682,7 @@ async fn an_instance_starting_while_a_deleted_tenant_awaits_its_partition_keeps_
 
     reading.rollback().await.expect("rollback");
     reader.close().await.expect("close");
-    await_archive(&app, &tenant).await;
+    await_archive(&app, &tenant, QUEUED_WHILE_AWAITING).await;
     second.stop().await.expect("second instance stopped");
     app.stop().await;
 }
@@ -698,7 +701,61 @@ async fn a_replay_while_a_deleted_tenant_awaits_its_partition_leaves_it_owed_and
     reading.rollback().await.expect("rollback");
     reader.close().await.expect("close");
     tenantmq::projectors::replay_all(&app.db, 100).await.expect("a replay once the reader is gone");
-    await_archive(&app, &tenant).await;
+    await_archive(&app, &tenant, QUEUED_WHILE_AWAITING).await;
+    app.stop().await;
+}
+
+/// A deleted tenant's retirement persists its queued messages (with `detach`) before it drops its queues: for
+/// a large queue, minutes. It did so inside the transaction that held its lock, idle all along, which
+/// `database.idle_in_transaction_timeout` ended: the retirement failed at its last step and started over, at
+/// every pass while producers kept the queue filled. The broker work now runs outside any transaction.
+#[tokio::test]
+async fn a_retirement_persisting_queued_messages_keeps_no_transaction_open_meanwhile() {
+    let (app, broker) = (spawn_detaching().await, amqp().await);
+    let tenant = app.create_tenant_id("retiring").await;
+    await_consumer(&broker, &tenant).await;
+    // The tenant, deleted, waits for its retirement's lock, which the test holds, with its queue.
+    let url = &app.config.database.url;
+    let mut holder = PgConnection::connect(url).await.expect("connect");
+    let lock = format!("SELECT pg_advisory_lock(hashtextextended('tenantmq.retirement.{tenant}', 0))");
+    raw_sql(AssertSqlSafe(lock)).execute(&mut holder).await.expect("locked");
+    // Recorded; answered 503 `recorded` when its retirement waits longer than the command does.
+    let _recorded = app.delete(&format!("/tenants/{tenant}")).await;
+    eventually(Duration::from_secs(30), "the deleted tenant's consumer gone", || async {
+        queue_state(&broker, queue(&tenant)).await.filter(|(_, consumers)| *consumers == 0)
+    })
+    .await;
+    let channel = broker.create_channel().await.expect("channel");
+    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let ids: Vec<uuid::Uuid> = (0..5).map(|_| uuid::Uuid::now_v7()).collect();
+    for id in &ids {
+        let properties = BasicProperties::default().with_message_id(id.to_string().into());
+        crate::helpers::publish_raw(&channel, &tenant, br#"{"queued": true}"#, properties).await;
+    }
+    // A row with the first message's id, inserted and not committed: the retirement's insert waits for it.
+    let mut blocker = PgConnection::connect(url).await.expect("connect");
+    let partition = crate::helpers::partition(&tenant);
+    let row = format!("BEGIN; INSERT INTO {partition} (tenant_id, id, payload) VALUES ('{tenant}', '{}', '1')", ids[0]);
+    raw_sql(AssertSqlSafe(row)).execute(&mut blocker).await.expect("inserted");
+    raw_sql("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.expect("unlocked");
+
+    let the_service = "datname = current_database() AND application_name = 'tenantmq'";
+    eventually(Duration::from_secs(30), "the retirement's insert waiting for over a second", || async {
+        let waiting = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE {the_service} AND wait_event_type = 'Lock' \
+             AND state_change < now() - interval '1 second'"
+        );
+        (app.scalar_i64(&waiting).await == 1).then_some(())
+    })
+    .await;
+    let idle_in_a_transaction = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE {the_service} AND state LIKE 'idle in transaction%' \
+         AND state_change < now() - interval '1 second'"
+    );
+    assert_eq!(app.scalar_i64(&idle_in_a_transaction).await, 0, "a session of the service idle in a transaction");
+
+    raw_sql("ROLLBACK").execute(&mut blocker).await.expect("rolled back");
+    await_archive(&app, &tenant, 5).await;
     app.stop().await;
 }
 
@@ -733,8 +790,8 @@ async fn deleted_while_awaiting_its_partition(app: &TestApp, broker: &lapin::Con
     tenant
 }
 
-/// Waits for the tenant's detached partition, and checks it holds every message queued before the delete.
-async fn await_archive(app: &TestApp, tenant: &str) {
+/// Waits for the tenant's detached partition, and checks it holds the `queued` messages queued before the delete.
+async fn await_archive(app: &TestApp, tenant: &str, queued: i64) {
     let archive = crate::helpers::partition(tenant);
     let detached = format!(
         "SELECT count(*) FROM pg_class c WHERE c.relname = '{archive}' \
@@ -745,7 +802,7 @@ async fn await_archive(app: &TestApp, tenant: &str) {
     })
     .await;
     let archived = app.scalar_i64(&format!("SELECT count(*) FROM {archive}")).await;
-    assert_eq!(archived, QUEUED_WHILE_AWAITING, "every message archived");
+    assert_eq!(archived, queued, "every message archived");
 }
 
 /// lapin never frees the number of a channel the broker closed, so a connection on which the broker closed

@@ -649,3 +649,35 @@ async fn a_create_whose_commit_reply_is_lost_is_answered_as_done_and_recorded_on
     assert_eq!(changed.status(), StatusCode::OK);
     app.stop().await;
 }
+
+/// An instance frozen (or cut off) between an append's insert and its COMMIT leaves a transaction open on the
+/// server, holding the event log's append lock: every instance's commands waited out their lock wait and
+/// answered 503 until TCP gave up on the connection, hours later. PostgreSQL now ends a session of the service
+/// idle in a transaction for `database.idle_in_transaction_timeout`, and the commands go on.
+#[tokio::test]
+async fn an_append_frozen_before_its_commit_does_not_hold_up_the_other_commands() {
+    let mut config = test_config();
+    config.database.idle_in_transaction_timeout = Some(Duration::from_secs(1));
+    let (proxy, through_proxy) = Proxy::in_front_of_database(&config.database.url).await;
+    config.database.url = through_proxy;
+    let app = TestApp::spawn_with(config).await;
+    proxy.freeze_the_next_append();
+    let frozen = app.post_json("/tenants", &json!({ "name": "frozen" }));
+    let next = async {
+        eventually(Duration::from_secs(30), "an append frozen before its COMMIT", || async {
+            (proxy.frozen_appends() == 1).then_some(())
+        })
+        .await;
+        app.post_json("/tenants", &json!({ "name": "next" })).await
+    };
+    let (frozen, next) = tokio::time::timeout(Duration::from_secs(60), async { tokio::join!(frozen, next) })
+        .await
+        .expect("both creates answered");
+    assert_eq!(next.status(), StatusCode::CREATED, "{:?}", next.text().await);
+    // The frozen create was never committed: it is not in the log, whatever its answer.
+    assert_ne!(frozen.status(), StatusCode::CREATED);
+    let named = |name: &str| format!("SELECT count(*) FROM events WHERE data->>'name' = '{name}'");
+    assert_eq!(app.scalar_i64(&named("frozen")).await, 0);
+    assert_eq!(app.scalar_i64(&named("next")).await, 1);
+    app.stop().await;
+}

@@ -28,7 +28,7 @@ pub struct Proxy {
     stalled: Arc<watch::Sender<bool>>,
     /// In front of RabbitMQ: whether publishers are blocked.
     publishing_blocked: Arc<watch::Sender<bool>>,
-    /// In front of PostgreSQL: a COMMIT's reply to lose, listeners to silence.
+    /// In front of PostgreSQL: a COMMIT's reply to lose, an append to freeze, listeners to silence.
     postgres: Arc<PostgresFaults>,
     listener: JoinHandle<()>,
 }
@@ -45,6 +45,11 @@ struct PostgresFaults {
     listeners: std::sync::atomic::AtomicU32,
     /// Replies lost so far.
     lost: std::sync::atomic::AtomicU32,
+    /// Armed, the next transaction that appends to the event log never sends its COMMIT: its connection stays
+    /// open and silent (see [`Proxy::freeze_the_next_append`]).
+    freeze_armed: AtomicBool,
+    /// Appends frozen so far.
+    frozen: std::sync::atomic::AtomicU32,
 }
 
 /// What the proxy forwards.
@@ -114,6 +119,18 @@ impl Proxy {
     /// not told so.
     pub fn lose_the_reply_to_the_next_append(&self) {
         self.postgres.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// In front of PostgreSQL: the next transaction that inserts into the event log goes no further, its
+    /// COMMIT held back and its connection left open, as an instance frozen (or cut off) in the middle of an
+    /// append would leave it: the transaction stays open on the server, with the append lock.
+    pub fn freeze_the_next_append(&self) {
+        self.postgres.freeze_armed.store(true, Ordering::SeqCst);
+    }
+
+    /// Appends frozen so far.
+    pub fn frozen_appends(&self) -> u32 {
+        self.postgres.frozen.load(Ordering::SeqCst)
     }
 
     /// Replies to a COMMIT lost so far.
@@ -285,7 +302,8 @@ async fn relay_amqp(client: &mut TcpStream, server: &mut TcpStream, blocked: wat
 /// Forwards a PostgreSQL connection as it comes, unless a lost reply is armed: then, once the service has sent
 /// an insert into the event log on this connection, the COMMIT that follows goes to the server, and the
 /// connection ends as soon as the server answers it, the answer not forwarded. The service sends a statement
-/// only after the answer to the one before, so nothing else is held back.
+/// only after the answer to the one before, so nothing else is held back. A frozen append's COMMIT is not
+/// sent at all, and nothing after it.
 async fn relay_postgres(client: &mut TcpStream, server: &mut TcpStream, faults: &PostgresFaults) {
     const APPEND: &[u8] = b"INSERT INTO events";
     const COMMIT: &[u8] = b"COMMIT\0";
@@ -307,14 +325,20 @@ async fn relay_postgres(client: &mut TcpStream, server: &mut TcpStream, faults: 
                 listening.store(true, Ordering::SeqCst);
                 faults.listeners.fetch_add(1, Ordering::SeqCst);
             }
-            if faults.armed.load(Ordering::SeqCst) {
+            if faults.armed.load(Ordering::SeqCst) || faults.freeze_armed.load(Ordering::SeqCst) {
                 // What this connection sent since the last look, with a tail kept for a word split by a read.
                 seen.extend_from_slice(&buffer[..read]);
                 if !appended && let Some(at) = find(&seen, APPEND) {
                     appended = true;
                     seen.drain(..at);
                 }
-                if appended && find(&seen, COMMIT).is_some() && faults.armed.swap(false, Ordering::SeqCst) {
+                let committing = appended && find(&seen, COMMIT).is_some();
+                if committing && faults.freeze_armed.swap(false, Ordering::SeqCst) {
+                    faults.frozen.fetch_add(1, Ordering::SeqCst);
+                    // Nothing more goes up; what the server says (its ending of the session) still comes down.
+                    return std::future::pending().await;
+                }
+                if committing && faults.armed.swap(false, Ordering::SeqCst) {
                     swallowing.store(true, Ordering::SeqCst);
                 }
                 let keep = seen.len().saturating_sub(APPEND.len());
