@@ -206,7 +206,7 @@ impl Application {
             shutdown,
         } = self;
         tracing::info!(%address, role = ?config.server.role, "serving");
-        let routes = api::routes(state, config.server.role);
+        let routes = api::routes(state, config.server.role, config.max_workers);
         let requested = Arc::new(OnceCell::new());
         let stopping = shutdown.clone();
         let signal = {

@@ -5,16 +5,18 @@
 //! unknown fields, which the derive does not write down. The whole document requires the bearer scheme the
 //! derive declares.
 
-use std::{collections::HashMap, sync::OnceLock};
+use std::{collections::HashMap, num::NonZeroU16, sync::OnceLock};
 
 use serde_json::{Map, Value, json};
 
 use super::principal::SECURITY_SCHEME;
+use crate::config::Config;
 
 /// The error statuses each operation can answer, by operation id. 500 is possible everywhere (it is logged
 /// with the request id), 503 wherever a dependency is asked; 408 and 415 wherever a body is read.
 const OPERATION_ERRORS: &[(&str, &[u16])] = &[
-    ("createTenant", &[400, 401, 403, 408, 409, 413, 415, 500, 503]),
+    // 404: a delete that came between the create and its answer.
+    ("createTenant", &[400, 401, 403, 404, 408, 409, 413, 415, 500, 503]),
     ("listTenants", &[400, 401, 403, 500, 503]),
     ("getTenant", &[400, 401, 403, 404, 500, 503]),
     ("deleteTenant", &[400, 401, 403, 404, 409, 500, 503]),
@@ -39,14 +41,19 @@ const PUBLIC_OPERATIONS: &[&str] = &["healthz", "readyz"];
 /// How long a client should wait before retrying a 503, in seconds (`Retry-After`).
 pub const RETRY_AFTER_SECONDS: u16 = 1;
 
-/// The document as JSON text.
+/// The document as JSON text, with the default configuration: what `tenantmq openapi` prints and
+/// `docs/openapi.json` holds.
 pub fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
-    DOCUMENT.get_or_init(|| {
-        let mut document: Value = serde_json::from_str(&super::service().spec()).unwrap_or_default();
-        complete(&mut document);
-        serde_json::to_string_pretty(&document).unwrap_or_default()
-    })
+    DOCUMENT.get_or_init(|| served(Config::default().max_workers))
+}
+
+/// The document an instance serves: the workers' maximum is its own `max_workers`, which generated clients
+/// check before they send.
+pub fn served(max_workers: NonZeroU16) -> String {
+    let mut document: Value = serde_json::from_str(&super::service().spec()).unwrap_or_default();
+    complete(&mut document, max_workers);
+    serde_json::to_string_pretty(&document).unwrap_or_default()
 }
 
 /// The methods a documented path answers (`Allow` of a 405), e.g. `GET, DELETE`, by the path as the
@@ -69,7 +76,7 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
     allowed.get(path).map(String::as_str)
 }
 
-fn complete(document: &mut Value) {
+fn complete(document: &mut Value, max_workers: NonZeroU16) {
     let statuses: HashMap<&str, &[u16]> = OPERATION_ERRORS.iter().copied().collect();
     let mut refuses_unknown_fields = Vec::new();
     for operation in document["paths"].as_object_mut().into_iter().flat_map(Map::values_mut) {
@@ -89,14 +96,73 @@ fn complete(document: &mut Value) {
     }
     let schemas = &mut document["components"]["schemas"];
     // A batch's items are publish requests: they refuse unknown fields too.
-    for name in refuses_unknown_fields.iter().map(String::as_str).chain(["PublishRequest"]) {
+    let requests: Vec<&str> = refuses_unknown_fields.iter().map(String::as_str).chain(["PublishRequest"]).collect();
+    for name in &requests {
         if let Some(schema) = schemas.get_mut(name) {
             schema["additionalProperties"] = Value::Bool(false);
         }
     }
+    for name in ["CreateTenantRequest", "SetConcurrencyRequest"] {
+        schemas[name]["properties"]["workers"]["maximum"] = max_workers.get().into();
+    }
+    // A payload is any JSON value, `null` too (stored as jsonb `null`, and read back as such).
+    for name in ["PublishRequest", "Message"] {
+        schemas[name]["properties"]["payload"]["nullable"] = true.into();
+    }
+    for (name, schema) in schemas.as_object_mut().into_iter().flat_map(Map::iter_mut) {
+        let answered = !requests.contains(&name.as_str());
+        complete_properties(schema, answered);
+    }
     // The derive declares the bearer scheme (its doc comment is what Swagger UI's Authorize dialog shows) and
     // names it in every operation that needs a token; the document as a whole requires it too.
     document["security"] = json!([{ SECURITY_SCHEME: [] }]);
+}
+
+/// Two things the derive writes in a way clients read amiss:
+/// - A property that refers to another schema, with a description of its own or null allowed, comes as
+///   `allOf` of the reference and an inline schema that holds the description: generators make a type of
+///   that inline part (a `…_type_1` beside the one referred to), and OAS 3.0 gives the inline `nullable` no
+///   effect. It becomes `allOf` of the reference alone, beside the description and `nullable`.
+/// - In an answer, a property that may be null is always sent (as `null` when empty): it is required, so
+///   that clients need not handle its absence too.
+fn complete_properties(schema: &mut Value, answered: bool) {
+    let mut always_sent = Vec::new();
+    let properties = schema.get_mut("properties").and_then(Value::as_object_mut);
+    for (name, property) in properties.into_iter().flat_map(Map::iter_mut) {
+        if let Some([reference, inline]) = property["allOf"].as_array().map(Vec::as_slice)
+            && reference.get("$ref").is_some()
+            && inline
+                .as_object()
+                .is_some_and(|inline| inline.keys().all(|key| key == "description" || key == "nullable"))
+        {
+            let nullable = inline["nullable"] == true || property["nullable"] == true;
+            let description = property.get("description").or(inline.get("description")).cloned();
+            let mut flat = json!({ "allOf": [reference] });
+            if let Some(description) = description {
+                flat["description"] = description;
+            }
+            if nullable {
+                flat["nullable"] = true.into();
+            }
+            *property = flat;
+        }
+        if answered && property["nullable"] == true {
+            always_sent.push(Value::String(name.clone()));
+        }
+    }
+    if always_sent.is_empty() {
+        return;
+    }
+    let required = schema
+        .as_object_mut()
+        .and_then(|schema| schema.entry("required").or_insert_with(|| Value::Array(Vec::new())).as_array_mut());
+    if let Some(required) = required {
+        for name in always_sent {
+            if !required.contains(&name) {
+                required.push(name);
+            }
+        }
+    }
 }
 
 /// Drops the error responses the operation cannot answer and adds those the derive does not know (415), each
@@ -133,10 +199,14 @@ fn keep_errors(operation: &mut Value, errors: &[u16]) {
 }
 
 /// Headers the request-context and authentication middleware add to answers, which no derive sees: every
-/// answer's `X-Request-Id`, and a 401's `WWW-Authenticate`.
+/// answer's `X-Request-Id`, and a 401's `WWW-Authenticate`; and `Location` as HTTP writes it.
 fn declare_common_headers(operation: &mut Value) {
     let Some(responses) = operation["responses"].as_object_mut() else { return };
     for (status, response) in responses {
+        // The derive writes the headers it declares in capitals; generators name their accessors after them.
+        if let Some(location) = response["headers"].as_object_mut().and_then(|headers| headers.remove("LOCATION")) {
+            response["headers"]["Location"] = location;
+        }
         response["headers"]["X-Request-Id"] = json!({
             "description": "The request's id: the client's `X-Request-Id` when it sent a printable one of at most 128 \
                 characters, else a new UUIDv7. The service's log and traces, and the events a command records, \
@@ -156,7 +226,7 @@ fn declare_common_headers(operation: &mut Value) {
 
 fn example(status: u16) -> Value {
     let (kind, title, detail) = match status {
-        400 => ("invalid-request", "Bad Request", "workers must be between 1 and 64, got 0"),
+        400 => ("invalid-request", "Bad Request", "workers must be between 1 and max_workers, got 0"),
         401 => ("unauthorized", "Unauthorized", "missing bearer token"),
         403 => ("forbidden", "Forbidden", "this token may only use its own tenant"),
         404 => ("not-found", "Not Found", "no tenant 01938f7e-2a8c-7b3e-9f1d-4c5b6a7d8e9f"),
@@ -277,6 +347,34 @@ mod tests {
             assert_eq!(document["components"]["schemas"][name]["additionalProperties"], false, "{name}");
         }
         assert_eq!(document["components"]["schemas"]["ReplayRequest"]["additionalProperties"], false);
+    }
+
+    /// Generators made a type of each inline part (`tenant_state_limits_type_1` beside `TenantLimits`), and
+    /// clients had to handle the absence of fields that are always sent, as `null` when empty.
+    #[test]
+    fn references_stand_alone_and_answers_require_their_nullable_fields() {
+        let document = parsed();
+        let schemas = document["components"]["schemas"].as_object().expect("schemas");
+        let mut flattened = 0;
+        for (name, schema) in schemas {
+            let required = schema["required"].as_array().cloned().unwrap_or_default();
+            for (field, property) in schema["properties"].as_object().into_iter().flatten() {
+                if let Some(all_of) = property["allOf"].as_array() {
+                    assert_eq!(all_of.len(), 1, "{name}.{field}: {property}");
+                    flattened += 1;
+                }
+                let answered = !name.ends_with("Request");
+                if answered && property["nullable"] == true {
+                    assert!(required.contains(&Value::String(field.clone())), "{name}.{field} is always sent");
+                }
+            }
+        }
+        assert!(flattened >= 4, "the described references are there");
+        assert_eq!(
+            schemas["TenantState"]["properties"]["limits"]["allOf"][0]["$ref"],
+            "#/components/schemas/TenantLimits"
+        );
+        assert_eq!(schemas["TenantState"]["properties"]["limits"]["nullable"], true);
     }
 
     #[test]

@@ -19,7 +19,9 @@ pub(crate) mod request_context;
 pub mod server;
 mod tenants;
 
-use std::sync::Arc;
+use std::{num::NonZeroU16, sync::Arc};
+
+use bytes::Bytes;
 
 use crate::{
     app::App,
@@ -77,12 +79,16 @@ pub fn service() -> OpenApiService<Apis, ()> {
 }
 
 /// The HTTP surface of `role`: the API, Swagger UI at `/docs` and the document at `/openapi.json`, or on a
-/// worker only the probes; `/metrics` on every role.
-pub fn routes(state: AppState, role: ServerRole) -> impl Endpoint {
+/// worker only the probes; `/metrics` on every role. The document states this instance's `max_workers`.
+pub fn routes(state: AppState, role: ServerRole, max_workers: NonZeroU16) -> impl Endpoint {
     let limits = state.limits.clone();
     let routes = Route::new().at("/metrics", poem::get(metrics));
     let routes = if role.serves_api() {
-        routes.at("/docs", poem::get(swagger_ui)).at("/openapi.json", poem::get(openapi_json)).nest("/", service())
+        let document = ServedDocument::new(max_workers);
+        routes
+            .at("/docs", poem::get(swagger_ui.data(document.clone())))
+            .at("/openapi.json", poem::get(openapi_json.data(document)))
+            .nest("/", service())
     } else {
         routes.nest("/", OpenApiService::new(HealthApi, "tenantmq", env!("CARGO_PKG_VERSION")))
     };
@@ -95,19 +101,31 @@ pub fn routes(state: AppState, role: ServerRole) -> impl Endpoint {
         .data(limits)
 }
 
+/// The completed document as this instance serves it, and the Swagger UI page that shows it.
+#[derive(Clone)]
+struct ServedDocument {
+    json: Bytes,
+    swagger_page: Bytes,
+}
+
+impl ServedDocument {
+    fn new(max_workers: NonZeroU16) -> Self {
+        let json = document::served(max_workers);
+        let api = service();
+        let swagger_page = api.swagger_ui_html().replace(&api.spec(), &json);
+        Self { json: json.into(), swagger_page: swagger_page.into() }
+    }
+}
+
 /// Swagger UI, showing the completed document.
 #[handler]
-fn swagger_ui() -> poem::web::Html<&'static str> {
-    static PAGE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    poem::web::Html(PAGE.get_or_init(|| {
-        let api = service();
-        api.swagger_ui_html().replace(&api.spec(), document::document())
-    }))
+fn swagger_ui(document: Data<&ServedDocument>) -> poem::Response {
+    poem::Response::builder().content_type("text/html; charset=utf-8").body(document.swagger_page.clone())
 }
 
 #[handler]
-fn openapi_json() -> poem::Response {
-    poem::Response::builder().content_type("application/json; charset=utf-8").body(document::document())
+fn openapi_json(document: Data<&ServedDocument>) -> poem::Response {
+    poem::Response::builder().content_type("application/json; charset=utf-8").body(document.json.clone())
 }
 
 /// Prometheus text exposition: public like the probes, unless `metrics.bearer_token` is set.

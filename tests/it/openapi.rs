@@ -28,6 +28,25 @@ async fn the_service_serves_the_document_and_swagger_ui() {
     app.stop().await;
 }
 
+/// Clients generated from the served document check the workers' bounds before they send: the document says
+/// what this instance takes. It said 64 whatever `max_workers` was, so such a client refused 65 to 100 to an
+/// instance configured for 100, and sent 17 to 64 to one configured for 16.
+#[tokio::test]
+async fn the_served_document_states_the_configured_max_workers() {
+    let mut config = crate::helpers::test_config();
+    config.max_workers = std::num::NonZeroU16::new(100).expect("non-zero");
+    let app = crate::helpers::TestApp::spawn_with(config).await;
+    let served: serde_json::Value = app.get("/openapi.json").await.json().await.expect("json");
+    for request in ["CreateTenantRequest", "SetConcurrencyRequest"] {
+        assert_eq!(served["components"]["schemas"][request]["properties"]["workers"]["maximum"], 100, "{request}");
+    }
+    let page = app.get("/docs").await.text().await.expect("html");
+    assert!(page.contains(r#""maximum": 100"#), "Swagger UI shows the served document");
+    let created = app.post_json("/tenants", &serde_json::json!({ "name": "wide", "workers": 100 })).await;
+    assert_eq!(created.status(), reqwest::StatusCode::CREATED, "the documented maximum is taken");
+    app.stop().await;
+}
+
 /// RFC 9110: a 405 lists the methods the resource has.
 #[tokio::test]
 async fn a_method_the_path_does_not_have_gets_405_with_allow() {

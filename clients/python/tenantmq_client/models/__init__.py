@@ -28,14 +28,8 @@ from .tenant_details import TenantDetails
 from .tenant_limits import TenantLimits
 from .tenant_page import TenantPage
 from .tenant_runtime_view import TenantRuntimeView
-from .tenant_runtime_view_consumer_failure_type_1 import (
-    TenantRuntimeViewConsumerFailureType1,
-)
 from .tenant_state import TenantState
-from .tenant_state_limits_type_1 import TenantStateLimitsType1
 from .verification import Verification
-from .verification_first_break import VerificationFirstBreak
-from .verification_head import VerificationHead
 
 __all__ = (
     "ChainBreak",
@@ -66,10 +60,6 @@ __all__ = (
     "TenantLimits",
     "TenantPage",
     "TenantRuntimeView",
-    "TenantRuntimeViewConsumerFailureType1",
     "TenantState",
-    "TenantStateLimitsType1",
     "Verification",
-    "VerificationFirstBreak",
-    "VerificationHead",
 )

@@ -8,8 +8,6 @@ from attrs import define as _attrs_define
 from attrs import field as _attrs_field
 from dateutil.parser import isoparse
 
-from ..types import UNSET, Unset
-
 T = TypeVar("T", bound="DeadLetterMessage")
 
 
@@ -18,132 +16,100 @@ class DeadLetterMessage:
     """A message that failed for good.
 
     Attributes:
+        attempts (int | None): How many times it failed.
+        body (None | str): The body as text (invalid UTF-8 replaced), when it is not JSON or is `truncated`.
+        dead_lettered_at (datetime.datetime | None):
+        first_failed_at (datetime.datetime | None):
+        id (None | str): The AMQP `message_id` (a UUID for everything this service dead-lettered); select it for a
+            replay.
+        payload (Any): The body, when it is JSON, as it was published (large numbers keep every digit).
+        reason (None | str): Why it failed last, e.g. `body is not JSON`.
         size (int): The body's size in bytes.
         truncated (bool): Whether `body` shows only the first `max_payload_bytes` of a larger body (a replay moves the
             whole
             message).
-        attempts (int | None | Unset): How many times it failed.
-        body (None | str | Unset): The body as text (invalid UTF-8 replaced), when it is not JSON or is `truncated`.
-        dead_lettered_at (datetime.datetime | None | Unset):
-        first_failed_at (datetime.datetime | None | Unset):
-        id (None | str | Unset): The AMQP `message_id` (a UUID for everything this service dead-lettered); select it for
-            a replay.
-        payload (Any | Unset): The body, when it is JSON, as it was published (large numbers keep every digit).
-        reason (None | str | Unset): Why it failed last, e.g. `body is not JSON`.
     """
 
+    attempts: int | None
+    body: None | str
+    dead_lettered_at: datetime.datetime | None
+    first_failed_at: datetime.datetime | None
+    id: None | str
+    payload: Any
+    reason: None | str
     size: int
     truncated: bool
-    attempts: int | None | Unset = UNSET
-    body: None | str | Unset = UNSET
-    dead_lettered_at: datetime.datetime | None | Unset = UNSET
-    first_failed_at: datetime.datetime | None | Unset = UNSET
-    id: None | str | Unset = UNSET
-    payload: Any | Unset = UNSET
-    reason: None | str | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        size = self.size
+        attempts: int | None
+        attempts = self.attempts
 
-        truncated = self.truncated
+        body: None | str
+        body = self.body
 
-        attempts: int | None | Unset
-        if isinstance(self.attempts, Unset):
-            attempts = UNSET
-        else:
-            attempts = self.attempts
-
-        body: None | str | Unset
-        if isinstance(self.body, Unset):
-            body = UNSET
-        else:
-            body = self.body
-
-        dead_lettered_at: None | str | Unset
-        if isinstance(self.dead_lettered_at, Unset):
-            dead_lettered_at = UNSET
-        elif isinstance(self.dead_lettered_at, datetime.datetime):
+        dead_lettered_at: None | str
+        if isinstance(self.dead_lettered_at, datetime.datetime):
             dead_lettered_at = self.dead_lettered_at.isoformat()
         else:
             dead_lettered_at = self.dead_lettered_at
 
-        first_failed_at: None | str | Unset
-        if isinstance(self.first_failed_at, Unset):
-            first_failed_at = UNSET
-        elif isinstance(self.first_failed_at, datetime.datetime):
+        first_failed_at: None | str
+        if isinstance(self.first_failed_at, datetime.datetime):
             first_failed_at = self.first_failed_at.isoformat()
         else:
             first_failed_at = self.first_failed_at
 
-        id: None | str | Unset
-        if isinstance(self.id, Unset):
-            id = UNSET
-        else:
-            id = self.id
+        id: None | str
+        id = self.id
 
         payload = self.payload
 
-        reason: None | str | Unset
-        if isinstance(self.reason, Unset):
-            reason = UNSET
-        else:
-            reason = self.reason
+        reason: None | str
+        reason = self.reason
+
+        size = self.size
+
+        truncated = self.truncated
 
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
         field_dict.update(
             {
+                "attempts": attempts,
+                "body": body,
+                "dead_lettered_at": dead_lettered_at,
+                "first_failed_at": first_failed_at,
+                "id": id,
+                "payload": payload,
+                "reason": reason,
                 "size": size,
                 "truncated": truncated,
             }
         )
-        if attempts is not UNSET:
-            field_dict["attempts"] = attempts
-        if body is not UNSET:
-            field_dict["body"] = body
-        if dead_lettered_at is not UNSET:
-            field_dict["dead_lettered_at"] = dead_lettered_at
-        if first_failed_at is not UNSET:
-            field_dict["first_failed_at"] = first_failed_at
-        if id is not UNSET:
-            field_dict["id"] = id
-        if payload is not UNSET:
-            field_dict["payload"] = payload
-        if reason is not UNSET:
-            field_dict["reason"] = reason
 
         return field_dict
 
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
         d = dict(src_dict)
-        size = d.pop("size")
 
-        truncated = d.pop("truncated")
-
-        def _parse_attempts(data: object) -> int | None | Unset:
+        def _parse_attempts(data: object) -> int | None:
             if data is None:
                 return data
-            if isinstance(data, Unset):
-                return data
-            return cast(int | None | Unset, data)
+            return cast(int | None, data)
 
-        attempts = _parse_attempts(d.pop("attempts", UNSET))
+        attempts = _parse_attempts(d.pop("attempts"))
 
-        def _parse_body(data: object) -> None | str | Unset:
+        def _parse_body(data: object) -> None | str:
             if data is None:
                 return data
-            if isinstance(data, Unset):
-                return data
-            return cast(None | str | Unset, data)
+            return cast(None | str, data)
 
-        body = _parse_body(d.pop("body", UNSET))
+        body = _parse_body(d.pop("body"))
 
-        def _parse_dead_lettered_at(data: object) -> datetime.datetime | None | Unset:
+        def _parse_dead_lettered_at(data: object) -> datetime.datetime | None:
             if data is None:
-                return data
-            if isinstance(data, Unset):
                 return data
             try:
                 if not isinstance(data, str):
@@ -153,14 +119,12 @@ class DeadLetterMessage:
                 return dead_lettered_at_type_0
             except (TypeError, ValueError, AttributeError, KeyError):
                 pass
-            return cast(datetime.datetime | None | Unset, data)
+            return cast(datetime.datetime | None, data)
 
-        dead_lettered_at = _parse_dead_lettered_at(d.pop("dead_lettered_at", UNSET))
+        dead_lettered_at = _parse_dead_lettered_at(d.pop("dead_lettered_at"))
 
-        def _parse_first_failed_at(data: object) -> datetime.datetime | None | Unset:
+        def _parse_first_failed_at(data: object) -> datetime.datetime | None:
             if data is None:
-                return data
-            if isinstance(data, Unset):
                 return data
             try:
                 if not isinstance(data, str):
@@ -170,33 +134,31 @@ class DeadLetterMessage:
                 return first_failed_at_type_0
             except (TypeError, ValueError, AttributeError, KeyError):
                 pass
-            return cast(datetime.datetime | None | Unset, data)
+            return cast(datetime.datetime | None, data)
 
-        first_failed_at = _parse_first_failed_at(d.pop("first_failed_at", UNSET))
+        first_failed_at = _parse_first_failed_at(d.pop("first_failed_at"))
 
-        def _parse_id(data: object) -> None | str | Unset:
+        def _parse_id(data: object) -> None | str:
             if data is None:
                 return data
-            if isinstance(data, Unset):
-                return data
-            return cast(None | str | Unset, data)
+            return cast(None | str, data)
 
-        id = _parse_id(d.pop("id", UNSET))
+        id = _parse_id(d.pop("id"))
 
-        payload = d.pop("payload", UNSET)
+        payload = d.pop("payload")
 
-        def _parse_reason(data: object) -> None | str | Unset:
+        def _parse_reason(data: object) -> None | str:
             if data is None:
                 return data
-            if isinstance(data, Unset):
-                return data
-            return cast(None | str | Unset, data)
+            return cast(None | str, data)
 
-        reason = _parse_reason(d.pop("reason", UNSET))
+        reason = _parse_reason(d.pop("reason"))
+
+        size = d.pop("size")
+
+        truncated = d.pop("truncated")
 
         dead_letter_message = cls(
-            size=size,
-            truncated=truncated,
             attempts=attempts,
             body=body,
             dead_lettered_at=dead_lettered_at,
@@ -204,6 +166,8 @@ class DeadLetterMessage:
             id=id,
             payload=payload,
             reason=reason,
+            size=size,
+            truncated=truncated,
         )
 
         dead_letter_message.additional_properties = d

@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from attrs import define as _attrs_define
 from attrs import field as _attrs_field
 
-from ..types import UNSET, Unset
-
 if TYPE_CHECKING:
     from ..models.message import Message
 
@@ -21,16 +19,15 @@ class MessagePage:
 
     Attributes:
         data (list[Message]):
+        next_cursor (None | str): Pass as `cursor` for the next page; `null` on the last page (nothing more right now).
         tail_cursor (str): Where this page ended (the request's own cursor when the page is empty): poll with it to
             receive
             messages that land later (tailing), without repeating any row of this page.
-        next_cursor (None | str | Unset): Pass as `cursor` for the next page; `null` on the last page (nothing more
-            right now).
     """
 
     data: list[Message]
+    next_cursor: None | str
     tail_cursor: str
-    next_cursor: None | str | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -39,24 +36,20 @@ class MessagePage:
             data_item = data_item_data.to_dict()
             data.append(data_item)
 
-        tail_cursor = self.tail_cursor
+        next_cursor: None | str
+        next_cursor = self.next_cursor
 
-        next_cursor: None | str | Unset
-        if isinstance(self.next_cursor, Unset):
-            next_cursor = UNSET
-        else:
-            next_cursor = self.next_cursor
+        tail_cursor = self.tail_cursor
 
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
         field_dict.update(
             {
                 "data": data,
+                "next_cursor": next_cursor,
                 "tail_cursor": tail_cursor,
             }
         )
-        if next_cursor is not UNSET:
-            field_dict["next_cursor"] = next_cursor
 
         return field_dict
 
@@ -72,21 +65,19 @@ class MessagePage:
 
             data.append(data_item)
 
-        tail_cursor = d.pop("tail_cursor")
-
-        def _parse_next_cursor(data: object) -> None | str | Unset:
+        def _parse_next_cursor(data: object) -> None | str:
             if data is None:
                 return data
-            if isinstance(data, Unset):
-                return data
-            return cast(None | str | Unset, data)
+            return cast(None | str, data)
 
-        next_cursor = _parse_next_cursor(d.pop("next_cursor", UNSET))
+        next_cursor = _parse_next_cursor(d.pop("next_cursor"))
+
+        tail_cursor = d.pop("tail_cursor")
 
         message_page = cls(
             data=data,
-            tail_cursor=tail_cursor,
             next_cursor=next_cursor,
+            tail_cursor=tail_cursor,
         )
 
         message_page.additional_properties = d

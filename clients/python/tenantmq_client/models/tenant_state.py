@@ -9,10 +9,8 @@ from attrs import define as _attrs_define
 from attrs import field as _attrs_field
 from dateutil.parser import isoparse
 
-from ..types import UNSET, Unset
-
 if TYPE_CHECKING:
-    from ..models.tenant_state_limits_type_1 import TenantStateLimitsType1
+    from ..models.tenant_limits import TenantLimits
 
 
 T = TypeVar("T", bound="TenantState")
@@ -25,33 +23,39 @@ class TenantState:
     Attributes:
         hash_ (str): That event's hash: compare it with an export or a recorded head.
         id (UUID):
+        limits (None | TenantLimits): The limits set on the tenant by then; null while none were set (the configured
+            defaults applied).
         name (str):
         position (int): Global position of that event.
         recorded_at (datetime.datetime): When that event was recorded.
         status (str): `active` or `deleted`.
         version (int): Version of the last event folded in (the number of events).
         workers (int): Desired worker pool size.
-        limits (None | TenantStateLimitsType1 | Unset): The limits set on the tenant by then; null while none were set
-            (the configured defaults applied).
     """
 
     hash_: str
     id: UUID
+    limits: None | TenantLimits
     name: str
     position: int
     recorded_at: datetime.datetime
     status: str
     version: int
     workers: int
-    limits: None | TenantStateLimitsType1 | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        from ..models.tenant_state_limits_type_1 import TenantStateLimitsType1
+        from ..models.tenant_limits import TenantLimits
 
         hash_ = self.hash_
 
         id = str(self.id)
+
+        limits: dict[str, Any] | None
+        if isinstance(self.limits, TenantLimits):
+            limits = self.limits.to_dict()
+        else:
+            limits = self.limits
 
         name = self.name
 
@@ -65,20 +69,13 @@ class TenantState:
 
         workers = self.workers
 
-        limits: dict[str, Any] | None | Unset
-        if isinstance(self.limits, Unset):
-            limits = UNSET
-        elif isinstance(self.limits, TenantStateLimitsType1):
-            limits = self.limits.to_dict()
-        else:
-            limits = self.limits
-
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
         field_dict.update(
             {
                 "hash": hash_,
                 "id": id,
+                "limits": limits,
                 "name": name,
                 "position": position,
                 "recorded_at": recorded_at,
@@ -87,19 +84,32 @@ class TenantState:
                 "workers": workers,
             }
         )
-        if limits is not UNSET:
-            field_dict["limits"] = limits
 
         return field_dict
 
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
-        from ..models.tenant_state_limits_type_1 import TenantStateLimitsType1
+        from ..models.tenant_limits import TenantLimits
 
         d = dict(src_dict)
         hash_ = d.pop("hash")
 
         id = UUID(d.pop("id"))
+
+        def _parse_limits(data: object) -> None | TenantLimits:
+            if data is None:
+                return data
+            try:
+                if not isinstance(data, dict):
+                    raise TypeError()
+                limits_type_1 = TenantLimits.from_dict(data)
+
+                return limits_type_1
+            except (TypeError, ValueError, AttributeError, KeyError):
+                pass
+            return cast(None | TenantLimits, data)
+
+        limits = _parse_limits(d.pop("limits"))
 
         name = d.pop("name")
 
@@ -113,33 +123,16 @@ class TenantState:
 
         workers = d.pop("workers")
 
-        def _parse_limits(data: object) -> None | TenantStateLimitsType1 | Unset:
-            if data is None:
-                return data
-            if isinstance(data, Unset):
-                return data
-            try:
-                if not isinstance(data, dict):
-                    raise TypeError()
-                limits_type_1 = TenantStateLimitsType1.from_dict(data)
-
-                return limits_type_1
-            except (TypeError, ValueError, AttributeError, KeyError):
-                pass
-            return cast(None | TenantStateLimitsType1 | Unset, data)
-
-        limits = _parse_limits(d.pop("limits", UNSET))
-
         tenant_state = cls(
             hash_=hash_,
             id=id,
+            limits=limits,
             name=name,
             position=position,
             recorded_at=recorded_at,
             status=status,
             version=version,
             workers=workers,
-            limits=limits,
         )
 
         tenant_state.additional_properties = d

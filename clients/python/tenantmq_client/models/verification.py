@@ -9,8 +9,8 @@ from attrs import field as _attrs_field
 from ..types import UNSET, Unset
 
 if TYPE_CHECKING:
-    from ..models.verification_first_break import VerificationFirstBreak
-    from ..models.verification_head import VerificationHead
+    from ..models.chain_break import ChainBreak
+    from ..models.stream_head import StreamHead
 
 
 T = TypeVar("T", bound="Verification")
@@ -21,26 +21,30 @@ class Verification:
     """The outcome of a check of the hash chain.
 
     Attributes:
+        next_cursor (None | str): Without `tenant_id`: pass as `cursor` to check the next streams (after a broken one
+            too); `null` once
+            every stream is checked.
         ok (bool): `true` when every event checked is intact.
         events (int | Unset): Events checked (when `ok`).
-        first_break (VerificationFirstBreak | Unset): The first event that does not check (when not `ok`).
-        head (VerificationHead | Unset): The newest event checked (when `ok`): of one stream, its head; of several, it
-            pins only its own stream.
-        next_cursor (None | str | Unset): Without `tenant_id`: pass as `cursor` to check the next streams (after a
-            broken one too); `null` once
-            every stream is checked.
+        first_break (ChainBreak | Unset): Where the chain breaks first, and why.
+        head (StreamHead | Unset): The newest event of a stream: record it elsewhere, and a later check shows whether
+            the stream still ends
+            there.
         streams (int | Unset): Streams checked (when `ok`).
     """
 
+    next_cursor: None | str
     ok: bool
     events: int | Unset = UNSET
-    first_break: VerificationFirstBreak | Unset = UNSET
-    head: VerificationHead | Unset = UNSET
-    next_cursor: None | str | Unset = UNSET
+    first_break: ChainBreak | Unset = UNSET
+    head: StreamHead | Unset = UNSET
     streams: int | Unset = UNSET
     additional_properties: dict[str, Any] = _attrs_field(init=False, factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        next_cursor: None | str
+        next_cursor = self.next_cursor
+
         ok = self.ok
 
         events = self.events
@@ -53,18 +57,13 @@ class Verification:
         if not isinstance(self.head, Unset):
             head = self.head.to_dict()
 
-        next_cursor: None | str | Unset
-        if isinstance(self.next_cursor, Unset):
-            next_cursor = UNSET
-        else:
-            next_cursor = self.next_cursor
-
         streams = self.streams
 
         field_dict: dict[str, Any] = {}
         field_dict.update(self.additional_properties)
         field_dict.update(
             {
+                "next_cursor": next_cursor,
                 "ok": ok,
             }
         )
@@ -74,8 +73,6 @@ class Verification:
             field_dict["first_break"] = first_break
         if head is not UNSET:
             field_dict["head"] = head
-        if next_cursor is not UNSET:
-            field_dict["next_cursor"] = next_cursor
         if streams is not UNSET:
             field_dict["streams"] = streams
 
@@ -83,45 +80,44 @@ class Verification:
 
     @classmethod
     def from_dict(cls: type[T], src_dict: Mapping[str, Any]) -> T:
-        from ..models.verification_first_break import VerificationFirstBreak
-        from ..models.verification_head import VerificationHead
+        from ..models.chain_break import ChainBreak
+        from ..models.stream_head import StreamHead
 
         d = dict(src_dict)
+
+        def _parse_next_cursor(data: object) -> None | str:
+            if data is None:
+                return data
+            return cast(None | str, data)
+
+        next_cursor = _parse_next_cursor(d.pop("next_cursor"))
+
         ok = d.pop("ok")
 
         events = d.pop("events", UNSET)
 
         _first_break = d.pop("first_break", UNSET)
-        first_break: VerificationFirstBreak | Unset
+        first_break: ChainBreak | Unset
         if isinstance(_first_break, Unset):
             first_break = UNSET
         else:
-            first_break = VerificationFirstBreak.from_dict(_first_break)
+            first_break = ChainBreak.from_dict(_first_break)
 
         _head = d.pop("head", UNSET)
-        head: VerificationHead | Unset
+        head: StreamHead | Unset
         if isinstance(_head, Unset):
             head = UNSET
         else:
-            head = VerificationHead.from_dict(_head)
-
-        def _parse_next_cursor(data: object) -> None | str | Unset:
-            if data is None:
-                return data
-            if isinstance(data, Unset):
-                return data
-            return cast(None | str | Unset, data)
-
-        next_cursor = _parse_next_cursor(d.pop("next_cursor", UNSET))
+            head = StreamHead.from_dict(_head)
 
         streams = d.pop("streams", UNSET)
 
         verification = cls(
+            next_cursor=next_cursor,
             ok=ok,
             events=events,
             first_break=first_break,
             head=head,
-            next_cursor=next_cursor,
             streams=streams,
         )
 
