@@ -308,7 +308,7 @@ async fn join_until(tasks: &mut JoinSet<&'static str>, deadline: Instant) {
 /// schema must already have every migration of this release.
 pub async fn prepare_database(config: &Config) -> Result<DatabaseConnection, StartupError> {
     if config.database.create_if_missing {
-        database::create_database_if_missing(&config.database.url).await?;
+        database::create_database_if_missing(&config.database.url, config.database.connect_timeout).await?;
     }
     let db = database::connect(&config.database).await?;
     if config.database.migrate_on_start {

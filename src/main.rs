@@ -48,6 +48,10 @@ enum Command {
     Migrate {
         #[arg(value_enum, default_value = "up")]
         action: MigrateAction,
+        /// `down` only: roll back although it drops what the migration added (tables, columns, data), for
+        /// development databases, with every instance stopped.
+        #[arg(long)]
+        confirm_data_loss: bool,
     },
     /// Print the OpenAPI document.
     Openapi,
@@ -237,7 +241,9 @@ async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             config.server.role = role.unwrap_or(config.server.role);
             serve(config).await.map(|()| ExitCode::SUCCESS)
         }
-        Command::Migrate { action } => migrate(config, action).await.map(|()| ExitCode::SUCCESS),
+        Command::Migrate { action, confirm_data_loss } => {
+            migrate(config, action, confirm_data_loss).await.map(|()| ExitCode::SUCCESS)
+        }
         Command::Replay { check: true } => {
             let db = database::connect(&config.database).await.context("connecting to the database")?;
             let differences = projectors::check::check_all(&db, config.projectors.batch_size).await?;
@@ -411,12 +417,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     app.run_until_stopped().await.context("serving HTTP")
 }
 
-async fn migrate(config: Config, action: MigrateAction) -> anyhow::Result<()> {
+async fn migrate(config: Config, action: MigrateAction, confirm_data_loss: bool) -> anyhow::Result<()> {
     // A status only looks: it creates nothing.
     if config.database.create_if_missing && !matches!(action, MigrateAction::Status) {
-        database::create_database_if_missing(&config.database.url).await?;
+        database::create_database_if_missing(&config.database.url, config.database.connect_timeout).await?;
     }
     let db = database::connect(&config.database).await.context("connecting to the database")?;
+    if matches!(action, MigrateAction::Down) && !confirm_data_loss {
+        let status = database::migration_status(&db).await?;
+        let newest = status.iter().rev().find(|(_, applied)| *applied).map_or("nothing", |(name, _)| name.as_str());
+        anyhow::bail!(
+            "`migrate down` would roll back {newest}, dropping what it added, data included; the event log goes \
+             with the first migration. It is for development databases, with every instance stopped: pass \
+             --confirm-data-loss. An older release serves this schema as it is: running one needs no roll back."
+        );
+    }
     match action {
         MigrateAction::Up => database::migrate(&config.database.url, MigrationDirection::Up).await?,
         MigrateAction::Down => database::migrate(&config.database.url, MigrationDirection::Down).await?,

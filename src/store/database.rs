@@ -10,7 +10,6 @@ use sea_orm::{
         postgres::{PgConnectOptions, PgDatabaseError},
     },
 };
-use sea_orm_migration::MigrationStatus;
 
 use crate::config::DatabaseConfig;
 
@@ -19,33 +18,45 @@ use super::StoreError;
 /// Serializes schema changes across instances that start together.
 const MIGRATION_LOCK: i64 = 0x7465_6e61_6e74_6d71; // "tenantmq"
 
-/// Creates the database named in `url` if it does not exist, using the server's `postgres` database.
-pub async fn create_database_if_missing(url: &str) -> Result<(), StoreError> {
+/// Creates the database named in `url` if it does not exist, using the server's `postgres` database. The
+/// database is asked first, so that a role that may not connect to `postgres` starts all the same where its
+/// database exists; each connection gives up after `connect_timeout`, as the pool's do, rather than when the
+/// kernel does (minutes, against a host that drops packets).
+pub async fn create_database_if_missing(url: &str, connect_timeout: Duration) -> Result<(), StoreError> {
     let options = PgConnectOptions::from_str(url)?;
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(());
     };
-    let mut admin = PgConnection::connect_with(&options.database("postgres")).await?;
-    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
-        .bind(&name)
-        .fetch_optional(&mut admin)
-        .await?;
-    if exists.is_none() {
-        // The name is quoted as an identifier (embedded quotes doubled), so it cannot break out.
-        let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
-            Ok(_) => tracing::info!(database = %name, "created database"),
-            // Another instance created it between our check and our create.
-            Err(sqlx::Error::Database(e)) if is_duplicate_database(e.try_downcast_ref()) => {}
-            Err(e) => return Err(e.into()),
+    let connect = |options: PgConnectOptions| async move {
+        match tokio::time::timeout(connect_timeout, PgConnection::connect_with(&options)).await {
+            Ok(connected) => connected,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("PostgreSQL did not answer within {connect_timeout:?} (database.connect_timeout)"),
+            ))),
         }
+    };
+    match connect(options.clone()).await {
+        Ok(connection) => return Ok(connection.close().await?),
+        Err(sqlx::Error::Database(e)) if has_code(e.try_downcast_ref(), "3D000") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut admin = connect(options.database("postgres")).await?;
+    // The name is quoted as an identifier (embedded quotes doubled), so it cannot break out.
+    let create = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await {
+        Ok(_) => tracing::info!(database = %name, "created database"),
+        // Another instance created it between our look and our create.
+        Err(sqlx::Error::Database(e)) if has_code(e.try_downcast_ref(), "42P04") => {}
+        Err(e) => return Err(e.into()),
     }
     admin.close().await?;
     Ok(())
 }
 
-fn is_duplicate_database(error: Option<&PgDatabaseError>) -> bool {
-    error.is_some_and(|e| e.code() == "42P04")
+/// Whether `error` has SQLSTATE `code`: `3D000` (no such database), `42P04` (the database exists).
+fn has_code(error: Option<&PgDatabaseError>, code: &str) -> bool {
+    error.is_some_and(|e| e.code() == code)
 }
 
 /// How `pg_stat_activity` names the service's sessions, unless the URL names them otherwise.
@@ -135,32 +146,51 @@ pub async fn migrate(url: &str, direction: MigrationDirection) -> Result<(), Sto
     );
     let result = match Database::connect(options).await {
         Ok(db) => {
-            let mut attempt = 1;
-            let migrated = loop {
-                if let Err(error) = db.execute_unprepared(&bound_lock_wait).await {
-                    break Err(error);
-                }
-                let migrated = match direction {
-                    MigrationDirection::Up => Migrator::up(&db, None).await,
-                    MigrationDirection::Down => Migrator::down(&db, Some(1)).await,
-                };
-                match migrated {
-                    Err(error) if attempt < MIGRATION_ATTEMPTS && waited_out_a_lock(&error) => {
-                        tracing::warn!(%error, attempt, "a migration could not take a lock in time; trying again");
-                        tokio::time::sleep(MIGRATION_LOCK_WAIT).await;
-                        attempt += 1;
-                    }
-                    migrated => break migrated,
-                }
-            };
+            let migrated = apply(&db, direction, &bound_lock_wait).await;
             let _ = db.close().await;
             migrated
         }
-        Err(error) => Err(error),
+        Err(error) => Err(error.into()),
     };
     sqlx::query("SELECT pg_advisory_unlock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
     lock.close().await?;
-    Ok(result?)
+    result
+}
+
+/// Migrates `db` one way, under the lock. A schema with migrations of a newer release that has all of this
+/// one's needs nothing (a rollback, with `database.migrate_on_start` on); one that lacks some of this
+/// release's, or a roll back, is refused: the migrator would stop at the migrations it does not know.
+async fn apply(db: &DatabaseConnection, direction: MigrationDirection, session: &str) -> Result<(), StoreError> {
+    let applied = applied_migrations(db).await?;
+    let known = known_migrations();
+    let newer: Vec<String> = applied.iter().filter(|name| !known.contains(name)).cloned().collect();
+    if !newer.is_empty() {
+        let pending: Vec<String> = known.into_iter().filter(|name| !applied.contains(name)).collect();
+        if pending.is_empty() && direction == MigrationDirection::Up {
+            tracing::info!(
+                newer = newer.join(", "),
+                "the schema is a newer release's, with this one's: nothing to migrate"
+            );
+            return Ok(());
+        }
+        return Err(StoreError::NewerSchema { newer, pending });
+    }
+    let mut attempt = 1;
+    loop {
+        db.execute_unprepared(session).await?;
+        let migrated = match direction {
+            MigrationDirection::Up => Migrator::up(db, None).await,
+            MigrationDirection::Down => Migrator::down(db, Some(1)).await,
+        };
+        match migrated {
+            Err(error) if attempt < MIGRATION_ATTEMPTS && waited_out_a_lock(&error) => {
+                tracing::warn!(%error, attempt, "a migration could not take a lock in time; trying again");
+                tokio::time::sleep(MIGRATION_LOCK_WAIT).await;
+                attempt += 1;
+            }
+            migrated => return Ok(migrated?),
+        }
+    }
 }
 
 /// Whether a migration failed on `lock_timeout` (SQLSTATE 55P03; the migrator may hand the error on as text).
@@ -174,32 +204,37 @@ fn waited_out_a_lock(error: &sea_orm::DbErr) -> bool {
     }
 }
 
-/// Each known migration with whether it has been applied.
+/// Each known migration with whether it has been applied, then those applied by a newer release.
 pub async fn migration_status(db: &DatabaseConnection) -> Result<Vec<(String, bool)>, StoreError> {
-    Ok(Migrator::get_migration_with_status_read_only(db)
-        .await?
-        .iter()
-        .map(|m| (m.name().to_owned(), m.status() == MigrationStatus::Applied))
-        .collect())
+    let applied = applied_migrations(db).await?;
+    let known = known_migrations();
+    let newer =
+        applied.iter().filter(|name| !known.contains(name)).map(|name| (format!("{name} (a newer release's)"), true));
+    Ok(known.iter().map(|name| (name.clone(), applied.contains(name))).chain(newer).collect())
 }
 
 /// This release's migrations that the database has not applied, oldest first. Migrations applied by a newer
 /// release, which this one does not know, are no concern: they only add to the schema.
 pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, StoreError> {
+    let applied = applied_migrations(db).await?;
+    Ok(known_migrations().into_iter().filter(|name| !applied.contains(name)).collect())
+}
+
+fn known_migrations() -> Vec<String> {
+    Migrator::migrations().iter().map(|migration| migration.name().to_owned()).collect()
+}
+
+/// The migrations the database records as applied, by any release.
+async fn applied_migrations(db: &DatabaseConnection) -> Result<Vec<String>, StoreError> {
     let recorded = super::events::scalar::<_, bool>(
         db,
         super::events::stmt("SELECT to_regclass('seaql_migrations') IS NOT NULL AS value", []),
     )
     .await?;
-    let applied: Vec<String> = if recorded {
-        let rows = db.query_all_raw(super::events::stmt("SELECT version FROM seaql_migrations", [])).await?;
-        rows.iter().map(|row| row.try_get::<String>("", "version")).collect::<Result<_, _>>()?
-    } else {
-        Vec::new()
-    };
-    Ok(Migrator::migrations()
-        .iter()
-        .map(|migration| migration.name().to_owned())
-        .filter(|name| !applied.contains(name))
-        .collect())
+    if !recorded {
+        return Ok(Vec::new());
+    }
+    let rows =
+        db.query_all_raw(super::events::stmt("SELECT version FROM seaql_migrations ORDER BY version", [])).await?;
+    Ok(rows.iter().map(|row| row.try_get::<String>("", "version")).collect::<Result<_, _>>()?)
 }

@@ -34,6 +34,16 @@ pub enum StoreError {
     /// A stored event that cannot be encoded to be hashed (changed behind the service's back).
     #[error("the event at {0}")]
     Unreadable(crate::domain::audit::Break),
+    /// The database has migrations this release does not know (a newer release's), and lacks some of its own,
+    /// or was asked to roll back.
+    #[error(
+        "the schema has migrations of a newer release ({}){}: this release does not migrate it; to run this \
+         release on it, it must have all of this release's migrations (set database.migrate_on_start: false to \
+         serve it without migrating)",
+        newer.join(", "),
+        if pending.is_empty() { String::new() } else { format!(" and lacks {} of this release", pending.join(", ")) }
+    )]
+    NewerSchema { newer: Vec<String>, pending: Vec<String> },
     #[error("database error: {0}")]
     Database(#[from] DbErr),
     #[error("database error: {0}")]

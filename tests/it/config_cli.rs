@@ -129,18 +129,24 @@ fn the_development_secret_keeps_the_service_on_loopback_and_secrets_stay_out_of_
 }
 
 #[tokio::test]
-async fn migrate_creates_the_database_and_goes_down_and_up() {
+async fn migrate_creates_the_database_and_goes_down_only_when_told_it_drops_data() {
     // `migrate` creates the database itself.
     let database = crate::helpers::adopt_database(&crate::helpers::test_config());
     let url = database.url();
     let run = |action: &str| {
-        let output = tenantmq(&["migrate", action], &[("TENANTMQ_DATABASE__URL", url.as_str())]);
+        let args: Vec<&str> = ["migrate"].into_iter().chain(action.split(' ')).collect();
+        let output = tenantmq(&args, &[("TENANTMQ_DATABASE__URL", url.as_str())]);
         assert!(output.status.success(), "migrate {action}: {}", String::from_utf8_lossy(&output.stderr));
         String::from_utf8(output.stdout).expect("utf-8")
     };
     let up = run("up");
     assert!(up.lines().all(|l| l.starts_with("applied ")) && up.lines().count() >= 2, "{up}");
-    let down = run("down");
+    // Not without saying so: it drops what the migration added.
+    let refused = tenantmq(&["migrate", "down"], &[("TENANTMQ_DATABASE__URL", url.as_str())]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--confirm-data-loss"));
+    assert_eq!(run("status"), up, "nothing rolled back");
+    let down = run("down --confirm-data-loss");
     assert_eq!(down.lines().filter(|l| l.starts_with("pending ")).count(), 1, "one step rolled back: {down}");
     assert_eq!(run("status"), down);
     assert_eq!(run("up"), up);

@@ -681,3 +681,17 @@ async fn an_append_frozen_before_its_commit_does_not_hold_up_the_other_commands(
     assert_eq!(app.scalar_i64(&named("next")).await, 1);
     app.stop().await;
 }
+
+/// A database host that takes the connection and never answers (a firewall that drops packets, a frozen
+/// server) held `serve` and `migrate` at their first step, the look for the database, until the kernel gave
+/// up on the connection, minutes later: `database.connect_timeout` bounded only the pool's connections.
+#[tokio::test]
+async fn the_first_look_for_the_database_gives_up_after_the_connect_timeout() {
+    let config = test_config();
+    let (proxy, through_proxy) = Proxy::in_front_of_database(&config.database.url).await;
+    proxy.stall();
+    let look = tenantmq::store::database::create_database_if_missing(&through_proxy, Duration::from_secs(1));
+    let outcome = tokio::time::timeout(Duration::from_secs(30), look).await.expect("given up within the timeout");
+    let error = outcome.expect_err("no database to be had");
+    assert!(error.to_string().contains("database.connect_timeout"), "{error}");
+}

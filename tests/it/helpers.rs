@@ -72,7 +72,7 @@ pub async fn database_before_column(config: &Config, table: &str, column: &str) 
     use tenantmq::store::database::{self, MigrationDirection};
     let url = &config.database.url;
     let test_database = adopt_database(config);
-    database::create_database_if_missing(url).await.expect("database created");
+    database::create_database_if_missing(url, config.database.connect_timeout).await.expect("database created");
     database::migrate(url, MigrationDirection::Up).await.expect("migrated");
     let db = database::connect(&config.database).await.expect("connected");
     let present = format!(

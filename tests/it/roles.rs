@@ -62,6 +62,7 @@ async fn an_api_and_a_worker_process_split_the_work_on_one_database() {
 /// Deployed with a migration Job (`database.migrate_on_start: false`), an instance must not serve a schema
 /// older than its release: a rolling update that started before the Job finished would otherwise put it on
 /// tables it does not match. A schema newer than the release (a rollback) it serves: migrations only add.
+/// Migrating on start, it serves such a schema too when it has all of the release's migrations.
 #[tokio::test]
 async fn an_instance_that_does_not_migrate_refuses_a_schema_older_than_its_release() {
     use migration::{MigratorTrait, sea_orm::ConnectionTrait};
@@ -91,8 +92,28 @@ async fn an_instance_that_does_not_migrate_refuses_a_schema_older_than_its_relea
     )
     .await
     .expect("a newer release's migration recorded");
+    let status = database::migration_status(&db).await.expect("the status");
+    assert!(status.contains(&("m29991231_000001_from_a_newer_release (a newer release's)".to_owned(), true)));
     db.close().await.expect("closed");
-    let mut app = tenantmq_testkit::RunningApp::start(config).await.expect("serves a newer schema");
+    let mut app = tenantmq_testkit::RunningApp::start(config.clone()).await.expect("serves a newer schema");
     app.stop().await.expect("stopped");
+    // Migrating on start, it has nothing to do: it serves too (it stopped on the migrator's "file is missing").
+    config.database.migrate_on_start = true;
+    let mut app = tenantmq_testkit::RunningApp::start(config.clone()).await.expect("migrates nothing, serves");
+    app.stop().await.expect("stopped");
+    // A schema that lacks one of its own besides, it neither migrates nor serves, and says why.
+    database::migrate(&config.database.url, MigrationDirection::Down).await.expect_err("no roll back either");
+    let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
+    db.execute_unprepared(&format!("DELETE FROM seaql_migrations WHERE version = '{newest}'"))
+        .await
+        .expect("forgotten");
+    db.close().await.expect("closed");
+    match Application::build(config).await {
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.contains("newer release") && message.contains(&newest), "{message}");
+        }
+        Ok(_) => panic!("migrated a schema it does not know"),
+    }
     remove_database(database).await;
 }
