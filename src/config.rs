@@ -427,6 +427,9 @@ pub struct MetricsConfig {
     /// When set, `/metrics` answers only requests with `Authorization: Bearer <this token>` (it names every
     /// tenant and its counters). Unset: `/metrics` is open, like the probes.
     pub bearer_token: Option<String>,
+    /// Accepted besides `bearer_token` while the token is rotated: set it to the token Prometheus still has,
+    /// `bearer_token` to the new one, and remove it once Prometheus has the new one.
+    pub previous_bearer_token: Option<String>,
     /// How often the read side's visibility horizon is sampled (`tenantmq_read_visibility_lag_seconds`, accurate
     /// to within this interval).
     #[serde(with = "humantime_serde")]
@@ -644,6 +647,7 @@ impl Default for MetricsConfig {
         Self {
             queue_poll_interval: Duration::from_secs(15),
             bearer_token: None,
+            previous_bearer_token: None,
             visibility_poll_interval: Duration::from_secs(5),
         }
     }
@@ -886,8 +890,10 @@ impl Config {
             ("database.statement_timeout", self.database.statement_timeout),
             ("database.idle_in_transaction_timeout", self.database.idle_in_transaction_timeout),
         ];
-        if let Some((key, _)) = optional.into_iter().find(|(_, timeout)| timeout.is_some_and(|t| t.is_zero())) {
-            return Err(ConfigError::new(key, "must be greater than zero, or null for none"));
+        // PostgreSQL takes at most i32::MAX milliseconds (24 days).
+        let out_of_range = |t: Duration| t.is_zero() || t.as_millis() > i32::MAX as u128;
+        if let Some((key, _)) = optional.into_iter().find(|(_, timeout)| timeout.is_some_and(out_of_range)) {
+            return Err(ConfigError::new(key, "must be greater than zero and at most 24 days, or null for none"));
         }
         if self.max_batch_bytes < self.max_payload_bytes {
             return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
@@ -1017,13 +1023,20 @@ impl Config {
                 ),
             ));
         }
-        if self
-            .metrics
-            .bearer_token
-            .as_ref()
-            .is_some_and(|token| token.len() < 16 || token.contains(char::is_whitespace))
-        {
-            return Err(ConfigError::new("metrics.bearer_token", "must be at least 16 characters, without spaces"));
+        let tokens = [
+            ("metrics.bearer_token", &self.metrics.bearer_token),
+            ("metrics.previous_bearer_token", &self.metrics.previous_bearer_token),
+        ];
+        for (key, token) in tokens {
+            if token.as_ref().is_some_and(|token| token.len() < 16 || token.contains(char::is_whitespace)) {
+                return Err(ConfigError::new(key, "must be at least 16 characters, without spaces"));
+            }
+        }
+        if self.metrics.previous_bearer_token.is_some() && self.metrics.bearer_token.is_none() {
+            return Err(ConfigError::new(
+                "metrics.previous_bearer_token",
+                "needs metrics.bearer_token: it is accepted besides it while the token is rotated",
+            ));
         }
         Ok(())
     }
@@ -1032,7 +1045,13 @@ impl Config {
     /// the connection URLs.
     pub fn to_redacted_json(&self) -> serde_json::Value {
         let mut json = serde_json::to_value(self).unwrap_or_default();
-        for pointer in ["/auth/jwt_secret", "/auth/previous_jwt_secret", "/metrics/bearer_token"] {
+        let secrets = [
+            "/auth/jwt_secret",
+            "/auth/previous_jwt_secret",
+            "/metrics/bearer_token",
+            "/metrics/previous_bearer_token",
+        ];
+        for pointer in secrets {
             if let Some(secret) = json.pointer_mut(pointer).filter(|s| !s.is_null()) {
                 *secret = REDACTED.into();
             }
@@ -1267,7 +1286,7 @@ mod tests {
     #[test]
     fn sizes_and_durations_are_bounded_where_a_dependency_would_fail_on_them() {
         type Change = fn(&mut Config);
-        let cases: [(Change, Option<&str>); 20] = [
+        let cases: [(Change, Option<&str>); 25] = [
             (|c| c.shutdown_timeout = Duration::ZERO, Some("shutdown_timeout")),
             (|c| c.database.connect_timeout = Duration::ZERO, Some("database.connect_timeout")),
             (|c| c.rabbitmq.publish_timeout = Duration::ZERO, Some("rabbitmq.publish_timeout")),
@@ -1288,6 +1307,20 @@ mod tests {
             (|c| c.consumer.retry_max_delay = Duration::from_secs(60 * 86_400), Some("consumer.retry_max_delay")),
             (|c| c.consumer.retry_max_delay = Duration::from_millis(u32::MAX.into()), None),
             (|c| c.server.max_connections = 1_000_000, None),
+            (
+                |c| c.database.idle_in_transaction_timeout = Some(Duration::ZERO),
+                Some("database.idle_in_transaction_timeout"),
+            ),
+            (
+                |c| c.database.idle_in_transaction_timeout = Some(Duration::from_secs(25 * 86_400)),
+                Some("database.idle_in_transaction_timeout"),
+            ),
+            (|c| c.database.idle_in_transaction_timeout = None, None),
+            (|c| c.database.statement_timeout = Some(Duration::ZERO), Some("database.statement_timeout")),
+            (
+                |c| c.metrics.previous_bearer_token = Some("the-old-scrape-token".into()),
+                Some("metrics.previous_bearer_token"),
+            ),
         ];
         for (index, (change, refused)) in cases.into_iter().enumerate() {
             let mut config = with_waits(5, None);

@@ -144,7 +144,11 @@ impl Application {
             app,
             metrics,
             authenticator,
-            metrics_token: config.metrics.bearer_token.as_deref().map(Arc::from),
+            metrics_tokens: [&config.metrics.bearer_token, &config.metrics.previous_bearer_token]
+                .into_iter()
+                .flatten()
+                .map(|token| Arc::from(token.as_str()))
+                .collect(),
             limits: api::json_body::BodyLimits {
                 single: config.max_payload_bytes,
                 single_body: config.largest_single_body(),
@@ -312,7 +316,7 @@ pub async fn prepare_database(config: &Config) -> Result<DatabaseConnection, Sta
     }
     let db = database::connect(&config.database).await?;
     if config.database.migrate_on_start {
-        database::migrate(&config.database.url, MigrationDirection::Up).await?;
+        database::migrate(&config.database, MigrationDirection::Up).await?;
     } else {
         let pending = database::pending_migrations(&db).await?;
         if !pending.is_empty() {

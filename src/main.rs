@@ -418,8 +418,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 async fn migrate(config: Config, action: MigrateAction, confirm_data_loss: bool) -> anyhow::Result<()> {
-    // A status only looks: it creates nothing.
-    if config.database.create_if_missing && !matches!(action, MigrateAction::Status) {
+    if confirm_data_loss && !matches!(action, MigrateAction::Down) {
+        anyhow::bail!("--confirm-data-loss goes with `migrate down` only");
+    }
+    // A status only looks, and a roll back of a database that is not there has nothing to do: only `up` creates.
+    if config.database.create_if_missing && matches!(action, MigrateAction::Up) {
         database::create_database_if_missing(&config.database.url, config.database.connect_timeout).await?;
     }
     let db = database::connect(&config.database).await.context("connecting to the database")?;
@@ -433,8 +436,8 @@ async fn migrate(config: Config, action: MigrateAction, confirm_data_loss: bool)
         );
     }
     match action {
-        MigrateAction::Up => database::migrate(&config.database.url, MigrationDirection::Up).await?,
-        MigrateAction::Down => database::migrate(&config.database.url, MigrationDirection::Down).await?,
+        MigrateAction::Up => database::migrate(&config.database, MigrationDirection::Up).await?,
+        MigrateAction::Down => database::migrate(&config.database, MigrationDirection::Down).await?,
         MigrateAction::Status => {}
     }
     for (name, applied) in database::migration_status(&db).await? {

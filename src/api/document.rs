@@ -102,12 +102,16 @@ fn complete(document: &mut Value, max_workers: NonZeroU16) {
             schema["additionalProperties"] = Value::Bool(false);
         }
     }
-    for name in ["CreateTenantRequest", "SetConcurrencyRequest"] {
-        schemas[name]["properties"]["workers"]["maximum"] = max_workers.get().into();
+    for request in ["CreateTenantRequest", "SetConcurrencyRequest"] {
+        if let Some(workers) = schema_property(schemas, request, "workers") {
+            workers.insert("maximum".into(), max_workers.get().into());
+        }
     }
     // A payload is any JSON value, `null` too (stored as jsonb `null`, and read back as such).
-    for name in ["PublishRequest", "Message"] {
-        schemas[name]["properties"]["payload"]["nullable"] = true.into();
+    for schema in ["PublishRequest", "Message"] {
+        if let Some(payload) = schema_property(schemas, schema, "payload") {
+            payload.insert("nullable".into(), true.into());
+        }
     }
     for (name, schema) in schemas.as_object_mut().into_iter().flat_map(Map::iter_mut) {
         let answered = !requests.contains(&name.as_str());
@@ -116,6 +120,11 @@ fn complete(document: &mut Value, max_workers: NonZeroU16) {
     // The derive declares the bearer scheme (its doc comment is what Swagger UI's Authorize dialog shows) and
     // names it in every operation that needs a token; the document as a whole requires it too.
     document["security"] = json!([{ SECURITY_SCHEME: [] }]);
+}
+
+/// The property `name` of the schema `schema`, if both are there.
+fn schema_property<'a>(schemas: &'a mut Value, schema: &str, name: &str) -> Option<&'a mut Map<String, Value>> {
+    schemas.get_mut(schema)?.get_mut("properties")?.get_mut(name)?.as_object_mut()
 }
 
 /// Two things the derive writes in a way clients read amiss:

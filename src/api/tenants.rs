@@ -36,7 +36,8 @@ pub struct CreateTenantRequest {
     pub name: String,
     /// Worker pool size, 1 to `max_workers` (64 unless configured otherwise); the configured `workers` when
     /// absent.
-    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "64")))]
+    // The maximum is the instance's `max_workers`, which the served document states (`document::served`).
+    #[oai(nullable, validator(minimum(value = "1")))]
     pub workers: Option<i64>,
     /// The tenant's id; generated (UUIDv7) when absent, or derived from the `Idempotency-Key` header (then
     /// leave it out). Creating an existing id is a conflict, also the id of a deleted tenant (ids are never
@@ -58,7 +59,8 @@ impl Example for CreateTenantRequest {
 #[oai(deny_unknown_fields)]
 pub struct SetConcurrencyRequest {
     /// 1 to `max_workers` (64 unless configured otherwise).
-    #[oai(validator(minimum(value = "1"), maximum(value = "64")))]
+    // The maximum is the instance's `max_workers`, which the served document states (`document::served`).
+    #[oai(validator(minimum(value = "1")))]
     pub workers: i64,
 }
 

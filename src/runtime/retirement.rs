@@ -6,8 +6,9 @@
 //! partition is still attached (the database state is the record: see [`partitions::awaiting_retirement`]). A consumer of a deleted
 //! tenant keeps its subscription until its pool has committed and acked what it held, so the broker's count
 //! of consumers on the tenant's queue reaches zero only when no instance writes for the tenant any more. One
-//! instance at a time retires a tenant, under a transaction-level advisory lock; the partition's DDL commits
-//! last, so a failure or a crash at any step leaves the retirement pending, to be done again from the start.
+//! instance at a time retires a tenant, under a session advisory lock; the partition's DDL commits last, in the
+//! retirement's only transaction, so a failure or a crash at any step leaves the retirement pending, to be done
+//! again from the start.
 
 use std::time::{Duration, Instant};
 
@@ -100,12 +101,16 @@ impl Retirement {
         let Some(lock) = partitions::RetirementLock::try_take(pool, tenant).await? else {
             return Ok(false);
         };
-        let retired = self.retire_holding_the_lock(tenant).await;
+        let retired = self.retire_holding(&lock, tenant).await;
         lock.release().await;
         retired
     }
 
-    async fn retire_holding_the_lock(&self, tenant: TenantId) -> Result<bool, RetirementError> {
+    async fn retire_holding(
+        &self,
+        lock: &partitions::RetirementLock,
+        tenant: TenantId,
+    ) -> Result<bool, RetirementError> {
         if !partitions::is_attached(&self.db, tenant).await? {
             return Ok(true);
         }
@@ -153,6 +158,11 @@ impl Retirement {
         deleted?;
         // Last, and the only transaction: a failure or a crash before its commit leaves the retirement pending.
         let txn = self.db.begin().await?;
+        // The lock's session may have ended since (a failover, a terminated backend), and another instance
+        // taken the lock: it retires the tenant then.
+        if !lock.still_held(&txn).await? {
+            return Ok(false);
+        }
         match self.on_delete {
             OnTenantDelete::Drop => partitions::drop(&txn, tenant).await?,
             OnTenantDelete::Detach => partitions::detach(&txn, tenant).await?,
@@ -180,6 +190,7 @@ impl Retirement {
         let (_apart, channel) = self.broker.channel_apart().await?;
         let writer = MessageWriter::new(self.db.get_postgres_connection_pool().clone(), tenant, self.metrics.clone());
         let persisted = async {
+            let mut persisted = 0;
             while Instant::now() < deadline {
                 let mut deliveries = Vec::with_capacity(PERSIST_BATCH);
                 while deliveries.len() < PERSIST_BATCH {
@@ -205,7 +216,9 @@ impl Retirement {
                 }
                 // Every delivery on this channel is from this loop: one ack covers them all.
                 answered(channel.basic_ack(last, BasicAckOptions { multiple: true })).await??;
+                persisted += deliveries.len();
             }
+            tracing::info!(%tenant, queue, persisted, "persisting the deleted tenant's queued messages goes on at the next pass");
             Ok(false)
         }
         .await;

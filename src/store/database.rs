@@ -68,16 +68,18 @@ const APPLICATION_NAME: &str = "tenantmq";
 const KEEPALIVES: &str = "SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3";
 
 /// What every session of the pool (and every connection taken out of it: the NOTIFY listener's, the lock
-/// holders') sets first: [`KEEPALIVES`], and `database.idle_in_transaction_timeout`, which covers a process
-/// frozen on a host that still answers the probes. Set by statements rather than startup options, which
-/// PgBouncer refuses.
+/// holders') sets first: [`KEEPALIVES`], `database.idle_in_transaction_timeout`, which covers a process frozen
+/// on a host that still answers the probes, and `database.statement_timeout`. Set by statements rather than
+/// startup options, which PgBouncer refuses.
 fn session_settings(config: &DatabaseConfig) -> String {
-    match config.idle_in_transaction_timeout {
-        Some(timeout) => {
-            format!("{KEEPALIVES}; SET idle_in_transaction_session_timeout = {}", timeout.as_millis().max(1))
-        }
-        None => KEEPALIVES.to_owned(),
+    let mut settings = KEEPALIVES.to_owned();
+    if let Some(timeout) = config.idle_in_transaction_timeout {
+        settings.push_str(&format!("; SET idle_in_transaction_session_timeout = {}", timeout.as_millis()));
     }
+    if let Some(timeout) = config.statement_timeout {
+        settings.push_str(&format!("; SET statement_timeout = {}", timeout.as_millis()));
+    }
+    settings
 }
 
 pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, StoreError> {
@@ -89,15 +91,9 @@ pub async fn connect(config: &DatabaseConfig) -> Result<DatabaseConnection, Stor
         .acquire_timeout(config.connect_timeout)
         .idle_timeout(Duration::from_secs(300))
         .sqlx_logging(false);
-    let statement_timeout = config.statement_timeout.map(|timeout| timeout.as_millis().max(1).to_string());
-    options.map_sqlx_postgres_opts(move |mut opts| {
-        if opts.get_application_name().is_none() {
-            opts = opts.application_name(APPLICATION_NAME);
-        }
-        match &statement_timeout {
-            Some(millis) => opts.options([("statement_timeout", millis.as_str())]),
-            None => opts,
-        }
+    options.map_sqlx_postgres_opts(|opts| match opts.get_application_name() {
+        Some(_) => opts,
+        None => opts.application_name(APPLICATION_NAME),
     });
     let settings = session_settings(config);
     options.map_sqlx_postgres_pool_opts(move |pool| {
@@ -131,19 +127,16 @@ const MIGRATION_ATTEMPTS: u32 = 12;
 /// timeout meant for the service's own statements. Its wait for a lock is bounded ([`MIGRATION_LOCK_WAIT`]);
 /// each migration is one transaction (the migrator's default on PostgreSQL, which every migration here keeps:
 /// one that opted out would be tried again half applied), so one that gave up is tried again from its start.
-pub async fn migrate(url: &str, direction: MigrationDirection) -> Result<(), StoreError> {
-    let mut lock = PgConnection::connect_with(&PgConnectOptions::from_str(url)?).await?;
+pub async fn migrate(config: &DatabaseConfig, direction: MigrationDirection) -> Result<(), StoreError> {
+    let mut lock = PgConnection::connect_with(&PgConnectOptions::from_str(&config.url)?).await?;
     sqlx::raw_sql(KEEPALIVES).execute(&mut lock).await?;
     sqlx::query("SELECT pg_advisory_lock($1)").bind(MIGRATION_LOCK).execute(&mut lock).await?;
-    let mut options = ConnectOptions::new(url.to_owned());
+    let mut options = ConnectOptions::new(config.url.clone());
     options.max_connections(1).sqlx_logging(false);
-    // Set on the session rather than sent as startup options, which PgBouncer refuses; the migrator runs on
-    // this pool's one connection. A migration's statements follow one another: a minute idle inside one is a
-    // migrator frozen with the tables' locks.
-    let bound_lock_wait = format!(
-        "{KEEPALIVES}; SET idle_in_transaction_session_timeout = 60000; SET lock_timeout = {}",
-        MIGRATION_LOCK_WAIT.as_millis()
-    );
+    // The session's settings, but for the statement timeout; the migrator runs on this pool's one connection.
+    let unbounded = DatabaseConfig { statement_timeout: None, ..config.clone() };
+    let bound_lock_wait =
+        format!("{}; SET lock_timeout = {}", session_settings(&unbounded), MIGRATION_LOCK_WAIT.as_millis());
     let result = match Database::connect(options).await {
         Ok(db) => {
             let migrated = apply(&db, direction, &bound_lock_wait).await;
@@ -166,14 +159,15 @@ async fn apply(db: &DatabaseConnection, direction: MigrationDirection, session: 
     let newer: Vec<String> = applied.iter().filter(|name| !known.contains(name)).cloned().collect();
     if !newer.is_empty() {
         let pending: Vec<String> = known.into_iter().filter(|name| !applied.contains(name)).collect();
-        if pending.is_empty() && direction == MigrationDirection::Up {
-            tracing::info!(
-                newer = newer.join(", "),
-                "the schema is a newer release's, with this one's: nothing to migrate"
-            );
-            return Ok(());
-        }
-        return Err(StoreError::NewerSchema { newer, pending });
+        return match direction {
+            MigrationDirection::Down => Err(StoreError::NewerMigrations(newer)),
+            MigrationDirection::Up if pending.is_empty() => {
+                let newer = newer.join(", ");
+                tracing::info!(newer, "the schema is a newer release's, with this one's: nothing to migrate");
+                Ok(())
+            }
+            MigrationDirection::Up => Err(StoreError::NewerSchema { newer, pending }),
+        };
     }
     let mut attempt = 1;
     loop {

@@ -34,16 +34,18 @@ pub enum StoreError {
     /// A stored event that cannot be encoded to be hashed (changed behind the service's back).
     #[error("the event at {0}")]
     Unreadable(crate::domain::audit::Break),
-    /// The database has migrations this release does not know (a newer release's), and lacks some of its own,
-    /// or was asked to roll back.
+    /// The database has migrations this release does not know (a newer release's) and lacks some of its own:
+    /// the migrator would stop at the ones it does not know.
     #[error(
-        "the schema has migrations of a newer release ({}){}: this release does not migrate it; to run this \
-         release on it, it must have all of this release's migrations (set database.migrate_on_start: false to \
-         serve it without migrating)",
+        "the schema has migrations of a newer release ({}) and lacks this release's {}: this release cannot \
+         migrate it; the newer release's `migrate up` can",
         newer.join(", "),
-        if pending.is_empty() { String::new() } else { format!(" and lacks {} of this release", pending.join(", ")) }
+        pending.join(", ")
     )]
     NewerSchema { newer: Vec<String>, pending: Vec<String> },
+    /// Asked to roll back a schema whose newest migrations are a newer release's.
+    #[error("the newest migrations are a newer release's ({}): roll them back with that release", .0.join(", "))]
+    NewerMigrations(Vec<String>),
     #[error("database error: {0}")]
     Database(#[from] DbErr),
     #[error("database error: {0}")]

@@ -125,7 +125,8 @@ async fn build_template(server: &str, admin: &mut PgConnection, template: &str) 
     let quoted_template = quoted(template);
     execute(admin, &format!("DROP DATABASE IF EXISTS {quoted_template} WITH (FORCE)")).await?;
     execute(admin, &format!("CREATE DATABASE {quoted_template}")).await?;
-    tenantmq::store::database::migrate(&format!("{server}/{template}"), MigrationDirection::Up)
+    let database = tenantmq::config::DatabaseConfig { url: format!("{server}/{template}"), ..Default::default() };
+    tenantmq::store::database::migrate(&database, MigrationDirection::Up)
         .await
         .with_context(|| format!("migrating the template database {template}"))?;
     execute(admin, &format!("ALTER DATABASE {quoted_template} ALLOW_CONNECTIONS false")).await

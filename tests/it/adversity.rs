@@ -456,6 +456,24 @@ async fn metrics_can_require_a_bearer_token() {
     app.stop().await;
 }
 
+/// A rotation of the scrape token: the previous token is accepted besides the new one until Prometheus has
+/// it, so the series have no gap (there was one restart's worth).
+#[tokio::test]
+async fn the_previous_metrics_token_is_accepted_while_the_token_is_rotated() {
+    let mut config = test_config();
+    config.metrics.bearer_token = Some("the-new-scrape-token-0123".into());
+    config.metrics.previous_bearer_token = Some("the-old-scrape-token-0123".into());
+    let app = TestApp::spawn_with(config).await;
+    let scrape = |token: &str| {
+        let request = reqwest::Client::new().get(app.url("/metrics")).bearer_auth(token);
+        async move { request.send().await.expect("sent").status() }
+    };
+    assert_eq!(scrape("the-new-scrape-token-0123").await, StatusCode::OK);
+    assert_eq!(scrape("the-old-scrape-token-0123").await, StatusCode::OK);
+    assert_eq!(scrape("the-odd-scrape-token-0123").await, StatusCode::UNAUTHORIZED);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn a_client_that_writes_an_over_limit_body_before_reading_gets_the_413() {
     let app = TestApp::spawn().await;
@@ -759,6 +777,37 @@ async fn a_retirement_persisting_queued_messages_keeps_no_transaction_open_meanw
     app.stop().await;
 }
 
+/// The retirement's lock lives in a session of its own, apart from its last transaction: ended from outside
+/// (a failover, `pg_terminate_backend`), it lets another instance take the lock, and the first must then see
+/// that it no longer holds it before it commits that transaction.
+#[tokio::test]
+async fn a_retirement_lock_whose_session_was_ended_is_no_longer_held() {
+    use tenantmq::store::partitions::RetirementLock;
+    let app = TestApp::spawn().await;
+    let pool = app.db.get_postgres_connection_pool();
+    let tenant = TenantId::generate();
+    let lock = RetirementLock::try_take(pool, tenant).await.expect("asked").expect("taken");
+    let held = || async {
+        let txn = app.db.begin().await.expect("begin");
+        let held = lock.still_held(&txn).await.expect("asked");
+        txn.rollback().await.expect("rollback");
+        held
+    };
+    assert!(held().await);
+    assert!(RetirementLock::try_take(pool, tenant).await.expect("asked").is_none(), "one holder at a time");
+    let key = format!("hashtextextended('tenantmq.retirement.{tenant}', 0)");
+    let end = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+         AND classid = (({key} >> 32) & 4294967295)::oid AND objid = ({key} & 4294967295)::oid"
+    );
+    app.db.execute_unprepared(&end).await.expect("the lock's session ended");
+    eventually(Duration::from_secs(10), "the lock no longer held", || async { (!held().await).then_some(()) }).await;
+    let other = RetirementLock::try_take(pool, tenant).await.expect("asked").expect("taken by another");
+    other.release().await;
+    lock.release().await;
+    app.stop().await;
+}
+
 const QUEUED_WHILE_AWAITING: i64 = 10;
 
 async fn spawn_detaching() -> TestApp {
@@ -846,8 +895,8 @@ async fn a_migration_waiting_behind_a_long_reader_does_not_hold_back_the_readers
 
     let reader = crate::dead_letters::hold_in_transaction(&url, "SELECT count(*) FROM tenants").await;
     let migrating = tokio::spawn({
-        let url = url.clone();
-        async move { database::migrate(&url, MigrationDirection::Up).await }
+        let database = config.database.clone();
+        async move { database::migrate(&database, MigrationDirection::Up).await }
     });
     let waiting = "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation \
                    WHERE c.relname = 'tenants' AND NOT l.granted";

@@ -226,7 +226,6 @@ async fn an_export_verifies_offline_and_one_edited_byte_is_named_by_its_line() {
 #[tokio::test]
 async fn the_backfill_chains_events_recorded_before_the_migration() {
     let config: Config = test_config();
-    let url = config.database.url.clone();
     // Dropped with the test, also when it panics; rolled back until the hash chain's migration is undone.
     let (test_database, db) = database_before_column(&config, "events", "hash").await;
     let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
@@ -244,7 +243,9 @@ async fn the_backfill_chains_events_recorded_before_the_migration() {
     .expect("old events inserted");
     db.close().await.expect("closed");
 
-    database::migrate(&url, MigrationDirection::Up).await.expect("the hash chain migrated with its backfill");
+    database::migrate(&config.database, MigrationDirection::Up)
+        .await
+        .expect("the hash chain migrated with its backfill");
     let db = database::connect(&config.database).await.expect("connected");
     match audit::verify(&db, None).await.expect("verified") {
         Verdict::Intact(intact) => assert_eq!((intact.streams, intact.events), (2, 3)),

@@ -73,13 +73,13 @@ pub async fn database_before_column(config: &Config, table: &str, column: &str) 
     let url = &config.database.url;
     let test_database = adopt_database(config);
     database::create_database_if_missing(url, config.database.connect_timeout).await.expect("database created");
-    database::migrate(url, MigrationDirection::Up).await.expect("migrated");
+    database::migrate(&config.database, MigrationDirection::Up).await.expect("migrated");
     let db = database::connect(&config.database).await.expect("connected");
     let present = format!(
         "SELECT count(*) FROM information_schema.columns WHERE table_name = '{table}' AND column_name = '{column}'"
     );
     while scalar_i64(&db, &present).await > 0 {
-        database::migrate(url, MigrationDirection::Down).await.expect("a migration rolled back");
+        database::migrate(&config.database, MigrationDirection::Down).await.expect("a migration rolled back");
     }
     (test_database, db)
 }

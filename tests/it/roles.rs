@@ -72,7 +72,7 @@ async fn an_instance_that_does_not_migrate_refuses_a_schema_older_than_its_relea
     };
     let mut config = test_config();
     let database = create_database(&config).await;
-    database::migrate(&config.database.url, MigrationDirection::Down).await.expect("the newest migration rolled back");
+    database::migrate(&config.database, MigrationDirection::Down).await.expect("the newest migration rolled back");
     config.database.migrate_on_start = false;
     let newest = migration::Migrator::migrations().last().map(|m| m.name().to_owned()).expect("a migration");
     match Application::build(config.clone()).await {
@@ -85,7 +85,7 @@ async fn an_instance_that_does_not_migrate_refuses_a_schema_older_than_its_relea
         Ok(_) => panic!("served a schema without {newest}"),
     }
 
-    database::migrate(&config.database.url, MigrationDirection::Up).await.expect("migrated");
+    database::migrate(&config.database, MigrationDirection::Up).await.expect("migrated");
     let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
     db.execute_unprepared(
         "INSERT INTO seaql_migrations (version, applied_at) VALUES ('m29991231_000001_from_a_newer_release', 0)",
@@ -102,7 +102,7 @@ async fn an_instance_that_does_not_migrate_refuses_a_schema_older_than_its_relea
     let mut app = tenantmq_testkit::RunningApp::start(config.clone()).await.expect("migrates nothing, serves");
     app.stop().await.expect("stopped");
     // A schema that lacks one of its own besides, it neither migrates nor serves, and says why.
-    database::migrate(&config.database.url, MigrationDirection::Down).await.expect_err("no roll back either");
+    database::migrate(&config.database, MigrationDirection::Down).await.expect_err("no roll back either");
     let db = sea_orm::Database::connect(&config.database.url).await.expect("db");
     db.execute_unprepared(&format!("DELETE FROM seaql_migrations WHERE version = '{newest}'"))
         .await
