@@ -261,7 +261,7 @@ impl From<AppError> for ApiError {
                 Self::TooManyRequests(problem, RETRY_AFTER_SECONDS.into())
             }
             e @ AppError::BatchOverBurst { .. } => Self::bad_request(Some("messages"), e.to_string()),
-            e @ AppError::PageReadsWaiting => Self::unavailable(e.to_string()),
+            e @ (AppError::PageReadsWaiting | AppError::DeadLettersBusy) => Self::unavailable(e.to_string()),
             AppError::Broker(e) => e.into(),
             AppError::Store(e) => e.into(),
         }

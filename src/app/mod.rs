@@ -85,6 +85,9 @@ pub enum AppError {
          database); retry"
     )]
     PageReadsWaiting,
+    /// Another instance has been busy with the tenant's dead letters (a long replay) for the whole wait.
+    #[error("another operation on the tenant's dead letters is under way; retry")]
+    DeadLettersBusy,
     #[error(transparent)]
     Broker(#[from] BrokerError),
     #[error(transparent)]
@@ -142,7 +145,7 @@ impl App {
                 &config.read,
             ),
             dead_letters: DeadLetterQueues::new(
-                TenantReadModel::new(db.clone()),
+                db.clone(),
                 (broker.clone(), runtime.publisher.clone()),
                 DeadLetterBounds {
                     max_page_bytes: config.read.max_page_bytes,

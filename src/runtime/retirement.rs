@@ -25,6 +25,7 @@ use crate::{
         StoreError,
         messages::{self, MessageWriter, NewMessage},
         partitions, publish_buckets,
+        tenant_locks::{LockFor, TenantLock},
     },
 };
 
@@ -98,7 +99,7 @@ impl Retirement {
     /// runs somewhere, another instance retires it, or its queued messages take more than a pass to persist.
     async fn retire(&self, tenant: TenantId) -> Result<bool, RetirementError> {
         let pool = self.db.get_postgres_connection_pool();
-        let Some(lock) = partitions::RetirementLock::try_take(pool, tenant).await? else {
+        let Some(lock) = TenantLock::try_take(pool, LockFor::Retirement, tenant).await? else {
             return Ok(false);
         };
         let retired = self.retire_holding(&lock, tenant).await;
@@ -106,11 +107,7 @@ impl Retirement {
         retired
     }
 
-    async fn retire_holding(
-        &self,
-        lock: &partitions::RetirementLock,
-        tenant: TenantId,
-    ) -> Result<bool, RetirementError> {
+    async fn retire_holding(&self, lock: &TenantLock, tenant: TenantId) -> Result<bool, RetirementError> {
         if !partitions::is_attached(&self.db, tenant).await? {
             return Ok(true);
         }

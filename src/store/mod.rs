@@ -8,6 +8,7 @@ pub mod messages;
 pub mod partitions;
 pub mod publish_buckets;
 pub mod queue_depths;
+pub mod tenant_locks;
 pub mod tenants;
 pub(crate) mod visibility;
 

@@ -3,10 +3,7 @@
 
 use std::time::Duration;
 
-use sea_orm::{
-    ConnectionTrait, DatabaseTransaction,
-    sqlx::{self, PgPool, Postgres, pool::PoolConnection},
-};
+use sea_orm::{ConnectionTrait, DatabaseTransaction};
 
 use crate::domain::tenant::TenantId;
 
@@ -149,65 +146,4 @@ async fn deleted_tenants<C: ConnectionTrait, const N: usize>(
     let sql = format!("SELECT t.id FROM tenants t WHERE t.status = 'deleted' AND {condition}");
     let rows = conn.query_all_raw(stmt(&sql, values)).await?;
     rows.iter().map(|row| Ok(TenantId::from_uuid(row.try_get::<uuid::Uuid>("", "id")?))).collect()
-}
-
-/// A deleted tenant's retirement lock: one instance at a time retires a tenant. A session's lock, on a
-/// connection of the pool kept for it, rather than a transaction's: the retirement's broker work (persisting
-/// the queued messages, which may take minutes) then runs outside any transaction, which
-/// `idle_in_transaction_session_timeout` would end. Released, the connection goes back to the pool unlocked; a
-/// retirement dropped half way closes it, and the lock goes with its session.
-pub struct RetirementLock {
-    session: Option<PoolConnection<Postgres>>,
-    /// The session's backend, to tell whether it still holds the lock.
-    pid: i32,
-    tenant: TenantId,
-}
-
-/// The advisory lock's key for `$1`, a tenant's id.
-const RETIREMENT_KEY: &str = "hashtextextended('tenantmq.retirement.' || $1::text, 0)";
-
-impl RetirementLock {
-    /// The tenant's retirement lock, unless another instance holds it.
-    pub async fn try_take(pool: &PgPool, tenant: TenantId) -> Result<Option<Self>, StoreError> {
-        let mut session = pool.acquire().await?;
-        let (taken, pid): (bool, i32) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT pg_try_advisory_lock({RETIREMENT_KEY}), pg_backend_pid()"
-        )))
-        .bind(tenant.as_uuid())
-        .fetch_one(&mut *session)
-        .await?;
-        Ok(taken.then_some(Self { session: Some(session), pid, tenant }))
-    }
-
-    /// Whether the lock's session still holds it, asked in `txn` (another session). A bigint key shows as its
-    /// high and low halves, each unsigned, in `classid` and `objid`.
-    pub async fn still_held(&self, txn: &DatabaseTransaction) -> Result<bool, StoreError> {
-        let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $2 \
-             AND l.objsubid = 1 AND l.classid = (({RETIREMENT_KEY} >> 32) & 4294967295)::oid \
-             AND l.objid = ({RETIREMENT_KEY} & 4294967295)::oid) AS value"
-        );
-        scalar(txn, stmt(&sql, [self.tenant.as_uuid().into(), self.pid.into()])).await
-    }
-
-    /// Gives the lock up; its connection goes back to the pool, or is closed if the unlock fails.
-    pub async fn release(mut self) {
-        let Some(mut session) = self.session.take() else { return };
-        let unlocked = sqlx::query(sqlx::AssertSqlSafe(format!("SELECT pg_advisory_unlock({RETIREMENT_KEY})")))
-            .bind(self.tenant.as_uuid())
-            .execute(&mut *session)
-            .await;
-        if unlocked.is_err() {
-            session.close_on_drop();
-        }
-    }
-}
-
-impl Drop for RetirementLock {
-    /// Not released (a retirement dropped half way): the session goes, with its lock.
-    fn drop(&mut self) {
-        if let Some(session) = self.session.as_mut() {
-            session.close_on_drop();
-        }
-    }
 }

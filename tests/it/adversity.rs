@@ -782,11 +782,11 @@ async fn a_retirement_persisting_queued_messages_keeps_no_transaction_open_meanw
 /// that it no longer holds it before it commits that transaction.
 #[tokio::test]
 async fn a_retirement_lock_whose_session_was_ended_is_no_longer_held() {
-    use tenantmq::store::partitions::RetirementLock;
+    use tenantmq::store::tenant_locks::{LockFor::Retirement, TenantLock};
     let app = TestApp::spawn().await;
     let pool = app.db.get_postgres_connection_pool();
     let tenant = TenantId::generate();
-    let lock = RetirementLock::try_take(pool, tenant).await.expect("asked").expect("taken");
+    let lock = TenantLock::try_take(pool, Retirement, tenant).await.expect("asked").expect("taken");
     let held = || async {
         let txn = app.db.begin().await.expect("begin");
         let held = lock.still_held(&txn).await.expect("asked");
@@ -794,7 +794,7 @@ async fn a_retirement_lock_whose_session_was_ended_is_no_longer_held() {
         held
     };
     assert!(held().await);
-    assert!(RetirementLock::try_take(pool, tenant).await.expect("asked").is_none(), "one holder at a time");
+    assert!(TenantLock::try_take(pool, Retirement, tenant).await.expect("asked").is_none(), "one holder at a time");
     let key = format!("hashtextextended('tenantmq.retirement.{tenant}', 0)");
     let end = format!(
         "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted \
@@ -802,7 +802,7 @@ async fn a_retirement_lock_whose_session_was_ended_is_no_longer_held() {
     );
     app.db.execute_unprepared(&end).await.expect("the lock's session ended");
     eventually(Duration::from_secs(10), "the lock no longer held", || async { (!held().await).then_some(()) }).await;
-    let other = RetirementLock::try_take(pool, tenant).await.expect("asked").expect("taken by another");
+    let other = TenantLock::try_take(pool, Retirement, tenant).await.expect("asked").expect("taken by another");
     other.release().await;
     lock.release().await;
     app.stop().await;

@@ -457,3 +457,43 @@ async fn a_replayed_message_the_broker_had_dead_lettered_survives_a_retry() {
     app.await_messages(&tenant, 1).await;
     app.stop().await;
 }
+
+/// A peek takes the dead letters and gives them back: a peek or a replay on another instance at the same time
+/// (two API pods behind one address) found them gone, and answered a short page or ids "not found". A tenant's
+/// dead-letter operations now take turns across instances.
+#[tokio::test]
+async fn peeks_on_two_instances_at_once_each_see_every_dead_letter() {
+    const DEAD_LETTERS: usize = 300;
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("peeked-twice").await;
+    await_consumer(&broker, &tenant).await;
+    let channel = broker.create_channel().await.expect("channel");
+    channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.expect("confirms");
+    for i in 0..DEAD_LETTERS {
+        let properties = BasicProperties::default().with_message_id(uuid::Uuid::now_v7().to_string().into());
+        let body = json!({ "i": i }).to_string();
+        channel
+            .basic_publish("".into(), dlq(&tenant).as_str().into(), Default::default(), body.as_bytes(), properties)
+            .await
+            .expect("publish")
+            .await
+            .expect("confirmed");
+    }
+    await_dlq_depth(&broker, &tenant, DEAD_LETTERS as u32).await;
+    let mut second = tenantmq_testkit::RunningApp::start(app.config.clone()).await.expect("a second instance");
+    let path = format!("/tenants/{tenant}/dlq?limit=1000");
+    let urls = [app.url(&path), second.url(&path)];
+    let peeks = (0..16).map(|i| {
+        let request = app.client.get(&urls[i % 2]);
+        async move {
+            let response = request.send().await.expect("sent");
+            assert_eq!(response.status(), StatusCode::OK);
+            response.json::<Value>().await.expect("page")["data"].as_array().map_or(0, Vec::len)
+        }
+    });
+    let seen = futures_util::future::join_all(peeks).await;
+    assert!(seen.iter().all(|&n| n == DEAD_LETTERS), "dead letters each peek saw: {seen:?}");
+    second.stop().await.expect("the second instance stopped");
+    app.stop().await;
+}
