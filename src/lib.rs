@@ -209,7 +209,7 @@ impl Application {
             background,
             shutdown,
         } = self;
-        tracing::info!(%address, role = ?config.server.role, "serving");
+        tracing::info!(%address, role = ?config.server.role, version = env!("CARGO_PKG_VERSION"), "serving");
         let routes = api::routes(state, config.server.role, config.max_workers);
         let requested = Arc::new(OnceCell::new());
         let stopping = shutdown.clone();

@@ -85,8 +85,9 @@ pub enum AppError {
          database); retry"
     )]
     PageReadsWaiting,
-    /// Another instance has been busy with the tenant's dead letters (a long replay) for the whole wait.
-    #[error("another operation on the tenant's dead letters is under way; retry")]
+    /// The tenant's other dead-letter operations (here or on another instance: a long replay), or other
+    /// tenants' filling this instance's places, for the whole wait.
+    #[error("other operations on dead letters are under way; retry")]
     DeadLettersBusy,
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -146,6 +147,7 @@ impl App {
             ),
             dead_letters: DeadLetterQueues::new(
                 db.clone(),
+                config.database.max_connections,
                 (broker.clone(), runtime.publisher.clone()),
                 DeadLetterBounds {
                     max_page_bytes: config.read.max_page_bytes,

@@ -3,19 +3,15 @@
 //! AMQP 0-9-1 has no peek, so a peek takes messages with `basic.get` without acking them and then closes its
 //! channel: the broker puts them back where they were. A replay publishes a copy of each selected message to
 //! the main queue (confirmed) before acking it in the DLQ; unselected messages go back when the channel closes.
-//! Operations on one tenant's DLQ are serialized per instance, so two concurrent peeks do not hide messages
-//! from each other; other tenants' operations never wait for them. A replay moves at most
+//! Operations on one tenant's DLQ must run one at a time, so that two concurrent peeks do not hide messages
+//! from each other: their caller serializes them (`app::dead_letters`). A replay moves at most
 //! [`REPLAY_MAX_MESSAGES`] messages and takes messages for at most `read.replay_time_budget`, then says it is not
 //! complete.
 //! A peek or a replay reads on a connection of its own ([`Broker::channel_apart`]): a dead letter the client
 //! cannot read fails the connection it is delivered on, and must not fail the one every tenant's deletes and
 //! queue inspections use.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, PoisonError, Weak},
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use lapin::{
@@ -23,7 +19,6 @@ use lapin::{
     message::Delivery,
     options::{BasicAckOptions, QueuePurgeOptions},
 };
-use tokio::sync::{Mutex, OwnedMutexGuard};
 use uuid::Uuid;
 
 use crate::domain::{message_id, tenant::TenantId};
@@ -129,36 +124,16 @@ pub struct DeadLetters {
     /// Replays publish here, never on `broker`: see [`Runtime::publishing`](crate::runtime::Runtime::publishing).
     publisher: Arc<Publisher>,
     bounds: DeadLetterBounds,
-    /// One lock per tenant with an operation under way; an entry goes when its last holder does.
-    locks: Arc<std::sync::Mutex<HashMap<TenantId, Weak<Mutex<()>>>>>,
 }
 
 impl DeadLetters {
     pub fn new((broker, publisher): (Broker, Arc<Publisher>), bounds: DeadLetterBounds) -> Self {
-        Self { broker, publisher, bounds, locks: Arc::default() }
-    }
-
-    /// Waits for the tenant's earlier DLQ operations on this instance; other tenants' never block it.
-    async fn serialize(&self, tenant: TenantId) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
-            match locks.get(&tenant).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    locks.retain(|_, lock| lock.strong_count() > 0);
-                    let lock = Arc::new(Mutex::new(()));
-                    locks.insert(tenant, Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
+        Self { broker, publisher, bounds }
     }
 
     /// Up to `limit` messages after the first `skip`, oldest first, leaving them all in the queue; fewer when
     /// their bodies reach [`DeadLetterBounds::max_page_bytes`].
     pub async fn peek(&self, tenant: TenantId, skip: usize, limit: usize) -> Result<DeadLetterPage, BrokerError> {
-        let _serialized = self.serialize(tenant).await;
         let (_apart, channel) = self.broker.channel_apart().await?;
         let queue = TenantQueues::of(tenant).dead_letters;
         let mut messages = Vec::with_capacity(limit);
@@ -186,7 +161,6 @@ impl DeadLetters {
     /// their failure history cleared so they get a fresh set of retries. Only the messages in the DLQ when
     /// the replay starts are considered, so one that fails again during the replay is not replayed twice.
     pub async fn replay(&self, tenant: TenantId, selection: Option<HashSet<Uuid>>) -> Result<Replayed, BrokerError> {
-        let _serialized = self.serialize(tenant).await;
         let (_apart, channel) = self.broker.channel_apart().await?;
         let queues = TenantQueues::of(tenant);
         let Some((depth, _)) = inspect(&channel, &queues.dead_letters).await? else {
@@ -253,7 +227,6 @@ impl DeadLetters {
 
     /// Drops every message in the DLQ; returns how many there were.
     pub async fn purge(&self, tenant: TenantId) -> Result<u32, BrokerError> {
-        let _serialized = self.serialize(tenant).await;
         // Only the channel's open is bounded: a large queue's purge may take long, and the broker finishes it
         // anyway.
         let channel = super::answered(self.broker.channel()).await??;

@@ -497,3 +497,64 @@ async fn peeks_on_two_instances_at_once_each_see_every_dead_letter() {
     second.stop().await.expect("the second instance stopped");
     app.stop().await;
 }
+
+/// A dead-letter operation keeps a database connection while it runs (its tenant's lock): many tenants' at
+/// once took the whole pool, and every other request, of every tenant, waited for a connection and answered
+/// 503. A quarter of the pool at most runs them now.
+#[tokio::test]
+async fn many_tenants_dead_letter_operations_at_once_leave_the_pool_to_the_rest() {
+    const TENANTS: usize = 6;
+    const DEAD_LETTERS: usize = 3_000;
+    let mut config = test_config();
+    config.database.max_connections = 4;
+    config.database.write_connections = Some(1);
+    // A request waits this long for a connection, then answers 503.
+    config.database.connect_timeout = Duration::from_millis(500);
+    let app = TestApp::spawn_with(config).await;
+    let broker = amqp().await;
+    let channel = broker.create_channel().await.expect("channel");
+    channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.expect("confirms");
+    let mut tenants = Vec::new();
+    for i in 0..TENANTS {
+        let tenant = app.create_tenant_id(&format!("dead-letters-{i}")).await;
+        await_consumer(&broker, &tenant).await;
+        let mut confirms = Vec::with_capacity(DEAD_LETTERS);
+        for _ in 0..DEAD_LETTERS {
+            let properties = BasicProperties::default().with_message_id(Uuid::now_v7().to_string().into());
+            let queue = dlq(&tenant);
+            let publish =
+                channel.basic_publish("".into(), queue.as_str().into(), Default::default(), b"{}", properties);
+            confirms.push(publish.await.expect("published"));
+        }
+        for confirm in confirms {
+            confirm.await.expect("confirmed");
+        }
+        await_dlq_depth(&broker, &tenant, DEAD_LETTERS as u32).await;
+        tenants.push(tenant);
+    }
+    // A replay of an id no dead letter has walks the whole DLQ.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let replays = async {
+        let replays = tenants
+            .iter()
+            .map(|tenant| app.post_json(&format!("/tenants/{tenant}/dlq/replay"), &json!({ "ids": [Uuid::now_v7()] })));
+        let answers = futures_util::future::join_all(replays).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        answers.iter().map(|answer| answer.status()).collect::<Vec<_>>()
+    };
+    let reads = async {
+        let mut statuses = Vec::new();
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            statuses.push(app.get(&format!("/tenants/{}", tenants[0])).await.status());
+        }
+        statuses
+    };
+    let (replayed, read) = tokio::join!(replays, reads);
+    assert!(
+        replayed.iter().all(|s| [StatusCode::ACCEPTED, StatusCode::SERVICE_UNAVAILABLE].contains(s)),
+        "{replayed:?}"
+    );
+    assert!(replayed.contains(&StatusCode::ACCEPTED), "{replayed:?}");
+    assert!(read.len() > 1 && read.iter().all(|s| *s == StatusCode::OK), "reads meanwhile: {read:?}");
+    app.stop().await;
+}
