@@ -468,19 +468,7 @@ async fn peeks_on_two_instances_at_once_each_see_every_dead_letter() {
     let broker = amqp().await;
     let tenant = app.create_tenant_id("peeked-twice").await;
     await_consumer(&broker, &tenant).await;
-    let channel = broker.create_channel().await.expect("channel");
-    channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.expect("confirms");
-    for i in 0..DEAD_LETTERS {
-        let properties = BasicProperties::default().with_message_id(uuid::Uuid::now_v7().to_string().into());
-        let body = json!({ "i": i }).to_string();
-        channel
-            .basic_publish("".into(), dlq(&tenant).as_str().into(), Default::default(), body.as_bytes(), properties)
-            .await
-            .expect("publish")
-            .await
-            .expect("confirmed");
-    }
-    await_dlq_depth(&broker, &tenant, DEAD_LETTERS as u32).await;
+    fill_dlq(&broker, &tenant, DEAD_LETTERS).await;
     let mut second = tenantmq_testkit::RunningApp::start(app.config.clone()).await.expect("a second instance");
     let path = format!("/tenants/{tenant}/dlq?limit=1000");
     let urls = [app.url(&path), second.url(&path)];
@@ -512,24 +500,11 @@ async fn many_tenants_dead_letter_operations_at_once_leave_the_pool_to_the_rest(
     config.database.connect_timeout = Duration::from_millis(500);
     let app = TestApp::spawn_with(config).await;
     let broker = amqp().await;
-    let channel = broker.create_channel().await.expect("channel");
-    channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.expect("confirms");
     let mut tenants = Vec::new();
     for i in 0..TENANTS {
         let tenant = app.create_tenant_id(&format!("dead-letters-{i}")).await;
         await_consumer(&broker, &tenant).await;
-        let mut confirms = Vec::with_capacity(DEAD_LETTERS);
-        for _ in 0..DEAD_LETTERS {
-            let properties = BasicProperties::default().with_message_id(Uuid::now_v7().to_string().into());
-            let queue = dlq(&tenant);
-            let publish =
-                channel.basic_publish("".into(), queue.as_str().into(), Default::default(), b"{}", properties);
-            confirms.push(publish.await.expect("published"));
-        }
-        for confirm in confirms {
-            confirm.await.expect("confirmed");
-        }
-        await_dlq_depth(&broker, &tenant, DEAD_LETTERS as u32).await;
+        fill_dlq(&broker, &tenant, DEAD_LETTERS).await;
         tenants.push(tenant);
     }
     // A replay of an id no dead letter has walks the whole DLQ.
@@ -557,4 +532,24 @@ async fn many_tenants_dead_letter_operations_at_once_leave_the_pool_to_the_rest(
     assert!(replayed.contains(&StatusCode::ACCEPTED), "{replayed:?}");
     assert!(read.len() > 1 && read.iter().all(|s| *s == StatusCode::OK), "reads meanwhile: {read:?}");
     app.stop().await;
+}
+
+/// Puts `count` dead letters (`{"i": n}`, each with an id of its own) straight into the tenant's DLQ, whose
+/// consumer has declared it, and waits until the broker counts them.
+async fn fill_dlq(broker: &lapin::Connection, tenant: &str, count: usize) {
+    let channel = broker.create_channel().await.expect("channel");
+    channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.expect("confirms");
+    let queue = dlq(tenant);
+    let mut confirms = Vec::with_capacity(count);
+    for i in 0..count {
+        let properties = BasicProperties::default().with_message_id(Uuid::now_v7().to_string().into());
+        let body = json!({ "i": i }).to_string();
+        let publish =
+            channel.basic_publish("".into(), queue.as_str().into(), Default::default(), body.as_bytes(), properties);
+        confirms.push(publish.await.expect("published"));
+    }
+    for confirm in confirms {
+        confirm.await.expect("confirmed");
+    }
+    await_dlq_depth(broker, tenant, count as u32).await;
 }
