@@ -14,6 +14,15 @@ pub(crate) mod visibility;
 
 use sea_orm::DbErr;
 
+/// SQL that holds where the row `l` of `pg_locks` is a granted advisory lock on the bigint `key` (an SQL
+/// expression): such a key shows as its high and low halves, each unsigned, in `classid` and `objid`.
+fn granted_advisory_lock(key: &str) -> String {
+    format!(
+        "l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+         AND l.classid = (({key} >> 32) & 4294967295)::oid AND l.objid = (({key}) & 4294967295)::oid"
+    )
+}
+
 /// Everything that can go wrong talking to the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -67,18 +67,17 @@ impl PollerLease {
     /// the connection: hours, by default. A holder alive asks every interval; should it come back, it finds
     /// its session gone and starts over.
     pub async fn end_silent_holder(pool: &PgPool, silent_for: Duration) -> Result<bool, StoreError> {
-        // A bigint advisory key shows as its high half in `classid` and its low half in `objid`.
-        let ended: Vec<bool> = sqlx::query_scalar(
+        let sql = format!(
             "SELECT pg_terminate_backend(a.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
-               AND l.classid = ($1 >> 32)::oid AND l.objid = ($1 & 4294967295)::oid \
-               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             WHERE {} AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                AND a.state = 'idle' AND a.state_change < now() - make_interval(secs => $2)",
-        )
-        .bind(POLLER_LOCK)
-        .bind(silent_for.as_secs_f64())
-        .fetch_all(pool)
-        .await?;
+            super::granted_advisory_lock("$1")
+        );
+        let ended: Vec<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(POLLER_LOCK)
+            .bind(silent_for.as_secs_f64())
+            .fetch_all(pool)
+            .await?;
         Ok(ended.contains(&true))
     }
 

@@ -16,6 +16,7 @@ use crate::domain::tenant::TenantId;
 use super::{
     StoreError,
     events::{scalar, stmt},
+    granted_advisory_lock,
 };
 
 /// What a tenant's lock is for: each is a lock of its own.
@@ -84,13 +85,11 @@ impl TenantLock {
         }
     }
 
-    /// Whether the lock's session still holds it, asked in `txn` (another session). A bigint key shows as its
-    /// high and low halves, each unsigned, in `classid` and `objid`.
+    /// Whether the lock's session still holds it, asked in `txn` (another session).
     pub async fn still_held(&self, txn: &DatabaseTransaction) -> Result<bool, StoreError> {
         let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.pid = $3 \
-             AND l.objsubid = 1 AND l.classid = (({KEY} >> 32) & 4294967295)::oid \
-             AND l.objid = ({KEY} & 4294967295)::oid) AS value"
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = $3 AND {}) AS value",
+            granted_advisory_lock(KEY)
         );
         let values = [self.purpose.prefix().into(), self.tenant.as_uuid().into(), self.pid.into()];
         scalar(txn, stmt(&sql, values)).await
