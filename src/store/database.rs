@@ -154,11 +154,10 @@ pub async fn migrate(config: &DatabaseConfig, direction: MigrationDirection) -> 
 /// one's needs nothing (a rollback, with `database.migrate_on_start` on); one that lacks some of this
 /// release's, or a roll back, is refused: the migrator would stop at the migrations it does not know.
 async fn apply(db: &DatabaseConnection, direction: MigrationDirection, session: &str) -> Result<(), StoreError> {
-    let applied = applied_migrations(db).await?;
-    let known = known_migrations();
-    let newer: Vec<String> = applied.iter().filter(|name| !known.contains(name)).cloned().collect();
+    let schema = Schema::of(db).await?;
+    let newer = schema.newer();
     if !newer.is_empty() {
-        let pending: Vec<String> = known.into_iter().filter(|name| !applied.contains(name)).collect();
+        let pending = schema.pending();
         return match direction {
             MigrationDirection::Down => Err(StoreError::NewerMigrations(newer)),
             MigrationDirection::Up if pending.is_empty() => {
@@ -200,35 +199,48 @@ fn waited_out_a_lock(error: &sea_orm::DbErr) -> bool {
 
 /// Each known migration with whether it has been applied, then those applied by a newer release.
 pub async fn migration_status(db: &DatabaseConnection) -> Result<Vec<(String, bool)>, StoreError> {
-    let applied = applied_migrations(db).await?;
-    let known = known_migrations();
-    let newer =
-        applied.iter().filter(|name| !known.contains(name)).map(|name| (format!("{name} (a newer release's)"), true));
-    Ok(known.iter().map(|name| (name.clone(), applied.contains(name))).chain(newer).collect())
+    let schema = Schema::of(db).await?;
+    let known = schema.known.iter().map(|name| (name.clone(), schema.applied.contains(name)));
+    let newer = schema.newer().into_iter().map(|name| (format!("{name} (a newer release's)"), true));
+    Ok(known.chain(newer).collect())
 }
 
 /// This release's migrations that the database has not applied, oldest first. Migrations applied by a newer
 /// release, which this one does not know, are no concern: they only add to the schema.
 pub async fn pending_migrations(db: &DatabaseConnection) -> Result<Vec<String>, StoreError> {
-    let applied = applied_migrations(db).await?;
-    Ok(known_migrations().into_iter().filter(|name| !applied.contains(name)).collect())
+    Ok(Schema::of(db).await?.pending())
 }
 
-fn known_migrations() -> Vec<String> {
-    Migrator::migrations().iter().map(|migration| migration.name().to_owned()).collect()
+/// The migrations this release knows, and those the database records as applied (by any release).
+struct Schema {
+    known: Vec<String>,
+    applied: Vec<String>,
 }
 
-/// The migrations the database records as applied, by any release.
-async fn applied_migrations(db: &DatabaseConnection) -> Result<Vec<String>, StoreError> {
-    let recorded = super::events::scalar::<_, bool>(
-        db,
-        super::events::stmt("SELECT to_regclass('seaql_migrations') IS NOT NULL AS value", []),
-    )
-    .await?;
-    if !recorded {
-        return Ok(Vec::new());
+impl Schema {
+    async fn of(db: &DatabaseConnection) -> Result<Self, StoreError> {
+        let known = Migrator::migrations().iter().map(|migration| migration.name().to_owned()).collect();
+        let recorded = super::events::scalar::<_, bool>(
+            db,
+            super::events::stmt("SELECT to_regclass('seaql_migrations') IS NOT NULL AS value", []),
+        )
+        .await?;
+        if !recorded {
+            return Ok(Self { known, applied: Vec::new() });
+        }
+        let statement = super::events::stmt("SELECT version FROM seaql_migrations ORDER BY version", []);
+        let rows = db.query_all_raw(statement).await?;
+        let applied = rows.iter().map(|row| row.try_get::<String>("", "version")).collect::<Result<_, _>>()?;
+        Ok(Self { known, applied })
     }
-    let rows =
-        db.query_all_raw(super::events::stmt("SELECT version FROM seaql_migrations ORDER BY version", [])).await?;
-    Ok(rows.iter().map(|row| row.try_get::<String>("", "version")).collect::<Result<_, _>>()?)
+
+    /// This release's migrations not applied, oldest first.
+    fn pending(&self) -> Vec<String> {
+        self.known.iter().filter(|name| !self.applied.contains(name)).cloned().collect()
+    }
+
+    /// Migrations applied that this release does not know: a newer release's.
+    fn newer(&self) -> Vec<String> {
+        self.applied.iter().filter(|name| !self.known.contains(name)).cloned().collect()
+    }
 }
