@@ -398,7 +398,13 @@ async fn run(cli: Cli) -> Result<()> {
             );
             let r = ratio(limited, plain);
             with_limits.target = check(r.is_some_and(|r| r >= 0.95), &format!("≥ 95 % ({})", format_ratio(r)));
+            let runs: Vec<String> = result
+                .http_runs
+                .iter()
+                .map(|&(limited, rate)| format!("{}{}", format_rate(rate), if limited { " (limits)" } else { "" }))
+                .collect();
             rows.push(with_limits);
+            rows.push(row("  (each run, in the order they ran)", runs.join(" / "), "msg/s"));
         }
         if let Some(pages) = result.pages {
             let p = |s: &stats::Samples, q| s.percentile(q).unwrap_or_default();

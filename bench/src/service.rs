@@ -26,6 +26,8 @@ pub struct EndToEnd {
     pub http_batch: Option<f64>,
     /// The same HTTP run with every tenant's limits set high enough never to be hit.
     pub http_limited: Option<f64>,
+    /// The HTTP runs' msg/s in the order they ran, each with whether its tenants had limits.
+    pub http_runs: Vec<(bool, f64)>,
     pub pages: Option<Pages>,
 }
 
@@ -90,8 +92,15 @@ async fn run_on(app: &RunningApp, services: &Services, plan: Plan) -> Result<End
     let tenants = env::create_tenants(app, "bench", plan.tenants).await?;
     env::await_consumers(&connection, &tenants, Duration::from_secs(60)).await?;
 
-    let mut result =
-        EndToEnd { amqp: None, amqp_batch: None, http: None, http_batch: None, http_limited: None, pages: None };
+    let mut result = EndToEnd {
+        amqp: None,
+        amqp_batch: None,
+        http: None,
+        http_batch: None,
+        http_limited: None,
+        http_runs: Vec::new(),
+        pages: None,
+    };
     if let Some(settings) = plan.amqp {
         let started = Instant::now();
         let expected = i64::try_from(settings.messages)?;
@@ -104,16 +113,20 @@ async fn run_on(app: &RunningApp, services: &Services, plan: Plan) -> Result<End
         result.amqp_batch = Some(rows_per_transaction(&app.db, &tenants).await?);
     }
     if let Some(settings) = plan.http {
-        // Two rounds of each, interleaved, so that drift in the machine's speed hits both alike.
+        // Two rounds of each, in the order plain, limited, limited, plain: a drift in the machine's speed
+        // along the four runs (the database grows with each) then weighs on both alike. Alternated (plain
+        // first each time), a steady slowdown was charged to the limits.
         let (mut plain, mut limited) = (Vec::new(), Vec::new());
-        for round in 0..2 {
-            let (rate, batch) =
-                http_run(app, &connection, plan.tenants, settings, &format!("bench-http-{round}"), false).await?;
-            plain.push(rate);
-            result.http_batch = Some(batch);
-            let (rate, _) =
-                http_run(app, &connection, plan.tenants, settings, &format!("bench-limited-{round}"), true).await?;
-            limited.push(rate);
+        for (round, with_limits) in [false, true, true, false].into_iter().enumerate() {
+            let prefix = format!("bench-{}-{round}", if with_limits { "limited" } else { "http" });
+            let (rate, batch) = http_run(app, &connection, plan.tenants, settings, &prefix, with_limits).await?;
+            result.http_runs.push((with_limits, rate));
+            if with_limits {
+                limited.push(rate);
+            } else {
+                plain.push(rate);
+                result.http_batch = Some(batch);
+            }
         }
         result.http = Some(plain.iter().sum::<f64>() / plain.len() as f64);
         result.http_limited = Some(limited.iter().sum::<f64>() / limited.len() as f64);
