@@ -28,6 +28,7 @@ mod m20261127_000002_message_cursor;
 mod m20261202_000003_event_hashes;
 mod m20261202_000004_tenant_limits;
 mod m20261202_000005_queue_depths;
+mod m20261206_000006_deleted_tenants_by_time;
 
 pub struct Migrator;
 
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000003_event_hashes::Migration),
             Box::new(m20261202_000004_tenant_limits::Migration),
             Box::new(m20261202_000005_queue_depths::Migration),
+            Box::new(m20261206_000006_deleted_tenants_by_time::Migration),
         ]
     }
 }

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
-    broker::{Broker, ConsumerConnections, Inspector, queues},
+    broker::{Broker, ConsumerConnections, Inspector, answered, close_channel, queues},
     domain::tenant::{TenantId, Workers},
     metrics::{Metrics, ReconcilerAction, ReconcilerError},
     projectors::Progress,
@@ -44,9 +44,12 @@ type ConsumerResult = (TenantId, Result<ConsumerEnd, ConsumerError>);
 /// started just as another instance retired its tenant may have declared them again.
 const RETIRED_SWEEP_EVERY: u32 = 120;
 
-/// Tenants deleted this long ago or less are swept. The race a sweep mends lasts moments; sweeping every tenant
-/// ever retired grew with them without end (three broker calls each, every sweep, in this loop).
-const RETIRED_SWEEP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Tenants deleted this long ago or less are swept. Only a consumer start that read the desired runtime before
+/// the delete was projected can declare the queues again, so the race ends one start (seconds) after the
+/// delete, however late the retirement comes: a retirement after it deletes what it declared. An hour is six
+/// sweeps. Each tenant in the window costs three broker calls a sweep, in this loop: a week's window, at
+/// thousands of deletes a day, made each sweep tens of thousands of calls that held up every consumer change.
+const RETIRED_SWEEP_WINDOW: Duration = Duration::from_secs(3600);
 
 /// How much earlier than its restart time a failed consumer may start, to share a pass with others.
 const RESTART_SLACK: Duration = Duration::from_millis(50);
@@ -478,19 +481,21 @@ impl Reconciler {
         if deleted.is_empty() {
             return true;
         }
-        let channel = match self.broker.channel().await {
-            Ok(channel) => channel,
-            Err(_) => return false,
+        let channel = match answered(self.broker.channel()).await {
+            Ok(Ok(channel)) => channel,
+            _ => return false,
         };
+        let mut swept = true;
         for tenant in deleted {
-            if let Err(error) = queues::delete(&channel, tenant).await {
+            if let Err(error) = answered(queues::delete(&channel, tenant)).await.and_then(|deleted| deleted) {
                 tracing::warn!(%tenant, %error, "cannot delete the queues of a deleted tenant");
                 self.metrics.reconciler_error(ReconcilerError::QueueSweep);
-                return false;
+                swept = false;
+                break;
             }
         }
-        let _ = channel.close(200, "swept".into()).await;
-        true
+        close_channel(&channel, "swept").await;
+        swept
     }
 }
 

@@ -453,8 +453,8 @@ async fn with_quorum_queues_a_deleted_tenant_is_retired_without_losing_the_broke
 
 /// A consumer that starts just as another instance retires its tenant declares the tenant's queues again
 /// after they were deleted; nothing was left to delete them but an instance's next start. The reconciler
-/// sweeps retired tenants' queues every 120 resync intervals too: those of tenants deleted in the last 7 days,
-/// not every tenant ever retired (three broker calls each, every sweep).
+/// sweeps retired tenants' queues every 120 resync intervals too: those of tenants deleted in the last hour, not
+/// every tenant deleted in a longer past (three broker calls each, every sweep, ahead of every consumer change).
 #[tokio::test]
 async fn queues_of_a_retired_tenant_declared_again_are_swept() {
     let broker = amqp().await;
@@ -463,8 +463,8 @@ async fn queues_of_a_retired_tenant_declared_again_are_swept() {
     let long_ago = app.create_tenant_id("deleted-long-ago").await;
     await_consumer(&broker, &long_ago).await;
     assert_eq!(app.delete(&format!("/tenants/{long_ago}")).await.status(), StatusCode::NO_CONTENT);
-    let eight_days_ago = format!("UPDATE tenants SET deleted_at = now() - interval '8 days' WHERE id = '{long_ago}'");
-    sea_orm::ConnectionTrait::execute_unprepared(&app.db, &eight_days_ago).await.expect("deleted long ago");
+    let two_hours_ago = format!("UPDATE tenants SET deleted_at = now() - interval '2 hours' WHERE id = '{long_ago}'");
+    sea_orm::ConnectionTrait::execute_unprepared(&app.db, &two_hours_ago).await.expect("deleted long ago");
 
     let channel = broker.create_channel().await.expect("channel");
     let durable = lapin::options::QueueDeclareOptions { durable: true, ..Default::default() };
@@ -478,7 +478,7 @@ async fn queues_of_a_retired_tenant_declared_again_are_swept() {
         queue_state(&broker, queue(&tenant)).await.is_none().then_some(())
     })
     .await;
-    assert!(queue_state(&broker, queue(&long_ago)).await.is_some(), "a tenant deleted 8 days ago is not swept");
+    assert!(queue_state(&broker, queue(&long_ago)).await.is_some(), "a tenant deleted 2 hours ago is not swept");
     channel.queue_delete(queue(&long_ago).as_str().into(), Default::default()).await.expect("cleaned up");
     app.stop().await;
 }
