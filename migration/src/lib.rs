@@ -29,6 +29,7 @@ mod m20261202_000003_event_hashes;
 mod m20261202_000004_tenant_limits;
 mod m20261202_000005_queue_depths;
 mod m20261206_000006_deleted_tenants_by_time;
+mod m20261206_000007_bucket_refill_across_clock_steps;
 
 pub struct Migrator;
 
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000004_tenant_limits::Migration),
             Box::new(m20261202_000005_queue_depths::Migration),
             Box::new(m20261206_000006_deleted_tenants_by_time::Migration),
+            Box::new(m20261206_000007_bucket_refill_across_clock_steps::Migration),
         ]
     }
 }

@@ -268,6 +268,29 @@ async fn a_tenant_over_its_rate_is_refused_without_a_round_trip_to_the_bucket() 
     app.stop().await;
 }
 
+/// The database's clock set back (an NTP correction, a failover to a host behind): the bucket's last refill
+/// then lies in the future. It refills again from the first lease after the step, not once the clock has
+/// caught up with it (ten minutes here, answered 429 all along before).
+#[tokio::test]
+async fn a_bucket_refills_after_the_database_clock_is_set_back() {
+    let app = TestApp::spawn().await;
+    let id = app.create_tenant_id("clock set back").await;
+    let set = json!({ "publish_rate": 10, "publish_burst": 10 });
+    assert_eq!(app.put_json(&limits_path(&id), &set).await.status(), StatusCode::OK);
+    assert_eq!(publish(&app, &id, 10).await.status(), StatusCode::ACCEPTED, "the burst");
+    let set_back = format!(
+        "UPDATE publish_buckets SET tokens = 0, refilled_at = now() + interval '10 minutes' WHERE tenant_id = '{id}'"
+    );
+    app.db.execute_unprepared(&set_back).await.expect("the clock set back");
+
+    eventually(Duration::from_secs(20), "the bucket to refill", || async {
+        (publish(&app, &id, 5).await.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    app.await_messages(&id, 15).await;
+    app.stop().await;
+}
+
 /// A lease that waits past `database.statement_timeout` (the bucket's row locked from outside) is the
 /// database being unavailable for the moment: 503, not 500.
 #[tokio::test]
