@@ -24,7 +24,8 @@ use crate::domain::audit::{EventHash, HashedFields, canonical_json};
 /// The channel NOTIFY announces new positions on, so projectors on every instance wake at once.
 pub const NOTIFY_CHANNEL: &str = "tenantmq_events";
 
-const APPEND_LOCK: i64 = 0x6576_656e_7473; // "events"
+/// The lock appends take turns on (a transaction's advisory lock): "events" in ASCII.
+pub const APPEND_LOCK: i64 = 0x6576_656e_7473;
 
 /// How long an append or a stream's read waits for a lock before it fails (55P03, answered 503, nothing
 /// recorded): behind an operator's exclusive lock on `events` (a `VACUUM FULL`, `CLUSTER` or `ALTER TABLE`),
@@ -206,10 +207,16 @@ async fn insert_chained(
 /// Positions are drawn before the version check, so a conflicting append leaves a gap, as a rolled-back one
 /// always did; only appends draw from the sequence, and only under the lock, so positions still become
 /// visible in order.
-const STREAM_TIP: &str = "SELECT COALESCE(last.version, 0) AS version, last.hash, now() AS recorded_at, \
+///
+/// The events' time is read under the lock too, once, and never before the last event's: so times follow
+/// positions across streams, also after the database's clock was set back, and an auditor's "at T" of several
+/// tenants is one prefix of the log. The transaction's start (`now()`) came before the wait for the lock, up
+/// to its 10 s, so an append could carry a time before the event it followed.
+const STREAM_TIP: &str = "SELECT COALESCE(last.version, 0) AS version, last.hash, stamp.recorded_at, \
      $2::jsonb::text AS metadata, element.item::text AS data, \
      CASE WHEN element.item IS NOT NULL THEN nextval(pg_get_serial_sequence('events', 'position')) END AS position \
-     FROM (SELECT 1) AS one \
+     FROM (SELECT greatest(clock_timestamp(), (SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1)) \
+     AS recorded_at) AS stamp \
      LEFT JOIN LATERAL (SELECT version, hash FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1) AS last \
      ON true \
      LEFT JOIN LATERAL jsonb_array_elements($3::jsonb) WITH ORDINALITY AS element(item, index) ON true \

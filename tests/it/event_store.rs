@@ -2,14 +2,15 @@
 
 use std::{collections::HashSet, time::Duration};
 
+use sea_orm::sqlx::{AssertSqlSafe, Connection, PgConnection, raw_sql};
 use tenantmq::store::{
     StoreError,
     audit::{self, Verdict},
-    events::{EventMetadata, EventStore, NewEvent, read_all_after},
+    events::{APPEND_LOCK, EventMetadata, EventStore, NewEvent, read_all_after},
 };
 use uuid::Uuid;
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, eventually};
 
 fn metadata() -> EventMetadata {
     EventMetadata { actor: "test".into(), request_id: "r".into(), correlation_id: "c".into(), trace_id: None }
@@ -91,6 +92,38 @@ async fn a_tailing_reader_sees_every_event_once_in_order_under_concurrent_append
     assert_eq!(tail.len(), seen.len(), "the reader missed nothing");
     assert_chain_intact(&app, APPENDERS as u64, (APPENDERS * EVENTS_EACH) as u64).await;
     app.stop().await;
+}
+
+/// An event's time is read once its append holds the log, so an append that waited for the lock is stamped
+/// after the lock was let go: times follow positions across streams (the state "at T" of several tenants is
+/// one prefix of the log). Stamped at its transaction's start, it carried the time it began to wait.
+#[tokio::test]
+async fn an_append_that_waited_for_the_log_is_stamped_when_it_took_its_place() {
+    let app = TestApp::spawn().await;
+    let store = EventStore::new(app.db.clone());
+    let mut holder = PgConnection::connect(&app.config.database.url).await.expect("connect");
+    let lock = format!("SELECT pg_advisory_lock({APPEND_LOCK})");
+    raw_sql(AssertSqlSafe(lock)).execute(&mut holder).await.expect("the append lock held");
+    let stream = Uuid::new_v4();
+    let append = tokio::spawn({
+        let store = store.clone();
+        async move { store.append(stream, 0, &[event(1)], &metadata()).await }
+    });
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+         AND wait_event = 'advisory' AND state_change < now() - interval '1 second'";
+    eventually(Duration::from_secs(8), "the append waiting for the lock for a second", || async {
+        (app.scalar_i64(waiting).await == 1).then_some(())
+    })
+    .await;
+    let released: String = sea_orm::sqlx::query_scalar("SELECT clock_timestamp()::text")
+        .fetch_one(&mut holder)
+        .await
+        .expect("the time of release");
+    raw_sql("SELECT pg_advisory_unlock_all()").execute(&mut holder).await.expect("released");
+    append.await.expect("joined").expect("appended");
+    let stamped_before =
+        format!("SELECT count(*) FROM events WHERE stream_id = '{stream}' AND recorded_at < '{released}'::timestamptz");
+    assert_eq!(app.scalar_i64(&stamped_before).await, 0, "stamped before the lock was let go at {released}");
 }
 
 #[tokio::test]
