@@ -161,7 +161,7 @@ impl Authenticator {
                 break;
             }
         }
-        let Decoded { claims, aud } = decoded
+        let Decoded { sub, role, tenant_id, aud } = decoded
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::Invalid("bad signature".into()),
@@ -185,12 +185,12 @@ impl Authenticator {
         // hold U+0000; other control characters, line separators and direction overrides garble logs and
         // what an auditor reads. No identity provider names a caller so, and escaping would record an actor
         // the token does not name, so the token is refused as malformed.
-        if claims.sub.chars().any(crate::domain::garbles_text) {
+        if sub.chars().any(crate::domain::garbles_text) {
             return Err(AuthError::Invalid(
                 "`sub` contains control characters, line separators, zero-width characters or direction marks".into(),
             ));
         }
-        let role = match (claims.role, claims.tenant_id) {
+        let role = match (role, tenant_id) {
             (RoleClaim::Admin, _) => Role::Admin,
             (RoleClaim::Auditor, None) => Role::Auditor,
             (RoleClaim::Auditor, Some(_)) => {
@@ -199,7 +199,7 @@ impl Authenticator {
             (RoleClaim::Tenant, Some(tenant)) => Role::Tenant(TenantId::from_uuid(tenant)),
             (RoleClaim::Tenant, None) => return Err(AuthError::Invalid("a tenant token needs `tenant_id`".into())),
         };
-        Ok(Principal { subject: claims.sub, role })
+        Ok(Principal { subject: sub, role })
     }
 }
 
@@ -225,11 +225,16 @@ pub fn mint(config: &AuthConfig, subject: &str, role: Role, ttl: Duration) -> Re
 
 const NO_AUDIENCE_EXPECTED: &str = "the token names an audience (`aud`), and this service is set up to accept none";
 
-/// A token's claims, and its audience, which jsonwebtoken has checked if it could read it.
+/// What the service reads of a token's claims, and its audience, which jsonwebtoken has checked if it could
+/// read it. Not `exp` or `iat`: jsonwebtoken has checked `exp` (and `nbf`), as a whole or fractional number of
+/// seconds as RFC 7519 allows, and `iat` says nothing the service uses; read as integers here, a provider
+/// that writes `iat` as `time.time()` would have every token refused.
 #[derive(Deserialize)]
 struct Decoded {
-    #[serde(flatten)]
-    claims: Claims,
+    sub: String,
+    role: RoleClaim,
+    #[serde(default)]
+    tenant_id: Option<Uuid>,
     #[serde(default)]
     aud: serde_json::Value,
 }
@@ -380,6 +385,23 @@ mod tests {
                 .expect("encoded");
             assert!(matches!(auth.authenticate(Some(&bearer(&token))), Err(AuthError::Invalid(_))), "{subject:?}");
         }
+    }
+
+    /// RFC 7519 lets a NumericDate have a fraction; providers that write `time.time()` do.
+    #[test]
+    fn fractional_times_in_a_token_are_read_as_such() {
+        let auth = Authenticator::from_config(&config()).expect("valid config");
+        let now = jsonwebtoken::get_current_timestamp() as f64 + 0.25;
+        let signed = |claims: serde_json::Value| {
+            let token = jsonwebtoken::encode(&Header::default(), &claims, &EncodingKey::from_secret(SECRET.as_bytes()))
+                .expect("encoded");
+            auth.authenticate(Some(&bearer(&token)))
+        };
+        let valid = signed(serde_json::json!({ "sub": "x", "iat": now, "exp": now + 60.5, "role": "admin" }));
+        assert_eq!(valid.map(|principal| principal.role), Ok(Role::Admin));
+        let expired =
+            signed(serde_json::json!({ "sub": "x", "iat": now - 600.5, "exp": now - 300.5, "role": "admin" }));
+        assert_eq!(expired, Err(AuthError::Expired));
     }
 
     #[test]
