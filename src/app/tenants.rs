@@ -41,34 +41,44 @@ struct Folded {
 }
 
 /// The folds this instance keeps, at most [`Folds::KEPT`]: a cache, the log stays the truth. Bounded, because
-/// the fold of a tenant deleted through another instance never leaves by itself: this one is not told.
+/// the fold of a tenant deleted through another instance never leaves by itself: this one is not told. Past
+/// the bound the fold kept least lately goes, so that those of tenants deleted elsewhere (never kept again) go
+/// before those of tenants in use: with tenants created and deleted all day, an arbitrary choice came to drop
+/// live tenants' folds while dead ones filled the cache, and each such command read its whole stream again.
 #[derive(Default)]
-struct Folds(HashMap<TenantId, Folded>);
+struct Folds {
+    /// Each fold with when it was last kept, in [`Folds::kept`]'s count.
+    folds: HashMap<TenantId, (Folded, u64)>,
+    kept: u64,
+}
 
 impl Folds {
     const KEPT: usize = 10_000;
 
     fn get(&self, id: TenantId) -> Option<&Folded> {
-        self.0.get(&id)
+        self.folds.get(&id).map(|(folded, _)| folded)
     }
 
     /// Keeps `folded`, unless a further fold of the tenant is kept (a load that raced with another); a new
-    /// tenant past [`Folds::KEPT`] takes the place of another, whose next command folds its stream again.
+    /// tenant past [`Folds::KEPT`] takes the place of the one kept least lately, whose next command folds its
+    /// stream again.
     fn keep(&mut self, id: TenantId, folded: &Folded) {
-        if !self.0.contains_key(&id)
-            && self.0.len() >= Self::KEPT
-            && let Some(&other) = self.0.keys().next()
+        if !self.folds.contains_key(&id)
+            && self.folds.len() >= Self::KEPT
+            && let Some(stalest) = self.folds.iter().min_by_key(|(_, (_, kept))| *kept).map(|(&other, _)| other)
         {
-            self.0.remove(&other);
+            self.folds.remove(&stalest);
         }
-        let kept = self.0.entry(id).or_default();
+        self.kept += 1;
+        let (kept, at) = self.folds.entry(id).or_default();
+        *at = self.kept;
         if folded.version > kept.version {
             *kept = folded.clone();
         }
     }
 
     fn forget(&mut self, id: TenantId) {
-        self.0.remove(&id);
+        self.folds.remove(&id);
     }
 }
 
@@ -360,16 +370,21 @@ mod tests {
     fn folds_are_kept_up_to_a_bound_and_a_further_fold_wins() {
         let mut folds = Folds::default();
         let ids: Vec<TenantId> = (0..=Folds::KEPT).map(|_| TenantId::generate()).collect();
-        for &id in &ids {
+        for &id in &ids[..Folds::KEPT] {
             folds.keep(id, &fold(1));
         }
-        assert_eq!(folds.0.len(), Folds::KEPT, "a new tenant past the bound takes another's place");
+        // The first tenant is in use again; the second was not kept since (deleted through another instance).
+        folds.keep(ids[0], &fold(2));
         let last = ids[Folds::KEPT];
+        folds.keep(last, &fold(1));
+        assert_eq!(folds.folds.len(), Folds::KEPT, "a new tenant past the bound takes another's place");
+        assert_eq!(folds.get(ids[1]).map(|f| f.version), None, "the fold kept least lately goes");
+        assert_eq!(folds.get(ids[0]).map(|f| f.version), Some(2), "a fold kept lately stays");
         assert_eq!(folds.get(last).map(|f| f.version), Some(1));
         folds.keep(last, &fold(3));
         folds.keep(last, &fold(2));
         assert_eq!(folds.get(last).map(|f| f.version), Some(3), "an older fold never replaces a further one");
-        assert_eq!(folds.0.len(), Folds::KEPT);
+        assert_eq!(folds.folds.len(), Folds::KEPT);
         folds.forget(last);
         assert_eq!(folds.get(last).map(|f| f.version), None);
     }
