@@ -53,9 +53,23 @@ impl Type for Rfc3339 {
 
 impl ParseFromParameter for Rfc3339 {
     fn parse_from_parameter(value: &str) -> ParseResult<Self> {
-        DateTime::parse_from_rfc3339(value)
+        DateTime::parse_from_rfc3339(&offset_plus_restored(value))
             .map(|time| Self(time.with_timezone(&Utc)))
             .map_err(|e| ParseError::custom(format!("not an RFC 3339 time such as 2026-12-01T09:30:00Z ({e})")))
+    }
+}
+
+/// The `+` of a time's offset, where a query string has a space: the decoding of a `+` a client did not write
+/// as `%2B`, as when it pastes a time the API answered with (`…+00:00`). Nothing else ends in ` HH:MM`.
+fn offset_plus_restored(value: &str) -> Cow<'_, str> {
+    match value.rsplit_once(' ') {
+        Some((time, offset))
+            if offset.len() == 5
+                && offset.bytes().enumerate().all(|(i, b)| if i == 2 { b == b':' } else { b.is_ascii_digit() }) =>
+        {
+            Cow::Owned(format!("{time}+{offset}"))
+        }
+        _ => Cow::Borrowed(value),
     }
 }
 
@@ -291,7 +305,8 @@ impl AuditApi {
         /// A global position of the log, from 1.
         #[oai(validator(minimum(value = "1")))]
         at_position: Query<Option<i64>>,
-        /// A time, RFC 3339, e.g. `2026-12-01T09:30:00Z` (in a URL, write the `+` of an offset as `%2B`).
+        /// A time, RFC 3339, e.g. `2026-12-01T09:30:00Z`. The `+` of an offset is best written `%2B`; one
+        /// left as it is, which a query string reads as a space, is taken for the `+` it was.
         at: Query<Option<Rfc3339>>,
     ) -> Result<Json<TenantState>, ApiError> {
         let tenant = TenantId::from_uuid(id.0);
@@ -363,5 +378,23 @@ struct CursorScope(String);
 impl CursorScope {
     fn cursor_after(&self, stream: Option<Uuid>) -> Option<String> {
         stream.map(|stream| pagination::encode(&self.0, stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_whose_offset_plus_a_query_string_read_as_a_space_is_understood() {
+        let parsed = |value: &str| Rfc3339::parse_from_parameter(value).map(|Rfc3339(time)| time.to_rfc3339()).ok();
+        let answered = "2026-12-01T09:30:00.123456+00:00";
+        assert_eq!(parsed(answered).as_deref(), Some(answered));
+        assert_eq!(parsed("2026-12-01T09:30:00.123456 00:00").as_deref(), Some(answered), "pasted into a URL");
+        assert_eq!(parsed("2026-12-01T10:30:00 01:00").as_deref(), Some("2026-12-01T09:30:00+00:00"));
+        assert_eq!(parsed("2026-12-01T09:30:00Z").as_deref(), Some("2026-12-01T09:30:00+00:00"));
+        for refused in ["2026-12-01T09:30:00 0:00", "2026-12-01T09:30:00 ab:cd", "2026-12-01 09:30", "yesterday", ""] {
+            assert_eq!(parsed(refused), None, "{refused:?}");
+        }
     }
 }
