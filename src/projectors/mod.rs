@@ -253,6 +253,9 @@ pub async fn listen_for_appends(
         let echo = format!("echo:{}", uuid::Uuid::new_v4());
         let mut echo_heard = true;
         let mut ticks = tokio::time::interval(ECHO_EVERY);
+        // After a stall (a paused VM, a starved runtime) one tick, not a burst: a second tick at once would
+        // find the first's echo unheard only because it had no time to arrive, and reconnect for nothing.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lost = loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
