@@ -581,6 +581,9 @@ impl Default for ConsumerConfig {
     }
 }
 
+/// The longest interval or timeout: what PostgreSQL takes for its timeouts (i32::MAX milliseconds, 24 days),
+/// and far below where the deadlines computed from an interval could overflow.
+const MAX_INTERVAL: Duration = Duration::from_millis(i32::MAX as u64);
 /// Bounds both batch waits: a batch held longer only delays its messages.
 const MAX_BATCH_WAIT: Duration = Duration::from_secs(10);
 /// The longest per-message expiration RabbitMQ takes.
@@ -885,13 +888,17 @@ impl Config {
         if let Some((key, _)) = intervals.into_iter().find(|(_, interval)| interval.is_zero()) {
             return Err(ConfigError::new(key, "must be greater than zero"));
         }
+        // Deadlines are computed from them, some as multiples (the retired-queue sweep comes every 120 resync
+        // intervals): far beyond any use, they overflowed, and the task that computed one ended in a panic.
+        if let Some((key, _)) = intervals.into_iter().find(|&(_, interval)| interval > MAX_INTERVAL) {
+            return Err(ConfigError::new(key, "must be at most 24 days"));
+        }
         // Zero would turn the server's timeout off: that is what `null` says.
         let optional = [
             ("database.statement_timeout", self.database.statement_timeout),
             ("database.idle_in_transaction_timeout", self.database.idle_in_transaction_timeout),
         ];
-        // PostgreSQL takes at most i32::MAX milliseconds (24 days).
-        let out_of_range = |t: Duration| t.is_zero() || t.as_millis() > i32::MAX as u128;
+        let out_of_range = |t: Duration| t.is_zero() || t > MAX_INTERVAL;
         if let Some((key, _)) = optional.into_iter().find(|(_, timeout)| timeout.is_some_and(out_of_range)) {
             return Err(ConfigError::new(key, "must be greater than zero and at most 24 days, or null for none"));
         }
@@ -1286,8 +1293,15 @@ mod tests {
     #[test]
     fn sizes_and_durations_are_bounded_where_a_dependency_would_fail_on_them() {
         type Change = fn(&mut Config);
-        let cases: [(Change, Option<&str>); 25] = [
+        let cases: [(Change, Option<&str>); 28] = [
             (|c| c.shutdown_timeout = Duration::ZERO, Some("shutdown_timeout")),
+            // 50 billion years: 120 of them overflowed, and the reconciler ended in a panic at its first pass.
+            (
+                |c| c.consumer.resync_interval = Duration::from_secs(50_000_000_000 * 31_557_600),
+                Some("consumer.resync_interval"),
+            ),
+            (|c| c.consumer.resync_interval = Duration::from_secs(25 * 86_400), Some("consumer.resync_interval")),
+            (|c| c.consumer.resync_interval = Duration::from_secs(24 * 86_400), None),
             (|c| c.database.connect_timeout = Duration::ZERO, Some("database.connect_timeout")),
             (|c| c.rabbitmq.publish_timeout = Duration::ZERO, Some("rabbitmq.publish_timeout")),
             (|c| c.projectors.command_wait = Duration::ZERO, Some("projectors.command_wait")),
