@@ -44,10 +44,11 @@ type ConsumerResult = (TenantId, Result<ConsumerEnd, ConsumerError>);
 /// started just as another instance retired its tenant may have declared them again.
 const RETIRED_SWEEP_EVERY: u32 = 120;
 
-/// Tenants deleted this long ago or less are swept. Only a consumer start that read the desired runtime before
-/// the delete was projected can declare the queues again, so the race ends one start (seconds) after the
-/// delete, however late the retirement comes: a retirement after it deletes what it declared. An hour is six
-/// sweeps. Each tenant in the window costs three broker calls a sweep, in this loop: a week's window, at
+/// Tenants deleted this long ago or less are swept, or within six sweeps if that is longer (a long
+/// `consumer.resync_interval`). A consumer that declared its tenant's queues again after the retirement
+/// deletes them itself when it stops for the delete
+/// ([`Retirement::delete_queues_declared_late`]); the sweep is for one that cannot (its instance crashed
+/// first). Each tenant in the window costs three broker calls a sweep, in this loop: a week's window, at
 /// thousands of deletes a day, made each sweep tens of thousands of calls that held up every consumer change.
 const RETIRED_SWEEP_WINDOW: Duration = Duration::from_secs(3600);
 
@@ -408,9 +409,12 @@ impl Reconciler {
         let writer = MessageWriter::new(self.pool.clone(), tenant, self.metrics.clone());
         // The slot goes with the task: it is given back when the consumer has ended and closed its channel.
         let slot = self.consumer_connections.take_slot(tenant);
-        let (settings, shutdown) = (self.settings.clone(), shutdown.clone());
+        let (settings, shutdown, retirement) = (self.settings.clone(), shutdown.clone(), self.retirement.clone());
         let handle = consumers.spawn(async move {
             let ended = consumer::run(runtime, commands, slot, writer, settings, generation, shutdown).await;
+            if matches!(ended, Ok(ConsumerEnd::Deleted)) {
+                retirement.delete_queues_declared_late(tenant).await;
+            }
             (tenant, ended)
         });
         tenants_of.insert(handle.id(), tenant);
@@ -470,7 +474,8 @@ impl Reconciler {
             self.metrics.reconciler_error(ReconcilerError::QueueSweep);
             return false;
         }
-        let deleted = match self.tenants.retired_ids(RETIRED_SWEEP_WINDOW).await {
+        let window = RETIRED_SWEEP_WINDOW.max(6 * RETIRED_SWEEP_EVERY * self.resync_interval);
+        let deleted = match self.tenants.retired_ids(window).await {
             Ok(deleted) => deleted,
             Err(error) => {
                 tracing::warn!(%error, "cannot list deleted tenants");

@@ -169,6 +169,37 @@ impl Retirement {
         Ok(true)
     }
 
+    /// After a consumer of `tenant` stopped because the tenant was deleted: if its retirement is done already,
+    /// deletes the tenant's queues. The consumer may have declared them again after the retirement deleted
+    /// them: a start that read the desired runtime before the delete and declared late (it waited for its
+    /// connection, for the broker, or its instance was paused). Nothing else would delete them but the
+    /// reconciler's sweep, which covers the last hour of deletes only. A retirement still to come deletes them
+    /// itself, after this consumer: it waits for the broker to count no consumer of the tenant.
+    pub async fn delete_queues_declared_late(&self, tenant: TenantId) {
+        match partitions::is_retired(&self.db, tenant).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(error) => {
+                tracing::warn!(%tenant, %error, "cannot tell whether a deleted tenant is retired; its queues are left to the sweep");
+                return;
+            }
+        }
+        let deleted = async {
+            let channel = answered(self.broker.channel()).await??;
+            let deleted = answered(queues::delete(&channel, tenant)).await;
+            broker::close_channel(&channel, "retired").await;
+            deleted?
+        };
+        match deleted.await {
+            Ok(()) => {
+                tracing::info!(%tenant, "deleted the queues a consumer declared again after its tenant's retirement")
+            }
+            Err(error) => {
+                tracing::warn!(%tenant, %error, "cannot delete a retired tenant's queues; they are left to the sweep");
+            }
+        }
+    }
+
     /// Ready messages and consumers of `queue`, never on a channel that does anything else.
     async fn inspect(&self, queue: &str) -> Result<Option<(u32, u32)>, RetirementError> {
         let mut inspector = Inspector::new(&self.broker);

@@ -116,12 +116,23 @@ pub async fn awaiting_retirement<C: ConnectionTrait>(conn: &C) -> Result<Vec<Ten
 /// awaits its partition and then its retirement, so it is not among them. One statement, so that a tenant
 /// deleted meanwhile is seen either way consistently.
 pub async fn retired_within<C: ConnectionTrait>(conn: &C, window: Duration) -> Result<Vec<TenantId>, StoreError> {
-    let condition = format!(
-        "t.deleted_at > now() - make_interval(secs => $2) \
-         AND t.created_position <= coalesce((SELECT position FROM projector_checkpoints WHERE name = $1), 0) \
-         AND NOT {PARTITION_ATTACHED}"
-    );
+    let condition = retired_and("t.deleted_at > now() - make_interval(secs => $2)");
     deleted_tenants(conn, &condition, [PROJECTOR.into(), window.as_secs_f64().into()]).await
+}
+
+/// Whether the tenant is retired: deleted, and its partition dropped or detached (as [`retired_within`]).
+pub async fn is_retired<C: ConnectionTrait>(conn: &C, tenant: TenantId) -> Result<bool, StoreError> {
+    let retired = deleted_tenants(conn, &retired_and("t.id = $2"), [PROJECTOR.into(), tenant.as_uuid().into()]).await?;
+    Ok(!retired.is_empty())
+}
+
+/// `condition`, for deleted tenants `t` that are retired (`$1` names the partitions projector): past their
+/// creation (else there is no partition because none was made yet) and no partition attached.
+fn retired_and(condition: &str) -> String {
+    format!(
+        "{condition} AND t.created_position <= coalesce((SELECT position FROM projector_checkpoints WHERE name = $1), 0) \
+         AND NOT {PARTITION_ATTACHED}"
+    )
 }
 
 /// Whether tenant `t` is one of those whose partition is attached to `messages`, looked up by id from the

@@ -483,6 +483,32 @@ async fn queues_of_a_retired_tenant_declared_again_are_swept() {
     app.stop().await;
 }
 
+/// A consumer start that read the desired runtime before a delete can declare the tenant's queues after
+/// another instance retired it (the start waited for its connection, or its instance was paused), then runs
+/// until its reconciler reads the delete. Stopping, it finds the retirement done and deletes the queues:
+/// nothing else would but the sweep, which covers the last hour of deletes only. The retirement done elsewhere
+/// is stood in for by the partition dropped by hand, with the consumer still running.
+#[tokio::test]
+async fn a_consumer_that_stops_for_an_already_retired_tenant_deletes_its_queues() {
+    let app = TestApp::spawn().await;
+    let broker = amqp().await;
+    let tenant = app.create_tenant_id("declared-late").await;
+    await_consumer(&broker, &tenant).await;
+    let dropped = format!("DROP TABLE {}", crate::helpers::partition(&tenant));
+    sea_orm::ConnectionTrait::execute_unprepared(&app.db, &dropped).await.expect("retired elsewhere");
+    // Whether the delete waited for a retirement or answered 503 `recorded`, it is in the log.
+    let _deleted = app.delete(&format!("/tenants/{tenant}")).await;
+    eventually(Duration::from_secs(30), "the queues declared late deleted", || async {
+        let mut left = 0;
+        for name in [queue(&tenant), crate::helpers::retry_queue(&tenant), crate::helpers::dlq(&tenant)] {
+            left += usize::from(queue_state(&broker, &name).await.is_some());
+        }
+        (left == 0).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
 /// A publish that raced a delete may make the tenant's rate-limit bucket again after its retirement forgot
 /// it; the sweep forgets it too.
 #[tokio::test]
