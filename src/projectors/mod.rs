@@ -258,6 +258,10 @@ pub async fn listen_for_appends(
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lost = loop {
             tokio::select! {
+                // What has arrived is read before a tick looks for the echo: after a stall both are ready at
+                // once, and a tick taken first would find the echo unheard that is waiting to be read. (A
+                // steady stream of notifications keeps ticks waiting; it also says the connection is alive.)
+                biased;
                 _ = cancel.cancelled() => return,
                 received = notifications.next() => match received {
                     Some(Ok(Some(notification))) if notification.payload() == echo => echo_heard = true,
