@@ -584,6 +584,9 @@ impl Default for ConsumerConfig {
 /// The longest interval or timeout: what PostgreSQL takes for its timeouts (i32::MAX milliseconds, 24 days),
 /// and far below where the deadlines computed from an interval could overflow.
 const MAX_INTERVAL: Duration = Duration::from_millis(i32::MAX as u64);
+/// The longest `consumer.instance_id`: it goes into every consumer tag, which AMQP bounds to 255 bytes along
+/// with the tenant's id and two counters that grow.
+const MAX_INSTANCE_ID_CHARS: usize = 100;
 /// Bounds both batch waits: a batch held longer only delays its messages.
 const MAX_BATCH_WAIT: Duration = Duration::from_secs(10);
 /// The longest per-message expiration RabbitMQ takes.
@@ -608,7 +611,9 @@ impl ConsumerConfig {
             let host = std::env::var("HOSTNAME")
                 .ok()
                 .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-                .map(|h| h.trim().to_owned())
+                .map(|h| {
+                    h.trim().chars().filter(|c| !c.is_control()).take(MAX_INSTANCE_ID_CHARS / 2).collect::<String>()
+                })
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "tenantmq".into());
             format!("{host}-{}", std::process::id())
@@ -902,6 +907,16 @@ impl Config {
         if let Some((key, _)) = optional.into_iter().find(|(_, timeout)| timeout.is_some_and(out_of_range)) {
             return Err(ConfigError::new(key, "must be greater than zero and at most 24 days, or null for none"));
         }
+        if let Some(id) = &self.consumer.instance_id
+            && (id.is_empty()
+                || id.chars().count() > MAX_INSTANCE_ID_CHARS
+                || !id.chars().all(|c| c.is_ascii_graphic() || c == ' '))
+        {
+            return Err(ConfigError::new(
+                "consumer.instance_id",
+                format!("must be 1 to {MAX_INSTANCE_ID_CHARS} printable ASCII characters"),
+            ));
+        }
         if self.max_batch_bytes < self.max_payload_bytes {
             return Err(ConfigError::new("max_batch_bytes", "must be at least max_payload_bytes"));
         }
@@ -1093,7 +1108,8 @@ impl Config {
     pub fn write_connections(&self) -> u32 {
         let max = self.database.max_connections;
         // Three quarters, and never the reserved ones: a small pool keeps them free too.
-        self.database.write_connections.unwrap_or((max * 3 / 4).min(max.saturating_sub(RESERVED_CONNECTIONS)).max(1))
+        let three_quarters = u32::try_from(u64::from(max) * 3 / 4).unwrap_or(max);
+        self.database.write_connections.unwrap_or(three_quarters.min(max.saturating_sub(RESERVED_CONNECTIONS)).max(1))
     }
 }
 
@@ -1284,7 +1300,8 @@ mod tests {
     #[test]
     fn writers_get_three_quarters_of_the_pool_and_never_the_last_two_connections() {
         let mut config = Config::default();
-        for (max, writers) in [(3, 1), (4, 2), (5, 3), (8, 6), (20, 15)] {
+        // The largest overflowed three times over (a panic at start in a debug build, a quarter in release).
+        for (max, writers) in [(3, 1), (4, 2), (5, 3), (8, 6), (20, 15), (u32::MAX, 3_221_225_471)] {
             config.database.max_connections = max;
             assert_eq!(config.write_connections(), writers, "{max}");
         }
@@ -1293,8 +1310,12 @@ mod tests {
     #[test]
     fn sizes_and_durations_are_bounded_where_a_dependency_would_fail_on_them() {
         type Change = fn(&mut Config);
-        let cases: [(Change, Option<&str>); 28] = [
+        let cases: [(Change, Option<&str>); 31] = [
             (|c| c.shutdown_timeout = Duration::ZERO, Some("shutdown_timeout")),
+            // Past 255 bytes a consumer tag's length wrapped in its frame, and the broker closed the connection.
+            (|c| c.consumer.instance_id = Some("i".repeat(250)), Some("consumer.instance_id")),
+            (|c| c.consumer.instance_id = Some("pod\n1".into()), Some("consumer.instance_id")),
+            (|c| c.consumer.instance_id = Some("worker-7 (eu-west-1)".into()), None),
             // 50 billion years: 120 of them overflowed, and the reconciler ended in a panic at its first pass.
             (
                 |c| c.consumer.resync_interval = Duration::from_secs(50_000_000_000 * 31_557_600),
