@@ -177,10 +177,6 @@ impl Application {
         self.address
     }
 
-    pub fn port(&self) -> u16 {
-        self.address.port()
-    }
-
     /// The database the service uses.
     pub fn db(&self) -> &DatabaseConnection {
         &self.db
@@ -234,11 +230,12 @@ impl Application {
             served
         };
         let consumers_stopped = async {
-            stopping.cancelled().await;
+            let ended_early = until_stopped_or_a_task_ends(&mut consumer_tasks, &mut background_tasks, &stopping).await;
             stop_consumers.cancel();
             join_until(&mut consumer_tasks, Instant::now() + config.shutdown_timeout).await;
+            ended_early
         };
-        let (served, ()) = tokio::join!(serving, consumers_stopped);
+        let (served, ended_early) = tokio::join!(serving, consumers_stopped);
         let deadline = requested.get().copied().unwrap_or_else(Instant::now) + config.shutdown_timeout;
 
         // The background loops stop before the broker connections close: their supervisors among them, which
@@ -262,8 +259,37 @@ impl Application {
             }
         }
         tracing::info!("stopped");
-        served
+        served?;
+        match ended_early {
+            None => Ok(()),
+            Some(task) => Err(io::Error::other(format!("stopped because a task ended while serving: {task}"))),
+        }
     }
+}
+
+/// Waits until `stopping` is cancelled, or until a task of either set ends first. Every one of them is a loop
+/// that runs until the service stops; one that ends while it serves (a panic, a bug) would leave the service
+/// running without it: without its consumers, if it was the reconciler. Such an end cancels `stopping`, so the
+/// service stops by its usual path and exits with an error, for whatever supervises it to start it again.
+async fn until_stopped_or_a_task_ends(
+    consumer_tasks: &mut JoinSet<&'static str>,
+    background_tasks: &mut JoinSet<&'static str>,
+    stopping: &CancellationToken,
+) -> Option<String> {
+    // A set with no task left disables its branch.
+    let ended = tokio::select! {
+        biased;
+        _ = stopping.cancelled() => return None,
+        Some(ended) = consumer_tasks.join_next() => ended,
+        Some(ended) = background_tasks.join_next() => ended,
+    };
+    let task = match ended {
+        Ok(name) => format!("{name} ended"),
+        Err(error) => error.to_string(),
+    };
+    tracing::error!(%task, "a task of the service ended while it served; stopping");
+    stopping.cancel();
+    Some(task)
 }
 
 /// The projectors, and the metrics that follow them and the read visibility horizon.
@@ -349,4 +375,35 @@ async fn listen(address: &str) -> io::Result<TcpListener> {
         }
     }
     Err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_ends_while_the_service_serves_stops_it() {
+        let (mut consumers, mut background) = (JoinSet::new(), JoinSet::new());
+        consumers.spawn(std::future::pending::<&'static str>());
+        background.spawn(async { "queue depth poller" });
+        let stopping = CancellationToken::new();
+        let ended = until_stopped_or_a_task_ends(&mut consumers, &mut background, &stopping).await;
+        assert_eq!(ended.as_deref(), Some("queue depth poller ended"));
+        assert!(stopping.is_cancelled(), "the service stops by its usual path");
+
+        background.spawn(async { panic!("a bug") });
+        let stopping = CancellationToken::new();
+        let ended = until_stopped_or_a_task_ends(&mut consumers, &mut background, &stopping).await;
+        assert!(ended.as_deref().is_some_and(|task| task.contains("panicked")), "{ended:?}");
+        assert!(stopping.is_cancelled());
+
+        // A stop asked for ends no task, whatever is ready.
+        background.spawn(async { "visibility horizon" });
+        tokio::task::yield_now().await;
+        let stopping = CancellationToken::new();
+        stopping.cancel();
+        assert_eq!(until_stopped_or_a_task_ends(&mut consumers, &mut background, &stopping).await, None);
+        assert_eq!((consumers.len(), background.len()), (1, 1), "the stop joins them");
+        consumers.abort_all();
+    }
 }
