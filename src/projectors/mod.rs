@@ -160,11 +160,19 @@ pub async fn run<P: Projector>(
     let mut head = store.subscribe_head();
     let mut backoff = Backoff::new();
     while !cancel.is_cancelled() {
-        head.mark_unchanged();
+        let claimed = *head.borrow_and_update();
         match step(&db, &projector, settings.batch_size).await {
             Ok((position, applied)) => {
                 backoff.reset();
                 let caught_up = applied < settings.batch_size as usize;
+                if caught_up && store.disown_head(claimed, position) {
+                    tracing::warn!(
+                        projector = P::NAME,
+                        claimed,
+                        tip = position,
+                        "a notification named a position past the end of the event log; ignored"
+                    );
+                }
                 progress.send_if_modified(|p| {
                     let before = *p;
                     p.position = position;

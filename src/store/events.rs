@@ -370,6 +370,21 @@ impl EventStore {
         Ok(())
     }
 
+    /// A read of the whole log, begun once the head was `claimed`, found that the log ends at `tip`. Every
+    /// position is observed only once its event is committed, so it was there to be read: a claimed head above
+    /// the tip names no event (a NOTIFY on the log's channel from some other session, with any number in it).
+    /// The head goes back to the tip, else no real position would raise it again, and the projectors would
+    /// wake only at their poll, every command waiting for them until then. Returns whether it went back.
+    pub fn disown_head(&self, claimed: i64, tip: i64) -> bool {
+        self.head.send_if_modified(|head| {
+            let disowned = *head == claimed && claimed > tip;
+            if disowned {
+                *head = tip;
+            }
+            disowned
+        })
+    }
+
     /// The highest position in the log (0 when empty).
     pub async fn head_position(&self) -> Result<i64, StoreError> {
         let head: i64 = scalar(&self.db, stmt("SELECT COALESCE(MAX(position), 0) AS value FROM events", [])).await?;

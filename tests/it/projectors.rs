@@ -311,3 +311,28 @@ async fn a_listener_whose_connection_went_silent_notices_and_catches_up() {
     .await;
     setup.stop().await;
 }
+
+/// Any session of the database may NOTIFY on the log's channel, with any number in it. One naming a position
+/// past the end of the log raised the head for good: no real append raised it again, so the projectors woke
+/// only at their poll, and every command waited for them and answered 503 `recorded`.
+#[tokio::test]
+async fn a_notification_naming_a_position_past_the_log_does_not_hold_up_the_projectors() {
+    let mut config = test_config();
+    config.projectors.poll_interval = Duration::from_secs(60);
+    config.projectors.command_wait = Duration::from_secs(5);
+    let app = TestApp::spawn_with(config).await;
+    let listening =
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query LIKE 'LISTEN %'";
+    eventually(Duration::from_secs(10), "the projectors' listener", || async {
+        (scalar_i64(&app.db, listening).await == 1).then_some(())
+    })
+    .await;
+    app.db.execute_unprepared("NOTIFY tenantmq_events, '9223372036854775807'").await.expect("notified");
+    // The notification is heard, and the head goes back, before the command below: it is heard in its turn.
+    app.db.execute_unprepared("NOTIFY tenantmq_events, 'not a position'").await.expect("notified");
+
+    let created = app.post_json("/tenants", &json!({ "name": "after a false notification" })).await;
+    let status = created.status();
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{}", created.text().await.unwrap_or_default());
+    app.stop().await;
+}
