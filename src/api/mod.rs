@@ -29,7 +29,7 @@ use crate::{
     config::ServerRole,
     metrics::Metrics,
 };
-use poem::{Endpoint, EndpointExt, Route, handler, web::Data};
+use poem::{Endpoint, EndpointExt, IntoResponse, Route, handler, middleware::CatchPanic, web::Data};
 use poem_openapi::{OpenApiService, Tags};
 
 pub use audit::AuditApi;
@@ -94,12 +94,26 @@ pub fn routes(state: AppState, role: ServerRole, max_workers: NonZeroU16) -> imp
         routes.nest("/", OpenApiService::new(HealthApi, "tenantmq", env!("CARGO_PKG_VERSION")))
     };
     routes
+        .with(CatchPanic::new().with_handler(panicked))
         .around(query::refuse_repeated_parameters)
         .around(instrumentation::middleware)
         .catch_all_error(problem::into_problem)
         .around(request_context::middleware)
         .data(state)
         .data(limits)
+}
+
+/// A handler that panics (a bug, or a row it cannot read, such as a time of `infinity` written by hand)
+/// answers 500 `internal` like any unexpected error, counted and with its request id, rather than dropping
+/// the connection unanswered.
+fn panicked(panic: Box<dyn std::any::Any + Send>) -> poem::Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %message, "a request's handler panicked");
+    problem::ApiError::internal().into_response()
 }
 
 /// The completed document as this instance serves it, and the Swagger UI page that shows it.

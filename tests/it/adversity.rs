@@ -1294,3 +1294,21 @@ async fn two_bodies_that_do_not_fit_together_leave_one_of_them_whole() {
     assert!(["202", "503"].contains(&statuses[1].as_str()), "{statuses:?}");
     app.stop().await;
 }
+
+/// A row the service cannot read, changed by hand: a time of `infinity`, which PostgreSQL takes and a Rust
+/// time cannot hold. Reading it panicked in the handler, and the client saw its connection dropped without an
+/// answer. It answers 500 `internal` now, and the service goes on answering the rest.
+#[tokio::test]
+async fn a_row_changed_by_hand_into_what_cannot_be_read_answers_500_not_a_dropped_connection() {
+    let app = TestApp::spawn().await;
+    let tenant = app.create_tenant_id("edited by hand").await;
+    let other = app.create_tenant_id("left alone").await;
+    let edited = format!("UPDATE tenants SET updated_at = 'infinity' WHERE id = '{tenant}'");
+    app.db.execute_unprepared(&edited).await.expect("edited");
+
+    let read = app.get(&format!("/tenants/{tenant}")).await;
+    let problem = assert_problem(read, StatusCode::INTERNAL_SERVER_ERROR, None).await;
+    assert_eq!(problem["type"], "urn:tenantmq:problem:internal");
+    assert_eq!(app.get(&format!("/tenants/{other}")).await.status(), StatusCode::OK);
+    app.stop().await;
+}
