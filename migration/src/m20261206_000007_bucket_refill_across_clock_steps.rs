@@ -1,7 +1,8 @@
 //! The shared token buckets refill from the time of their last lease to now, whichever way the database's
 //! clock was stepped meanwhile. The first version kept the later of the two times, so after the clock was set
 //! back (an NTP correction, a failover to a host behind) a bucket did not refill until the clock caught up:
-//! every publish of a rate-limited tenant past what was left answered 429 for as long as the step.
+//! every publish of a rate-limited tenant past what was left answered 429 for as long as the step. And a
+//! bucket never holds fewer than no tokens: one set to `-Infinity` by hand refused its tenant for good.
 
 use sea_orm_migration::prelude::*;
 
@@ -27,7 +28,7 @@ BEGIN
     -- The clock is read once the row is ours, so leases that took turns read it in their order; a time before
     -- the last lease's is a clock set back, which refills nothing and restarts the refill from now.
     at := clock_timestamp();
-    available := least(burst, left_over + rate * greatest(0, extract(epoch FROM at - since))::double precision);
+    available := greatest(0, least(burst, left_over + rate * greatest(0, extract(epoch FROM at - since))::double precision));
     granted := CASE WHEN available >= wanted THEN least(floor(available)::integer, most) ELSE 0 END;
     UPDATE publish_buckets SET tokens = available - granted, refilled_at = at WHERE tenant_id = tenant;
 END;

@@ -46,7 +46,10 @@ impl FailureRecord {
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
         let reason = headers.get(REASON_HEADER).and_then(text).unwrap_or_default();
-        Some(Self { attempts: u32::try_from(attempts).unwrap_or(0), first_failed_at, reason })
+        // A count past what a u32 holds (set by another client) is as many as there can be, not none: read as
+        // none, it gave the message a fresh set of retries.
+        let attempts = u32::try_from(attempts.max(0)).unwrap_or(u32::MAX);
+        Some(Self { attempts, first_failed_at, reason })
     }
 
     /// The history after one more failure, for `reason`, at `now`.
@@ -241,6 +244,11 @@ mod tests {
         assert_eq!((later.attempts, later.first_failed_at, later.reason.len()), (2, first, MAX_REASON_CHARS));
         assert!(FailureRecord::read(Some(&FieldTable::default())).is_none());
         assert!(FailureRecord::read(None).is_none());
+        for (written, read) in [(-5, 0), (i64::from(u32::MAX) + 1, u32::MAX), (i64::MAX, u32::MAX)] {
+            let mut headers = FieldTable::default();
+            headers.insert(ATTEMPTS_HEADER.into(), AMQPValue::LongLongInt(written));
+            assert_eq!(FailureRecord::read(Some(&headers)).map(|record| record.attempts), Some(read), "{written}");
+        }
     }
 
     /// Headers over the bound would make a copy's header frame too large for the publishing connection.

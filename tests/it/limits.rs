@@ -270,9 +270,10 @@ async fn a_tenant_over_its_rate_is_refused_without_a_round_trip_to_the_bucket() 
 
 /// The database's clock set back (an NTP correction, a failover to a host behind): the bucket's last refill
 /// then lies in the future. It refills again from the first lease after the step, not once the clock has
-/// caught up with it (ten minutes here, answered 429 all along before).
+/// caught up with it (ten minutes here, answered 429 all along before). Nor does a bucket set to hold
+/// `-Infinity` tokens by hand refuse its tenant for good.
 #[tokio::test]
-async fn a_bucket_refills_after_the_database_clock_is_set_back() {
+async fn a_bucket_refills_after_the_database_clock_is_set_back_or_its_tokens_are_set_wrong() {
     let app = TestApp::spawn().await;
     let id = app.create_tenant_id("clock set back").await;
     let set = json!({ "publish_rate": 10, "publish_burst": 10 });
@@ -283,11 +284,16 @@ async fn a_bucket_refills_after_the_database_clock_is_set_back() {
     );
     app.db.execute_unprepared(&set_back).await.expect("the clock set back");
 
-    eventually(Duration::from_secs(20), "the bucket to refill", || async {
-        (publish(&app, &id, 5).await.status() == StatusCode::ACCEPTED).then_some(())
-    })
-    .await;
-    app.await_messages(&id, 15).await;
+    let refilled = || {
+        eventually(Duration::from_secs(20), "the bucket to refill", || async {
+            (publish(&app, &id, 5).await.status() == StatusCode::ACCEPTED).then_some(())
+        })
+    };
+    refilled().await;
+    let set_wrong = format!("UPDATE publish_buckets SET tokens = '-Infinity' WHERE tenant_id = '{id}'");
+    app.db.execute_unprepared(&set_wrong).await.expect("set wrong by hand");
+    refilled().await;
+    app.await_messages(&id, 20).await;
     app.stop().await;
 }
 
