@@ -27,10 +27,6 @@ const LAYERS: &[(&str, u8)] = &[
     ("api", 6),
 ];
 
-/// Imports that still point up while the redesign is under way; each entry goes when its import does (the
-/// test fails on an entry that no longer exists, so the list only shrinks).
-const KNOWN_UPWARD: &[(&str, &str)] = &[];
-
 type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<PathBuf>>>;
 
 #[test]
@@ -46,7 +42,6 @@ fn imports_point_down_and_form_no_circle() {
             problems.push(format!("`{module}` has no layer: add it to LAYERS here and to docs/architecture.md"));
         }
     }
-    let mut upward_seen = BTreeSet::new();
     for (from, targets) in &graph {
         for (to, files) in targets {
             let (Some(&from_layer), Some(&to_layer)) = (layers.get(from.as_str()), layers.get(to.as_str())) else {
@@ -55,30 +50,13 @@ fn imports_point_down_and_form_no_circle() {
             if from_layer >= to_layer {
                 continue;
             }
-            if KNOWN_UPWARD.contains(&(from.as_str(), to.as_str())) {
-                upward_seen.insert((from.as_str(), to.as_str()));
-            } else {
-                problems.push(format!(
-                    "`{from}` (layer {from_layer}) imports `{to}` (layer {to_layer}), which is above it, in {}",
-                    list(files)
-                ));
-            }
+            problems.push(format!(
+                "`{from}` (layer {from_layer}) imports `{to}` (layer {to_layer}), which is above it, in {}",
+                list(files)
+            ));
         }
     }
-    for known in KNOWN_UPWARD {
-        if !upward_seen.contains(known) {
-            problems.push(format!("`{}` no longer imports `{}`: remove the entry from KNOWN_UPWARD", known.0, known.1));
-        }
-    }
-    let without_known: Graph = graph
-        .iter()
-        .map(|(from, targets)| {
-            let targets =
-                targets.iter().filter(|(to, _)| !KNOWN_UPWARD.contains(&(from.as_str(), to.as_str()))).map(clone_edge);
-            (from.clone(), targets.collect())
-        })
-        .collect();
-    for circle in circles(&without_known) {
+    for circle in circles(&graph) {
         problems.push(format!("import circle between {}", circle.join(", ")));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -103,8 +81,27 @@ fn handlers_use_the_application_layer_only() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-fn clone_edge((to, files): (&String, &BTreeSet<PathBuf>)) -> (String, BTreeSet<PathBuf>) {
-    (to.clone(), files.clone())
+/// The domain is pure: its rules are decided without I/O, so that they are tested without any, and every
+/// effect happens at the edges (`store`, `broker`, `runtime`, `api`).
+#[test]
+fn the_domain_does_no_io() {
+    let domain = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/domain");
+    let io_crates = ["tokio", "sea_orm", "sqlx", "lapin", "poem", "poem_openapi", "reqwest", "hyper"];
+    let mut problems = Vec::new();
+    for file in rust_files(&domain) {
+        let code = without_comments(&fs::read_to_string(&file).expect("readable source"));
+        for name in io_crates {
+            let named = code.match_indices(name).any(|(at, _)| {
+                let before = code[..at].chars().next_back();
+                let after = code[at + name.len()..].chars().next();
+                !before.is_some_and(|c| c.is_alphanumeric() || c == '_') && after == Some(':')
+            });
+            if named {
+                problems.push(format!("{} names `{name}`", file.display()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 fn list(files: &BTreeSet<PathBuf>) -> String {
