@@ -23,10 +23,15 @@ CREATE TABLE publish_buckets (
     refilled_at TIMESTAMPTZ NOT NULL
 );
 
+"#;
+
+/// Takes `wanted` to `most` tokens from a tenant's bucket, as this migration made it (a later one replaced it,
+/// and restores this on its way down).
+pub(crate) const LEASE_PUBLISH_TOKENS: &str = r#"
 -- Takes `wanted` to `most` tokens from the tenant's bucket (creating it full), all or nothing for `wanted`:
 -- `granted` is 0 when fewer than `wanted` are there. `available` is what the bucket held, for Retry-After.
 -- The row lock makes concurrent leases of one tenant, from any instance, take turns.
-CREATE FUNCTION lease_publish_tokens(tenant UUID, rate DOUBLE PRECISION, burst DOUBLE PRECISION,
+CREATE OR REPLACE FUNCTION lease_publish_tokens(tenant UUID, rate DOUBLE PRECISION, burst DOUBLE PRECISION,
                                      wanted INTEGER, most INTEGER,
                                      OUT granted INTEGER, OUT available DOUBLE PRECISION)
 LANGUAGE plpgsql AS $$
@@ -56,4 +61,4 @@ ALTER TABLE tenants DROP COLUMN limits_set, DROP COLUMN publish_rate, DROP COLUM
     DROP COLUMN max_queue_depth;
 "#;
 
-sql_migration!(UP, DOWN);
+sql_migration!(&format!("{UP}{LEASE_PUBLISH_TOKENS}"), DOWN);

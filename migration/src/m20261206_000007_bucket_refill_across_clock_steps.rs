@@ -35,28 +35,5 @@ END;
 $$;
 "#;
 
-/// The first version, as `m20261202_000004_tenant_limits` made it.
-const DOWN: &str = r#"
-CREATE OR REPLACE FUNCTION lease_publish_tokens(tenant UUID, rate DOUBLE PRECISION, burst DOUBLE PRECISION,
-                                                wanted INTEGER, most INTEGER,
-                                                OUT granted INTEGER, OUT available DOUBLE PRECISION)
-LANGUAGE plpgsql AS $$
-DECLARE
-    left_over DOUBLE PRECISION;
-    since TIMESTAMPTZ;
-    at TIMESTAMPTZ;
-BEGIN
-    SELECT tokens, refilled_at INTO left_over, since FROM publish_buckets WHERE tenant_id = tenant FOR UPDATE;
-    IF NOT FOUND THEN
-        INSERT INTO publish_buckets VALUES (tenant, burst, clock_timestamp()) ON CONFLICT (tenant_id) DO NOTHING;
-        SELECT tokens, refilled_at INTO left_over, since FROM publish_buckets WHERE tenant_id = tenant FOR UPDATE;
-    END IF;
-    at := greatest(clock_timestamp(), since);
-    available := least(burst, left_over + rate * extract(epoch FROM at - since)::double precision);
-    granted := CASE WHEN available >= wanted THEN least(floor(available)::integer, most) ELSE 0 END;
-    UPDATE publish_buckets SET tokens = available - granted, refilled_at = at WHERE tenant_id = tenant;
-END;
-$$;
-"#;
-
-sql_migration!(UP, DOWN);
+// Down: the function as the first version made it.
+sql_migration!(UP, super::m20261202_000004_tenant_limits::LEASE_PUBLISH_TOKENS);
