@@ -104,6 +104,15 @@ pub fn log_filter(level: &str) -> EnvFilter {
     SILENCED.iter().filter_map(|directive| directive.parse().ok()).fold(filter, EnvFilter::add_directive)
 }
 
+/// What a caught panic said (its message, when it was a string), for the log.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|message| (*message).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 /// Installs the global subscriber: the log layer and the trace layer.
 pub fn init(log: &LogConfig, telemetry: &Telemetry) {
     let filter = log_filter(&log.level);

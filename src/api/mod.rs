@@ -107,12 +107,7 @@ pub fn routes(state: AppState, role: ServerRole, max_workers: NonZeroU16) -> imp
 /// answers 500 `internal` like any unexpected error, counted and with its request id, rather than dropping
 /// the connection unanswered.
 fn panicked(panic: Box<dyn std::any::Any + Send>) -> poem::Response {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|message| (*message).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default();
-    tracing::error!(panic = %message, "a request's handler panicked");
+    tracing::error!(panic = %crate::telemetry::panic_message(panic.as_ref()), "a request's handler panicked");
     problem::ApiError::internal().into_response()
 }
 

@@ -8,10 +8,11 @@ mod tenants;
 
 use std::{
     future::Future,
+    panic::AssertUnwindSafe,
     time::{Duration, Instant},
 };
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -161,7 +162,14 @@ pub async fn run<P: Projector>(
     let mut backoff = Backoff::new();
     while !cancel.is_cancelled() {
         let claimed = *head.borrow_and_update();
-        match step(&db, &projector, settings.batch_size).await {
+        // A panic in a step (a row it cannot read, such as a time of `infinity` written by hand) fails the
+        // step like an error: the projector tries again with backoff, as for an event it cannot decode, and the
+        // service goes on serving. Let through, it would end the loop, and the service with it, at every start.
+        let stepped = match AssertUnwindSafe(step(&db, &projector, settings.batch_size)).catch_unwind().await {
+            Ok(stepped) => stepped.map_err(|error| error.to_string()),
+            Err(panic) => Err(format!("panicked: {}", crate::telemetry::panic_message(panic.as_ref()))),
+        };
+        match stepped {
             Ok((position, applied)) => {
                 backoff.reset();
                 let caught_up = applied < settings.batch_size as usize;

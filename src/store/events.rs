@@ -211,12 +211,14 @@ async fn insert_chained(
 /// The events' time is read under the lock too, once, and never before the last event's: so times follow
 /// positions across streams, also after the database's clock was set back, and an auditor's "at T" of several
 /// tenants is one prefix of the log. The transaction's start (`now()`) came before the wait for the lock, up
-/// to its 10 s, so an append could carry a time before the event it followed.
+/// to its 10 s, so an append could carry a time before the event it followed. A last event more than a day
+/// ahead is no clock step but a row written by hand (`infinity`, which no Rust time holds): it is not followed.
 const STREAM_TIP: &str = "SELECT COALESCE(last.version, 0) AS version, last.hash, stamp.recorded_at, \
      $2::jsonb::text AS metadata, element.item::text AS data, \
      CASE WHEN element.item IS NOT NULL THEN nextval(pg_get_serial_sequence('events', 'position')) END AS position \
-     FROM (SELECT greatest(clock_timestamp(), (SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1)) \
-     AS recorded_at) AS stamp \
+     FROM (SELECT greatest(clock_timestamp(), (SELECT last.recorded_at \
+       FROM (SELECT recorded_at FROM events ORDER BY position DESC LIMIT 1) AS last \
+       WHERE last.recorded_at < clock_timestamp() + interval '1 day')) AS recorded_at) AS stamp \
      LEFT JOIN LATERAL (SELECT version, hash FROM events WHERE stream_id = $1 ORDER BY version DESC LIMIT 1) AS last \
      ON true \
      LEFT JOIN LATERAL jsonb_array_elements($3::jsonb) WITH ORDINALITY AS element(item, index) ON true \
