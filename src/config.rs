@@ -612,7 +612,8 @@ impl ConsumerConfig {
                 .ok()
                 .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
                 .map(|h| {
-                    h.trim().chars().filter(|c| !c.is_control()).take(MAX_INSTANCE_ID_CHARS / 2).collect::<String>()
+                    // As a configured id must be: printable ASCII, and short enough for a consumer tag.
+                    h.chars().filter(char::is_ascii_graphic).take(MAX_INSTANCE_ID_CHARS / 2).collect::<String>()
                 })
                 .filter(|h| !h.is_empty())
                 .unwrap_or_else(|| "tenantmq".into());
