@@ -214,6 +214,14 @@ impl Metrics {
         }
         metrics.reconciler_passes.add(0, &[]);
         metrics.queue_depth_broker_calls.add(0, &[]);
+        // The Prometheus convention: one series, always 1, whose label names the release, so that a query can
+        // tell which version each instance runs (during a rolling update) and join it to the other series.
+        metrics
+            .meter
+            .u64_observable_gauge("tenantmq.build.info")
+            .with_description("Always 1; `version` names the release this instance runs")
+            .with_callback(|observer| observer.observe(1, &[KeyValue::new("version", env!("CARGO_PKG_VERSION"))]))
+            .build();
         Ok(metrics)
     }
 

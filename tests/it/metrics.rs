@@ -287,7 +287,8 @@ fn the_dashboard_is_json_whose_panels_all_have_queries() {
 }
 
 /// The service is driven until every kind of series exists (a tenant, a message, a dead letter, a scrape of
-/// the queue depths), then each name the dashboard and the alert rules query must be in its exposition.
+/// the queue depths), then each name the dashboard and the alert rules query must be in its exposition; and
+/// the release it runs is named, as Prometheus's convention has it (`tenantmq_build_info`).
 #[tokio::test]
 async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     let used: Vec<(String, String)> = ["grafana/dashboards/tenantmq.json", "prometheus/alerts.yml"]
@@ -307,5 +308,7 @@ async fn every_metric_the_dashboard_and_the_alerts_use_is_exported() {
     let missing: Vec<&(String, String)> =
         used.iter().filter(|(_, name)| !scrape.0.iter().any(|sample| &sample.name == name)).collect();
     assert!(missing.is_empty(), "used but not exported: {missing:?}");
+    let release = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(scrape.value("tenantmq_build_info", &release), Some(1.0), "the release this instance runs");
     app.stop().await;
 }
