@@ -1,11 +1,7 @@
 //! A live tenant's dead letters: peek, replay, purge (see [`crate::broker::dead_letters`] for how a queue is
 //! peeked without losing messages).
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::{Arc, PoisonError, Weak},
-    time::Duration,
-};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use sea_orm::DatabaseConnection;
 use tokio::{
@@ -15,7 +11,7 @@ use tokio::{
 use uuid::Uuid;
 
 use crate::{
-    broker::{Broker, BrokerError, DeadLetters, Publisher, dead_letters::DeadLetterBounds},
+    broker::{Broker, BrokerError, DeadLetters, PerTenant, Publisher, dead_letters::DeadLetterBounds},
     domain::tenant::TenantId,
     store::{
         tenant_locks::{LockFor, TenantLock},
@@ -36,9 +32,8 @@ pub struct DeadLetterQueues {
     db: DatabaseConnection,
     tenants: TenantReadModel,
     queues: DeadLetters,
-    /// One lock per tenant with an operation under way on this instance; an entry goes when its last holder
-    /// does.
-    turns: Arc<std::sync::Mutex<HashMap<TenantId, Weak<Mutex<()>>>>>,
+    /// One lock per tenant with an operation under way on this instance.
+    turns: Arc<PerTenant<Mutex<()>>>,
     /// Operations running at once on this instance, all tenants together: each keeps a database connection
     /// for its whole run (a replay up to its time budget), and many tenants' at once must not take the pool
     /// every other request needs. A quarter of `database.max_connections`, at least one.
@@ -101,18 +96,6 @@ impl DeadLetterQueues {
 
     /// Waits for the tenant's earlier dead-letter operations on this instance; other tenants' never block it.
     async fn turn(&self, tenant: TenantId) -> OwnedMutexGuard<()> {
-        let lock = {
-            let mut turns = self.turns.lock().unwrap_or_else(PoisonError::into_inner);
-            match turns.get(&tenant).and_then(Weak::upgrade) {
-                Some(lock) => lock,
-                None => {
-                    turns.retain(|_, lock| lock.strong_count() > 0);
-                    let lock = Arc::new(Mutex::new(()));
-                    turns.insert(tenant, Arc::downgrade(&lock));
-                    lock
-                }
-            }
-        };
-        lock.lock_owned().await
+        self.turns.get(tenant, || Mutex::new(())).lock_owned().await
     }
 }

@@ -8,12 +8,14 @@ mod connection;
 mod consumer_connections;
 pub mod dead_letters;
 pub mod failure_headers;
+mod per_tenant;
 pub mod publish;
 pub mod queues;
 
 pub use connection::{Broker, Connected};
 pub use consumer_connections::{ConsumerConnections, Slot};
 pub use dead_letters::DeadLetters;
+pub use per_tenant::PerTenant;
 pub use publish::{OutgoingMessage, Publisher};
 pub use queues::{Inspector, QueueCounts, TenantQueues};
 

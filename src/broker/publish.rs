@@ -3,9 +3,8 @@
 //! [`publish_all`], so a confirm means the same everywhere.
 
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, PoisonError, Weak,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -26,7 +25,7 @@ use crate::{
     telemetry,
 };
 
-use super::{Broker, BrokerError, failure_headers, queues};
+use super::{Broker, BrokerError, PerTenant, failure_headers, queues};
 
 /// Publishes each message to `queue` through the default exchange with `mandatory`, then awaits every confirm
 /// (pipelined, on a channel in confirm mode). Returns the indices of the messages the broker returned as
@@ -92,7 +91,7 @@ struct InFlight {
     /// Each tenant's share, a quarter of the room: a tenant whose queue does not confirm holds room with each
     /// publish until `rabbitmq.publish_timeout`, and clients that keep sending to it must leave the rest of the
     /// room to the other tenants. An entry goes with the last publish that holds it.
-    shares: std::sync::Mutex<HashMap<TenantId, Weak<Semaphore>>>,
+    shares: PerTenant<Semaphore>,
 }
 
 /// Room one publish holds, in its tenant's share and in the whole, until it is dropped.
@@ -103,7 +102,7 @@ pub struct Room {
 
 impl InFlight {
     fn new(budget: u32) -> Self {
-        Self { room: Arc::new(Semaphore::new(budget as usize)), budget, shares: std::sync::Mutex::default() }
+        Self { room: Arc::new(Semaphore::new(budget as usize)), budget, shares: PerTenant::default() }
     }
 
     fn share(&self) -> u32 {
@@ -121,14 +120,7 @@ impl InFlight {
     }
 
     fn share_of(&self, tenant: TenantId) -> Arc<Semaphore> {
-        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(share) = shares.get(&tenant).and_then(Weak::upgrade) {
-            return share;
-        }
-        shares.retain(|_, share| share.strong_count() > 0);
-        let share = Arc::new(Semaphore::new(self.share() as usize));
-        shares.insert(tenant, Arc::downgrade(&share));
-        share
+        self.shares.get(tenant, || Semaphore::new(self.share() as usize))
     }
 
     fn used(&self) -> u64 {
@@ -344,6 +336,6 @@ mod tests {
         }
         assert_eq!(in_flight.used(), 3000);
         drop(rooms);
-        assert_eq!(in_flight.shares.lock().expect("shares").values().filter(|s| s.strong_count() > 0).count(), 1);
+        assert_eq!(in_flight.shares.held(), 1);
     }
 }
