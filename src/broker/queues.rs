@@ -87,6 +87,23 @@ pub async fn delete(channel: &Channel, tenant: TenantId) -> Result<(), BrokerErr
     Ok(())
 }
 
+/// Deletes the queues of each of `tenants` on a channel of its own, closed after; each tenant's deletes, and
+/// the channel's open, are bounded by the answer timeout. Stops at the first tenant whose queues it cannot
+/// delete, and logs which.
+pub async fn delete_of_each(broker: &Broker, tenants: impl IntoIterator<Item = TenantId>) -> Result<(), BrokerError> {
+    let channel = super::answered(broker.channel()).await??;
+    let mut deleted = Ok(());
+    for tenant in tenants {
+        deleted = super::answered(delete(&channel, tenant)).await.and_then(|deleted| deleted);
+        if let Err(error) = &deleted {
+            tracing::warn!(%tenant, %error, "cannot delete the queues of a deleted tenant");
+            break;
+        }
+    }
+    close_channel(&channel, "deleted").await;
+    deleted
+}
+
 /// Message and consumer counts of a queue, without creating it (`None` when it does not exist).
 pub async fn inspect(channel: &Channel, queue: &str) -> Result<Option<(u32, u32)>, BrokerError> {
     let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };

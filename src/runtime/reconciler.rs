@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     backoff::Backoff,
-    broker::{Broker, ConsumerConnections, Inspector, answered, close_channel, queues},
+    broker::{Broker, ConsumerConnections, Inspector, queues},
     domain::tenant::{TenantId, Workers},
     metrics::{Metrics, ReconcilerAction, ReconcilerError},
     projectors::Progress,
@@ -486,20 +486,10 @@ impl Reconciler {
         if deleted.is_empty() {
             return true;
         }
-        let channel = match answered(self.broker.channel()).await {
-            Ok(Ok(channel)) => channel,
-            _ => return false,
-        };
-        let mut swept = true;
-        for tenant in deleted {
-            if let Err(error) = answered(queues::delete(&channel, tenant)).await.and_then(|deleted| deleted) {
-                tracing::warn!(%tenant, %error, "cannot delete the queues of a deleted tenant");
-                self.metrics.reconciler_error(ReconcilerError::QueueSweep);
-                swept = false;
-                break;
-            }
+        let swept = queues::delete_of_each(&self.broker, deleted).await.is_ok();
+        if !swept {
+            self.metrics.reconciler_error(ReconcilerError::QueueSweep);
         }
-        close_channel(&channel, "swept").await;
         swept
     }
 }

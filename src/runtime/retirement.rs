@@ -184,19 +184,9 @@ impl Retirement {
                 return;
             }
         }
-        let deleted = async {
-            let channel = answered(self.broker.channel()).await??;
-            let deleted = answered(queues::delete(&channel, tenant)).await;
-            broker::close_channel(&channel, "retired").await;
-            deleted?
-        };
-        match deleted.await {
-            Ok(()) => {
-                tracing::info!(%tenant, "deleted the queues a consumer declared again after its tenant's retirement")
-            }
-            Err(error) => {
-                tracing::warn!(%tenant, %error, "cannot delete a retired tenant's queues; they are left to the sweep");
-            }
+        // A failure is logged there; the sweep tries again.
+        if queues::delete_of_each(&self.broker, [tenant]).await.is_ok() {
+            tracing::info!(%tenant, "deleted the queues a consumer declared again after its tenant's retirement");
         }
     }
 
